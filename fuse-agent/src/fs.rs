@@ -1,0 +1,1639 @@
+//! The filesystem core: a backup's data directory, read-write, over an IRCache. Independent of
+//! FUSE so that its logic is tested directly; `fuse.rs` is a thin adapter.
+//!
+//! A regular file's bytes are its base (the first `base_len` bytes of the backup file it started
+//! as) overlaid with its data file in the cache (`data/<ino>`, same logical size, sparse). A block
+//! below `base_len` comes from the data file once its bit is set in the file's `BlockMap`; every
+//! byte at or past `base_len` comes from the data file. New files therefore live whole in the
+//! cache, and a rewritten 8 KiB page of a backup file costs 8 KiB of cache.
+//!
+//! Durability: a dirty bit is persisted only after the data it covers was synced, so after a
+//! crash a block reads either its last fsynced content or its base, never unsynced garbage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ir_repository::{BackupManifest, EntryKind};
+
+use crate::blockmap::{BLOCK_SIZE, BlockMap};
+use crate::error::{FsError, FsResult};
+use crate::meta::{Batch, Binding, InodeRecord, MetaStore, NodeKind};
+use crate::source::ChunkSource;
+
+pub const ROOT_INO: u64 = 1;
+const META_FILE: &str = "ircache.redb";
+const DATA_DIR: &str = "data";
+const TMP_DIR: &str = "tmp";
+
+/// Attributes as the kernel sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: NodeKind,
+    pub size: u64,
+    /// 512-byte blocks the file takes in the cache (what `du` shows of the mount).
+    pub blocks: u64,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: NodeKind,
+    pub name: OsString,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+}
+
+/// Options for opening a cache.
+#[derive(Debug, Clone, Default)]
+pub struct CacheOptions {
+    /// Owner given to the backup's files (the unprivileged PostgreSQL user).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub repository: String,
+    /// Chunks read ahead on sequential access.
+    pub readahead_chunks: usize,
+}
+
+struct NodeState {
+    rec: InodeRecord,
+    data: Option<Arc<File>>,
+    size: u64,
+    blocks: BlockMap,
+    open: u32,
+    attrs_dirty: bool,
+}
+
+struct Node {
+    ino: u64,
+    /// Serialises snapshot-sync-commit of this node so bitmaps are persisted in order.
+    sync_lock: Mutex<()>,
+    st: RwLock<NodeState>,
+}
+
+struct Namespace {
+    nodes: HashMap<u64, Arc<Node>>,
+    children: HashMap<u64, BTreeMap<Vec<u8>, u64>>,
+    next_ino: u64,
+}
+
+struct OpenFile {
+    node: Arc<Node>,
+    /// End of the previous read, to detect sequential access.
+    read_end: AtomicU64,
+}
+
+pub struct IrFs {
+    manifest: Arc<BackupManifest>,
+    source: Arc<dyn ChunkSource>,
+    readahead_chunks: usize,
+    meta: MetaStore,
+    cache_dir: PathBuf,
+    data_dir: PathBuf,
+    tmp_dir: PathBuf,
+    ns: RwLock<Namespace>,
+    handles: RwLock<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    commit_lock: Mutex<()>,
+    tmp_seq: AtomicU64,
+}
+
+fn now() -> (i64, u32) {
+    to_ts(SystemTime::now())
+}
+
+fn to_ts(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => (-(e.duration().as_secs() as i64), 0),
+    }
+}
+
+fn from_ts((s, n): (i64, u32)) -> SystemTime {
+    if s >= 0 {
+        UNIX_EPOCH + Duration::new(s as u64, n)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs())
+    }
+}
+
+fn fsync_dir(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+fn split_path(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    }
+}
+
+impl IrFs {
+    /// Opens the IRCache in `cache_dir` for `manifest`, creating it on first use. A cache made for
+    /// another backup is refused.
+    pub fn open_cache(
+        cache_dir: &Path,
+        manifest: Arc<BackupManifest>,
+        source: Arc<dyn ChunkSource>,
+        opts: &CacheOptions,
+    ) -> FsResult<IrFs> {
+        let data_dir = cache_dir.join(DATA_DIR);
+        let tmp_dir = cache_dir.join(TMP_DIR);
+        fs::create_dir_all(&data_dir)?;
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir)?;
+        }
+        fs::create_dir_all(&tmp_dir)?;
+        let meta = MetaStore::open(&cache_dir.join(META_FILE))?;
+        let mut snap = meta.load()?;
+        let wanted = Binding {
+            backup_id: manifest.id.clone(),
+            system_identifier: manifest.system_identifier.clone(),
+            repository: opts.repository.clone(),
+        };
+        match &snap.binding {
+            Some(b) if b.backup_id != wanted.backup_id => {
+                return Err(FsError::Meta(format!(
+                    "cache {} belongs to backup {} of {}, not to backup {}; use another cache directory or delete this one",
+                    cache_dir.display(),
+                    b.backup_id,
+                    b.repository,
+                    wanted.backup_id
+                )));
+            }
+            Some(_) => {}
+            None => {
+                // New (or never completed) cache: the whole namespace of the backup, in one commit.
+                for f in fs::read_dir(&data_dir)? {
+                    fs::remove_file(f?.path())?;
+                }
+                let batch = populate(&manifest, opts, wanted);
+                meta.commit(&batch, true)?;
+                snap = meta.load()?;
+            }
+        }
+
+        let mut blocks: HashMap<u64, BlockMap> = HashMap::new();
+        for (ino, group, bytes) in &snap.block_groups {
+            blocks.entry(*ino).or_default().load_group(*group, bytes);
+        }
+        let mut ns = Namespace {
+            nodes: HashMap::new(),
+            children: HashMap::new(),
+            next_ino: snap.next_ino,
+        };
+        let mut orphans = Batch::default();
+        for (ino, rec) in snap.inodes {
+            if rec.nlink == 0 {
+                // Unlinked while open when the previous mount ended.
+                let _ = fs::remove_file(data_dir.join(ino.to_string()));
+                orphans.removed_inodes.push(ino);
+                continue;
+            }
+            let data_path = data_dir.join(ino.to_string());
+            let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e.into()),
+            };
+            let size = match (&data, rec.origin) {
+                (Some(f), _) => f.metadata()?.len(),
+                (None, Some(i)) => {
+                    manifest
+                        .entries
+                        .get(i as usize)
+                        .map(|e| e.size)
+                        .ok_or(FsError::Meta(format!(
+                            "inode {ino} refers to unknown backup entry {i}"
+                        )))?
+                }
+                (None, None) => 0,
+            };
+            if rec.kind == NodeKind::Dir {
+                ns.children.entry(ino).or_default();
+            }
+            let node = Node {
+                ino,
+                sync_lock: Mutex::new(()),
+                st: RwLock::new(NodeState {
+                    blocks: blocks.remove(&ino).unwrap_or_default(),
+                    rec,
+                    data,
+                    size,
+                    open: 0,
+                    attrs_dirty: false,
+                }),
+            };
+            ns.nodes.insert(ino, Arc::new(node));
+        }
+        for (parent, name, ino) in snap.dentries {
+            if ns.nodes.contains_key(&ino) {
+                ns.children.entry(parent).or_default().insert(name, ino);
+            }
+        }
+        // Data files whose inode never became durable.
+        for f in fs::read_dir(&data_dir)? {
+            let f = f?;
+            let known = f
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|ino| ns.nodes.contains_key(&ino));
+            if !known {
+                fs::remove_file(f.path())?;
+            }
+        }
+        if !orphans.is_empty() {
+            meta.commit(&orphans, true)?;
+        }
+        if !ns.nodes.contains_key(&ROOT_INO) {
+            return Err(FsError::Meta("cache has no root directory".into()));
+        }
+
+        Ok(IrFs {
+            manifest,
+            source,
+            readahead_chunks: opts.readahead_chunks,
+            meta,
+            cache_dir: cache_dir.to_path_buf(),
+            data_dir,
+            tmp_dir,
+            ns: RwLock::new(ns),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            commit_lock: Mutex::new(()),
+            tmp_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn manifest(&self) -> &BackupManifest {
+        &self.manifest
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Arc<Node>> {
+        self.ns
+            .read()
+            .expect("namespace lock")
+            .nodes
+            .get(&ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.handles
+            .read()
+            .expect("handles lock")
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    fn attr_of(ino: u64, st: &NodeState) -> Attr {
+        let size = match st.rec.kind {
+            NodeKind::Dir => 4096,
+            NodeKind::Symlink => st.rec.target.as_ref().map_or(0, |t| t.len() as u64),
+            NodeKind::File => st.size,
+        };
+        let blocks = match &st.data {
+            Some(f) => f
+                .metadata()
+                .map(|m| std::os::unix::fs::MetadataExt::blocks(&m))
+                .unwrap_or(0),
+            None => size.div_ceil(512),
+        };
+        Attr {
+            ino,
+            kind: st.rec.kind,
+            size,
+            blocks,
+            perm: st.rec.perm & 0o7777,
+            uid: st.rec.uid,
+            gid: st.rec.gid,
+            nlink: st.rec.nlink,
+            mtime: from_ts(st.rec.mtime),
+            ctime: from_ts(st.rec.ctime),
+        }
+    }
+
+    fn attr(node: &Node) -> Attr {
+        Self::attr_of(node.ino, &node.st.read().expect("node lock"))
+    }
+
+    /// Commits `batch` plus the current records of `nodes`. Records are read under the commit
+    /// lock, so the last commit always carries the newest record.
+    fn persist(&self, nodes: &[&Arc<Node>], mut batch: Batch, durable: bool) -> FsResult<()> {
+        let _g = self.commit_lock.lock().expect("commit lock");
+        for n in nodes {
+            batch
+                .inodes
+                .push((n.ino, n.st.read().expect("node lock").rec.clone()));
+        }
+        self.meta.commit(&batch, durable)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let ns = self.ns.read().expect("namespace lock");
+        let dir = ns.children.get(&parent).ok_or(FsError::NotDir)?;
+        let ino = dir.get(name.as_bytes()).ok_or(FsError::NotFound)?;
+        let node = ns.nodes.get(ino).ok_or(FsError::NotFound)?;
+        Ok(Self::attr(node))
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        Ok(Self::attr(&*self.node(ino)?))
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        let st = node.st.read().expect("node lock");
+        st.rec
+            .target
+            .as_ref()
+            .map(|t| t.as_bytes().to_vec())
+            .ok_or(FsError::Invalid("not a symbolic link"))
+    }
+
+    pub fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let ns = self.ns.read().expect("namespace lock");
+        let children = ns.children.get(&ino).ok_or(FsError::NotDir)?;
+        let parent = ns
+            .nodes
+            .get(&ino)
+            .map(|n| n.st.read().expect("node lock").rec.parent)
+            .unwrap_or(ROOT_INO);
+        let mut out = vec![
+            DirEntry {
+                ino,
+                kind: NodeKind::Dir,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: parent.max(ROOT_INO),
+                kind: NodeKind::Dir,
+                name: "..".into(),
+            },
+        ];
+        for (name, child) in children {
+            if let Some(n) = ns.nodes.get(child) {
+                out.push(DirEntry {
+                    ino: *child,
+                    kind: n.st.read().expect("node lock").rec.kind,
+                    name: OsString::from_vec(name.clone()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn new_node(&self, parent: u64, name: &OsStr, rec: InodeRecord) -> FsResult<Arc<Node>> {
+        let mut ns = self.ns.write().expect("namespace lock");
+        let dir = ns.children.get(&parent).ok_or(FsError::NotDir)?;
+        if dir.contains_key(name.as_bytes()) {
+            return Err(FsError::Exists);
+        }
+        let ino = ns.next_ino;
+        let kind = rec.kind;
+        let node = Arc::new(Node {
+            ino,
+            sync_lock: Mutex::new(()),
+            st: RwLock::new(NodeState {
+                rec,
+                data: None,
+                size: 0,
+                blocks: BlockMap::default(),
+                open: 0,
+                attrs_dirty: false,
+            }),
+        });
+        let parent_node = ns.nodes.get(&parent).cloned().ok_or(FsError::NotFound)?;
+        touch(&parent_node);
+        let batch = Batch {
+            dentries: vec![(parent, name.as_bytes().to_vec(), ino)],
+            next_ino: Some(ino + 1),
+            ..Default::default()
+        };
+        self.persist(&[&node, &parent_node], batch, true)?;
+        ns.next_ino = ino + 1;
+        ns.nodes.insert(ino, node.clone());
+        ns.children
+            .get_mut(&parent)
+            .expect("checked above")
+            .insert(name.as_bytes().to_vec(), ino);
+        if kind == NodeKind::Dir {
+            ns.children.insert(ino, BTreeMap::new());
+        }
+        Ok(node)
+    }
+
+    fn record(kind: NodeKind, perm: u32, uid: u32, gid: u32, parent: u64) -> InodeRecord {
+        let t = now();
+        InodeRecord {
+            kind,
+            perm: perm & 0o7777,
+            uid,
+            gid,
+            nlink: 1,
+            mtime: t,
+            ctime: t,
+            origin: None,
+            base_len: 0,
+            parent,
+            target: None,
+        }
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let node = self.new_node(
+            parent,
+            name,
+            Self::record(NodeKind::Dir, perm, uid, gid, parent),
+        )?;
+        Ok(Self::attr(&node))
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let node = self.new_node(
+            parent,
+            name,
+            Self::record(NodeKind::File, perm, uid, gid, 0),
+        )?;
+        Ok(Self::attr(&node))
+    }
+
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        perm: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        let attr = self.mknod(parent, name, perm, uid, gid)?;
+        let fh = self.open_file(attr.ino)?;
+        Ok((attr, fh))
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let mut rec = Self::record(NodeKind::Symlink, 0o777, uid, gid, 0);
+        rec.target = Some(
+            target
+                .to_str()
+                .ok_or(FsError::Invalid("symlink target is not UTF-8"))?
+                .to_string(),
+        );
+        let node = self.new_node(parent, name, rec)?;
+        Ok(Self::attr(&node))
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Attr> {
+        let mut ns = self.ns.write().expect("namespace lock");
+        let node = ns.nodes.get(&ino).cloned().ok_or(FsError::NotFound)?;
+        let dir_node = ns.nodes.get(&newparent).cloned().ok_or(FsError::NotFound)?;
+        let dir = ns.children.get(&newparent).ok_or(FsError::NotDir)?;
+        if dir.contains_key(newname.as_bytes()) {
+            return Err(FsError::Exists);
+        }
+        {
+            let mut st = node.st.write().expect("node lock");
+            if st.rec.kind == NodeKind::Dir {
+                return Err(FsError::Unsupported("hard link to a directory"));
+            }
+            st.rec.nlink += 1;
+            st.rec.ctime = now();
+        }
+        touch(&dir_node);
+        let batch = Batch {
+            dentries: vec![(newparent, newname.as_bytes().to_vec(), ino)],
+            ..Default::default()
+        };
+        if let Err(e) = self.persist(&[&node, &dir_node], batch, true) {
+            node.st.write().expect("node lock").rec.nlink -= 1;
+            return Err(e);
+        }
+        ns.children
+            .get_mut(&newparent)
+            .expect("checked above")
+            .insert(newname.as_bytes().to_vec(), ino);
+        Ok(Self::attr(&node))
+    }
+
+    /// Drops one link of `node`; returns it when it is gone for good and can be purged now.
+    fn drop_link(node: &Arc<Node>) -> bool {
+        let mut st = node.st.write().expect("node lock");
+        st.rec.nlink = st.rec.nlink.saturating_sub(1);
+        st.rec.ctime = now();
+        st.rec.nlink == 0 && st.open == 0
+    }
+
+    fn remove_entry(&self, parent: u64, name: &OsStr, want_dir: bool) -> FsResult<()> {
+        let mut ns = self.ns.write().expect("namespace lock");
+        let dir = ns.children.get(&parent).ok_or(FsError::NotDir)?;
+        let ino = *dir.get(name.as_bytes()).ok_or(FsError::NotFound)?;
+        let node = ns.nodes.get(&ino).cloned().ok_or(FsError::NotFound)?;
+        let parent_node = ns.nodes.get(&parent).cloned().ok_or(FsError::NotFound)?;
+        let is_dir = node.st.read().expect("node lock").rec.kind == NodeKind::Dir;
+        match (want_dir, is_dir) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            (true, true) if ns.children.get(&ino).is_some_and(|c| !c.is_empty()) => {
+                return Err(FsError::NotEmpty);
+            }
+            _ => {}
+        }
+        let gone = Self::drop_link(&node) || is_dir;
+        touch(&parent_node);
+        let mut batch = Batch {
+            removed_dentries: vec![(parent, name.as_bytes().to_vec())],
+            ..Default::default()
+        };
+        let result = if gone {
+            batch.removed_inodes.push(ino);
+            self.persist(&[&parent_node], batch, true)
+        } else {
+            self.persist(&[&node, &parent_node], batch, true)
+        };
+        if let Err(e) = result {
+            node.st.write().expect("node lock").rec.nlink += 1;
+            return Err(e);
+        }
+        ns.children
+            .get_mut(&parent)
+            .expect("checked")
+            .remove(name.as_bytes());
+        if gone {
+            ns.nodes.remove(&ino);
+            ns.children.remove(&ino);
+            drop(ns);
+            self.remove_data(ino);
+        }
+        Ok(())
+    }
+
+    fn remove_data(&self, ino: u64) {
+        let path = self.data_dir.join(ino.to_string());
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a data file; it is reclaimed at the next mount");
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove_entry(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.remove_entry(parent, name, true)
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        noreplace: bool,
+    ) -> FsResult<()> {
+        let mut ns = self.ns.write().expect("namespace lock");
+        let src_dir = ns.children.get(&parent).ok_or(FsError::NotDir)?;
+        let ino = *src_dir.get(name.as_bytes()).ok_or(FsError::NotFound)?;
+        let dst_dir = ns.children.get(&newparent).ok_or(FsError::NotDir)?;
+        let existing = dst_dir.get(newname.as_bytes()).copied();
+        if existing == Some(ino) {
+            return Ok(());
+        }
+        let node = ns.nodes.get(&ino).cloned().ok_or(FsError::NotFound)?;
+        let is_dir = node.st.read().expect("node lock").rec.kind == NodeKind::Dir;
+        if is_dir {
+            // A directory may not move below itself.
+            let mut p = newparent;
+            while p != ROOT_INO {
+                if p == ino {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                p = ns
+                    .nodes
+                    .get(&p)
+                    .map_or(ROOT_INO, |n| n.st.read().expect("node lock").rec.parent);
+            }
+        }
+        let mut victim = None;
+        if let Some(old) = existing {
+            if noreplace {
+                return Err(FsError::Exists);
+            }
+            let old_node = ns.nodes.get(&old).cloned().ok_or(FsError::NotFound)?;
+            let old_is_dir = old_node.st.read().expect("node lock").rec.kind == NodeKind::Dir;
+            match (is_dir, old_is_dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if ns.children.get(&old).is_some_and(|c| !c.is_empty()) => {
+                    return Err(FsError::NotEmpty);
+                }
+                _ => {}
+            }
+            victim = Some((old_node.clone(), Self::drop_link(&old_node) || old_is_dir));
+        }
+        let old_parent_of_dir = {
+            let mut st = node.st.write().expect("node lock");
+            st.rec.ctime = now();
+            let p = st.rec.parent;
+            if is_dir {
+                st.rec.parent = newparent;
+            }
+            p
+        };
+        let parent_node = ns.nodes.get(&parent).cloned().ok_or(FsError::NotFound)?;
+        let newparent_node = ns.nodes.get(&newparent).cloned().ok_or(FsError::NotFound)?;
+        touch(&parent_node);
+        touch(&newparent_node);
+        let mut batch = Batch {
+            removed_dentries: vec![(parent, name.as_bytes().to_vec())],
+            dentries: vec![(newparent, newname.as_bytes().to_vec(), ino)],
+            ..Default::default()
+        };
+        let mut nodes = vec![&node, &parent_node, &newparent_node];
+        if let Some((v, gone)) = &victim {
+            if *gone {
+                batch.removed_inodes.push(v.ino);
+            } else {
+                nodes.push(v);
+            }
+        }
+        if let Err(e) = self.persist(&nodes, batch, true) {
+            if let Some((v, _)) = &victim {
+                v.st.write().expect("node lock").rec.nlink += 1;
+            }
+            if is_dir {
+                node.st.write().expect("node lock").rec.parent = old_parent_of_dir;
+            }
+            return Err(e);
+        }
+        ns.children
+            .get_mut(&parent)
+            .expect("checked")
+            .remove(name.as_bytes());
+        ns.children
+            .get_mut(&newparent)
+            .expect("checked")
+            .insert(newname.as_bytes().to_vec(), ino);
+        if let Some((v, true)) = victim {
+            ns.nodes.remove(&v.ino);
+            ns.children.remove(&v.ino);
+            drop(ns);
+            self.remove_data(v.ino);
+        }
+        Ok(())
+    }
+
+    pub fn open_file(&self, ino: u64) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        {
+            let mut st = node.st.write().expect("node lock");
+            match st.rec.kind {
+                NodeKind::Dir => return Err(FsError::IsDir),
+                NodeKind::Symlink => return Err(FsError::Invalid("cannot open a symbolic link")),
+                NodeKind::File => st.open += 1,
+            }
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().expect("handles lock").insert(
+            fh,
+            Arc::new(OpenFile {
+                node,
+                read_end: AtomicU64::new(u64::MAX),
+            }),
+        );
+        Ok(fh)
+    }
+
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(of) = self.handles.write().expect("handles lock").remove(&fh) else {
+            return Err(FsError::BadHandle);
+        };
+        let node = of.node.clone();
+        let (purge, attrs_dirty) = {
+            let mut st = node.st.write().expect("node lock");
+            st.open = st.open.saturating_sub(1);
+            let dirty = std::mem::take(&mut st.attrs_dirty);
+            (st.rec.nlink == 0 && st.open == 0, dirty)
+        };
+        if purge {
+            self.ns
+                .write()
+                .expect("namespace lock")
+                .nodes
+                .remove(&node.ino);
+            let batch = Batch {
+                removed_inodes: vec![node.ino],
+                ..Default::default()
+            };
+            self.persist(&[], batch, false)?;
+            self.remove_data(node.ino);
+        } else if attrs_dirty {
+            self.persist(&[&node], Batch::default(), false)?;
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let of = self.handle(fh)?;
+        let st = of.node.st.read().expect("node lock");
+        let end = offset.saturating_add(size as u64).min(st.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        if of.read_end.swap(end, Ordering::Relaxed) == offset {
+            self.readahead(&st, end);
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.read_into(&st, offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn readahead(&self, st: &NodeState, from: u64) {
+        let (Some(origin), n) = (st.rec.origin, self.readahead_chunks) else {
+            return;
+        };
+        if n == 0 || from >= st.rec.base_len {
+            return;
+        }
+        let entry = &self.manifest.entries[origin as usize];
+        let EntryKind::File { chunks } = &entry.kind else {
+            return;
+        };
+        let cs = self.manifest.chunk_size;
+        let first = from / cs;
+        let last = (st.rec.base_len.div_ceil(cs)).min(first + n as u64);
+        let wanted: Vec<_> = (first..last)
+            .filter_map(|ci| {
+                let len = cs.min(entry.size - ci * cs) as usize;
+                chunks
+                    .get(ci as usize)
+                    .copied()
+                    .flatten()
+                    .map(|id| (id, len))
+            })
+            .collect();
+        if !wanted.is_empty() {
+            self.source.prefetch(&wanted);
+        }
+    }
+
+    /// Fills `buf` with the file's bytes from `offset`; `buf` must end within the file.
+    fn read_into(&self, st: &NodeState, offset: u64, buf: &mut [u8]) -> FsResult<()> {
+        let end = offset + buf.len() as u64;
+        let base_len = st.rec.base_len;
+        let Some(origin) = st.rec.origin.filter(|_| offset < base_len) else {
+            return read_data(st, offset, buf);
+        };
+        let from_base = |pos: u64| pos < base_len && !st.blocks.is_dirty(pos / BLOCK_SIZE);
+        let mut pos = offset;
+        while pos < end {
+            let base = from_base(pos);
+            let mut run_end = ((pos / BLOCK_SIZE + 1) * BLOCK_SIZE).min(end);
+            while run_end < end && from_base(run_end) == base {
+                run_end = ((run_end / BLOCK_SIZE + 1) * BLOCK_SIZE).min(end);
+            }
+            let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+            if base {
+                let base_stop = run_end.min(base_len);
+                let (b, d) = slice.split_at_mut((base_stop - pos) as usize);
+                self.read_base(origin, pos, b)?;
+                read_data(st, base_stop, d)?;
+            } else {
+                read_data(st, pos, slice)?;
+            }
+            pos = run_end;
+        }
+        Ok(())
+    }
+
+    fn read_base(&self, origin: u32, offset: u64, buf: &mut [u8]) -> FsResult<()> {
+        let entry = &self.manifest.entries[origin as usize];
+        let EntryKind::File { chunks } = &entry.kind else {
+            return Err(FsError::Invalid("base entry is not a file"));
+        };
+        let cs = self.manifest.chunk_size;
+        let mut pos = offset;
+        let mut filled = 0usize;
+        while filled < buf.len() {
+            let ci = pos / cs;
+            let chunk_start = ci * cs;
+            let chunk_len = cs.min(entry.size - chunk_start);
+            let within = (pos - chunk_start) as usize;
+            let n = (buf.len() - filled).min(chunk_len as usize - within);
+            match chunks.get(ci as usize).copied().flatten() {
+                None => buf[filled..filled + n].fill(0),
+                Some(id) => {
+                    let bytes = self.source.fetch(&id, chunk_len as usize).map_err(|e| {
+                        let err = FsError::Chunk {
+                            path: entry.path.clone(),
+                            offset: pos,
+                            chunk: id,
+                            reason: e.to_string(),
+                        };
+                        tracing::error!(file = %entry.path, offset = pos, chunk = %id, error = %e, "cannot read backup data");
+                        err
+                    })?;
+                    buf[filled..filled + n].copy_from_slice(&bytes[within..within + n]);
+                }
+            }
+            pos += n as u64;
+            filled += n;
+        }
+        Ok(())
+    }
+
+    /// Gives a file its data file, sized like the file, made durable before first use.
+    fn materialize(&self, ino: u64, st: &mut NodeState) -> FsResult<Arc<File>> {
+        if let Some(f) = &st.data {
+            return Ok(f.clone());
+        }
+        let tmp = self.tmp_dir.join(format!(
+            "{ino}.{}",
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.set_len(st.size)?;
+        file.sync_all()?;
+        fs::rename(&tmp, self.data_dir.join(ino.to_string()))?;
+        fsync_dir(&self.data_dir)?;
+        let file = Arc::new(file);
+        st.data = Some(file.clone());
+        Ok(file)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        let of = self.handle(fh)?;
+        let mut st = of.node.st.write().expect("node lock");
+        let file = self.materialize(of.node.ino, &mut st)?;
+        let end = offset + data.len() as u64;
+        let base_len = st.rec.base_len;
+        if !data.is_empty() && offset < base_len {
+            // Blocks partly covered by the write keep their other bytes: copy those from the
+            // current content first, so the whole block can then be read from the cache.
+            let head = offset / BLOCK_SIZE;
+            if offset % BLOCK_SIZE != 0 && !st.blocks.is_dirty(head) {
+                let start = head * BLOCK_SIZE;
+                let mut keep = vec![0u8; (offset - start) as usize];
+                self.read_into(&st, start, &mut keep)?;
+                file.write_all_at(&keep, start)?;
+            }
+            let tail = (end - 1) / BLOCK_SIZE;
+            let tail_stop = ((tail + 1) * BLOCK_SIZE).min(st.size);
+            if end < tail_stop && tail * BLOCK_SIZE < base_len && !st.blocks.is_dirty(tail) {
+                let mut keep = vec![0u8; (tail_stop - end) as usize];
+                self.read_into(&st, end, &mut keep)?;
+                file.write_all_at(&keep, end)?;
+            }
+            file.write_all_at(data, offset)?;
+            let last_base_block = (base_len - 1) / BLOCK_SIZE;
+            st.blocks.mark_range(head, tail.min(last_base_block));
+        } else {
+            file.write_all_at(data, offset)?;
+        }
+        st.size = st.size.max(end);
+        let t = now();
+        st.rec.mtime = t;
+        st.rec.ctime = t;
+        st.attrs_dirty = true;
+        Ok(data.len())
+    }
+
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        let _sync = node.sync_lock.lock().expect("sync lock");
+        {
+            let mut st = node.st.write().expect("node lock");
+            if let Some(size) = set.size {
+                if st.rec.kind != NodeKind::File {
+                    return Err(FsError::IsDir);
+                }
+                let file = self.materialize(ino, &mut st)?;
+                file.set_len(size)?;
+                st.size = size;
+                if size < st.rec.base_len {
+                    st.rec.base_len = size;
+                    st.blocks.clear_from(size.div_ceil(BLOCK_SIZE));
+                }
+                st.rec.mtime = now();
+            }
+            if let Some(mode) = set.mode {
+                st.rec.perm = mode & 0o7777;
+            }
+            if let Some(uid) = set.uid {
+                st.rec.uid = uid;
+            }
+            if let Some(gid) = set.gid {
+                st.rec.gid = gid;
+            }
+            if let Some(m) = set.mtime {
+                st.rec.mtime = to_ts(m);
+            }
+            st.rec.ctime = now();
+            st.attrs_dirty = true;
+        }
+        self.sync_node(&node, false)?;
+        Ok(Self::attr(&node))
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(FsError::Unsupported("fallocate mode"));
+        }
+        let of = self.handle(fh)?;
+        let mut st = of.node.st.write().expect("node lock");
+        let file = self.materialize(of.node.ino, &mut st)?;
+        let ret = unsafe {
+            // SAFETY: plain syscall on an fd we own for the duration of the call.
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&*file),
+                mode,
+                offset as libc::off_t,
+                length as libc::off_t,
+            )
+        };
+        if ret != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+            st.size = st.size.max(offset + length);
+            st.attrs_dirty = true;
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let of = self.handle(fh)?;
+        let _sync = of.node.sync_lock.lock().expect("sync lock");
+        self.sync_node(&of.node, datasync)
+    }
+
+    /// Makes everything written to `node` so far durable. Caller holds `node.sync_lock`.
+    fn sync_node(&self, node: &Arc<Node>, datasync: bool) -> FsResult<()> {
+        let (file, groups, attrs_dirty) = {
+            let mut st = node.st.write().expect("node lock");
+            let groups = st.blocks.take_unsynced();
+            (st.data.clone(), groups, std::mem::take(&mut st.attrs_dirty))
+        };
+        let restore = |e: FsError| {
+            let mut st = node.st.write().expect("node lock");
+            st.blocks.restore_unsynced(groups.iter().map(|g| g.0));
+            st.attrs_dirty |= attrs_dirty;
+            e
+        };
+        if let Some(f) = &file {
+            let synced = if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            };
+            synced.map_err(|e| restore(e.into()))?;
+        }
+        if groups.is_empty() && !attrs_dirty {
+            return Ok(());
+        }
+        let batch = Batch {
+            block_groups: groups
+                .iter()
+                .map(|(g, b)| (node.ino, *g, b.clone()))
+                .collect(),
+            ..Default::default()
+        };
+        self.persist(&[node], batch, true).map_err(restore)
+    }
+
+    /// Directory entries are committed durably when they change, so this only flushes what
+    /// non-durable commits (attributes at close) left behind.
+    pub fn fsyncdir(&self) -> FsResult<()> {
+        self.persist(&[], Batch::default(), true)
+    }
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let st = nix_statvfs(&self.cache_dir)?;
+        let files = self.ns.read().expect("namespace lock").nodes.len() as u64;
+        Ok(StatFs {
+            blocks: st.0,
+            bfree: st.1,
+            bavail: st.2,
+            files: files + st.3,
+            ffree: st.3,
+            bsize: st.4,
+        })
+    }
+
+    /// Writes every attribute change to disk (at unmount).
+    pub fn flush_all(&self) -> FsResult<()> {
+        let nodes: Vec<_> = self
+            .ns
+            .read()
+            .expect("namespace lock")
+            .nodes
+            .values()
+            .cloned()
+            .collect();
+        for node in nodes {
+            let _sync = node.sync_lock.lock().expect("sync lock");
+            self.sync_node(&node, false)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the cache holds on disk (data files and metadata).
+    pub fn cache_bytes(&self) -> u64 {
+        dir_bytes(&self.data_dir) + dir_bytes(&self.cache_dir.join(META_FILE))
+    }
+}
+
+fn touch(dir: &Node) {
+    let mut st = dir.st.write().expect("node lock");
+    let t = now();
+    st.rec.mtime = t;
+    st.rec.ctime = t;
+}
+
+fn read_data(st: &NodeState, offset: u64, buf: &mut [u8]) -> FsResult<()> {
+    let Some(file) = &st.data else {
+        buf.fill(0);
+        return Ok(());
+    };
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                // Past the end of the data file: a hole.
+                buf[done..].fill(0);
+                break;
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.blocks() * 512;
+    }
+    fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| dir_bytes(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// (blocks, bfree, bavail, ffree, bsize) of the filesystem holding `path`.
+fn nix_statvfs(path: &Path) -> std::io::Result<(u64, u64, u64, u64, u32)> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((
+        s.f_blocks,
+        s.f_bfree,
+        s.f_bavail,
+        s.f_ffree,
+        s.f_frsize as u32,
+    ))
+}
+
+/// The backup's whole namespace as the first commit of a new cache. Inode numbers follow the
+/// manifest order (root 1, entry i is i + 2), so they are stable for a given backup.
+fn populate(manifest: &BackupManifest, opts: &CacheOptions, binding: Binding) -> Batch {
+    let owner = |uid: u32, gid: u32| (opts.uid.unwrap_or(uid), opts.gid.unwrap_or(gid));
+    let (ruid, rgid) = owner(manifest.root_uid, manifest.root_gid);
+    let created = now();
+    let mut batch = Batch {
+        binding: Some(binding),
+        next_ino: Some(manifest.entries.len() as u64 + 2),
+        ..Default::default()
+    };
+    batch.inodes.push((
+        ROOT_INO,
+        InodeRecord {
+            kind: NodeKind::Dir,
+            perm: manifest.root_mode & 0o7777,
+            uid: ruid,
+            gid: rgid,
+            nlink: 1,
+            mtime: created,
+            ctime: created,
+            origin: None,
+            base_len: 0,
+            parent: ROOT_INO,
+            target: None,
+        },
+    ));
+    let mut dirs: HashMap<&str, u64> = HashMap::from([("", ROOT_INO)]);
+    for (i, e) in manifest.entries.iter().enumerate() {
+        let ino = i as u64 + 2;
+        let (parent_path, name) = split_path(&e.path);
+        let Some(&parent) = dirs.get(parent_path) else {
+            tracing::warn!(path = %e.path, "backup entry without a parent directory; left out");
+            continue;
+        };
+        let (uid, gid) = owner(e.uid, e.gid);
+        let (kind, origin, base_len, target) = match &e.kind {
+            EntryKind::Dir => {
+                dirs.insert(e.path.as_str(), ino);
+                (NodeKind::Dir, None, 0, None)
+            }
+            EntryKind::File { .. } => (NodeKind::File, Some(i as u32), e.size, None),
+            EntryKind::Symlink { target } => (NodeKind::Symlink, None, 0, Some(target.clone())),
+        };
+        batch.inodes.push((
+            ino,
+            InodeRecord {
+                kind,
+                perm: e.mode & 0o7777,
+                uid,
+                gid,
+                nlink: 1,
+                mtime: (e.mtime, 0),
+                ctime: (e.mtime, 0),
+                origin,
+                base_len,
+                parent: if kind == NodeKind::Dir { parent } else { 0 },
+                target,
+            },
+        ));
+        batch.dentries.push((parent, name.as_bytes().to_vec(), ino));
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicUsize;
+
+    use bytes::Bytes;
+    use ir_repository::{ChunkId, Entry};
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::source::FetchError;
+
+    const CS: u64 = 64 * 1024;
+
+    /// Test double: chunks from memory instead of a repository; `broken` chunks fail.
+    #[derive(Default)]
+    struct MemSource {
+        chunks: HashMap<ChunkId, Bytes>,
+        broken: HashSet<ChunkId>,
+        fetches: AtomicUsize,
+    }
+
+    impl ChunkSource for MemSource {
+        fn fetch(&self, id: &ChunkId, len: usize) -> Result<Bytes, FetchError> {
+            self.fetches.fetch_add(1, Ordering::Relaxed);
+            if self.broken.contains(id) {
+                return Err(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+                    "hash mismatch",
+                )));
+            }
+            let b = self.chunks.get(id).cloned().expect("fixture chunk");
+            assert_eq!(b.len(), len);
+            Ok(b)
+        }
+        fn prefetch(&self, _chunks: &[(ChunkId, usize)]) {}
+    }
+
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        manifest: Arc<BackupManifest>,
+        source: Arc<MemSource>,
+        rel: Vec<u8>,
+    }
+
+    fn file_entry(path: &str, data: &[u8], source: &mut MemSource) -> Entry {
+        let chunks = data
+            .chunks(CS as usize)
+            .map(|c| {
+                if c.iter().all(|b| *b == 0) {
+                    return None;
+                }
+                let id = ChunkId::of(c);
+                source.chunks.insert(id, Bytes::copy_from_slice(c));
+                Some(id)
+            })
+            .collect();
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File { chunks },
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            size: data.len() as u64,
+            mtime: 1_700_000_000,
+        }
+    }
+
+    fn dir_entry(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: EntryKind::Dir,
+            mode: 0o700,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 1_700_000_000,
+        }
+    }
+
+    /// base/1/rel: 3.5 chunks, the second all zeros; PG_VERSION; a symlink.
+    fn fixture() -> Fixture {
+        let mut source = MemSource::default();
+        let mut rel = pattern((CS * 3 + CS / 2) as usize, 7);
+        rel[CS as usize..(2 * CS) as usize].fill(0);
+        let entries = vec![
+            file_entry("PG_VERSION", b"15\n", &mut source),
+            dir_entry("base"),
+            dir_entry("base/1"),
+            file_entry("base/1/rel", &rel, &mut source),
+            Entry {
+                path: "link".into(),
+                kind: EntryKind::Symlink {
+                    target: "base/1".into(),
+                },
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                size: 6,
+                mtime: 1_700_000_000,
+            },
+        ];
+        let manifest = BackupManifest {
+            format_version: 1,
+            id: "20261125T000000Z-test".into(),
+            created: OffsetDateTime::UNIX_EPOCH,
+            pg_version: "15".into(),
+            system_identifier: "42".into(),
+            start_lsn: "0/2000028".into(),
+            stop_lsn: None,
+            timeline: 1,
+            total_size: rel.len() as u64 + 3,
+            chunk_size: CS,
+            root_mode: 0o700,
+            root_uid: 0,
+            root_gid: 0,
+            entries,
+        };
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            manifest: Arc::new(manifest),
+            source: Arc::new(source),
+            rel,
+        }
+    }
+
+    impl Fixture {
+        fn open(&self) -> FsResult<IrFs> {
+            IrFs::open_cache(
+                self.dir.path(),
+                self.manifest.clone(),
+                self.source.clone(),
+                &CacheOptions {
+                    uid: Some(101),
+                    gid: Some(104),
+                    repository: "file:///test".into(),
+                    readahead_chunks: 0,
+                },
+            )
+        }
+    }
+
+    fn path_ino(fs: &IrFs, path: &str) -> u64 {
+        path.split('/').fold(ROOT_INO, |dir, name| {
+            fs.lookup(dir, OsStr::new(name)).unwrap().ino
+        })
+    }
+
+    fn read_all(fs: &IrFs, ino: u64) -> Vec<u8> {
+        let fh = fs.open_file(ino).unwrap();
+        let size = fs.getattr(ino).unwrap().size;
+        let out = fs.read(fh, 0, size as u32 + 100).unwrap();
+        fs.release(fh).unwrap();
+        out
+    }
+
+    #[test]
+    fn presents_the_backup() {
+        let f = fixture();
+        let fs = f.open().unwrap();
+        let root = fs.getattr(ROOT_INO).unwrap();
+        assert_eq!(
+            (root.kind, root.uid, root.gid, root.perm),
+            (NodeKind::Dir, 101, 104, 0o700)
+        );
+        let rel = path_ino(&fs, "base/1/rel");
+        assert_eq!(read_all(&fs, rel), f.rel);
+        assert_eq!(fs.readlink(path_ino(&fs, "link")).unwrap(), b"base/1");
+        let names: Vec<_> = fs
+            .readdir(ROOT_INO)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, [".", "..", "PG_VERSION", "base", "link"]);
+        // Unaligned read across the zero chunk and two stored chunks.
+        let fh = fs.open_file(rel).unwrap();
+        let got = fs.read(fh, CS - 100, (CS + 200) as u32).unwrap();
+        assert_eq!(got, f.rel[(CS - 100) as usize..(2 * CS + 100) as usize]);
+        // Reads past the end are short.
+        assert!(fs.read(fh, f.rel.len() as u64, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn partial_block_write_keeps_the_rest_of_the_block() {
+        let f = fixture();
+        let fs = f.open().unwrap();
+        let rel = path_ino(&fs, "base/1/rel");
+        let fh = fs.open_file(rel).unwrap();
+        fs.write(fh, 8192 + 100, b"hello").unwrap();
+        let mut want = f.rel.clone();
+        want[8292..8297].copy_from_slice(b"hello");
+        assert_eq!(read_all(&fs, rel), want);
+        let node = fs.node(rel).unwrap();
+        let st = node.st.read().unwrap();
+        assert_eq!(st.blocks.dirty_count(), 1);
+        assert!(st.blocks.is_dirty(1));
+    }
+
+    #[test]
+    fn write_spanning_blocks_and_extending_the_file() {
+        let f = fixture();
+        let fs = f.open().unwrap();
+        let rel = path_ino(&fs, "base/1/rel");
+        let fh = fs.open_file(rel).unwrap();
+        let len = f.rel.len() as u64;
+        let data = pattern(20_000, 99);
+        fs.write(fh, len - 10_000, &data).unwrap();
+        let mut want = f.rel.clone();
+        want.truncate((len - 10_000) as usize);
+        want.extend_from_slice(&data);
+        assert_eq!(read_all(&fs, rel), want);
+        assert_eq!(fs.getattr(rel).unwrap().size, len + 10_000);
+    }
+
+    #[test]
+    fn truncate_hides_base_content() {
+        let f = fixture();
+        let fs = f.open().unwrap();
+        let rel = path_ino(&fs, "base/1/rel");
+        fs.setattr(
+            rel,
+            &SetAttr {
+                size: Some(10_000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        fs.setattr(
+            rel,
+            &SetAttr {
+                size: Some(30_000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let got = read_all(&fs, rel);
+        assert_eq!(got.len(), 30_000);
+        assert_eq!(got[..10_000], f.rel[..10_000]);
+        assert!(
+            got[10_000..].iter().all(|b| *b == 0),
+            "bytes past a truncation read as zeros"
+        );
+    }
+
+    #[test]
+    fn namespace_operations() {
+        let f = fixture();
+        let fs = f.open().unwrap();
+        let base = path_ino(&fs, "base");
+        let (a, fh) = fs.create(base, OsStr::new("new"), 0o600, 101, 104).unwrap();
+        fs.write(fh, 0, b"new file").unwrap();
+        fs.release(fh).unwrap();
+        assert!(matches!(
+            fs.create(base, OsStr::new("new"), 0o600, 0, 0),
+            Err(FsError::Exists)
+        ));
+
+        // Rename over an existing file replaces it.
+        let one = path_ino(&fs, "base/1");
+        fs.rename(base, OsStr::new("new"), one, OsStr::new("rel"), false)
+            .unwrap();
+        assert_eq!(read_all(&fs, path_ino(&fs, "base/1/rel")), b"new file");
+        assert!(matches!(
+            fs.lookup(base, OsStr::new("new")),
+            Err(FsError::NotFound)
+        ));
+        assert_eq!(path_ino(&fs, "base/1/rel"), a.ino);
+
+        assert!(matches!(
+            fs.rmdir(ROOT_INO, OsStr::new("base")),
+            Err(FsError::NotEmpty)
+        ));
+        assert!(matches!(
+            fs.unlink(ROOT_INO, OsStr::new("base")),
+            Err(FsError::IsDir)
+        ));
+        assert!(matches!(
+            fs.rename(ROOT_INO, OsStr::new("base"), one, OsStr::new("x"), false),
+            Err(FsError::Invalid(_))
+        ));
+
+        let l = fs.link(a.ino, ROOT_INO, OsStr::new("hard")).unwrap();
+        assert_eq!(l.nlink, 2);
+        fs.unlink(one, OsStr::new("rel")).unwrap();
+        assert_eq!(fs.getattr(a.ino).unwrap().nlink, 1);
+        assert_eq!(read_all(&fs, a.ino), b"new file");
+
+        let d = fs
+            .mkdir(ROOT_INO, OsStr::new("d"), 0o700, 101, 104)
+            .unwrap();
+        fs.rename(ROOT_INO, OsStr::new("d"), base, OsStr::new("d2"), false)
+            .unwrap();
+        let entries = fs.readdir(d.ino).unwrap();
+        assert_eq!(entries[1].ino, base, "'..' follows the move");
+        fs.rmdir(base, OsStr::new("d2")).unwrap();
+    }
+
+    #[test]
+    fn fsynced_writes_survive_and_unsynced_bitmaps_do_not() {
+        let f = fixture();
+        let rel_content = {
+            let fs = f.open().unwrap();
+            let rel = path_ino(&fs, "base/1/rel");
+            let fh = fs.open_file(rel).unwrap();
+            fs.write(fh, 0, &[1u8; 8192]).unwrap();
+            fs.fsync(fh, true).unwrap();
+            // Written but never fsynced: after a crash the block reads its base again.
+            fs.write(fh, 3 * 8192, &[2u8; 8192]).unwrap();
+            let (c, cfh) = fs
+                .create(ROOT_INO, OsStr::new("wal"), 0o600, 101, 104)
+                .unwrap();
+            fs.write(cfh, 0, b"committed").unwrap();
+            fs.fsync(cfh, true).unwrap();
+            assert_eq!(path_ino(&fs, "wal"), c.ino);
+            read_all(&fs, rel)
+            // Dropped without unmount or flush: like a SIGKILL.
+        };
+        let fs = f.open().unwrap();
+        let rel = path_ino(&fs, "base/1/rel");
+        let after = read_all(&fs, rel);
+        assert_eq!(after[..8192], [1u8; 8192]);
+        assert_eq!(after[3 * 8192..4 * 8192], f.rel[3 * 8192..4 * 8192]);
+        assert_eq!(after[8192..3 * 8192], rel_content[8192..3 * 8192]);
+        assert_eq!(read_all(&fs, path_ino(&fs, "wal")), b"committed");
+    }
+
+    #[test]
+    fn unlinked_open_file_lives_until_release_and_is_reclaimed_after_crash() {
+        let f = fixture();
+        {
+            let fs = f.open().unwrap();
+            let (a, fh) = fs.create(ROOT_INO, OsStr::new("tmp"), 0o600, 0, 0).unwrap();
+            fs.write(fh, 0, b"still here").unwrap();
+            fs.unlink(ROOT_INO, OsStr::new("tmp")).unwrap();
+            assert_eq!(fs.read(fh, 0, 100).unwrap(), b"still here");
+            assert!(f.dir.path().join("data").join(a.ino.to_string()).exists());
+            // Crash while still open.
+        }
+        let fs = f.open().unwrap();
+        assert!(matches!(
+            fs.lookup(ROOT_INO, OsStr::new("tmp")),
+            Err(FsError::NotFound)
+        ));
+        assert_eq!(fs::read_dir(f.dir.path().join("data")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn cache_is_bound_to_its_backup() {
+        let f = fixture();
+        drop(f.open().unwrap());
+        let mut other = (*f.manifest).clone();
+        other.id = "20261125T000000Z-othr".into();
+        let err = IrFs::open_cache(
+            f.dir.path(),
+            Arc::new(other),
+            f.source.clone(),
+            &CacheOptions::default(),
+        )
+        .err()
+        .expect("another backup is refused");
+        assert!(
+            err.to_string()
+                .contains("belongs to backup 20261125T000000Z-test"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn broken_chunk_is_eio_naming_file_and_offset() {
+        let mut f = fixture();
+        let EntryKind::File { chunks } = &f.manifest.entries[3].kind else {
+            unreachable!()
+        };
+        let third = chunks[2].unwrap();
+        Arc::get_mut(&mut f.source).unwrap().broken.insert(third);
+        let fs = f.open().unwrap();
+        let rel = path_ino(&fs, "base/1/rel");
+        let fh = fs.open_file(rel).unwrap();
+        assert_eq!(fs.read(fh, 0, 100).unwrap(), f.rel[..100]);
+        let err = fs.read(fh, 2 * CS + 5, 10).unwrap_err();
+        assert_eq!(err.errno(), libc::EIO);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("base/1/rel") && msg.contains(&third.to_hex()) && msg.contains("131077"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn rewritten_blocks_are_not_fetched_again() {
+        let f = fixture();
+        let fs = f.open().unwrap();
+        let rel = path_ino(&fs, "base/1/rel");
+        let fh = fs.open_file(rel).unwrap();
+        fs.write(fh, 0, &vec![9u8; CS as usize]).unwrap();
+        let before = f.source.fetches.load(Ordering::Relaxed);
+        assert_eq!(fs.read(fh, 0, CS as u32).unwrap(), vec![9u8; CS as usize]);
+        assert_eq!(f.source.fetches.load(Ordering::Relaxed), before);
+    }
+}

@@ -1,0 +1,15 @@
+//! The instant-recovery data plane on a node: a backup's data directory served read-write through
+//! FUSE, reads from the backup repository, writes into a crash-safe local cache (the IRCache).
+
+pub mod blockmap;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod meta;
+pub mod mount;
+pub mod source;
+
+pub use error::{FsError, FsResult};
+pub use fs::{CacheOptions, IrFs};
+pub use mount::{MountError, MountOptions, Mounted, clear_stale_mount, mount_backup};
+pub use source::{ChunkSource, RepoSource, SourceConfig, SourceStats};

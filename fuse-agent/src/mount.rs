@@ -1,0 +1,222 @@
+//! Mounting a backup: cache lock, stale-mount recovery, the FUSE session and its teardown.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+use ir_repository::{BackupManifest, Repository};
+use tokio::runtime::Handle;
+
+use crate::error::FsError;
+use crate::fs::{CacheOptions, IrFs};
+use crate::fuse::FuseAdapter;
+use crate::source::{RepoSource, SourceConfig, SourceStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount point {0}: {1}")]
+    MountPoint(PathBuf, std::io::Error),
+    #[error("cache {0} is in use by another mount")]
+    CacheBusy(PathBuf),
+    #[error("cache {0}: {1}")]
+    Cache(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(
+        "mounting FUSE at {0}: {1} (is /dev/fuse available and are we root or allowed to use fusermount3?)"
+    )]
+    Fuse(PathBuf, std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub mountpoint: PathBuf,
+    pub cache_dir: PathBuf,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// FUSE worker threads.
+    pub threads: usize,
+    pub memory_cache_bytes: u64,
+    /// Size limit of the on-disk chunk cache, used for remote repositories only.
+    pub disk_cache_bytes: u64,
+    pub readahead_chunks: usize,
+}
+
+impl MountOptions {
+    pub fn new(mountpoint: PathBuf, cache_dir: PathBuf) -> Self {
+        MountOptions {
+            mountpoint,
+            cache_dir,
+            uid: None,
+            gid: None,
+            threads: 4,
+            memory_cache_bytes: 256 << 20,
+            disk_cache_bytes: 4 << 30,
+            readahead_chunks: 8,
+        }
+    }
+}
+
+/// A mounted backup. Unmounts when `unmount` is called or when dropped.
+pub struct Mounted {
+    session: Option<BackgroundSession>,
+    fs: Arc<IrFs>,
+    stats: Arc<SourceStats>,
+    mountpoint: PathBuf,
+    _lock: File,
+}
+
+impl Mounted {
+    pub fn fs(&self) -> &Arc<IrFs> {
+        &self.fs
+    }
+
+    pub fn stats(&self) -> &Arc<SourceStats> {
+        &self.stats
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts (lazily, so open files keep working until closed) and waits up to `wait` for
+    /// the session to end. Everything written is flushed to the cache either way.
+    pub fn unmount(mut self, wait: Duration) -> Result<(), MountError> {
+        let session = self.session.take().expect("session present until unmount");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(session.umount_and_join());
+        });
+        match rx.recv_timeout(wait) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+            Err(_) => tracing::warn!(
+                mountpoint = %self.mountpoint.display(),
+                "files on the mount are still open; detached it, they fail once we exit"
+            ),
+        }
+        self.fs.flush_all()?;
+        Ok(())
+    }
+}
+
+/// Lazily unmounts a FUSE mount whose server died ("transport endpoint is not connected").
+/// Returns whether there was one.
+pub fn clear_stale_mount(path: &Path) -> std::io::Result<bool> {
+    match fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+            // SAFETY: valid C string; MNT_DETACH only detaches the dead mount.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            tracing::info!(mountpoint = %path.display(), "cleared a stale mount");
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+fn lock_cache(dir: &Path) -> Result<File, MountError> {
+    let cache_err = |e| MountError::Cache(dir.to_path_buf(), e);
+    fs::create_dir_all(dir).map_err(cache_err)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(cache_err)?;
+    // SAFETY: flock on a file descriptor we own; released when the process dies.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(MountError::CacheBusy(dir.to_path_buf()));
+    }
+    Ok(lock)
+}
+
+/// Opens the cache and mounts the backup at `opts.mountpoint`.
+pub fn mount_backup(
+    repo: Repository,
+    manifest: BackupManifest,
+    opts: &MountOptions,
+    runtime: Handle,
+) -> Result<Mounted, MountError> {
+    let lock = lock_cache(&opts.cache_dir)?;
+    clear_stale_mount(&opts.mountpoint)
+        .map_err(|e| MountError::MountPoint(opts.mountpoint.clone(), e))?;
+    let meta = fs::metadata(&opts.mountpoint)
+        .map_err(|e| MountError::MountPoint(opts.mountpoint.clone(), e))?;
+    if !meta.is_dir() {
+        return Err(MountError::MountPoint(
+            opts.mountpoint.clone(),
+            std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        ));
+    }
+    raise_fd_limit();
+
+    let disk = (!repo.is_local()).then(|| (opts.cache_dir.join("chunks"), opts.disk_cache_bytes));
+    let repository = repo.url().to_string();
+    let source = RepoSource::new(
+        repo,
+        runtime,
+        SourceConfig {
+            memory_bytes: opts.memory_cache_bytes,
+            disk,
+            readahead_chunks: opts.readahead_chunks,
+            max_fetches: 16,
+        },
+    )
+    .map_err(|e| MountError::Cache(opts.cache_dir.clone(), e))?;
+    let stats = source.stats();
+    let fs = Arc::new(IrFs::open_cache(
+        &opts.cache_dir,
+        Arc::new(manifest),
+        Arc::new(source),
+        &CacheOptions {
+            uid: opts.uid,
+            gid: opts.gid,
+            repository,
+            readahead_chunks: opts.readahead_chunks,
+        },
+    )?);
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("instant-recovery:{}", fs.manifest().id)),
+        MountOption::Subtype("instant-recovery".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RW,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone()), &opts.mountpoint, &config)
+        .map_err(|e| MountError::Fuse(opts.mountpoint.clone(), e))?;
+    Ok(Mounted {
+        session: Some(session),
+        fs,
+        stats,
+        mountpoint: opts.mountpoint.clone(),
+        _lock: lock,
+    })
+}
+
+/// Each file PostgreSQL touches keeps a data file open in the cache.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid out-parameter.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

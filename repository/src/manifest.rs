@@ -1,0 +1,142 @@
+//! The on-repository data model: repository config, backup manifests and chunk ids.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+
+/// Version of the repository layout (`ir-repo.json`, manifests, chunk paths).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Default chunk size. 1 MiB keeps a manifest small (one id per MiB: about 100 KiB of ids per
+/// 1.5 GB backup), makes one S3 GET large enough to amortise its latency, and is still small
+/// enough that the first read of a random 8 KiB page fetches little more than it needs.
+pub const DEFAULT_CHUNK_SIZE: u64 = 1024 * 1024;
+
+/// `ir-repo.json`: written once by `repo init`, read by everyone who opens the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format_version: u32,
+    /// Fixed chunk size in bytes for every backup of the repository.
+    pub chunk_size: u64,
+    /// Hash over the plain chunk bytes; names the chunk object. Always `blake3`.
+    pub hash: String,
+    /// Compression of chunk objects. Always `zstd`.
+    pub compression: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+}
+
+/// BLAKE3 hash of a chunk's plain bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn of(data: &[u8]) -> Self {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", self.to_hex())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid chunk id {0:?}: expected 64 hex digits")]
+pub struct InvalidChunkId(pub String);
+
+impl FromStr for ChunkId {
+    type Err = InvalidChunkId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| InvalidChunkId(s.to_string()))?;
+        Ok(ChunkId(out))
+    }
+}
+
+impl Serialize for ChunkId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EntryKind {
+    Dir,
+    /// `chunks[i]` covers bytes `[i * chunk_size, min((i + 1) * chunk_size, size))`; `None` is an
+    /// all-zero chunk, which is not stored.
+    File { chunks: Vec<Option<ChunkId>> },
+    Symlink { target: String },
+}
+
+/// One file, directory or symlink of the data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative to the data directory, `/`-separated, never empty, no `.` or `..` parts.
+    /// Parents come before their children.
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: EntryKind,
+    /// Permission bits (`0o7777` part of st_mode).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+/// `backups/<id>.json.zst`. Its presence is what makes a backup exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupManifest {
+    pub format_version: u32,
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    /// Contents of `PG_VERSION`, e.g. `15`.
+    pub pg_version: String,
+    /// Database system identifier from `global/pg_control`, as a decimal string (it does not fit
+    /// a JSON number losslessly).
+    pub system_identifier: String,
+    /// `X/Y` form, as PostgreSQL prints LSNs.
+    pub start_lsn: String,
+    /// End of the WAL needed for consistency; `None` when the source did not say.
+    pub stop_lsn: Option<String>,
+    pub timeline: u32,
+    /// Sum of the sizes of all files.
+    pub total_size: u64,
+    pub chunk_size: u64,
+    /// Mode, uid and gid of the data directory itself.
+    pub root_mode: u32,
+    pub root_uid: u32,
+    pub root_gid: u32,
+    pub entries: Vec<Entry>,
+}
+
+impl BackupManifest {
+    /// Number of chunks a file of `size` bytes has.
+    pub fn chunk_count(&self, size: u64) -> u64 {
+        size.div_ceil(self.chunk_size)
+    }
+}
