@@ -1,6 +1,25 @@
 //! Backup repository: content-addressed chunk store on a local directory or S3, backup manifests,
 //! ingest from PostgreSQL, verification and garbage collection.
+//!
+//! Layout: `ir-repo.json` (config), `backups/<id>.json.zst` (manifests, zstd JSON),
+//! `chunks/<aa>/<blake3>` (zstd chunks named by the hash of their plain bytes) and
+//! `ingests/<id>` (markers of ingests in progress).
 
+pub mod error;
+mod gc;
+mod ingest;
 pub mod manifest;
+mod pgmeta;
+mod repo;
+pub mod size;
+mod store;
+mod verify;
 
+pub use error::RepoError;
+pub use gc::GcReport;
+pub use ingest::{Progress, ProgressSnapshot};
 pub use manifest::{BackupManifest, ChunkId, Entry, EntryKind, RepoConfig};
+pub use pgmeta::{format_lsn, parse_lsn};
+pub use repo::Repository;
+pub use store::StoreOptions;
+pub use verify::{DamagedChunk, VerifyReport};

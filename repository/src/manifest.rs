@@ -86,8 +86,12 @@ pub enum EntryKind {
     Dir,
     /// `chunks[i]` covers bytes `[i * chunk_size, min((i + 1) * chunk_size, size))`; `None` is an
     /// all-zero chunk, which is not stored.
-    File { chunks: Vec<Option<ChunkId>> },
-    Symlink { target: String },
+    File {
+        chunks: Vec<Option<ChunkId>>,
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 /// One file, directory or symlink of the data directory.
@@ -138,5 +142,74 @@ impl BackupManifest {
     /// Number of chunks a file of `size` bytes has.
     pub fn chunk_count(&self, size: u64) -> u64 {
         size.div_ceil(self.chunk_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_json_round_trip() {
+        let id = ChunkId::of(b"x");
+        let m = BackupManifest {
+            format_version: FORMAT_VERSION,
+            id: "20261125T063512Z-3fa2".to_string(),
+            created: time::macros::datetime!(2026-11-25 06:35:12 UTC),
+            pg_version: "15".to_string(),
+            system_identifier: "7311234567890123456".to_string(),
+            start_lsn: "0/2000028".to_string(),
+            stop_lsn: Some("0/2000100".to_string()),
+            timeline: 1,
+            total_size: 3 << 20,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            root_mode: 0o700,
+            root_uid: 26,
+            root_gid: 26,
+            entries: vec![
+                Entry {
+                    path: "base".to_string(),
+                    kind: EntryKind::Dir,
+                    mode: 0o700,
+                    uid: 26,
+                    gid: 26,
+                    size: 0,
+                    mtime: 1_700_000_000,
+                },
+                Entry {
+                    path: "base/1".to_string(),
+                    kind: EntryKind::File {
+                        chunks: vec![Some(id), None, Some(id)],
+                    },
+                    mode: 0o600,
+                    uid: 26,
+                    gid: 26,
+                    size: 3 << 20,
+                    mtime: 1_700_000_001,
+                },
+                Entry {
+                    path: "pg_wal".to_string(),
+                    kind: EntryKind::Symlink {
+                        target: "/wal".to_string(),
+                    },
+                    mode: 0o777,
+                    uid: 26,
+                    gid: 26,
+                    size: 4,
+                    mtime: 1_700_000_002,
+                },
+            ],
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(
+            json.contains(&format!("\"chunks\":[\"{id}\",null,\"{id}\"]")),
+            "{json}"
+        );
+        assert!(json.contains("\"type\":\"symlink\""), "{json}");
+        let back: BackupManifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(m.chunk_count(3 << 20), 3);
+        assert_eq!(m.chunk_count((3 << 20) + 1), 4);
+        assert!("zz".parse::<ChunkId>().is_err());
     }
 }

@@ -1,0 +1,539 @@
+//! The repository handle: config, manifests and chunk reads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use time::OffsetDateTime;
+
+use crate::error::RepoError;
+use crate::manifest::{BackupManifest, ChunkId, FORMAT_VERSION, RepoConfig};
+use crate::size::validate_chunk_size;
+use crate::store::{StoreOptions, open_store};
+
+pub(crate) const CONFIG_PATH: &str = "ir-repo.json";
+pub(crate) const BACKUPS_DIR: &str = "backups";
+pub(crate) const CHUNKS_DIR: &str = "chunks";
+const MANIFEST_SUFFIX: &str = ".json.zst";
+/// Parallel manifest loads when listing backups.
+const LIST_CONCURRENCY: usize = 8;
+
+/// A backup repository on a local directory or in an S3 bucket. Cheap to clone.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    local: bool,
+    config: RepoConfig,
+    opts: StoreOptions,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &self.inner.url)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+pub(crate) fn chunk_path(id: &ChunkId) -> Path {
+    let hex = id.to_hex();
+    Path::from(format!("{CHUNKS_DIR}/{}/{hex}", &hex[..2]))
+}
+
+pub(crate) fn manifest_path(id: &str) -> Path {
+    Path::from(format!("{BACKUPS_DIR}/{id}{MANIFEST_SUFFIX}"))
+}
+
+fn check_backup_id(id: &str) -> Result<(), RepoError> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(RepoError::InvalidBackupId { id: id.to_string() });
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Creates a repository. Refuses if `ir-repo.json` already exists.
+    pub async fn init(
+        url: &str,
+        chunk_size: u64,
+        opts: &StoreOptions,
+    ) -> Result<Repository, RepoError> {
+        validate_chunk_size(chunk_size)?;
+        let opened = open_store(url, opts, true)?;
+        let config = RepoConfig {
+            format_version: FORMAT_VERSION,
+            chunk_size,
+            hash: "blake3".to_string(),
+            compression: "zstd".to_string(),
+            created: OffsetDateTime::now_utc(),
+        };
+        let repo = Repository {
+            inner: Arc::new(Inner {
+                url: opened.url,
+                store: opened.store,
+                local: opened.local,
+                config,
+                opts: opts.clone(),
+            }),
+        };
+        let path = Path::from(CONFIG_PATH);
+        match repo.inner.store.head(&path).await {
+            Ok(_) => return Err(repo.already_exists()),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(repo.store_err(&path, e)),
+        }
+        let body = serde_json::to_vec_pretty(&repo.inner.config).expect("config serialises");
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match repo
+            .inner
+            .store
+            .put_opts(&path, PutPayload::from(body.clone()), create)
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => return Err(repo.already_exists()),
+            // Stores without conditional writes: the head above is the best we can do.
+            Err(object_store::Error::NotImplemented { .. }) => repo
+                .inner
+                .store
+                .put(&path, PutPayload::from(body))
+                .await
+                .map(|_| ())
+                .map_err(|e| repo.store_err(&path, e))?,
+            Err(e) => return Err(repo.store_err(&path, e)),
+        }
+        Ok(repo)
+    }
+
+    /// Opens an existing repository.
+    pub async fn open(url: &str, opts: &StoreOptions) -> Result<Repository, RepoError> {
+        let opened = open_store(url, opts, false)?;
+        let path = Path::from(CONFIG_PATH);
+        let not_repo = || RepoError::NotARepository {
+            url: opened.url.clone(),
+        };
+        let body = match opened.store.get(&path).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return Err(not_repo()),
+            Err(source) => {
+                return Err(RepoError::Store {
+                    url: opened.url.clone(),
+                    path: CONFIG_PATH.to_string(),
+                    transient: is_transient(&source, opened.local),
+                    source,
+                });
+            }
+        };
+        let invalid = |reason: String| RepoError::InvalidObject {
+            url: opened.url.clone(),
+            path: CONFIG_PATH.to_string(),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+        // Check the version before the shape: a newer format may have changed the fields.
+        let found = value
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| invalid("no format_version".to_string()))?;
+        if found != u64::from(FORMAT_VERSION) {
+            return Err(RepoError::UnsupportedFormat {
+                url: opened.url.clone(),
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: FORMAT_VERSION,
+            });
+        }
+        let config: RepoConfig =
+            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        if config.hash != "blake3" || config.compression != "zstd" {
+            return Err(invalid(format!(
+                "unsupported hash {:?} or compression {:?}",
+                config.hash, config.compression
+            )));
+        }
+        validate_chunk_size(config.chunk_size).map_err(|e| invalid(e.to_string()))?;
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                url: opened.url,
+                store: opened.store,
+                local: opened.local,
+                config,
+                opts: opts.clone(),
+            }),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    pub fn config(&self) -> &RepoConfig {
+        &self.inner.config
+    }
+
+    /// A `file://` repository: reads are as fast as a local cache would be.
+    pub fn is_local(&self) -> bool {
+        self.inner.local
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    /// Ids of all backups, sorted (ids sort by creation time).
+    pub async fn backup_ids(&self) -> Result<Vec<String>, RepoError> {
+        let prefix = Path::from(BACKUPS_DIR);
+        let metas: Vec<_> = self
+            .inner
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.store_err(&prefix, e))?;
+        let mut ids: Vec<String> = metas
+            .iter()
+            .filter_map(|m| m.location.filename()?.strip_suffix(MANIFEST_SUFFIX))
+            .filter(|id| check_backup_id(id).is_ok())
+            .map(str::to_string)
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// All backup manifests, sorted by id.
+    pub async fn list_backups(&self) -> Result<Vec<BackupManifest>, RepoError> {
+        let ids = self.backup_ids().await?;
+        let mut manifests: Vec<BackupManifest> = futures::stream::iter(ids)
+            .map(|id| async move { self.load_manifest(&id).await })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        manifests.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(manifests)
+    }
+
+    /// Turns `latest` into the newest backup id; checks that any other id exists.
+    pub async fn resolve_backup(&self, id_or_latest: &str) -> Result<String, RepoError> {
+        if id_or_latest == "latest" {
+            return self
+                .backup_ids()
+                .await?
+                .pop()
+                .ok_or_else(|| RepoError::NoBackups {
+                    url: self.inner.url.clone(),
+                });
+        }
+        check_backup_id(id_or_latest)?;
+        let path = manifest_path(id_or_latest);
+        match self.inner.store.head(&path).await {
+            Ok(_) => Ok(id_or_latest.to_string()),
+            Err(object_store::Error::NotFound { .. }) => Err(self.not_found(id_or_latest)),
+            Err(e) => Err(self.store_err(&path, e)),
+        }
+    }
+
+    pub async fn load_manifest(&self, id: &str) -> Result<BackupManifest, RepoError> {
+        check_backup_id(id)?;
+        let path = manifest_path(id);
+        let body = match self.inner.store.get(&path).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return Err(self.not_found(id)),
+            Err(e) => return Err(self.store_err(&path, e)),
+        };
+        let url = self.inner.url.clone();
+        tokio::task::spawn_blocking(move || {
+            let invalid = |reason: String| RepoError::InvalidObject {
+                url: url.clone(),
+                path: path.to_string(),
+                reason,
+            };
+            let json = zstd::stream::decode_all(&body[..]).map_err(|e| invalid(e.to_string()))?;
+            let m: BackupManifest =
+                serde_json::from_slice(&json).map_err(|e| invalid(e.to_string()))?;
+            if m.format_version != FORMAT_VERSION {
+                return Err(invalid(format!(
+                    "format version {} is not supported",
+                    m.format_version
+                )));
+            }
+            Ok(m)
+        })
+        .await
+        .expect("manifest decoding does not panic")
+    }
+
+    /// Writing the manifest is what makes a backup exist, so it is the last step of an ingest.
+    pub(crate) async fn write_manifest(&self, m: &BackupManifest) -> Result<(), RepoError> {
+        let path = manifest_path(&m.id);
+        let json = serde_json::to_vec(m).expect("manifest serialises");
+        let body = tokio::task::spawn_blocking(move || zstd::bulk::compress(&json, 9))
+            .await
+            .expect("compression does not panic")
+            .map_err(|e| RepoError::io(path.to_string(), e))?;
+        self.inner
+            .store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| self.store_err(&path, e))?;
+        Ok(())
+    }
+
+    /// Fetches, decompresses and checks one chunk (see the crate docs for the retry policy).
+    pub async fn read_chunk(&self, id: &ChunkId, expected_len: usize) -> Result<Bytes, RepoError> {
+        let start = Instant::now();
+        let deadline = self.inner.opts.read_deadline;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            // Each attempt gets what is left of the budget, so a hung request cannot outlive it.
+            let remaining = deadline.saturating_sub(start.elapsed());
+            let last = match tokio::time::timeout(remaining, self.fetch_chunk(id)).await {
+                Ok(Ok(compressed)) => return self.decode_chunk(id, compressed, expected_len).await,
+                Ok(Err(e)) if e.is_transient() => e.to_string(),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => format!("no answer within {remaining:?}"),
+            };
+            let waited = start.elapsed();
+            if waited + backoff >= deadline {
+                return Err(RepoError::Unavailable {
+                    id: *id,
+                    url: self.inner.url.clone(),
+                    waited,
+                    last,
+                });
+            }
+            tracing::debug!(chunk = %id, error = %last, "chunk read failed, retrying in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn fetch_chunk(&self, id: &ChunkId) -> Result<Bytes, RepoError> {
+        let path = chunk_path(id);
+        let res = match self.inner.store.get(&path).await {
+            Ok(r) => r.bytes().await,
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(b) => Ok(b),
+            Err(object_store::Error::NotFound { .. }) => Err(RepoError::MissingChunk {
+                id: *id,
+                url: self.inner.url.clone(),
+            }),
+            Err(e) => Err(self.store_err(&path, e)),
+        }
+    }
+
+    async fn decode_chunk(
+        &self,
+        id: &ChunkId,
+        compressed: Bytes,
+        expected_len: usize,
+    ) -> Result<Bytes, RepoError> {
+        let id = *id;
+        let url = self.inner.url.clone();
+        tokio::task::spawn_blocking(move || {
+            let corrupt = |reason: String| RepoError::CorruptChunk {
+                id,
+                url: url.clone(),
+                reason,
+            };
+            let plain = zstd::bulk::decompress(&compressed, expected_len)
+                .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+            if plain.len() != expected_len {
+                return Err(corrupt(format!(
+                    "{} bytes after decompression, expected {expected_len}",
+                    plain.len()
+                )));
+            }
+            if ChunkId::of(&plain) != id {
+                return Err(corrupt("content does not match its hash".to_string()));
+            }
+            Ok(Bytes::from(plain))
+        })
+        .await
+        .expect("chunk decoding does not panic")
+    }
+
+    pub(crate) fn store_err(&self, path: &Path, source: object_store::Error) -> RepoError {
+        RepoError::Store {
+            url: self.inner.url.clone(),
+            path: path.to_string(),
+            transient: is_transient(&source, self.inner.local),
+            source,
+        }
+    }
+
+    fn not_found(&self, id: &str) -> RepoError {
+        RepoError::BackupNotFound {
+            id: id.to_string(),
+            url: self.inner.url.clone(),
+        }
+    }
+
+    fn already_exists(&self) -> RepoError {
+        RepoError::AlreadyExists {
+            url: self.inner.url.clone(),
+        }
+    }
+}
+
+/// Remote `Generic` errors are what object_store reports for network trouble and server errors
+/// once its own retries are spent; local ones are filesystem errors that waiting will not fix.
+fn is_transient(e: &object_store::Error, local: bool) -> bool {
+    !local && matches!(e, object_store::Error::Generic { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn temp_repo() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("repo").display());
+        let repo = Repository::init(&url, 64 * 1024, &StoreOptions::default())
+            .await
+            .unwrap();
+        (dir, repo)
+    }
+
+    fn chunk_file(repo_dir: &std::path::Path, id: &ChunkId) -> std::path::PathBuf {
+        repo_dir.join("repo").join(chunk_path(id).to_string())
+    }
+
+    fn write_chunk(repo_dir: &std::path::Path, id: &ChunkId, content: &[u8]) {
+        let path = chunk_file(repo_dir, id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, zstd::bulk::compress(content, 3).unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn init_then_open() {
+        let (dir, repo) = temp_repo().await;
+        assert!(repo.is_local());
+        let again = Repository::init(repo.url(), 1 << 20, &StoreOptions::default()).await;
+        assert!(
+            matches!(again, Err(RepoError::AlreadyExists { .. })),
+            "{again:?}"
+        );
+        let opened = Repository::open(repo.url(), &StoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(opened.config(), repo.config());
+        assert!(repo.list_backups().await.unwrap().is_empty());
+        let latest = repo.resolve_backup("latest").await;
+        assert!(
+            matches!(latest, Err(RepoError::NoBackups { .. })),
+            "{latest:?}"
+        );
+        let missing = repo
+            .load_manifest("20260101T000000Z-abcd")
+            .await
+            .unwrap_err();
+        assert!(
+            missing.to_string().contains("20260101T000000Z-abcd"),
+            "{missing}"
+        );
+        assert!(missing.to_string().contains(repo.url()), "{missing}");
+        let bad = repo.load_manifest("../ir-repo").await;
+        assert!(
+            matches!(bad, Err(RepoError::InvalidBackupId { .. })),
+            "{bad:?}"
+        );
+
+        let nothing = format!("file://{}", dir.path().join("nothing").display());
+        let err = Repository::open(&nothing, &StoreOptions::default()).await;
+        assert!(
+            matches!(err, Err(RepoError::NotARepository { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_refuses_unknown_format() {
+        let (dir, repo) = temp_repo().await;
+        let config = dir.path().join("repo/ir-repo.json");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace("\"format_version\": 1", "\"format_version\": 99"),
+        )
+        .unwrap();
+        let err = Repository::open(repo.url(), &StoreOptions::default()).await;
+        assert!(
+            matches!(err, Err(RepoError::UnsupportedFormat { found: 99, .. })),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_urls_and_sizes() {
+        let opts = StoreOptions::default();
+        for url in ["ftp://x/y", "file://relative", "not a url"] {
+            let err = Repository::open(url, &opts).await;
+            assert!(
+                matches!(err, Err(RepoError::InvalidUrl { .. })),
+                "{url}: {err:?}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let err = Repository::init(dir.path().to_str().unwrap(), 1000, &opts).await;
+        assert!(
+            matches!(err, Err(RepoError::InvalidChunkSize { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn read_chunk_detects_damage() {
+        let (dir, repo) = temp_repo().await;
+        let content = b"some page bytes".repeat(100);
+        let id = ChunkId::of(&content);
+        write_chunk(dir.path(), &id, &content);
+        assert_eq!(repo.read_chunk(&id, content.len()).await.unwrap(), content);
+
+        // Wrong expected length.
+        let err = repo.read_chunk(&id, content.len() - 1).await.unwrap_err();
+        assert!(matches!(err, RepoError::CorruptChunk { .. }), "{err:?}");
+        let err = repo.read_chunk(&id, content.len() + 1).await.unwrap_err();
+        assert!(matches!(err, RepoError::CorruptChunk { .. }), "{err:?}");
+
+        // Valid zstd, other content.
+        let mut other = content.clone();
+        other[7] ^= 1;
+        write_chunk(dir.path(), &id, &other);
+        let err = repo.read_chunk(&id, content.len()).await.unwrap_err();
+        assert!(matches!(err, RepoError::CorruptChunk { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains(&id.to_hex()), "{err}");
+
+        // Garbage instead of zstd.
+        std::fs::write(chunk_file(dir.path(), &id), b"not zstd at all").unwrap();
+        let err = repo.read_chunk(&id, content.len()).await.unwrap_err();
+        assert!(matches!(err, RepoError::CorruptChunk { .. }), "{err:?}");
+
+        let absent = ChunkId::of(b"absent");
+        let err = repo.read_chunk(&absent, 6).await.unwrap_err();
+        assert!(matches!(err, RepoError::MissingChunk { .. }), "{err:?}");
+    }
+}
