@@ -930,7 +930,7 @@ impl IrFs {
             // Blocks partly covered by the write keep their other bytes: copy those from the
             // current content first, so the whole block can then be read from the cache.
             let head = offset / BLOCK_SIZE;
-            if offset % BLOCK_SIZE != 0 && !st.blocks.is_dirty(head) {
+            if !offset.is_multiple_of(BLOCK_SIZE) && !st.blocks.is_dirty(head) {
                 let start = head * BLOCK_SIZE;
                 let mut keep = vec![0u8; (offset - start) as usize];
                 self.read_into(&st, start, &mut keep)?;
