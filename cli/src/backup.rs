@@ -1,0 +1,266 @@
+//! `irctl backup`: create, list, show and verify backups.
+
+use std::io::{BufReader, IsTerminal};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use ir_repository::size::format_size;
+use ir_repository::{BackupManifest, EntryKind, Progress};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+
+use crate::progress::ProgressLine;
+use crate::repo_args::{Output, RepoArgs, print_json};
+
+/// Read buffer for tar input: tar headers are 512 bytes, reads should not be.
+const TAR_BUFFER: usize = 1 << 20;
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up a PostgreSQL cluster; prints the new backup id on stdout.
+    Create(CreateArgs),
+    /// List the backups of a repository.
+    List(ListArgs),
+    /// Show one backup (`latest` for the newest).
+    Show(ShowArgs),
+    /// Read back every chunk of a backup; fails naming each damaged file.
+    Verify(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    source: Source,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Source {
+    /// Run pg_basebackup against this server (libpq connection string or URI).
+    #[arg(long, value_name = "CONNINFO")]
+    from_pg: Option<String>,
+    /// Read `pg_basebackup -Ft -X fetch -D -` output from a file, or `-` for stdin.
+    #[arg(long, value_name = "FILE|-")]
+    from_tar: Option<PathBuf>,
+    /// A plain-format pg_basebackup directory or a cleanly shut down data directory.
+    #[arg(long, value_name = "DIR")]
+    from_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Backup id, or `latest`.
+    id: String,
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+}
+
+/// A backup without its file list.
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    id: &'a str,
+    created: String,
+    pg_version: &'a str,
+    system_identifier: &'a str,
+    start_lsn: &'a str,
+    stop_lsn: Option<&'a str>,
+    timeline: u32,
+    total_size: u64,
+    chunk_size: u64,
+    files: usize,
+    stored_chunks: usize,
+}
+
+impl<'a> Summary<'a> {
+    fn of(m: &'a BackupManifest) -> Self {
+        let chunk_lists = || {
+            m.entries.iter().filter_map(|e| match &e.kind {
+                EntryKind::File { chunks } => Some(chunks),
+                _ => None,
+            })
+        };
+        let mut stored: Vec<_> = chunk_lists().flatten().flatten().collect();
+        stored.sort_unstable();
+        stored.dedup();
+        Summary {
+            id: &m.id,
+            created: m.created.format(&Rfc3339).unwrap_or_default(),
+            pg_version: &m.pg_version,
+            system_identifier: &m.system_identifier,
+            start_lsn: &m.start_lsn,
+            stop_lsn: m.stop_lsn.as_deref(),
+            timeline: m.timeline,
+            total_size: m.total_size,
+            chunk_size: m.chunk_size,
+            files: chunk_lists().count(),
+            stored_chunks: stored.len(),
+        }
+    }
+}
+
+pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
+    match cmd {
+        BackupCommand::Create(args) => create(args).await,
+        BackupCommand::List(args) => {
+            let repo = args.repo.open().await?;
+            let backups = repo.list_backups().await?;
+            let summaries: Vec<Summary> = backups.iter().map(Summary::of).collect();
+            if args.output == Output::Json {
+                return print_json(&summaries);
+            }
+            println!(
+                "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12}",
+                "ID", "CREATED", "PG", "SIZE", "FILES", "START LSN", "STOP LSN"
+            );
+            let short =
+                time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+            for (s, m) in summaries.iter().zip(&backups) {
+                println!(
+                    "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12}",
+                    s.id,
+                    m.created.format(short).unwrap_or_default(),
+                    s.pg_version,
+                    format_size(s.total_size),
+                    s.files,
+                    s.start_lsn,
+                    s.stop_lsn.unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        BackupCommand::Show(args) => {
+            let repo = args.repo.open().await?;
+            let id = repo.resolve_backup(&args.id).await?;
+            let m = repo.load_manifest(&id).await?;
+            if args.output == Output::Json {
+                return print_json(&m);
+            }
+            let s = Summary::of(&m);
+            println!("id:                {}", s.id);
+            println!("created:           {}", s.created);
+            println!("PostgreSQL:        {}", s.pg_version);
+            println!("system identifier: {}", s.system_identifier);
+            println!("timeline:          {}", s.timeline);
+            println!("start LSN:         {}", s.start_lsn);
+            println!("stop LSN:          {}", s.stop_lsn.unwrap_or("-"));
+            println!(
+                "size:              {} ({} bytes)",
+                format_size(s.total_size),
+                s.total_size
+            );
+            println!("files:             {}", s.files);
+            println!("entries:           {}", m.entries.len());
+            println!(
+                "stored chunks:     {} ({} each)",
+                s.stored_chunks,
+                format_size(s.chunk_size)
+            );
+            println!("repository:        {}", repo.url());
+            Ok(())
+        }
+        BackupCommand::Verify(args) => {
+            let repo = args.repo.open().await?;
+            let id = repo.resolve_backup(&args.id).await?;
+            let progress = Arc::new(Progress::default());
+            let report = {
+                let _line = ProgressLine::start(&progress, "checked");
+                repo.verify(&id, progress.clone()).await?
+            };
+            if args.output == Output::Json {
+                print_json(&report)?;
+            } else {
+                for d in &report.damaged {
+                    println!(
+                        "damaged: {} chunk {} at offset {}: {}",
+                        d.path, d.chunk_index, d.offset, d.reason
+                    );
+                }
+                println!(
+                    "backup {}: {} files, {} chunks ({}) checked, {} damaged",
+                    report.backup_id,
+                    report.files,
+                    report.chunks_checked,
+                    format_size(report.bytes_checked),
+                    report.damaged.len()
+                );
+            }
+            if !report.is_ok() {
+                let mut files: Vec<&str> = report.damaged.iter().map(|d| d.path.as_str()).collect();
+                files.dedup();
+                bail!(
+                    "backup {} in {} is damaged: {}",
+                    report.backup_id,
+                    repo.url(),
+                    files.join(", ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn create(args: CreateArgs) -> anyhow::Result<()> {
+    let repo = args.repo.open().await?;
+    let progress = Arc::new(Progress::default());
+    let line = ProgressLine::start(&progress, "read");
+    let started = std::time::Instant::now();
+    let src = args.source;
+    let manifest = if let Some(conninfo) = src.from_pg {
+        repo.ingest_pg(&conninfo, progress.clone())
+            .await
+            .context("--from-pg")?
+    } else if let Some(file) = src.from_tar {
+        if file.as_os_str() == "-" {
+            let stdin = BufReader::with_capacity(TAR_BUFFER, std::io::stdin());
+            repo.ingest_tar(stdin, progress.clone())
+                .await
+                .context("--from-tar -")?
+        } else {
+            let what = format!("--from-tar {}", file.display());
+            let f = std::fs::File::open(&file).with_context(|| what.clone())?;
+            repo.ingest_tar(BufReader::with_capacity(TAR_BUFFER, f), progress.clone())
+                .await
+                .context(what)?
+        }
+    } else if let Some(dir) = src.from_dir {
+        repo.ingest_dir(&dir, progress.clone())
+            .await
+            .with_context(|| format!("--from-dir {}", dir.display()))?
+    } else {
+        unreachable!("clap requires one source")
+    };
+    drop(line);
+    let s = progress.snapshot();
+    let summary = format!(
+        "backup {}: {} in {} files, {} uploaded ({} new chunks, {} deduplicated, {} zero) in {:.1}s",
+        manifest.id,
+        format_size(manifest.total_size),
+        Summary::of(&manifest).files,
+        format_size(s.bytes_uploaded),
+        s.chunks_new,
+        s.chunks_deduped,
+        s.chunks_zero,
+        started.elapsed().as_secs_f64()
+    );
+    if std::io::stderr().is_terminal() {
+        eprintln!("{summary}");
+    } else {
+        tracing::info!("{summary}");
+    }
+    println!("{}", manifest.id);
+    Ok(())
+}

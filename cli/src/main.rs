@@ -1,0 +1,71 @@
+//! `irctl`: manage backup repositories and bring backups online.
+
+mod backup;
+mod mount;
+mod progress;
+mod repo_args;
+mod repo_cmd;
+
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "irctl",
+    version,
+    about = "Bring a PostgreSQL database online from its backup"
+)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG takes precedence.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and maintain backup repositories.
+    #[command(subcommand)]
+    Repo(repo_cmd::RepoCommand),
+    /// Create, list, show and verify backups.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// Serve a backup read-write through FUSE, writes going to an IRCache.
+    Mount(mount::MountArgs),
+}
+
+fn init_tracing(verbose: u8) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Repo(cmd) => repo_cmd::run(cmd).await,
+        Command::Backup(cmd) => backup::run(cmd).await,
+        Command::Mount(args) => mount::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("irctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

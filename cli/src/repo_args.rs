@@ -1,0 +1,53 @@
+//! Where the repository is: the flags every repository command takes.
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use ir_repository::{Repository, StoreOptions};
+
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// Repository URL: file:///abs/path (or /abs/path) or s3://bucket/prefix.
+    #[arg(long, env = "IR_REPO", value_name = "URL")]
+    pub repo: String,
+    /// S3 endpoint URL, for S3-compatible servers (default: AWS_ENDPOINT_URL or AWS).
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION).
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Allow plain http to the S3 endpoint.
+    #[arg(long)]
+    pub s3_allow_http: bool,
+}
+
+impl RepoArgs {
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            // Unset leaves the choice to AWS_ALLOW_HTTP.
+            allow_http: self.s3_allow_http.then_some(true),
+            ..StoreOptions::default()
+        }
+    }
+
+    pub async fn open(&self) -> anyhow::Result<Repository> {
+        Repository::open(&self.repo, &self.store_options())
+            .await
+            .context("--repo")
+    }
+}
+
+/// `--output`: for people or for programs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,464 @@
+//! Ingest from generated tar streams and directories into a file:// repository.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{CHUNK, count_files, entry, read_back, temp_repo};
+use ir_repository::{ChunkId, EntryKind, Progress, RepoError};
+
+fn control(state: u32, checkpoint: u64, timeline: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 8192];
+    b[0..8].copy_from_slice(&7_311_234_567_890_123_456u64.to_le_bytes());
+    b[16..20].copy_from_slice(&state.to_le_bytes());
+    b[32..40].copy_from_slice(&checkpoint.to_le_bytes());
+    b[48..52].copy_from_slice(&timeline.to_le_bytes());
+    b
+}
+
+/// Pseudo-random bytes that do not compress away.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A small data directory: path -> content; directories are implied.
+fn cluster_files() -> BTreeMap<&'static str, Vec<u8>> {
+    let mut big = noise(3 * CHUNK as usize + 100, 1);
+    // An all-zero chunk in the middle.
+    big[CHUNK as usize..2 * CHUNK as usize].fill(0);
+    let mut files = BTreeMap::new();
+    files.insert("PG_VERSION", b"15\n".to_vec());
+    files.insert("global/pg_control", control(1, 0x1_0000_0028, 1));
+    files.insert("base/1/1259", big);
+    files.insert("base/1/1249", noise(CHUNK as usize, 2));
+    files.insert("base/1/empty", Vec::new());
+    files.insert("pg_wal/000000010000000000000002", noise(200_000, 3));
+    files.insert("postgresql.conf", b"shared_buffers = 128MB\n".to_vec());
+    files
+}
+
+fn tar_of(files: &BTreeMap<&str, Vec<u8>>, extra: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o700);
+    h.set_uid(26);
+    h.set_gid(27);
+    h.set_size(0);
+    b.append_data(&mut h, "./", io::empty()).unwrap();
+    for dir in ["base", "base/1", "global", "pg_wal", "pg_tblspc"] {
+        b.append_data(&mut h, dir, io::empty()).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_uid(26);
+    h.set_gid(27);
+    h.set_mtime(0);
+    h.set_size(0);
+    b.append_link(&mut h, "pg_log", "/var/log/postgresql")
+        .unwrap();
+    for (path, data) in files
+        .iter()
+        .map(|(p, d)| (*p, d))
+        .chain(extra.iter().map(|(p, d)| (*p, d)))
+    {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o600);
+        h.set_uid(26);
+        h.set_gid(27);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn label_and_manifest() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "backup_label",
+            b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+              CHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 1\n"
+                .to_vec(),
+        ),
+        (
+            "backup_manifest",
+            br#"{"PostgreSQL-Backup-Manifest-Version": 1, "Files": [],
+"WAL-Ranges": [{ "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" }],
+"Manifest-Checksum": "00"}
+"#
+            .to_vec(),
+        ),
+    ]
+}
+
+fn progress() -> Arc<Progress> {
+    Arc::new(Progress::default())
+}
+
+#[tokio::test]
+async fn tar_ingest_reads_back_and_dedups() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = temp_repo(dir.path()).await;
+    let files = cluster_files();
+    let tar = tar_of(&files, &label_and_manifest());
+    let p = progress();
+    let m = repo
+        .ingest_tar(io::Cursor::new(tar.clone()), p.clone())
+        .await
+        .unwrap();
+
+    assert_eq!(m.pg_version, "15");
+    assert_eq!(m.system_identifier, "7311234567890123456");
+    assert_eq!(m.start_lsn, "0/2000028");
+    assert_eq!(m.stop_lsn.as_deref(), Some("0/2000100"));
+    assert_eq!(m.timeline, 1);
+    assert_eq!((m.root_mode, m.root_uid, m.root_gid), (0o700, 26, 27));
+    let label_len: u64 = label_and_manifest()
+        .iter()
+        .map(|(_, d)| d.len() as u64)
+        .sum();
+    let files_len: u64 = files.values().map(|d| d.len() as u64).sum();
+    assert_eq!(m.total_size, files_len + label_len);
+    for (path, data) in &files {
+        let e = entry(&m, path);
+        assert_eq!(
+            (e.mode, e.uid, e.gid, e.mtime),
+            (0o600, 26, 27, 1_700_000_000),
+            "{path}"
+        );
+        assert_eq!(&read_back(&repo, &m, e).await, data, "{path}");
+    }
+    let EntryKind::File { chunks } = &entry(&m, "base/1/1259").kind else {
+        panic!()
+    };
+    assert_eq!(chunks.len(), 4);
+    assert_eq!(chunks[1], None, "zero chunk is not stored");
+    assert!(
+        matches!(&entry(&m, "pg_log").kind, EntryKind::Symlink { target } if target == "/var/log/postgresql")
+    );
+    assert!(matches!(entry(&m, "pg_tblspc").kind, EntryKind::Dir));
+    // Parents before children.
+    for (i, e) in m.entries.iter().enumerate() {
+        if let Some((parent, _)) = e.path.rsplit_once('/') {
+            assert!(
+                m.entries[..i].iter().any(|p| p.path == parent),
+                "{} before its parent",
+                e.path
+            );
+        }
+    }
+    let s = p.snapshot();
+    assert_eq!(s.bytes_read, m.total_size);
+    assert_eq!(s.chunks_zero, 1);
+    assert!(s.chunks_new > 0 && s.bytes_uploaded > 0);
+
+    // The repository lists it, `latest` finds it, and the manifest round-trips.
+    assert_eq!(repo.resolve_backup("latest").await.unwrap(), m.id);
+    assert_eq!(repo.load_manifest(&m.id).await.unwrap(), m);
+
+    // Same data again: no new chunk objects.
+    let chunks_dir = dir.path().join("repo/chunks");
+    let before = count_files(&chunks_dir);
+    assert_eq!(before as u64, s.chunks_new);
+    let p2 = progress();
+    let m2 = repo
+        .ingest_tar(io::Cursor::new(tar), p2.clone())
+        .await
+        .unwrap();
+    assert_ne!(m2.id, m.id);
+    assert_eq!(count_files(&chunks_dir), before);
+    assert_eq!(p2.snapshot().chunks_new, 0);
+    assert_eq!(p2.snapshot().bytes_uploaded, 0);
+    let ids: Vec<String> = repo
+        .list_backups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    let mut sorted = vec![m.id.clone(), m2.id.clone()];
+    sorted.sort();
+    assert_eq!(ids, sorted);
+}
+
+#[tokio::test]
+async fn dir_ingest_of_a_cold_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = temp_repo(dir.path()).await;
+    let data = dir.path().join("data");
+    let files = cluster_files();
+    for (path, content) in &files {
+        let p = data.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+    }
+    std::fs::write(data.join("postmaster.opts"), b"skipped").unwrap();
+    std::os::unix::fs::symlink("/elsewhere", data.join("link")).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).unwrap();
+
+    let m = repo.ingest_dir(&data, progress()).await.unwrap();
+    assert_eq!(m.start_lsn, "1/28");
+    assert_eq!(m.stop_lsn.as_deref(), Some("1/28"));
+    assert_eq!(m.root_mode, 0o750);
+    for (path, content) in &files {
+        assert_eq!(
+            &read_back(&repo, &m, entry(&m, path)).await,
+            content,
+            "{path}"
+        );
+    }
+    assert!(m.entries.iter().all(|e| e.path != "postmaster.opts"));
+    assert!(
+        matches!(&entry(&m, "link").kind, EntryKind::Symlink { target } if target == "/elsewhere")
+    );
+
+    // A running cluster's directory is refused, and no backup appears.
+    std::fs::write(data.join("global/pg_control"), control(6, 0x28, 1)).unwrap();
+    let err = repo.ingest_dir(&data, progress()).await.unwrap_err();
+    assert!(err.to_string().contains("not shut down cleanly"), "{err}");
+    assert_eq!(repo.list_backups().await.unwrap().len(), 1);
+
+    let err = repo
+        .ingest_dir(&dir.path().join("missing"), progress())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[tokio::test]
+async fn unsupported_sources_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = temp_repo(dir.path()).await;
+    let files = cluster_files();
+
+    let tblspc = tar_of(
+        &files,
+        &[("pg_tblspc/16384/PG_15_202209061/5/1", vec![1; 10])],
+    );
+    let err = repo
+        .ingest_tar(io::Cursor::new(tblspc), progress())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("pg_tblspc/16384"), "{err}");
+
+    let mut no_version = files.clone();
+    no_version.remove("PG_VERSION");
+    let err = repo
+        .ingest_tar(io::Cursor::new(tar_of(&no_version, &[])), progress())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("PG_VERSION"), "{err}");
+
+    let mut no_control = files.clone();
+    no_control.remove("global/pg_control");
+    let err = repo
+        .ingest_tar(io::Cursor::new(tar_of(&no_control, &[])), progress())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("global/pg_control"), "{err}");
+
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(0);
+    b.append_link(&mut h, "base/1/hard", "base/1/1259").unwrap();
+    let err = repo
+        .ingest_tar(io::Cursor::new(b.into_inner().unwrap()), progress())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("base/1/hard") && err.to_string().contains("hard link"),
+        "{err}"
+    );
+
+    // tar::Builder refuses `..`, so write the header by hand.
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..13].copy_from_slice(b"../etc/passwd");
+    h.set_mode(0o600);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(0);
+    h.set_cksum();
+    let mut raw = h.as_bytes().to_vec();
+    raw.extend_from_slice(&[0; 1024]);
+    let err = repo
+        .ingest_tar(io::Cursor::new(raw), progress())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("../etc/passwd"), "{err}");
+
+    assert!(repo.list_backups().await.unwrap().is_empty());
+}
+
+/// Yields `data`, then fails.
+struct FailingReader {
+    data: io::Cursor<Vec<u8>>,
+}
+
+impl Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.data.read(buf)? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "source went away",
+            )),
+            n => Ok(n),
+        }
+    }
+}
+
+#[tokio::test]
+async fn interrupted_ingest_leaves_no_backup_and_gc_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = temp_repo(dir.path()).await;
+    let tar = tar_of(&cluster_files(), &label_and_manifest());
+    let chunks_dir = dir.path().join("repo/chunks");
+
+    // A source failing half-way.
+    let half = FailingReader {
+        data: io::Cursor::new(tar[..tar.len() / 2].to_vec()),
+    };
+    let err = repo.ingest_tar(half, progress()).await.unwrap_err();
+    assert!(err.to_string().contains("source went away"), "{err}");
+    assert!(repo.list_backups().await.unwrap().is_empty());
+    let orphans = count_files(&chunks_dir);
+    assert!(orphans > 0);
+
+    // An ingest whose future is dropped part-way: its source never ends.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    struct ChannelReader(std::sync::mpsc::Receiver<Vec<u8>>, io::Cursor<Vec<u8>>);
+    impl Read for ChannelReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            loop {
+                let n = self.1.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                match self.0.recv() {
+                    Ok(next) => self.1 = io::Cursor::new(next),
+                    Err(_) => return Ok(0),
+                }
+            }
+        }
+    }
+    tx.send(tar[..tar.len() - 2048].to_vec()).unwrap();
+    let stalled = repo.ingest_tar(ChannelReader(rx, io::Cursor::new(Vec::new())), progress());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stalled)
+            .await
+            .is_err()
+    );
+    drop(tx);
+    assert!(repo.list_backups().await.unwrap().is_empty());
+
+    // The default grace keeps them (and the dropped ingest's marker holds gc back).
+    let r = repo.gc(Duration::from_secs(3600), false).await.unwrap();
+    assert_eq!(r.chunks_deleted, 0);
+    assert_eq!(r.ingests_running.len(), 1);
+    let all = count_files(&chunks_dir);
+    assert!(all >= orphans);
+    assert_eq!(r.chunks_total as usize, all);
+
+    // Grace 0: every orphan goes, with the stale marker.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let dry = repo.gc(Duration::ZERO, true).await.unwrap();
+    assert_eq!(dry.chunks_deleted as usize, all);
+    assert_eq!(count_files(&chunks_dir), all);
+    let r = repo.gc(Duration::ZERO, false).await.unwrap();
+    assert!(r.ingests_running.is_empty());
+    assert_eq!(r.chunks_deleted as usize, all);
+    assert!(r.bytes_deleted > 0);
+    assert_eq!(count_files(&chunks_dir), 0);
+    assert_eq!(count_files(&dir.path().join("repo/ingests")), 0);
+
+    // A complete backup's chunks survive gc.
+    let m = repo
+        .ingest_tar(io::Cursor::new(tar), progress())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = repo.gc(Duration::ZERO, false).await.unwrap();
+    assert_eq!(r.chunks_deleted, 0);
+    assert!(repo.verify(&m.id, progress()).await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn verify_finds_damaged_and_missing_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = temp_repo(dir.path()).await;
+    let files = cluster_files();
+    let m = repo
+        .ingest_tar(
+            io::Cursor::new(tar_of(&files, &label_and_manifest())),
+            progress(),
+        )
+        .await
+        .unwrap();
+    let p = progress();
+    let ok = repo.verify(&m.id, p.clone()).await.unwrap();
+    assert!(ok.is_ok());
+    assert_eq!(p.snapshot().bytes_read, ok.bytes_checked);
+
+    let chunk_file = |id: &ChunkId| {
+        let hex = id.to_hex();
+        dir.path().join(format!("repo/chunks/{}/{hex}", &hex[..2]))
+    };
+    let EntryKind::File { chunks } = &entry(&m, "base/1/1259").kind else {
+        panic!()
+    };
+    let damaged = chunks[2].unwrap();
+    std::fs::write(
+        chunk_file(&damaged),
+        zstd::bulk::compress(&noise(CHUNK as usize, 9), 3).unwrap(),
+    )
+    .unwrap();
+    let EntryKind::File { chunks } = &entry(&m, "base/1/1249").kind else {
+        panic!()
+    };
+    let missing = chunks[0].unwrap();
+    std::fs::remove_file(chunk_file(&missing)).unwrap();
+
+    let report = repo.verify(&m.id, progress()).await.unwrap();
+    assert!(!report.is_ok());
+    assert_eq!(report.damaged.len(), 2, "{report:?}");
+    let d = report
+        .damaged
+        .iter()
+        .find(|d| d.path == "base/1/1259")
+        .unwrap();
+    assert_eq!((d.chunk_index, d.offset, d.chunk), (2, 2 * CHUNK, damaged));
+    assert!(d.reason.contains("corrupt"), "{}", d.reason);
+    let d = report
+        .damaged
+        .iter()
+        .find(|d| d.path == "base/1/1249")
+        .unwrap();
+    assert_eq!((d.chunk_index, d.offset), (0, 0));
+    assert!(d.reason.contains("missing"), "{}", d.reason);
+
+    // Reading the damaged chunk never returns data.
+    let err = repo.read_chunk(&damaged, CHUNK as usize).await.unwrap_err();
+    assert!(matches!(err, RepoError::CorruptChunk { .. }), "{err:?}");
+}
