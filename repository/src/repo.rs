@@ -504,6 +504,100 @@ mod tests {
         );
     }
 
+    /// An S3 endpoint on loopback that drops the first `drop_first` connections, then answers
+    /// every request with `body`. Returns its URL and the number of connections seen.
+    fn flaky_s3(drop_first: usize, body: Vec<u8>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n < drop_first {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => req.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"1\"\r\n\
+                     Last-Modified: Wed, 25 Nov 2026 07:00:00 GMT\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&body);
+            }
+        });
+        (url, seen)
+    }
+
+    fn s3_repo(endpoint: String, read_deadline: Duration) -> Repository {
+        // SAFETY: no other test of this binary reads the environment concurrently.
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+            std::env::set_var("AWS_REGION", "us-east-1");
+        }
+        let opts = StoreOptions {
+            s3_endpoint: Some(endpoint),
+            allow_http: Some(true),
+            read_deadline,
+            ..StoreOptions::default()
+        };
+        let opened = open_store("s3://bucket/prefix", &opts, false).unwrap();
+        assert!(!opened.local);
+        Repository {
+            inner: Arc::new(Inner {
+                url: opened.url,
+                store: opened.store,
+                local: false,
+                config: RepoConfig {
+                    format_version: FORMAT_VERSION,
+                    chunk_size: 64 * 1024,
+                    hash: "blake3".to_string(),
+                    compression: "zstd".to_string(),
+                    created: OffsetDateTime::UNIX_EPOCH,
+                },
+                opts,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn read_chunk_retries_transient_errors() {
+        let content = b"chunk".repeat(1000);
+        let id = ChunkId::of(&content);
+        let body = zstd::bulk::compress(&content, 3).unwrap();
+
+        // Reachable again after a few failures: the data arrives.
+        let (url, seen) = flaky_s3(5, body);
+        let repo = s3_repo(url, Duration::from_secs(20));
+        assert_eq!(repo.read_chunk(&id, content.len()).await.unwrap(), content);
+        assert!(seen.load(std::sync::atomic::Ordering::SeqCst) > 5);
+
+        // Never reachable: Unavailable once the read deadline is spent.
+        let (url, _) = flaky_s3(usize::MAX, Vec::new());
+        let repo = s3_repo(url, Duration::from_millis(1500));
+        let started = Instant::now();
+        let err = repo.read_chunk(&id, content.len()).await.unwrap_err();
+        assert!(matches!(err, RepoError::Unavailable { .. }), "{err:?}");
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     #[tokio::test]
     async fn read_chunk_detects_damage() {
         let (dir, repo) = temp_repo().await;
