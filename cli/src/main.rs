@@ -52,6 +52,22 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// The error and its causes on one line, skipping causes an outer message already quotes (the
+/// library's messages include their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -64,7 +80,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("irctl: {e:#}");
+            eprintln!("irctl: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
