@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use ir_repository::size::format_size;
-use ir_repository::{BackupManifest, EntryKind, Progress};
+use ir_repository::{BackupManifest, Checkpoint, EntryKind, Progress};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
@@ -35,6 +35,25 @@ pub struct CreateArgs {
     repo: RepoArgs,
     #[command(flatten)]
     source: Source,
+    /// With --from-pg: `fast` starts the backup at once (an immediate checkpoint on the
+    /// server), `spread` waits for a paced one and puts less load on a busy server.
+    #[arg(long, value_enum, default_value_t = CheckpointArg::Fast)]
+    checkpoint: CheckpointArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CheckpointArg {
+    Fast,
+    Spread,
+}
+
+impl From<CheckpointArg> for Checkpoint {
+    fn from(c: CheckpointArg) -> Self {
+        match c {
+            CheckpointArg::Fast => Checkpoint::Fast,
+            CheckpointArg::Spread => Checkpoint::Spread,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -220,7 +239,7 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let src = args.source;
     let manifest = if let Some(conninfo) = src.from_pg {
-        repo.ingest_pg(&conninfo, progress.clone())
+        repo.ingest_pg(&conninfo, args.checkpoint.into(), progress.clone())
             .await
             .context("--from-pg")?
     } else if let Some(file) = src.from_tar {

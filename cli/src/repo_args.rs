@@ -18,6 +18,10 @@ pub struct RepoArgs {
     /// Allow plain http to the S3 endpoint.
     #[arg(long)]
     pub s3_allow_http: bool,
+    /// How long one read of backup data may keep retrying an unreachable repository before it
+    /// fails (EIO on a mount), in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub read_deadline: u64,
 }
 
 impl RepoArgs {
@@ -27,7 +31,7 @@ impl RepoArgs {
             s3_region: self.s3_region.clone(),
             // Unset leaves the choice to AWS_ALLOW_HTTP.
             allow_http: self.s3_allow_http.then_some(true),
-            ..StoreOptions::default()
+            read_deadline: std::time::Duration::from_secs(self.read_deadline),
         }
     }
 

@@ -562,10 +562,13 @@ impl Repository {
         self.ingest_with(move |w| walk_dir(&dir, w), progress).await
     }
 
-    /// Runs `pg_basebackup` against a live server and ingests its output.
+    /// Runs `pg_basebackup` against a live server and ingests its output. `checkpoint` is
+    /// pg_basebackup's `-c`: `fast` starts at once, `spread` waits for a paced checkpoint (up to
+    /// `checkpoint_timeout * checkpoint_completion_target`, minutes by default).
     pub async fn ingest_pg(
         &self,
         conninfo: &str,
+        checkpoint: Checkpoint,
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
         let program = find_pg_basebackup()?;
@@ -574,7 +577,17 @@ impl Repository {
             source,
         };
         let mut child = Command::new(&program)
-            .args(["-Ft", "-X", "fetch", "-D", "-", "-d", conninfo])
+            .args([
+                "-Ft",
+                "-X",
+                "fetch",
+                "-D",
+                "-",
+                "-c",
+                checkpoint.as_arg(),
+                "-d",
+                conninfo,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -873,5 +886,22 @@ mod tests {
     fn in_flight_is_bounded() {
         assert_eq!(in_flight(1 << 20), 16);
         assert_eq!(in_flight(64 << 20), 2);
+    }
+}
+
+/// How the source server starts the backup's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpoint {
+    #[default]
+    Fast,
+    Spread,
+}
+
+impl Checkpoint {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Checkpoint::Fast => "fast",
+            Checkpoint::Spread => "spread",
+        }
     }
 }

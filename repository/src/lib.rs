@@ -17,7 +17,7 @@ mod verify;
 
 pub use error::RepoError;
 pub use gc::GcReport;
-pub use ingest::{Progress, ProgressSnapshot};
+pub use ingest::{Checkpoint, Progress, ProgressSnapshot};
 pub use manifest::{BackupManifest, ChunkId, Entry, EntryKind, RepoConfig};
 pub use pgmeta::{format_lsn, parse_lsn};
 pub use repo::Repository;

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::{entry, read_back, temp_repo};
-use ir_repository::{EntryKind, Progress, parse_lsn};
+use ir_repository::{Checkpoint, EntryKind, Progress, parse_lsn};
 
 const BINDIR: &str = "/usr/lib/postgresql/15/bin";
 
@@ -144,7 +144,11 @@ async fn backup_of_a_live_and_a_stopped_cluster() {
     // SAFETY: the test sets the variable before anything reads it and nothing else changes it.
     unsafe { std::env::set_var("IR_PG_BINDIR", BINDIR) };
     let m = repo
-        .ingest_pg(&cluster.conninfo(), Arc::new(Progress::default()))
+        .ingest_pg(
+            &cluster.conninfo(),
+            Checkpoint::Fast,
+            Arc::new(Progress::default()),
+        )
         .await
         .expect("ingest from pg_basebackup");
     let control = cluster.controldata();
@@ -225,6 +229,7 @@ async fn backup_of_a_live_and_a_stopped_cluster() {
     let err = repo
         .ingest_pg(
             &format!("host={} port=1 user=postgres", cluster.socket.display()),
+            Checkpoint::Fast,
             Arc::new(Progress::default()),
         )
         .await

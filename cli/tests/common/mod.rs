@@ -1,0 +1,119 @@
+//! Running `irctl` in tests: one-shot commands and a foreground `irctl mount` process.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub fn irctl() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_irctl"));
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// Runs irctl with `args` and `envs`; panics with its output unless it succeeds.
+pub fn irctl_ok(args: &[&str], envs: &[(String, String)]) -> String {
+    let out = irctl_run(args, envs);
+    assert!(
+        out.status.success(),
+        "irctl {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+pub fn irctl_run(args: &[&str], envs: &[(String, String)]) -> Output {
+    irctl()
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run irctl")
+}
+
+/// `irctl mount` running in the background until stopped, killed or dropped.
+pub struct MountProcess {
+    child: Child,
+    pub mountpoint: PathBuf,
+}
+
+impl MountProcess {
+    /// Starts `irctl mount` and waits for its "mounted" line.
+    pub fn start(
+        repo: &str,
+        backup: &str,
+        cache: &Path,
+        mountpoint: &Path,
+        owner: Option<(u32, u32)>,
+        envs: &[(String, String)],
+    ) -> MountProcess {
+        let mut cmd = irctl();
+        cmd.args(["mount", "--repo", repo, "--backup", backup, "--cache"])
+            .arg(cache)
+            .envs(envs.iter().map(|(k, v)| (k, v)));
+        if let Some((uid, gid)) = owner {
+            cmd.args(["--uid", &uid.to_string(), "--gid", &gid.to_string()]);
+        }
+        let mut child = cmd
+            .arg(mountpoint)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn irctl mount");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("mounted") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(_) => MountProcess {
+                child,
+                mountpoint: mountpoint.to_path_buf(),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().expect("wait irctl mount");
+                panic!("irctl mount did not become ready ({status})");
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no unmount, no flush; the kernel leaves a dead mount behind.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill irctl mount");
+        self.child.wait().expect("wait irctl mount");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait irctl mount");
+        assert!(status.success(), "irctl mount exited with {status}");
+    }
+}
+
+impl Drop for MountProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
