@@ -109,8 +109,16 @@ impl PgCluster {
         }
     }
 
+    /// A postmaster orphaned by pg_ctl is reparented to PID 1, which may never reap it here;
+    /// its zombie would keep `postmaster.pid` and the socket lock looking alive to the next start.
+    fn clear_stale_lock_files(&self) {
+        clear_stale_lock(&self.datadir.join("postmaster.pid"));
+        clear_stale_lock(&self.socket.join(format!(".s.PGSQL.{}.lock", self.port)));
+    }
+
     /// Starts the server and waits until it accepts queries. `settings` are extra `-c` values.
     pub fn start(&mut self, settings: &[&str]) {
+        self.clear_stale_lock_files();
         let mut opts = format!(
             "-p {} -k {} -c listen_addresses=''",
             self.port,
@@ -227,6 +235,20 @@ impl PgCluster {
                 .output()
                 .expect("run pgbench"),
         )
+    }
+}
+
+fn clear_stale_lock(lock: &Path) {
+    let Some(pid) = std::fs::read_to_string(lock)
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return;
+    };
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    if state.is_empty() || zombie {
+        let _ = std::fs::remove_file(lock);
     }
 }
 
