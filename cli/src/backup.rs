@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use ir_repository::size::format_size;
-use ir_repository::{BackupManifest, Checkpoint, EntryKind, Progress};
+use ir_repository::{BackupManifest, Checkpoint, EntryKind, Progress, RestoreOwner};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
@@ -27,6 +27,25 @@ pub enum BackupCommand {
     Show(ShowArgs),
     /// Read back every chunk of a backup; fails naming each damaged file.
     Verify(ShowArgs),
+    /// Restore a backup in full to a local directory (the classic, slow way to recover).
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id, or `latest`.
+    id: String,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Directory to restore into; must be empty or absent.
+    #[arg(long)]
+    target: PathBuf,
+    /// Owner uid of the restored files (the user PostgreSQL runs as).
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Owner gid of the restored files.
+    #[arg(long)]
+    gid: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +208,32 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
                 format_size(s.chunk_size)
             );
             println!("repository:        {}", repo.url());
+            Ok(())
+        }
+        BackupCommand::Restore(args) => {
+            let repo = args.repo.open().await?;
+            let id = repo.resolve_backup(&args.id).await?;
+            let progress = Arc::new(Progress::default());
+            let started = std::time::Instant::now();
+            let manifest = {
+                let _line = ProgressLine::start(&progress, "restored");
+                let owner = RestoreOwner {
+                    uid: args.uid,
+                    gid: args.gid,
+                };
+                repo.restore(&id, &args.target, owner, progress.clone())
+                    .await
+                    .with_context(|| {
+                        format!("restoring backup {id} to {}", args.target.display())
+                    })?
+            };
+            println!(
+                "restored backup {} ({}) to {} in {:.1} s",
+                manifest.id,
+                format_size(manifest.total_size),
+                args.target.display(),
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         BackupCommand::Verify(args) => {

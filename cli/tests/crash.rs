@@ -22,7 +22,10 @@ async fn writer(
     stop: Arc<AtomicBool>,
 ) {
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host_path(&cluster_socket).port(port).user("postgres").dbname("postgres");
+    cfg.host_path(&cluster_socket)
+        .port(port)
+        .user("postgres")
+        .dbname("postgres");
     let Ok((client, conn)) = cfg.connect(tokio_postgres::NoTls).await else {
         return;
     };
@@ -53,9 +56,19 @@ async fn sigkill_of_the_mount_loses_no_acknowledged_commit() {
     source.pgbench(&["-i", "-s", "1", "-q"]);
     source.psql("create table ledger(id bigint primary key, writer bigint, payload text)");
     irctl_ok(&["repo", "init", "--repo", &repo], &[]);
-    let id = irctl_ok(&["backup", "create", "--repo", &repo, "--from-pg", &source.conninfo()], &[])
-        .trim()
-        .to_string();
+    let id = irctl_ok(
+        &[
+            "backup",
+            "create",
+            "--repo",
+            &repo,
+            "--from-pg",
+            &source.conninfo(),
+        ],
+        &[],
+    )
+    .trim()
+    .to_string();
     source.stop();
 
     let mnt = tmp.path().join("mnt");
@@ -72,7 +85,15 @@ async fn sigkill_of_the_mount_loses_no_acknowledged_commit() {
     let stop = Arc::new(AtomicBool::new(false));
     let socket = pg.socket.display().to_string();
     let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(writer(socket.clone(), pg.port, w, acked.clone(), stop.clone())))
+        .map(|w| {
+            tokio::spawn(writer(
+                socket.clone(),
+                pg.port,
+                w,
+                acked.clone(),
+                stop.clone(),
+            ))
+        })
         .collect();
     // Background churn: pgbench rewrites pages of the backup's own relations meanwhile.
     let churn = {
@@ -80,7 +101,18 @@ async fn sigkill_of_the_mount_loses_no_acknowledged_commit() {
         let port = pg.port;
         std::thread::spawn(move || {
             let _ = ir_e2e::pg::as_pg(&ir_e2e::pg::bindir().join("pgbench"))
-                .args(["-h", &socket, "-p", &port.to_string(), "-n", "-c", "2", "-T", "6", "postgres"])
+                .args([
+                    "-h",
+                    &socket,
+                    "-p",
+                    &port.to_string(),
+                    "-n",
+                    "-c",
+                    "2",
+                    "-T",
+                    "6",
+                    "postgres",
+                ])
                 .output();
         })
     };
@@ -100,8 +132,15 @@ async fn sigkill_of_the_mount_loses_no_acknowledged_commit() {
     pg.kill_all();
 
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "the load committed too little to prove anything: {}", acked.len());
-    eprintln!("{} commits acknowledged before the mount was killed", acked.len());
+    assert!(
+        acked.len() > 50,
+        "the load committed too little to prove anything: {}",
+        acked.len()
+    );
+    eprintln!(
+        "{} commits acknowledged before the mount was killed",
+        acked.len()
+    );
 
     let mount = MountProcess::start(&repo, &id, &cache, &mnt, owner, &[]);
     pg.start(&[]);

@@ -53,6 +53,35 @@ fn round_trip(repo: &str, env: &[(String, String)]) {
     assert_eq!(listed[0]["pg_version"], "15");
     irctl_ok(&["backup", "verify", &id, "--repo", repo], env);
 
+    // The classic way, for comparison: a full restore to local disk starts too.
+    let restored = tmp.path().join("restored");
+    let (uid, gid) = pg_user();
+    let restored_str = restored.display().to_string();
+    irctl_ok(
+        &[
+            "backup",
+            "restore",
+            &id,
+            "--repo",
+            repo,
+            "--target",
+            &restored_str,
+            "--uid",
+            &uid.to_string(),
+            "--gid",
+            &gid.to_string(),
+        ],
+        env,
+    );
+    let mut full = PgCluster::on_existing(&restored, tmp.path());
+    full.start(&[]);
+    assert_eq!(
+        full.psql(FINGERPRINT),
+        want,
+        "the restored backup answers like the source"
+    );
+    full.stop();
+
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     chown_to_pg(&mnt);

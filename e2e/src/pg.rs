@@ -246,7 +246,10 @@ fn clear_stale_lock(lock: &Path) {
         return;
     };
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    let zombie = state
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
     if state.is_empty() || zombie {
         let _ = std::fs::remove_file(lock);
     }

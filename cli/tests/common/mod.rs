@@ -49,13 +49,34 @@ impl MountProcess {
         owner: Option<(u32, u32)>,
         envs: &[(String, String)],
     ) -> MountProcess {
+        let owner_args = owner
+            .map(|(uid, gid)| {
+                vec![
+                    "--uid".to_string(),
+                    uid.to_string(),
+                    "--gid".into(),
+                    gid.to_string(),
+                ]
+            })
+            .unwrap_or_default();
+        let args: Vec<&str> = owner_args.iter().map(String::as_str).collect();
+        Self::start_with_args(repo, backup, cache, mountpoint, &args, envs)
+    }
+
+    /// Like `start`, with extra `irctl mount` flags.
+    pub fn start_with_args(
+        repo: &str,
+        backup: &str,
+        cache: &Path,
+        mountpoint: &Path,
+        extra: &[&str],
+        envs: &[(String, String)],
+    ) -> MountProcess {
         let mut cmd = irctl();
         cmd.args(["mount", "--repo", repo, "--backup", backup, "--cache"])
             .arg(cache)
+            .args(extra)
             .envs(envs.iter().map(|(k, v)| (k, v)));
-        if let Some((uid, gid)) = owner {
-            cmd.args(["--uid", &uid.to_string(), "--gid", &gid.to_string()]);
-        }
         let mut child = cmd
             .arg(mountpoint)
             .stdout(Stdio::piped())

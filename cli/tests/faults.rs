@@ -1,0 +1,217 @@
+//! Faults of the data plane: a damaged chunk, a full cache disk, an unreachable repository, a
+//! cache reused with another backup. Each is a clear error; none returns wrong data.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{MountProcess, irctl_ok, irctl_run};
+use ir_e2e::pg::PgCluster;
+use ir_e2e::s3::S3Server;
+use ir_e2e::{require_fuse, shared_tempdir};
+
+/// A backup of a fresh cluster with a 4 MiB table `big`; returns (backup id, path of `big`).
+fn backup_with_table(root: &Path, repo: &str, env: &[(String, String)]) -> (String, String) {
+    let mut pg = PgCluster::init(&root.join("source"));
+    pg.start(&[]);
+    pg.psql(
+        "create table big(id int, v text); \
+         insert into big select g, md5(g::text) from generate_series(1, 60000) g",
+    );
+    let rel = pg.psql("select pg_relation_filepath('big')");
+    if !irctl_run(&["backup", "list", "--repo", repo], env)
+        .status
+        .success()
+    {
+        irctl_ok(&["repo", "init", "--repo", repo], env);
+    }
+    let id = irctl_ok(
+        &[
+            "backup",
+            "create",
+            "--repo",
+            repo,
+            "--from-pg",
+            &pg.conninfo(),
+        ],
+        env,
+    )
+    .trim()
+    .to_string();
+    pg.stop();
+    (id, rel)
+}
+
+fn manifest_chunk(repo: &str, id: &str, path: &str, index: usize) -> String {
+    let m: serde_json::Value = serde_json::from_str(&irctl_ok(
+        &["backup", "show", id, "--repo", repo, "--output", "json"],
+        &[],
+    ))
+    .unwrap();
+    let entry = m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not in the manifest"));
+    entry["chunks"][index]
+        .as_str()
+        .expect("a stored chunk")
+        .to_string()
+}
+
+fn mountpoint(root: &Path) -> std::path::PathBuf {
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    mnt
+}
+
+#[test]
+fn damaged_chunk_fails_verify_naming_the_file_and_reads_as_eio() {
+    require_fuse();
+    let tmp = shared_tempdir();
+    let repo_dir = tmp.path().join("repo");
+    let repo = format!("file://{}", repo_dir.display());
+    let (id, rel) = backup_with_table(tmp.path(), &repo, &[]);
+
+    let chunk = manifest_chunk(&repo, &id, &rel, 1);
+    let object = repo_dir.join("chunks").join(&chunk[..2]).join(&chunk);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&object, bytes).unwrap();
+
+    let out = irctl_run(&["backup", "verify", &id, "--repo", &repo], &[]);
+    assert!(!out.status.success(), "verify must fail on a damaged chunk");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&rel) && stdout.contains("damaged"),
+        "verify output: {stdout}"
+    );
+
+    let mnt = mountpoint(tmp.path());
+    let mount = MountProcess::start(&repo, &id, &tmp.path().join("cache"), &mnt, None, &[]);
+    // The first chunk is intact, the second is not.
+    let mut f = std::fs::File::open(mnt.join(&rel)).unwrap();
+    let mut first = vec![0u8; 8192];
+    std::io::Read::read_exact(&mut f, &mut first).unwrap();
+    let err = std::fs::read(mnt.join(&rel)).expect_err("reading a damaged chunk must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("PG_VERSION"))
+            .unwrap()
+            .trim(),
+        "15"
+    );
+    mount.stop();
+}
+
+#[test]
+fn full_cache_disk_is_enospc() {
+    require_fuse();
+    let tmp = shared_tempdir();
+    let repo = format!("file://{}", tmp.path().join("repo").display());
+    let (id, _) = backup_with_table(tmp.path(), &repo, &[]);
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount a small tmpfs for the cache");
+    let mnt = mountpoint(tmp.path());
+    let mount = MountProcess::start(&repo, &id, &cache, &mnt, None, &[]);
+    let err = std::fs::write(mnt.join("filler"), vec![7u8; 16 << 20]).expect_err("cache is 4 MiB");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // What fitted before is still readable, and the mount still serves.
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("PG_VERSION"))
+            .unwrap()
+            .trim(),
+        "15"
+    );
+    mount.stop();
+    let _ = std::process::Command::new("umount").arg(&cache).status();
+}
+
+#[test]
+fn unreachable_repository_is_eio_after_the_read_deadline() {
+    require_fuse();
+    let tmp = shared_tempdir();
+    let mut s3 = S3Server::start();
+    let env = s3.env();
+    let repo = s3.url("faults");
+    let (id, rel) = backup_with_table(tmp.path(), &repo, &env);
+    let mnt = mountpoint(tmp.path());
+    let mount = MountProcess::start_with_args(
+        &repo,
+        &id,
+        &tmp.path().join("cache"),
+        &mnt,
+        &["--read-deadline", "3"],
+        &env,
+    );
+    s3.stop();
+    let started = Instant::now();
+    let err = std::fs::read(mnt.join(&rel)).expect_err("the repository is gone");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(30),
+        "retried for {waited:?}, expected about the 3 s deadline"
+    );
+    mount.stop();
+}
+
+#[test]
+fn cache_is_refused_for_another_backup() {
+    require_fuse();
+    let tmp = shared_tempdir();
+    let repo = format!("file://{}", tmp.path().join("repo").display());
+    let (first, _) = backup_with_table(tmp.path(), &repo, &[]);
+    let cache = tmp.path().join("cache");
+    let mnt = mountpoint(tmp.path());
+    MountProcess::start(&repo, &first, &cache, &mnt, None, &[]).stop();
+    let other = other_backup(tmp.path(), &repo);
+    let out = irctl_run(
+        &[
+            "mount",
+            "--repo",
+            &repo,
+            "--backup",
+            &other,
+            "--cache",
+            &cache.display().to_string(),
+            &mnt.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("belongs to backup {first}")),
+        "{stderr}"
+    );
+}
+
+fn other_backup(root: &Path, repo: &str) -> String {
+    let mut pg = PgCluster::init(&root.join("other"));
+    pg.start(&[]);
+    let id = irctl_ok(
+        &[
+            "backup",
+            "create",
+            "--repo",
+            repo,
+            "--from-pg",
+            &pg.conninfo(),
+        ],
+        &[],
+    )
+    .trim()
+    .to_string();
+    pg.stop();
+    id
+}
