@@ -26,6 +26,7 @@ wait_query() { until psql_q "$1" "select 1" >/dev/null 2>&1; do sleep 0.01; done
 
 mount_start() { # repo id cache mountpoint -> sets MOUNT_PID
   mkdir -p "$4"; chown postgres:postgres "$4"
+  : > "$BENCH_DIR/mount.log"
   "$IRCTL" mount --repo "$1" --backup "$2" --cache "$3" \
     --uid "$(id -u postgres)" --gid "$(id -g postgres)" "$4" > "$BENCH_DIR/mount.log" 2>&1 &
   MOUNT_PID=$!

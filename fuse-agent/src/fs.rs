@@ -795,7 +795,13 @@ impl IrFs {
         if offset >= end {
             return Ok(Vec::new());
         }
-        if of.read_end.swap(end, Ordering::Relaxed) == offset {
+        // Sequential enough: this read starts in or next to the chunk where the last one ended.
+        // (The kernel's own readahead reorders requests, so an exact match is too strict.)
+        let previous_end = of.read_end.swap(end, Ordering::Relaxed);
+        let cs = self.manifest.chunk_size;
+        if offset == 0
+            || (previous_end != u64::MAX && (previous_end / cs).abs_diff(offset / cs) <= 1)
+        {
             self.readahead(&st, end);
         }
         let mut buf = vec![0u8; (end - offset) as usize];
