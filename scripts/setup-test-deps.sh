@@ -1,45 +1,69 @@
 #!/usr/bin/env bash
-# Installs what the demo and the tests need, and is quick when everything is already there:
-#   - Debian packages: PostgreSQL 15 (server, client, pgbench), fuse3
-#   - a real S3-protocol server for the tests, built from its Go module pinned in tools/s3/go.mod
-#     (Versity S3 Gateway over a local directory: a maintained, semver-tagged S3 server that
-#     `go build` handles without replace directives), cached outside the repository.
+# Installs what the demo and the tests need; quick when everything is already there.
+#   - Debian packages: PostgreSQL 15 (server, pgbench, client), fuse3.
+#   - A real S3-protocol server for the tests: MinIO, built from its Go module pinned in
+#     tools/s3/go.mod and cached outside the repository ($IR_CACHE_DIR/bin/minio-<version>).
+#     MinIO is the reference S3-compatible server and builds here in about 3-4 minutes on
+#     2 cores. Its RELEASE.* tags are not semver and the Go module proxy does not serve them,
+#     so the pin is the pseudo-version of the last commit of its (now archived) main branch,
+#     which follows RELEASE.2025-10-15T17-29-55Z. Its go.mod has no replace directives, so
+#     tools/s3 only requires it (Go 1.24 `tool` directive) and `go build` selects exactly
+#     MinIO's own dependency versions.
 # --runtime-only skips the S3 server (the demo needs PostgreSQL and FUSE only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+fail() {
+  echo "setup-test-deps: $*" >&2
+  exit 1
+}
+
 CACHE=${IR_CACHE_DIR:-$HOME/.cache/instant-recovery}
+PG_BINDIR=${IR_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 runtime_only=false
 [ "${1:-}" = "--runtime-only" ] && runtime_only=true
 
 need=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+[ -x /usr/lib/postgresql/15/bin/pgbench ] || need+=(postgresql-15)
+[ -x /usr/lib/postgresql/15/bin/psql ] || need+=(postgresql-client-15)
 [ -x /usr/lib/postgresql/15/bin/pg_basebackup ] || need+=(postgresql-client-15)
 command -v fusermount3 >/dev/null || need+=(fuse3)
-command -v runuser >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || fail "missing ${need[*]}; run as root to install them"
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt-get update -qq || fail "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+    fail "apt-get install ${need[*]} failed"
 fi
-id postgres >/dev/null 2>&1 || { echo "user postgres is missing after installing postgresql-15" >&2; exit 1; }
-[ -e /dev/fuse ] || { echo "/dev/fuse is missing: FUSE mounts cannot work here" >&2; exit 1; }
-if [ -f /etc/fuse.conf ] && ! grep -q '^user_allow_other' /etc/fuse.conf; then
-  echo user_allow_other >> /etc/fuse.conf
+[ -x "$PG_BINDIR/postgres" ] || fail "no PostgreSQL server in $PG_BINDIR"
+id postgres >/dev/null 2>&1 || fail "user postgres is missing after installing postgresql-15"
+[ -c /dev/fuse ] || fail "/dev/fuse is missing: FUSE mounts cannot work here"
+# Lets a mount made by an unprivileged agent be used by PostgreSQL's user.
+if ! grep -qs '^user_allow_other' /etc/fuse.conf; then
+  if [ "$(id -u)" = 0 ]; then
+    echo user_allow_other >>/etc/fuse.conf
+  else
+    echo "setup-test-deps: warning: /etc/fuse.conf lacks user_allow_other (needs root)" >&2
+  fi
 fi
+echo "PostgreSQL: $PG_BINDIR ($("$PG_BINDIR/postgres" --version))"
+echo "FUSE:       $(command -v fusermount3)"
 
 $runtime_only && exit 0
 
-version=$(awk '$1 == "github.com/versity/versitygw" {print $2}' tools/s3/go.mod)
-[ -n "$version" ] || { echo "tools/s3/go.mod does not pin github.com/versity/versitygw" >&2; exit 1; }
-bin=$CACHE/bin/versitygw-$version
+version=$(awk '$1 == "github.com/minio/minio" {print $2}' tools/s3/go.mod)
+[ -n "$version" ] || fail "tools/s3/go.mod does not pin github.com/minio/minio"
+bin=$CACHE/bin/minio-$version
 if [ ! -x "$bin" ]; then
-  command -v go >/dev/null || { echo "go is needed to build the S3 test server" >&2; exit 1; }
-  echo "building versitygw $version (once; cached in $CACHE/bin)"
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  [ -x "$go" ] || fail "Go >= 1.24 is needed to build the S3 test server (MinIO)"
+  echo "building MinIO $version with $("$go" version) (once, a few minutes; cached in $CACHE/bin)"
   mkdir -p "$CACHE/bin"
-  (cd tools/s3 && go build -trimpath -o "$bin.tmp" github.com/versity/versitygw/cmd/versitygw)
-  mv "$bin.tmp" "$bin"
+  (cd tools/s3 && GOTOOLCHAIN=local GOFLAGS=-mod=readonly "$go" build -trimpath \
+    -o "$bin.tmp.$$" github.com/minio/minio) || fail "building MinIO $version failed"
+  mv "$bin.tmp.$$" "$bin"
 fi
-ln -sfn "$bin" "$CACHE/bin/versitygw"
-echo "S3 test server: $bin"
+# e2e/src/s3.rs finds it here by the same version (or through IR_S3_SERVER_BIN).
+echo "S3 server:  $bin"

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{MountProcess, irctl_ok};
+use common::{MountProcess, backup_from_pg, irctl_ok};
 use ir_e2e::pg::{PgCluster, chown_to_pg, pg_user};
 use ir_e2e::{require_fuse, shared_tempdir};
 
@@ -56,19 +56,7 @@ async fn sigkill_of_the_mount_loses_no_acknowledged_commit() {
     source.pgbench(&["-i", "-s", "1", "-q"]);
     source.psql("create table ledger(id bigint primary key, writer bigint, payload text)");
     irctl_ok(&["repo", "init", "--repo", &repo], &[]);
-    let id = irctl_ok(
-        &[
-            "backup",
-            "create",
-            "--repo",
-            &repo,
-            "--from-pg",
-            &source.conninfo(),
-        ],
-        &[],
-    )
-    .trim()
-    .to_string();
+    let id = backup_from_pg(&repo, &source.conninfo(), &[]);
     source.stop();
 
     let mnt = tmp.path().join("mnt");

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{MountProcess, irctl_ok, irctl_run};
+use common::{MountProcess, backup_from_pg, irctl_ok, irctl_run};
 use ir_e2e::pg::PgCluster;
 use ir_e2e::s3::S3Server;
 use ir_e2e::{require_fuse, shared_tempdir};
@@ -26,19 +26,7 @@ fn backup_with_table(root: &Path, repo: &str, env: &[(String, String)]) -> (Stri
     {
         irctl_ok(&["repo", "init", "--repo", repo], env);
     }
-    let id = irctl_ok(
-        &[
-            "backup",
-            "create",
-            "--repo",
-            repo,
-            "--from-pg",
-            &pg.conninfo(),
-        ],
-        env,
-    )
-    .trim()
-    .to_string();
+    let id = backup_from_pg(repo, &pg.conninfo(), env);
     pg.stop();
     (id, rel)
 }
@@ -199,19 +187,7 @@ fn cache_is_refused_for_another_backup() {
 fn other_backup(root: &Path, repo: &str) -> String {
     let mut pg = PgCluster::init(&root.join("other"));
     pg.start(&[]);
-    let id = irctl_ok(
-        &[
-            "backup",
-            "create",
-            "--repo",
-            repo,
-            "--from-pg",
-            &pg.conninfo(),
-        ],
-        &[],
-    )
-    .trim()
-    .to_string();
+    let id = backup_from_pg(repo, &pg.conninfo(), &[]);
     pg.stop();
     id
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{MountProcess, irctl_ok};
+use common::{MountProcess, backup_from_pg, irctl_ok};
 use ir_e2e::pg::{PgCluster, chown_to_pg, pg_user};
 use ir_e2e::s3::S3Server;
 use ir_e2e::{require_fuse, shared_tempdir};
@@ -29,19 +29,7 @@ fn round_trip(repo: &str, env: &[(String, String)]) {
     let want = source.psql(FINGERPRINT);
 
     irctl_ok(&["repo", "init", "--repo", repo], env);
-    let id = irctl_ok(
-        &[
-            "backup",
-            "create",
-            "--repo",
-            repo,
-            "--from-pg",
-            &source.conninfo(),
-        ],
-        env,
-    )
-    .trim()
-    .to_string();
+    let id = backup_from_pg(repo, &source.conninfo(), env);
     source.stop();
 
     let listed: serde_json::Value = serde_json::from_str(&irctl_ok(

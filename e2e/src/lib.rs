@@ -1,13 +1,13 @@
 //! Test support for instant-recovery: real PostgreSQL clusters run as an unprivileged user, a
 //! real S3-protocol server on loopback, and checks that fail loudly when a prerequisite is
-//! missing (tests must not skip silently in CI).
+//! missing (tests must not skip silently in CI). Prerequisites come from
+//! `scripts/setup-test-deps.sh`.
 
 pub mod pg;
 pub mod s3;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 /// Panics unless the test runs as root (FUSE mounts, PostgreSQL as another user).
 pub fn require_root() {
@@ -19,13 +19,18 @@ pub fn require_root() {
     );
 }
 
-/// Panics unless FUSE mounts can be made here.
+/// Panics unless FUSE mounts can be made here: root, and a usable `/dev/fuse`.
 pub fn require_fuse() {
     require_root();
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "this test needs /dev/fuse; install fuse3 (scripts/setup-test-deps.sh)"
-    );
+    if let Err(e) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        panic!(
+            "this test needs FUSE but /dev/fuse cannot be opened ({e}); load the fuse module and run scripts/setup-test-deps.sh"
+        );
+    }
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
@@ -36,7 +41,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A temporary directory that other users (PostgreSQL's) may traverse.
+/// A temporary directory (mode 0755) that other users, PostgreSQL's, may traverse. Under
+/// /var/tmp rather than /tmp, which may be a small tmpfs.
 pub fn shared_tempdir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("ir-test-")

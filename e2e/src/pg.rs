@@ -1,8 +1,14 @@
 //! PostgreSQL clusters for tests, run as the `postgres` user when the test runs as root.
+//!
+//! The postmaster is a child of the test process rather than of `pg_ctl`: the test reaps it, so
+//! no zombie keeps `postmaster.pid` looking alive (PID 1 in a sandbox may never reap orphans),
+//! and it can be signalled by its own pid.
 
 use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Directory of the PostgreSQL server binaries (`IR_PG_BINDIR`, default PostgreSQL 15's).
@@ -12,7 +18,8 @@ pub fn bindir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
     assert!(
         dir.join("postgres").exists(),
-        "PostgreSQL server binaries not found in {} (install postgresql-15, or set IR_PG_BINDIR)",
+        "PostgreSQL server binaries not found in {} (install postgresql-15 with \
+         scripts/setup-test-deps.sh, or set IR_PG_BINDIR)",
         dir.display()
     );
     dir
@@ -25,7 +32,7 @@ pub fn pg_user() -> (u32, u32) {
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
     assert!(
         !pw.is_null(),
-        "user postgres does not exist (install postgresql-15)"
+        "user postgres does not exist (install postgresql-15 with scripts/setup-test-deps.sh)"
     );
     // SAFETY: non-null pointer returned by getpwnam.
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
@@ -36,22 +43,23 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A command run as the PostgreSQL user.
+/// A command run as the PostgreSQL user (PostgreSQL refuses to run as root).
 pub fn as_pg(program: &Path) -> Command {
+    let mut c = Command::new(program);
     if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
+        let (uid, gid) = pg_user();
+        // The test's working directory may not be readable by postgres.
+        c.uid(uid).gid(gid).current_dir("/");
     }
+    c
 }
 
-/// Gives a directory to the PostgreSQL user.
+/// Gives a file or directory to the PostgreSQL user (when running as root).
 pub fn chown_to_pg(path: &Path) {
     if is_root() {
         let (uid, gid) = pg_user();
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
     }
 }
 
@@ -66,18 +74,21 @@ fn check(what: &str, out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// One PostgreSQL server: its data directory, a private socket directory and a loopback port.
-/// Stopped (immediately) when dropped.
+/// One PostgreSQL server: its data directory, a private socket directory and a loopback TCP
+/// port. Stopped (immediate mode) when dropped, also when the test panics.
 pub struct PgCluster {
     pub datadir: PathBuf,
+    /// Unix socket directory, private to this cluster's root.
     pub socket: PathBuf,
+    /// Port of both the unix socket and the listener on 127.0.0.1.
     pub port: u16,
+    log: PathBuf,
     bindir: PathBuf,
-    running: bool,
+    postmaster: Option<Child>,
 }
 
 impl PgCluster {
-    /// `initdb` in `root/data` (trust auth for local connections; fsync stays on).
+    /// `initdb` in `root/data`: trust authentication, fsync left on (durability is under test).
     pub fn init(root: &Path) -> PgCluster {
         let datadir = root.join("data");
         std::fs::create_dir_all(&datadir).expect("create data dir");
@@ -86,7 +97,7 @@ impl PgCluster {
         check(
             "initdb",
             as_pg(&cluster.bindir.join("initdb"))
-                .args(["-A", "trust", "-U", "postgres", "-D"])
+                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D"])
                 .arg(&datadir)
                 .output()
                 .expect("run initdb"),
@@ -94,98 +105,156 @@ impl PgCluster {
         cluster
     }
 
-    /// A server for an existing data directory (a backup, a mount); its socket lives in
-    /// `root/sock`.
+    /// A cluster for an existing data directory (a restored backup, a FUSE mount). Its socket
+    /// directory and log live under `root`; nothing runs until [`PgCluster::start`].
     pub fn on_existing(datadir: &Path, root: &Path) -> PgCluster {
         let socket = root.join("sock");
         std::fs::create_dir_all(&socket).expect("create socket dir");
         chown_to_pg(&socket);
         PgCluster {
             datadir: datadir.to_path_buf(),
+            log: root.join("postgres.log"),
             socket,
             port: crate::free_port(),
             bindir: bindir(),
-            running: false,
+            postmaster: None,
         }
     }
 
-    /// A postmaster orphaned by pg_ctl is reparented to PID 1, which may never reap it here;
-    /// its zombie would keep `postmaster.pid` and the socket lock looking alive to the next start.
-    fn clear_stale_lock_files(&self) {
-        clear_stale_lock(&self.datadir.join("postmaster.pid"));
-        clear_stale_lock(&self.socket.join(format!(".s.PGSQL.{}.lock", self.port)));
-    }
-
-    /// Starts the server and waits until it accepts queries. `settings` are extra `-c` values.
+    /// Starts the server and waits until it accepts queries (crash or backup recovery
+    /// included). `settings` are extra `-c name=value` settings.
     pub fn start(&mut self, settings: &[&str]) {
-        self.clear_stale_lock_files();
-        let mut opts = format!(
-            "-p {} -k {} -c listen_addresses=''",
-            self.port,
-            self.socket.display()
-        );
-        for s in settings {
-            opts.push_str(" -c ");
-            opts.push_str(s);
+        assert!(!self.is_running(), "PostgreSQL is already running");
+        self.postmaster = None;
+        // free_port() can race with another process taking the port: try a few.
+        for attempt in 1..=3 {
+            match self.try_start(settings) {
+                Ok(()) => return,
+                Err(log) if attempt < 3 && log.contains("could not bind") => {
+                    self.port = crate::free_port();
+                }
+                Err(log) => panic!(
+                    "PostgreSQL on {} did not start; log {}:\n{log}",
+                    self.datadir.display(),
+                    self.log.display()
+                ),
+            }
         }
-        let log = self.socket.join(format!("postgres-{}.log", self.port));
-        let out = as_pg(&self.bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.datadir)
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-t", "120", "-o", &opts, "start"])
-            .output()
-            .expect("run pg_ctl start");
-        if !out.status.success() {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("pg_ctl start failed ({}):\n{log}", out.status);
-        }
-        self.running = true;
-        self.wait_ready(Duration::from_secs(60));
     }
 
-    pub fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.try_psql("select 1").is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "PostgreSQL on port {} is not ready",
-                self.port
-            );
+    fn try_start(&mut self, settings: &[&str]) -> Result<(), String> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut cmd = as_pg(&self.bindir.join("postgres"));
+        cmd.arg("-D")
+            .arg(&self.datadir)
+            .args(["-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(&self.socket)
+            .args(["-c", "listen_addresses=127.0.0.1"]);
+        for s in settings {
+            cmd.args(["-c", s]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn postgres");
+        self.postmaster = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if self.try_psql("select 1").is_ok() {
+                return Ok(());
+            }
+            let exited = self
+                .postmaster
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("wait for postgres"));
+            if let Some(status) = exited {
+                self.postmaster = None;
+                let log = std::fs::read(&self.log).unwrap_or_default();
+                let tail = String::from_utf8_lossy(&log[log_start as usize..]);
+                return Err(format!("postgres exited ({status}):\n{tail}"));
+            }
+            if Instant::now() > deadline {
+                self.stop_immediate();
+                return Err("not ready after 180 s".into());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    /// Waits until the server accepts queries, e.g. after a restart by someone else.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.try_psql("select 1") {
+                Ok(_) => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "PostgreSQL on port {} not ready after {timeout:?}: {e}",
+                    self.port
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fast shutdown: sessions ended, checkpoint written.
     pub fn stop(&mut self) {
-        self.pg_ctl_stop("fast");
+        self.shutdown(libc::SIGINT);
     }
 
     /// Like a crash: no checkpoint, recovery at the next start.
     pub fn stop_immediate(&mut self) {
-        self.pg_ctl_stop("immediate");
+        self.shutdown(libc::SIGQUIT);
     }
 
-    fn pg_ctl_stop(&mut self, mode: &str) {
-        if !self.running {
+    fn shutdown(&mut self, signal: i32) {
+        let Some(mut child) = self.postmaster.take() else {
             return;
+        };
+        signal_pid(child.id(), signal);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("wait for postgres").is_none() {
+            if Instant::now() > deadline {
+                eprintln!("PostgreSQL on port {} did not stop: killing it", self.port);
+                self.postmaster = Some(child);
+                return self.kill_all();
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = as_pg(&self.bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.datadir)
-            .args(["-m", mode, "-w", "-t", "60", "stop"])
-            .output();
-        self.running = false;
     }
 
-    /// Forgets a server that died with its filesystem; kills what is left of it.
+    /// SIGKILL to the postmaster and its children, for a server whose filesystem went away.
     pub fn kill_all(&mut self) {
-        let pattern = format!("postgres -D {}", self.datadir.display());
-        let _ = Command::new("pkill").args(["-9", "-f", &pattern]).status();
-        std::thread::sleep(Duration::from_millis(300));
-        self.running = false;
+        let Some(mut child) = self.postmaster.take() else {
+            return;
+        };
+        let pid = child.id();
+        // Children first looked up, then the postmaster killed, so none is missed in between.
+        let children = children_of(pid);
+        signal_pid(pid, libc::SIGKILL);
+        for c in children {
+            signal_pid(c, libc::SIGKILL);
+        }
+        let _ = child.wait();
     }
 
+    /// Whether the postmaster is still running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.postmaster {
+            Some(c) => c.try_wait().expect("wait for postgres").is_none(),
+            None => false,
+        }
+    }
+
+    /// libpq connection string over the unix socket, user `postgres`, database `postgres`.
     pub fn conninfo(&self) -> String {
         format!(
             "host={} port={} user=postgres dbname=postgres",
@@ -194,18 +263,24 @@ impl PgCluster {
         )
     }
 
+    /// libpq connection string over TCP on 127.0.0.1.
+    pub fn tcp_conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// The server log (appended to by every start).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// `psql -At` of `sql`; the error is psql's stderr.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
         let out = as_pg(&self.bindir.join("psql"))
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &self.conninfo(),
-                "-c",
-                sql,
-            ])
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", &self.conninfo()])
+            .args(["-c", sql])
             .output()
             .map_err(|e| e.to_string())?;
         if out.status.success() {
@@ -215,21 +290,20 @@ impl PgCluster {
         }
     }
 
+    /// `psql -At` of `sql`, trimmed output; panics on error.
     pub fn psql(&self, sql: &str) -> String {
         self.try_psql(sql)
             .unwrap_or_else(|e| panic!("psql {sql:?} on port {}: {e}", self.port))
     }
 
+    /// `pgbench args... postgres`; panics on failure, returns its output.
     pub fn pgbench(&self, args: &[&str]) -> String {
         check(
             "pgbench",
             as_pg(&self.bindir.join("pgbench"))
-                .args([
-                    "-h",
-                    &self.socket.display().to_string(),
-                    "-p",
-                    &self.port.to_string(),
-                ])
+                .arg("-h")
+                .arg(&self.socket)
+                .args(["-p", &self.port.to_string()])
                 .args(args)
                 .arg("postgres")
                 .output()
@@ -238,25 +312,33 @@ impl PgCluster {
     }
 }
 
-fn clear_stale_lock(lock: &Path) {
-    let Some(pid) = std::fs::read_to_string(lock)
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
-    else {
-        return;
-    };
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = state
-        .rsplit(')')
-        .next()
-        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
-    if state.is_empty() || zombie {
-        let _ = std::fs::remove_file(lock);
-    }
-}
-
 impl Drop for PgCluster {
     fn drop(&mut self) {
         self.stop_immediate();
     }
+}
+
+fn signal_pid(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory preconditions; the pid is one we spawned or its child.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Pids whose parent is `pid` (PostgreSQL's backends and auxiliary processes).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // Fields after the command name, which may hold spaces and parentheses.
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }

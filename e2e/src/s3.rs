@@ -1,25 +1,37 @@
-//! A real S3-protocol server on loopback (Versity S3 Gateway over a temporary directory), built
-//! by scripts/setup-test-deps.sh from its pinned Go module.
+//! A real S3-protocol server on loopback: MinIO over a temporary directory, built by
+//! scripts/setup-test-deps.sh from the Go module pinned in tools/s3/go.mod.
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ACCESS_KEY: &str = "instantrecoverytest";
-const SECRET_KEY: &str = "instantrecoverytestsecret";
+/// The pin the setup script builds; the binary's cache name carries it, so a stale build of
+/// another version is never picked up.
+const GO_MOD: &str = include_str!("../../tools/s3/go.mod");
 
-fn server_binary() -> PathBuf {
+fn minio_version() -> &'static str {
+    GO_MOD
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("github.com/minio/minio "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("tools/s3/go.mod pins github.com/minio/minio")
+}
+
+/// `IR_S3_SERVER_BIN`, or the build cached by scripts/setup-test-deps.sh.
+pub fn server_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("IR_S3_SERVER_BIN") {
         return PathBuf::from(p);
     }
     let cache = std::env::var_os("IR_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            PathBuf::from(std::env::var_os("HOME").expect("HOME or IR_CACHE_DIR is set"))
                 .join(".cache/instant-recovery")
         });
-    let bin = cache.join("bin/versitygw");
+    let bin = cache.join(format!("bin/minio-{}", minio_version()));
     assert!(
         bin.exists(),
         "S3 test server not found at {} (run scripts/setup-test-deps.sh, or set IR_S3_SERVER_BIN)",
@@ -28,55 +40,115 @@ fn server_binary() -> PathBuf {
     bin
 }
 
-/// The server process and its bucket; killed on drop.
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The server process, its data directory and one bucket; killed on drop.
 pub struct S3Server {
-    child: Child,
+    child: Option<Child>,
     port: u16,
     bucket: String,
-    _root: tempfile::TempDir,
+    access_key: String,
+    secret_key: String,
+    root: tempfile::TempDir,
 }
 
 impl S3Server {
-    /// Starts the server on 127.0.0.1 with one empty bucket, `ir-test`.
+    /// Starts the server on 127.0.0.1 with fresh credentials and one empty bucket, `ir-test`.
     pub fn start() -> S3Server {
         let root = crate::shared_tempdir();
         let bucket = "ir-test".to_string();
-        std::fs::create_dir(root.path().join(&bucket)).expect("create bucket dir");
-        let port = crate::free_port();
-        let child = Command::new(server_binary())
-            .args(["--port", &format!("127.0.0.1:{port}")])
-            .args(["--access", ACCESS_KEY, "--secret", SECRET_KEY])
-            .arg("posix")
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the S3 test server");
+        // MinIO serves a top-level directory of its data directory as a bucket.
+        std::fs::create_dir_all(root.path().join("data").join(&bucket)).expect("create bucket dir");
         let mut server = S3Server {
-            child,
-            port,
+            child: None,
+            port: crate::free_port(),
             bucket,
-            _root: root,
+            access_key: format!("ir{}", random_hex(8)),
+            secret_key: random_hex(16),
+            root,
         };
-        server.wait_ready();
-        server
+        // free_port() can race with another process taking the port: try a few.
+        for attempt in 1..=3 {
+            match server.launch() {
+                Ok(()) => return server,
+                Err(e) if attempt < 3 => {
+                    eprintln!("S3 test server on port {}: {e}; new port", server.port);
+                    server.port = crate::free_port();
+                }
+                Err(e) => panic!("S3 test server did not start: {e}"),
+            }
+        }
+        unreachable!()
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("S3 test server exited: {status}");
+    fn launch(&mut self) -> Result<(), String> {
+        let log_path = self.root.path().join("server.log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open server log");
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let child = Command::new(server_binary())
+            .args(["server", "--quiet", "--address"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(self.root.path().join("data"))
+            .env("MINIO_ROOT_USER", &self.access_key)
+            .env("MINIO_ROOT_PASSWORD", &self.secret_key)
+            .env("MINIO_BROWSER", "off")
+            .env("MINIO_UPDATE", "off")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start the S3 test server {}: {e}",
+                    server_binary().display()
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.health_ready() {
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "S3 test server did not listen on {}",
-                self.port
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                self.stop();
+                let log = std::fs::read(&log_path).unwrap_or_default();
+                return Err(format!(
+                    "{}; log:\n{}",
+                    exited.map_or("not ready after 60 s".into(), |s| format!("exited ({s})")),
+                    String::from_utf8_lossy(&log[log_start as usize..])
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    fn health_ready(&self) -> bool {
+        let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = "GET /minio/health/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        let mut status = [0u8; 12];
+        conn.write_all(request.as_bytes()).is_ok()
+            && conn.read_exact(&mut status).is_ok()
+            && status.ends_with(b" 200")
+    }
+
+    /// `http://127.0.0.1:<port>`
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -85,16 +157,17 @@ impl S3Server {
         &self.bucket
     }
 
-    /// `s3://bucket/prefix`
+    /// `s3://<bucket>/<prefix>`
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)
     }
 
-    /// Environment for a client of this server (the usual AWS variables).
+    /// Environment for a client process of this server (what `AmazonS3Builder::from_env` and
+    /// the AWS SDKs read).
     pub fn env(&self) -> Vec<(String, String)> {
         [
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
             ("AWS_REGION", "us-east-1".to_string()),
             ("AWS_ENDPOINT_URL", self.endpoint()),
             ("AWS_ALLOW_HTTP", "true".to_string()),
@@ -104,10 +177,20 @@ impl S3Server {
         .collect()
     }
 
-    /// Stops the server, like an outage; `restart` brings it back on the same port and data.
+    /// Kills the server, like an outage; [`S3Server::restart`] brings it back.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, data and credentials.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.launch() {
+            panic!("S3 test server did not restart on port {}: {e}", self.port);
+        }
     }
 }
 

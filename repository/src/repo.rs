@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use crate::error::RepoError;
 use crate::manifest::{BackupManifest, ChunkId, FORMAT_VERSION, RepoConfig};
 use crate::size::validate_chunk_size;
-use crate::store::{StoreOptions, open_store};
+use crate::store::{OpenedStore, StoreOptions, open_store};
 
 pub(crate) const CONFIG_PATH: &str = "ir-repo.json";
 pub(crate) const BACKUPS_DIR: &str = "backups";
@@ -61,6 +61,18 @@ fn check_backup_id(id: &str) -> Result<(), RepoError> {
 }
 
 impl Repository {
+    fn assemble(opened: OpenedStore, config: RepoConfig, opts: &StoreOptions) -> Repository {
+        Repository {
+            inner: Arc::new(Inner {
+                url: opened.url,
+                store: opened.store,
+                local: opened.local,
+                config,
+                opts: opts.clone(),
+            }),
+        }
+    }
+
     /// Creates a repository. Refuses if `ir-repo.json` already exists.
     pub async fn init(
         url: &str,
@@ -76,15 +88,7 @@ impl Repository {
             compression: "zstd".to_string(),
             created: OffsetDateTime::now_utc(),
         };
-        let repo = Repository {
-            inner: Arc::new(Inner {
-                url: opened.url,
-                store: opened.store,
-                local: opened.local,
-                config,
-                opts: opts.clone(),
-            }),
-        };
+        let repo = Repository::assemble(opened, config, opts);
         let path = Path::from(CONFIG_PATH);
         match repo.inner.store.head(&path).await {
             Ok(_) => return Err(repo.already_exists()),
@@ -169,15 +173,7 @@ impl Repository {
             )));
         }
         validate_chunk_size(config.chunk_size).map_err(|e| invalid(e.to_string()))?;
-        Ok(Repository {
-            inner: Arc::new(Inner {
-                url: opened.url,
-                store: opened.store,
-                local: opened.local,
-                config,
-                opts: opts.clone(),
-            }),
-        })
+        Ok(Repository::assemble(opened, config, opts))
     }
 
     pub fn url(&self) -> &str {

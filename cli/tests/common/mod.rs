@@ -33,6 +33,16 @@ pub fn irctl_run(args: &[&str], envs: &[(String, String)]) -> Output {
         .expect("run irctl")
 }
 
+/// `irctl backup create --from-pg`; returns the new backup id.
+pub fn backup_from_pg(repo: &str, conninfo: &str, envs: &[(String, String)]) -> String {
+    irctl_ok(
+        &["backup", "create", "--repo", repo, "--from-pg", conninfo],
+        envs,
+    )
+    .trim()
+    .to_string()
+}
+
 /// `irctl mount` running in the background until stopped, killed or dropped.
 pub struct MountProcess {
     child: Child,
