@@ -39,7 +39,7 @@ mkdir -p "$WORK/source" && chown postgres:postgres "$WORK/source"
 
 echo "== sample database (pgbench scale $SCALE)"
 as_pg "$PGBIN/initdb" -D "$WORK/source" -A trust -U postgres >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$WORK/source" -l "$WORK/source.log" -w \
+as_pg "$PGBIN/pg_ctl" -D "$WORK/source" -l "$WORK/sock/source.log" -w \
   -o "-p $SRC_PORT -k $WORK/sock -c listen_addresses=''" start >/dev/null
 as_pg "$PGBIN/pgbench" -h "$WORK/sock" -p "$SRC_PORT" -i -s "$SCALE" -q postgres 2>/dev/null
 SRC_SUM=$(as_pg psql -h "$WORK/sock" -p "$SRC_PORT" -At -c "select count(*), sum(abalance) from pgbench_accounts" postgres)
@@ -54,6 +54,7 @@ as_pg "$PGBIN/pg_ctl" -D "$WORK/source" -m fast stop >/dev/null
 "$IRCTL" backup show "$ID" --repo "file://$WORK/repo" | head -n 12
 
 echo "== instant recovery from the backup"
+: > "$WORK/mount.log"
 t0=$(now_ms)
 "$IRCTL" mount --repo "file://$WORK/repo" --backup "$ID" --cache "$WORK/cache" \
   --uid "$(id -u postgres)" --gid "$(id -g postgres)" "$WORK/mnt" > "$WORK/mount.log" 2>&1 &
@@ -63,7 +64,7 @@ until grep -q '^mounted' "$WORK/mount.log"; do
   sleep 0.02
 done
 t_mount=$(( $(now_ms) - t0 ))
-as_pg "$PGBIN/pg_ctl" -D "$WORK/mnt" -l "$WORK/mounted.log" \
+as_pg "$PGBIN/pg_ctl" -D "$WORK/mnt" -l "$WORK/sock/mounted.log" \
   -o "-p $MNT_PORT -k $WORK/sock -c listen_addresses=''" start >/dev/null
 until as_pg psql -h "$WORK/sock" -p "$MNT_PORT" -At -c "select 1" postgres >/dev/null 2>&1; do sleep 0.02; done
 t_first=$(( $(now_ms) - t0 ))
