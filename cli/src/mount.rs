@@ -57,6 +57,9 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     let mounted = tokio::task::spawn_blocking(move || mount_backup(repo, manifest, &opts, runtime))
         .await?
         .with_context(|| format!("mounting backup {id} at {}", args.mountpoint.display()))?;
+    // Handlers first: whoever waits for the line below may signal us at once.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     println!(
         "mounted backup {id} at {} (cache {}) in {} ms",
         args.mountpoint.display(),
@@ -65,8 +68,6 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     );
     std::io::stdout().flush()?;
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
