@@ -63,6 +63,7 @@ impl BlockMap {
         }
     }
 
+    #[cfg(test)]
     pub fn dirty_count(&self) -> u64 {
         self.groups
             .values()
@@ -83,10 +84,6 @@ impl BlockMap {
                 (g, bytes)
             })
             .collect()
-    }
-
-    pub fn has_unsynced(&self) -> bool {
-        !self.unsynced.is_empty()
     }
 
     /// Puts groups back on the to-persist list after a failed commit.
@@ -137,9 +134,9 @@ mod tests {
         m.mark_range(10, 5000);
         let groups = m.take_unsynced();
         assert_eq!(groups.len(), 2);
-        assert!(!m.has_unsynced());
+        assert!(m.take_unsynced().is_empty());
         m.mark(20); // already dirty: nothing new to persist
-        assert!(!m.has_unsynced());
+        assert!(m.take_unsynced().is_empty());
 
         let mut loaded = BlockMap::default();
         for (g, bytes) in &groups {

@@ -46,7 +46,6 @@ impl FsError {
             FsError::Unsupported(_) => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::Chunk { .. } => libc::EIO,
-            FsError::Meta(msg) if msg.contains("No space left") => libc::ENOSPC,
             FsError::Meta(_) => libc::EIO,
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
@@ -55,7 +54,11 @@ impl FsError {
 
 impl From<redb::Error> for FsError {
     fn from(e: redb::Error) -> Self {
-        FsError::Meta(e.to_string())
+        match e {
+            // Keeps the errno (ENOSPC on a full cache disk).
+            redb::Error::Io(io) => FsError::Io(io),
+            other => FsError::Meta(other.to_string()),
+        }
     }
 }
 

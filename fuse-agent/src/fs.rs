@@ -1135,11 +1135,6 @@ impl IrFs {
         }
         Ok(())
     }
-
-    /// Bytes the cache holds on disk (data files and metadata).
-    pub fn cache_bytes(&self) -> u64 {
-        dir_bytes(&self.data_dir) + dir_bytes(&self.cache_dir.join(META_FILE))
-    }
 }
 
 fn touch(dir: &Node) {
@@ -1168,19 +1163,6 @@ fn read_data(st: &NodeState, offset: u64, buf: &mut [u8]) -> FsResult<()> {
         }
     }
     Ok(())
-}
-
-fn dir_bytes(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.blocks() * 512;
-    }
-    fs::read_dir(path)
-        .map(|rd| rd.flatten().map(|e| dir_bytes(&e.path())).sum())
-        .unwrap_or(0)
 }
 
 /// (blocks, bfree, bavail, ffree, bsize) of the filesystem holding `path`.

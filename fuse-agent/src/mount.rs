@@ -14,7 +14,7 @@ use tokio::runtime::Handle;
 use crate::error::FsError;
 use crate::fs::{CacheOptions, IrFs};
 use crate::fuse::FuseAdapter;
-use crate::source::{RepoSource, SourceConfig, SourceStats};
+use crate::source::{RepoSource, SourceConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -65,24 +65,11 @@ impl MountOptions {
 pub struct Mounted {
     session: Option<BackgroundSession>,
     fs: Arc<IrFs>,
-    stats: Arc<SourceStats>,
     mountpoint: PathBuf,
     _lock: File,
 }
 
 impl Mounted {
-    pub fn fs(&self) -> &Arc<IrFs> {
-        &self.fs
-    }
-
-    pub fn stats(&self) -> &Arc<SourceStats> {
-        &self.stats
-    }
-
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
-
     /// Unmounts (lazily, so open files keep working until closed) and waits up to `wait` for
     /// the session to end. Everything written is flushed to the cache either way.
     pub fn unmount(mut self, wait: Duration) -> Result<(), MountError> {
@@ -165,12 +152,10 @@ pub fn mount_backup(
         SourceConfig {
             memory_bytes: opts.memory_cache_bytes,
             disk,
-            readahead_chunks: opts.readahead_chunks,
             max_fetches: 16,
         },
     )
     .map_err(|e| MountError::Cache(opts.cache_dir.clone(), e))?;
-    let stats = source.stats();
     let fs = Arc::new(IrFs::open_cache(
         &opts.cache_dir,
         Arc::new(manifest),
@@ -200,7 +185,6 @@ pub fn mount_backup(
     Ok(Mounted {
         session: Some(session),
         fs,
-        stats,
         mountpoint: opts.mountpoint.clone(),
         _lock: lock,
     })

@@ -6,7 +6,6 @@ use std::fs;
 use std::io::Write;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -29,24 +28,12 @@ pub trait ChunkSource: Send + Sync {
 /// Why a chunk could not be had (shared by every reader waiting on the same fetch).
 pub type FetchError = Arc<dyn std::error::Error + Send + Sync>;
 
-/// Counters of the chunk path, for status and metrics.
-#[derive(Debug, Default)]
-pub struct SourceStats {
-    pub bytes_fetched: AtomicU64,
-    pub memory_hits: AtomicU64,
-    pub disk_hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub errors: AtomicU64,
-}
-
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     /// Bytes of plain chunks kept in memory.
     pub memory_bytes: u64,
     /// On-disk chunk cache directory and its size limit; `None` reads the repository directly.
     pub disk: Option<(PathBuf, u64)>,
-    /// Chunks fetched ahead on sequential reads.
-    pub readahead_chunks: usize,
     /// Repository fetches in flight at once.
     pub max_fetches: usize,
 }
@@ -59,13 +46,11 @@ struct Inner {
     disk: Option<DiskCache>,
     inflight: Mutex<HashMap<ChunkId, SharedFetch>>,
     permits: Semaphore,
-    stats: Arc<SourceStats>,
 }
 
 pub struct RepoSource {
     inner: Arc<Inner>,
     runtime: Handle,
-    readahead_chunks: usize,
 }
 
 impl RepoSource {
@@ -83,34 +68,19 @@ impl RepoSource {
                 disk,
                 inflight: Mutex::new(HashMap::new()),
                 permits: Semaphore::new(cfg.max_fetches.max(1)),
-                stats: Arc::default(),
             }),
             runtime,
-            readahead_chunks: cfg.readahead_chunks,
         })
-    }
-
-    pub fn stats(&self) -> Arc<SourceStats> {
-        self.inner.stats.clone()
-    }
-
-    pub fn readahead_chunks(&self) -> usize {
-        self.readahead_chunks
     }
 }
 
 impl Inner {
     fn cached(&self, id: &ChunkId) -> Option<Bytes> {
-        let hit = self
-            .memory
+        self.memory
             .lock()
             .expect("memory cache lock")
             .get(id)
-            .cloned();
-        if hit.is_some() {
-            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-        }
-        hit
+            .cloned()
     }
 
     fn fetch_shared(self: &Arc<Self>, id: ChunkId, len: usize) -> SharedFetch {
@@ -140,10 +110,8 @@ impl Inner {
         if let Some(disk) = &self.disk
             && let Some(bytes) = disk.get(&id, len)
         {
-            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(bytes);
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let _permit = self
             .permits
             .acquire()
@@ -151,18 +119,12 @@ impl Inner {
             .expect("semaphore never closed");
         match self.repo.read_chunk(&id, len).await {
             Ok(bytes) => {
-                self.stats
-                    .bytes_fetched
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if let Some(disk) = &self.disk {
                     disk.put(&id, &bytes);
                 }
                 Ok(bytes)
             }
-            Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                Err(Arc::new(e))
-            }
+            Err(e) => Err(Arc::new(e)),
         }
     }
 }

@@ -116,10 +116,6 @@ impl MountProcess {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGKILL: no unmount, no flush; the kernel leaves a dead mount behind.
     pub fn kill(mut self) {
         self.child.kill().expect("kill irctl mount");
