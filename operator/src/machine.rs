@@ -1,0 +1,641 @@
+//! The recovery state machine: a pure function from (policy, status, what the driver observed,
+//! now) to (actions, new status, events, when to look again).
+//!
+//! Drivers (the local one behind `irctl recover`, the Kubernetes one in the operator) observe the
+//! world, call [`reconcile`], carry out the actions and persist the status. Nothing here does
+//! I/O or reads a clock, so every transition is covered by table tests.
+//!
+//! Actions are idempotent "ensure" requests and cumulative: a phase keeps ensuring what earlier
+//! phases built (Syncing ensures the mount and the published instance too), so resuming a phase
+//! after a retry or a restart rebuilds whatever went missing.
+
+use std::time::Duration;
+
+use ir_api::recovery::{
+    BackupInfo, ConditionStatus, ConditionType, Phase, RecoveryStatus, RetryPolicy, SwitchoverMode,
+    SwitchoverPolicy,
+};
+use jiff::Timestamp;
+
+/// How often to look again while a step is in progress.
+pub const STEP_POLL: Duration = Duration::from_secs(1);
+/// How often to refresh sync progress and lag.
+pub const PROGRESS_POLL: Duration = Duration::from_secs(2);
+
+/// The user's choices the machine needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub switchover: SwitchoverPolicy,
+    pub retry: RetryPolicy,
+}
+
+/// Why a step failed. Transient failures are retried; permanent ones fail the recovery at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub transient: bool,
+    /// CamelCase, stable: programs and docs match on it.
+    pub reason: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn transient(reason: &str, message: impl Into<String>) -> Self {
+        Failure {
+            transient: true,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(reason: &str, message: impl Into<String>) -> Self {
+        Failure {
+            transient: false,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What the driver knows about one part of the recovery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Step<T = ()> {
+    /// Not attempted yet, or nothing known.
+    #[default]
+    Unknown,
+    InProgress,
+    Ready(T),
+    Failed(Failure),
+}
+
+/// The standby on production storage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Standby {
+    #[default]
+    Absent,
+    /// The base backup is being copied.
+    Copying {
+        copied_bytes: u64,
+        total_bytes: u64,
+    },
+    /// The base backup is complete and the standby streams WAL.
+    Streaming {
+        lag_bytes: u64,
+    },
+    Failed(Failure),
+}
+
+/// Outcome of a switchover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwitchoverReport {
+    /// Writes were refused from read-only to promoted.
+    pub downtime: Duration,
+}
+
+/// Everything the driver observed since the last reconcile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub validation: Step<BackupInfo>,
+    pub mount: Step,
+    /// Ready carries when the published instance first answered a query.
+    pub published: Step<Timestamp>,
+    pub standby: Standby,
+    pub switchover: Step<SwitchoverReport>,
+    /// Unmount and drop the IRCache after the switchover.
+    pub cleanup: Step,
+    /// A manual retry request (any token; a new token starts a new round).
+    pub manual_retry: Option<String>,
+}
+
+/// What the driver should do now. Every action is idempotent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Check the backup, binaries, space, ports and target; report [`Observed::validation`].
+    Validate,
+    /// Mount the backup with its IRCache (remount after a lost mount).
+    EnsureMount,
+    /// Run PostgreSQL on the mount and keep it running.
+    EnsurePublished,
+    /// Build the standby from the published instance and keep it streaming.
+    EnsureStandby,
+    /// Hand over from the published instance to the standby.
+    Switchover,
+    /// Stop using the mount: unmount, drop the IRCache.
+    Cleanup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Normal,
+    Warning,
+}
+
+/// Something worth telling people about (a Kubernetes Event, a line on the terminal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub status: RecoveryStatus,
+    pub actions: Vec<Action>,
+    pub events: Vec<Event>,
+    /// Reconcile again after this long; `None` waits for a change.
+    pub requeue_after: Option<Duration>,
+}
+
+/// One step of the machine.
+pub fn reconcile(
+    policy: &Policy,
+    status: &RecoveryStatus,
+    observed: &Observed,
+    now: Timestamp,
+) -> Decision {
+    let mut m = Machine {
+        policy,
+        observed,
+        now,
+        d: Decision {
+            status: status.clone(),
+            actions: Vec::new(),
+            events: Vec::new(),
+            requeue_after: None,
+        },
+    };
+    if !m.manual_retry() {
+        m.step();
+    }
+    m.update_ready();
+    m.d
+}
+
+/// What a phase keeps ensuring while it runs (or when a retry resumes it).
+fn ensure_actions(phase: Phase) -> &'static [Action] {
+    use Action::*;
+    match phase {
+        Phase::Pending | Phase::Validating => &[Validate],
+        Phase::Mounting => &[EnsureMount],
+        Phase::Publishing => &[EnsureMount, EnsurePublished],
+        Phase::Syncing | Phase::ReadyForSwitchover => {
+            &[EnsureMount, EnsurePublished, EnsureStandby]
+        }
+        Phase::SwitchingOver => &[Switchover],
+        Phase::Completed => &[Cleanup],
+        Phase::Waiting | Phase::Failed => &[],
+    }
+}
+
+struct Machine<'a> {
+    policy: &'a Policy,
+    observed: &'a Observed,
+    now: Timestamp,
+    d: Decision,
+}
+
+impl Machine<'_> {
+    fn status(&mut self) -> &mut RecoveryStatus {
+        &mut self.d.status
+    }
+
+    fn step(&mut self) {
+        match self.d.status.phase {
+            Phase::Pending => {
+                self.status().timings.started_at = Some(self.now);
+                self.enter(
+                    Phase::Validating,
+                    "Started",
+                    "checking the backup and the host",
+                );
+            }
+            Phase::Validating => self.validating(),
+            Phase::Mounting => self.mounting(),
+            Phase::Publishing => self.publishing(),
+            Phase::Syncing => self.syncing(),
+            Phase::ReadyForSwitchover => self.ready_for_switchover(),
+            Phase::SwitchingOver => self.switching_over(),
+            Phase::Completed => self.completed(),
+            Phase::Waiting => self.waiting(),
+            Phase::Failed => {}
+        }
+    }
+
+    /// Moves to `phase`, asks for what it ensures, and tells about it.
+    fn enter(&mut self, phase: Phase, reason: &str, message: &str) {
+        let from = self.d.status.phase;
+        let status = self.status();
+        status.phase = phase;
+        status.reason = Some(reason.to_owned());
+        status.message = Some(message.to_owned());
+        if !matches!(phase, Phase::Waiting | Phase::Failed) {
+            status.resume_phase = None;
+        }
+        self.d.events.push(Event {
+            kind: if matches!(phase, Phase::Waiting | Phase::Failed) {
+                EventKind::Warning
+            } else {
+                EventKind::Normal
+            },
+            reason: reason.to_owned(),
+            message: format!("{from} -> {phase}: {message}"),
+        });
+        self.keep(phase);
+    }
+
+    /// Stays in (or has entered) `phase`: ensure its parts and look again soon.
+    fn keep(&mut self, phase: Phase) {
+        self.d.actions = ensure_actions(phase).to_vec();
+        self.d.requeue_after = Some(match phase {
+            Phase::Syncing | Phase::ReadyForSwitchover => PROGRESS_POLL,
+            _ => STEP_POLL,
+        });
+    }
+
+    /// A step made progress: the next failure starts a fresh count.
+    fn advance(&mut self, phase: Phase, condition: ConditionType, reason: &str, message: &str) {
+        let now = self.now;
+        let status = self.status();
+        status.set_condition(condition, ConditionStatus::True, reason, message, now);
+        status.retry.attempt = 0;
+        status.retry.next_attempt_at = None;
+        self.enter(phase, reason, message);
+    }
+
+    fn fail(&mut self, component: ConditionType, failure: &Failure) {
+        let interrupted = self.d.status.phase;
+        // A failed switchover leaves the published instance serving: resume by deciding again.
+        let resume = match interrupted {
+            Phase::SwitchingOver => Phase::ReadyForSwitchover,
+            other => other,
+        };
+        let (now, limit, interval) = (
+            self.now,
+            self.policy.retry.limit,
+            self.policy.retry.interval,
+        );
+        let status = self.status();
+        status.set_condition(
+            component,
+            ConditionStatus::False,
+            &failure.reason,
+            &failure.message,
+            now,
+        );
+        status.resume_phase = Some(resume);
+        if !failure.transient {
+            self.enter(Phase::Failed, &failure.reason, &failure.message);
+            self.d.requeue_after = None;
+            return;
+        }
+        let attempt = status.retry.attempt + 1;
+        status.retry.last_error = Some(format!("{}: {}", failure.reason, failure.message));
+        if attempt > limit {
+            status.retry.next_attempt_at = None;
+            let message = format!(
+                "{} (gave up after {limit} retries; a manual retry starts a new round)",
+                failure.message
+            );
+            self.enter(Phase::Failed, "RetriesExhausted", &message);
+            self.d.requeue_after = None;
+            return;
+        }
+        let next = now + interval.0;
+        status.retry.attempt = attempt;
+        status.retry.next_attempt_at = Some(next);
+        let message = format!(
+            "{}; retry {attempt} of {limit} at {}",
+            failure.message,
+            next.strftime("%Y-%m-%dT%H:%M:%SZ")
+        );
+        self.enter(Phase::Waiting, &failure.reason, &message);
+        self.d.requeue_after = Some(interval.0);
+    }
+
+    /// A part built earlier has failed: returns true (after failing) when so.
+    fn check_health(&mut self, parts: &[ConditionType]) -> bool {
+        for part in parts {
+            let failure = match part {
+                ConditionType::Mounted => step_failure(&self.observed.mount),
+                ConditionType::Published => step_failure(&self.observed.published),
+                ConditionType::Synced => match &self.observed.standby {
+                    Standby::Failed(f) => Some(f),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(f) = failure {
+                self.fail(*part, &f.clone());
+                return true;
+            }
+        }
+        false
+    }
+
+    fn validating(&mut self) {
+        match &self.observed.validation {
+            Step::Ready(info) => {
+                let message = format!(
+                    "backup {} (PostgreSQL {}, {} bytes)",
+                    info.id, info.pg_major, info.size_bytes
+                );
+                self.status().backup = Some(info.clone());
+                self.advance(
+                    Phase::Mounting,
+                    ConditionType::Validated,
+                    "BackupValid",
+                    &message,
+                );
+            }
+            Step::Failed(f) => self.fail(ConditionType::Validated, &f.clone()),
+            Step::Unknown | Step::InProgress => self.keep(Phase::Validating),
+        }
+    }
+
+    fn mounting(&mut self) {
+        match &self.observed.mount {
+            Step::Ready(()) => self.advance(
+                Phase::Publishing,
+                ConditionType::Mounted,
+                "Mounted",
+                "the backup is mounted read-write over its IRCache",
+            ),
+            Step::Failed(f) => self.fail(ConditionType::Mounted, &f.clone()),
+            Step::Unknown | Step::InProgress => self.keep(Phase::Mounting),
+        }
+    }
+
+    fn publishing(&mut self) {
+        if self.check_health(&[ConditionType::Mounted]) {
+            return;
+        }
+        match &self.observed.published {
+            Step::Ready(first_query_at) => {
+                let first_query_at = *first_query_at;
+                let status = self.status();
+                status.timings.published_at = Some(first_query_at);
+                status.timings.time_to_first_query_ms = status
+                    .timings
+                    .started_at
+                    .and_then(|start| first_query_at.duration_since(start).try_into().ok())
+                    .map(|d: Duration| d.as_millis() as u64);
+                self.advance(
+                    Phase::Syncing,
+                    ConditionType::Published,
+                    "Published",
+                    "PostgreSQL serves the backup from the mount",
+                );
+            }
+            Step::Failed(f) => self.fail(ConditionType::Published, &f.clone()),
+            Step::Unknown | Step::InProgress => self.keep(Phase::Publishing),
+        }
+    }
+
+    fn syncing(&mut self) {
+        if self.check_health(&[ConditionType::Mounted, ConditionType::Published]) {
+            return;
+        }
+        match self.observed.standby.clone() {
+            Standby::Copying {
+                copied_bytes,
+                total_bytes,
+            } => {
+                self.record_copy(copied_bytes, total_bytes);
+                self.keep(Phase::Syncing);
+            }
+            Standby::Streaming { lag_bytes } => {
+                self.record_lag(lag_bytes);
+                self.status().timings.synced_at = Some(self.now);
+                self.advance(
+                    Phase::ReadyForSwitchover,
+                    ConditionType::Synced,
+                    "StandbyStreaming",
+                    "the standby holds a full copy and streams WAL from the published instance",
+                );
+            }
+            Standby::Failed(f) => self.fail(ConditionType::Synced, &f),
+            Standby::Absent => self.keep(Phase::Syncing),
+        }
+    }
+
+    fn record_copy(&mut self, copied_bytes: u64, total_bytes: u64) {
+        let now = self.now;
+        let progress = &mut self.status().progress;
+        if let Some(before) = progress.observed_at {
+            let elapsed = now.duration_since(before).as_secs_f64();
+            if elapsed > 0.0 && copied_bytes >= progress.copied_bytes {
+                progress.rate_bytes_per_second =
+                    Some(((copied_bytes - progress.copied_bytes) as f64 / elapsed) as u64);
+            }
+        }
+        progress.copied_bytes = copied_bytes;
+        progress.total_bytes = total_bytes;
+        progress.observed_at = Some(now);
+    }
+
+    fn record_lag(&mut self, lag_bytes: u64) {
+        let now = self.now;
+        let progress = &mut self.status().progress;
+        progress.copied_bytes = progress.total_bytes.max(progress.copied_bytes);
+        progress.rate_bytes_per_second = None;
+        progress.lag_bytes = Some(lag_bytes);
+        progress.observed_at = Some(now);
+    }
+
+    fn ready_for_switchover(&mut self) {
+        let parts = [
+            ConditionType::Mounted,
+            ConditionType::Published,
+            ConditionType::Synced,
+        ];
+        if self.check_health(&parts) {
+            return;
+        }
+        let lag = match self.observed.standby {
+            Standby::Streaming { lag_bytes } => {
+                self.record_lag(lag_bytes);
+                Some(lag_bytes)
+            }
+            _ => None,
+        };
+        let policy = &self.policy.switchover;
+        let caught_up = lag.is_some_and(|lag| lag <= policy.max_lag_bytes);
+        let (go, reason, message) = match policy.mode {
+            SwitchoverMode::Automatic => (
+                caught_up,
+                "CatchingUp",
+                "waiting for the standby to catch up".to_owned(),
+            ),
+            SwitchoverMode::Manual => (
+                policy.approved && lag.is_some(),
+                "AwaitingApproval",
+                "waiting for the switchover to be approved".to_owned(),
+            ),
+            SwitchoverMode::Scheduled => match policy.at {
+                None => {
+                    let failure = Failure::permanent(
+                        "SwitchoverTimeMissing",
+                        "switchover mode Scheduled needs a time (switchover.at)",
+                    );
+                    self.fail(ConditionType::SwitchedOver, &failure);
+                    return;
+                }
+                Some(at) if self.now < at => {
+                    self.keep(Phase::ReadyForSwitchover);
+                    let until = self.now.duration_until(at).unsigned_abs();
+                    self.d.requeue_after = Some(until.min(PROGRESS_POLL));
+                    let message = format!("switchover scheduled at {at}");
+                    self.set_reason("AwaitingSchedule", &message);
+                    return;
+                }
+                Some(_) => (
+                    caught_up,
+                    "CatchingUp",
+                    "the scheduled time has passed; waiting for the standby to catch up".to_owned(),
+                ),
+            },
+        };
+        if go {
+            self.status().timings.switchover_started_at = Some(self.now);
+            self.enter(
+                Phase::SwitchingOver,
+                "SwitchoverStarted",
+                "making the published instance read-only and promoting the standby",
+            );
+        } else {
+            self.keep(Phase::ReadyForSwitchover);
+            self.set_reason(reason, &message);
+        }
+    }
+
+    fn set_reason(&mut self, reason: &str, message: &str) {
+        let status = self.status();
+        status.reason = Some(reason.to_owned());
+        status.message = Some(message.to_owned());
+    }
+
+    fn switching_over(&mut self) {
+        match &self.observed.switchover {
+            Step::Ready(report) => {
+                let downtime = report.downtime;
+                let status = self.status();
+                status.timings.switchover_downtime_ms = Some(downtime.as_millis() as u64);
+                status.progress.lag_bytes = Some(0);
+                let message = format!(
+                    "the standby is the primary; writes were refused for {} ms",
+                    downtime.as_millis()
+                );
+                self.advance(
+                    Phase::Completed,
+                    ConditionType::SwitchedOver,
+                    "Promoted",
+                    &message,
+                );
+            }
+            Step::Failed(f) => self.fail(ConditionType::SwitchedOver, &f.clone()),
+            Step::Unknown | Step::InProgress => self.keep(Phase::SwitchingOver),
+        }
+    }
+
+    fn completed(&mut self) {
+        match &self.observed.cleanup {
+            Step::Ready(()) => {
+                if self.d.status.timings.completed_at.is_none() {
+                    self.status().timings.completed_at = Some(self.now);
+                    self.set_reason(
+                        "Completed",
+                        "the target runs as the primary; the mount and IRCache are gone",
+                    );
+                }
+                self.d.actions.clear();
+                self.d.requeue_after = None;
+            }
+            Step::Failed(f) => {
+                // The database is switched over; only housekeeping is left, so no Failed phase.
+                let message = format!("cleanup failed, will retry: {}", f.message);
+                self.keep(Phase::Completed);
+                self.d.requeue_after = Some(self.policy.retry.interval.0);
+                self.set_reason("CleanupFailed", &message);
+            }
+            Step::Unknown | Step::InProgress => self.keep(Phase::Completed),
+        }
+    }
+
+    fn waiting(&mut self) {
+        let next = self.d.status.retry.next_attempt_at.unwrap_or(self.now);
+        if self.now < next {
+            self.d.requeue_after = Some(self.now.duration_until(next).unsigned_abs());
+            return;
+        }
+        let resume = self.d.status.resume_phase.unwrap_or(Phase::Validating);
+        let message = format!(
+            "retry {} of {}",
+            self.d.status.retry.attempt, self.policy.retry.limit
+        );
+        self.status().retry.next_attempt_at = None;
+        // Failures observed before this attempt are stale: act first, judge on the next look.
+        self.enter(resume, "Retrying", &message);
+    }
+
+    /// Applies a new manual retry request; returns true when it restarted a stopped recovery.
+    fn manual_retry(&mut self) -> bool {
+        let Some(request) = &self.observed.manual_retry else {
+            return false;
+        };
+        if self.d.status.retry.last_manual_request.as_ref() == Some(request) {
+            return false;
+        }
+        let status = self.status();
+        status.retry.last_manual_request = Some(request.clone());
+        status.retry.attempt = 0;
+        status.retry.next_attempt_at = None;
+        if !matches!(status.phase, Phase::Waiting | Phase::Failed) {
+            return false;
+        }
+        let resume = status.resume_phase.unwrap_or(Phase::Validating);
+        self.enter(
+            resume,
+            "ManualRetry",
+            "a manual retry started a new round of attempts",
+        );
+        true
+    }
+
+    /// `Ready` says whether the recovery reached its goal: the target runs as the primary.
+    fn update_ready(&mut self) {
+        let now = self.now;
+        let status = self.status();
+        if status.phase == Phase::Completed && status.timings.completed_at.is_some() {
+            status.set_condition(
+                ConditionType::Ready,
+                ConditionStatus::True,
+                "Completed",
+                "the target runs as the primary",
+                now,
+            );
+        } else {
+            let reason = status
+                .reason
+                .clone()
+                .unwrap_or_else(|| status.phase.to_string());
+            let message = status.message.clone().unwrap_or_default();
+            status.set_condition(
+                ConditionType::Ready,
+                ConditionStatus::False,
+                &reason,
+                message,
+                now,
+            );
+        }
+    }
+}
+
+fn step_failure<T>(step: &Step<T>) -> Option<&Failure> {
+    match step {
+        Step::Failed(f) => Some(f),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
