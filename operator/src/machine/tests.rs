@@ -378,8 +378,9 @@ fn transitions() {
             "{}: an event exactly on transitions",
             c.name
         );
-        let expect_requeue = !matches!(c.phase_after, Failed)
-            && !(c.phase_after == Completed && d.actions.is_empty());
+        let at_rest =
+            c.phase_after == Failed || (c.phase_after == Completed && d.actions.is_empty());
+        let expect_requeue = !at_rest;
         assert_eq!(
             d.requeue_after.is_some(),
             expect_requeue,
