@@ -3,12 +3,15 @@
 mod backup;
 mod mount;
 mod progress;
+mod recover;
 mod repo_args;
 mod repo_cmd;
 
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
+use ir_operator::local::MOUNT_EXIT_TRANSIENT;
+use ir_repository::RepoError;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -35,6 +38,15 @@ enum Command {
     Backup(backup::BackupCommand),
     /// Serve a backup read-write through FUSE, writes going to an IRCache.
     Mount(mount::MountArgs),
+    /// Bring a backup online now and move it to production storage: mount, publish, sync,
+    /// switch over. Resumable: run it again with the same workdir after an interruption.
+    Recover(Box<recover::RecoverArgs>),
+    /// Approve the switchover of a recovery started with `--switchover manual`.
+    Switchover(recover::WorkdirArgs),
+    /// Start a new round of retries of a Waiting or Failed recovery.
+    Retry(recover::WorkdirArgs),
+    /// Show a recovery's phase, conditions, progress, retries and timings.
+    Status(recover::StatusArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -77,12 +89,25 @@ async fn main() -> ExitCode {
         Command::Repo(cmd) => repo_cmd::run(cmd).await,
         Command::Backup(cmd) => backup::run(cmd).await,
         Command::Mount(args) => mount::run(args).await,
+        Command::Recover(args) => recover::recover(*args).await,
+        Command::Switchover(args) => recover::switchover(args),
+        Command::Retry(args) => recover::retry(args),
+        Command::Status(args) => recover::status(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("irctl: {}", one_line(&e));
-            ExitCode::FAILURE
+            let transient = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<RepoError>())
+                .any(RepoError::is_transient);
+            if transient {
+                // Worth retrying later: the recovery engine waits and retries on this code.
+                ExitCode::from(MOUNT_EXIT_TRANSIENT as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

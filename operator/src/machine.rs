@@ -420,6 +420,11 @@ impl Machine<'_> {
 
     fn record_copy(&mut self, copied_bytes: u64, total_bytes: u64) {
         let now = self.now;
+        // Before the server's estimate arrives, the backup's size is the best one.
+        let total_bytes = match total_bytes {
+            0 => self.d.status.backup.as_ref().map_or(0, |b| b.size_bytes),
+            n => n,
+        };
         let progress = &mut self.status().progress;
         if let Some(before) = progress.observed_at {
             let elapsed = now.duration_since(before).as_secs_f64();
@@ -435,7 +440,11 @@ impl Machine<'_> {
 
     fn record_lag(&mut self, lag_bytes: u64) {
         let now = self.now;
+        let size = self.d.status.backup.as_ref().map_or(0, |b| b.size_bytes);
         let progress = &mut self.status().progress;
+        if progress.total_bytes == 0 {
+            progress.total_bytes = size;
+        }
         progress.copied_bytes = progress.total_bytes.max(progress.copied_bytes);
         progress.rate_bytes_per_second = None;
         progress.lag_bytes = Some(lag_bytes);

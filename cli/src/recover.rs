@@ -1,0 +1,469 @@
+//! `irctl recover | switchover | retry | status`: a whole recovery on this host.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use ir_api::GoDuration;
+use ir_api::recovery::{
+    ConditionStatus, Phase, RecoveryStatus, RetryPolicy, SwitchoverMode, SwitchoverPolicy,
+};
+use ir_operator::local::{LocalRecovery, LocalSpec, LocalState, RepoSpec, Report, Workdir};
+use ir_repository::size::{format_size, parse_size};
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::repo_args::{Output, print_json};
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Working directory of this recovery: state, mount, IRCache, logs. Run the same command
+    /// (or just `irctl recover --workdir DIR`) again to resume after an interruption.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: PathBuf,
+    /// Repository URL: file:///abs/path (or /abs/path) or s3://bucket/prefix.
+    #[arg(long, env = "IR_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+    /// Backup id, or `latest`.
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Data directory of the production copy: absent or empty.
+    #[arg(long, value_name = "DIR")]
+    pub target_pgdata: Option<PathBuf>,
+    /// `automatic` (as soon as the standby has caught up), `manual` (after `irctl switchover`),
+    /// or `at=RFC3339` (at that time, once caught up).
+    #[arg(long, default_value = "automatic", value_parser = parse_switchover)]
+    pub switchover: SwitchoverPolicy,
+    /// Port of the published instance (on the mount).
+    #[arg(long, default_value_t = 5433)]
+    pub published_port: u16,
+    /// Port of the standby, and of the primary it becomes.
+    #[arg(long, default_value_t = 5434)]
+    pub target_port: u16,
+    /// `listen_addresses` of both instances.
+    #[arg(long, default_value = "localhost")]
+    pub listen_addresses: String,
+    /// OS user that runs PostgreSQL and owns the files.
+    #[arg(long, default_value = "postgres")]
+    pub pg_user: String,
+    /// Database superuser the engine connects as (over a private unix socket).
+    #[arg(long, default_value = "postgres")]
+    pub db_user: String,
+    /// Database the engine connects to.
+    #[arg(long, default_value = "postgres")]
+    pub db_name: String,
+    /// PostgreSQL server binaries (default: /usr/lib/postgresql/<backup's major>/bin).
+    #[arg(long, value_name = "DIR")]
+    pub pg_bindir: Option<PathBuf>,
+    /// Retries of a step that failed for a transient reason, before the recovery fails.
+    #[arg(long, default_value_t = RetryPolicy::DEFAULT_LIMIT)]
+    pub retry_limit: u32,
+    /// Time between retries (30s, 5m, 1h).
+    #[arg(long, default_value = "5m")]
+    pub retry_interval: GoDuration,
+    /// Free space the IRCache's file system must have at the start.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub cache_min_free: u64,
+    /// Seconds PostgreSQL may take to answer its first query.
+    #[arg(long, default_value_t = 600)]
+    pub start_timeout: u64,
+    /// Seconds the standby may take to replay the last transaction during the switchover.
+    #[arg(long, default_value_t = 60)]
+    pub catch_up_timeout: u64,
+    /// S3 endpoint URL, for S3-compatible servers.
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Allow plain http to the S3 endpoint.
+    #[arg(long)]
+    pub s3_allow_http: bool,
+    /// Seconds one read of backup data may retry an unreachable repository before it fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub read_deadline: u64,
+}
+
+fn parse_switchover(text: &str) -> Result<SwitchoverPolicy, String> {
+    let mut policy = SwitchoverPolicy::default();
+    match text {
+        "automatic" => {}
+        "manual" => policy.mode = SwitchoverMode::Manual,
+        _ => {
+            let at = text
+                .strip_prefix("at=")
+                .ok_or("expected automatic, manual or at=RFC3339")?;
+            policy.mode = SwitchoverMode::Scheduled;
+            policy.at = Some(
+                at.parse()
+                    .map_err(|e| format!("at={at}: not an RFC 3339 time: {e}"))?,
+            );
+        }
+    }
+    Ok(policy)
+}
+
+impl RecoverArgs {
+    /// The spec, when enough was given to start a recovery.
+    fn spec(&self) -> anyhow::Result<Option<LocalSpec>> {
+        let (Some(repo), Some(backup), Some(target)) =
+            (&self.repo, &self.backup, &self.target_pgdata)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(LocalSpec {
+            repo: RepoSpec {
+                url: repo.clone(),
+                s3_endpoint: self.s3_endpoint.clone(),
+                s3_region: self.s3_region.clone(),
+                allow_http: self.s3_allow_http.then_some(true),
+                read_deadline_secs: self.read_deadline,
+            },
+            backup: backup.clone(),
+            target_pgdata: target.clone(),
+            published_port: self.published_port,
+            target_port: self.target_port,
+            listen_addresses: self.listen_addresses.clone(),
+            pg_user: self.pg_user.clone(),
+            db_user: self.db_user.clone(),
+            db_name: self.db_name.clone(),
+            pg_bindir: self.pg_bindir.clone(),
+            switchover: self.switchover.clone(),
+            retry: RetryPolicy {
+                limit: self.retry_limit,
+                interval: self.retry_interval,
+            },
+            cache_min_free_bytes: self.cache_min_free,
+            start_timeout_secs: self.start_timeout,
+            catch_up_timeout_secs: self.catch_up_timeout,
+        }))
+    }
+}
+
+pub async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
+    let workdir = Workdir::new(&args.workdir);
+    let spec = args.spec()?;
+    if spec.is_none() && workdir.load()?.is_none() {
+        anyhow::bail!(
+            "no recovery in {}: --repo, --backup and --target-pgdata are needed to start one",
+            args.workdir.display()
+        );
+    }
+    let program = std::env::current_exe().context("locating the irctl binary")?;
+    let mut recovery = LocalRecovery::open(workdir, spec, program)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("irctl: stopping after the current step; the running instances keep running");
+        flag.store(true, Ordering::Relaxed);
+    });
+
+    let conninfo = recovery.published_conninfo();
+    let workdir_text = args.workdir.display().to_string();
+    let mut printer = Printer::new(conninfo, workdir_text);
+    let result = recovery.run(stop.clone(), &mut |r| printer.report(r)).await;
+    result?;
+    let status = recovery.status();
+    if stop.load(Ordering::Relaxed) && status.phase != Phase::Completed {
+        println!(
+            "stopped in phase {}; run `irctl recover --workdir {}` to continue",
+            status.phase,
+            args.workdir.display()
+        );
+    } else {
+        println!(
+            "recovery complete: {} runs as the primary on port {}",
+            recovery.spec().target_pgdata.display(),
+            recovery.spec().target_port
+        );
+    }
+    Ok(())
+}
+
+/// Prints phases with their timing, and progress while syncing.
+struct Printer {
+    started: Instant,
+    conninfo: String,
+    workdir: String,
+    last_progress: Option<Instant>,
+    last_phase: Option<Phase>,
+}
+
+impl Printer {
+    fn new(conninfo: String, workdir: String) -> Self {
+        Printer {
+            started: Instant::now(),
+            conninfo,
+            workdir,
+            last_progress: None,
+            last_phase: None,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        println!("[{:7.2}s] {text}", self.started.elapsed().as_secs_f64());
+        let _ = std::io::stdout().flush();
+    }
+
+    fn report(&mut self, report: Report<'_>) {
+        match report {
+            Report::Event(event, status) => {
+                self.line(&event.message);
+                self.last_progress = Some(Instant::now());
+                if status.phase == Phase::Syncing && self.last_phase != Some(Phase::Syncing) {
+                    let ttfq = status
+                        .timings
+                        .time_to_first_query_ms
+                        .map(|ms| format!(" (time to first query {ms} ms)"))
+                        .unwrap_or_default();
+                    self.line(&format!("published: {}{ttfq}", self.conninfo));
+                }
+                if status.phase == Phase::Completed
+                    && let Some(ms) = status.timings.switchover_downtime_ms
+                {
+                    self.line(&format!("switchover downtime {ms} ms"));
+                }
+                self.last_phase = Some(status.phase);
+            }
+            Report::Status(status) => self.progress(status),
+        }
+    }
+
+    fn progress(&mut self, status: &RecoveryStatus) {
+        let due = self
+            .last_progress
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+        if !due {
+            return;
+        }
+        let text = match status.phase {
+            Phase::Syncing => progress_text(status),
+            Phase::ReadyForSwitchover => {
+                let mut text = progress_text(status);
+                if status.reason.as_deref() == Some("AwaitingApproval") {
+                    text.push_str(&format!(
+                        "; approve with `irctl switchover --workdir {}`",
+                        self.workdir
+                    ));
+                } else if let Some(message) = &status.message {
+                    text.push_str(&format!("; {message}"));
+                }
+                text
+            }
+            Phase::Waiting => status.message.clone().unwrap_or_default(),
+            _ => return,
+        };
+        self.last_progress = Some(Instant::now());
+        self.line(&text);
+    }
+}
+
+fn progress_text(status: &RecoveryStatus) -> String {
+    let p = &status.progress;
+    let mut text = match p.percent() {
+        Some(pct) => format!(
+            "sync {pct:.1}% ({} of {})",
+            format_size(p.copied_bytes),
+            format_size(p.total_bytes)
+        ),
+        None => format!("sync {} copied", format_size(p.copied_bytes)),
+    };
+    if let Some(rate) = p.rate_bytes_per_second {
+        text.push_str(&format!(", {}/s", format_size(rate)));
+    }
+    if let Some(lag) = p.lag_bytes {
+        text.push_str(&format!(", lag {}", format_size(lag)));
+    }
+    text
+}
+
+#[derive(Debug, Args)]
+pub struct WorkdirArgs {
+    /// Working directory of the recovery.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: PathBuf,
+}
+
+pub fn switchover(args: WorkdirArgs) -> anyhow::Result<()> {
+    Workdir::new(&args.workdir).approve_switchover()?;
+    println!(
+        "switchover approved for {}; it starts as soon as the standby streams",
+        args.workdir.display()
+    );
+    Ok(())
+}
+
+pub fn retry(args: WorkdirArgs) -> anyhow::Result<()> {
+    let workdir = Workdir::new(&args.workdir);
+    workdir.request_retry()?;
+    if workdir.is_running() {
+        println!("retry requested; the running irctl recover starts a new round now");
+    } else {
+        println!(
+            "retry requested; run `irctl recover --workdir {}` to continue",
+            args.workdir.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub workdir: WorkdirArgs,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusOutput<'a> {
+    workdir: &'a std::path::Path,
+    /// Whether an `irctl recover` is working on it now.
+    running: bool,
+    target_pgdata: &'a std::path::Path,
+    published_port: u16,
+    target_port: u16,
+    #[serde(flatten)]
+    status: &'a RecoveryStatus,
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let dir = &args.workdir.workdir;
+    let workdir = Workdir::new(dir);
+    let state: LocalState = workdir
+        .load()?
+        .with_context(|| format!("no recovery in {} (recovery.json not found)", dir.display()))?;
+    let running = workdir.is_running();
+    let status = &state.status;
+    if args.output == Output::Json {
+        return print_json(&StatusOutput {
+            workdir: dir,
+            running,
+            target_pgdata: &state.spec.target_pgdata,
+            published_port: state.spec.published_port,
+            target_port: state.spec.target_port,
+            status,
+        });
+    }
+    let mut phase = status.phase.to_string();
+    if let Some(resume) = status.resume_phase {
+        phase.push_str(&format!(" (resumes in {resume})"));
+    }
+    println!(
+        "workdir:     {} ({})",
+        dir.display(),
+        if running {
+            "irctl recover is running"
+        } else {
+            "not running"
+        }
+    );
+    println!("phase:       {phase}");
+    if let (Some(reason), Some(message)) = (&status.reason, &status.message) {
+        println!("reason:      {reason}: {message}");
+    }
+    if let Some(b) = &status.backup {
+        println!(
+            "backup:      {} (PostgreSQL {}, {})",
+            b.id,
+            b.pg_major,
+            format_size(b.size_bytes)
+        );
+    }
+    println!(
+        "instances:   published on port {}, target {} on port {}",
+        state.spec.published_port,
+        state.spec.target_pgdata.display(),
+        state.spec.target_port
+    );
+    if status.progress.total_bytes > 0 || status.progress.lag_bytes.is_some() {
+        println!("progress:    {}", progress_text(status));
+    }
+    if status.retry.attempt > 0 || status.retry.next_attempt_at.is_some() {
+        let next = status
+            .retry
+            .next_attempt_at
+            .map(|t| format!(", next at {t}"))
+            .unwrap_or_default();
+        println!(
+            "retries:     {} of {}{next}",
+            status.retry.attempt, state.spec.retry.limit
+        );
+    }
+    let t = &status.timings;
+    let mut timings = Vec::new();
+    if let Some(at) = t.started_at {
+        timings.push(format!("started {at}"));
+    }
+    if let Some(ms) = t.time_to_first_query_ms {
+        timings.push(format!("first query after {ms} ms"));
+    }
+    if let (Some(start), Some(synced)) = (t.started_at, t.synced_at) {
+        timings.push(format!(
+            "standby streaming after {:.1} s",
+            (synced - start).get_seconds() as f64
+        ));
+    }
+    if let Some(ms) = t.switchover_downtime_ms {
+        timings.push(format!("switchover downtime {ms} ms"));
+    }
+    if let Some(at) = t.completed_at {
+        timings.push(format!("completed {at}"));
+    }
+    if !timings.is_empty() {
+        println!("timings:     {}", timings.join(", "));
+    }
+    println!("conditions:");
+    for c in &status.conditions {
+        let mark = match c.status {
+            ConditionStatus::True => "True ",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "?    ",
+        };
+        println!(
+            "  {:<13} {mark} {:<22} {}",
+            format!("{:?}", c.type_),
+            c.reason,
+            c.message
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switchover_flag() {
+        assert_eq!(
+            parse_switchover("automatic").unwrap().mode,
+            SwitchoverMode::Automatic
+        );
+        assert_eq!(
+            parse_switchover("manual").unwrap().mode,
+            SwitchoverMode::Manual
+        );
+        let at = parse_switchover("at=2026-11-25T10:00:00Z").unwrap();
+        assert_eq!(at.mode, SwitchoverMode::Scheduled);
+        assert_eq!(at.at.unwrap().to_string(), "2026-11-25T10:00:00Z");
+        assert!(
+            parse_switchover("at=tomorrow")
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+        assert!(parse_switchover("later").is_err());
+    }
+}

@@ -1,0 +1,1004 @@
+//! The local driver: one recovery on this host, the engine behind `irctl recover`.
+//!
+//! Everything lives in the workdir: `recovery.json` (what was asked, the status, the processes),
+//! the mount point and IRCache, sockets, generated configuration and logs. The mount, PostgreSQL
+//! and `pg_basebackup` run in their own sessions, so the driver can be killed at any moment: a
+//! rerun reads `recovery.json`, finds them by pid and continues.
+
+mod validate;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ir_api::recovery::{Phase, RecoveryStatus, RetryPolicy, SwitchoverPolicy};
+use ir_repository::StoreOptions;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::machine::{
+    self, Action, Decision, Event, Failure, Observed, Policy, Standby, Step, SwitchoverReport,
+};
+use crate::postgres::{self, Endpoint, Instance, PgBinaries, Switchover, SwitchoverTimeouts};
+use crate::process::{self, OsUser, ProcState};
+
+/// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
+pub const MOUNT_EXIT_TRANSIENT: i32 = 75;
+/// `cluster_name` of the standby: the application name it streams under.
+const STANDBY_NAME: &str = "instant-recovery-target";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid recovery state: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no recovery in {0} (recovery.json not found)")]
+    NoRecovery(PathBuf),
+    #[error("another irctl recover is running on {0}")]
+    Busy(PathBuf),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("validation failed: {message}")]
+    Invalid { reason: String, message: String },
+    #[error("recovery failed ({reason}): {message}")]
+    Failed { reason: String, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
+    move |source| LocalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the backup is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoSpec {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+    pub read_deadline_secs: u64,
+}
+
+impl RepoSpec {
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            allow_http: self.allow_http,
+            read_deadline: Duration::from_secs(self.read_deadline_secs),
+        }
+    }
+}
+
+/// What `irctl recover` was asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSpec {
+    pub repo: RepoSpec,
+    /// Backup id or `latest` (resolved once, at validation).
+    pub backup: String,
+    pub target_pgdata: PathBuf,
+    pub published_port: u16,
+    pub target_port: u16,
+    /// `listen_addresses` of both instances.
+    pub listen_addresses: String,
+    /// OS user PostgreSQL runs as (and owner of the mounted files).
+    pub pg_user: String,
+    /// Database superuser the engine connects as.
+    pub db_user: String,
+    pub db_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_bindir: Option<PathBuf>,
+    pub switchover: SwitchoverPolicy,
+    pub retry: RetryPolicy,
+    /// Free space the IRCache's file system must have at the start.
+    pub cache_min_free_bytes: u64,
+    /// How long PostgreSQL may take to answer its first query (recovery from the backup).
+    pub start_timeout_secs: u64,
+    /// Time allowed for the standby to replay the last LSN during the switchover.
+    pub catch_up_timeout_secs: u64,
+}
+
+/// The processes and facts the driver keeps between runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mount_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base_backup_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_query_at: Option<Timestamp>,
+    /// A switchover was attempted: the published instance may have been left read-only.
+    #[serde(default)]
+    switchover_attempted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    switchover_downtime_ms: Option<u64>,
+}
+
+/// `recovery.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalState {
+    pub spec: LocalSpec,
+    pub status: RecoveryStatus,
+    #[serde(default)]
+    resources: Resources,
+}
+
+/// The paths of a workdir.
+#[derive(Debug, Clone)]
+pub struct Workdir {
+    pub root: PathBuf,
+}
+
+impl Workdir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Workdir { root: root.into() }
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("recovery.json")
+    }
+    pub fn mountpoint(&self) -> PathBuf {
+        self.root.join("mnt")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("ircache")
+    }
+    pub fn sockets(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    fn conf(&self, instance: &str) -> PathBuf {
+        self.root.join("conf").join(instance)
+    }
+    fn requests(&self) -> PathBuf {
+        self.root.join("requests")
+    }
+    fn approval_file(&self) -> PathBuf {
+        self.requests().join("approve-switchover")
+    }
+    fn retry_file(&self) -> PathBuf {
+        self.requests().join("retry")
+    }
+
+    /// The recorded state, if a recovery was started here.
+    pub fn load(&self) -> Result<Option<LocalState>, LocalError> {
+        let path = self.state_file();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| LocalError::State { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn save(&self, state: &LocalState) -> Result<(), LocalError> {
+        let path = self.state_file();
+        let tmp = self.root.join("recovery.json.tmp");
+        let json = serde_json::to_vec_pretty(state).expect("state serialises");
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(&json).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// Approves a manual switchover; the running (or next) `irctl recover` sees it.
+    pub fn approve_switchover(&self) -> Result<(), LocalError> {
+        self.require_recovery()?;
+        self.write_request(&self.approval_file(), &Timestamp::now().to_string())
+    }
+
+    /// Starts a new round of retries (from Waiting or Failed).
+    pub fn request_retry(&self) -> Result<(), LocalError> {
+        self.require_recovery()?;
+        self.write_request(&self.retry_file(), &Timestamp::now().to_string())
+    }
+
+    fn require_recovery(&self) -> Result<(), LocalError> {
+        if !self.state_file().exists() {
+            return Err(LocalError::NoRecovery(self.root.clone()));
+        }
+        Ok(())
+    }
+
+    fn write_request(&self, path: &Path, token: &str) -> Result<(), LocalError> {
+        let dir = self.requests();
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        std::fs::write(path, token).map_err(io_err(path))
+    }
+
+    /// Whether an `irctl recover` holds this workdir.
+    pub fn is_running(&self) -> bool {
+        match OpenOptions::new().read(true).open(self.root.join("lock")) {
+            // SAFETY: flock on a descriptor we own, released at once.
+            Ok(f) => unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 },
+            Err(_) => false,
+        }
+    }
+
+    fn lock(&self) -> Result<File, LocalError> {
+        let path = self.root.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // SAFETY: flock on a descriptor we own; released when the process exits.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(LocalError::Busy(self.root.clone()));
+        }
+        Ok(f)
+    }
+}
+
+/// What the driver reports while it runs.
+#[derive(Debug, Clone)]
+pub enum Report<'a> {
+    /// A transition or a notable failure.
+    Event(&'a Event, &'a RecoveryStatus),
+    /// Status after a reconcile (progress, lag).
+    Status(&'a RecoveryStatus),
+}
+
+/// One local recovery in progress.
+pub struct LocalRecovery {
+    workdir: Workdir,
+    state: LocalState,
+    /// Whether `state` is in the workdir yet (only after validation passed).
+    persisted: bool,
+    /// The `irctl` binary, which runs the mount.
+    mount_program: PathBuf,
+    pg_user: OsUser,
+    observed: Observed,
+    bins: Option<PgBinaries>,
+    _lock: Option<File>,
+}
+
+impl LocalRecovery {
+    /// A new recovery of `spec` in `workdir` (nothing is created before validation passes), or
+    /// the one already recorded there. A recorded one must not be contradicted by `spec`.
+    pub fn open(
+        workdir: Workdir,
+        spec: Option<LocalSpec>,
+        mount_program: PathBuf,
+    ) -> Result<Self, LocalError> {
+        let (state, persisted, lock) = match workdir.load()? {
+            Some(mut state) => {
+                if let Some(spec) = spec {
+                    check_same(&state.spec, &spec)?;
+                    // Policies may change between runs (approve, reschedule, retry settings).
+                    state.spec.switchover = spec.switchover;
+                    state.spec.retry = spec.retry;
+                }
+                let lock = workdir.lock()?;
+                (state, true, Some(lock))
+            }
+            None => {
+                let spec = spec.ok_or_else(|| LocalError::NoRecovery(workdir.root.clone()))?;
+                let state = LocalState {
+                    spec,
+                    status: RecoveryStatus::default(),
+                    resources: Resources::default(),
+                };
+                (state, false, None)
+            }
+        };
+        let pg_user = OsUser::by_name(&state.spec.pg_user).ok_or_else(|| LocalError::Invalid {
+            reason: "UnknownUser".into(),
+            message: format!("--pg-user: no such OS user {:?}", state.spec.pg_user),
+        })?;
+        Ok(LocalRecovery {
+            workdir,
+            state,
+            persisted,
+            mount_program,
+            pg_user,
+            observed: Observed::default(),
+            bins: None,
+            _lock: lock,
+        })
+    }
+
+    pub fn status(&self) -> &RecoveryStatus {
+        &self.state.status
+    }
+
+    pub fn spec(&self) -> &LocalSpec {
+        &self.state.spec
+    }
+
+    /// The published instance's connection string for clients.
+    pub fn published_conninfo(&self) -> String {
+        let host = match self
+            .state
+            .spec
+            .listen_addresses
+            .split(',')
+            .next()
+            .map(str::trim)
+        {
+            Some("" | "*") | None => "localhost".to_owned(),
+            Some(first) => first.to_owned(),
+        };
+        format!(
+            "host={host} port={} dbname={}",
+            self.state.spec.published_port, self.state.spec.db_name
+        )
+    }
+
+    /// Runs the recovery until it completes, fails, or `stop` is set (between steps: a step
+    /// such as the switchover is never abandoned halfway).
+    pub async fn run(
+        &mut self,
+        stop: Arc<AtomicBool>,
+        report: &mut dyn FnMut(Report<'_>),
+    ) -> Result<(), LocalError> {
+        if self.state.status.phase == Phase::Failed && self.persisted {
+            // Running again after a failure is a manual retry.
+            self.workdir.request_retry()?;
+        }
+        loop {
+            let decision = self.reconcile();
+            self.state.status = decision.status.clone();
+            if self.persisted {
+                self.workdir.save(&self.state)?;
+            }
+            for event in &decision.events {
+                report(Report::Event(event, &self.state.status));
+            }
+            report(Report::Status(&self.state.status));
+            match self.state.status.phase {
+                Phase::Failed => return Err(self.failure()),
+                Phase::Completed if decision.requeue_after.is_none() => return Ok(()),
+                _ => {}
+            }
+            for action in &decision.actions {
+                if !self.execute(*action).await? {
+                    break;
+                }
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            // Look again at once when what the actions found moves the recovery on.
+            if self.reconcile().status.phase == self.state.status.phase {
+                self.pause(&decision, &stop).await;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The error for a Failed status: before anything was created it is a validation error.
+    fn failure(&self) -> LocalError {
+        let status = &self.state.status;
+        let reason = status.reason.clone().unwrap_or_default();
+        let message = status.message.clone().unwrap_or_default();
+        if self.persisted {
+            LocalError::Failed { reason, message }
+        } else {
+            LocalError::Invalid { reason, message }
+        }
+    }
+
+    fn reconcile(&mut self) -> Decision {
+        let spec = &self.state.spec;
+        let mut policy = Policy {
+            switchover: spec.switchover.clone(),
+            retry: spec.retry.clone(),
+        };
+        policy.switchover.approved |= self.workdir.approval_file().exists();
+        self.observed.manual_retry = std::fs::read_to_string(self.workdir.retry_file()).ok();
+        machine::reconcile(
+            &policy,
+            &self.state.status,
+            &self.observed,
+            Timestamp::now(),
+        )
+    }
+
+    /// Sleeps until the requested requeue, waking early for a stop or a new request.
+    async fn pause(&self, decision: &Decision, stop: &AtomicBool) {
+        let Some(wait) = decision.requeue_after else {
+            return;
+        };
+        let deadline = Instant::now() + wait;
+        let requests = || {
+            (
+                self.workdir.approval_file().exists(),
+                std::fs::read_to_string(self.workdir.retry_file()).ok(),
+            )
+        };
+        let before = requests();
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) && requests() == before {
+            tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())).await;
+        }
+    }
+
+    /// Carries out one action; false when later actions of this round would be pointless.
+    async fn execute(&mut self, action: Action) -> Result<bool, LocalError> {
+        let ok = match action {
+            Action::Validate => {
+                self.observed.validation = self.validate().await?;
+                true
+            }
+            Action::EnsureMount => {
+                self.observed.mount = self.ensure_mount().await?;
+                matches!(self.observed.mount, Step::Ready(()))
+            }
+            Action::EnsurePublished => {
+                self.observed.published = self.ensure_published().await?;
+                matches!(self.observed.published, Step::Ready(_))
+            }
+            Action::EnsureStandby => {
+                self.observed.standby = self.ensure_standby().await?;
+                true
+            }
+            Action::Switchover => {
+                self.observed.switchover = self.switchover().await?;
+                true
+            }
+            Action::Cleanup => {
+                self.observed.cleanup = self.cleanup().await;
+                true
+            }
+        };
+        if self.persisted {
+            self.workdir.save(&self.state)?;
+        }
+        Ok(ok)
+    }
+
+    async fn validate(&mut self) -> Result<Step<ir_api::recovery::BackupInfo>, LocalError> {
+        let info = match validate::validate(&self.state.spec, &self.workdir.root).await {
+            Ok(info) => info,
+            Err(failure) => return Ok(Step::Failed(failure)),
+        };
+        // The pinned backup, not `latest`: a rerun must not switch backups under the cache.
+        self.state.spec.backup = info.id.clone();
+        self.create_workdir()?;
+        self._lock = Some(self.workdir.lock()?);
+        self.persisted = true;
+        Ok(Step::Ready(info))
+    }
+
+    fn create_workdir(&self) -> Result<(), LocalError> {
+        let w = &self.workdir;
+        for dir in [
+            &w.root,
+            &w.mountpoint(),
+            &w.cache(),
+            &w.logs(),
+            &w.requests(),
+        ] {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        // PostgreSQL, as the unprivileged user, needs to reach the mount and its sockets.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err(&w.root))?;
+        let sockets = w.sockets();
+        std::fs::create_dir_all(&sockets).map_err(io_err(&sockets))?;
+        if process::is_root() {
+            std::os::unix::fs::chown(&sockets, Some(self.pg_user.uid), Some(self.pg_user.gid))
+                .map_err(io_err(&sockets))?;
+        }
+        Ok(())
+    }
+
+    fn bins(&mut self) -> Result<PgBinaries, Failure> {
+        if let Some(bins) = &self.bins {
+            return Ok(bins.clone());
+        }
+        let major = self.state.status.backup.as_ref().map_or(0, |b| b.pg_major);
+        let bins = PgBinaries::find(major, self.state.spec.pg_bindir.as_deref())
+            .map_err(|e| Failure::permanent("PostgresBinariesMissing", e.to_string()))?;
+        self.bins = Some(bins.clone());
+        Ok(bins)
+    }
+
+    // ---- mount ----
+
+    async fn ensure_mount(&mut self) -> Result<Step, LocalError> {
+        let mountpoint = self.workdir.mountpoint();
+        if let Some(pid) = self.state.resources.mount_pid {
+            if process::is_alive(pid) && is_fuse_mount(&mountpoint) {
+                return Ok(Step::Ready(()));
+            }
+            // A mount process that lost its mount (or hangs) is replaced.
+            process::terminate(pid, libc::SIGTERM, Duration::from_secs(10))
+                .await
+                .map_err(io_err(&mountpoint))?;
+        }
+        // The kernel keeps a dead server's mount ("transport endpoint is not connected").
+        ir_fuse::clear_stale_mount(&mountpoint).map_err(io_err(&mountpoint))?;
+        let spec = &self.state.spec;
+        let backup = self
+            .state
+            .status
+            .backup
+            .as_ref()
+            .map_or(&spec.backup, |b| &b.id);
+        let mut c = Command::new(&self.mount_program);
+        c.arg("mount")
+            .args(["--repo", &spec.repo.url, "--backup", backup])
+            .arg("--cache")
+            .arg(self.workdir.cache())
+            .args(["--uid", &self.pg_user.uid.to_string()])
+            .args(["--gid", &self.pg_user.gid.to_string()])
+            .args(["--read-deadline", &spec.repo.read_deadline_secs.to_string()]);
+        if let Some(endpoint) = &spec.repo.s3_endpoint {
+            c.args(["--s3-endpoint", endpoint]);
+        }
+        if let Some(region) = &spec.repo.s3_region {
+            c.args(["--s3-region", region]);
+        }
+        if spec.repo.allow_http == Some(true) {
+            c.arg("--s3-allow-http");
+        }
+        c.arg(&mountpoint);
+        let log = self.workdir.logs().join("mount.log");
+        let me = OsUser::current().unwrap_or_else(|| self.pg_user.clone());
+        let pid = process::spawn_detached(c, &me, &log).map_err(io_err(&self.mount_program))?;
+        self.state.resources.mount_pid = Some(pid);
+        self.workdir.save(&self.state)?;
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if is_fuse_mount(&mountpoint) {
+                return Ok(Step::Ready(()));
+            }
+            if let ProcState::Exited(code) = process::poll(pid) {
+                self.state.resources.mount_pid = None;
+                let message = format!("irctl mount exited: {}", process::log_tail(&log, 1000));
+                return Ok(Step::Failed(if code == Some(MOUNT_EXIT_TRANSIENT) {
+                    Failure::transient("RepositoryUnavailable", message)
+                } else {
+                    Failure::permanent("MountFailed", message)
+                }));
+            }
+            if Instant::now() >= deadline {
+                return Ok(Step::Failed(Failure::transient(
+                    "MountTimeout",
+                    format!(
+                        "the backup was not mounted at {} within 60 s",
+                        mountpoint.display()
+                    ),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // ---- published instance ----
+
+    fn published_instance(&self) -> Instance {
+        let spec = &self.state.spec;
+        Instance {
+            datadir: self.workdir.mountpoint(),
+            conf_dir: self.workdir.conf("published"),
+            socket_dir: self.workdir.sockets(),
+            port: spec.published_port,
+            listen_addresses: spec.listen_addresses.clone(),
+            log: self.workdir.logs().join("published.log"),
+            settings: vec![
+                // Its WAL continues the original's timeline: never into the original's archive.
+                ("archive_mode".into(), "off".into()),
+                ("cluster_name".into(), "instant-recovery-published".into()),
+            ],
+        }
+    }
+
+    fn target_instance(&self) -> Instance {
+        let spec = &self.state.spec;
+        Instance {
+            datadir: spec.target_pgdata.clone(),
+            conf_dir: self.workdir.conf("target"),
+            socket_dir: self.workdir.sockets(),
+            port: spec.target_port,
+            listen_addresses: spec.listen_addresses.clone(),
+            log: self.workdir.logs().join("target.log"),
+            settings: vec![
+                ("cluster_name".into(), STANDBY_NAME.into()),
+                ("hot_standby".into(), "on".into()),
+            ],
+        }
+    }
+
+    fn endpoint(&self, instance: &Instance) -> Endpoint {
+        instance.endpoint(&self.state.spec.db_user, &self.state.spec.db_name)
+    }
+
+    fn engine_users(&self) -> Vec<String> {
+        let mut users = vec![self.pg_user.name.clone()];
+        users.extend(OsUser::current().map(|u| u.name));
+        users
+    }
+
+    /// Starts `instance` unless it runs, and waits until it answers.
+    async fn ensure_running(
+        &mut self,
+        instance: &Instance,
+    ) -> Result<Result<Timestamp, Failure>, LocalError> {
+        let bins = match self.bins() {
+            Ok(b) => b,
+            Err(f) => return Ok(Err(f)),
+        };
+        let endpoint = self.endpoint(instance);
+        let timeout = Duration::from_secs(self.state.spec.start_timeout_secs);
+        let pid = match instance.running_pid() {
+            Some(pid) => pid,
+            None => {
+                let users = self.engine_users();
+                let users: Vec<&str> = users.iter().map(String::as_str).collect();
+                let started = instance
+                    .write_config(&users, &self.state.spec.db_user)
+                    .and_then(|()| instance.start(&bins, &self.pg_user));
+                match started {
+                    Ok(pid) => pid,
+                    Err(e) => return Ok(Err(Failure::permanent("StartFailed", e.to_string()))),
+                }
+            }
+        };
+        Ok(match instance.wait_ready(&endpoint, pid, timeout).await {
+            Ok(at) => Ok(at),
+            Err(e @ postgres::PgError::Timeout { .. }) => {
+                Err(Failure::transient("StartTimeout", e.to_string()))
+            }
+            Err(e) => {
+                // Through a lost mount PostgreSQL cannot start: that is the mount's failure.
+                if !is_fuse_mount(&self.workdir.mountpoint()) {
+                    Err(Failure::transient("MountLost", e.to_string()))
+                } else {
+                    Err(Failure::permanent("StartFailed", e.to_string()))
+                }
+            }
+        })
+    }
+
+    async fn ensure_published(&mut self) -> Result<Step<Timestamp>, LocalError> {
+        let instance = self.published_instance();
+        let ready_at = match self.ensure_running(&instance).await? {
+            Ok(at) => at,
+            Err(f) => return Ok(Step::Failed(f)),
+        };
+        if self.state.resources.switchover_attempted
+            && self.state.status.phase != Phase::SwitchingOver
+        {
+            // A switchover that did not complete may have left it read-only: serve writes again.
+            let client = self.endpoint(&instance).connect().await;
+            let reset = match client {
+                Ok(client) => postgres::set_read_only(&client, false)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = reset {
+                return Ok(Step::Failed(Failure::transient(
+                    "ReadWriteRestoreFailed",
+                    e,
+                )));
+            }
+            self.state.resources.switchover_attempted = false;
+        }
+        let first = *self.state.resources.first_query_at.get_or_insert(ready_at);
+        Ok(Step::Ready(first))
+    }
+
+    // ---- standby ----
+
+    async fn ensure_standby(&mut self) -> Result<Standby, LocalError> {
+        let target = self.state.spec.target_pgdata.clone();
+        let published = self.endpoint(&self.published_instance());
+        let bins = match self.bins() {
+            Ok(b) => b,
+            Err(f) => return Ok(Standby::Failed(f)),
+        };
+        if let Some(pid) = self.state.resources.base_backup_pid {
+            if let ProcState::Running = process::poll(pid) {
+                let progress = match published.connect().await {
+                    Ok(client) => postgres::base_backup_progress(&client).await,
+                    Err(e) => Err(postgres::PgError::Unexpected(postgres::describe(&e))),
+                };
+                let progress = progress.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read the base backup's progress");
+                    None
+                });
+                let (copied_bytes, total_bytes) = progress.unwrap_or((0, 0));
+                return Ok(Standby::Copying {
+                    copied_bytes,
+                    total_bytes,
+                });
+            }
+            self.state.resources.base_backup_pid = None;
+            if !postgres::base_backup_complete(&target) {
+                let log = self.workdir.logs().join("basebackup.log");
+                return Ok(Standby::Failed(Failure::transient(
+                    "BaseBackupFailed",
+                    format!(
+                        "pg_basebackup did not finish: {}",
+                        process::log_tail(&log, 1000)
+                    ),
+                )));
+            }
+        }
+        if postgres::base_backup_complete(&target) {
+            let instance = self.target_instance();
+            if let Err(f) = self.ensure_running(&instance).await? {
+                return Ok(Standby::Failed(f));
+            }
+            let lag = match published.connect().await {
+                Ok(client) => postgres::replication_lag(&client, STANDBY_NAME)
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
+            return Ok(match lag {
+                Some(lag_bytes) => Standby::Streaming { lag_bytes },
+                // Connecting to the published instance: the copy is done, streaming not yet.
+                None => Standby::Copying {
+                    copied_bytes: self.state.status.progress.total_bytes,
+                    total_bytes: self.state.status.progress.total_bytes,
+                },
+            });
+        }
+        // Start (over): the target was empty at validation, so anything in it is ours.
+        clear_dir(&target).map_err(io_err(&target))?;
+        std::fs::create_dir_all(&target).map_err(io_err(&target))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err(&target))?;
+        }
+        if process::is_root() {
+            std::os::unix::fs::chown(&target, Some(self.pg_user.uid), Some(self.pg_user.gid))
+                .map_err(io_err(&target))?;
+        }
+        let log = self.workdir.logs().join("basebackup.log");
+        match postgres::start_base_backup(&bins, &published, &target, &self.pg_user, &log) {
+            Ok(pid) => {
+                self.state.resources.base_backup_pid = Some(pid);
+                Ok(Standby::Copying {
+                    copied_bytes: 0,
+                    total_bytes: 0,
+                })
+            }
+            Err(e) => Ok(Standby::Failed(Failure::permanent(
+                "BaseBackupFailed",
+                e.to_string(),
+            ))),
+        }
+    }
+
+    // ---- switchover ----
+
+    async fn switchover(&mut self) -> Result<Step<SwitchoverReport>, LocalError> {
+        if let Some(ms) = self.state.resources.switchover_downtime_ms {
+            return Ok(Step::Ready(SwitchoverReport {
+                downtime: Duration::from_millis(ms),
+            }));
+        }
+        let bins = match self.bins() {
+            Ok(b) => b,
+            Err(f) => return Ok(Step::Failed(f)),
+        };
+        self.state.resources.switchover_attempted = true;
+        self.workdir.save(&self.state)?;
+        let published = self.published_instance();
+        let published_endpoint = self.endpoint(&published);
+        let standby_endpoint = self.endpoint(&self.target_instance());
+        let timeouts = SwitchoverTimeouts {
+            catch_up: Duration::from_secs(self.state.spec.catch_up_timeout_secs),
+            ..Default::default()
+        };
+        let switchover = Switchover {
+            bins: &bins,
+            published: &published,
+            published_endpoint: &published_endpoint,
+            standby_endpoint: &standby_endpoint,
+            timeouts,
+        };
+        match switchover.run().await {
+            Ok(outcome) => {
+                tracing::info!(
+                    downtime_ms = outcome.downtime.as_millis() as u64,
+                    old_timeline = outcome.old_timeline,
+                    new_timeline = outcome.new_timeline,
+                    "switched over"
+                );
+                self.state.resources.switchover_downtime_ms =
+                    Some(outcome.downtime.as_millis() as u64);
+                self.state.resources.switchover_attempted = false;
+                Ok(Step::Ready(SwitchoverReport {
+                    downtime: outcome.downtime,
+                }))
+            }
+            Err(e) => Ok(Step::Failed(Failure::transient(
+                "SwitchoverFailed",
+                e.to_string(),
+            ))),
+        }
+    }
+
+    // ---- cleanup ----
+
+    async fn cleanup(&mut self) -> Step {
+        match self.try_cleanup().await {
+            Ok(()) => Step::Ready(()),
+            Err(e) => Step::Failed(Failure::transient("CleanupFailed", e.to_string())),
+        }
+    }
+
+    async fn try_cleanup(&mut self) -> Result<(), LocalError> {
+        let published = self.published_instance();
+        let mountpoint = self.workdir.mountpoint();
+        if let Some(pid) = published.running_pid() {
+            published
+                .stop(pid, Duration::from_secs(60))
+                .await
+                .map_err(|e| LocalError::Conflict(e.to_string()))?;
+        }
+        if let Some(pid) = self.state.resources.mount_pid {
+            process::terminate(pid, libc::SIGTERM, Duration::from_secs(30))
+                .await
+                .map_err(io_err(&mountpoint))?;
+            self.state.resources.mount_pid = None;
+        }
+        ir_fuse::clear_stale_mount(&mountpoint).map_err(io_err(&mountpoint))?;
+        if is_fuse_mount(&mountpoint) {
+            return Err(LocalError::Conflict(format!(
+                "{} is still mounted",
+                mountpoint.display()
+            )));
+        }
+        for dir in [
+            self.workdir.cache(),
+            mountpoint,
+            self.workdir.conf("published"),
+        ] {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&dir)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A recorded recovery may be resumed with the same arguments, or with none.
+fn check_same(recorded: &LocalSpec, given: &LocalSpec) -> Result<(), LocalError> {
+    let differs = |flag: &str, a: String, b: String| -> Result<(), LocalError> {
+        if a == b {
+            Ok(())
+        } else {
+            Err(LocalError::Conflict(format!(
+                "{flag} {b} differs from the recovery recorded in the workdir ({a}); \
+                 use another --workdir for another recovery"
+            )))
+        }
+    };
+    differs("--repo", recorded.repo.url.clone(), given.repo.url.clone())?;
+    if given.backup != "latest" {
+        differs("--backup", recorded.backup.clone(), given.backup.clone())?;
+    }
+    differs(
+        "--target-pgdata",
+        recorded.target_pgdata.display().to_string(),
+        given.target_pgdata.display().to_string(),
+    )?;
+    differs(
+        "--published-port",
+        recorded.published_port.to_string(),
+        given.published_port.to_string(),
+    )?;
+    differs(
+        "--target-port",
+        recorded.target_port.to_string(),
+        given.target_port.to_string(),
+    )
+}
+
+/// Whether `path` is a FUSE mount point right now.
+pub fn is_fuse_mount(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.display().to_string();
+    table.lines().any(|line| {
+        let mut halves = line.splitn(2, " - ");
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        let mount_point = left.split(' ').nth(4).map(unescape_mountinfo);
+        mount_point.as_deref() == Some(wanted.as_str()) && right.starts_with("fuse")
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = Vec::with_capacity(field.len());
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn clear_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry?.path();
+                if path.is_dir() && !path.is_symlink() {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo(r"/a\134b"), r"/a\b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert!(!is_fuse_mount(Path::new("/")), "/ is not FUSE here");
+    }
+
+    #[test]
+    fn clear_dir_empties_but_keeps_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("base/1")).unwrap();
+        std::fs::write(dir.path().join("PG_VERSION"), "15").unwrap();
+        clear_dir(dir.path()).unwrap();
+        assert!(dir.path().is_dir());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        clear_dir(&dir.path().join("absent")).unwrap();
+    }
+}

@@ -1,0 +1,226 @@
+//! Checks made before a local recovery creates anything.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+
+use ir_api::recovery::BackupInfo;
+use ir_repository::{RepoError, Repository};
+
+use super::LocalSpec;
+use crate::machine::Failure;
+use crate::postgres::PgBinaries;
+use crate::process::{self, OsUser};
+
+/// Room the target needs beyond the backup's size: WAL written while syncing, plus slack.
+const TARGET_HEADROOM: f64 = 1.1;
+const TARGET_EXTRA_BYTES: u64 = 256 << 20;
+
+pub(super) async fn validate(spec: &LocalSpec, workdir: &Path) -> Result<BackupInfo, Failure> {
+    let user = OsUser::by_name(&spec.pg_user).ok_or_else(|| {
+        Failure::permanent(
+            "UnknownUser",
+            format!("--pg-user: no such OS user {:?}", spec.pg_user),
+        )
+    })?;
+    if !process::is_root() && OsUser::current().is_none_or(|me| me.uid != user.uid) {
+        return Err(Failure::permanent(
+            "NotPermitted",
+            format!(
+                "--pg-user {}: run irctl as root, or as {} itself",
+                spec.pg_user, spec.pg_user
+            ),
+        ));
+    }
+    check_target(&spec.target_pgdata)?;
+    check_workdir(workdir)?;
+    if spec.published_port == spec.target_port {
+        return Err(Failure::permanent(
+            "PortConflict",
+            format!(
+                "--published-port and --target-port are both {}",
+                spec.target_port
+            ),
+        ));
+    }
+    for (flag, port) in [
+        ("--published-port", spec.published_port),
+        ("--target-port", spec.target_port),
+    ] {
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
+            return Err(Failure::permanent(
+                "PortInUse",
+                format!("{flag} {port}: the port is in use"),
+            ));
+        }
+    }
+
+    let repo = Repository::open(&spec.repo.url, &spec.repo.store_options())
+        .await
+        .map_err(repo_failure)?;
+    let id = repo
+        .resolve_backup(&spec.backup)
+        .await
+        .map_err(repo_failure)?;
+    let manifest = repo.load_manifest(&id).await.map_err(repo_failure)?;
+    let pg_major: u32 = manifest.pg_version.trim().parse().map_err(|_| {
+        Failure::permanent(
+            "UnsupportedBackup",
+            format!(
+                "backup {id}: unrecognised PostgreSQL version {:?}",
+                manifest.pg_version
+            ),
+        )
+    })?;
+    PgBinaries::find(pg_major, spec.pg_bindir.as_deref())
+        .map_err(|e| Failure::permanent("PostgresBinariesMissing", e.to_string()))?;
+    let size_bytes: u64 = manifest.entries.iter().map(|e| e.size).sum();
+
+    let need_target = (size_bytes as f64 * TARGET_HEADROOM) as u64 + TARGET_EXTRA_BYTES;
+    check_space("--target-pgdata", &spec.target_pgdata, need_target)?;
+    check_space("--workdir (IRCache)", workdir, spec.cache_min_free_bytes)?;
+    Ok(BackupInfo {
+        id,
+        pg_major,
+        size_bytes,
+    })
+}
+
+fn repo_failure(e: RepoError) -> Failure {
+    let reason = match &e {
+        _ if e.is_transient() => return Failure::transient("RepositoryUnavailable", e.to_string()),
+        RepoError::BackupNotFound { .. } | RepoError::NoBackups { .. } => "BackupNotFound",
+        RepoError::InvalidUrl { .. } | RepoError::InvalidBackupId { .. } => "InvalidSpec",
+        _ => "RepositoryError",
+    };
+    Failure::permanent(reason, e.to_string())
+}
+
+fn check_target(target: &Path) -> Result<(), Failure> {
+    let flag = "--target-pgdata";
+    if !target.is_absolute() {
+        return Err(Failure::permanent(
+            "InvalidSpec",
+            format!("{flag} {}: must be an absolute path", target.display()),
+        ));
+    }
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Failure::permanent(
+                    "TargetNotEmpty",
+                    format!("{flag} {}: the directory is not empty", target.display()),
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = target.parent().unwrap_or(Path::new("/"));
+            if !parent.is_dir() {
+                return Err(Failure::permanent(
+                    "TargetMissing",
+                    format!(
+                        "{flag} {}: parent directory {} does not exist",
+                        target.display(),
+                        parent.display()
+                    ),
+                ));
+            }
+        }
+        Err(e) => {
+            return Err(Failure::permanent(
+                "TargetUnusable",
+                format!("{flag} {}: {e}", target.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_workdir(workdir: &Path) -> Result<(), Failure> {
+    let flag = "--workdir";
+    if !workdir.is_absolute() {
+        return Err(Failure::permanent(
+            "InvalidSpec",
+            format!("{flag} {}: must be an absolute path", workdir.display()),
+        ));
+    }
+    if let Ok(mut entries) = std::fs::read_dir(workdir)
+        && entries.next().is_some()
+    {
+        return Err(Failure::permanent(
+            "WorkdirNotEmpty",
+            format!(
+                "{flag} {}: the directory holds other files and no recovery",
+                workdir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Free bytes on the file system that holds `path` (or would: its nearest existing ancestor).
+pub(super) fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and a zeroed out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn check_space(flag: &str, path: &Path, need: u64) -> Result<(), Failure> {
+    let free = free_bytes(path).map_err(|e| {
+        Failure::permanent("InvalidSpec", format!("{flag} {}: {e}", path.display()))
+    })?;
+    if free < need {
+        return Err(Failure::permanent(
+            "InsufficientSpace",
+            format!(
+                "{flag} {}: {} MiB free, {} MiB needed",
+                path.display(),
+                free >> 20,
+                need.div_ceil(1 << 20)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_must_be_empty_or_creatable() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_target(&dir.path().join("new")).is_ok());
+        assert!(
+            check_target(dir.path()).is_ok(),
+            "an empty directory is fine"
+        );
+        std::fs::write(dir.path().join("PG_VERSION"), "15").unwrap();
+        let err = check_target(dir.path()).unwrap_err();
+        assert_eq!(err.reason, "TargetNotEmpty");
+        assert!(err.message.contains("--target-pgdata"), "{}", err.message);
+        let err = check_target(&dir.path().join("a/b")).unwrap_err();
+        assert_eq!(err.reason, "TargetMissing");
+        assert_eq!(
+            check_target(Path::new("rel")).unwrap_err().reason,
+            "InvalidSpec"
+        );
+    }
+
+    #[test]
+    fn space_is_measured_on_the_nearest_existing_ancestor() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(&dir.path().join("not/yet")).unwrap();
+        assert!(free > 0);
+        let err = check_space("--workdir", dir.path(), u64::MAX).unwrap_err();
+        assert_eq!(err.reason, "InsufficientSpace");
+        assert!(err.message.starts_with("--workdir"), "{}", err.message);
+    }
+}

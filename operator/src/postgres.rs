@@ -1,0 +1,896 @@
+//! PostgreSQL control: binaries, configuration of the instances the engine runs, readiness,
+//! standby creation and progress, and the switchover.
+//!
+//! The engine connects over each instance's private unix socket as the database superuser,
+//! authenticated by `peer` with an ident map that admits only the engine's own OS users. The
+//! backup's own `pg_hba.conf` follows those lines unchanged, so clients keep the rules they had.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio_postgres::{Client, NoTls};
+
+use crate::process::{self, OsUser};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(
+        "PostgreSQL {major} server binaries not found (looked in {searched}); install \
+         postgresql-{major} or point --pg-bindir at them"
+    )]
+    BinariesMissing { major: u32, searched: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {detail}")]
+    Db {
+        what: String,
+        /// The server's message when there is one (the error's own text is only "db error").
+        detail: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{what} did not happen within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+    #[error("PostgreSQL on {datadir} exited while starting; its log ends with:\n{log}")]
+    Exited { datadir: PathBuf, log: String },
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl PgError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        PgError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let what = what.into();
+        move |source| PgError::Db {
+            what,
+            detail: describe(&source),
+            source,
+        }
+    }
+}
+
+/// A database error as the server worded it, else the client's description.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{}: {}", db.severity(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            text
+        }
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+/// The server binaries of one PostgreSQL major version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgBinaries {
+    pub bindir: PathBuf,
+    pub major: u32,
+}
+
+impl PgBinaries {
+    /// Finds the binaries of `major`: in `explicit` when given, else in the usual Debian and
+    /// RPM locations. The version `postgres --version` reports must match.
+    pub fn find(major: u32, explicit: Option<&Path>) -> Result<PgBinaries, PgError> {
+        let candidates: Vec<PathBuf> = match explicit {
+            Some(dir) => vec![dir.to_path_buf()],
+            None => vec![
+                PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+                PathBuf::from(format!("/usr/pgsql-{major}/bin")),
+            ],
+        };
+        for dir in &candidates {
+            let required = ["postgres", "pg_basebackup", "pg_controldata"];
+            if !required.iter().all(|b| dir.join(b).is_file()) {
+                continue;
+            }
+            let out = Command::new(dir.join("postgres")).arg("--version").output();
+            let found = out
+                .ok()
+                .and_then(|o| parse_major(&String::from_utf8_lossy(&o.stdout)));
+            if found == Some(major) {
+                return Ok(PgBinaries {
+                    bindir: dir.clone(),
+                    major,
+                });
+            }
+        }
+        let searched = candidates
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(PgError::BinariesMissing { major, searched })
+    }
+
+    pub fn path(&self, program: &str) -> PathBuf {
+        self.bindir.join(program)
+    }
+}
+
+/// `postgres (PostgreSQL) 15.14 (Debian 15.14-1)` -> 15.
+fn parse_major(version: &str) -> Option<u32> {
+    let number = version
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    number.split(['.', 'b', 'r']).next()?.parse().ok()
+}
+
+/// How the engine reaches an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub user: String,
+    pub dbname: String,
+}
+
+impl Endpoint {
+    pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name("instant-recovery")
+            .connect_timeout(Duration::from_secs(5));
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// A libpq connection string for this endpoint.
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user={} dbname={}",
+            self.socket_dir.display(),
+            self.port,
+            self.user,
+            self.dbname
+        )
+    }
+}
+
+/// One PostgreSQL instance the engine runs: its data directory and the files and settings the
+/// engine gives it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub datadir: PathBuf,
+    /// Generated `postgresql.conf`, `pg_hba.conf` and `pg_ident.conf`.
+    pub conf_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub listen_addresses: String,
+    pub log: PathBuf,
+    /// Further settings, given on the command line so that nothing in the backup overrides them.
+    pub settings: Vec<(String, String)>,
+}
+
+const IDENT_MAP: &str = "instant-recovery";
+
+impl Instance {
+    pub fn endpoint(&self, user: &str, dbname: &str) -> Endpoint {
+        Endpoint {
+            socket_dir: self.socket_dir.clone(),
+            port: self.port,
+            user: user.to_owned(),
+            dbname: dbname.to_owned(),
+        }
+    }
+
+    /// Writes the configuration files: a `postgresql.conf` that includes the data directory's
+    /// own (a Debian-style backup has none), and hba and ident files that put the engine's
+    /// access for `engine_users` (OS users) as `db_user` in front of the backup's rules.
+    pub fn write_config(&self, engine_users: &[&str], db_user: &str) -> Result<(), PgError> {
+        let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(|e| PgError::io(d, e));
+        mkdir(&self.conf_dir)?;
+        let own = |name: &str| std::fs::read_to_string(self.datadir.join(name)).ok();
+
+        let conf = format!(
+            "# Written by instant-recovery: the data directory's settings, with the engine's\n\
+             # overrides on the command line.\ninclude_if_exists '{}'\n",
+            quote_conf(&self.datadir.join("postgresql.conf"))
+        );
+
+        let user = quote_hba(db_user);
+        let mut hba = format!(
+            "# instant-recovery: the engine's own connections (unix socket, mapped OS users).\n\
+             local all {user} peer map={IDENT_MAP}\n\
+             local replication {user} peer map={IDENT_MAP}\n"
+        );
+        match own("pg_hba.conf") {
+            Some(text) => {
+                hba.push_str("# The backup's pg_hba.conf:\n");
+                hba.push_str(&text);
+            }
+            None => hba.push_str(
+                "# The backup has no pg_hba.conf: password access on loopback.\n\
+                 host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
+            ),
+        }
+        let mut ident = String::from("# instant-recovery: OS users the engine runs as.\n");
+        let mut seen = Vec::new();
+        for os_user in engine_users {
+            if !seen.contains(os_user) {
+                seen.push(*os_user);
+                let _ = writeln!(ident, "{IDENT_MAP} {} {user}", quote_hba(os_user));
+            }
+        }
+        if let Some(text) = own("pg_ident.conf") {
+            ident.push_str("# The backup's pg_ident.conf:\n");
+            ident.push_str(&text);
+        }
+        for (name, text) in [
+            ("postgresql.conf", conf),
+            ("pg_hba.conf", hba),
+            ("pg_ident.conf", ident),
+        ] {
+            let path = self.conf_dir.join(name);
+            std::fs::write(&path, text).map_err(|e| PgError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    fn command(&self, bins: &PgBinaries) -> Command {
+        let mut c = Command::new(bins.path("postgres"));
+        c.arg("-D").arg(&self.datadir);
+        let conf = |name: &str| self.conf_dir.join(name).display().to_string();
+        let mut settings = vec![
+            ("config_file".to_owned(), conf("postgresql.conf")),
+            ("hba_file".to_owned(), conf("pg_hba.conf")),
+            ("ident_file".to_owned(), conf("pg_ident.conf")),
+            (
+                "data_directory".to_owned(),
+                self.datadir.display().to_string(),
+            ),
+            ("port".to_owned(), self.port.to_string()),
+            ("listen_addresses".to_owned(), self.listen_addresses.clone()),
+            (
+                "unix_socket_directories".to_owned(),
+                self.socket_dir.display().to_string(),
+            ),
+            ("external_pid_file".to_owned(), String::new()),
+            // Errors must reach our log, not a collector file inside the data directory.
+            ("logging_collector".to_owned(), "off".to_owned()),
+        ];
+        settings.extend(self.settings.iter().cloned());
+        for (name, value) in settings {
+            c.arg("-c").arg(format!("{name}={value}"));
+        }
+        c
+    }
+
+    /// Starts the postmaster in its own session, as `user`. Returns its pid.
+    pub fn start(&self, bins: &PgBinaries, user: &OsUser) -> Result<u32, PgError> {
+        for dir in [
+            &self.socket_dir,
+            self.log.parent().unwrap_or(Path::new("/")),
+        ] {
+            std::fs::create_dir_all(dir).map_err(|e| PgError::io(dir, e))?;
+        }
+        if process::is_root() {
+            std::os::unix::fs::chown(&self.socket_dir, Some(user.uid), Some(user.gid))
+                .map_err(|e| PgError::io(&self.socket_dir, e))?;
+        }
+        process::spawn_detached(self.command(bins), user, &self.log)
+            .map_err(|e| PgError::io(&bins.path("postgres"), e))
+    }
+
+    /// The running postmaster's pid, from `postmaster.pid`.
+    pub fn running_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.datadir.join("postmaster.pid")).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        process::is_alive(pid).then_some(pid)
+    }
+
+    /// Waits until the instance answers a query; returns when it first did. Fails at once when
+    /// the postmaster `pid` exits.
+    pub async fn wait_ready(
+        &self,
+        endpoint: &Endpoint,
+        pid: u32,
+        timeout: Duration,
+    ) -> Result<Timestamp, PgError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(client) = endpoint.connect().await
+                && client.simple_query("SELECT 1").await.is_ok()
+            {
+                return Ok(Timestamp::now());
+            }
+            if !process::is_alive(pid) {
+                return Err(PgError::Exited {
+                    datadir: self.datadir.clone(),
+                    log: process::log_tail(&self.log, 2000),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(PgError::Timeout {
+                    what: format!("PostgreSQL on {} answering queries", self.datadir.display()),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the instance: fast shutdown (SIGINT), immediate (SIGQUIT) after `grace`.
+    pub async fn stop(&self, pid: u32, grace: Duration) -> Result<(), PgError> {
+        process::signal(pid, libc::SIGINT).map_err(|e| PgError::io(&self.datadir, e))?;
+        if process::wait_gone(pid, grace).await {
+            return Ok(());
+        }
+        process::terminate(pid, libc::SIGQUIT, Duration::from_secs(10))
+            .await
+            .map_err(|e| PgError::io(&self.datadir, e))
+    }
+}
+
+fn quote_conf(path: &Path) -> String {
+    path.display().to_string().replace('\'', "''")
+}
+
+fn quote_hba(name: &str) -> String {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Starts `pg_basebackup -X stream -R` from `source` into `target`, in its own session, as
+/// `user`. Returns its pid. The standby it writes connects back the same way.
+pub fn start_base_backup(
+    bins: &PgBinaries,
+    source: &Endpoint,
+    target: &Path,
+    user: &OsUser,
+    log: &Path,
+) -> Result<u32, PgError> {
+    let mut c = Command::new(bins.path("pg_basebackup"));
+    c.arg("--pgdata")
+        .arg(target)
+        .args([
+            "--wal-method=stream",
+            "--write-recovery-conf",
+            "--checkpoint=fast",
+        ])
+        // --progress makes the server estimate the total, which the progress view reports.
+        .args(["--progress", "--no-password"])
+        .arg("--host")
+        .arg(&source.socket_dir)
+        .args([
+            "--port",
+            &source.port.to_string(),
+            "--username",
+            &source.user,
+        ]);
+    process::spawn_detached(c, user, log).map_err(|e| PgError::io(&bins.path("pg_basebackup"), e))
+}
+
+/// Whether `target` holds a finished base backup: pg_basebackup renames `backup_manifest` into
+/// place only after everything else is written and synced.
+pub fn base_backup_complete(target: &Path) -> bool {
+    target.join("backup_manifest").is_file() && target.join("standby.signal").is_file()
+}
+
+/// (bytes streamed, bytes total) of the running base backup, from the source's progress view.
+pub async fn base_backup_progress(client: &Client) -> Result<Option<(u64, u64)>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT backup_streamed, coalesce(backup_total, 0) FROM pg_stat_progress_basebackup \
+             LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(PgError::db("reading pg_stat_progress_basebackup"))?;
+    Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
+}
+
+/// Bytes of WAL the standby named `application_name` has still to replay; `None` while it does
+/// not stream.
+pub async fn replication_lag(
+    client: &Client,
+    application_name: &str,
+) -> Result<Option<u64>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint \
+             FROM pg_stat_replication \
+             WHERE application_name = $1 AND state = 'streaming' AND replay_lsn IS NOT NULL \
+             LIMIT 1",
+            &[&application_name],
+        )
+        .await
+        .map_err(PgError::db("reading pg_stat_replication"))?;
+    Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+}
+
+/// The fields of `pg_controldata` the switchover needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlData {
+    /// State: "shut down", "in production", ...
+    pub state: String,
+    pub checkpoint_lsn: u64,
+    pub timeline: u32,
+}
+
+pub fn control_data(bins: &PgBinaries, datadir: &Path) -> Result<ControlData, PgError> {
+    let out = Command::new(bins.path("pg_controldata"))
+        .arg(datadir)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| PgError::io(&bins.path("pg_controldata"), e))?;
+    if !out.status.success() {
+        return Err(PgError::Unexpected(format!(
+            "pg_controldata {}: {}",
+            datadir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    parse_control_data(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+        PgError::Unexpected(format!(
+            "cannot read pg_controldata output for {}",
+            datadir.display()
+        ))
+    })
+}
+
+fn parse_control_data(text: &str) -> Option<ControlData> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+    };
+    Some(ControlData {
+        state: field("Database cluster state")?.to_owned(),
+        checkpoint_lsn: ir_repository::parse_lsn(field("Latest checkpoint location")?)?,
+        timeline: field("Latest checkpoint's TimeLineID")?.parse().ok()?,
+    })
+}
+
+async fn lsn(client: &Client, query: &str, what: &str) -> Result<u64, PgError> {
+    let row = client
+        .query_one(query, &[])
+        .await
+        .map_err(PgError::db(what))?;
+    let text: Option<String> = row.get(0);
+    let text = text.ok_or_else(|| PgError::Unexpected(format!("{what}: no LSN")))?;
+    ir_repository::parse_lsn(&text)
+        .ok_or_else(|| PgError::Unexpected(format!("{what}: unexpected LSN {text:?}")))
+}
+
+/// Time limits of the switchover steps.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchoverTimeouts {
+    /// Ending open sessions after read-only.
+    pub drain: Duration,
+    /// The standby replaying the last LSN, before and after the published instance stops.
+    pub catch_up: Duration,
+    pub stop: Duration,
+    pub promote: Duration,
+}
+
+impl Default for SwitchoverTimeouts {
+    fn default() -> Self {
+        SwitchoverTimeouts {
+            drain: Duration::from_secs(10),
+            catch_up: Duration::from_secs(60),
+            stop: Duration::from_secs(60),
+            promote: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where a failed switchover left things.
+#[derive(Debug, thiserror::Error)]
+#[error("switchover failed while {stage}: {source}")]
+pub struct SwitchoverError {
+    pub stage: &'static str,
+    /// The published instance was stopped; the driver restarts it to serve again.
+    pub published_stopped: bool,
+    #[source]
+    pub source: PgError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwitchoverOutcome {
+    /// Read-only to promoted, as measured by this call.
+    pub downtime: Duration,
+    pub old_timeline: u32,
+    pub new_timeline: u32,
+}
+
+/// The parts of a switchover.
+pub struct Switchover<'a> {
+    pub bins: &'a PgBinaries,
+    pub published: &'a Instance,
+    pub published_endpoint: &'a Endpoint,
+    pub standby_endpoint: &'a Endpoint,
+    pub timeouts: SwitchoverTimeouts,
+}
+
+impl Switchover<'_> {
+    /// Read-only, drain, catch up, stop, promote, check. Safe to call again after a failure or a
+    /// crash of the caller: a promoted standby is recognised, a stopped published instance is
+    /// checked against the standby from its control file.
+    pub async fn run(&self) -> Result<SwitchoverOutcome, SwitchoverError> {
+        let started = Instant::now();
+        let standby = self
+            .standby_endpoint
+            .connect()
+            .await
+            .map_err(PgError::db("connecting to the standby"))
+            .map_err(|e| fail("connecting to the standby", false, e))?;
+        let pid = self.published.running_pid();
+        let old_timeline = match pid {
+            Some(pid) => self.stop_published_cleanly(&standby, pid).await?,
+            None => {
+                // Stopped earlier (a previous attempt): its control file says what it wrote last.
+                let control = control_data(self.bins, &self.published.datadir)
+                    .map_err(|e| fail("reading the published instance's control file", true, e))?;
+                if !in_recovery(&standby)
+                    .await
+                    .map_err(|e| fail("checking the standby", true, e))?
+                {
+                    let new_timeline = current_timeline(&standby)
+                        .await
+                        .map_err(|e| fail("checking the promoted standby", true, e))?;
+                    return Ok(SwitchoverOutcome {
+                        downtime: started.elapsed(),
+                        old_timeline: control.timeline,
+                        new_timeline,
+                    });
+                }
+                if control.state != "shut down" {
+                    return Err(fail(
+                        "checking the stopped published instance",
+                        true,
+                        PgError::Unexpected(format!(
+                            "the published instance is not running and was not shut down cleanly \
+                             (state {:?}); it must be started again before a switchover",
+                            control.state
+                        )),
+                    ));
+                }
+                self.wait_replayed(&standby, control.checkpoint_lsn, true)
+                    .await?;
+                control.timeline
+            }
+        };
+        self.promote(&standby, old_timeline, started).await
+    }
+
+    /// Steps up to and including the stop; returns the published instance's timeline.
+    async fn stop_published_cleanly(
+        &self,
+        standby: &Client,
+        pid: u32,
+    ) -> Result<u32, SwitchoverError> {
+        let published = self
+            .published_endpoint
+            .connect()
+            .await
+            .map_err(PgError::db("connecting to the published instance"))
+            .map_err(|e| fail("connecting to the published instance", false, e))?;
+        set_read_only(&published, true)
+            .await
+            .map_err(|e| fail("making the published instance read-only", false, e))?;
+        let result = async {
+            self.drain(&published).await?;
+            let final_lsn = lsn(
+                &published,
+                "SELECT pg_current_wal_lsn()::text",
+                "reading the final LSN",
+            )
+            .await
+            .map_err(|e| fail("reading the final LSN", false, e))?;
+            self.wait_replayed(standby, final_lsn, false).await
+        }
+        .await;
+        if let Err(e) = result {
+            // Serve writes again: the switchover is off.
+            if let Err(undo) = set_read_only(&published, false).await {
+                tracing::warn!(error = %undo, "could not make the published instance writable again");
+            }
+            return Err(e);
+        }
+        drop(published);
+        self.published
+            .stop(pid, self.timeouts.stop)
+            .await
+            .map_err(|e| fail("stopping the published instance", true, e))?;
+        // A clean shutdown ends with a checkpoint record the standby must have as well.
+        let control = control_data(self.bins, &self.published.datadir)
+            .map_err(|e| fail("reading the published instance's control file", true, e))?;
+        self.wait_replayed(standby, control.checkpoint_lsn, true)
+            .await?;
+        Ok(control.timeline)
+    }
+
+    /// Ends every client session of the published instance but ours: none may hold a write
+    /// transaction or a session-level override of read-only.
+    async fn drain(&self, published: &Client) -> Result<(), SwitchoverError> {
+        let deadline = Instant::now() + self.timeouts.drain;
+        loop {
+            let row = published
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(PgError::db("ending client sessions"))
+                .map_err(|e| fail("ending client sessions", false, e))?;
+            if row.get::<_, i64>(0) == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(
+                    "ending client sessions",
+                    false,
+                    PgError::Timeout {
+                        what: "all client sessions ending".into(),
+                        timeout: self.timeouts.drain,
+                    },
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_replayed(
+        &self,
+        standby: &Client,
+        target: u64,
+        published_stopped: bool,
+    ) -> Result<(), SwitchoverError> {
+        let stage = "waiting for the standby to replay the last LSN";
+        let deadline = Instant::now() + self.timeouts.catch_up;
+        loop {
+            let replayed = lsn(
+                standby,
+                "SELECT pg_last_wal_replay_lsn()::text",
+                "reading the standby's replay LSN",
+            )
+            .await
+            .map_err(|e| fail(stage, published_stopped, e))?;
+            if replayed >= target {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(
+                    stage,
+                    published_stopped,
+                    PgError::Timeout {
+                        what: format!(
+                            "the standby replaying up to {} (it is at {})",
+                            ir_repository::format_lsn(target),
+                            ir_repository::format_lsn(replayed)
+                        ),
+                        timeout: self.timeouts.catch_up,
+                    },
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn promote(
+        &self,
+        standby: &Client,
+        old_timeline: u32,
+        started: Instant,
+    ) -> Result<SwitchoverOutcome, SwitchoverError> {
+        let stage = "promoting the standby";
+        let wait = self.timeouts.promote.as_secs().clamp(1, i32::MAX as u64) as i32;
+        let promoted: bool = standby
+            .query_one("SELECT pg_promote(true, $1)", &[&wait])
+            .await
+            .map_err(PgError::db("pg_promote"))
+            .map_err(|e| fail(stage, true, e))?
+            .get(0);
+        if !promoted {
+            return Err(fail(
+                stage,
+                true,
+                PgError::Timeout {
+                    what: "pg_promote".into(),
+                    timeout: self.timeouts.promote,
+                },
+            ));
+        }
+        let downtime = started.elapsed();
+        let check = "checking the promoted standby";
+        let new_timeline = current_timeline(standby)
+            .await
+            .map_err(|e| fail(check, true, e))?;
+        let read_only: String = standby
+            .query_one("SHOW transaction_read_only", &[])
+            .await
+            .map_err(PgError::db("SHOW transaction_read_only"))
+            .map_err(|e| fail(check, true, e))?
+            .get(0);
+        if in_recovery(standby)
+            .await
+            .map_err(|e| fail(check, true, e))?
+            || read_only != "off"
+            || new_timeline <= old_timeline
+        {
+            return Err(fail(
+                check,
+                true,
+                PgError::Unexpected(format!(
+                    "after promotion the standby is not a read-write primary on a new timeline \
+                     (timeline {new_timeline}, was {old_timeline}; transaction_read_only {read_only})"
+                )),
+            ));
+        }
+        // A standalone primary: it no longer follows anyone.
+        for statement in [
+            "ALTER SYSTEM RESET primary_conninfo",
+            "SELECT pg_reload_conf()",
+        ] {
+            standby
+                .batch_execute(statement)
+                .await
+                .map_err(PgError::db("resetting primary_conninfo"))
+                .map_err(|e| fail(check, true, e))?;
+        }
+        Ok(SwitchoverOutcome {
+            downtime,
+            old_timeline,
+            new_timeline,
+        })
+    }
+}
+
+fn fail(stage: &'static str, published_stopped: bool, source: PgError) -> SwitchoverError {
+    SwitchoverError {
+        stage,
+        published_stopped,
+        source,
+    }
+}
+
+/// Sets or resets `default_transaction_read_only` for the whole instance and waits until the
+/// postmaster applies it, so that new sessions start read-only.
+pub async fn set_read_only(client: &Client, on: bool) -> Result<(), PgError> {
+    let statement = if on {
+        "ALTER SYSTEM SET default_transaction_read_only = on"
+    } else {
+        "ALTER SYSTEM RESET default_transaction_read_only"
+    };
+    // ALTER SYSTEM refuses to run in a (multi-statement) transaction block.
+    client
+        .batch_execute(statement)
+        .await
+        .map_err(PgError::db("changing default_transaction_read_only"))?;
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .map_err(PgError::db("reloading the configuration"))?;
+    // The postmaster and each backend apply a reload asynchronously; ours shows when it has.
+    let want = if on { "on" } else { "off" };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now: String = client
+            .query_one("SHOW default_transaction_read_only", &[])
+            .await
+            .map_err(PgError::db("SHOW default_transaction_read_only"))?
+            .get(0);
+        if now == want {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(PgError::Timeout {
+                what: format!("default_transaction_read_only becoming {want}"),
+                timeout: Duration::from_secs(5),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether `default_transaction_read_only` is set in `postgresql.auto.conf` (by a switchover).
+pub async fn read_only_set(client: &Client) -> Result<bool, PgError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_file_settings \
+             WHERE name = 'default_transaction_read_only' AND sourcefile LIKE '%postgresql.auto.conf' \
+             AND applied",
+            &[],
+        )
+        .await
+        .map_err(PgError::db("reading pg_file_settings"))?;
+    Ok(row.get::<_, i64>(0) > 0)
+}
+
+async fn in_recovery(client: &Client) -> Result<bool, PgError> {
+    Ok(client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(PgError::db("pg_is_in_recovery()"))?
+        .get(0))
+}
+
+/// The timeline the instance writes WAL on, from the name of its current WAL file.
+async fn current_timeline(client: &Client) -> Result<u32, PgError> {
+    let name: String = client
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await
+        .map_err(PgError::db("reading the current WAL file"))?
+        .get(0);
+    u32::from_str_radix(name.get(..8).unwrap_or(""), 16)
+        .map_err(|_| PgError::Unexpected(format!("unexpected WAL file name {name:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn major_version_from_version_string() {
+        assert_eq!(
+            parse_major("postgres (PostgreSQL) 15.14 (Debian 15.14-1.pgdg13+1)\n"),
+            Some(15)
+        );
+        assert_eq!(parse_major("postgres (PostgreSQL) 17beta2"), Some(17));
+        assert_eq!(parse_major("postgres (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_major("nonsense"), None);
+    }
+
+    #[test]
+    fn control_data_fields() {
+        let text = "pg_control version number:            1300\n\
+                    Database cluster state:               shut down\n\
+                    Latest checkpoint location:           0/3000028\n\
+                    Latest checkpoint's REDO location:    0/3000028\n\
+                    Latest checkpoint's TimeLineID:       1\n";
+        assert_eq!(
+            parse_control_data(text),
+            Some(ControlData {
+                state: "shut down".into(),
+                checkpoint_lsn: 0x3000028,
+                timeline: 1
+            })
+        );
+    }
+
+    #[test]
+    fn names_are_quoted_for_hba() {
+        assert_eq!(quote_hba("postgres"), "postgres");
+        assert_eq!(quote_hba("app user"), "\"app user\"");
+        assert_eq!(quote_conf(Path::new("/it's")), "/it''s");
+    }
+}

@@ -1,0 +1,235 @@
+//! Processes that outlive the command that started them: PostgreSQL, `pg_basebackup` and the
+//! mount run in their own sessions, so a killed or interrupted `irctl recover` leaves them
+//! running and a rerun picks them up by pid.
+
+use std::ffi::{CStr, CString};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An operating-system account processes run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl OsUser {
+    pub fn by_name(name: &str) -> Option<OsUser> {
+        let c = CString::new(name).ok()?;
+        // SAFETY: getpwnam with a valid C string; the fields are copied out at once.
+        let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+        if pw.is_null() {
+            return None;
+        }
+        // SAFETY: non-null result of getpwnam.
+        unsafe {
+            Some(OsUser {
+                name: name.to_owned(),
+                uid: (*pw).pw_uid,
+                gid: (*pw).pw_gid,
+            })
+        }
+    }
+
+    /// The user this process runs as.
+    pub fn current() -> Option<OsUser> {
+        // SAFETY: geteuid has no preconditions; getpwuid's result is copied out at once.
+        let pw = unsafe { libc::getpwuid(libc::geteuid()) };
+        if pw.is_null() {
+            return None;
+        }
+        // SAFETY: non-null result of getpwuid; pw_name is a NUL-terminated string.
+        unsafe {
+            Some(OsUser {
+                name: CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned(),
+                uid: (*pw).pw_uid,
+                gid: (*pw).pw_gid,
+            })
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts `command` in a new session, as `user` when we are root, with stdout and stderr
+/// appended to `log`. Returns its pid.
+pub fn spawn_detached(mut command: Command, user: &OsUser, log: &Path) -> std::io::Result<u32> {
+    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    if is_root() {
+        std::os::unix::fs::chown(log, Some(user.uid), Some(user.gid))?;
+        command.uid(user.uid).gid(user.gid);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .current_dir("/");
+    // SAFETY: setsid is async-signal-safe and touches no state of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    // Reaped by `is_alive` (waitpid) while we live; by whoever inherits it otherwise.
+    Ok(child.id())
+}
+
+/// What became of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    Running,
+    /// Gone; with its exit code when it was our child and exited normally.
+    Exited(Option<i32>),
+}
+
+/// Whether `pid` still runs. Reaps it when it is our exited child; a zombie (an orphan nobody
+/// reaps) counts as gone.
+pub fn poll(pid: u32) -> ProcState {
+    let Ok(raw) = i32::try_from(pid) else {
+        return ProcState::Exited(None);
+    };
+    let mut wstatus = 0;
+    // SAFETY: non-blocking waitpid on one pid; ECHILD when it is not our child.
+    if unsafe { libc::waitpid(raw, &mut wstatus, libc::WNOHANG) } == raw {
+        let code = libc::WIFEXITED(wstatus).then(|| libc::WEXITSTATUS(wstatus));
+        return ProcState::Exited(code);
+    }
+    // SAFETY: signal 0 only checks existence and permission.
+    if unsafe { libc::kill(raw, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+    {
+        return ProcState::Exited(None);
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        Ok(stat)
+            if stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')) =>
+        {
+            ProcState::Running
+        }
+        _ => ProcState::Exited(None),
+    }
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    poll(pid) == ProcState::Running
+}
+
+/// Sends `signal` to `pid`; a process already gone is not an error.
+pub fn signal(pid: u32, signal: i32) -> std::io::Result<()> {
+    let raw = i32::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: plain kill(2).
+    if unsafe { libc::kill(raw, signal) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `pid` is gone; false on timeout.
+pub async fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while is_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Signals `pid` and waits for it to go, escalating to SIGKILL after `grace`.
+pub async fn terminate(pid: u32, first: i32, grace: Duration) -> std::io::Result<()> {
+    signal(pid, first)?;
+    if !wait_gone(pid, grace).await {
+        signal(pid, libc::SIGKILL)?;
+        wait_gone(pid, Duration::from_secs(10)).await;
+    }
+    Ok(())
+}
+
+/// The last `max` bytes of a log, for error messages.
+pub fn log_tail(log: &Path, max: u64) -> String {
+    let Ok(mut f) = File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut text = String::new();
+    let _ = f.read_to_string(&mut text);
+    // Start at a line boundary and drop pg_basebackup's carriage-return progress updates.
+    let text = match text.find('\n') {
+        Some(i) if len > max => &text[i + 1..],
+        _ => &text,
+    };
+    text.lines()
+        .map(|l| l.rsplit('\r').next().unwrap_or(l).trim_end())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_a_detached_child_until_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let me = OsUser::current().unwrap();
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo started; exec sleep 30"]);
+        let pid = spawn_detached(c, &me, &log).unwrap();
+        assert!(is_alive(pid));
+        // Its own session: a terminal's Ctrl-C to our group does not reach it.
+        // SAFETY: getsid on a pid.
+        assert_eq!(unsafe { libc::getsid(pid as i32) }, pid as i32);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(log_tail(&log, 1000), "started");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(terminate(pid, libc::SIGTERM, Duration::from_secs(5)))
+            .unwrap();
+        assert!(!is_alive(pid));
+        signal(pid, libc::SIGTERM).expect("signalling a gone process is fine");
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines_and_the_final_progress_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(
+            &log,
+            "old line\n10/100 kB\r50/100 kB\r100/100 kB\nerror: boom\n",
+        )
+        .unwrap();
+        assert_eq!(log_tail(&log, 1000), "old line\n100/100 kB\nerror: boom");
+        assert_eq!(log_tail(&log, 14), "error: boom");
+    }
+
+    #[test]
+    fn users_resolve() {
+        let me = OsUser::current().unwrap();
+        assert_eq!(OsUser::by_name(&me.name), Some(me));
+        assert_eq!(OsUser::by_name("no-such-user-here"), None);
+    }
+}
