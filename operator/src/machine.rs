@@ -412,6 +412,8 @@ impl Machine<'_> {
                     "StandbyStreaming",
                     "the standby holds a full copy and streams WAL from the published instance",
                 );
+                // Say at once what the switchover waits for (or start it).
+                self.ready_for_switchover();
             }
             Standby::Failed(f) => self.fail(ConditionType::Synced, &f),
             Standby::Absent => self.keep(Phase::Syncing),

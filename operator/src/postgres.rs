@@ -638,34 +638,47 @@ impl Switchover<'_> {
         Ok(control.timeline)
     }
 
-    /// Ends every client session of the published instance but ours: none may hold a write
-    /// transaction or a session-level override of read-only.
+    /// Ends the client sessions that started before read-only: they may hold a write
+    /// transaction. Sessions opened since start read-only and may stay; anything one of them
+    /// still commits by overriding the setting is caught by the check after the stop.
     async fn drain(&self, published: &Client) -> Result<(), SwitchoverError> {
+        let stage = "ending client sessions";
+        let rows = published
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(PgError::db(stage))
+            .map_err(|e| fail(stage, false, e))?;
+        let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
         let deadline = Instant::now() + self.timeouts.drain;
         loop {
-            let row = published
+            let left: i64 = published
                 .query_one(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                    &[],
+                     WHERE pid = ANY($1)",
+                    &[&pids],
                 )
                 .await
-                .map_err(PgError::db("ending client sessions"))
-                .map_err(|e| fail("ending client sessions", false, e))?;
-            if row.get::<_, i64>(0) == 0 {
+                .map_err(PgError::db(stage))
+                .map_err(|e| fail(stage, false, e))?
+                .get(0);
+            if left == 0 {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(fail(
-                    "ending client sessions",
+                    stage,
                     false,
                     PgError::Timeout {
-                        what: "all client sessions ending".into(),
+                        what: format!("{left} client sessions ending"),
                         timeout: self.timeouts.drain,
                     },
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -164,6 +164,21 @@ pub async fn terminate(pid: u32, first: i32, grace: Duration) -> std::io::Result
     Ok(())
 }
 
+/// Kills `pid` and every process of its process group (a session leader started by
+/// [`spawn_detached`] leads one), and waits for `pid` to go.
+pub async fn kill_group(pid: u32) -> std::io::Result<()> {
+    let raw = i32::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kill(2) of a process group we created.
+    if unsafe { libc::kill(-raw, libc::SIGKILL) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(e);
+        }
+    }
+    wait_gone(pid, Duration::from_secs(10)).await;
+    Ok(())
+}
+
 /// The last `max` bytes of a log, for error messages.
 pub fn log_tail(log: &Path, max: u64) -> String {
     let Ok(mut f) = File::open(log) else {

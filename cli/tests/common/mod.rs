@@ -155,3 +155,4 @@ impl Drop for MountProcess {
         }
     }
 }
+pub mod recovery;

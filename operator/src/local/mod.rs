@@ -126,6 +126,10 @@ struct Resources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mount_pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    published_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     base_backup_pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     first_query_at: Option<Timestamp>,
@@ -536,6 +540,16 @@ impl LocalRecovery {
                 .await
                 .map_err(io_err(&mountpoint))?;
         }
+        // PostgreSQL on a lost mount can never recover (its working directory is the dead
+        // mount): end it with all its processes, so that it restarts on the new mount.
+        if let Some(pid) = self.state.resources.published_pid.take()
+            && process::is_alive(pid)
+        {
+            tracing::warn!(pid, "stopping the published instance of the lost mount");
+            process::kill_group(pid)
+                .await
+                .map_err(io_err(&mountpoint))?;
+        }
         // The kernel keeps a dead server's mount ("transport endpoint is not connected").
         ir_fuse::clear_stale_mount(&mountpoint).map_err(io_err(&mountpoint))?;
         let spec = &self.state.spec;
@@ -576,7 +590,12 @@ impl LocalRecovery {
             }
             if let ProcState::Exited(code) = process::poll(pid) {
                 self.state.resources.mount_pid = None;
-                let message = format!("irctl mount exited: {}", process::log_tail(&log, 1000));
+                let tail = process::log_tail(&log, 4000);
+                // Its own error line says it best; log lines before it are context.
+                let message = match tail.lines().rev().find_map(|l| l.strip_prefix("irctl: ")) {
+                    Some(error) => format!("mounting the backup: {error}"),
+                    None => format!("irctl mount exited: {tail}"),
+                };
                 return Ok(Step::Failed(if code == Some(MOUNT_EXIT_TRANSIENT) {
                     Failure::transient("RepositoryUnavailable", message)
                 } else {
@@ -645,6 +664,7 @@ impl LocalRecovery {
     async fn ensure_running(
         &mut self,
         instance: &Instance,
+        which: Which,
     ) -> Result<Result<Timestamp, Failure>, LocalError> {
         let bins = match self.bins() {
             Ok(b) => b,
@@ -652,7 +672,14 @@ impl LocalRecovery {
         };
         let endpoint = self.endpoint(instance);
         let timeout = Duration::from_secs(self.state.spec.start_timeout_secs);
-        let pid = match instance.running_pid() {
+        let recorded = match which {
+            Which::Published => &mut self.state.resources.published_pid,
+            Which::Target => &mut self.state.resources.target_pid,
+        };
+        let running = recorded
+            .filter(|pid| process::is_alive(*pid))
+            .or_else(|| instance.running_pid());
+        let pid = match running {
             Some(pid) => pid,
             None => {
                 let users = self.engine_users();
@@ -666,6 +693,11 @@ impl LocalRecovery {
                 }
             }
         };
+        match which {
+            Which::Published => self.state.resources.published_pid = Some(pid),
+            Which::Target => self.state.resources.target_pid = Some(pid),
+        }
+        self.workdir.save(&self.state)?;
         Ok(match instance.wait_ready(&endpoint, pid, timeout).await {
             Ok(at) => Ok(at),
             Err(e @ postgres::PgError::Timeout { .. }) => {
@@ -684,7 +716,7 @@ impl LocalRecovery {
 
     async fn ensure_published(&mut self) -> Result<Step<Timestamp>, LocalError> {
         let instance = self.published_instance();
-        let ready_at = match self.ensure_running(&instance).await? {
+        let ready_at = match self.ensure_running(&instance, Which::Published).await? {
             Ok(at) => at,
             Err(f) => return Ok(Step::Failed(f)),
         };
@@ -750,7 +782,7 @@ impl LocalRecovery {
         }
         if postgres::base_backup_complete(&target) {
             let instance = self.target_instance();
-            if let Err(f) = self.ensure_running(&instance).await? {
+            if let Err(f) = self.ensure_running(&instance, Which::Target).await? {
                 return Ok(Standby::Failed(f));
             }
             let lag = match published.connect().await {
@@ -890,6 +922,12 @@ impl LocalRecovery {
         }
         Ok(())
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Published,
+    Target,
 }
 
 /// A recorded recovery may be resumed with the same arguments, or with none.

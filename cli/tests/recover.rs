@@ -1,0 +1,312 @@
+//! `irctl recover` end to end on this host: real PostgreSQL, real FUSE mounts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::irctl_run;
+use common::recovery::{Recovery, accounts_checksum, sample_backup};
+use ir_e2e::{require_fuse, require_root, shared_tempdir};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn setup(scale: u32) -> (tempfile::TempDir, String, String, String) {
+    require_root();
+    require_fuse();
+    let root = shared_tempdir();
+    let repo = format!("file://{}/repo", root.path().display());
+    let (id, checksum) = sample_backup(root.path(), scale, &[], &repo);
+    (root, repo, id, checksum)
+}
+
+/// The target is a read-write primary on a new timeline; nothing of the published side is left.
+fn assert_switched_over(r: &Recovery) {
+    assert_eq!(r.target("SELECT pg_is_in_recovery()"), "f");
+    let timeline = r.target("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)");
+    assert_eq!(timeline, "00000002", "promotion starts timeline 2");
+    r.target("CREATE TABLE written_after_switchover(x int); INSERT INTO written_after_switchover VALUES (1)");
+    assert!(
+        r.try_published("SELECT 1").is_err(),
+        "the published instance must be stopped"
+    );
+    let mnt = r.workdir.join("mnt");
+    assert!(!mnt.exists(), "the mount point is removed after unmounting");
+    assert!(
+        !r.workdir.join("ircache").exists(),
+        "the IRCache is dropped"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&mnt.display().to_string()),
+        "the backup is still mounted"
+    );
+    let status = r.status();
+    assert_eq!(status["phase"], "Completed");
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready condition");
+    assert_eq!(ready["status"], "True");
+    assert!(status["timings"]["timeToFirstQueryMs"].as_u64().is_some());
+    assert!(status["timings"]["switchoverDowntimeMs"].as_u64().is_some());
+}
+
+#[test]
+fn automatic_switchover_ends_with_the_target_as_primary() {
+    let (root, repo, id, checksum) = setup(2);
+    let mut r = Recovery::new(root.path(), &repo, &id, &[]);
+    r.run_to_completion(&[], RUN_TIMEOUT);
+    assert_switched_over(&r);
+    assert_eq!(accounts_checksum(&|sql| r.target(sql)), checksum);
+    assert_eq!(r.target("SELECT note FROM marker"), "from the backup");
+    let out = r.output();
+    for phase in [
+        "Validating",
+        "Mounting",
+        "Publishing",
+        "Syncing",
+        "ReadyForSwitchover",
+        "SwitchingOver",
+        "Completed",
+    ] {
+        assert!(
+            out.contains(&format!("-> {phase}")),
+            "phase {phase} not reported:\n{out}"
+        );
+    }
+    assert!(out.contains("time to first query"), "{out}");
+
+    // The status command reads the recorded state.
+    let text = irctl_run(
+        &["status", "--workdir", &r.workdir.display().to_string()],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("phase:       Completed"), "{text}");
+}
+
+/// Inserts rows over TCP as fast as it can; keeps the ids whose commit was acknowledged.
+struct Writer {
+    acknowledged: Vec<i64>,
+    errors: usize,
+}
+
+async fn write_until(conninfo: String, stop: Arc<AtomicBool>, first_id: i64) -> Writer {
+    let mut w = Writer {
+        acknowledged: Vec::new(),
+        errors: 0,
+    };
+    let mut id = first_id;
+    while !stop.load(Ordering::Relaxed) {
+        let client = match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                client
+            }
+            Err(_) => {
+                w.errors += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            id += 2;
+            match client
+                .execute("INSERT INTO commits(id) VALUES ($1)", &[&id])
+                .await
+            {
+                Ok(_) => w.acknowledged.push(id),
+                Err(_) => {
+                    w.errors += 1;
+                    if client.is_closed() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    w
+}
+
+#[test]
+fn manual_switchover_under_write_load_loses_no_acknowledged_commit() {
+    let (root, repo, id, _) = setup(1);
+    let mut r = Recovery::new(root.path(), &repo, &id, &[]);
+    r.spawn(&["--switchover", "manual"]);
+    let status = r.wait_phase("ReadyForSwitchover", RUN_TIMEOUT);
+    assert_eq!(status["reason"], "AwaitingApproval");
+    r.published("CREATE TABLE commits(id bigint PRIMARY KEY)");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|n| rt.spawn(write_until(r.published_tcp(), stop.clone(), n)))
+        .collect();
+
+    // Without approval nothing happens, load or not.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = r.status();
+    assert_eq!(status["phase"], "ReadyForSwitchover");
+    assert_eq!(status["reason"], "AwaitingApproval");
+    assert!(
+        status["progress"]["lagBytes"].as_u64().is_some(),
+        "{status}"
+    );
+
+    r.approve();
+    let exit = r.wait_exit(RUN_TIMEOUT);
+    assert!(exit.success(), "irctl recover failed: {}", r.output());
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeSet::new();
+    let mut errors = 0;
+    for w in writers {
+        let w = rt.block_on(w).unwrap();
+        acknowledged.extend(w.acknowledged);
+        errors += w.errors;
+    }
+    assert!(
+        acknowledged.len() > 100,
+        "the load barely ran: {} commits",
+        acknowledged.len()
+    );
+    assert!(
+        errors > 0,
+        "writes must have been refused during the switchover"
+    );
+
+    let on_target: BTreeSet<i64> = r
+        .target("SELECT id FROM commits")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let lost: Vec<_> = acknowledged.difference(&on_target).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged commits missing on the target, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!(
+        "{} commits acknowledged, {} rows on the target, {errors} refused writes",
+        acknowledged.len(),
+        on_target.len()
+    );
+    assert_switched_over(&r);
+}
+
+#[test]
+fn scheduled_switchover_waits_for_its_time() {
+    let (root, repo, id, checksum) = setup(1);
+    let mut r = Recovery::new(root.path(), &repo, &id, &[]);
+    let at = jiff::Timestamp::now() + Duration::from_secs(20);
+    r.spawn(&["--switchover", &format!("at={at}")]);
+    let status = r.wait_phase("ReadyForSwitchover", RUN_TIMEOUT);
+    assert!(
+        jiff::Timestamp::now() < at,
+        "the standby took too long to test the wait"
+    );
+    assert_eq!(status["reason"], "AwaitingSchedule", "{status}");
+    let exit = r.wait_exit(RUN_TIMEOUT);
+    assert!(exit.success(), "{}", r.output());
+    let started: jiff::Timestamp = r.status()["timings"]["switchoverStartedAt"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        started >= at,
+        "switchover started at {started}, before {at}"
+    );
+    assert_switched_over(&r);
+    assert_eq!(accounts_checksum(&|sql| r.target(sql)), checksum);
+}
+
+#[test]
+fn killed_during_sync_resumes_and_completes() {
+    let (root, repo, id, checksum) = setup(8);
+    let mut r = Recovery::new(root.path(), &repo, &id, &[]);
+    r.spawn(&[]);
+    r.wait_phase("Syncing", RUN_TIMEOUT);
+    r.kill();
+    assert_eq!(
+        r.phase().as_deref(),
+        Some("Syncing"),
+        "killed in another phase"
+    );
+    // What the killed command started keeps running: the published instance still serves.
+    assert_eq!(r.published("SELECT note FROM marker"), "from the backup");
+    r.published("INSERT INTO marker VALUES ('written while irctl was down')");
+
+    let started = Instant::now();
+    r.run_to_completion(&[], RUN_TIMEOUT);
+    eprintln!("resumed run took {:?}", started.elapsed());
+    let out = r.output();
+    let resumed = out
+        .rsplit_once("-> Syncing")
+        .map(|(_, after)| after)
+        .unwrap_or(&out);
+    assert!(
+        !resumed.contains("-> Mounting"),
+        "the rerun must not mount again:\n{out}"
+    );
+    assert_switched_over(&r);
+    assert_eq!(accounts_checksum(&|sql| r.target(sql)), checksum);
+    assert_eq!(
+        r.target("SELECT count(*) FROM marker WHERE note = 'written while irctl was down'"),
+        "1"
+    );
+}
+
+#[test]
+fn invalid_requests_are_refused_before_anything_is_created() {
+    let (root, repo, id, _) = setup(1);
+    let r = Recovery::new(root.path(), &repo, &id, &[]);
+    let workdir = r.workdir.display().to_string();
+    let refused = |args: Vec<String>, expect: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = irctl_run(&args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {args:?}");
+        for word in expect {
+            assert!(stderr.contains(word), "{word:?} not in: {stderr}");
+        }
+        assert!(
+            !r.workdir.exists(),
+            "the workdir was created for a refused request"
+        );
+    };
+
+    std::fs::create_dir_all(&r.target).unwrap();
+    std::fs::write(r.target.join("stray"), "x").unwrap();
+    refused(r.args(&[]), &["--target-pgdata", "not empty"]);
+    std::fs::remove_file(r.target.join("stray")).unwrap();
+
+    let listener = std::net::TcpListener::bind(("127.0.0.1", r.published_port)).unwrap();
+    refused(r.args(&[]), &["--published-port", "in use"]);
+    drop(listener);
+
+    let mut args = r.args(&[]);
+    let backup = args.iter().position(|a| a == "--backup").unwrap() + 1;
+    args[backup] = "20990101T000000Z-none".into();
+    refused(args, &["20990101T000000Z-none", "not found"]);
+
+    refused(
+        r.args(&["--pg-bindir", "/nonexistent"]),
+        &["PostgreSQL 15", "/nonexistent"],
+    );
+    refused(
+        r.args(&["--pg-user", "no-such-user"]),
+        &["--pg-user", "no-such-user"],
+    );
+    refused(r.args(&["--switchover", "at=soon"]), &["RFC 3339"]);
+
+    let out = irctl_run(&["status", "--workdir", &workdir], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no recovery"));
+}
