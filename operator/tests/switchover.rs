@@ -1,0 +1,171 @@
+//! PostgreSQL control against real servers (no FUSE needed): configuration and start, a standby
+//! built with pg_basebackup, progress views, and the switchover with its failure and rerun paths.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ir_e2e::pg::{PgCluster, pg_user};
+use ir_e2e::{free_port, require_root, shared_tempdir};
+use ir_operator::postgres::{self, Endpoint, Instance, PgBinaries, Switchover, SwitchoverTimeouts};
+use ir_operator::process::{self, OsUser};
+
+const STANDBY: &str = "instant-recovery-target";
+
+fn instance(root: &Path, name: &str, datadir: &Path, settings: &[(&str, &str)]) -> Instance {
+    Instance {
+        datadir: datadir.to_path_buf(),
+        conf_dir: root.join("conf").join(name),
+        socket_dir: root.join("run"),
+        port: free_port(),
+        listen_addresses: String::new(),
+        log: root.join(format!("{name}.log")),
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+async fn start(instance: &Instance, bins: &PgBinaries, user: &OsUser) -> (u32, Endpoint) {
+    let me = OsUser::current().unwrap();
+    instance
+        .write_config(&[&me.name, &user.name], "postgres")
+        .unwrap();
+    let pid = instance.start(bins, user).unwrap();
+    let endpoint = instance.endpoint("postgres", "postgres");
+    instance
+        .wait_ready(&endpoint, pid, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (pid, endpoint)
+}
+
+async fn query(endpoint: &Endpoint, sql: &str) -> String {
+    let client = endpoint.connect().await.unwrap();
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", postgres::describe(&e)));
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switchover_fails_safely_then_promotes_the_standby() {
+    require_root();
+    let root = shared_tempdir();
+    let root = root.path();
+    let bins = PgBinaries::find(15, None).expect("PostgreSQL 15 binaries");
+    let (uid, gid) = pg_user();
+    let user = OsUser {
+        name: "postgres".into(),
+        uid,
+        gid,
+    };
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    std::os::unix::fs::chown(root.join("run"), Some(uid), Some(gid)).unwrap();
+
+    // initdb only: the engine's Instance runs it, with the engine's hba and ident files.
+    let primary_dir = PgCluster::init(&root.join("p")).datadir.clone();
+    let primary = instance(root, "primary", &primary_dir, &[]);
+    let (primary_pid, primary_ep) = start(&primary, &bins, &user).await;
+    query(
+        &primary_ep,
+        "CREATE TABLE t(id int); INSERT INTO t SELECT generate_series(1, 1000)",
+    )
+    .await;
+
+    let target = root.join("standby");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&target, Some(uid), Some(gid)).unwrap();
+    let bb_log = root.join("basebackup.log");
+    let bb = postgres::start_base_backup(&bins, &primary_ep, &target, &user, &bb_log).unwrap();
+    assert!(process::wait_gone(bb, Duration::from_secs(120)).await);
+    assert!(
+        postgres::base_backup_complete(&target),
+        "{}",
+        process::log_tail(&bb_log, 2000)
+    );
+    let standby = instance(root, "standby", &target, &[("cluster_name", STANDBY)]);
+    let (standby_pid, standby_ep) = start(&standby, &bins, &user).await;
+
+    let client = primary_ep.connect().await.unwrap();
+    let mut lag = None;
+    for _ in 0..200 {
+        lag = postgres::replication_lag(&client, STANDBY).await.unwrap();
+        if lag.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lag.is_some(), "the standby does not stream");
+    drop(client);
+
+    // The standby cannot catch up (replay paused): the switchover times out and the primary
+    // serves writes again.
+    query(&standby_ep, "SELECT pg_wal_replay_pause()").await;
+    query(&primary_ep, "INSERT INTO t VALUES (1001)").await;
+    let mut timeouts = SwitchoverTimeouts {
+        catch_up: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let switchover = |timeouts| Switchover {
+        bins: &bins,
+        published: &primary,
+        published_endpoint: &primary_ep,
+        standby_endpoint: &standby_ep,
+        timeouts,
+    };
+    let err = switchover(timeouts)
+        .run()
+        .await
+        .expect_err("replay is paused");
+    assert!(!err.published_stopped);
+    assert!(err.to_string().contains("replaying up to"), "{err}");
+    assert!(process::is_alive(primary_pid));
+    assert_eq!(
+        query(&primary_ep, "SHOW default_transaction_read_only").await,
+        "off"
+    );
+    query(&primary_ep, "INSERT INTO t VALUES (1002)").await;
+
+    // Caught up: read-only, stop, promote.
+    query(&standby_ep, "SELECT pg_wal_replay_resume()").await;
+    timeouts.catch_up = Duration::from_secs(60);
+    let outcome = switchover(timeouts)
+        .run()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((outcome.old_timeline, outcome.new_timeline), (1, 2));
+    assert!(outcome.downtime < Duration::from_secs(30));
+    assert!(
+        !process::is_alive(primary_pid),
+        "the old primary is stopped"
+    );
+    assert_eq!(query(&standby_ep, "SELECT pg_is_in_recovery()").await, "f");
+    assert_eq!(query(&standby_ep, "SELECT count(*) FROM t").await, "1002");
+    query(&standby_ep, "INSERT INTO t VALUES (1003)").await;
+    let conninfo = query(
+        &standby_ep,
+        "SELECT setting FROM pg_file_settings WHERE name = 'primary_conninfo' AND applied",
+    )
+    .await;
+    assert_eq!(conninfo, "", "the promoted standby still follows someone");
+
+    // Running it again (a driver that crashed after promoting) recognises the done work.
+    let again = switchover(timeouts)
+        .run()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.new_timeline, 2);
+
+    standby
+        .stop(standby_pid, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
