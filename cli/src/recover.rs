@@ -413,7 +413,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     if let (Some(start), Some(synced)) = (t.started_at, t.synced_at) {
         timings.push(format!(
             "standby streaming after {:.1} s",
-            (synced - start).get_seconds() as f64
+            synced.duration_since(start).as_secs_f64()
         ));
     }
     if let Some(ms) = t.switchover_downtime_ms {
