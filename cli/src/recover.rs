@@ -17,7 +17,7 @@ use ir_repository::size::{format_size, parse_size};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::repo_args::{Output, print_json};
+use crate::repo_args::{Output, StoreArgs, print_json};
 
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
@@ -74,18 +74,8 @@ pub struct RecoverArgs {
     /// Seconds the standby may take to replay the last transaction during the switchover.
     #[arg(long, default_value_t = 60)]
     pub catch_up_timeout: u64,
-    /// S3 endpoint URL, for S3-compatible servers.
-    #[arg(long, value_name = "URL")]
-    pub s3_endpoint: Option<String>,
-    /// S3 region.
-    #[arg(long, value_name = "REGION")]
-    pub s3_region: Option<String>,
-    /// Allow plain http to the S3 endpoint.
-    #[arg(long)]
-    pub s3_allow_http: bool,
-    /// Seconds one read of backup data may retry an unreachable repository before it fails.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub read_deadline: u64,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 fn parse_switchover(text: &str) -> Result<SwitchoverPolicy, String> {
@@ -118,10 +108,10 @@ impl RecoverArgs {
         Ok(Some(LocalSpec {
             repo: RepoSpec {
                 url: repo.clone(),
-                s3_endpoint: self.s3_endpoint.clone(),
-                s3_region: self.s3_region.clone(),
-                allow_http: self.s3_allow_http.then_some(true),
-                read_deadline_secs: self.read_deadline,
+                s3_endpoint: self.store.s3_endpoint.clone(),
+                s3_region: self.store.s3_region.clone(),
+                allow_http: self.store.s3_allow_http.then_some(true),
+                read_deadline_secs: self.store.read_deadline,
             },
             backup: backup.clone(),
             target_pgdata: target.clone(),

@@ -9,6 +9,13 @@ pub struct RepoArgs {
     /// Repository URL: file:///abs/path (or /abs/path) or s3://bucket/prefix.
     #[arg(long, env = "IR_REPO", value_name = "URL")]
     pub repo: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// How to reach a repository's storage.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
     /// S3 endpoint URL, for S3-compatible servers (default: AWS_ENDPOINT_URL or AWS).
     #[arg(long, value_name = "URL")]
     pub s3_endpoint: Option<String>,
@@ -24,7 +31,7 @@ pub struct RepoArgs {
     pub read_deadline: u64,
 }
 
-impl RepoArgs {
+impl StoreArgs {
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             s3_endpoint: self.s3_endpoint.clone(),
@@ -33,6 +40,12 @@ impl RepoArgs {
             allow_http: self.s3_allow_http.then_some(true),
             read_deadline: std::time::Duration::from_secs(self.read_deadline),
         }
+    }
+}
+
+impl RepoArgs {
+    pub fn store_options(&self) -> StoreOptions {
+        self.store.store_options()
     }
 
     pub async fn open(&self) -> anyhow::Result<Repository> {
