@@ -277,7 +277,6 @@ impl Instance {
                 "unix_socket_directories".to_owned(),
                 self.socket_dir.display().to_string(),
             ),
-            ("external_pid_file".to_owned(), String::new()),
             // Errors must reach our log, not a collector file inside the data directory.
             ("logging_collector".to_owned(), "off".to_owned()),
         ];
@@ -603,6 +602,13 @@ impl Switchover<'_> {
             .await
             .map_err(PgError::db("connecting to the published instance"))
             .map_err(|e| fail("connecting to the published instance", false, e))?;
+        // Flush dirty buffers while writes still flow, so that the shutdown checkpoint, which
+        // counts as downtime, has little left to write through the mount.
+        published
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(PgError::db("checkpoint before the switchover"))
+            .map_err(|e| fail("checkpointing the published instance", false, e))?;
         set_read_only(&published, true)
             .await
             .map_err(|e| fail("making the published instance read-only", false, e))?;

@@ -440,7 +440,15 @@ impl LocalRecovery {
             )
         };
         let before = requests();
-        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) && requests() == before {
+        // The end of the base backup is worth looking at at once: the standby can start.
+        let base_backup = self.state.resources.base_backup_pid;
+        let copying = || base_backup.is_some_and(process::is_alive);
+        let was_copying = copying();
+        while Instant::now() < deadline
+            && !stop.load(Ordering::Relaxed)
+            && requests() == before
+            && copying() == was_copying
+        {
             tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())).await;
         }
     }
@@ -762,7 +770,10 @@ impl LocalRecovery {
                     tracing::warn!(error = %e, "cannot read the base backup's progress");
                     None
                 });
-                let (copied_bytes, total_bytes) = progress.unwrap_or((0, 0));
+                // The view's row goes before pg_basebackup exits: keep the last figures.
+                let last = &self.state.status.progress;
+                let (copied_bytes, total_bytes) =
+                    progress.unwrap_or((last.copied_bytes, last.total_bytes));
                 return Ok(Standby::Copying {
                     copied_bytes,
                     total_bytes,
@@ -785,13 +796,20 @@ impl LocalRecovery {
             if let Err(f) = self.ensure_running(&instance, Which::Target).await? {
                 return Ok(Standby::Failed(f));
             }
-            let lag = match published.connect().await {
-                Ok(client) => postgres::replication_lag(&client, STANDBY_NAME)
-                    .await
-                    .ok()
-                    .flatten(),
-                Err(_) => None,
-            };
+            // A standby just started connects within moments: wait for that rather than a poll.
+            let mut lag = None;
+            let deadline = Instant::now() + Duration::from_secs(3);
+            if let Ok(client) = published.connect().await {
+                while lag.is_none() && Instant::now() < deadline {
+                    lag = postgres::replication_lag(&client, STANDBY_NAME)
+                        .await
+                        .ok()
+                        .flatten();
+                    if lag.is_none() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
             return Ok(match lag {
                 Some(lag_bytes) => Standby::Streaming { lag_bytes },
                 // Connecting to the published instance: the copy is done, streaming not yet.
