@@ -5,7 +5,8 @@
 #    the target streams from the published instance on the mount), `irctl switchover`; the
 #    downtime is the one irctl measures (status timings.switchoverDowntimeMs).
 #  baseline: a primary on local disk (full restore of the same backup) and a standby made with
-#    `pg_basebackup -X stream -R`; `ALTER SYSTEM SET default_transaction_read_only` + reload +
+#    `pg_basebackup -X stream -R`; `CHECKPOINT` (untimed, as irctl does it before read-only),
+#    then `ALTER SYSTEM SET default_transaction_read_only` + reload +
 #    ending the sessions, `pg_ctl stop -m fast` of the primary, `pg_ctl promote -w` of the standby,
 #    timed by this script.
 # Under load, pgbench (TPC-B, $CLIENTS clients, -T 60) runs against the primary (the published
@@ -77,6 +78,8 @@ baseline() { # idle|load; sets DT (ms)
     sleep 0.05
   done
   if [ "$1" = load ]; then pgbench_start "$BPORT" "$SOCK" "$PGB_OUT"; sleep "$LOAD_SECS"; fi
+  # Like irctl: a checkpoint while writes still flow, so the shutdown checkpoint has less to do.
+  as_pg psql -h "$SOCK" -p "$BPORT" -U postgres -At -q -c "CHECKPOINT" postgres
   t0=$(now_ms)
   as_pg psql -h "$SOCK" -p "$BPORT" -U postgres -At -q \
     -c "ALTER SYSTEM SET default_transaction_read_only = on" -c "SELECT pg_reload_conf()" \

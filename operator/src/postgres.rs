@@ -544,7 +544,8 @@ impl Switchover<'_> {
     /// crash of the caller: a promoted standby is recognised, a stopped published instance is
     /// checked against the standby from its control file.
     pub async fn run(&self) -> Result<SwitchoverOutcome, SwitchoverError> {
-        let started = Instant::now();
+        // Downtime starts at read-only; when resuming after the stop, at this call.
+        let mut read_only_since = Instant::now();
         let standby = self
             .standby_endpoint
             .connect()
@@ -553,7 +554,11 @@ impl Switchover<'_> {
             .map_err(|e| fail("connecting to the standby", false, e))?;
         let pid = self.published.running_pid();
         let old_timeline = match pid {
-            Some(pid) => self.stop_published_cleanly(&standby, pid).await?,
+            Some(pid) => {
+                let (timeline, since) = self.stop_published_cleanly(&standby, pid).await?;
+                read_only_since = since;
+                timeline
+            }
             None => {
                 // Stopped earlier (a previous attempt): its control file says what it wrote last.
                 let control = control_data(self.bins, &self.published.datadir)
@@ -566,7 +571,7 @@ impl Switchover<'_> {
                         .await
                         .map_err(|e| fail("checking the promoted standby", true, e))?;
                     return Ok(SwitchoverOutcome {
-                        downtime: started.elapsed(),
+                        downtime: read_only_since.elapsed(),
                         old_timeline: control.timeline,
                         new_timeline,
                     });
@@ -587,15 +592,16 @@ impl Switchover<'_> {
                 control.timeline
             }
         };
-        self.promote(&standby, old_timeline, started).await
+        self.promote(&standby, old_timeline, read_only_since).await
     }
 
-    /// Steps up to and including the stop; returns the published instance's timeline.
+    /// Steps up to and including the stop; returns the published instance's timeline and when
+    /// it became read-only.
     async fn stop_published_cleanly(
         &self,
         standby: &Client,
         pid: u32,
-    ) -> Result<u32, SwitchoverError> {
+    ) -> Result<(u32, Instant), SwitchoverError> {
         let published = self
             .published_endpoint
             .connect()
@@ -609,6 +615,7 @@ impl Switchover<'_> {
             .await
             .map_err(PgError::db("checkpoint before the switchover"))
             .map_err(|e| fail("checkpointing the published instance", false, e))?;
+        let read_only_since = Instant::now();
         set_read_only(&published, true)
             .await
             .map_err(|e| fail("making the published instance read-only", false, e))?;
@@ -641,7 +648,7 @@ impl Switchover<'_> {
             .map_err(|e| fail("reading the published instance's control file", true, e))?;
         self.wait_replayed(standby, control.checkpoint_lsn, true)
             .await?;
-        Ok(control.timeline)
+        Ok((control.timeline, read_only_since))
     }
 
     /// Ends the client sessions that started before read-only: they may hold a write
