@@ -8,3 +8,4 @@ mod duration;
 pub mod recovery;
 
 pub use duration::{DURATION_PATTERN, DurationError, GoDuration};
+pub mod crd;

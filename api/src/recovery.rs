@@ -2,14 +2,17 @@
 //! status the recovery engine keeps.
 
 use jiff::Timestamp;
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::GoDuration;
 
 /// When the published instance hands over to the standby on production storage.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'Scheduled' || has(self.at)")
+    .message("switchover.at is required when switchover.mode is Scheduled"))]
 pub struct SwitchoverPolicy {
     /// `Automatic` switches over as soon as the standby has caught up; `Manual` waits until
     /// `approved` is true; `Scheduled` waits for `at`, and never starts before the standby has
@@ -198,6 +201,9 @@ pub struct SyncProgress {
     pub copied_bytes: u64,
     /// Bytes the base backup will copy (an estimate from the published instance).
     pub total_bytes: u64,
+    /// Percent of the base backup copied (0 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent_copied: Option<u32>,
     /// Copy rate over the last observation interval, bytes per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_bytes_per_second: Option<u64>,

@@ -437,6 +437,7 @@ impl Machine<'_> {
         }
         progress.copied_bytes = copied_bytes;
         progress.total_bytes = total_bytes;
+        progress.percent_copied = progress.percent().map(|p| p as u32);
         progress.observed_at = Some(now);
     }
 
@@ -448,6 +449,7 @@ impl Machine<'_> {
             progress.total_bytes = size;
         }
         progress.copied_bytes = progress.total_bytes.max(progress.copied_bytes);
+        progress.percent_copied = Some(100);
         progress.rate_bytes_per_second = None;
         progress.lag_bytes = Some(lag_bytes);
         progress.observed_at = Some(now);

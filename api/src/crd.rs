@@ -1,0 +1,339 @@
+//! The custom resources of group `instantrecovery.dev`, version `v1alpha1`. Doc comments are
+//! what `kubectl explain` shows; schema rules (patterns, ranges, CEL) make the API server refuse
+//! a bad manifest with a message that names the field.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::GoDuration;
+use crate::recovery::{RecoveryStatus, RetryPolicy, SwitchoverPolicy};
+
+pub const GROUP: &str = "instantrecovery.dev";
+
+/// Brings a PostgreSQL backup online at once from its repository, copies it to production
+/// storage while it serves, and switches over to the copy.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "instantrecovery.dev",
+    version = "v1alpha1",
+    kind = "InstantRecovery",
+    namespaced,
+    status = "RecoveryStatus",
+    shortname = "ir",
+    category = "instantrecovery",
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percentCopied", "description": "percent of the data copied to the target"}"#,
+    printcolumn = r#"{"name": "Lag", "type": "integer", "jsonPath": ".status.progress.lagBytes", "description": "bytes of WAL the target has still to replay"}"#,
+    printcolumn = r#"{"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct InstantRecoverySpec {
+    /// The backup to bring online. It cannot change once the recovery exists.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.backup cannot change once the recovery exists"))]
+    pub backup: BackupSource,
+    /// Node to run the published instance on. Empty: the operator picks a node whose agent has
+    /// room for the IRCache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub postgres: PostgresSpec,
+    #[serde(default)]
+    pub cache: CacheSpec,
+    /// Production storage the data moves to.
+    #[serde(default)]
+    pub target: TargetSpec,
+    #[serde(default)]
+    pub switchover: SwitchoverPolicy,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// What stays after the switchover; by default nothing but the target.
+    #[serde(default)]
+    pub retain: RetainSpec,
+}
+
+/// Which backup, from which repository.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSource {
+    /// A BackupRepository in the same namespace.
+    pub repository_ref: LocalRef,
+    /// Backup id (as `irctl backup list` shows it), or `latest`, resolved once at validation.
+    #[serde(default = "latest")]
+    #[schemars(regex(pattern = r"^(latest|[A-Za-z0-9-]+)$"))]
+    pub id: String,
+}
+
+fn latest() -> String {
+    "latest".to_owned()
+}
+
+/// A reference to an object of the same namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+pub struct LocalRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The PostgreSQL that serves the backup and then the target.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// Container image; default `postgres:<major version of the backup>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Secret with `username` and `password` of the database superuser the operator uses.
+    /// Default: peer access inside the pod, no password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<LocalRef>,
+    /// Secret with `username` and `password` of the replication user the standby connects as.
+    /// Default: a generated Secret `<name>-replication`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_secret: Option<LocalRef>,
+    /// Resources of the published instance's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The IRCache on the node: every write of the published instance until the switchover.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Most space the IRCache may use on the node; the node must have it free at validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<Quantity>,
+}
+
+/// The standby on production storage, the primary after the switchover.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSpec {
+    /// StorageClass of the target PVC; empty: the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Size of the target PVC; default: the backup's size plus 25 %.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// Resources of the standby's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Parts of the recovery kept after the switchover.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetainSpec {
+    /// Keep the RecoveryMount and its IRCache (unmounted) for inspection.
+    #[serde(default)]
+    pub cache: bool,
+    /// Keep the stopped published Pod and its logs.
+    #[serde(default)]
+    pub published_pod: bool,
+}
+
+/// A backup repository the recoveries of this namespace read from.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "instantrecovery.dev",
+    version = "v1alpha1",
+    kind = "BackupRepository",
+    namespaced,
+    status = "BackupRepositoryStatus",
+    shortname = "brepo",
+    category = "instantrecovery",
+    printcolumn = r#"{"name": "URL", "type": "string", "jsonPath": ".spec.url"}"#,
+    printcolumn = r#"{"name": "Reachable", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Reachable\")].status"}"#,
+    printcolumn = r#"{"name": "Backups", "type": "integer", "jsonPath": ".status.backupCount"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRepositorySpec {
+    /// `s3://bucket/prefix`, or `file:///path` for a path every node mounts at the same place.
+    #[x_kube(validation = Rule::new("self.startsWith('s3://') || self.startsWith('file:///')").message("spec.url must start with s3:// or file:///"))]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Spec>,
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<LocalRef>,
+    /// How long one read may retry an unreachable repository before it fails.
+    #[serde(default = "default_read_deadline")]
+    pub read_deadline: GoDuration,
+}
+
+fn default_read_deadline() -> GoDuration {
+    GoDuration(std::time::Duration::from_secs(30))
+}
+
+/// Settings for S3-compatible servers.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// Endpoint URL; default AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Allow plain http to the endpoint.
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRepositoryStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Reachable`: the repository answered the last check.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub backup_count: u32,
+    /// The most recent backups, newest first.
+    #[serde(default)]
+    pub backups: Vec<crate::recovery::BackupInfo>,
+}
+
+/// The operator's request to the agent of one node: mount a backup with an IRCache.
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[kube(
+    group = "instantrecovery.dev",
+    version = "v1alpha1",
+    kind = "RecoveryMount",
+    namespaced,
+    status = "RecoveryMountStatus",
+    shortname = "rmount",
+    category = "instantrecovery",
+    printcolumn = r#"{"name": "Node", "type": "string", "jsonPath": ".spec.nodeName"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Cache used", "type": "integer", "jsonPath": ".status.cacheUsedBytes"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryMountSpec {
+    /// The node whose agent mounts.
+    #[schemars(length(min = 1))]
+    pub node_name: String,
+    /// Repository URL and settings, copied from the BackupRepository.
+    pub repository: BackupRepositorySpec,
+    /// The resolved backup id.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub backup_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<Quantity>,
+    /// Owner of the mounted files (the PostgreSQL container's user).
+    pub uid: u32,
+    pub gid: u32,
+    /// Bumped by the operator to ask for a new attempt after a failure.
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MountPhase {
+    #[default]
+    Pending,
+    Mounted,
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryMountStatus {
+    #[serde(default)]
+    pub phase: MountPhase,
+    /// The attempt this status is about.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Host path of the mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_path: Option<String>,
+    #[serde(default)]
+    pub bytes_fetched: u64,
+    #[serde(default)]
+    pub cache_used_bytes: u64,
+    /// Free bytes on the node's IRCache file system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_free_bytes: Option<u64>,
+    /// CamelCase cause of a failure; `transient` says whether a retry may succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub transient: bool,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Every CRD as (file name, YAML), as `crdgen` writes them into `crds/`.
+pub fn all_yaml() -> Vec<(String, String)> {
+    use kube::CustomResourceExt;
+    [
+        InstantRecovery::crd(),
+        BackupRepository::crd(),
+        RecoveryMount::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let file = format!("{}.yaml", crd.spec.names.plural);
+        let yaml = serde_norway::to_string(&crd).expect("a CRD serialises to YAML");
+        let header =
+            "# Generated by `cargo run -p ir-api --bin crdgen` from api/src/crd.rs: do not edit.\n";
+        (file, format!("{header}{yaml}"))
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn names_follow_the_contract() {
+        for (crd, kind, short) in [
+            (InstantRecovery::crd(), "InstantRecovery", "ir"),
+            (BackupRepository::crd(), "BackupRepository", "brepo"),
+            (RecoveryMount::crd(), "RecoveryMount", "rmount"),
+        ] {
+            assert_eq!(crd.spec.group, GROUP);
+            assert_eq!(crd.spec.scope, "Namespaced");
+            assert_eq!(crd.spec.names.kind, kind);
+            assert_eq!(
+                crd.spec.names.short_names.as_deref(),
+                Some(&[short.to_owned()][..])
+            );
+            let version = &crd.spec.versions[0];
+            assert_eq!(version.name, "v1alpha1");
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some()
+            );
+        }
+        let columns: Vec<_> = InstantRecovery::crd().spec.versions[0]
+            .additional_printer_columns
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(columns, ["Phase", "Progress", "Lag", "Reason", "Age"]);
+    }
+
+    #[test]
+    fn a_minimal_manifest_gets_the_defaults() {
+        let spec: InstantRecoverySpec =
+            serde_json::from_str(r#"{"backup": {"repositoryRef": {"name": "prod"}}}"#).unwrap();
+        assert_eq!(spec.backup.id, "latest");
+        assert_eq!(spec.retry, RetryPolicy::default());
+        assert_eq!(spec.switchover, SwitchoverPolicy::default());
+    }
+}
