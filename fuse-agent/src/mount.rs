@@ -86,8 +86,22 @@ impl Mounted {
                 "files on the mount are still open; detached it, they fail once we exit"
             ),
         }
+        // The session's own unmount is not lazy: with a file still open it fails (EBUSY) and
+        // would leave a dead mount behind once we exit. Detach whatever is left.
+        detach(&self.mountpoint);
         self.fs.flush_all()?;
         Ok(())
+    }
+}
+
+/// Lazily detaches the mount at `path`, if there still is one (EINVAL otherwise, ignored).
+fn detach(path: &Path) {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: valid C string; MNT_DETACH of our own mount point.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        tracing::info!(mountpoint = %path.display(), "detached the mount (files were still open)");
     }
 }
 
