@@ -10,7 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::error::RepoError;
-use crate::ingest::MARKERS_DIR;
+use crate::ingest::{MARKER_REFRESH, MARKERS_DIR};
 use crate::manifest::{ChunkId, EntryKind};
 use crate::repo::{CHUNKS_DIR, Repository};
 
@@ -61,11 +61,14 @@ impl Repository {
     /// the chunks of an ingest still running). Stale ingest markers are removed as well.
     pub async fn gc(&self, grace: Duration, dry_run: bool) -> Result<GcReport, RepoError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+        // A running ingest rewrites its marker every MARKER_REFRESH: judging markers by the
+        // caller's grace alone would call a live ingest stale when the grace is shorter.
+        let marker_age = grace.max(2 * MARKER_REFRESH);
+        let marker_age = i64::try_from(marker_age.as_secs()).unwrap_or(i64::MAX);
         let markers = self.list(MARKERS_DIR).await?;
         let (running, stale): (Vec<_>, Vec<_>) = markers
             .into_iter()
-            .partition(|m| m.last_modified.timestamp() > now.saturating_sub(grace_secs));
+            .partition(|m| m.last_modified.timestamp() > now.saturating_sub(marker_age));
         let mut report = GcReport {
             dry_run,
             ingests_running: running

@@ -381,8 +381,22 @@ async fn interrupted_ingest_leaves_no_backup_and_gc_cleans_up() {
     assert!(all >= orphans);
     assert_eq!(r.chunks_total as usize, all);
 
-    // Grace 0: every orphan goes, with the stale marker.
+    // A marker refreshed within the refresh interval means a live ingest, whatever the grace.
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = repo.gc(Duration::ZERO, false).await.unwrap();
+    assert_eq!((r.chunks_deleted, r.ingests_running.len()), (0, 1));
+    assert_eq!(count_files(&chunks_dir), all);
+
+    // Once its marker is older than that, the ingest is dead: grace 0 takes every orphan.
+    let markers = dir.path().join("repo/ingests");
+    for marker in std::fs::read_dir(&markers).unwrap() {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(marker.unwrap().path())
+            .unwrap();
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        file.set_modified(long_ago).unwrap();
+    }
     let dry = repo.gc(Duration::ZERO, true).await.unwrap();
     assert_eq!(dry.chunks_deleted as usize, all);
     assert_eq!(count_files(&chunks_dir), all);
@@ -391,7 +405,7 @@ async fn interrupted_ingest_leaves_no_backup_and_gc_cleans_up() {
     assert_eq!(r.chunks_deleted as usize, all);
     assert!(r.bytes_deleted > 0);
     assert_eq!(count_files(&chunks_dir), 0);
-    assert_eq!(count_files(&dir.path().join("repo/ingests")), 0);
+    assert_eq!(count_files(&markers), 0);
 
     // A complete backup's chunks survive gc.
     let m = repo
