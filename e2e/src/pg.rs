@@ -74,6 +74,32 @@ fn check(what: &str, out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `psql -At` of `sql` as user `postgres` on database `postgres`, over the unix socket in
+/// `socket_dir` and `port`; the error is psql's stderr.
+pub fn psql_at(socket_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
+    let out = as_pg(&bindir().join("psql"))
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-h",
+        ])
+        .arg(socket_dir)
+        .args(["-p", &port.to_string(), "-c", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// One PostgreSQL server: its data directory, a private socket directory and a loopback TCP
 /// port. Stopped (immediate mode) when dropped, also when the test panics.
 pub struct PgCluster {
@@ -278,16 +304,7 @@ impl PgCluster {
 
     /// `psql -At` of `sql`; the error is psql's stderr.
     pub fn try_psql(&self, sql: &str) -> Result<String, String> {
-        let out = as_pg(&self.bindir.join("psql"))
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", &self.conninfo()])
-            .args(["-c", sql])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        psql_at(&self.socket, self.port, sql)
     }
 
     /// `psql -At` of `sql`, trimmed output; panics on error.

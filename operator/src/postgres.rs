@@ -88,7 +88,6 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgBinaries {
     pub bindir: PathBuf,
-    pub major: u32,
 }
 
 impl PgBinaries {
@@ -114,7 +113,6 @@ impl PgBinaries {
             if found == Some(major) {
                 return Ok(PgBinaries {
                     bindir: dir.clone(),
-                    major,
                 });
             }
         }
@@ -165,17 +163,6 @@ impl Endpoint {
             }
         });
         Ok(client)
-    }
-
-    /// A libpq connection string for this endpoint.
-    pub fn conninfo(&self) -> String {
-        format!(
-            "host={} port={} user={} dbname={}",
-            self.socket_dir.display(),
-            self.port,
-            self.user,
-            self.dbname
-        )
     }
 }
 
@@ -289,16 +276,10 @@ impl Instance {
 
     /// Starts the postmaster in its own session, as `user`. Returns its pid.
     pub fn start(&self, bins: &PgBinaries, user: &OsUser) -> Result<u32, PgError> {
-        for dir in [
-            &self.socket_dir,
-            self.log.parent().unwrap_or(Path::new("/")),
-        ] {
-            std::fs::create_dir_all(dir).map_err(|e| PgError::io(dir, e))?;
-        }
-        if process::is_root() {
-            std::os::unix::fs::chown(&self.socket_dir, Some(user.uid), Some(user.gid))
-                .map_err(|e| PgError::io(&self.socket_dir, e))?;
-        }
+        let logs = self.log.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(logs).map_err(|e| PgError::io(logs, e))?;
+        process::create_owned_dir(&self.socket_dir, 0o700, user)
+            .map_err(|e| PgError::io(&self.socket_dir, e))?;
         process::spawn_detached(self.command(bins), user, &self.log)
             .map_err(|e| PgError::io(&bins.path("postgres"), e))
     }
@@ -846,20 +827,6 @@ pub async fn set_read_only(client: &Client, on: bool) -> Result<(), PgError> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// Whether `default_transaction_read_only` is set in `postgresql.auto.conf` (by a switchover).
-pub async fn read_only_set(client: &Client) -> Result<bool, PgError> {
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM pg_file_settings \
-             WHERE name = 'default_transaction_read_only' AND sourcefile LIKE '%postgresql.auto.conf' \
-             AND applied",
-            &[],
-        )
-        .await
-        .map_err(PgError::db("reading pg_file_settings"))?;
-    Ok(row.get::<_, i64>(0) > 0)
 }
 
 async fn in_recovery(client: &Client) -> Result<bool, PgError> {

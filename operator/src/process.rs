@@ -59,6 +59,18 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Creates `dir` (and its parents) with `mode`, owned by `user` when we are root: the data and
+/// socket directories PostgreSQL insists on owning.
+pub fn create_owned_dir(dir: &Path, mode: u32, user: &OsUser) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    if is_root() {
+        std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))?;
+    }
+    Ok(())
+}
+
 /// Starts `command` in a new session, as `user` when we are root, with stdout and stderr
 /// appended to `log`. Returns its pid.
 pub fn spawn_detached(mut command: Command, user: &OsUser, log: &Path) -> std::io::Result<u32> {

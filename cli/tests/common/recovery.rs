@@ -8,7 +8,7 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ir_e2e::pg::{PgCluster, as_pg};
+use ir_e2e::pg::{PgCluster, psql_at};
 use serde_json::Value;
 
 use super::{backup_from_pg, irctl, irctl_ok};
@@ -243,7 +243,7 @@ impl Recovery {
 
     /// psql on the published instance; Err with psql's message on failure.
     pub fn try_published(&self, sql: &str) -> Result<String, String> {
-        psql(&self.sockets(), self.published_port, sql)
+        psql_at(&self.sockets(), self.published_port, sql)
     }
 
     pub fn published(&self, sql: &str) -> String {
@@ -252,7 +252,7 @@ impl Recovery {
     }
 
     pub fn target(&self, sql: &str) -> String {
-        psql(&self.sockets(), self.target_port, sql).expect("query on the target")
+        psql_at(&self.sockets(), self.target_port, sql).expect("query on the target")
     }
 
     /// Connection string of the published instance over TCP, for test clients.
@@ -268,29 +268,6 @@ impl Recovery {
         let text = std::fs::read_to_string(self.workdir.join("recovery.json")).ok()?;
         let state: Value = serde_json::from_str(&text).ok()?;
         state["resources"][key].as_u64().map(|p| p as u32)
-    }
-}
-
-pub fn psql(socket_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
-    let out = as_pg(&ir_e2e::pg::bindir().join("psql"))
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(socket_dir)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("run psql");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 

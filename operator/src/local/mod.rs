@@ -52,6 +52,8 @@ pub enum LocalError {
     Busy(PathBuf),
     #[error("{0}")]
     Conflict(String),
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgError),
     #[error("validation failed: {message}")]
     Invalid { reason: String, message: String },
     #[error("recovery failed ({reason}): {message}")]
@@ -178,14 +180,14 @@ impl Workdir {
     fn conf(&self, instance: &str) -> PathBuf {
         self.root.join("conf").join(instance)
     }
-    fn requests(&self) -> PathBuf {
+    fn requests_dir(&self) -> PathBuf {
         self.root.join("requests")
     }
     fn approval_file(&self) -> PathBuf {
-        self.requests().join("approve-switchover")
+        self.requests_dir().join("approve-switchover")
     }
     fn retry_file(&self) -> PathBuf {
-        self.requests().join("retry")
+        self.requests_dir().join("retry")
     }
 
     /// The recorded state, if a recovery was started here.
@@ -230,9 +232,17 @@ impl Workdir {
     }
 
     fn write_request(&self, path: &Path, token: &str) -> Result<(), LocalError> {
-        let dir = self.requests();
+        let dir = self.requests_dir();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         std::fs::write(path, token).map_err(io_err(path))
+    }
+
+    /// The pending requests: switchover approved, and the latest manual retry token.
+    fn pending_requests(&self) -> Requests {
+        Requests {
+            approved: self.approval_file().exists(),
+            retry: std::fs::read_to_string(self.retry_file()).ok(),
+        }
     }
 
     /// Whether an `irctl recover` holds this workdir.
@@ -258,6 +268,13 @@ impl Workdir {
         }
         Ok(f)
     }
+}
+
+/// Requests other commands leave in the workdir for a running (or the next) `irctl recover`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Requests {
+    approved: bool,
+    retry: Option<String>,
 }
 
 /// What the driver reports while it runs.
@@ -417,8 +434,9 @@ impl LocalRecovery {
             switchover: spec.switchover.clone(),
             retry: spec.retry.clone(),
         };
-        policy.switchover.approved |= self.workdir.approval_file().exists();
-        self.observed.manual_retry = std::fs::read_to_string(self.workdir.retry_file()).ok();
+        let requests = self.workdir.pending_requests();
+        policy.switchover.approved |= requests.approved;
+        self.observed.manual_retry = requests.retry;
         machine::reconcile(
             &policy,
             &self.state.status,
@@ -433,20 +451,14 @@ impl LocalRecovery {
             return;
         };
         let deadline = Instant::now() + wait;
-        let requests = || {
-            (
-                self.workdir.approval_file().exists(),
-                std::fs::read_to_string(self.workdir.retry_file()).ok(),
-            )
-        };
-        let before = requests();
+        let before = self.workdir.pending_requests();
         // The end of the base backup is worth looking at at once: the standby can start.
         let base_backup = self.state.resources.base_backup_pid;
         let copying = || base_backup.is_some_and(process::is_alive);
         let was_copying = copying();
         while Instant::now() < deadline
             && !stop.load(Ordering::Relaxed)
-            && requests() == before
+            && self.workdir.pending_requests() == before
             && copying() == was_copying
         {
             tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())).await;
@@ -507,20 +519,15 @@ impl LocalRecovery {
             &w.mountpoint(),
             &w.cache(),
             &w.logs(),
-            &w.requests(),
+            &w.requests_dir(),
         ] {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        // PostgreSQL, as the unprivileged user, needs to reach the mount and its sockets.
+        // PostgreSQL, as the unprivileged user, needs to reach the mount and its sockets (whose
+        // directory `Instance::start` makes).
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755))
             .map_err(io_err(&w.root))?;
-        let sockets = w.sockets();
-        std::fs::create_dir_all(&sockets).map_err(io_err(&sockets))?;
-        if process::is_root() {
-            std::os::unix::fs::chown(&sockets, Some(self.pg_user.uid), Some(self.pg_user.gid))
-                .map_err(io_err(&sockets))?;
-        }
         Ok(())
     }
 
@@ -821,16 +828,7 @@ impl LocalRecovery {
         }
         // Start (over): the target was empty at validation, so anything in it is ours.
         clear_dir(&target).map_err(io_err(&target))?;
-        std::fs::create_dir_all(&target).map_err(io_err(&target))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))
-                .map_err(io_err(&target))?;
-        }
-        if process::is_root() {
-            std::os::unix::fs::chown(&target, Some(self.pg_user.uid), Some(self.pg_user.gid))
-                .map_err(io_err(&target))?;
-        }
+        process::create_owned_dir(&target, 0o700, &self.pg_user).map_err(io_err(&target))?;
         let log = self.workdir.logs().join("basebackup.log");
         match postgres::start_base_backup(&bins, &published, &target, &self.pg_user, &log) {
             Ok(pid) => {
@@ -910,10 +908,7 @@ impl LocalRecovery {
         let published = self.published_instance();
         let mountpoint = self.workdir.mountpoint();
         if let Some(pid) = published.running_pid() {
-            published
-                .stop(pid, Duration::from_secs(60))
-                .await
-                .map_err(|e| LocalError::Conflict(e.to_string()))?;
+            published.stop(pid, Duration::from_secs(60)).await?;
         }
         if let Some(pid) = self.state.resources.mount_pid {
             process::terminate(pid, libc::SIGTERM, Duration::from_secs(30))
