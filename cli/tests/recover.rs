@@ -38,10 +38,7 @@ fn assert_switched_over(r: &Recovery) {
         !r.workdir.join("ircache").exists(),
         "the IRCache is dropped"
     );
-    assert!(
-        !ir_operator::local::is_fuse_mount(&mnt),
-        "the backup is still mounted"
-    );
+    assert!(!ir_fuse::is_fuse_mount(&mnt), "the backup is still mounted");
     let status = r.status();
     assert_eq!(status["phase"], "Completed");
     let ready = status["conditions"]

@@ -796,13 +796,14 @@ impl IrFs {
         if offset >= end {
             return Ok(Bytes::new());
         }
-        // Sequential enough: this read starts in or next to the chunk where the last one ended.
-        // (The kernel's own readahead reorders requests, so an exact match is too strict.)
+        // Sequential enough: this read starts in or next to the chunk where the last one ended
+        // (the kernel's own readahead reorders requests, so an exact match is too strict). Read
+        // ahead once per chunk the reader enters, not on every read within it.
         let previous_end = of.read_end.swap(end, Ordering::Relaxed);
         let cs = self.manifest.chunk_size;
-        if offset == 0
-            || (previous_end != u64::MAX && (previous_end / cs).abs_diff(offset / cs) <= 1)
-        {
+        let sequential = offset == 0 || (previous_end / cs).abs_diff(offset / cs) <= 1;
+        let enters_chunk = previous_end.saturating_sub(1) / cs != (end - 1) / cs;
+        if sequential && enters_chunk {
             self.readahead(&st, end);
         }
         if let Some(bytes) = self.read_within_chunk(&st, offset, end)? {

@@ -11,5 +11,7 @@ pub mod source;
 
 pub use error::{FsError, FsResult};
 pub use fs::{CacheOptions, IrFs};
-pub use mount::{MountError, MountOptions, Mounted, clear_stale_mount, mount_backup};
+pub use mount::{
+    MountError, MountOptions, Mounted, clear_stale_mount, is_fuse_mount, mount_backup,
+};
 pub use source::{ChunkSource, RepoSource, SourceConfig};

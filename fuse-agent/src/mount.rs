@@ -83,26 +83,69 @@ impl Mounted {
             Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
             Err(_) => tracing::warn!(
                 mountpoint = %self.mountpoint.display(),
-                "files on the mount are still open; detached it, they fail once we exit"
+                "the FUSE session did not end in time"
             ),
         }
         // The session's own unmount is not lazy: with a file still open it fails (EBUSY) and
-        // would leave a dead mount behind once we exit. Detach whatever is left.
-        detach(&self.mountpoint);
+        // would leave a dead mount behind once we exit.
+        if is_fuse_mount(&self.mountpoint) {
+            lazy_unmount(&self.mountpoint)
+                .map_err(|e| MountError::MountPoint(self.mountpoint.clone(), e))?;
+            tracing::warn!(
+                mountpoint = %self.mountpoint.display(),
+                "files on the mount are still open: detached it; they fail once we exit"
+            );
+        }
         self.fs.flush_all()?;
         Ok(())
     }
 }
 
-/// Lazily detaches the mount at `path`, if there still is one (EINVAL otherwise, ignored).
-fn detach(path: &Path) {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: valid C string; MNT_DETACH of our own mount point.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        tracing::info!(mountpoint = %path.display(), "detached the mount (files were still open)");
+/// Detaches the mount at `path` from the namespace now; the kernel ends it when the last
+/// open file goes.
+fn lazy_unmount(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: valid C string; MNT_DETACH only detaches.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Whether `path` is a FUSE mount point right now.
+pub fn is_fuse_mount(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.display().to_string();
+    table.lines().any(|line| {
+        let mut halves = line.splitn(2, " - ");
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        let mount_point = left.split(' ').nth(4).map(unescape_mountinfo);
+        mount_point.as_deref() == Some(wanted.as_str()) && right.starts_with("fuse")
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = Vec::with_capacity(field.len());
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Lazily unmounts a FUSE mount whose server died ("transport endpoint is not connected").
@@ -110,11 +153,7 @@ fn detach(path: &Path) {
 pub fn clear_stale_mount(path: &Path) -> std::io::Result<bool> {
     match fs::metadata(path) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-            // SAFETY: valid C string; MNT_DETACH only detaches the dead mount.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            lazy_unmount(path)?;
             tracing::info!(mountpoint = %path.display(), "cleared a stale mount");
             Ok(true)
         }
@@ -216,5 +255,18 @@ fn raise_fd_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo(r"/a\134b"), r"/a\b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert!(!is_fuse_mount(Path::new("/")), "/ is not FUSE here");
     }
 }

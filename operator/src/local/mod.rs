@@ -26,6 +26,7 @@ use crate::machine::{
 };
 use crate::postgres::{self, Endpoint, Instance, PgBinaries, Switchover, SwitchoverTimeouts};
 use crate::process::{self, OsUser, ProcState};
+use ir_fuse::is_fuse_mount;
 
 /// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
 pub const MOUNT_EXIT_TRANSIENT: i32 = 75;
@@ -976,42 +977,6 @@ fn check_same(recorded: &LocalSpec, given: &LocalSpec) -> Result<(), LocalError>
     )
 }
 
-/// Whether `path` is a FUSE mount point right now.
-pub fn is_fuse_mount(path: &Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = path.display().to_string();
-    table.lines().any(|line| {
-        let mut halves = line.splitn(2, " - ");
-        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
-            return false;
-        };
-        let mount_point = left.split(' ').nth(4).map(unescape_mountinfo);
-        mount_point.as_deref() == Some(wanted.as_str()) && right.starts_with("fuse")
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mountinfo(field: &str) -> String {
-    let mut out = Vec::with_capacity(field.len());
-    let bytes = field.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 4 <= bytes.len()
-            && let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn clear_dir(dir: &Path) -> std::io::Result<()> {
     match std::fs::read_dir(dir) {
         Ok(entries) => {
@@ -1033,14 +998,6 @@ fn clear_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mountinfo(r"/a\134b"), r"/a\b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert!(!is_fuse_mount(Path::new("/")), "/ is not FUSE here");
-    }
 
     #[test]
     fn clear_dir_empties_but_keeps_the_directory() {
