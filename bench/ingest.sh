@@ -5,7 +5,7 @@ source "$(dirname "$0")/lib.sh"
 SCALE=${1:-100}; RUNS=${2:-3}; PORT=56530
 build
 source_cluster "$SCALE" "$PORT"
-trap 'pg_stop "$SOURCE_DIR"' EXIT
+trap 'pg_stop "$SOURCE_DIR"; rm -rf "$BENCH_DIR/ingest-repo" "$BENCH_DIR/basebackup"' EXIT
 CONN="host=$SOCK port=$PORT user=postgres"
 DATA_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
 ir=(); pb=()

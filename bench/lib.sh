@@ -8,6 +8,9 @@ IRCTL=$ROOT/target/release/irctl
 SOCK=$BENCH_DIR/sock
 
 [ "$(id -u)" = 0 ] || { echo "benchmarks run as root" >&2; exit 1; }
+for tool in python3 pgrep; do
+  command -v "$tool" >/dev/null || { echo "benchmarks need $tool" >&2; exit 1; }
+done
 
 build() { (cd "$ROOT" && cargo build --release -q -p irctl); }
 as_pg() { runuser -u postgres -- "$@"; }
@@ -61,4 +64,33 @@ source_backup() {
     "$IRCTL" backup create --repo "file://$repo" --from-pg "host=$SOCK port=$port user=postgres" >/dev/null
   fi
   "$IRCTL" backup list --repo "file://$repo" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])'
+}
+
+# irctl built, and the scale-$1 source cluster (port $2) with its backup, the cluster stopped.
+# Sets SOURCE_DIR, ID and REPO.
+prepare_backup() {
+  build
+  source_cluster "$1" "$2"
+  ID=$(source_backup "$1" "$2")
+  pg_stop "$SOURCE_DIR"
+  REPO=file://$BENCH_DIR/repo-$1
+}
+
+# The backup restored in full into directory $1, owned by postgres.
+restore_to() {
+  "$IRCTL" backup restore "$ID" --repo "$REPO" --target "$1" \
+    --uid "$(id -u postgres)" --gid "$(id -g postgres)" >/dev/null
+}
+
+# The classic recovery, cold: full restore into $1, start on port $2, first query. Prints its ms;
+# leaves nothing behind.
+full_restore_ms() {
+  local t0 ms
+  rm -rf "$1"; drop_caches
+  t0=$(now_ms)
+  restore_to "$1"
+  pg_start "$1" "$2"; wait_query "$2"
+  ms=$(($(now_ms) - t0))
+  pg_stop "$1"; rm -rf "$1"
+  echo "$ms"
 }

@@ -3,16 +3,11 @@
 # Usage: bench/pgbench.sh [SCALE] [SECONDS] [RUNS]
 source "$(dirname "$0")/lib.sh"
 SCALE=${1:-100}; SECS=${2:-30}; RUNS=${3:-3}; PORT=56520; CLIENTS=${CLIENTS:-4}
-build
-source_cluster "$SCALE" $((PORT + 1))
-ID=$(source_backup "$SCALE" $((PORT + 1)))
-pg_stop "$SOURCE_DIR"
-REPO=file://$BENCH_DIR/repo-$SCALE
+prepare_backup "$SCALE" $((PORT + 1))
 
 # Native copy of the same backup, and the mount, both started once and warmed.
 rm -rf "$BENCH_DIR/native" "$BENCH_DIR/cache"
-"$IRCTL" backup restore "$ID" --repo "$REPO" --target "$BENCH_DIR/native" \
-  --uid "$(id -u postgres)" --gid "$(id -g postgres)" >/dev/null
+restore_to "$BENCH_DIR/native"
 mount_start "$REPO" "$ID" "$BENCH_DIR/cache" "$BENCH_DIR/mnt"
 trap 'pg_stop "$BENCH_DIR/mnt"; pg_stop "$BENCH_DIR/native"; mount_stop' EXIT
 pg_start "$BENCH_DIR/mnt" "$PORT"; pg_start "$BENCH_DIR/native" $((PORT + 2))

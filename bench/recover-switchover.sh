@@ -20,11 +20,7 @@ SCALE=${1:-50}; RUNS=${2:-3}; PORT=57100; CLIENTS=${CLIENTS:-4}; LOAD_SECS=${LOA
 PUB=$((PORT + 10)); TGT=$((PORT + 11)); BPORT=$((PORT + 20)); SPORT=$((PORT + 21))
 BP=$BENCH_DIR/switchover-primary; BS=$BENCH_DIR/switchover-standby
 PGB_OUT=$BENCH_DIR/switchover-pgbench.out
-build
-source_cluster "$SCALE" $((PORT + 1))
-ID=$(source_backup "$SCALE" $((PORT + 1)))
-pg_stop "$SOURCE_DIR"
-REPO=file://$BENCH_DIR/repo-$SCALE
+prepare_backup "$SCALE" $((PORT + 1))
 
 cleanup() {
   pgbench_kill
@@ -69,8 +65,7 @@ ours() { # idle|load; sets DT (ms)
 baseline() { # idle|load; sets DT (ms)
   local t0
   rm -rf "$BP" "$BS"
-  "$IRCTL" backup restore "$ID" --repo "$REPO" --target "$BP" \
-    --uid "$(id -u postgres)" --gid "$(id -g postgres)" >/dev/null
+  restore_to "$BP"
   pg_start "$BP" "$BPORT"
   as_pg "$PGBIN/pg_basebackup" -D "$BS" -X stream -R -c fast -h "$SOCK" -p "$BPORT" -U postgres
   pg_start "$BS" "$SPORT"

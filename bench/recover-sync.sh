@@ -12,11 +12,7 @@ source "$(dirname "$0")/recover-lib.sh"
 SCALE=${1:-50}; RUNS=${2:-3}; PORT=57200
 CACHE=$BENCH_DIR/sync-cache; MNT=$BENCH_DIR/sync-mnt; NATIVE=$BENCH_DIR/sync-native
 OUT=$BENCH_DIR/sync-copy
-build
-source_cluster "$SCALE" $((PORT + 1))
-ID=$(source_backup "$SCALE" $((PORT + 1)))
-pg_stop "$SOURCE_DIR"
-REPO=file://$BENCH_DIR/repo-$SCALE
+prepare_backup "$SCALE" $((PORT + 1))
 MOUNT_PID=
 
 cleanup() {
@@ -42,8 +38,7 @@ copy() {
 mbps() { awk -v b="$1" -v ms="$2" 'BEGIN {printf "%.0f", b / 1e6 / (ms / 1000)}'; }
 
 # The local-disk copy, restored once; restarted before each of its runs like the mount side.
-"$IRCTL" backup restore "$ID" --repo "$REPO" --target "$NATIVE" \
-  --uid "$(id -u postgres)" --gid "$(id -g postgres)" >/dev/null
+restore_to "$NATIVE"
 
 ours=(); base=()
 for run in $(seq "$RUNS"); do

@@ -12,11 +12,7 @@
 source "$(dirname "$0")/recover-lib.sh"
 SCALE=${1:-50}; RUNS=${2:-3}; PORT=57300
 PUB=$((PORT + 10)); TGT=$((PORT + 11)); RESTORED=$BENCH_DIR/ttfq-restored
-build
-source_cluster "$SCALE" $((PORT + 1))
-ID=$(source_backup "$SCALE" $((PORT + 1)))
-pg_stop "$SOURCE_DIR"
-REPO=file://$BENCH_DIR/repo-$SCALE
+prepare_backup "$SCALE" $((PORT + 1))
 DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
 
 cleanup() {
@@ -41,16 +37,12 @@ for run in $(seq "$RUNS"); do
   wall+=($(($(now_ms) - t0)))
   wait_phase Completed
   recover_wait_exit
-  reported+=("$(timing timeToFirstQueryMs)")
+  TTFQ=$(timing timeToFirstQueryMs)
+  [ -n "$TTFQ" ] || { echo "no timeToFirstQueryMs in the status" >&2; recover_report; exit 1; }
+  reported+=("$TTFQ")
   recover_clean
 
-  rm -rf "$RESTORED"; drop_caches
-  t0=$(now_ms)
-  "$IRCTL" backup restore "$ID" --repo "$REPO" --target "$RESTORED" \
-    --uid "$(id -u postgres)" --gid "$(id -g postgres)" >/dev/null
-  pg_start "$RESTORED" "$PORT"; wait_query "$PORT"
-  full+=($(($(now_ms) - t0)))
-  pg_stop "$RESTORED"; rm -rf "$RESTORED"
+  full+=($(full_restore_ms "$RESTORED" "$PORT"))
   echo "run $run: irctl recover reports ${reported[-1]} ms, first select 1 after ${wall[-1]} ms;" \
     "full restore ${full[-1]} ms (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
 done

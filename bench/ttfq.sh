@@ -3,11 +3,7 @@
 # backup to local disk + start. Cold page cache for both. Usage: bench/ttfq.sh [SCALE] [RUNS]
 source "$(dirname "$0")/lib.sh"
 SCALE=${1:-100}; RUNS=${2:-3}; PORT=56500
-build
-source_cluster "$SCALE" $((PORT + 1))
-ID=$(source_backup "$SCALE" $((PORT + 1)))
-pg_stop "$SOURCE_DIR"
-REPO=file://$BENCH_DIR/repo-$SCALE
+prepare_backup "$SCALE" $((PORT + 1))
 DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
 
 inst=(); full=()
@@ -21,13 +17,7 @@ for run in $(seq "$RUNS"); do
   pg_stop "$BENCH_DIR/mnt"; mount_stop
 
   # baseline: restore everything to local disk, then start
-  rm -rf "$BENCH_DIR/restored"; drop_caches
-  t0=$(now_ms)
-  "$IRCTL" backup restore "$ID" --repo "$REPO" --target "$BENCH_DIR/restored" \
-    --uid "$(id -u postgres)" --gid "$(id -g postgres)" >/dev/null
-  pg_start "$BENCH_DIR/restored" "$PORT"; wait_query "$PORT"
-  full+=($(( $(now_ms) - t0 )))
-  pg_stop "$BENCH_DIR/restored"
+  full+=($(full_restore_ms "$BENCH_DIR/restored" "$PORT"))
   echo "run $run: instant ${inst[-1]} ms, full restore ${full[-1]} ms" >&2
 done
 mi=$(printf '%s\n' "${inst[@]}" | median); mf=$(printf '%s\n' "${full[@]}" | median)

@@ -3,7 +3,7 @@
 # tools/k8s, and caches them outside the repository:
 #   $IR_CACHE_DIR/bin/etcd-<version>             (tools/k8s/etcd/go.mod)
 #   $IR_CACHE_DIR/bin/kube-apiserver-<version>   (tools/k8s/apiserver/go.mod)
-# IR_CACHE_DIR defaults to ${XDG_CACHE_HOME:-$HOME/.cache}/instant-recovery. Quick when both
+# IR_CACHE_DIR defaults to $HOME/.cache/instant-recovery. Quick when both
 # binaries already exist. Progress goes to stderr; stdout is exactly two lines, the etcd path
 # then the kube-apiserver path.
 #
@@ -75,7 +75,7 @@ fail() {
   exit 1
 }
 
-CACHE=${IR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/instant-recovery}
+CACHE=${IR_CACHE_DIR:-$HOME/.cache/instant-recovery}  # the rule of setup-test-deps.sh and e2e/src/s3.rs
 
 k8s_version=$(awk '$1 == "k8s.io/kubernetes" {print $2}' tools/k8s/apiserver/go.mod)
 [[ $k8s_version =~ ^v1\.([0-9]+)\.[0-9]+$ ]] ||

@@ -32,6 +32,9 @@ trap cleanup EXIT
 # Leftovers of an earlier demo: its target, a mount, its processes.
 stop_pg "$WORK/target"
 stop_pg "$WORK/source"
+# The published instance and the base backup run in their own sessions (see irctl recover).
+pkill -f "postgres -D $WORK/work/mnt " 2>/dev/null || true
+pkill -f "pg_basebackup --pgdata $WORK/target" 2>/dev/null || true
 pkill -f "irctl mount .*$WORK/work/" 2>/dev/null || true
 umount -l "$WORK/work/mnt" 2>/dev/null || true
 rm -rf "$WORK"

@@ -58,6 +58,10 @@ pub struct CreateArgs {
     /// server), `spread` waits for a paced one and puts less load on a busy server.
     #[arg(long, value_enum, default_value_t = CheckpointArg::Fast)]
     checkpoint: CheckpointArg,
+    /// With --from-pg: directory of `pg_basebackup` (default: PATH, then the newest
+    /// /usr/lib/postgresql/*/bin).
+    #[arg(long, env = "IR_PG_BINDIR", value_name = "DIR")]
+    pg_bindir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -284,9 +288,14 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let src = args.source;
     let manifest = if let Some(conninfo) = src.from_pg {
-        repo.ingest_pg(&conninfo, args.checkpoint.into(), progress.clone())
-            .await
-            .context("--from-pg")?
+        repo.ingest_pg(
+            &conninfo,
+            args.checkpoint.into(),
+            args.pg_bindir.as_deref(),
+            progress.clone(),
+        )
+        .await
+        .context("--from-pg")?
     } else if let Some(file) = src.from_tar {
         if file.as_os_str() == "-" {
             let stdin = BufReader::with_capacity(TAR_BUFFER, std::io::stdin());

@@ -467,18 +467,18 @@ fn walk_dir_at(dir: &FsPath, rel: &str, w: &mut Walker) -> Result<(), RepoError>
     Ok(())
 }
 
-/// `pg_basebackup` from `IR_PG_BINDIR`, else `PATH`, else the newest `/usr/lib/postgresql/*/bin`
-/// (a newer pg_basebackup can copy an older server).
-fn find_pg_basebackup() -> Result<PathBuf, RepoError> {
+/// `pg_basebackup` from `bindir` when given, else `PATH`, else the newest
+/// `/usr/lib/postgresql/*/bin` (a newer pg_basebackup can copy an older server).
+fn find_pg_basebackup(bindir: Option<&FsPath>) -> Result<PathBuf, RepoError> {
     const NAME: &str = "pg_basebackup";
-    if let Some(dir) = std::env::var_os("IR_PG_BINDIR") {
-        let p = PathBuf::from(dir).join(NAME);
+    if let Some(dir) = bindir {
+        let p = dir.join(NAME);
         return if p.is_file() {
             Ok(p)
         } else {
             Err(RepoError::Spawn {
                 program: p.display().to_string(),
-                source: io::Error::new(io::ErrorKind::NotFound, "not found (from IR_PG_BINDIR)"),
+                source: io::Error::new(io::ErrorKind::NotFound, "not found"),
             })
         };
     }
@@ -508,7 +508,7 @@ fn find_pg_basebackup() -> Result<PathBuf, RepoError> {
             program: NAME.to_string(),
             source: io::Error::new(
                 io::ErrorKind::NotFound,
-                "not on PATH nor in /usr/lib/postgresql/*/bin; set IR_PG_BINDIR",
+                "not on PATH nor in /usr/lib/postgresql/*/bin; name the directory (--pg-bindir)",
             ),
         })
 }
@@ -564,14 +564,16 @@ impl Repository {
 
     /// Runs `pg_basebackup` against a live server and ingests its output. `checkpoint` is
     /// pg_basebackup's `-c`: `fast` starts at once, `spread` waits for a paced checkpoint (up to
-    /// `checkpoint_timeout * checkpoint_completion_target`, minutes by default).
+    /// `checkpoint_timeout * checkpoint_completion_target`, minutes by default). `pg_bindir`
+    /// holds `pg_basebackup`; by default it is found on `PATH` or under /usr/lib/postgresql.
     pub async fn ingest_pg(
         &self,
         conninfo: &str,
         checkpoint: Checkpoint,
+        pg_bindir: Option<&FsPath>,
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
-        let program = find_pg_basebackup()?;
+        let program = find_pg_basebackup(pg_bindir)?;
         let spawn_err = |source| RepoError::Spawn {
             program: program.display().to_string(),
             source,
