@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use ir_fuse::{MountOptions, mount_backup};
-use ir_repository::Repository;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::repo_args::RepoArgs;
@@ -43,7 +42,7 @@ pub struct MountArgs {
 
 pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let repo = Repository::open(&args.repo.repo, &args.repo.store_options()).await?;
+    let repo = args.repo.open().await?;
     let id = repo.resolve_backup(&args.backup).await?;
     let manifest = repo.load_manifest(&id).await?;
     let mut opts = MountOptions::new(args.mountpoint.clone(), args.cache.clone());

@@ -12,7 +12,7 @@ use ir_api::GoDuration;
 use ir_api::recovery::{
     ConditionStatus, Phase, RecoveryStatus, RetryPolicy, SwitchoverMode, SwitchoverPolicy,
 };
-use ir_operator::local::{LocalRecovery, LocalSpec, LocalState, RepoSpec, Report, Workdir};
+use ir_operator::local::{LocalRecovery, LocalSpec, LocalState, Report, Workdir};
 use ir_repository::size::{format_size, parse_size};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
@@ -99,20 +99,14 @@ fn parse_switchover(text: &str) -> Result<SwitchoverPolicy, String> {
 
 impl RecoverArgs {
     /// The spec, when enough was given to start a recovery.
-    fn spec(&self) -> anyhow::Result<Option<LocalSpec>> {
+    fn spec(&self) -> Option<LocalSpec> {
         let (Some(repo), Some(backup), Some(target)) =
             (&self.repo, &self.backup, &self.target_pgdata)
         else {
-            return Ok(None);
+            return None;
         };
-        Ok(Some(LocalSpec {
-            repo: RepoSpec {
-                url: repo.clone(),
-                s3_endpoint: self.store.s3_endpoint.clone(),
-                s3_region: self.store.s3_region.clone(),
-                allow_http: self.store.s3_allow_http.then_some(true),
-                read_deadline_secs: self.store.read_deadline,
-            },
+        Some(LocalSpec {
+            repo: self.store.repo_spec(repo),
             backup: backup.clone(),
             target_pgdata: target.clone(),
             published_port: self.published_port,
@@ -130,13 +124,13 @@ impl RecoverArgs {
             cache_min_free_bytes: self.cache_min_free,
             start_timeout_secs: self.start_timeout,
             catch_up_timeout_secs: self.catch_up_timeout,
-        }))
+        })
     }
 }
 
 pub async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     let workdir = Workdir::new(&args.workdir);
-    let spec = args.spec()?;
+    let spec = args.spec();
     if spec.is_none() && workdir.load()?.is_none() {
         anyhow::bail!(
             "no recovery in {}: --repo, --backup and --target-pgdata are needed to start one",

@@ -43,6 +43,20 @@ impl StoreArgs {
     }
 }
 
+impl StoreArgs {
+    /// The repository as the recovery engine records it.
+    pub fn repo_spec(&self, url: &str) -> ir_operator::local::RepoSpec {
+        let options = self.store_options();
+        ir_operator::local::RepoSpec {
+            url: url.to_owned(),
+            s3_endpoint: options.s3_endpoint,
+            s3_region: options.s3_region,
+            allow_http: options.allow_http,
+            read_deadline_secs: self.read_deadline,
+        }
+    }
+}
+
 impl RepoArgs {
     pub fn store_options(&self) -> StoreOptions {
         self.store.store_options()

@@ -11,7 +11,8 @@ use ir_e2e::pg::PgCluster;
 use ir_e2e::s3::S3Server;
 use ir_e2e::{require_fuse, shared_tempdir};
 
-/// A backup of a fresh cluster with a 4 MiB table `big`; returns (backup id, path of `big`).
+/// A backup of a fresh cluster with a 4 MiB table `big`, into `repo` (created unless it
+/// exists); returns (backup id, path of `big`).
 fn backup_with_table(root: &Path, repo: &str, env: &[(String, String)]) -> (String, String) {
     let mut pg = PgCluster::init(&root.join("source"));
     pg.start(&[]);
@@ -158,7 +159,7 @@ fn cache_is_refused_for_another_backup() {
     let cache = tmp.path().join("cache");
     let mnt = mountpoint(tmp.path());
     MountProcess::start(&repo, &first, &cache, &mnt, None, &[]).stop();
-    let other = other_backup(tmp.path(), &repo);
+    let (other, _) = backup_with_table(&tmp.path().join("other"), &repo, &[]);
     let out = irctl_run(
         &[
             "mount",
@@ -178,12 +179,4 @@ fn cache_is_refused_for_another_backup() {
         stderr.contains(&format!("belongs to backup {first}")),
         "{stderr}"
     );
-}
-
-fn other_backup(root: &Path, repo: &str) -> String {
-    let mut pg = PgCluster::init(&root.join("other"));
-    pg.start(&[]);
-    let id = backup_from_pg(repo, &pg.conninfo(), &[]);
-    pg.stop();
-    id
 }

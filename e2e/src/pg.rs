@@ -74,6 +74,11 @@ fn check(what: &str, out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// libpq connection string to `port` on 127.0.0.1, user and database `postgres`.
+pub fn tcp_conninfo(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres")
+}
+
 /// `psql -At` of `sql` as user `postgres` on database `postgres`, over the unix socket in
 /// `socket_dir` and `port`; the error is psql's stderr.
 pub fn psql_at(socket_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
@@ -215,22 +220,6 @@ impl PgCluster {
         }
     }
 
-    /// Waits until the server accepts queries, e.g. after a restart by someone else.
-    pub fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.try_psql("select 1") {
-                Ok(_) => return,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "PostgreSQL on port {} not ready after {timeout:?}: {e}",
-                    self.port
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Fast shutdown: sessions ended, checkpoint written.
     pub fn stop(&mut self) {
         self.shutdown(libc::SIGINT);
@@ -291,15 +280,7 @@ impl PgCluster {
 
     /// libpq connection string over TCP on 127.0.0.1.
     pub fn tcp_conninfo(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        )
-    }
-
-    /// The server log (appended to by every start).
-    pub fn log_path(&self) -> &Path {
-        &self.log
+        tcp_conninfo(self.port)
     }
 
     /// `psql -At` of `sql`; the error is psql's stderr.

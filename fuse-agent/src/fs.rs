@@ -835,7 +835,7 @@ impl IrFs {
         let Some(id) = chunks.get(ci as usize).copied().flatten() else {
             return Ok(None);
         };
-        let chunk_len = cs.min(entry.size - ci * cs) as usize;
+        let chunk_len = self.manifest.chunk_len(entry.size, ci);
         let bytes = self.fetch_chunk(entry, offset, id, chunk_len)?;
         let within = (offset - ci * cs) as usize;
         Ok(Some(bytes.slice(within..within + (end - offset) as usize)))
@@ -869,7 +869,7 @@ impl IrFs {
         let last = (st.rec.base_len.div_ceil(cs)).min(first + n as u64);
         let wanted: Vec<_> = (first..last)
             .filter_map(|ci| {
-                let len = cs.min(entry.size - ci * cs) as usize;
+                let len = self.manifest.chunk_len(entry.size, ci);
                 chunks
                     .get(ci as usize)
                     .copied()
@@ -922,13 +922,13 @@ impl IrFs {
         while filled < buf.len() {
             let ci = pos / cs;
             let chunk_start = ci * cs;
-            let chunk_len = cs.min(entry.size - chunk_start);
+            let chunk_len = self.manifest.chunk_len(entry.size, ci);
             let within = (pos - chunk_start) as usize;
-            let n = (buf.len() - filled).min(chunk_len as usize - within);
+            let n = (buf.len() - filled).min(chunk_len - within);
             match chunks.get(ci as usize).copied().flatten() {
                 None => buf[filled..filled + n].fill(0),
                 Some(id) => {
-                    let bytes = self.fetch_chunk(entry, pos, id, chunk_len as usize)?;
+                    let bytes = self.fetch_chunk(entry, pos, id, chunk_len)?;
                     buf[filled..filled + n].copy_from_slice(&bytes[within..within + n]);
                 }
             }

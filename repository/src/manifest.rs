@@ -143,6 +143,11 @@ impl BackupManifest {
     pub fn chunk_count(&self, size: u64) -> u64 {
         size.div_ceil(self.chunk_size)
     }
+
+    /// Length of chunk `index` of a file of `size` bytes (the last one may be short).
+    pub fn chunk_len(&self, size: u64, index: u64) -> usize {
+        (size - index * self.chunk_size).min(self.chunk_size) as usize
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +215,8 @@ mod tests {
         assert_eq!(back, m);
         assert_eq!(m.chunk_count(3 << 20), 3);
         assert_eq!(m.chunk_count((3 << 20) + 1), 4);
+        assert_eq!(m.chunk_len((3 << 20) + 1, 2), 1 << 20);
+        assert_eq!(m.chunk_len((3 << 20) + 1, 3), 1);
         assert!("zz".parse::<ChunkId>().is_err());
     }
 }

@@ -225,7 +225,8 @@ impl Repository {
         Ok(manifests)
     }
 
-    /// Turns `latest` into the newest backup id; checks that any other id exists.
+    /// Turns `latest` into the newest backup id; any other id is checked for its form only:
+    /// every caller loads the manifest next, which says whether it exists (one request, not two).
     pub async fn resolve_backup(&self, id_or_latest: &str) -> Result<String, RepoError> {
         if id_or_latest == "latest" {
             return self
@@ -237,12 +238,7 @@ impl Repository {
                 });
         }
         check_backup_id(id_or_latest)?;
-        let path = manifest_path(id_or_latest);
-        match self.inner.store.head(&path).await {
-            Ok(_) => Ok(id_or_latest.to_string()),
-            Err(object_store::Error::NotFound { .. }) => Err(self.not_found(id_or_latest)),
-            Err(e) => Err(self.store_err(&path, e)),
-        }
+        Ok(id_or_latest.to_string())
     }
 
     pub async fn load_manifest(&self, id: &str) -> Result<BackupManifest, RepoError> {

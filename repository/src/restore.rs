@@ -52,7 +52,9 @@ impl Repository {
 
         let cs = manifest.chunk_size;
         let mut work: Vec<(Arc<File>, PathBuf, u64, crate::ChunkId, usize)> = Vec::new();
-        for e in &manifest.entries {
+        // Kept open for the attributes and the final fsync.
+        let mut files: Vec<Option<Arc<File>>> = vec![None; manifest.entries.len()];
+        for (index, e) in manifest.entries.iter().enumerate() {
             let path = target.join(&e.path);
             match &e.kind {
                 EntryKind::Dir => fs::create_dir_all(&path).map_err(|err| io(&path, err))?,
@@ -67,15 +69,15 @@ impl Repository {
                         .map_err(|err| io(&path, err))?;
                     f.set_len(e.size).map_err(|err| io(&path, err))?;
                     let f = Arc::new(f);
+                    files[index] = Some(f.clone());
                     for (i, c) in chunks.iter().enumerate() {
                         if let Some(c) = c {
-                            let off = i as u64 * cs;
                             work.push((
                                 f.clone(),
                                 path.clone(),
-                                off,
+                                i as u64 * cs,
                                 *c,
-                                (e.size - off).min(cs) as usize,
+                                manifest.chunk_len(e.size, i as u64),
                             ));
                         }
                     }
@@ -101,26 +103,27 @@ impl Repository {
             .try_collect::<()>()
             .await?;
 
-        // Attributes last: directories may be read-only, and their mtimes would move.
-        for e in manifest.entries.iter().rev() {
+        // Attributes last: directories may be read-only, and their mtimes would move. A file's
+        // fsync comes after its attributes, so that they are durable too.
+        for (e, file) in manifest.entries.iter().zip(files).rev() {
             let path = target.join(&e.path);
-            let is_link = matches!(e.kind, EntryKind::Symlink { .. });
-            if let EntryKind::File { .. } = e.kind {
-                File::open(&path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|err| io(&path, err))?;
-            }
             let (uid, gid) = (owner.uid.unwrap_or(e.uid), owner.gid.unwrap_or(e.gid));
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|err| io(&path, err))?;
-            if !is_link {
-                fs::set_permissions(&path, fs::Permissions::from_mode(e.mode & 0o7777))
-                    .map_err(|err| io(&path, err))?;
-                let mtime = UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
-                File::options()
-                    .read(true)
-                    .open(&path)
-                    .and_then(|f| f.set_modified(mtime))
-                    .map_err(|err| io(&path, err))?;
+            let mode = fs::Permissions::from_mode(e.mode & 0o7777);
+            let mtime = UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
+            match (&e.kind, file) {
+                (EntryKind::Symlink { .. }, _) => {
+                    std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                        .map_err(|err| io(&path, err))?
+                }
+                (_, Some(f)) => std::os::unix::fs::fchown(&*f, Some(uid), Some(gid))
+                    .and_then(|()| f.set_permissions(mode))
+                    .and_then(|()| f.set_modified(mtime))
+                    .and_then(|()| f.sync_all())
+                    .map_err(|err| io(&path, err))?,
+                (_, None) => std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .and_then(|()| fs::set_permissions(&path, mode))
+                    .and_then(|()| File::open(&path)?.set_modified(mtime))
+                    .map_err(|err| io(&path, err))?,
             }
         }
         let (uid, gid) = (

@@ -61,7 +61,7 @@ impl Repository {
                 files += 1;
                 for (i, c) in chunks.iter().enumerate() {
                     if let Some(c) = c {
-                        let len = (e.size - i as u64 * cs).min(cs) as usize;
+                        let len = manifest.chunk_len(e.size, i as u64);
                         lengths.entry(*c).or_insert(len);
                     }
                 }

@@ -128,30 +128,35 @@ impl MountProcess {
     }
 
     fn terminate(&mut self) {
+        let status = self
+            .term_and_wait(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("irctl mount did not exit within 60 s of SIGTERM"));
+        assert!(status.success(), "irctl mount exited with {status}");
+    }
+
+    /// SIGTERM, then up to `patience` for the exit; SIGKILL (and `None`) when that runs out.
+    fn term_and_wait(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let status = loop {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
             if let Some(status) = self.child.try_wait().expect("wait irctl mount") {
-                break status;
+                return Some(status);
             }
             if std::time::Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("irctl mount did not exit within 60 s of SIGTERM");
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(status.success(), "irctl mount exited with {status}");
+        }
     }
 }
 
 impl Drop for MountProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child process.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let _ = self.child.wait();
+            self.term_and_wait(Duration::from_secs(60));
         }
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ir_e2e::pg::{PgCluster, psql_at};
+use ir_e2e::pg::{PgCluster, psql_at, tcp_conninfo};
 use serde_json::Value;
 
 use super::{backup_from_pg, irctl, irctl_ok};
@@ -257,10 +257,7 @@ impl Recovery {
 
     /// Connection string of the published instance over TCP, for test clients.
     pub fn published_tcp(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.published_port
-        )
+        tcp_conninfo(self.published_port)
     }
 
     /// The pid `recovery.json` records for `key` (mountPid, publishedPid, ...).

@@ -22,7 +22,7 @@ pub async fn read_back(repo: &Repository, m: &BackupManifest, e: &Entry) -> Vec<
     assert_eq!(chunks.len() as u64, m.chunk_count(e.size), "{}", e.path);
     let mut out = Vec::with_capacity(e.size as usize);
     for (i, c) in chunks.iter().enumerate() {
-        let len = (e.size - i as u64 * m.chunk_size).min(m.chunk_size) as usize;
+        let len = m.chunk_len(e.size, i as u64);
         match c {
             Some(id) => out.extend_from_slice(&repo.read_chunk(id, len).await.expect("read chunk")),
             None => out.resize(out.len() + len, 0),
