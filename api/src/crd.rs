@@ -14,6 +14,18 @@ use crate::recovery::{RecoveryStatus, RetryPolicy, SwitchoverPolicy};
 
 pub const GROUP: &str = "instantrecovery.dev";
 
+/// Label on a RecoveryMount naming its node: the agent of that node selects its mounts by it.
+pub const NODE_LABEL: &str = "instantrecovery.dev/node";
+/// Finalizer of the node agent on a RecoveryMount: unmount and wipe the IRCache first.
+pub const AGENT_FINALIZER: &str = "instantrecovery.dev/agent";
+/// Finalizer of the operator on an InstantRecovery: tear down in order first.
+pub const OPERATOR_FINALIZER: &str = "instantrecovery.dev/operator";
+/// Node annotation the agent refreshes: RFC 3339 time of its last heartbeat. A node without a
+/// recent one has no working agent.
+pub const AGENT_HEARTBEAT_ANNOTATION: &str = "instantrecovery.dev/agent-heartbeat";
+/// Node annotation the agent refreshes: free bytes on its IRCache file system.
+pub const CACHE_FREE_ANNOTATION: &str = "instantrecovery.dev/cache-free-bytes";
+
 /// Brings a PostgreSQL backup online at once from its repository, copies it to production
 /// storage while it serves, and switches over to the copy.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -40,7 +52,6 @@ pub struct InstantRecoverySpec {
     /// room for the IRCache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    #[serde(default)]
     pub postgres: PostgresSpec,
     #[serde(default)]
     pub cache: CacheSpec,
@@ -80,16 +91,15 @@ pub struct LocalRef {
 }
 
 /// The PostgreSQL that serves the backup and then the target.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresSpec {
     /// Container image; default `postgres:<major version of the backup>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Secret with `username` and `password` of the database superuser the operator uses.
-    /// Default: peer access inside the pod, no password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_secret: Option<LocalRef>,
+    /// Secret with `username` and `password` of a superuser role of the backed-up database.
+    /// The operator connects as it to watch progress and to switch over.
+    pub credentials_secret: LocalRef,
     /// Secret with `username` and `password` of the replication user the standby connects as.
     /// Default: a generated Secret `<name>-replication`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,6 +262,10 @@ pub struct RecoveryMountStatus {
     /// Host path of the mount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_path: Option<String>,
+    /// When the current FUSE session started. A new value means the agent mounted again (after
+    /// a restart): processes that had files open on the old session must restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounted_at: Option<jiff::Timestamp>,
     #[serde(default)]
     pub bytes_fetched: u64,
     #[serde(default)]
@@ -330,8 +344,11 @@ mod tests {
 
     #[test]
     fn a_minimal_manifest_gets_the_defaults() {
-        let spec: InstantRecoverySpec =
-            serde_json::from_str(r#"{"backup": {"repositoryRef": {"name": "prod"}}}"#).unwrap();
+        let spec: InstantRecoverySpec = serde_json::from_str(
+            r#"{"backup": {"repositoryRef": {"name": "prod"}},
+                "postgres": {"credentialsSecret": {"name": "db-superuser"}}}"#,
+        )
+        .unwrap();
         assert_eq!(spec.backup.id, "latest");
         assert_eq!(spec.retry, RetryPolicy::default());
         assert_eq!(spec.switchover, SwitchoverPolicy::default());
