@@ -38,6 +38,7 @@ impl StoreArgs {
             s3_region: self.s3_region.clone(),
             // Unset leaves the choice to AWS_ALLOW_HTTP.
             allow_http: self.s3_allow_http.then_some(true),
+            s3_credentials: None,
             read_deadline: std::time::Duration::from_secs(self.read_deadline),
         }
     }

@@ -23,5 +23,5 @@ pub use manifest::{BackupManifest, ChunkId, Entry, EntryKind, RepoConfig};
 pub use pgmeta::{format_lsn, parse_lsn};
 pub use repo::Repository;
 pub use restore::RestoreOwner;
-pub use store::StoreOptions;
+pub use store::{S3Credentials, StoreOptions};
 pub use verify::{DamagedChunk, VerifyReport};

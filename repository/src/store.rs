@@ -17,6 +17,8 @@ pub struct StoreOptions {
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub allow_http: Option<bool>,
+    /// Access key pair; in a cluster it comes from a Secret, so one process can hold several.
+    pub s3_credentials: Option<S3Credentials>,
     /// Total retry budget for one chunk read before it fails as unavailable.
     pub read_deadline: Duration,
 }
@@ -27,8 +29,23 @@ impl Default for StoreOptions {
             s3_endpoint: None,
             s3_region: None,
             allow_http: None,
+            s3_credentials: None,
             read_deadline: Duration::from_secs(30),
         }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,6 +121,11 @@ pub(crate) fn open_store(
             }
             if let Some(allow) = opts.allow_http {
                 builder = builder.with_allow_http(allow);
+            }
+            if let Some(credentials) = &opts.s3_credentials {
+                builder = builder
+                    .with_access_key_id(&credentials.access_key_id)
+                    .with_secret_access_key(&credentials.secret_access_key);
             }
             let s3 = builder.build().map_err(|e| invalid(&e.to_string()))?;
             let prefix = parsed.path().trim_matches('/');

@@ -88,6 +88,7 @@ impl RepoSpec {
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
             allow_http: self.allow_http,
+            s3_credentials: None,
             read_deadline: Duration::from_secs(self.read_deadline_secs),
         }
     }
