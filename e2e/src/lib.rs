@@ -3,6 +3,7 @@
 //! missing (tests must not skip silently in CI). Prerequisites come from
 //! `scripts/setup-test-deps.sh`.
 
+pub mod cluster;
 pub mod pg;
 pub mod s3;
 
