@@ -188,12 +188,25 @@ impl StartError {
     }
 }
 
-/// Three distinct loopback ports that were free a moment ago.
-fn free_ports() -> [u16; 3] {
-    loop {
-        let ports = [crate::free_port(), crate::free_port(), crate::free_port()];
-        if ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2] {
-            return ports;
+struct Ports {
+    etcd: u16,
+    etcd_peer: u16,
+    apiserver: u16,
+}
+
+impl Ports {
+    /// Three distinct loopback ports that were free a moment ago.
+    fn free() -> Ports {
+        loop {
+            let [etcd, etcd_peer, apiserver] =
+                [crate::free_port(), crate::free_port(), crate::free_port()];
+            if etcd != etcd_peer && etcd_peer != apiserver && etcd != apiserver {
+                return Ports {
+                    etcd,
+                    etcd_peer,
+                    apiserver,
+                };
+            }
         }
     }
 }
@@ -232,16 +245,11 @@ impl ControlPlane {
         )
         .expect("write the token file");
         for attempt in 1..=3 {
-            let [etcd_port, etcd_peer_port, port] = free_ports();
-            let server = format!("https://127.0.0.1:{port}");
+            let ports = Ports::free();
+            let server = format!("https://127.0.0.1:{}", ports.apiserver);
             let kubeconfig = dir.path().join("admin.kubeconfig");
             write_kubeconfig(&kubeconfig, &server, &ca_pem, "admin", &admin_token, None);
             let client = client_from(&kubeconfig).await;
-            let ports = Ports {
-                etcd: etcd_port,
-                etcd_peer: etcd_peer_port,
-                apiserver: port,
-            };
             match launch(dir.path(), attempt, ports, &client).await {
                 Ok((apiserver, etcd)) => {
                     return ControlPlane {
@@ -400,12 +408,6 @@ impl ControlPlane {
 
 fn apply() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
-}
-
-struct Ports {
-    etcd: u16,
-    etcd_peer: u16,
-    apiserver: u16,
 }
 
 /// One attempt: etcd, then kube-apiserver, until `/readyz` answers ok to `client` (which
