@@ -52,7 +52,7 @@ impl PgError {
         }
     }
 
-    fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+    pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let what = what.into();
         move |source| PgError::Db {
             what,
@@ -140,22 +140,38 @@ fn parse_major(version: &str) -> Option<u32> {
 /// How the engine reaches an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    pub socket_dir: PathBuf,
+    pub host: Host,
     pub port: u16,
     pub user: String,
+    /// For TCP; a unix socket authenticates by peer.
+    pub password: Option<String>,
     pub dbname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// The directory of the instance's unix socket (local driver).
+    Socket(PathBuf),
+    /// Name or address (in a cluster: the Pod IP).
+    Tcp(String),
 }
 
 impl Endpoint {
     pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
         let mut config = tokio_postgres::Config::new();
+        match &self.host {
+            Host::Socket(dir) => config.host_path(dir),
+            Host::Tcp(host) => config.host(host),
+        };
         config
-            .host_path(&self.socket_dir)
             .port(self.port)
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name("instant-recovery")
             .connect_timeout(Duration::from_secs(5));
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
         let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -186,9 +202,10 @@ const IDENT_MAP: &str = "instant-recovery";
 impl Instance {
     pub fn endpoint(&self, user: &str, dbname: &str) -> Endpoint {
         Endpoint {
-            socket_dir: self.socket_dir.clone(),
+            host: Host::Socket(self.socket_dir.clone()),
             port: self.port,
             user: user.to_owned(),
+            password: None,
             dbname: dbname.to_owned(),
         }
     }
@@ -369,7 +386,10 @@ pub fn start_base_backup(
         // --progress makes the server estimate the total, which the progress view reports.
         .args(["--progress", "--no-password"])
         .arg("--host")
-        .arg(&source.socket_dir)
+        .arg(match &source.host {
+            Host::Socket(dir) => dir.as_os_str(),
+            Host::Tcp(host) => host.as_ref(),
+        })
         .args([
             "--port",
             &source.port.to_string(),
@@ -511,16 +531,51 @@ pub struct SwitchoverOutcome {
     pub new_timeline: u32,
 }
 
-/// The parts of a switchover.
-pub struct Switchover<'a> {
+/// How a driver stops the published instance and reads what it wrote last.
+pub trait PublishedControl {
+    /// Whether the published instance still runs (or is still stopping).
+    fn is_running(&self) -> impl Future<Output = Result<bool, PgError>> + Send;
+    /// Stops it with a fast shutdown and returns once it is gone.
+    fn stop(&self) -> impl Future<Output = Result<(), PgError>> + Send;
+    /// The control file of the stopped instance where the driver can read it. `None`: the
+    /// standby's flushed WAL is the measure instead, since on a clean shutdown the walsender
+    /// exits only once the standby has flushed everything up to the shutdown checkpoint.
+    fn final_checkpoint(&self) -> Result<Option<ControlData>, PgError>;
+}
+
+/// The published instance of the local driver: a postmaster this host runs.
+pub struct LocalPublished<'a> {
     pub bins: &'a PgBinaries,
-    pub published: &'a Instance,
+    pub instance: &'a Instance,
+    pub stop_timeout: Duration,
+}
+
+impl PublishedControl for LocalPublished<'_> {
+    async fn is_running(&self) -> Result<bool, PgError> {
+        Ok(self.instance.running_pid().is_some())
+    }
+
+    async fn stop(&self) -> Result<(), PgError> {
+        match self.instance.running_pid() {
+            Some(pid) => self.instance.stop(pid, self.stop_timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    fn final_checkpoint(&self) -> Result<Option<ControlData>, PgError> {
+        control_data(self.bins, &self.instance.datadir).map(Some)
+    }
+}
+
+/// The parts of a switchover.
+pub struct Switchover<'a, P> {
+    pub published: &'a P,
     pub published_endpoint: &'a Endpoint,
     pub standby_endpoint: &'a Endpoint,
     pub timeouts: SwitchoverTimeouts,
 }
 
-impl Switchover<'_> {
+impl<P: PublishedControl + Sync> Switchover<'_, P> {
     /// Read-only, drain, catch up, stop, promote, check. Safe to call again after a failure or a
     /// crash of the caller: a promoted standby is recognised, a stopped published instance is
     /// checked against the standby from its control file.
@@ -533,44 +588,58 @@ impl Switchover<'_> {
             .await
             .map_err(PgError::db("connecting to the standby"))
             .map_err(|e| fail("connecting to the standby", false, e))?;
-        let pid = self.published.running_pid();
-        let old_timeline = match pid {
-            Some(pid) => {
-                let (timeline, since) = self.stop_published_cleanly(&standby, pid).await?;
-                read_only_since = since;
-                timeline
-            }
-            None => {
-                // Stopped earlier (a previous attempt): its control file says what it wrote last.
-                let control = control_data(self.bins, &self.published.datadir)
-                    .map_err(|e| fail("reading the published instance's control file", true, e))?;
-                if !in_recovery(&standby)
+        let running = self
+            .published
+            .is_running()
+            .await
+            .map_err(|e| fail("looking at the published instance", false, e))?;
+        let old_timeline = if running {
+            let (timeline, since) = self.stop_published_cleanly(&standby).await?;
+            read_only_since = since;
+            timeline
+        } else {
+            // Stopped earlier (a previous attempt): what it wrote last must be on the standby.
+            let control = self
+                .published
+                .final_checkpoint()
+                .map_err(|e| fail("reading the published instance's control file", true, e))?;
+            if !in_recovery(&standby)
+                .await
+                .map_err(|e| fail("checking the standby", true, e))?
+            {
+                let new_timeline = current_timeline(&standby)
                     .await
-                    .map_err(|e| fail("checking the standby", true, e))?
-                {
-                    let new_timeline = current_timeline(&standby)
+                    .map_err(|e| fail("checking the promoted standby", true, e))?;
+                return Ok(SwitchoverOutcome {
+                    downtime: read_only_since.elapsed(),
+                    old_timeline: control.map_or(new_timeline.saturating_sub(1), |c| c.timeline),
+                    new_timeline,
+                });
+            }
+            match control {
+                Some(control) => {
+                    if control.state != "shut down" {
+                        return Err(fail(
+                            "checking the stopped published instance",
+                            true,
+                            PgError::Unexpected(format!(
+                                "the published instance is not running and was not shut down \
+                                 cleanly (state {:?}); it must be started again before a \
+                                 switchover",
+                                control.state
+                            )),
+                        ));
+                    }
+                    self.wait_replayed(&standby, control.checkpoint_lsn, true)
+                        .await?;
+                    control.timeline
+                }
+                None => {
+                    self.wait_flushed_replayed(&standby).await?;
+                    checkpoint_timeline(&standby)
                         .await
-                        .map_err(|e| fail("checking the promoted standby", true, e))?;
-                    return Ok(SwitchoverOutcome {
-                        downtime: read_only_since.elapsed(),
-                        old_timeline: control.timeline,
-                        new_timeline,
-                    });
+                        .map_err(|e| fail("checking the standby", true, e))?
                 }
-                if control.state != "shut down" {
-                    return Err(fail(
-                        "checking the stopped published instance",
-                        true,
-                        PgError::Unexpected(format!(
-                            "the published instance is not running and was not shut down cleanly \
-                             (state {:?}); it must be started again before a switchover",
-                            control.state
-                        )),
-                    ));
-                }
-                self.wait_replayed(&standby, control.checkpoint_lsn, true)
-                    .await?;
-                control.timeline
             }
         };
         self.promote(&standby, old_timeline, read_only_since).await
@@ -581,7 +650,6 @@ impl Switchover<'_> {
     async fn stop_published_cleanly(
         &self,
         standby: &Client,
-        pid: u32,
     ) -> Result<(u32, Instant), SwitchoverError> {
         let published = self
             .published_endpoint
@@ -619,17 +687,27 @@ impl Switchover<'_> {
             }
             return Err(e);
         }
+        let timeline = checkpoint_timeline(&published)
+            .await
+            .map_err(|e| fail("reading the published instance's timeline", false, e))?;
         drop(published);
         self.published
-            .stop(pid, self.timeouts.stop)
+            .stop()
             .await
             .map_err(|e| fail("stopping the published instance", true, e))?;
         // A clean shutdown ends with a checkpoint record the standby must have as well.
-        let control = control_data(self.bins, &self.published.datadir)
-            .map_err(|e| fail("reading the published instance's control file", true, e))?;
-        self.wait_replayed(standby, control.checkpoint_lsn, true)
-            .await?;
-        Ok((control.timeline, read_only_since))
+        match self
+            .published
+            .final_checkpoint()
+            .map_err(|e| fail("reading the published instance's control file", true, e))?
+        {
+            Some(control) => {
+                self.wait_replayed(standby, control.checkpoint_lsn, true)
+                    .await?
+            }
+            None => self.wait_flushed_replayed(standby).await?,
+        }
+        Ok((timeline, read_only_since))
     }
 
     /// Ends the client sessions that started before read-only: they may hold a write
@@ -711,6 +789,18 @@ impl Switchover<'_> {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Waits until the standby has replayed all the WAL it flushed.
+    async fn wait_flushed_replayed(&self, standby: &Client) -> Result<(), SwitchoverError> {
+        let flushed = lsn(
+            standby,
+            "SELECT pg_last_wal_receive_lsn()::text",
+            "reading the standby's flushed LSN",
+        )
+        .await
+        .map_err(|e| fail("waiting for the standby to replay the last LSN", true, e))?;
+        self.wait_replayed(standby, flushed, true).await
     }
 
     async fn promote(
@@ -835,6 +925,16 @@ async fn in_recovery(client: &Client) -> Result<bool, PgError> {
         .await
         .map_err(PgError::db("pg_is_in_recovery()"))?
         .get(0))
+}
+
+/// The timeline of the instance's latest checkpoint (restartpoint on a standby).
+async fn checkpoint_timeline(client: &Client) -> Result<u32, PgError> {
+    let timeline: i32 = client
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .await
+        .map_err(PgError::db("reading pg_control_checkpoint()"))?
+        .get(0);
+    Ok(timeline as u32)
 }
 
 /// The timeline the instance writes WAL on, from the name of its current WAL file.

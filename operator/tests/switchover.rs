@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use ir_e2e::pg::{PgCluster, pg_user};
 use ir_e2e::{free_port, require_root, shared_tempdir};
-use ir_operator::postgres::{self, Endpoint, Instance, PgBinaries, Switchover, SwitchoverTimeouts};
+use ir_operator::postgres::{
+    self, ControlData, Endpoint, Instance, LocalPublished, PgBinaries, PgError, PublishedControl,
+    Switchover, SwitchoverError, SwitchoverOutcome, SwitchoverTimeouts,
+};
 use ir_operator::process::{self, OsUser};
 
 const STANDBY: &str = "instant-recovery-target";
@@ -54,8 +57,63 @@ async fn query(endpoint: &Endpoint, sql: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A published instance whose control file the driver cannot read, as in a cluster: the
+/// switchover relies on the standby's flushed WAL instead.
+struct Remote<'a>(LocalPublished<'a>);
+
+impl PublishedControl for Remote<'_> {
+    async fn is_running(&self) -> Result<bool, PgError> {
+        self.0.is_running().await
+    }
+
+    async fn stop(&self) -> Result<(), PgError> {
+        self.0.stop().await
+    }
+
+    fn final_checkpoint(&self) -> Result<Option<ControlData>, PgError> {
+        Ok(None)
+    }
+}
+
+async fn run_switchover(
+    published: LocalPublished<'_>,
+    control_file: bool,
+    published_endpoint: &Endpoint,
+    standby_endpoint: &Endpoint,
+    timeouts: SwitchoverTimeouts,
+) -> Result<SwitchoverOutcome, SwitchoverError> {
+    if control_file {
+        Switchover {
+            published: &published,
+            published_endpoint,
+            standby_endpoint,
+            timeouts,
+        }
+        .run()
+        .await
+    } else {
+        Switchover {
+            published: &Remote(published),
+            published_endpoint,
+            standby_endpoint,
+            timeouts,
+        }
+        .run()
+        .await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn switchover_fails_safely_then_promotes_the_standby() {
+async fn switchover_checked_by_the_control_file() {
+    switchover_fails_safely_then_promotes_the_standby(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switchover_checked_by_the_standby_flush() {
+    switchover_fails_safely_then_promotes_the_standby(false).await;
+}
+
+async fn switchover_fails_safely_then_promotes_the_standby(control_file: bool) {
     require_root();
     let root = shared_tempdir();
     let root = root.path();
@@ -114,17 +172,15 @@ async fn switchover_fails_safely_then_promotes_the_standby() {
         catch_up: Duration::from_secs(2),
         ..Default::default()
     };
-    let switchover = |timeouts| Switchover {
-        bins: &bins,
-        published: &primary,
-        published_endpoint: &primary_ep,
-        standby_endpoint: &standby_ep,
-        timeouts,
+    let switchover = |timeouts: SwitchoverTimeouts| {
+        let published = LocalPublished {
+            bins: &bins,
+            instance: &primary,
+            stop_timeout: timeouts.stop,
+        };
+        run_switchover(published, control_file, &primary_ep, &standby_ep, timeouts)
     };
-    let err = switchover(timeouts)
-        .run()
-        .await
-        .expect_err("replay is paused");
+    let err = switchover(timeouts).await.expect_err("replay is paused");
     assert!(!err.published_stopped);
     assert!(err.to_string().contains("replaying up to"), "{err}");
     assert!(process::is_alive(primary_pid));
@@ -137,10 +193,7 @@ async fn switchover_fails_safely_then_promotes_the_standby() {
     // Caught up: read-only, stop, promote.
     query(&standby_ep, "SELECT pg_wal_replay_resume()").await;
     timeouts.catch_up = Duration::from_secs(60);
-    let outcome = switchover(timeouts)
-        .run()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let outcome = switchover(timeouts).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((outcome.old_timeline, outcome.new_timeline), (1, 2));
     assert!(outcome.downtime < Duration::from_secs(30));
     assert!(
@@ -158,10 +211,7 @@ async fn switchover_fails_safely_then_promotes_the_standby() {
     assert_eq!(conninfo, "", "the promoted standby still follows someone");
 
     // Running it again (a driver that crashed after promoting) recognises the done work.
-    let again = switchover(timeouts)
-        .run()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let again = switchover(timeouts).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(again.new_timeline, 2);
 
     standby

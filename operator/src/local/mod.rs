@@ -5,7 +5,7 @@
 //! and `pg_basebackup` run in their own sessions, so the driver can be killed at any moment: a
 //! rerun reads `recovery.json`, finds them by pid and continues.
 
-mod validate;
+pub(crate) mod validate;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::machine::{
     self, Action, Decision, Event, Failure, Observed, Policy, Standby, Step, SwitchoverReport,
 };
-use crate::postgres::{self, Endpoint, Instance, PgBinaries, Switchover, SwitchoverTimeouts};
+use crate::postgres::{
+    self, Endpoint, Instance, LocalPublished, PgBinaries, Switchover, SwitchoverTimeouts,
+};
 use crate::process::{self, OsUser, ProcState};
 use ir_fuse::is_fuse_mount;
 
@@ -868,9 +870,13 @@ impl LocalRecovery {
             catch_up: Duration::from_secs(self.state.spec.catch_up_timeout_secs),
             ..Default::default()
         };
-        let switchover = Switchover {
+        let local = LocalPublished {
             bins: &bins,
-            published: &published,
+            instance: &published,
+            stop_timeout: timeouts.stop,
+        };
+        let switchover = Switchover {
+            published: &local,
             published_endpoint: &published_endpoint,
             standby_endpoint: &standby_endpoint,
             timeouts,

@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 
 use ir_api::recovery::BackupInfo;
-use ir_repository::{RepoError, Repository};
+use ir_repository::{RepoError, Repository, StoreOptions};
 
 use super::LocalSpec;
 use crate::machine::Failure;
@@ -54,11 +54,30 @@ pub(super) async fn validate(spec: &LocalSpec, workdir: &Path) -> Result<BackupI
         }
     }
 
-    let repo = Repository::open(&spec.repo.url, &spec.repo.store_options())
-        .await
-        .map_err(repo_failure)?;
+    let backup = find_backup(&spec.repo.url, &spec.repo.store_options(), &spec.backup).await?;
+    let (id, pg_major, size_bytes) = (backup.id, backup.pg_major, backup.size_bytes);
+    PgBinaries::find(pg_major, spec.pg_bindir.as_deref())
+        .map_err(|e| Failure::permanent("PostgresBinariesMissing", e.to_string()))?;
+
+    let need_target = (size_bytes as f64 * TARGET_HEADROOM) as u64 + TARGET_EXTRA_BYTES;
+    check_space("--target-pgdata", &spec.target_pgdata, need_target)?;
+    check_space("--workdir (IRCache)", workdir, spec.cache_min_free_bytes)?;
+    Ok(BackupInfo {
+        id,
+        pg_major,
+        size_bytes,
+    })
+}
+
+/// Opens the repository and reads the backup's manifest (`latest` resolved).
+pub(crate) async fn find_backup(
+    url: &str,
+    options: &StoreOptions,
+    id_or_latest: &str,
+) -> Result<BackupInfo, Failure> {
+    let repo = Repository::open(url, options).await.map_err(repo_failure)?;
     let id = repo
-        .resolve_backup(&spec.backup)
+        .resolve_backup(id_or_latest)
         .await
         .map_err(repo_failure)?;
     let manifest = repo.load_manifest(&id).await.map_err(repo_failure)?;
@@ -71,21 +90,14 @@ pub(super) async fn validate(spec: &LocalSpec, workdir: &Path) -> Result<BackupI
             ),
         )
     })?;
-    PgBinaries::find(pg_major, spec.pg_bindir.as_deref())
-        .map_err(|e| Failure::permanent("PostgresBinariesMissing", e.to_string()))?;
-    let size_bytes: u64 = manifest.entries.iter().map(|e| e.size).sum();
-
-    let need_target = (size_bytes as f64 * TARGET_HEADROOM) as u64 + TARGET_EXTRA_BYTES;
-    check_space("--target-pgdata", &spec.target_pgdata, need_target)?;
-    check_space("--workdir (IRCache)", workdir, spec.cache_min_free_bytes)?;
     Ok(BackupInfo {
         id,
         pg_major,
-        size_bytes,
+        size_bytes: manifest.entries.iter().map(|e| e.size).sum(),
     })
 }
 
-fn repo_failure(e: RepoError) -> Failure {
+pub(crate) fn repo_failure(e: RepoError) -> Failure {
     let reason = match &e {
         _ if e.is_transient() => return Failure::transient("RepositoryUnavailable", e.to_string()),
         RepoError::BackupNotFound { .. } | RepoError::NoBackups { .. } => "BackupNotFound",

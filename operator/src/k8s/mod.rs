@@ -1,0 +1,239 @@
+//! The Kubernetes driver: controllers for InstantRecovery (through the same state machine as
+//! the local driver) and BackupRepository, run by the `ir-operator` binary.
+//!
+//! The operator never touches a node: the agent of the chosen node mounts (RecoveryMount), the
+//! kubelet runs PostgreSQL in Pods, and the operator reaches PostgreSQL over TCP at the Pod IPs
+//! as the superuser named by `spec.postgres.credentialsSecret`.
+
+pub mod recovery;
+pub mod repository;
+pub mod resources;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ir_api::crd::{BackupRepository, BackupRepositorySpec, InstantRecovery, RecoveryMount};
+use ir_repository::{S3Credentials, StoreOptions};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+
+use crate::machine::Failure;
+use crate::postgres::{PgError, SwitchoverTimeouts};
+use resources::PostgresUser;
+
+/// Field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "instant-recovery-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("teardown is waiting for {0}")]
+    TeardownPending(String),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    #[error("{0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// How the operator runs; the defaults suit the official `postgres` images.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub postgres_user: PostgresUser,
+    /// A node's agent counts as alive while its heartbeat is younger than this; a published
+    /// instance that exited gets this long for its agent to come back before it counts as failed.
+    pub agent_timeout: Duration,
+    pub switchover: SwitchoverTimeouts,
+    /// How often BackupRepositories are checked.
+    pub repository_poll: Duration,
+    /// Only this namespace; all when `None`.
+    pub namespace: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            postgres_user: PostgresUser { uid: 999, gid: 999 },
+            agent_timeout: Duration::from_secs(90),
+            switchover: SwitchoverTimeouts::default(),
+            repository_poll: Duration::from_secs(300),
+            namespace: None,
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    /// Consecutive reconcile errors per object, for the error backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, instance: String) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: Some(instance),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Exponential backoff from 1 s to 5 min over consecutive errors of one object.
+    fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("backoff map");
+        let n = failures.entry(key.to_owned()).or_default();
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().expect("backoff map").remove(key);
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs both controllers until SIGTERM or SIGINT.
+pub async fn run(client: Client, settings: Settings, instance: String) {
+    let ns = settings.namespace.clone();
+    let ctx = std::sync::Arc::new(Context::new(client.clone(), settings, instance));
+    let ns = ns.as_deref();
+    let recoveries = Controller::new(
+        api::<InstantRecovery>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(
+        api::<RecoveryMount>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(api::<Pod>(&client, ns), watcher::Config::default())
+    .owns(api::<Service>(&client, ns), watcher::Config::default())
+    .owns(
+        api::<PersistentVolumeClaim>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(api::<ConfigMap>(&client, ns), watcher::Config::default())
+    .owns(api::<Secret>(&client, ns), watcher::Config::default())
+    .shutdown_on_signal()
+    .run(recovery::reconcile, recovery::error_policy, ctx.clone())
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "InstantRecovery reconcile");
+        }
+    });
+    let repositories = Controller::new(
+        api::<BackupRepository>(&client, ns),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(repository::reconcile, repository::error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "BackupRepository reconcile");
+        }
+    });
+    tokio::join!(recoveries, repositories);
+}
+
+/// A key of a Secret, from `data` or `stringData`.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
+        return String::from_utf8(value.0.clone()).ok();
+    }
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .cloned()
+}
+
+/// Reads `keys` of Secret `name`: a missing Secret may still come (transient), a missing key
+/// will not (permanent). `field` names the spec field in messages.
+pub async fn read_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    keys: &[&str],
+    field: &str,
+) -> Result<Vec<String>, Failure> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = match secrets.get_opt(name).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Err(Failure::transient(
+                "SecretNotFound",
+                format!("{field}: Secret {namespace}/{name} does not exist"),
+            ));
+        }
+        Err(e) => {
+            return Err(Failure::transient(
+                "KubernetesUnavailable",
+                format!("reading Secret {namespace}/{name}: {e}"),
+            ));
+        }
+    };
+    keys.iter()
+        .map(|key| {
+            secret_value(&secret, key).ok_or_else(|| {
+                Failure::permanent(
+                    "SecretKeyMissing",
+                    format!("{field}: Secret {namespace}/{name} has no key {key:?}"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// How to open a BackupRepository's storage, credentials included.
+pub async fn store_options(
+    client: &Client,
+    namespace: &str,
+    spec: &BackupRepositorySpec,
+) -> Result<StoreOptions, Failure> {
+    let s3 = spec.s3.clone().unwrap_or_default();
+    let s3_credentials = match &spec.credentials_secret {
+        Some(secret) => {
+            let values = read_secret(
+                client,
+                namespace,
+                &secret.name,
+                &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+                "spec.credentialsSecret",
+            )
+            .await?;
+            Some(S3Credentials {
+                access_key_id: values[0].clone(),
+                secret_access_key: values[1].clone(),
+            })
+        }
+        None => None,
+    };
+    Ok(StoreOptions {
+        s3_endpoint: s3.endpoint,
+        s3_region: s3.region,
+        allow_http: s3.allow_http.then_some(true),
+        s3_credentials,
+        read_deadline: spec.read_deadline.0,
+    })
+}

@@ -1,0 +1,112 @@
+//! BackupRepository: checks that the repository answers and lists its recent backups in status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ir_api::crd::BackupRepository;
+use ir_api::recovery::BackupInfo;
+use ir_repository::Repository;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+
+use super::{Context, Error, FIELD_MANAGER};
+use crate::machine::Failure;
+
+/// How many backups the status lists, newest first.
+const LISTED: usize = 10;
+
+pub async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = repo.namespace().unwrap_or_default();
+    let checked = check(&ctx, &namespace, &repo).await;
+    let before = repo.status.clone().unwrap_or_default();
+    let previous = before.conditions.iter().find(|c| c.type_ == "Reachable");
+    let (status, reason, message, backups) = match checked {
+        Ok(backups) => (
+            "True",
+            "Listed".to_owned(),
+            format!("{} backups", backups.len()),
+            Some(backups),
+        ),
+        Err(f) => ("False", f.reason, f.message, None),
+    };
+    // The transition time moves only when the status flips.
+    let last_transition_time = match previous {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    let condition = Condition {
+        type_: "Reachable".to_owned(),
+        status: status.to_owned(),
+        reason,
+        message,
+        last_transition_time,
+        observed_generation: repo.metadata.generation,
+    };
+    let mut new_status = before.clone();
+    new_status.observed_generation = repo.metadata.generation;
+    new_status.conditions = vec![condition];
+    if let Some(backups) = backups {
+        new_status.backup_count = backups.len() as u32;
+        new_status.backups = backups.into_iter().take(LISTED).collect();
+    }
+    if new_status != before {
+        let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({
+            "apiVersion": "instantrecovery.dev/v1alpha1",
+            "kind": "BackupRepository",
+            "status": new_status,
+        });
+        api.patch_status(
+            &repo.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    ctx.succeeded(&key(&repo));
+    Ok(Action::requeue(if status == "True" {
+        ctx.settings.repository_poll
+    } else {
+        ctx.settings.repository_poll.min(Duration::from_secs(60))
+    }))
+}
+
+async fn check(
+    ctx: &Context,
+    namespace: &str,
+    repo: &BackupRepository,
+) -> Result<Vec<BackupInfo>, Failure> {
+    let options = super::store_options(&ctx.client, namespace, &repo.spec).await?;
+    let opened = Repository::open(&repo.spec.url, &options)
+        .await
+        .map_err(crate::local::validate::repo_failure)?;
+    let mut manifests = opened
+        .list_backups()
+        .await
+        .map_err(crate::local::validate::repo_failure)?;
+    manifests.sort_by_key(|m| std::cmp::Reverse(m.created));
+    Ok(manifests
+        .into_iter()
+        .map(|m| BackupInfo {
+            pg_major: m.pg_version.trim().parse().unwrap_or_default(),
+            size_bytes: m.entries.iter().map(|e| e.size).sum(),
+            id: m.id,
+        })
+        .collect())
+}
+
+fn key(repo: &BackupRepository) -> String {
+    format!(
+        "BackupRepository/{}/{}",
+        repo.namespace().unwrap_or_default(),
+        repo.name_any()
+    )
+}
+
+pub fn error_policy(repo: Arc<BackupRepository>, error: &Error, ctx: Arc<Context>) -> Action {
+    let wait = ctx.backoff(&key(&repo));
+    tracing::warn!(repository = %key(&repo), error = %error, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}

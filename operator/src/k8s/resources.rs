@@ -1,0 +1,545 @@
+//! The objects the operator creates for one InstantRecovery, built from its spec as pure
+//! functions (unit-tested here, applied by the driver).
+//!
+//! Names: RecoveryMount `<name>`, published Pod `<name>-published`, standby/target Pod and PVC
+//! `<name>-target`, Service `<name>` (the stable endpoint), ConfigMap `<name>-postgres` (hba and a
+//! fallback postgresql.conf), generated replication Secret `<name>-replication`.
+
+use std::collections::BTreeMap;
+
+use ir_api::crd::{
+    BackupRepositorySpec, InstantRecovery, NODE_LABEL, RecoveryMount, RecoveryMountSpec,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
+    Probe, ResourceRequirements, Secret, SecretKeySelector, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+
+/// Port of every PostgreSQL the operator runs (each Pod has its own IP).
+pub const POSTGRES_PORT: u16 = 5432;
+/// Label with the InstantRecovery's name on everything it owns.
+pub const RECOVERY_LABEL: &str = "instantrecovery.dev/recovery";
+/// `published` or `target`.
+pub const ROLE_LABEL: &str = "instantrecovery.dev/role";
+/// `"true"` on the Pod the Service `<name>` sends clients to.
+pub const PRIMARY_LABEL: &str = "instantrecovery.dev/primary";
+/// On the published Pod: the mount session (RecoveryMount status.mountedAt) it started on.
+pub const MOUNTED_AT_ANNOTATION: &str = "instantrecovery.dev/mounted-at";
+/// On the target Pod: the published Pod IP its base backup was taken from.
+pub const SOURCE_HOST_ENV: &str = "SOURCE_HOST";
+
+const DATA_DIR: &str = "/var/lib/instant-recovery/data";
+const TARGET_MOUNT: &str = "/var/lib/instant-recovery/target";
+const TARGET_DATA_DIR: &str = "/var/lib/instant-recovery/target/pgdata";
+const CONFIG_DIR: &str = "/etc/instant-recovery";
+const SOCKET_DIR: &str = "/var/run/instant-recovery";
+
+/// The user's PostgreSQL uid and gid in the image (999 in the official `postgres` images).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn published_pod_name(recovery: &str) -> String {
+    format!("{recovery}-published")
+}
+
+pub fn target_name(recovery: &str) -> String {
+    format!("{recovery}-target")
+}
+
+pub fn config_map_name(recovery: &str) -> String {
+    format!("{recovery}-postgres")
+}
+
+pub fn replication_secret_name(recovery: &str) -> String {
+    format!("{recovery}-replication")
+}
+
+/// `cluster_name` of the standby: the application name it streams under.
+pub fn standby_application_name(recovery: &str) -> String {
+    format!("{recovery}-target")
+}
+
+/// The image for the backup's major version unless the spec names one.
+pub fn postgres_image(ir: &InstantRecovery, pg_major: u32) -> String {
+    ir.spec
+        .postgres
+        .image
+        .clone()
+        .unwrap_or_else(|| format!("postgres:{pg_major}"))
+}
+
+/// The major version an image tag says, for `postgres:15`, `postgres:15.4-bookworm`,
+/// `registry/x/postgres:16@sha256:..`; `None` when the tag does not say.
+pub fn image_major(image: &str) -> Option<u32> {
+    let without_digest = image.split('@').next()?;
+    let name_end = without_digest.rfind('/').map_or(0, |i| i + 1);
+    let tag = without_digest[name_end..].split_once(':')?.1;
+    let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Default target size: the backup plus a quarter, rounded up to whole GiB.
+pub fn default_target_size(backup_bytes: u64) -> Quantity {
+    const GIB: u64 = 1 << 30;
+    let want = backup_bytes + backup_bytes / 4;
+    Quantity(format!("{}Gi", want.div_ceil(GIB).max(1)))
+}
+
+/// Bytes of a Kubernetes quantity (`10Gi`, `500M`, `1e9`, `1024`); `None` when it is not one
+/// or is negative.
+pub fn quantity_bytes(quantity: &Quantity) -> Option<u64> {
+    let text = quantity.0.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        exponent => 10f64.powi(exponent.strip_prefix(['e', 'E'])?.parse().ok()?),
+    };
+    let bytes = number * factor;
+    (bytes.is_finite() && bytes >= 0.0).then(|| bytes.ceil() as u64)
+}
+
+fn labels(ir: &InstantRecovery, role: Option<&str>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "instant-recovery".to_owned(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "instant-recovery-operator".to_owned(),
+        ),
+        (RECOVERY_LABEL.to_owned(), recovery_name(ir).to_owned()),
+    ]);
+    if let Some(role) = role {
+        labels.insert(ROLE_LABEL.to_owned(), role.to_owned());
+    }
+    labels
+}
+
+fn recovery_name(ir: &InstantRecovery) -> &str {
+    ir.metadata.name.as_deref().unwrap_or_default()
+}
+
+fn owner(ir: &InstantRecovery) -> Vec<OwnerReference> {
+    ir.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn meta(ir: &InstantRecovery, name: String, role: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: ir.metadata.namespace.clone(),
+        labels: Some(labels(ir, role)),
+        owner_references: Some(owner(ir)),
+        ..Default::default()
+    }
+}
+
+/// The request to the agent of `node`.
+pub fn recovery_mount(
+    ir: &InstantRecovery,
+    node: &str,
+    repository: &BackupRepositorySpec,
+    backup_id: &str,
+    user: PostgresUser,
+) -> RecoveryMount {
+    let mut mount = RecoveryMount::new(
+        recovery_name(ir),
+        RecoveryMountSpec {
+            node_name: node.to_owned(),
+            repository: repository.clone(),
+            backup_id: backup_id.to_owned(),
+            size_limit: ir.spec.cache.size_limit.clone(),
+            uid: user.uid,
+            gid: user.gid,
+            attempt: 0,
+        },
+    );
+    mount.metadata = meta(ir, recovery_name(ir).to_owned(), None);
+    mount
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(NODE_LABEL.to_owned(), node.to_owned());
+    mount
+}
+
+/// hba for both instances: password authentication for every TCP client (md5 also accepts
+/// SCRAM-stored passwords), peer on the socket inside the Pod. The backup's own pg_hba.conf is
+/// not used: its addresses mean nothing in the cluster.
+const PG_HBA: &str = "# Written by instant-recovery.\n\
+local all all peer\n\
+local replication all peer\n\
+host all all all md5\n\
+host replication all all md5\n";
+
+/// Used only when the backup has no postgresql.conf of its own (Debian-style layouts).
+const FALLBACK_CONF: &str = "# Written by instant-recovery: the backup has no postgresql.conf; settings come from the\n\
+     # command line.\n";
+
+pub fn config_map(ir: &InstantRecovery) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(ir, config_map_name(recovery_name(ir)), None),
+        data: Some(BTreeMap::from([
+            ("pg_hba.conf".to_owned(), PG_HBA.to_owned()),
+            ("postgresql.conf".to_owned(), FALLBACK_CONF.to_owned()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// Replication credentials generated when the spec names none.
+pub fn replication_secret(ir: &InstantRecovery, password: &str) -> Secret {
+    Secret {
+        metadata: meta(ir, replication_secret_name(recovery_name(ir)), None),
+        type_: Some("kubernetes.io/basic-auth".to_owned()),
+        string_data: Some(BTreeMap::from([
+            (
+                "username".to_owned(),
+                "instant_recovery_replication".to_owned(),
+            ),
+            ("password".to_owned(), password.to_owned()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The stable endpoint: whichever Pod carries the primary label.
+pub fn service(ir: &InstantRecovery) -> Service {
+    let name = recovery_name(ir);
+    Service {
+        metadata: meta(ir, name.to_owned(), None),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([
+                (RECOVERY_LABEL.to_owned(), name.to_owned()),
+                (PRIMARY_LABEL.to_owned(), "true".to_owned()),
+            ])),
+            ports: Some(vec![ServicePort {
+                name: Some("postgres".to_owned()),
+                port: POSTGRES_PORT.into(),
+                target_port: Some(IntOrString::String("postgres".to_owned())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn target_pvc(ir: &InstantRecovery, size: Quantity) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: meta(ir, target_name(recovery_name(ir)), Some("target")),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: ir.spec.target.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_owned(), size)])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs PostgreSQL on `$1` with the data directory's postgresql.conf, or the fallback when the
+/// backup has none; `exec` so that the stop signal reaches the postmaster.
+const POSTGRES_SCRIPT: &str = "pgdata=\"$1\"; shift; conf=\"$pgdata/postgresql.conf\"; \
+[ -f \"$conf\" ] || conf=/etc/instant-recovery/postgresql.conf; \
+exec postgres -D \"$pgdata\" -c config_file=\"$conf\" \"$@\"";
+
+fn postgres_container(
+    image: &str,
+    datadir: &str,
+    settings: &[(&str, String)],
+    resources: Option<ResourceRequirements>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    let mut args = vec!["postgres".to_owned(), datadir.to_owned()];
+    let base = [
+        ("listen_addresses", "$(POD_IP)".to_owned()),
+        ("port", POSTGRES_PORT.to_string()),
+        ("unix_socket_directories", SOCKET_DIR.to_owned()),
+        ("hba_file", format!("{CONFIG_DIR}/pg_hba.conf")),
+    ];
+    for (name, value) in base.iter().chain(settings) {
+        args.push("-c".to_owned());
+        args.push(format!("{name}={value}"));
+    }
+    Container {
+        name: "postgres".to_owned(),
+        image: Some(image.to_owned()),
+        command: Some(vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            POSTGRES_SCRIPT.to_owned(),
+        ]),
+        args: Some(args),
+        env: Some(vec![field_env("POD_IP", "status.podIP")]),
+        ports: Some(vec![ContainerPort {
+            name: Some("postgres".to_owned()),
+            container_port: POSTGRES_PORT.into(),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(POSTGRES_PORT.into()),
+                ..Default::default()
+            }),
+            period_seconds: Some(2),
+            ..Default::default()
+        }),
+        resources,
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..Default::default()
+    }
+}
+
+fn config_volume(ir: &InstantRecovery) -> Volume {
+    Volume {
+        name: "config".to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map_name(recovery_name(ir)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn socket_volume() -> Volume {
+    Volume {
+        name: "run".to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }
+}
+
+fn security_context(user: PostgresUser) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_user: Some(user.uid.into()),
+        run_as_group: Some(user.gid.into()),
+        fs_group: Some(user.gid.into()),
+        run_as_non_root: Some(user.uid != 0),
+        ..Default::default()
+    }
+}
+
+/// What the published Pod needs from the mount.
+pub struct PublishedMount<'a> {
+    pub node: &'a str,
+    /// The mount's host path (RecoveryMount status.mountPath).
+    pub host_path: &'a str,
+    /// The mount session (status.mountedAt): a new one means this Pod must be replaced.
+    pub mounted_at: &'a str,
+}
+
+/// PostgreSQL on the mount, pinned to the mount's node. It is not restarted in place: when it
+/// exits the operator decides (a new mount session needs a new Pod anyway).
+pub fn published_pod(
+    ir: &InstantRecovery,
+    image: &str,
+    user: PostgresUser,
+    mount_point: &PublishedMount<'_>,
+) -> Pod {
+    let name = recovery_name(ir);
+    let mut metadata = meta(ir, published_pod_name(name), Some("published"));
+    metadata
+        .labels
+        .get_or_insert_default()
+        .insert(PRIMARY_LABEL.to_owned(), "true".to_owned());
+    metadata.annotations = Some(BTreeMap::from([(
+        MOUNTED_AT_ANNOTATION.to_owned(),
+        mount_point.mounted_at.to_owned(),
+    )]));
+    let data_mount = VolumeMount {
+        mount_propagation: Some("HostToContainer".to_owned()),
+        ..mount("data", DATA_DIR)
+    };
+    let settings = [
+        // Its WAL continues the original's timeline: never into the original's archive.
+        ("archive_mode", "off".to_owned()),
+        ("cluster_name", format!("{name}-published")),
+    ];
+    Pod {
+        metadata,
+        spec: Some(PodSpec {
+            node_name: Some(mount_point.node.to_owned()),
+            restart_policy: Some("Never".to_owned()),
+            termination_grace_period_seconds: Some(60),
+            security_context: Some(security_context(user)),
+            containers: vec![postgres_container(
+                image,
+                DATA_DIR,
+                &settings,
+                ir.spec.postgres.resources.clone(),
+                vec![
+                    data_mount,
+                    mount("config", CONFIG_DIR),
+                    mount("run", SOCKET_DIR),
+                ],
+            )],
+            volumes: Some(vec![
+                Volume {
+                    name: "data".to_owned(),
+                    host_path: Some(HostPathVolumeSource {
+                        path: mount_point.host_path.to_owned(),
+                        type_: Some("Directory".to_owned()),
+                    }),
+                    ..Default::default()
+                },
+                config_volume(ir),
+                socket_volume(),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Copies the published instance once (a finished copy is kept across restarts), then runs
+/// it as a hot standby streaming from the published instance.
+const BASE_BACKUP_SCRIPT: &str = "set -e; d=/var/lib/instant-recovery/target/pgdata; \
+if [ -f \"$d/backup_manifest\" ] && [ -f \"$d/standby.signal\" ]; then exit 0; fi; \
+rm -rf \"$d\"; \
+exec pg_basebackup --pgdata=\"$d\" --wal-method=stream --write-recovery-conf \
+--checkpoint=fast --progress --no-password --host=\"$SOURCE_HOST\" --port=5432";
+
+/// The standby on the target PVC, the primary after the switchover. Scheduled by the cluster
+/// (its volume may bind anywhere).
+pub fn target_pod(
+    ir: &InstantRecovery,
+    image: &str,
+    user: PostgresUser,
+    source_host: &str,
+    replication_secret: &str,
+) -> Pod {
+    let name = recovery_name(ir);
+    let target = target_name(name);
+    let mounts = || {
+        vec![
+            mount("target", TARGET_MOUNT),
+            mount("config", CONFIG_DIR),
+            mount("run", SOCKET_DIR),
+        ]
+    };
+    let base_backup = Container {
+        name: "base-backup".to_owned(),
+        image: Some(image.to_owned()),
+        command: Some(vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            BASE_BACKUP_SCRIPT.to_owned(),
+        ]),
+        env: Some(vec![
+            EnvVar {
+                name: SOURCE_HOST_ENV.to_owned(),
+                value: Some(source_host.to_owned()),
+                ..Default::default()
+            },
+            secret_env("PGUSER", replication_secret, "username"),
+            secret_env("PGPASSWORD", replication_secret, "password"),
+        ]),
+        volume_mounts: Some(mounts()),
+        ..Default::default()
+    };
+    let settings = [
+        ("cluster_name", standby_application_name(name)),
+        ("hot_standby", "on".to_owned()),
+        ("archive_mode", "off".to_owned()),
+    ];
+    Pod {
+        metadata: meta(ir, target.clone(), Some("target")),
+        spec: Some(PodSpec {
+            restart_policy: Some("Always".to_owned()),
+            termination_grace_period_seconds: Some(60),
+            security_context: Some(security_context(user)),
+            init_containers: Some(vec![base_backup]),
+            containers: vec![postgres_container(
+                image,
+                TARGET_DATA_DIR,
+                &settings,
+                ir.spec.target.resources.clone(),
+                mounts(),
+            )],
+            volumes: Some(vec![
+                Volume {
+                    name: "target".to_owned(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: target,
+                        read_only: Some(false),
+                    }),
+                    ..Default::default()
+                },
+                config_volume(ir),
+                socket_volume(),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+use super::*;
+use ir_api::crd::InstantRecoverySpec;
+
+fn recovery() -> InstantRecovery {
+    let spec: InstantRecoverySpec = serde_json::from_value(serde_json::json!({
+        "backup": {"repositoryRef": {"name": "prod"}},
+        "postgres": {"credentialsSecret": {"name": "db-superuser"}},
+        "target": {"storageClassName": "fast"}
+    }))
+    .unwrap();
+    let mut ir = InstantRecovery::new("orders", spec);
+    ir.metadata.namespace = Some("shop".into());
+    ir.metadata.uid = Some("0f1e2d3c".into());
+    ir
+}
+
+const USER: PostgresUser = PostgresUser { uid: 999, gid: 998 };
+
+#[test]
+fn image_majors() {
+    assert_eq!(image_major("postgres:15"), Some(15));
+    assert_eq!(image_major("postgres:15.4-bookworm"), Some(15));
+    assert_eq!(
+        image_major("registry:5000/db/postgres:16@sha256:abc"),
+        Some(16)
+    );
+    assert_eq!(image_major("postgres"), None);
+    assert_eq!(image_major("postgres:latest"), None);
+    assert_eq!(postgres_image(&recovery(), 15), "postgres:15");
+}
+
+#[test]
+fn quantities() {
+    let q = |s: &str| quantity_bytes(&Quantity(s.into()));
+    assert_eq!(q("1024"), Some(1024));
+    assert_eq!(q("10Gi"), Some(10 << 30));
+    assert_eq!(q("1.5Ki"), Some(1536));
+    assert_eq!(q("500M"), Some(500_000_000));
+    assert_eq!(q("1e3"), Some(1000));
+    assert_eq!(q("-1Gi"), None);
+    assert_eq!(q("ten"), None);
+    assert_eq!(q("5Xi"), None);
+    assert_eq!(default_target_size(1 << 30), Quantity("2Gi".into()));
+    assert_eq!(default_target_size(100), Quantity("1Gi".into()));
+}
+
+#[test]
+fn everything_is_owned_and_labelled() {
+    let ir = recovery();
+    let mount = recovery_mount(
+        &ir,
+        "node-a",
+        &serde_json::from_value(serde_json::json!({"url": "file:///backups"})).unwrap(),
+        "b1",
+        USER,
+    );
+    let labels = mount.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[NODE_LABEL], "node-a");
+    assert_eq!(labels[RECOVERY_LABEL], "orders");
+    assert_eq!((mount.spec.uid, mount.spec.gid), (999, 998));
+    let owner = &mount.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("InstantRecovery", Some(true))
+    );
+    assert_eq!(mount.metadata.namespace.as_deref(), Some("shop"));
+    assert_eq!(
+        target_pvc(&ir, Quantity("2Gi".into()))
+            .spec
+            .unwrap()
+            .storage_class_name
+            .as_deref(),
+        Some("fast")
+    );
+}
+
+#[test]
+fn the_service_selects_the_primary_pod() {
+    let ir = recovery();
+    let selector = service(&ir).spec.unwrap().selector.unwrap();
+    let published = published_pod(
+        &ir,
+        "postgres:15",
+        USER,
+        &PublishedMount {
+            node: "node-a",
+            host_path: "/run/media/instant-recovery/shop-orders",
+            mounted_at: "2026-01-01T00:00:00Z",
+        },
+    );
+    let labels = published.metadata.labels.unwrap();
+    assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let target = target_pod(&ir, "postgres:15", USER, "10.0.0.7", "orders-replication");
+    let labels = target.metadata.labels.unwrap();
+    assert!(
+        !selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the standby is not the primary yet"
+    );
+}
+
+#[test]
+fn the_published_pod_runs_postgres_on_the_mount() {
+    let ir = recovery();
+    let pod = published_pod(
+        &ir,
+        "postgres:15",
+        USER,
+        &PublishedMount {
+            node: "node-a",
+            host_path: "/run/media/instant-recovery/shop-orders",
+            mounted_at: "t1",
+        },
+    );
+    assert_eq!(
+        pod.metadata.annotations.unwrap()[MOUNTED_AT_ANNOTATION],
+        "t1"
+    );
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some("node-a"));
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.security_context.unwrap().run_as_user, Some(999));
+    let data = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "data")
+        .unwrap();
+    assert_eq!(
+        data.host_path.unwrap().path,
+        "/run/media/instant-recovery/shop-orders"
+    );
+    let container = &spec.containers[0];
+    let mount = container
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "data")
+        .unwrap();
+    assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
+    let args = container.args.as_ref().unwrap().join(" ");
+    assert!(args.contains("listen_addresses=$(POD_IP)"), "{args}");
+    assert!(args.contains("archive_mode=off"), "{args}");
+    assert!(args.contains(&format!("{DATA_DIR} ")), "{args}");
+}
+
+#[test]
+fn the_target_pod_copies_then_streams() {
+    let ir = recovery();
+    let pod = target_pod(&ir, "postgres:15", USER, "10.0.0.7", "orders-replication");
+    let spec = pod.spec.unwrap();
+    assert_eq!(
+        spec.node_name, None,
+        "the scheduler places it with its volume"
+    );
+    assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+    let init = &spec.init_containers.unwrap()[0];
+    let env = init.env.as_ref().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == SOURCE_HOST_ENV && e.value.as_deref() == Some("10.0.0.7"))
+    );
+    let password = env.iter().find(|e| e.name == "PGPASSWORD").unwrap();
+    assert_eq!(
+        password
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "orders-replication"
+    );
+    let args = spec.containers[0].args.as_ref().unwrap().join(" ");
+    assert!(
+        args.contains("cluster_name=orders-target") && args.contains("hot_standby=on"),
+        "{args}"
+    );
+    let claim = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find_map(|v| v.persistent_volume_claim)
+        .unwrap();
+    assert_eq!(claim.claim_name, "orders-target");
+}
