@@ -1,6 +1,8 @@
 //! The instant-recovery data plane on a node: a backup's data directory served read-write through
-//! FUSE, reads from the backup repository, writes into a crash-safe local cache (the IRCache).
+//! FUSE, reads from the backup repository, writes into a crash-safe local cache (the IRCache),
+//! and the node agent that does so for the RecoveryMounts of its node.
 
+pub mod agent;
 pub mod blockmap;
 pub mod error;
 pub mod fs;

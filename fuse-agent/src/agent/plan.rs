@@ -1,0 +1,428 @@
+//! The agent's decisions, free of I/O: what to do with a RecoveryMount given what the cluster
+//! says and what this process holds, the status that answers it, and how failures are
+//! classified.
+
+use ir_api::crd::{MountPhase, RecoveryMountStatus};
+use ir_repository::RepoError;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::MountError;
+
+/// What this process knows of a mount of the RecoveryMount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalMount {
+    /// Nothing mounted by this process (first sight, or after an agent restart).
+    None,
+    /// Mounted by this process at `mounted_at` and still a FUSE mount.
+    Alive { mounted_at: Timestamp },
+    /// Mounted by this process, but the mount is gone (unmounted behind our back).
+    Dead,
+    /// This process answered this attempt with a failure (the watch may not show it yet).
+    Failed { attempt: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Serving since `mounted_at`: report fresh figures for the current attempt. A new attempt
+    /// asked while the mount is healthy is answered without remounting, which would stop
+    /// PostgreSQL.
+    Refresh { mounted_at: Timestamp },
+    /// Mount (again): first time, after an agent restart (same IRCache, new session), after
+    /// the mount was lost, or for a new attempt after a failure.
+    Mount,
+    /// The failure of this attempt stands until the operator bumps `spec.attempt`.
+    KeepFailed,
+}
+
+pub fn decide(
+    spec_attempt: u32,
+    status: Option<&RecoveryMountStatus>,
+    local: LocalMount,
+) -> Decision {
+    match local {
+        LocalMount::Alive { mounted_at } => Decision::Refresh { mounted_at },
+        LocalMount::Dead => Decision::Mount,
+        LocalMount::Failed { attempt } if attempt == spec_attempt => Decision::KeepFailed,
+        LocalMount::Failed { .. } => Decision::Mount,
+        LocalMount::None => match status {
+            Some(s) if s.phase == MountPhase::Failed && s.attempt == spec_attempt => {
+                Decision::KeepFailed
+            }
+            _ => Decision::Mount,
+        },
+    }
+}
+
+/// Why an attempt failed, as the status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// CamelCase cause.
+    pub reason: &'static str,
+    pub message: String,
+    /// Whether a new attempt may succeed without a change to the spec.
+    pub transient: bool,
+}
+
+impl Failure {
+    pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
+        Failure {
+            reason,
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    pub fn transient(reason: &'static str, message: impl Into<String>) -> Self {
+        Failure {
+            reason,
+            message: message.into(),
+            transient: true,
+        }
+    }
+}
+
+/// A repository error while opening it or reading the backup's manifest.
+pub fn repo_failure(e: &RepoError) -> Failure {
+    if e.is_transient() {
+        return Failure::transient("RepositoryUnavailable", e.to_string());
+    }
+    let reason = match e {
+        RepoError::BackupNotFound { .. } | RepoError::NoBackups { .. } => "BackupNotFound",
+        RepoError::InvalidObject { .. } => "CorruptManifest",
+        RepoError::NotARepository { .. } => "NotARepository",
+        RepoError::UnsupportedFormat { .. } => "UnsupportedRepositoryFormat",
+        RepoError::InvalidUrl { .. } | RepoError::InvalidBackupId { .. } => "InvalidSpec",
+        _ => "RepositoryError",
+    };
+    Failure::permanent(reason, e.to_string())
+}
+
+pub fn mount_failure(e: &MountError) -> Failure {
+    match e {
+        // Another process still holds the IRCache (an agent on its way out): it lets go soon.
+        MountError::CacheBusy(_) => Failure::transient("CacheBusy", e.to_string()),
+        MountError::Cache(..) | MountError::Fs(_) => {
+            Failure::permanent("CacheError", e.to_string())
+        }
+        MountError::MountPoint(..) => Failure::permanent("MountPointError", e.to_string()),
+        MountError::Fuse(..) => Failure::permanent("FuseUnavailable", e.to_string()),
+    }
+}
+
+/// Figures about the IRCache the status carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheFigures {
+    pub used_bytes: u64,
+    pub free_bytes: Option<u64>,
+}
+
+/// The condition type the status keeps.
+pub const MOUNTED_CONDITION: &str = "Mounted";
+
+/// `lastTransitionTime` moves only when the condition's status does.
+fn mounted_condition(
+    mounted: bool,
+    reason: &str,
+    message: String,
+    previous: Option<&RecoveryMountStatus>,
+    now: Timestamp,
+) -> Condition {
+    let status = if mounted { "True" } else { "False" };
+    let since = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == MOUNTED_CONDITION))
+        .filter(|c| c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: MOUNTED_CONDITION.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: since,
+        observed_generation: None,
+    }
+}
+
+/// A mount of `attempt` is under way.
+pub fn pending_status(
+    attempt: u32,
+    mount_path: &str,
+    cache: CacheFigures,
+    previous: Option<&RecoveryMountStatus>,
+    now: Timestamp,
+) -> RecoveryMountStatus {
+    RecoveryMountStatus {
+        phase: MountPhase::Pending,
+        attempt,
+        mount_path: Some(mount_path.to_owned()),
+        cache_used_bytes: cache.used_bytes,
+        cache_free_bytes: cache.free_bytes,
+        conditions: vec![mounted_condition(
+            false,
+            "Mounting",
+            format!("mounting at {mount_path}"),
+            previous,
+            now,
+        )],
+        ..Default::default()
+    }
+}
+
+/// Serving at `mount_path` since `mounted_at`.
+pub fn mounted_status(
+    attempt: u32,
+    mount_path: &str,
+    mounted_at: Timestamp,
+    cache: CacheFigures,
+    previous: Option<&RecoveryMountStatus>,
+    now: Timestamp,
+) -> RecoveryMountStatus {
+    RecoveryMountStatus {
+        phase: MountPhase::Mounted,
+        attempt,
+        mount_path: Some(mount_path.to_owned()),
+        mounted_at: Some(mounted_at),
+        cache_used_bytes: cache.used_bytes,
+        cache_free_bytes: cache.free_bytes,
+        conditions: vec![mounted_condition(
+            true,
+            "Mounted",
+            format!("mounted at {mount_path}"),
+            previous,
+            now,
+        )],
+        ..Default::default()
+    }
+}
+
+pub fn failed_status(
+    attempt: u32,
+    failure: &Failure,
+    cache: CacheFigures,
+    previous: Option<&RecoveryMountStatus>,
+    now: Timestamp,
+) -> RecoveryMountStatus {
+    RecoveryMountStatus {
+        phase: MountPhase::Failed,
+        attempt,
+        cache_used_bytes: cache.used_bytes,
+        cache_free_bytes: cache.free_bytes,
+        reason: Some(failure.reason.to_owned()),
+        message: Some(failure.message.clone()),
+        transient: failure.transient,
+        conditions: vec![mounted_condition(
+            false,
+            failure.reason,
+            failure.message.clone(),
+            previous,
+            now,
+        )],
+        ..Default::default()
+    }
+}
+
+/// Bytes in a Kubernetes quantity (`10Gi`, `500M`, `1.5Gi`, `1e9`), rounded up; `None` when it
+/// is not one or is negative.
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let q = quantity.trim();
+    let q = q.strip_prefix('+').unwrap_or(q);
+    let number_len = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(number_len);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let mut mantissa: u128 = 0;
+    for digit in whole.bytes().chain(fraction.bytes()) {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        mantissa = mantissa
+            .checked_mul(10)?
+            .checked_add(u128::from(digit - b'0'))?;
+    }
+    let (pow2, mut pow10): (u32, i32) = match suffix {
+        "" => (0, 0),
+        "Ki" => (10, 0),
+        "Mi" => (20, 0),
+        "Gi" => (30, 0),
+        "Ti" => (40, 0),
+        "Pi" => (50, 0),
+        "Ei" => (60, 0),
+        "n" => (0, -9),
+        "u" => (0, -6),
+        "m" => (0, -3),
+        "k" => (0, 3),
+        "M" => (0, 6),
+        "G" => (0, 9),
+        "T" => (0, 12),
+        "P" => (0, 15),
+        "E" => (0, 18),
+        exp => {
+            let digits = exp.strip_prefix(['e', 'E'])?;
+            (0, digits.parse::<i32>().ok().filter(|e| e.abs() <= 30)?)
+        }
+    };
+    pow10 -= i32::try_from(fraction.len()).ok()?;
+    let mut numerator = mantissa.checked_mul(1u128.checked_shl(pow2)?)?;
+    let mut denominator: u128 = 1;
+    if pow10 >= 0 {
+        numerator = numerator.checked_mul(10u128.checked_pow(pow10.unsigned_abs())?)?;
+    } else {
+        denominator = 10u128.checked_pow(pow10.unsigned_abs())?;
+    }
+    u64::try_from(numerator.div_ceil(denominator)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn status(phase: MountPhase, attempt: u32) -> RecoveryMountStatus {
+        RecoveryMountStatus {
+            phase,
+            attempt,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mounts_what_it_does_not_hold() {
+        assert_eq!(decide(0, None, LocalMount::None), Decision::Mount);
+        let pending = status(MountPhase::Pending, 0);
+        assert_eq!(decide(0, Some(&pending), LocalMount::None), Decision::Mount);
+        // After an agent restart: the status says Mounted, but this process holds nothing.
+        let mounted = status(MountPhase::Mounted, 3);
+        assert_eq!(decide(3, Some(&mounted), LocalMount::None), Decision::Mount);
+    }
+
+    #[test]
+    fn a_failure_stands_until_the_next_attempt() {
+        let failed = status(MountPhase::Failed, 2);
+        assert_eq!(
+            decide(2, Some(&failed), LocalMount::None),
+            Decision::KeepFailed
+        );
+        assert_eq!(decide(3, Some(&failed), LocalMount::None), Decision::Mount);
+        // Our own answer counts before the watch brings it back.
+        let pending = status(MountPhase::Pending, 2);
+        let answered = LocalMount::Failed { attempt: 2 };
+        assert_eq!(decide(2, Some(&pending), answered), Decision::KeepFailed);
+        assert_eq!(decide(3, Some(&pending), answered), Decision::Mount);
+    }
+
+    #[test]
+    fn a_held_mount_is_refreshed_or_remounted_when_lost() {
+        let mounted = status(MountPhase::Mounted, 1);
+        let mounted_at: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let alive = LocalMount::Alive { mounted_at };
+        assert_eq!(
+            decide(1, Some(&mounted), alive),
+            Decision::Refresh { mounted_at }
+        );
+        // A new attempt while healthy: answered, not remounted.
+        assert_eq!(
+            decide(2, Some(&mounted), alive),
+            Decision::Refresh { mounted_at }
+        );
+        assert_eq!(decide(1, Some(&mounted), LocalMount::Dead), Decision::Mount);
+        let failed = status(MountPhase::Failed, 1);
+        assert_eq!(decide(1, Some(&failed), LocalMount::Dead), Decision::Mount);
+    }
+
+    #[test]
+    fn repository_errors_are_classified() {
+        let missing = RepoError::BackupNotFound {
+            id: "20240101-000000-abcd".into(),
+            url: "file:///repo".into(),
+        };
+        let f = repo_failure(&missing);
+        assert_eq!((f.reason, f.transient), ("BackupNotFound", false));
+        assert!(f.message.contains("20240101-000000-abcd"), "{}", f.message);
+
+        let corrupt = RepoError::InvalidObject {
+            url: "file:///repo".into(),
+            path: "backups/x.json.zst".into(),
+            reason: "bad zstd".into(),
+        };
+        let f = repo_failure(&corrupt);
+        assert_eq!((f.reason, f.transient), ("CorruptManifest", false));
+        assert!(f.message.contains("backups/x.json.zst"), "{}", f.message);
+
+        let down = RepoError::Unavailable {
+            id: ir_repository::ChunkId::of(b"x"),
+            url: "s3://b".into(),
+            waited: Duration::from_secs(30),
+            last: "connection refused".into(),
+        };
+        let f = repo_failure(&down);
+        assert_eq!((f.reason, f.transient), ("RepositoryUnavailable", true));
+    }
+
+    #[test]
+    fn mount_errors_are_classified() {
+        let busy = MountError::CacheBusy("/c".into());
+        assert!(mount_failure(&busy).transient);
+        let fuse = MountError::Fuse("/m".into(), std::io::Error::from_raw_os_error(libc::ENODEV));
+        let f = mount_failure(&fuse);
+        assert_eq!((f.reason, f.transient), ("FuseUnavailable", false));
+    }
+
+    #[test]
+    fn statuses_carry_what_the_operator_reads() {
+        let t0: Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2025-01-01T00:01:00Z".parse().unwrap();
+        let t2: Timestamp = "2025-01-01T00:02:00Z".parse().unwrap();
+        let cache = CacheFigures {
+            used_bytes: 10,
+            free_bytes: Some(1000),
+        };
+        let pending = pending_status(1, "/m/ns-a", cache, None, t0);
+        assert_eq!(pending.phase, MountPhase::Pending);
+        assert_eq!(pending.conditions[0].status, "False");
+
+        let mounted = mounted_status(1, "/m/ns-a", t1, cache, Some(&pending), t1);
+        assert_eq!(mounted.phase, MountPhase::Mounted);
+        assert_eq!(mounted.mounted_at, Some(t1));
+        assert_eq!(mounted.mount_path.as_deref(), Some("/m/ns-a"));
+        assert_eq!(mounted.cache_free_bytes, Some(1000));
+        assert_eq!(mounted.conditions[0].status, "True");
+        assert_eq!(mounted.conditions[0].last_transition_time, Time(t1));
+        assert_eq!(mounted.reason, None);
+
+        // A refresh keeps the time of the transition.
+        let refreshed = mounted_status(1, "/m/ns-a", t1, cache, Some(&mounted), t2);
+        assert_eq!(refreshed.conditions[0].last_transition_time, Time(t1));
+
+        let failure = Failure::transient("RepositoryUnavailable", "s3://b did not answer");
+        let failed = failed_status(2, &failure, cache, Some(&mounted), t2);
+        assert_eq!(failed.phase, MountPhase::Failed);
+        assert_eq!(failed.attempt, 2);
+        assert!(failed.transient);
+        assert_eq!(failed.reason.as_deref(), Some("RepositoryUnavailable"));
+        assert_eq!(failed.mount_path, None);
+        assert_eq!(failed.conditions[0].reason, "RepositoryUnavailable");
+        assert_eq!(failed.conditions[0].last_transition_time, Time(t2));
+    }
+
+    #[test]
+    fn quantities_in_bytes() {
+        assert_eq!(quantity_bytes("10Gi"), Some(10 << 30));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("1e3"), Some(1000));
+        assert_eq!(quantity_bytes("1E"), Some(1_000_000_000_000_000_000));
+        assert_eq!(quantity_bytes("128974848"), Some(128_974_848));
+        assert_eq!(quantity_bytes("100m"), Some(1));
+        assert_eq!(quantity_bytes("0"), Some(0));
+        assert_eq!(quantity_bytes("+2k"), Some(2000));
+        assert_eq!(quantity_bytes("-1Gi"), None);
+        assert_eq!(quantity_bytes("Gi"), None);
+        assert_eq!(quantity_bytes("12XB"), None);
+        assert_eq!(quantity_bytes("1.2.3"), None);
+        assert_eq!(quantity_bytes("20Ei"), None, "overflows u64");
+    }
+}

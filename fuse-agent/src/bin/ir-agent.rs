@@ -1,0 +1,87 @@
+//! `ir-agent`: the instant-recovery node agent, run on every node by a DaemonSet. It mounts the
+//! node's RecoveryMounts through FUSE; see `ir_fuse::agent`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use ir_fuse::agent::{Agent, AgentConfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "ir-agent", version, about = "instant-recovery node agent")]
+struct Args {
+    /// The node this agent serves (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Where backups are mounted, as `<mount-root>/<namespace>-<name>`.
+    #[arg(
+        long,
+        env = "IR_MOUNT_ROOT",
+        default_value = "/run/media/instant-recovery"
+    )]
+    mount_root: PathBuf,
+    /// Where IRCaches live, as `<cache-root>/ircache/<uid>`.
+    #[arg(
+        long,
+        env = "IR_CACHE_ROOT",
+        default_value = "/var/lib/instant-recovery"
+    )]
+    cache_root: PathBuf,
+    /// Log lines on stderr: JSON for a cluster's log collector, or text for people.
+    #[arg(long, env = "IR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    // Handlers first, so that a signal during start-up is not fatal.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        let _ = stop.send(());
+    });
+
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+    let agent = Agent::new(
+        client,
+        AgentConfig {
+            node_name: args.node_name,
+            mount_root: args.mount_root,
+            cache_root: args.cache_root,
+        },
+    )?;
+    agent
+        .run(async move {
+            let _ = stopped.await;
+        })
+        .await;
+    Ok(())
+}

@@ -1,0 +1,557 @@
+//! The node agent as a child process against a real control plane: mount, files and writes,
+//! restart with the same IRCache, failures (missing backup, unreachable repository, bad
+//! Secret, no room), new attempts, deletion, Node heartbeat.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ir_api::GoDuration;
+use ir_api::crd::{
+    AGENT_FINALIZER, AGENT_HEARTBEAT_ANNOTATION, BackupRepositorySpec, CACHE_FREE_ANNOTATION,
+    LocalRef, MountPhase, NODE_LABEL, RecoveryMount, RecoveryMountSpec, RecoveryMountStatus,
+    S3Spec,
+};
+use ir_e2e::cluster::ControlPlane;
+use ir_repository::{Progress, Repository, StoreOptions};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+
+const NODE: &str = "node-a";
+const NAMESPACE: &str = "db";
+const UID: u32 = 4321;
+const GID: u32 = 4322;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The rules the agent needs, bound to its ServiceAccount.
+const AGENT_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: instant-recovery-agent
+rules:
+  - apiGroups: ["instantrecovery.dev"]
+    resources: ["recoverymounts"]
+    verbs: ["list", "watch", "patch"]
+  - apiGroups: ["instantrecovery.dev"]
+    resources: ["recoverymounts/status"]
+    verbs: ["patch"]
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["get"]
+  - apiGroups: [""]
+    resources: ["nodes"]
+    verbs: ["patch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: instant-recovery-agent
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: instant-recovery-agent
+subjects:
+  - kind: ServiceAccount
+    name: ir-agent
+    namespace: ir-system
+"#;
+
+/// Pseudo-random bytes that do not compress away.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A cleanly shut down pg_control: system identifier, state 1 (shut down), checkpoint, timeline.
+fn pg_control() -> Vec<u8> {
+    let mut b = vec![0u8; 8192];
+    b[0..8].copy_from_slice(&7_311_234_567_890_123_456u64.to_le_bytes());
+    b[16..20].copy_from_slice(&1u32.to_le_bytes());
+    b[32..40].copy_from_slice(&0x1_0000_0028u64.to_le_bytes());
+    b[48..52].copy_from_slice(&1u32.to_le_bytes());
+    b
+}
+
+fn backup_files() -> BTreeMap<&'static str, Vec<u8>> {
+    BTreeMap::from([
+        ("PG_VERSION", b"16\n".to_vec()),
+        ("global/pg_control", pg_control()),
+        ("base/1/1259", noise(300_000, 1)),
+        ("postgresql.conf", b"shared_buffers = 128MB\n".to_vec()),
+    ])
+}
+
+/// A file:// repository with one backup of `backup_files`; returns (URL, backup id).
+async fn make_backup(dir: &Path) -> (String, String) {
+    let data = dir.join("data");
+    for (path, content) in backup_files() {
+        let p = data.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+    }
+    let url = format!("file://{}", dir.join("repo").display());
+    let repo = Repository::init(&url, 64 * 1024, &StoreOptions::default())
+        .await
+        .expect("init repository");
+    let manifest = repo
+        .ingest_dir(&data, Arc::new(Progress::default()))
+        .await
+        .expect("ingest the data directory");
+    (url, manifest.id)
+}
+
+/// The agent binary running for NODE; killed (SIGKILL) on drop.
+struct AgentProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    fn start(kubeconfig: &Path, mount_root: &Path, cache_root: &Path, log: &Path) -> Self {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ir-agent"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("NODE_NAME", NODE)
+            .env("RUST_LOG", "info")
+            .arg("--mount-root")
+            .arg(mount_root)
+            .arg("--cache-root")
+            .arg(cache_root)
+            .args(["--log-format", "text"])
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("start ir-agent");
+        AgentProcess {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ir-agent still runs 20 s after SIGTERM\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(&log[log.len().saturating_sub(4000)..]).into_owned()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whatever a failing test leaves mounted under the root is stale once the agent is gone.
+struct MountRoot(PathBuf);
+
+impl Drop for MountRoot {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let _ = ir_fuse::clear_stale_mount(&entry.path());
+        }
+    }
+}
+
+fn file_repository(url: &str) -> BackupRepositorySpec {
+    BackupRepositorySpec {
+        url: url.to_owned(),
+        s3: None,
+        credentials_secret: None,
+        read_deadline: GoDuration(Duration::from_secs(5)),
+    }
+}
+
+fn recovery_mount(name: &str, repository: BackupRepositorySpec, backup_id: &str) -> RecoveryMount {
+    let mut rm = RecoveryMount::new(
+        name,
+        RecoveryMountSpec {
+            node_name: NODE.to_owned(),
+            repository,
+            backup_id: backup_id.to_owned(),
+            size_limit: None,
+            uid: UID,
+            gid: GID,
+            attempt: 0,
+        },
+    );
+    rm.metadata.namespace = Some(NAMESPACE.to_owned());
+    rm.metadata.labels = Some(BTreeMap::from([(NODE_LABEL.to_owned(), NODE.to_owned())]));
+    rm
+}
+
+/// Polls until `done` holds for the RecoveryMount's status; panics with what it saw and the
+/// agent's log otherwise.
+async fn wait_status(
+    api: &Api<RecoveryMount>,
+    name: &str,
+    agent: &AgentProcess,
+    what: &str,
+    done: impl Fn(&RecoveryMountStatus) -> bool,
+) -> RecoveryMountStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rm = api.get(name).await.expect("get the RecoveryMount");
+        if let Some(status) = rm.status.as_ref().filter(|s| done(s)) {
+            return status.clone();
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "RecoveryMount {name}: not {what} after {WAIT:?}; status {:#?}\nagent log:\n{}",
+                rm.status,
+                agent.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The content of the IRCache's data files.
+fn cache_data(cache_dir: &Path) -> Vec<Vec<u8>> {
+    std::fs::read_dir(cache_dir.join("data"))
+        .expect("the IRCache has a data directory")
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
+    ir_e2e::require_fuse();
+    let started = Instant::now();
+    let cp = ControlPlane::start().await;
+    cp.install_crds().await;
+    cp.create_namespace(NAMESPACE).await;
+    cp.create_namespace("ir-system").await;
+    cp.apply_yaml(AGENT_RBAC)
+        .await
+        .expect("apply the agent's RBAC");
+    let identity = cp.service_account("ir-system", "ir-agent").await;
+    let admin = cp.admin();
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(NODE.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let nodes: Api<Node> = Api::all(admin.clone());
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create the Node");
+    let control_plane_ready = started.elapsed();
+
+    let work = ir_e2e::shared_tempdir();
+    let (url, backup_id) = make_backup(work.path()).await;
+    let mount_root = work.path().join("mnt");
+    let cache_root = work.path().join("cache");
+    let _mounts = MountRoot(mount_root.clone());
+    let log = work.path().join("agent.log");
+    let mut agent = AgentProcess::start(&identity.kubeconfig, &mount_root, &cache_root, &log);
+
+    let rms: Api<RecoveryMount> = Api::namespaced(admin.clone(), NAMESPACE);
+    let main = rms
+        .create(
+            &PostParams::default(),
+            &recovery_mount("main", file_repository(&url), &backup_id),
+        )
+        .await
+        .expect("create RecoveryMount main");
+    let uid = main.metadata.uid.clone().unwrap();
+
+    // Mounted: the backup's files, owned by uid/gid, writes into the IRCache.
+    let status = wait_status(&rms, "main", &agent, "Mounted", |s| {
+        s.phase == MountPhase::Mounted
+    })
+    .await;
+    let mounted_in = started.elapsed() - control_plane_ready;
+    let mount_path = mount_root.canonicalize().unwrap().join("db-main");
+    let cache_dir = cache_root
+        .canonicalize()
+        .unwrap()
+        .join("ircache")
+        .join(&uid);
+    assert_eq!(status.attempt, 0);
+    assert_eq!(
+        status.mount_path.as_deref(),
+        Some(mount_path.to_str().unwrap())
+    );
+    let first_mounted_at = status.mounted_at.expect("mountedAt is set");
+    assert!(status.cache_free_bytes.is_some_and(|free| free > 0));
+    assert!(status.cache_used_bytes > 0, "{status:?}");
+    let condition = &status.conditions[0];
+    assert_eq!(
+        (condition.type_.as_str(), condition.status.as_str()),
+        ("Mounted", "True")
+    );
+    let finalizers = rms.get("main").await.unwrap().metadata.finalizers;
+    assert_eq!(finalizers, Some(vec![AGENT_FINALIZER.to_owned()]));
+    assert!(ir_fuse::is_fuse_mount(&mount_path));
+
+    let relation = mount_path.join("base/1/1259");
+    assert_eq!(
+        std::fs::read(&relation).unwrap(),
+        backup_files()["base/1/1259"]
+    );
+    for path in ["base/1/1259", "PG_VERSION", "base"] {
+        let meta = std::fs::metadata(mount_path.join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (UID, GID), "{path}");
+    }
+    let written = noise(100_000, 7);
+    let mut new_file = std::fs::File::create(mount_path.join("base/1/new")).unwrap();
+    new_file.write_all(&written).unwrap();
+    new_file.sync_all().unwrap();
+    drop(new_file);
+    let overwrite = b"rewritten by the test".to_vec();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&relation)
+        .unwrap();
+    file.write_all(&overwrite).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    assert!(
+        cache_data(&cache_dir).contains(&written),
+        "the new file is in {}",
+        cache_dir.display()
+    );
+
+    // The Node's annotations.
+    let deadline = Instant::now() + WAIT;
+    let annotations = loop {
+        let annotations = nodes.get(NODE).await.unwrap().metadata.annotations;
+        if let Some(a) = annotations.filter(|a| {
+            a.contains_key(AGENT_HEARTBEAT_ANNOTATION) && a.contains_key(CACHE_FREE_ANNOTATION)
+        }) {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat on the Node\n{}",
+            agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let beat: jiff::Timestamp = annotations[AGENT_HEARTBEAT_ANNOTATION].parse().unwrap();
+    assert!(jiff::Timestamp::now().duration_since(beat).as_secs() < 120);
+    assert!(annotations[CACHE_FREE_ANNOTATION].parse::<u64>().unwrap() > 0);
+
+    // SIGKILL: the mount dies with the agent; the next one mounts the same IRCache again.
+    agent.kill();
+    let err = std::fs::write(mount_path.join("after-kill"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let restart = Instant::now();
+    let mut agent = AgentProcess::start(&identity.kubeconfig, &mount_root, &cache_root, &log);
+    let status = wait_status(&rms, "main", &agent, "mounted again", |s| {
+        s.phase == MountPhase::Mounted && s.mounted_at != Some(first_mounted_at)
+    })
+    .await;
+    let remounted_in = restart.elapsed();
+    assert!(status.mounted_at.unwrap() > first_mounted_at);
+    assert_eq!(
+        std::fs::read(mount_path.join("base/1/new")).unwrap(),
+        written
+    );
+    let mut head = vec![0u8; overwrite.len() + 10];
+    let mut file = std::fs::File::open(&relation).unwrap();
+    file.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..overwrite.len()], &overwrite[..]);
+    assert_eq!(
+        &head[overwrite.len()..],
+        &backup_files()["base/1/1259"][overwrite.len()..overwrite.len() + 10]
+    );
+    drop(file);
+
+    // SIGTERM: the agent stops without unmounting; the mount ends with it, and the next agent
+    // mounts again.
+    let second_mounted_at = status.mounted_at.unwrap();
+    let exit = agent.terminate();
+    assert!(exit.success(), "{exit}\n{}", agent.log_tail());
+    assert!(ir_fuse::is_fuse_mount(&mount_path), "left mounted");
+    let err = std::fs::write(mount_path.join("after-term"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let mut agent = AgentProcess::start(&identity.kubeconfig, &mount_root, &cache_root, &log);
+    wait_status(&rms, "main", &agent, "mounted a third time", |s| {
+        s.phase == MountPhase::Mounted && s.mounted_at > Some(second_mounted_at)
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(mount_path.join("base/1/new")).unwrap(),
+        written
+    );
+
+    // Failures, each named; a new attempt tries again.
+    let missing_id = "20000101-000000-0000";
+    rms.create(
+        &PostParams::default(),
+        &recovery_mount("missing", file_repository(&url), missing_id),
+    )
+    .await
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NAMESPACE);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("s3-credentials".to_owned()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([
+            ("AWS_ACCESS_KEY_ID".to_owned(), ByteString(b"key".to_vec())),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                ByteString(b"secret".to_vec()),
+            ),
+        ])),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let closed_port = ir_e2e::free_port();
+    let unreachable = BackupRepositorySpec {
+        url: "s3://ir-test/backups".to_owned(),
+        s3: Some(S3Spec {
+            endpoint: Some(format!("http://127.0.0.1:{closed_port}")),
+            region: Some("us-east-1".to_owned()),
+            allow_http: true,
+        }),
+        credentials_secret: Some(LocalRef {
+            name: "s3-credentials".to_owned(),
+        }),
+        read_deadline: GoDuration(Duration::from_secs(3)),
+    };
+    rms.create(
+        &PostParams::default(),
+        &recovery_mount("unreachable", unreachable.clone(), &backup_id),
+    )
+    .await
+    .unwrap();
+    let bad_secret = BackupRepositorySpec {
+        credentials_secret: Some(LocalRef {
+            name: "no-such-secret".to_owned(),
+        }),
+        ..unreachable
+    };
+    rms.create(
+        &PostParams::default(),
+        &recovery_mount("bad-secret", bad_secret, &backup_id),
+    )
+    .await
+    .unwrap();
+    let mut too_large = recovery_mount("too-large", file_repository(&url), &backup_id);
+    too_large.spec.size_limit = Some(Quantity("1Ei".to_owned()));
+    rms.create(&PostParams::default(), &too_large)
+        .await
+        .unwrap();
+
+    let failed = |s: &RecoveryMountStatus| s.phase == MountPhase::Failed;
+    let status = wait_status(&rms, "missing", &agent, "Failed", failed).await;
+    assert_eq!(status.reason.as_deref(), Some("BackupNotFound"));
+    assert!(!status.transient);
+    assert!(
+        status.message.as_deref().unwrap().contains(missing_id),
+        "{status:?}"
+    );
+    let status = wait_status(&rms, "unreachable", &agent, "Failed", failed).await;
+    assert_eq!(status.reason.as_deref(), Some("RepositoryUnavailable"));
+    assert!(status.transient, "{status:?}");
+    let status = wait_status(&rms, "bad-secret", &agent, "Failed", failed).await;
+    assert_eq!(status.reason.as_deref(), Some("InvalidCredentialsSecret"));
+    assert!(!status.transient);
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("db/no-such-secret"),
+        "{status:?}"
+    );
+    let status = wait_status(&rms, "too-large", &agent, "Failed", failed).await;
+    assert_eq!(status.reason.as_deref(), Some("CacheTooSmall"));
+    assert!(!status.transient);
+    assert!(
+        status.message.as_deref().unwrap().contains("1Ei"),
+        "{status:?}"
+    );
+
+    rms.patch(
+        "missing",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"attempt": 1}})),
+    )
+    .await
+    .unwrap();
+    let status = wait_status(&rms, "missing", &agent, "Failed for attempt 1", |s| {
+        s.phase == MountPhase::Failed && s.attempt == 1
+    })
+    .await;
+    assert_eq!(status.reason.as_deref(), Some("BackupNotFound"));
+
+    // Deletion: unmounted, IRCache wiped, finalizer gone, object gone.
+    for name in ["main", "missing", "unreachable", "bad-secret", "too-large"] {
+        rms.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    while !rms
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "RecoveryMounts still there after deletion\n{}",
+            agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!ir_fuse::is_fuse_mount(&mount_path));
+    assert!(!mount_path.exists(), "{} is left", mount_path.display());
+    assert!(!cache_dir.exists(), "{} is left", cache_dir.display());
+    agent.kill();
+    eprintln!(
+        "control plane ready in {control_plane_ready:?}; first mount {mounted_in:?}; remount after SIGKILL {remounted_in:?}; total {:?}",
+        started.elapsed()
+    );
+}
