@@ -14,6 +14,10 @@ use crate::recovery::{RecoveryStatus, RetryPolicy, SwitchoverPolicy};
 
 pub const GROUP: &str = "instantrecovery.dev";
 
+/// CEL rule for an optional int-or-string quantity: well formed and greater than zero.
+const POSITIVE_QUANTITY: &str =
+    "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))";
+
 /// Label on a RecoveryMount naming its node: the agent of that node selects its mounts by it.
 pub const NODE_LABEL: &str = "instantrecovery.dev/node";
 /// Finalizer of the node agent on a RecoveryMount: unmount and wipe the IRCache first.
@@ -26,13 +30,14 @@ pub const AGENT_HEARTBEAT_ANNOTATION: &str = "instantrecovery.dev/agent-heartbea
 /// Node annotation the agent refreshes: free bytes on its IRCache file system.
 pub const CACHE_FREE_ANNOTATION: &str = "instantrecovery.dev/cache-free-bytes";
 
-/// Brings a PostgreSQL backup online at once from its repository, copies it to production
-/// storage while it serves, and switches over to the copy.
+/// What to recover and how: the backup, the node it is served from, the production storage its
+/// data moves to, and when to switch over.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "instantrecovery.dev",
     version = "v1alpha1",
     kind = "InstantRecovery",
+    doc = "Brings a PostgreSQL backup online at once from its repository, copies it to production storage while it serves, and switches over to the copy.",
     namespaced,
     status = "RecoveryStatus",
     shortname = "ir",
@@ -86,6 +91,7 @@ fn latest() -> String {
 /// A reference to an object of the same namespace.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
 pub struct LocalRef {
+    /// Name of the object.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
@@ -110,22 +116,25 @@ pub struct PostgresSpec {
 }
 
 /// The IRCache on the node: every write of the published instance until the switchover.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheSpec {
-    /// Most space the IRCache may use on the node; the node must have it free at validation.
+    /// Most space the IRCache may use on the node (a quantity such as `20Gi`); the node must
+    /// have it free at validation.
+    #[x_kube(validation = Rule::new(POSITIVE_QUANTITY).message("spec.cache.sizeLimit must be a positive quantity such as 20Gi"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_limit: Option<Quantity>,
 }
 
 /// The standby on production storage, the primary after the switchover.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetSpec {
     /// StorageClass of the target PVC; empty: the cluster's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
-    /// Size of the target PVC; default: the backup's size plus 25 %.
+    /// Size of the target PVC (a quantity such as `100Gi`); default: the backup's size plus 25 %.
+    #[x_kube(validation = Rule::new(POSITIVE_QUANTITY).message("spec.target.size must be a positive quantity such as 100Gi"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Quantity>,
     /// Resources of the standby's container.
@@ -145,12 +154,13 @@ pub struct RetainSpec {
     pub published_pod: bool,
 }
 
-/// A backup repository the recoveries of this namespace read from.
+/// Where the repository is and how to reach it.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "instantrecovery.dev",
     version = "v1alpha1",
     kind = "BackupRepository",
+    doc = "A backup repository the recoveries of this namespace read from.",
     namespaced,
     status = "BackupRepositoryStatus",
     shortname = "brepo",
@@ -163,7 +173,7 @@ pub struct RetainSpec {
 #[serde(rename_all = "camelCase")]
 pub struct BackupRepositorySpec {
     /// `s3://bucket/prefix`, or `file:///path` for a path every node mounts at the same place.
-    #[x_kube(validation = Rule::new("self.startsWith('s3://') || self.startsWith('file:///')").message("spec.url must start with s3:// or file:///"))]
+    #[x_kube(validation = Rule::new("self.matches('^s3://[^/]+') || self.matches('^file:///.')").message("url must be s3://<bucket>/<prefix> or file:///<path>"))]
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Spec>,
@@ -180,12 +190,14 @@ fn default_read_deadline() -> GoDuration {
 }
 
 /// Settings for S3-compatible servers.
-#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, KubeSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct S3Spec {
-    /// Endpoint URL; default AWS.
+    /// Endpoint URL (`https://...`, or `http://...` with `allowHttp`); default AWS.
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("endpoint must be an http:// or https:// URL"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Region of the bucket; when unset, `AWS_REGION` of the reading process, else `us-east-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Allow plain http to the endpoint.
@@ -193,14 +205,17 @@ pub struct S3Spec {
     pub allow_http: bool,
 }
 
+/// What the operator last saw of the repository.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRepositoryStatus {
+    /// The `metadata.generation` this status is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Reachable`: the repository answered the last check.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Number of backups in the repository.
     #[serde(default)]
     pub backup_count: u32,
     /// The most recent backups, newest first.
@@ -208,12 +223,13 @@ pub struct BackupRepositoryStatus {
     pub backups: Vec<crate::recovery::BackupInfo>,
 }
 
-/// The operator's request to the agent of one node: mount a backup with an IRCache.
-#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+/// The backup to mount, on which node, for which file owner.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "instantrecovery.dev",
     version = "v1alpha1",
     kind = "RecoveryMount",
+    doc = "The operator's request to the agent of one node: mount a backup with an IRCache. Created and deleted by the operator, one per InstantRecovery.",
     namespaced,
     status = "RecoveryMountStatus",
     shortname = "rmount",
@@ -233,16 +249,24 @@ pub struct RecoveryMountSpec {
     /// The resolved backup id.
     #[schemars(regex(pattern = r"^[A-Za-z0-9-]+$"))]
     pub backup_id: String,
+    /// Most space the IRCache may use, from the recovery's `spec.cache.sizeLimit`.
+    #[x_kube(validation = Rule::new(POSITIVE_QUANTITY).message("spec.sizeLimit must be a positive quantity such as 20Gi"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_limit: Option<Quantity>,
     /// Owner of the mounted files (the PostgreSQL container's user).
+    #[schemars(range(max = u32::MAX))]
     pub uid: u32,
+    /// Group of the mounted files (the PostgreSQL container's group).
+    #[schemars(range(max = u32::MAX))]
     pub gid: u32,
     /// Bumped by the operator to ask for a new attempt after a failure.
     #[serde(default)]
+    #[schemars(range(max = u32::MAX))]
     pub attempt: u32,
 }
 
+/// `Pending` until the agent has mounted, `Mounted` while it serves, `Failed` when it cannot
+/// (see `reason`, `message` and `transient`).
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum MountPhase {
     #[default]
@@ -251,6 +275,7 @@ pub enum MountPhase {
     Failed,
 }
 
+/// The agent's report on the mount.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryMountStatus {
@@ -266,8 +291,10 @@ pub struct RecoveryMountStatus {
     /// a restart): processes that had files open on the old session must restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mounted_at: Option<jiff::Timestamp>,
+    /// Bytes read from the repository since the mount.
     #[serde(default)]
     pub bytes_fetched: u64,
+    /// Bytes the IRCache uses on the node.
     #[serde(default)]
     pub cache_used_bytes: u64,
     /// Free bytes on the node's IRCache file system.
@@ -276,10 +303,13 @@ pub struct RecoveryMountStatus {
     /// CamelCase cause of a failure; `transient` says whether a retry may succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What failed, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Whether a new attempt may succeed where this one failed.
     #[serde(default)]
     pub transient: bool,
+    /// `Mounted`: the backup is mounted and served.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

@@ -155,6 +155,7 @@ impl ConditionType {
     ];
 }
 
+/// Whether the condition holds: `True`, `False`, or `Unknown` when it cannot be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ConditionStatus {
     True,
@@ -177,6 +178,7 @@ pub struct Condition {
     /// When `status` last changed.
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub last_transition_time: Timestamp,
+    /// The `metadata.generation` the condition was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
@@ -246,18 +248,22 @@ pub struct RetryStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Timings {
+    /// When the operator started the recovery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub started_at: Option<Timestamp>,
+    /// When the published instance answered its first query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub published_at: Option<Timestamp>,
     /// From the start of the recovery to the first query answered by the published instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_first_query_ms: Option<u64>,
+    /// When the standby first caught up with the published instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub synced_at: Option<Timestamp>,
+    /// When the switchover began (the published instance turned read-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub switchover_started_at: Option<Timestamp>,
@@ -265,6 +271,7 @@ pub struct Timings {
     /// promoted standby accepting writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover_downtime_ms: Option<u64>,
+    /// When the recovery completed: the promoted standby serves and the rest is cleaned up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub completed_at: Option<Timestamp>,
@@ -278,13 +285,16 @@ pub struct RecoveryStatus {
     /// CamelCase cause of the current phase (a failure reason while Waiting or Failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What happened, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// The phase a retry resumes in, while Waiting or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_phase: Option<Phase>,
+    /// The `metadata.generation` this status is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Milestones reached (Validated, Mounted, Published, Synced, SwitchedOver) and `Ready`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
