@@ -21,8 +21,10 @@
 # as the upstream release binaries are). The first build takes about 12 minutes on
 # 2 cores (etcd about 2, kube-apiserver about 10, including module downloads).
 #
-# Starting them on loopback (verified with these binaries; $ETCD_PORT, $ETCD_PEER_PORT and
-# $PORT are free loopback ports, $TOKEN any random string, $D a fresh temp dir):
+# The tests start them with ir_e2e::cluster::ControlPlane (e2e/src/cluster.rs), which makes the
+# keys and certificates itself (rcgen, ECDSA P-256) and passes the flags below. By hand, on
+# loopback ($ETCD_PORT, $ETCD_PEER_PORT and $PORT are free loopback ports, $TOKEN any random
+# string, $D a fresh temp dir):
 #   etcd --name test --data-dir "$D/etcd" \
 #     --listen-client-urls http://127.0.0.1:$ETCD_PORT \
 #     --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
@@ -53,7 +55,8 @@
 #     --service-account-signing-key-file="$D/sa.key" \
 #     --service-cluster-ip-range=10.96.0.0/16 \
 #     --endpoint-reconciler-type=none \
-#     --disable-admission-plugins=ServiceAccount &
+#     --allow-privileged=true \
+#     --disable-admission-plugins=ServiceAccount,TaintNodesByCondition,StorageObjectInUseProtection &
 #   curl --cacert "$D/ca.crt" -H "Authorization: Bearer $TOKEN" https://127.0.0.1:$PORT/readyz
 #   curl --cacert "$D/ca.crt" -H "Authorization: Bearer $TOKEN" https://127.0.0.1:$PORT/version
 # /readyz answers "ok" about 3 s after start (poll it; it is 500 or refused before). The admin
@@ -61,12 +64,19 @@
 # signed by ca.crt with O=system:masters; anonymous requests get 403. Notes on the flags:
 #   --endpoint-reconciler-type=none: the default reconciler refuses to start with a loopback
 #     --advertise-address ("may not be in the loopback range").
-#   --disable-admission-plugins=ServiceAccount: no kube-controller-manager runs, so no
-#     namespace gets its "default" ServiceAccount and every Pod create would be rejected
-#     (403 "error looking up service account <ns>/default").
+#   --disable-admission-plugins: no kube-controller-manager runs, so nothing would undo what
+#     these plugins expect a controller to undo. ServiceAccount: no namespace gets its
+#     "default" ServiceAccount and every Pod create would be rejected (403 "error looking up
+#     service account <ns>/default"). TaintNodesByCondition: a new Node would keep its
+#     node.kubernetes.io/not-ready taint forever. StorageObjectInUseProtection: a deleted PVC
+#     would keep its kubernetes.io/pvc-protection finalizer and never go away.
+#   --allow-privileged=true: as in real clusters; without it the API server refuses any Pod
+#     (or workload template) with a privileged container, such as a FUSE agent's DaemonSet.
 #   --service-cluster-ip-range: without it the default 10.0.0.0/24 is used, with a warning.
-#   No controller-manager or scheduler: Deployments/StatefulSets get no Pods and Pods stay
-#   Pending, so tests can create, read, update and delete objects only.
+#   No controller-manager or scheduler: Deployments/StatefulSets get no Pods, Pods without a
+#   nodeName stay Pending, owner references are not garbage-collected and Services get no
+#   endpoints. Tests create, read, update and delete objects; a test stand-in for the kubelet
+#   (e2e/src/kubelet.rs) runs the Pods bound to its Node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

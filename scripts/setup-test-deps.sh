@@ -9,7 +9,12 @@
 #     which follows RELEASE.2025-10-15T17-29-55Z. Its go.mod has no replace directives, so
 #     tools/s3 only requires it (Go 1.24 `tool` directive) and `go build` selects exactly
 #     MinIO's own dependency versions.
-# --runtime-only skips the S3 server (the demo needs PostgreSQL and FUSE only).
+#   - A real Kubernetes control plane for the tests: etcd and kube-apiserver, built by
+#     scripts/build-control-plane.sh from the Go modules pinned in tools/k8s and cached as
+#     $IR_CACHE_DIR/bin/etcd-<version> and kube-apiserver-<version> (the first build takes
+#     about 12 minutes on 2 cores; Go >= 1.26).
+# --runtime-only skips the S3 server and the control plane (the demo needs PostgreSQL and FUSE
+# only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,3 +72,9 @@ if [ ! -x "$bin" ]; then
 fi
 # e2e/src/s3.rs finds it here by the same version (or through IR_S3_SERVER_BIN).
 echo "S3 server:  $bin"
+
+# e2e/src/cluster.rs finds them by the same versions (or through IR_ETCD_BIN and
+# IR_KUBE_APISERVER_BIN).
+control_plane=$(scripts/build-control-plane.sh) || fail "building etcd and kube-apiserver failed"
+echo "etcd:       $(sed -n 1p <<<"$control_plane")"
+echo "API server: $(sed -n 2p <<<"$control_plane")"

@@ -455,7 +455,6 @@ async fn launch(
     cmd.arg(format!("--etcd-servers={etcd_url}"))
         .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
         .arg(format!("--secure-port={}", ports.apiserver))
-        .arg(format!("--cert-dir={}", file("certs")))
         .arg(format!("--tls-cert-file={}", file("apiserver.crt")))
         .arg(format!("--tls-private-key-file={}", file("apiserver.key")))
         .arg(format!("--client-ca-file={}", file("ca.crt")))
@@ -479,9 +478,12 @@ async fn launch(
             .expect("build the /readyz request")
     };
     loop {
-        let last = match client.request_text(readyz()).await {
-            Ok(_) => return Ok((apiserver, etcd)),
-            Err(e) => e,
+        // Bounded: if another process won the port race, it may never answer.
+        let answer = tokio::time::timeout(Duration::from_secs(5), client.request_text(readyz()));
+        let last = match answer.await {
+            Ok(Ok(_)) => return Ok((apiserver, etcd)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5 s".to_owned(),
         };
         if let Some(status) = apiserver.exited() {
             let problem = format!("exited ({status})");

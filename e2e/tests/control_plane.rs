@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ir_e2e::cluster::{ControlPlane, kubernetes_version};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::k8s_match;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 /// Pids and command lines of the processes whose arguments mention `dir`.
@@ -126,6 +127,48 @@ subjects:
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(from_file, "team");
     pods.list(&ListParams::default()).await.unwrap();
+}
+
+/// What admission would otherwise leave for the missing kube-controller-manager to finish.
+#[tokio::test]
+async fn objects_do_not_wait_for_controllers_that_do_not_run() {
+    let plane = ControlPlane::start().await;
+    plane.create_namespace("apps").await;
+    plane
+        .apply_yaml(
+            r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: apps}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: apps}
+spec:
+  nodeName: node-1
+  containers:
+    - name: agent
+      image: instant-recovery:test
+      securityContext: {privileged: true}
+"#,
+        )
+        .await
+        .expect("a privileged Pod without a default ServiceAccount is accepted");
+    let node = Api::<Node>::all(plane.admin()).get("node-1").await.unwrap();
+    let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(taints.is_empty(), "{taints:?}");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(plane.admin(), "apps");
+    let claim = claims.get("data").await.unwrap();
+    assert!(claim.finalizers().is_empty(), "{:?}", claim.finalizers());
+    claims.delete("data", &Default::default()).await.unwrap();
+    assert!(claims.get_opt("data").await.unwrap().is_none());
 }
 
 #[tokio::test]
