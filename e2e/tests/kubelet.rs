@@ -271,8 +271,22 @@ kind: Pod
 metadata: {{name: survivor, namespace: {NS}}}
 spec:
   nodeName: {node}
+  volumes: [{{name: flags, emptyDir: {{}}}}]
   containers:
-  - {{name: main, image: {SHELL_IMAGE}, command: [sleep, "1000"]}}
+  - name: main
+    image: {SHELL_IMAGE}
+    command: [sh, -c, "sleep 1; touch /run/flags/ready; exec sleep 1000"]
+    readinessProbe: {{exec: {{command: [test, -f, /run/flags/ready]}}, periodSeconds: 1}}
+    volumeMounts: [{{name: flags, mountPath: /run/flags}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: stubborn, namespace: {NS}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - {{name: main, image: {SHELL_IMAGE}, command: [sh, -c, "trap '' TERM; while :; do sleep 1; done"]}}
 ---
 apiVersion: v1
 kind: Pod
@@ -413,8 +427,41 @@ spec:
     wait_gone(&pods, "unbound", Duration::from_secs(20)).await;
     assert!(!alive(sleeper), "process {sleeper} outlived its Pod");
 
-    // Stopping the stand-in kills what still runs.
-    let survivor = wait_pod(&pods, "survivor", "Running", |p| phase(p) == "Running").await;
+    // A process that ignores the stop signal is killed when the grace period ends.
+    let stubborn = wait_pod(&pods, "stubborn", "Running", |p| phase(p) == "Running").await;
+    let stubborn = pid(&stubborn, "main");
+    let deleted = Instant::now();
+    pods.delete("stubborn", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&pods, "stubborn", Duration::from_secs(20)).await;
+    assert!(
+        deleted.elapsed() >= Duration::from_secs(2),
+        "grace period not honoured"
+    );
+    assert!(!alive(stubborn), "process {stubborn} outlived its Pod");
+
+    // An exec readiness probe decides readiness; stopping the stand-in kills what still runs.
+    let survivor = wait_pod(&pods, "survivor", "Ready", |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+    let flag = container(&survivor, "main").expect("container status");
+    let started = flag
+        .state
+        .as_ref()
+        .and_then(|s| s.running.as_ref())
+        .and_then(|r| r.started_at.clone());
+    let ready_at = survivor
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_transition_time.clone());
+    assert!(
+        ready_at.unwrap().0 > started.unwrap().0,
+        "ready before the probe could pass"
+    );
     let survivor = pid(&survivor, "main");
     assert!(alive(survivor));
     kubelet.stop().await;
