@@ -65,11 +65,23 @@ impl MountOptions {
 pub struct Mounted {
     session: Option<BackgroundSession>,
     fs: Arc<IrFs>,
+    source: Arc<RepoSource>,
     mountpoint: PathBuf,
     _lock: File,
 }
 
 impl Mounted {
+    /// Bytes read from the repository since the mount: see [`RepoSource::bytes_fetched`].
+    pub fn bytes_fetched(&self) -> u64 {
+        self.source.bytes_fetched()
+    }
+
+    /// Makes everything written through the mount so far durable in the cache, as if each
+    /// file had been fsynced, and stays mounted.
+    pub fn flush(&self) -> Result<(), MountError> {
+        Ok(self.fs.flush_all()?)
+    }
+
     /// Unmounts (lazily, so open files keep working until closed) and waits up to `wait` for
     /// the session to end. Everything written is flushed to the cache either way.
     pub fn unmount(mut self, wait: Duration) -> Result<(), MountError> {
@@ -148,17 +160,30 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Lazily unmounts a FUSE mount whose server died ("transport endpoint is not connected").
-/// Returns whether there was one.
+/// Lazily unmounts the FUSE mounts at `path` whose server died ("transport endpoint is not
+/// connected"). Returns whether there was one. Asks statfs(2), which always reaches the server:
+/// stat(2) is answered from the kernel's attribute cache for a while after the server died.
 pub fn clear_stale_mount(path: &Path) -> std::io::Result<bool> {
-    match fs::metadata(path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            lazy_unmount(path)?;
-            tracing::info!(mountpoint = %path.display(), "cleared a stale mount");
-            Ok(true)
-        }
-        _ => Ok(false),
+    let mut cleared = false;
+    // Mounts may be stacked (several dead ones after repeated crashes): clear down to the
+    // first live one or the directory below. A failed unmount ends the loop.
+    while is_dead_mount(path)? {
+        lazy_unmount(path)?;
+        tracing::info!(mountpoint = %path.display(), "cleared a stale mount");
+        cleared = true;
     }
+    Ok(cleared)
+}
+
+fn is_dead_mount(path: &Path) -> std::io::Result<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: all-zero is a valid statfs; it is only an out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a properly sized out-parameter.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 {
+        return Ok(false);
+    }
+    Ok(std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN))
 }
 
 fn lock_cache(dir: &Path) -> Result<File, MountError> {
@@ -199,20 +224,22 @@ pub fn mount_backup(
 
     let disk = (!repo.is_local()).then(|| (opts.cache_dir.join("chunks"), opts.disk_cache_bytes));
     let repository = repo.url().to_string();
-    let source = RepoSource::new(
-        repo,
-        runtime,
-        SourceConfig {
-            memory_bytes: opts.memory_cache_bytes,
-            disk,
-            max_fetches: 16,
-        },
-    )
-    .map_err(|e| MountError::Cache(opts.cache_dir.clone(), e))?;
+    let source = Arc::new(
+        RepoSource::new(
+            repo,
+            runtime,
+            SourceConfig {
+                memory_bytes: opts.memory_cache_bytes,
+                disk,
+                max_fetches: 16,
+            },
+        )
+        .map_err(|e| MountError::Cache(opts.cache_dir.clone(), e))?,
+    );
     let fs = Arc::new(IrFs::open_cache(
         &opts.cache_dir,
         Arc::new(manifest),
-        Arc::new(source),
+        source.clone(),
         &CacheOptions {
             uid: opts.uid,
             gid: opts.gid,
@@ -238,6 +265,7 @@ pub fn mount_backup(
     Ok(Mounted {
         session: Some(session),
         fs,
+        source,
         mountpoint: opts.mountpoint.clone(),
         _lock: lock,
     })
@@ -268,5 +296,12 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/a\134b"), r"/a\b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert!(!is_fuse_mount(Path::new("/")), "/ is not FUSE here");
+    }
+
+    #[test]
+    fn only_dead_mounts_are_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!clear_stale_mount(dir.path()).unwrap());
+        assert!(!clear_stale_mount(&dir.path().join("missing")).unwrap());
     }
 }

@@ -6,6 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -46,6 +47,7 @@ struct Inner {
     disk: Option<DiskCache>,
     inflight: Mutex<HashMap<ChunkId, SharedFetch>>,
     permits: Semaphore,
+    fetched: AtomicU64,
 }
 
 pub struct RepoSource {
@@ -68,9 +70,18 @@ impl RepoSource {
                 disk,
                 inflight: Mutex::new(HashMap::new()),
                 permits: Semaphore::new(cfg.max_fetches.max(1)),
+                fetched: AtomicU64::new(0),
             }),
             runtime,
         })
+    }
+
+    /// Bytes of chunks read from the repository so far, prefetches included; hits in the
+    /// memory or disk cache do not count. These are the chunks' plain (decompressed) sizes:
+    /// the repository hands over chunks decoded and does not tell what went over the wire,
+    /// which for compressed chunks is less.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.inner.fetched.load(Ordering::Relaxed)
     }
 }
 
@@ -119,6 +130,8 @@ impl Inner {
             .expect("semaphore never closed");
         match self.repo.read_chunk(&id, len).await {
             Ok(bytes) => {
+                self.fetched
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if let Some(disk) = &self.disk {
                     disk.put(&id, &bytes);
                 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -328,11 +328,18 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     assert_eq!(finalizers, Some(vec![AGENT_FINALIZER.to_owned()]));
     assert!(ir_fuse::is_fuse_mount(&mount_path));
 
+    // Reading a file fetches its chunks from the repository, and the status says so.
     let relation = mount_path.join("base/1/1259");
+    let relation_len = backup_files()["base/1/1259"].len() as u64;
+    assert!(status.bytes_fetched < relation_len, "{status:?}");
     assert_eq!(
         std::fs::read(&relation).unwrap(),
         backup_files()["base/1/1259"]
     );
+    wait_status(&rms, "main", &agent, "counting the bytes read", |s| {
+        s.bytes_fetched >= relation_len
+    })
+    .await;
     for path in ["base/1/1259", "PG_VERSION", "base"] {
         let meta = std::fs::metadata(mount_path.join(path)).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (UID, GID), "{path}");
@@ -402,11 +409,27 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     );
     drop(file);
 
-    // SIGTERM: the agent stops without unmounting; the mount ends with it, and the next agent
-    // mounts again.
+    // SIGTERM: the agent flushes and stops without unmounting; the mount ends with it, and the
+    // next agent mounts again. What was written without fsync survives: an overwrite in a
+    // backup file already closed (its block map), a new file still open (its size).
     let second_mounted_at = status.mounted_at.unwrap();
+    let mut expected_relation = backup_files()["base/1/1259"].clone();
+    expected_relation[..overwrite.len()].copy_from_slice(&overwrite);
+    let unsynced = noise(5000, 11);
+    let unsynced_at = 200_000;
+    expected_relation[unsynced_at..unsynced_at + unsynced.len()].copy_from_slice(&unsynced);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&relation)
+        .unwrap();
+    file.write_all_at(&unsynced, unsynced_at as u64).unwrap();
+    drop(file);
+    let open_data = noise(70_000, 13);
+    let mut open_file = std::fs::File::create(mount_path.join("base/1/open")).unwrap();
+    open_file.write_all(&open_data).unwrap();
     let exit = agent.terminate();
     assert!(exit.success(), "{exit}\n{}", agent.log_tail());
+    drop(open_file);
     assert!(ir_fuse::is_fuse_mount(&mount_path), "left mounted");
     let err = std::fs::write(mount_path.join("after-term"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
@@ -418,6 +441,14 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     assert_eq!(
         std::fs::read(mount_path.join("base/1/new")).unwrap(),
         written
+    );
+    assert!(
+        std::fs::read(&relation).unwrap() == expected_relation,
+        "the write made without fsync before SIGTERM is lost"
+    );
+    assert!(
+        std::fs::read(mount_path.join("base/1/open")).unwrap() == open_data,
+        "the file open at SIGTERM lost what was written to it"
     );
 
     // Failures, each named; a new attempt tries again.

@@ -4,8 +4,9 @@
 //!
 //! The FUSE sessions live in this process. When it exits, however it exits, the kernel ends
 //! them: PostgreSQL on a mount sees ENOTCONN and stops. The IRCache keeps everything that was
-//! fsynced; the next agent clears the stale mount, mounts the same cache again and reports a
-//! new `mountedAt`, from which the operator knows to restart PostgreSQL.
+//! fsynced, and on SIGTERM everything written; the next agent clears the stale mount, mounts
+//! the same cache again and reports a new `mountedAt`, from which the operator knows to restart
+//! PostgreSQL.
 
 mod disk;
 pub mod plan;
@@ -33,7 +34,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::runtime::Handle;
 
-use crate::{MountError, MountOptions, Mounted, is_fuse_mount, mount_backup};
+use crate::{MountError, MountOptions, Mounted, clear_stale_mount, is_fuse_mount, mount_backup};
 use plan::{CacheFigures, Decision, Failure, LocalMount};
 
 /// Field manager of everything the agent writes.
@@ -177,23 +178,46 @@ impl Agent {
         })
         .await;
         heartbeat.abort();
-        agent.leave_mounts();
+        agent.leave_mounts().await;
     }
 
-    /// Keeps the sessions out of reach of any destructor: dropping one unmounts, which would
-    /// pull the data directory from under PostgreSQL for nothing, since the mount ends with
-    /// the process anyway and the next agent mounts the same IRCache again. What PostgreSQL
-    /// has not fsynced is lost, as on a crash.
-    fn leave_mounts(&self) {
-        let mut held = self.held.lock().expect("held lock");
-        let mut mounts = 0;
-        for (_, held) in held.drain() {
-            if let Held::Mount { mounted, .. } = held {
+    /// Flushes every mount, then keeps the sessions out of reach of any destructor: dropping
+    /// one unmounts, which would pull the data directory from under PostgreSQL for nothing,
+    /// since the mount ends with the process anyway and the next agent mounts the same IRCache
+    /// again. Only what is written between the flush and the exit is lost.
+    async fn leave_mounts(&self) {
+        let mounts: Vec<(String, Mounted)> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .drain()
+            .filter_map(|(key, held)| match held {
+                Held::Mount { mounted, .. } => Some((key, mounted)),
+                Held::Failed { .. } => None,
+            })
+            .collect();
+        let count = mounts.len();
+        let left = tokio::task::spawn_blocking(move || {
+            for (key, mounted) in mounts {
+                if let Err(e) = mounted.flush() {
+                    tracing::error!(mount = %key, error = %e, "flushing the IRCache at shutdown");
+                }
                 std::mem::forget(mounted);
-                mounts += 1;
             }
+        })
+        .await;
+        if let Err(e) = left {
+            tracing::error!(error = %e, "flushing the IRCaches at shutdown");
         }
-        tracing::info!(mounts, "stopping; the mounts end with this process");
+        tracing::info!(mounts = count, "stopping; the mounts end with this process");
+    }
+
+    /// Bytes the mount of `key` has read from the repository; 0 when this process holds none.
+    fn bytes_fetched(&self, key: &str) -> u64 {
+        match self.held.lock().expect("held lock").get(key) {
+            Some(Held::Mount { mounted, .. }) => mounted.bytes_fetched(),
+            _ => 0,
+        }
     }
 
     fn target(&self, rm: &RecoveryMount) -> Result<Target, AgentError> {
@@ -252,6 +276,7 @@ impl Agent {
                     rm.spec.attempt,
                     &target.mount_path.display().to_string(),
                     mounted_at,
+                    self.bytes_fetched(&target.key),
                     figures,
                     rm.status.as_ref(),
                     Timestamp::now(),
@@ -290,6 +315,7 @@ impl Agent {
         match self.try_mount(rm, target).await? {
             Ok(mounted) => {
                 let mounted_at = Timestamp::now();
+                let bytes_fetched = mounted.bytes_fetched();
                 self.held.lock().expect("held lock").insert(
                     target.key.clone(),
                     Held::Mount {
@@ -304,6 +330,7 @@ impl Agent {
                     attempt,
                     &mount_path,
                     mounted_at,
+                    bytes_fetched,
                     figures,
                     Some(&pending),
                     mounted_at,
@@ -466,7 +493,7 @@ impl Agent {
         let path = target.mount_path.clone();
         let cache_dir = target.cache_dir.clone();
         tokio::task::spawn_blocking(move || {
-            clear_dead_mounts(&path).map_err(io_err(&path))?;
+            clear_stale_mount(&path).map_err(io_err(&path))?;
             if is_fuse_mount(&path) {
                 return Err(AgentError::StillMounted(path));
             }
@@ -515,27 +542,8 @@ fn remove(path: &Path, remove: impl FnOnce(&Path) -> io::Result<()>) -> Result<(
 
 /// A directory to mount on; a dead mount there (the previous agent's) is cleared first.
 fn prepare_mount_point(path: &Path) -> io::Result<()> {
-    clear_dead_mounts(path)?;
+    clear_stale_mount(path)?;
     std::fs::create_dir_all(path)
-}
-
-/// Detaches the FUSE mounts at `path` whose server is gone. `crate::clear_stale_mount` asks
-/// stat(2), which the kernel answers from its attribute cache for up to a minute after the
-/// server died; statfs(2) always reaches the server.
-fn clear_dead_mounts(path: &Path) -> io::Result<()> {
-    while is_fuse_mount(path) {
-        match disk::free_bytes(path) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
-            _ => return Ok(()),
-        }
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-        // SAFETY: valid C string; MNT_DETACH only detaches.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        tracing::info!(path = %path.display(), "cleared the mount of a previous agent");
-    }
-    Ok(())
 }
 
 /// How to reach the RecoveryMount's repository: all from its spec and Secret, nothing from the

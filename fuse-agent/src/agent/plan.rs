@@ -168,11 +168,12 @@ pub fn pending_status(
     }
 }
 
-/// Serving at `mount_path` since `mounted_at`.
+/// Serving at `mount_path` since `mounted_at`, having read `bytes_fetched` from the repository.
 pub fn mounted_status(
     attempt: u32,
     mount_path: &str,
     mounted_at: Timestamp,
+    bytes_fetched: u64,
     cache: CacheFigures,
     previous: Option<&RecoveryMountStatus>,
     now: Timestamp,
@@ -182,6 +183,7 @@ pub fn mounted_status(
         attempt,
         mount_path: Some(mount_path.to_owned()),
         mounted_at: Some(mounted_at),
+        bytes_fetched,
         cache_used_bytes: cache.used_bytes,
         cache_free_bytes: cache.free_bytes,
         conditions: vec![mounted_condition(
@@ -384,17 +386,18 @@ mod tests {
         assert_eq!(pending.phase, MountPhase::Pending);
         assert_eq!(pending.conditions[0].status, "False");
 
-        let mounted = mounted_status(1, "/m/ns-a", t1, cache, Some(&pending), t1);
+        let mounted = mounted_status(1, "/m/ns-a", t1, 4096, cache, Some(&pending), t1);
         assert_eq!(mounted.phase, MountPhase::Mounted);
         assert_eq!(mounted.mounted_at, Some(t1));
         assert_eq!(mounted.mount_path.as_deref(), Some("/m/ns-a"));
+        assert_eq!(mounted.bytes_fetched, 4096);
         assert_eq!(mounted.cache_free_bytes, Some(1000));
         assert_eq!(mounted.conditions[0].status, "True");
         assert_eq!(mounted.conditions[0].last_transition_time, Time(t1));
         assert_eq!(mounted.reason, None);
 
         // A refresh keeps the time of the transition.
-        let refreshed = mounted_status(1, "/m/ns-a", t1, cache, Some(&mounted), t2);
+        let refreshed = mounted_status(1, "/m/ns-a", t1, 8192, cache, Some(&mounted), t2);
         assert_eq!(refreshed.conditions[0].last_transition_time, Time(t1));
 
         let failure = Failure::transient("RepositoryUnavailable", "s3://b did not answer");
