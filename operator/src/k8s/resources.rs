@@ -381,6 +381,9 @@ fn security_context(user: PostgresUser) -> PodSecurityContext {
         run_as_user: Some(user.uid.into()),
         run_as_group: Some(user.gid.into()),
         fs_group: Some(user.gid.into()),
+        // A recursive regroup at every start would give the data directory group write again,
+        // and PostgreSQL refuses to start on it.
+        fs_group_change_policy: Some("OnRootMismatch".to_owned()),
         run_as_non_root: Some(user.uid != 0),
         ..Default::default()
     }
