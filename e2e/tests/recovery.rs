@@ -2,23 +2,21 @@
 //! processes with the chart's RBAC, real FUSE mounts, real PostgreSQL run by the kubelet
 //! stand-in.
 
-mod fixture;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fixture::{Fixture, NAMESPACE, connect, query_one};
 use ir_api::crd::RecoveryMount;
 use ir_api::recovery::{ConditionType, Phase};
+use ir_e2e::installation::{Installation, NAMESPACE, SAMPLE_ROWS, connect, query_one};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 
 const FLOW: Duration = Duration::from_secs(240);
 
-async fn recovery_pods(fx: &Fixture, name: &str) -> Vec<String> {
+async fn recovery_pods(fx: &Installation, name: &str) -> Vec<String> {
     fx.pods()
         .list(&ListParams::default().labels(&format!("instantrecovery.dev/recovery={name}")))
         .await
@@ -46,7 +44,7 @@ where
 
 #[tokio::test(flavor = "multi_thread")]
 async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
-    let fx = Fixture::start().await;
+    let fx = Installation::start().await;
     fx.apply_recovery("orders", "    mode: Automatic").await;
     let published = fx.wait_phase("orders", Phase::Syncing, FLOW).await;
     let status = published.status.unwrap();
@@ -88,7 +86,7 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
     );
     assert_eq!(
         query_one(&target_ip, "SELECT count(*) FROM accounts").await,
-        fx.rows.to_string()
+        SAMPLE_ROWS.to_string()
     );
     query_one(
         &target_ip,
@@ -140,7 +138,7 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_killed_mid_sync_resumes() {
-    let mut fx = Fixture::start().await;
+    let mut fx = Installation::start().await;
     fx.apply_recovery("resume", "    mode: Automatic").await;
     fx.wait_phase("resume", Phase::Syncing, FLOW).await;
     fx.operator.take().unwrap().kill();
@@ -150,7 +148,7 @@ async fn the_operator_killed_mid_sync_resumes() {
     let ip = fx.pod_ip("resume-target", FLOW).await;
     assert_eq!(
         query_one(&ip, "SELECT count(*) FROM accounts").await,
-        fx.rows.to_string()
+        SAMPLE_ROWS.to_string()
     );
 }
 
@@ -186,7 +184,7 @@ async fn write_load(pods: Api<Pod>, stop: Arc<AtomicBool>) -> BTreeSet<i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_killed_under_write_load_loses_no_commit() {
-    let mut fx = Fixture::start().await;
+    let mut fx = Installation::start().await;
     fx.apply_recovery("agentkill", "    mode: Manual").await;
     fx.wait_phase("agentkill", Phase::ReadyForSwitchover, FLOW)
         .await;
@@ -270,11 +268,11 @@ async fn ids(ip: &str) -> BTreeSet<i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_recovery_mid_sync_leaves_nothing_behind() {
-    let fx = Fixture::start().await;
+    let fx = Installation::start().await;
     fx.apply_recovery("abort", "    mode: Manual").await;
     fx.wait_phase("abort", Phase::ReadyForSwitchover, FLOW)
         .await;
-    let cache_dirs = |fx: &Fixture| {
+    let cache_dirs = |fx: &Installation| {
         std::fs::read_dir(fx.cache_root.join("ircache"))
             .map(|d| d.count())
             .unwrap_or(0)
