@@ -5,7 +5,9 @@
 //! descriptions, so they speak to users.
 
 mod duration;
+mod quantity;
 pub mod recovery;
 
 pub use duration::{DURATION_PATTERN, DurationError, GoDuration};
+pub use quantity::quantity_bytes;
 pub mod crd;

@@ -461,7 +461,7 @@ impl Agent {
         size_limit: &str,
         cache_dir: &Path,
     ) -> Result<Result<(), Failure>, AgentError> {
-        let Some(limit) = plan::quantity_bytes(size_limit) else {
+        let Some(limit) = ir_api::quantity_bytes(size_limit) else {
             return Ok(Err(Failure::permanent(
                 "InvalidSizeLimit",
                 format!("spec.sizeLimit {size_limit:?} is not a quantity of bytes"),

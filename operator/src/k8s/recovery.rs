@@ -297,7 +297,7 @@ impl Driver<'_> {
             ));
         }
         if let Some(size) = &spec.target.size {
-            let bytes = resources::quantity_bytes(size).ok_or_else(|| {
+            let bytes = ir_api::quantity_bytes(&size.0).ok_or_else(|| {
                 Failure::permanent(
                     "InvalidSpec",
                     format!("spec.target.size: {:?} is not a quantity", size.0),
@@ -343,7 +343,7 @@ impl Driver<'_> {
     async fn choose_node(&self) -> Result<String, Failure> {
         let nodes: Api<Node> = Api::all(self.ctx.client.clone());
         let needed = match &self.ir.spec.cache.size_limit {
-            Some(q) => resources::quantity_bytes(q).ok_or_else(|| {
+            Some(q) => ir_api::quantity_bytes(&q.0).ok_or_else(|| {
                 Failure::permanent(
                     "InvalidSpec",
                     format!("spec.cache.sizeLimit: {:?} is not a quantity", q.0),

@@ -95,35 +95,6 @@ pub fn default_target_size(backup_bytes: u64) -> Quantity {
     Quantity(format!("{}Gi", want.div_ceil(GIB).max(1)))
 }
 
-/// Bytes of a Kubernetes quantity (`10Gi`, `500M`, `1e9`, `1024`); `None` when it is not one
-/// or is negative.
-pub fn quantity_bytes(quantity: &Quantity) -> Option<u64> {
-    let text = quantity.0.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        exponent => 10f64.powi(exponent.strip_prefix(['e', 'E'])?.parse().ok()?),
-    };
-    let bytes = number * factor;
-    (bytes.is_finite() && bytes >= 0.0).then(|| bytes.ceil() as u64)
-}
-
 fn labels(ir: &InstantRecovery, role: Option<&str>) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         (
