@@ -142,16 +142,15 @@ pub struct TargetSpec {
     pub resources: Option<ResourceRequirements>,
 }
 
-/// Parts of the recovery kept after the switchover.
+/// Parts of the recovery kept after the switchover. The target PVC is always kept: it is the
+/// database now, and deleting the InstantRecovery does not delete it.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RetainSpec {
-    /// Keep the RecoveryMount and its IRCache (unmounted) for inspection.
+    /// Keep the RecoveryMount (the backup stays mounted over its IRCache, holding every write
+    /// the published instance made) until the InstantRecovery is deleted, for inspection.
     #[serde(default)]
     pub cache: bool,
-    /// Keep the stopped published Pod and its logs.
-    #[serde(default)]
-    pub published_pod: bool,
 }
 
 /// Where the repository is and how to reach it.

@@ -41,7 +41,7 @@ fn recovery(name: &str) -> Value {
             "target": {"storageClassName": "fast", "size": "100Gi"},
             "switchover": {"mode": "Scheduled", "at": "2030-01-01T02:00:00Z", "maxLagBytes": 16777216},
             "retry": {"limit": 3, "interval": "30s"},
-            "retain": {"cache": true, "publishedPod": true},
+            "retain": {"cache": true},
         },
     })
 }
