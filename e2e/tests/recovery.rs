@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ir_api::crd::RecoveryMount;
+use ir_api::crd::{BackupRepository, RecoveryMount};
 use ir_api::recovery::{ConditionType, Phase};
 use ir_e2e::installation::{Installation, NAMESPACE, SAMPLE_ROWS, connect, query_one};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 
@@ -55,6 +56,19 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
         .time_to_first_query_ms
         .expect("time to first query");
     println!("apply to first query on the published instance: {ttfq} ms");
+
+    // The repository's own status lists the backup.
+    let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    let repo = repos
+        .get("backups")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default();
+    assert_eq!(repo.backup_count, 1, "{repo:?}");
+    assert_eq!(repo.backups[0].id, fx.backup_id);
+    assert_eq!(repo.conditions[0].type_, "Reachable");
+    assert_eq!(repo.conditions[0].status, "True");
 
     let done = fx.wait_phase("orders", Phase::Completed, FLOW).await;
     let status = done.status.unwrap();
@@ -117,6 +131,28 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
     let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
     assert!(mounts.get_opt("orders").await.unwrap().is_none());
     assert!(fx.mounts_left().is_empty(), "{:?}", fx.mounts_left());
+
+    // Every transition is an Event on the recovery.
+    let events: Api<Event> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    let reasons: BTreeSet<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders"))
+        .filter_map(|e| e.reason)
+        .collect();
+    for reason in [
+        "Started",
+        "BackupValid",
+        "Mounted",
+        "Published",
+        "StandbyStreaming",
+        "Promoted",
+    ] {
+        assert!(reasons.contains(reason), "no {reason} event: {reasons:?}");
+    }
 
     // Deleting the finished recovery stops its Pods and keeps the database's volume.
     fx.recoveries()
@@ -301,4 +337,169 @@ async fn deleting_a_recovery_mid_sync_leaves_nothing_behind() {
             .items
             .is_empty()
     );
+}
+
+/// An InstantRecovery of backup `backup` of the installation's repository; `extra` is YAML of
+/// further `spec` fields, two spaces deep.
+fn recovery_yaml(name: &str, backup: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: instantrecovery.dev/v1alpha1\nkind: InstantRecovery\nmetadata:\n  \
+         name: {name}\n  namespace: {NAMESPACE}\nspec:\n  backup:\n    repositoryRef:\n      \
+         name: backups\n    id: {backup}\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_recoveries_fail_naming_the_field_and_create_nothing() {
+    let fx = Installation::start().await;
+    let credentials = "  postgres:\n    credentialsSecret:\n      name: db-superuser\n";
+    fx.plane
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: no-password\n  \
+             namespace: {NAMESPACE}\nstringData:\n  username: postgres\n"
+        ))
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "wrong-image",
+            recovery_yaml(
+                "wrong-image",
+                &fx.backup_id,
+                &format!("{credentials}    image: postgres:16\n"),
+            ),
+            "ImageMismatch",
+            "spec.postgres.image",
+        ),
+        (
+            "no-such-backup",
+            recovery_yaml("no-such-backup", "no-such-backup", credentials),
+            "BackupNotFound",
+            "spec.backup",
+        ),
+        (
+            "no-password",
+            recovery_yaml(
+                "no-password",
+                &fx.backup_id,
+                "  postgres:\n    credentialsSecret:\n      name: no-password\n",
+            ),
+            "SecretKeyMissing",
+            "spec.postgres.credentialsSecret",
+        ),
+        (
+            "too-small",
+            recovery_yaml(
+                "too-small",
+                &fx.backup_id,
+                &format!("{credentials}  target:\n    size: 1Ki\n"),
+            ),
+            "TargetTooSmall",
+            "spec.target.size",
+        ),
+    ];
+    for (_, yaml, _, _) in &cases {
+        fx.plane.apply_yaml(yaml).await.unwrap();
+    }
+    for (name, _, reason, field) in cases {
+        let deadline = Instant::now() + FLOW;
+        let status = loop {
+            let ir = fx.recoveries().get(name).await.unwrap();
+            if let Some(status) = ir.status.filter(|s| s.phase == Phase::Failed) {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{}", fx.diagnostics(name).await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(status.reason.as_deref(), Some(reason), "{name}: {status:?}");
+        let message = status.message.clone().unwrap_or_default();
+        assert!(message.contains(field), "{name}: {message}");
+        assert!(!status.is_true(ConditionType::Validated));
+    }
+    // Nothing was created for them.
+    let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    assert!(
+        mounts
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        fx.pods()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // A repository that does not exist yet: Waiting with retries, then Failed once they are
+    // spent; created afterwards, a manual retry goes on from there.
+    fx.plane
+        .apply_yaml(&format!(
+            "{}  retry:\n    limit: 2\n    interval: 1s\n",
+            recovery_yaml("later", &fx.backup_id, credentials)
+                .replace("name: backups", "name: arrives-later")
+        ))
+        .await
+        .unwrap();
+    fx.wait_phase_any("later", &[Phase::Waiting, Phase::Failed], FLOW)
+        .await;
+    let deadline = Instant::now() + FLOW;
+    let failed = loop {
+        let ir = fx.recoveries().get("later").await.unwrap();
+        if let Some(status) = ir.status.filter(|s| s.phase == Phase::Failed) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            fx.diagnostics("later").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(failed.retry.attempt, 2, "{failed:?}");
+    assert!(
+        failed
+            .retry
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("RepositoryNotFound")),
+        "{failed:?}"
+    );
+    assert_eq!(failed.reason.as_deref(), Some("RetriesExhausted"));
+    fx.plane
+        .apply_yaml(&format!(
+            "apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\nmetadata:\n  \
+             name: arrives-later\n  namespace: {NAMESPACE}\nspec:\n  url: {}\n",
+            fx.repo_url
+        ))
+        .await
+        .unwrap();
+    let retry =
+        serde_json::json!({"metadata": {"annotations": {"instantrecovery.dev/retry": "1"}}});
+    fx.recoveries()
+        .patch("later", &PatchParams::default(), &Patch::Merge(&retry))
+        .await
+        .unwrap();
+    // Failed until the operator takes the request.
+    let deadline = Instant::now() + FLOW;
+    while fx
+        .recoveries()
+        .get("later")
+        .await
+        .unwrap()
+        .status
+        .is_some_and(|s| s.retry.last_manual_request.as_deref() != Some("1"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            fx.diagnostics("later").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fx.wait_phase("later", Phase::Syncing, FLOW).await;
 }
