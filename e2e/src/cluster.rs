@@ -67,33 +67,6 @@ pub fn etcd_version() -> &'static str {
 
 /// `$env`, or the build scripts/build-control-plane.sh cached under the pinned version, so a
 /// stale build of another version is never picked up.
-fn binary(env: &str, name: &str, version: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("IR_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME or IR_CACHE_DIR is set"))
-                .join(".cache/instant-recovery")
-        });
-    let bin = cache.join(format!("bin/{name}-{version}"));
-    assert!(
-        bin.exists(),
-        "{name} {version} not found at {} (run scripts/setup-test-deps.sh, which builds it, or set {env})",
-        bin.display()
-    );
-    bin
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Spawns `cmd` from one thread that lives as long as the test process, with
 /// `PR_SET_PDEATHSIG`: a test binary killed by a timeout or ^C takes its servers with it, and
 /// not earlier (the signal follows the thread that spawned, not the process).
@@ -238,7 +211,7 @@ impl ControlPlane {
     pub async fn start() -> ControlPlane {
         let dir = crate::shared_tempdir();
         let ca_pem = write_pki(dir.path());
-        let admin_token = random_hex(16);
+        let admin_token = crate::random_hex(16);
         std::fs::write(
             dir.path().join("tokens.csv"),
             format!("{admin_token},admin,admin,\"system:masters\"\n"),
@@ -421,7 +394,7 @@ async fn launch(
     let deadline = Instant::now() + READY_TIMEOUT;
     let etcd_url = format!("http://127.0.0.1:{}", ports.etcd);
     let peer_url = format!("http://127.0.0.1:{}", ports.etcd_peer);
-    let mut cmd = Command::new(binary("IR_ETCD_BIN", "etcd", etcd_version()));
+    let mut cmd = Command::new(crate::cached_tool("IR_ETCD_BIN", "etcd", etcd_version()));
     cmd.arg("--name=test")
         .arg(format!(
             "--data-dir={}",
@@ -447,7 +420,7 @@ async fn launch(
     }
 
     let file = |name: &str| dir.join(name).display().to_string();
-    let mut cmd = Command::new(binary(
+    let mut cmd = Command::new(crate::cached_tool(
         "IR_KUBE_APISERVER_BIN",
         "kube-apiserver",
         kubernetes_version(),

@@ -55,3 +55,35 @@ pub fn shared_tempdir() -> tempfile::TempDir {
         .expect("chmod temp dir");
     dir
 }
+
+/// A tool scripts/setup-test-deps.sh builds and caches by version
+/// (`$IR_CACHE_DIR/bin/<name>-<version>`, IR_CACHE_DIR defaulting to
+/// ~/.cache/instant-recovery), or the path in env `env`.
+pub(crate) fn cached_tool(env: &str, name: &str, version: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return p.into();
+    }
+    let cache = std::env::var_os("IR_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME or IR_CACHE_DIR is set"))
+                .join(".cache/instant-recovery")
+        });
+    let bin = cache.join(format!("bin/{name}-{version}"));
+    assert!(
+        bin.exists(),
+        "{name} {version} not found at {} (run scripts/setup-test-deps.sh, which builds it, or set {env})",
+        bin.display()
+    );
+    bin
+}
+
+/// `bytes` random bytes as hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -22,30 +22,7 @@ fn minio_version() -> &'static str {
 
 /// `IR_S3_SERVER_BIN`, or the build cached by scripts/setup-test-deps.sh.
 pub fn server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("IR_S3_SERVER_BIN") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("IR_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME or IR_CACHE_DIR is set"))
-                .join(".cache/instant-recovery")
-        });
-    let bin = cache.join(format!("bin/minio-{}", minio_version()));
-    assert!(
-        bin.exists(),
-        "S3 test server not found at {} (run scripts/setup-test-deps.sh, or set IR_S3_SERVER_BIN)",
-        bin.display()
-    );
-    bin
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    crate::cached_tool("IR_S3_SERVER_BIN", "minio", minio_version())
 }
 
 /// The server process, its data directory and one bucket; killed on drop.
@@ -69,8 +46,8 @@ impl S3Server {
             child: None,
             port: crate::free_port(),
             bucket,
-            access_key: format!("ir{}", random_hex(8)),
-            secret_key: random_hex(16),
+            access_key: format!("ir{}", crate::random_hex(8)),
+            secret_key: crate::random_hex(16),
             root,
         };
         // free_port() can race with another process taking the port: try a few.

@@ -74,23 +74,8 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
     let status = done.status.unwrap();
     assert!(status.timings.switchover_downtime_ms.is_some());
     // Completed with its cleanup done: Ready.
-    let deadline = Instant::now() + FLOW;
-    while !fx
-        .recoveries()
-        .get("orders")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .is_true(ConditionType::Ready)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            fx.diagnostics("orders").await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    fx.wait_status("orders", FLOW, |s| s.is_true(ConditionType::Ready))
+        .await;
 
     // The target is a read-write primary with the backup's data, behind the Service.
     let target_ip = fx.pod_ip("orders-target", FLOW).await;
@@ -402,15 +387,9 @@ async fn bad_recoveries_fail_naming_the_field_and_create_nothing() {
         fx.plane.apply_yaml(yaml).await.unwrap();
     }
     for (name, _, reason, field) in cases {
-        let deadline = Instant::now() + FLOW;
-        let status = loop {
-            let ir = fx.recoveries().get(name).await.unwrap();
-            if let Some(status) = ir.status.filter(|s| s.phase == Phase::Failed) {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "{}", fx.diagnostics(name).await);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let status = fx
+            .wait_status(name, FLOW, |s| s.phase == Phase::Failed)
+            .await;
         assert_eq!(status.reason.as_deref(), Some(reason), "{name}: {status:?}");
         let message = status.message.clone().unwrap_or_default();
         assert!(message.contains(field), "{name}: {message}");
@@ -447,19 +426,9 @@ async fn bad_recoveries_fail_naming_the_field_and_create_nothing() {
         .unwrap();
     fx.wait_phase_any("later", &[Phase::Waiting, Phase::Failed], FLOW)
         .await;
-    let deadline = Instant::now() + FLOW;
-    let failed = loop {
-        let ir = fx.recoveries().get("later").await.unwrap();
-        if let Some(status) = ir.status.filter(|s| s.phase == Phase::Failed) {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            fx.diagnostics("later").await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let failed = fx
+        .wait_status("later", FLOW, |s| s.phase == Phase::Failed)
+        .await;
     assert_eq!(failed.retry.attempt, 2, "{failed:?}");
     assert!(
         failed
@@ -485,21 +454,9 @@ async fn bad_recoveries_fail_naming_the_field_and_create_nothing() {
         .await
         .unwrap();
     // Failed until the operator takes the request.
-    let deadline = Instant::now() + FLOW;
-    while fx
-        .recoveries()
-        .get("later")
-        .await
-        .unwrap()
-        .status
-        .is_some_and(|s| s.retry.last_manual_request.as_deref() != Some("1"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            fx.diagnostics("later").await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fx.wait_status("later", FLOW, |s| {
+        s.retry.last_manual_request.as_deref() == Some("1")
+    })
+    .await;
     fx.wait_phase("later", Phase::Syncing, FLOW).await;
 }

@@ -854,16 +854,13 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             ));
         }
         // A standalone primary: it no longer follows anyone.
-        for statement in [
+        alter_system(
+            standby,
             "ALTER SYSTEM RESET primary_conninfo",
-            "SELECT pg_reload_conf()",
-        ] {
-            standby
-                .batch_execute(statement)
-                .await
-                .map_err(PgError::db("resetting primary_conninfo"))
-                .map_err(|e| fail(check, true, e))?;
-        }
+            "resetting primary_conninfo",
+        )
+        .await
+        .map_err(|e| fail(check, true, e))?;
         Ok(SwitchoverOutcome {
             downtime,
             old_timeline,
@@ -880,6 +877,24 @@ fn fail(stage: &'static str, published_stopped: bool, source: PgError) -> Switch
     }
 }
 
+/// Runs one `ALTER SYSTEM` statement and reloads the configuration. Two calls: ALTER SYSTEM
+/// refuses to run in a (multi-statement) transaction block.
+pub(crate) async fn alter_system(
+    client: &Client,
+    statement: &str,
+    what: &str,
+) -> Result<(), PgError> {
+    client
+        .batch_execute(statement)
+        .await
+        .map_err(PgError::db(what))?;
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .map_err(PgError::db(format!("{what}: reloading the configuration")))?;
+    Ok(())
+}
+
 /// Sets or resets `default_transaction_read_only` for the whole instance and waits until the
 /// postmaster applies it, so that new sessions start read-only.
 pub async fn set_read_only(client: &Client, on: bool) -> Result<(), PgError> {
@@ -888,15 +903,7 @@ pub async fn set_read_only(client: &Client, on: bool) -> Result<(), PgError> {
     } else {
         "ALTER SYSTEM RESET default_transaction_read_only"
     };
-    // ALTER SYSTEM refuses to run in a (multi-statement) transaction block.
-    client
-        .batch_execute(statement)
-        .await
-        .map_err(PgError::db("changing default_transaction_read_only"))?;
-    client
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .map_err(PgError::db("reloading the configuration"))?;
+    alter_system(client, statement, "changing default_transaction_read_only").await?;
     // The postmaster and each backend apply a reload asynchronously; ours shows when it has.
     let want = if on { "on" } else { "off" };
     let deadline = Instant::now() + Duration::from_secs(5);

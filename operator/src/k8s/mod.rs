@@ -5,6 +5,7 @@
 //! kubelet runs PostgreSQL in Pods, and the operator reaches PostgreSQL over TCP at the Pod IPs
 //! as the superuser named by `spec.postgres.credentialsSecret`.
 
+mod driver;
 pub mod recovery;
 pub mod repository;
 pub mod resources;

@@ -16,6 +16,19 @@ fn recovery() -> InstantRecovery {
 
 const USER: PostgresUser = PostgresUser { uid: 999, gid: 998 };
 
+fn published(ir: &InstantRecovery, mounted_at: &str) -> Pod {
+    published_pod(
+        ir,
+        "postgres:15",
+        USER,
+        &PublishedMount {
+            node: "node-a",
+            host_path: "/run/media/instant-recovery/shop-orders",
+            mounted_at,
+        },
+    )
+}
+
 #[test]
 fn image_majors() {
     assert_eq!(image_major("postgres:15"), Some(15));
@@ -69,16 +82,7 @@ fn everything_is_owned_and_labelled() {
 fn the_service_selects_the_primary_pod() {
     let ir = recovery();
     let selector = service(&ir).spec.unwrap().selector.unwrap();
-    let published = published_pod(
-        &ir,
-        "postgres:15",
-        USER,
-        &PublishedMount {
-            node: "node-a",
-            host_path: "/run/media/instant-recovery/shop-orders",
-            mounted_at: "2026-01-01T00:00:00Z",
-        },
-    );
+    let published = published(&ir, "2026-01-01T00:00:00Z");
     let labels = published.metadata.labels.unwrap();
     assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)));
     let target = target_pod(&ir, "postgres:15", USER, "10.0.0.7", "orders-replication");
@@ -92,16 +96,7 @@ fn the_service_selects_the_primary_pod() {
 #[test]
 fn the_published_pod_runs_postgres_on_the_mount() {
     let ir = recovery();
-    let pod = published_pod(
-        &ir,
-        "postgres:15",
-        USER,
-        &PublishedMount {
-            node: "node-a",
-            host_path: "/run/media/instant-recovery/shop-orders",
-            mounted_at: "t1",
-        },
-    );
+    let pod = published(&ir, "t1");
     assert_eq!(
         pod.metadata.annotations.unwrap()[MOUNTED_AT_ANNOTATION],
         "t1"

@@ -1,0 +1,1050 @@
+//! Carrying out the state machine's actions against the cluster for one reconcile: each action
+//! is idempotent (get, create when missing, look at what is there) and fills in what it observed.
+
+use std::time::Duration;
+
+use ir_api::crd::{
+    AGENT_HEARTBEAT_ANNOTATION, BackupRepository, CACHE_FREE_ANNOTATION, InstantRecovery,
+    MountPhase, RecoveryMount,
+};
+use ir_api::recovery::{BackupInfo, RecoveryStatus};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+use tokio_postgres::Client as PgClient;
+
+use super::recovery::publish;
+use super::resources::{self, POSTGRES_PORT, PRIMARY_LABEL, PublishedMount};
+use super::{Context, Error};
+use crate::machine::{self, Action, EventKind, Failure, Observed, Standby, Step, SwitchoverReport};
+use crate::postgres::{self, ControlData, Endpoint, Host, PgError, PublishedControl, Switchover};
+
+/// Restarts of the base-backup container after which the copy counts as failed.
+const BASE_BACKUP_RESTARTS: i32 = 3;
+
+/// Carries out the machine's actions for one reconcile.
+pub(super) struct Driver<'a> {
+    ctx: &'a Context,
+    ir: &'a InstantRecovery,
+    namespace: String,
+    name: String,
+    /// The status the actions were planned from.
+    status: &'a RecoveryStatus,
+    /// The machine has just left Waiting: failed parts get a fresh attempt.
+    retrying: bool,
+    observed: Observed,
+    mount: Option<RecoveryMount>,
+    published_ip: Option<String>,
+    published_client: Option<PgClient>,
+    /// Something is about to change (a Pod starting, a copy running): look again soon.
+    requeue_soon: bool,
+}
+
+/// A Kubernetes call that failed while observing: the cluster may answer later.
+fn kube_failure(what: &str, e: kube::Error) -> Failure {
+    Failure::transient("KubernetesUnavailable", format!("{what}: {e}"))
+}
+
+impl<'a> Driver<'a> {
+    pub(super) fn new(
+        ctx: &'a Context,
+        ir: &'a InstantRecovery,
+        status: &'a RecoveryStatus,
+        retrying: bool,
+        manual_retry: Option<String>,
+    ) -> Driver<'a> {
+        Driver {
+            ctx,
+            ir,
+            namespace: ir.namespace().unwrap_or_default(),
+            name: ir.name_any(),
+            status,
+            retrying,
+            observed: Observed {
+                manual_retry,
+                ..Default::default()
+            },
+            mount: None,
+            published_ip: None,
+            published_client: None,
+            requeue_soon: false,
+        }
+    }
+
+    /// What the actions observed, and whether to look again soon.
+    pub(super) fn finish(self) -> (Observed, bool) {
+        (self.observed, self.requeue_soon)
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace)
+    }
+
+    /// Returns false when the actions after this one would be pointless now.
+    pub(super) async fn execute(&mut self, action: Action) -> Result<bool, Error> {
+        Ok(match action {
+            Action::Validate => {
+                self.observed.validation = match self.validate().await {
+                    Ok(info) => Step::Ready(info),
+                    Err(f) => Step::Failed(f),
+                };
+                true
+            }
+            Action::EnsureMount => {
+                self.observed.mount = self.ensure_mount().await?;
+                matches!(self.observed.mount, Step::Ready(()))
+            }
+            Action::EnsurePublished => {
+                self.observed.published = self.ensure_published().await?;
+                matches!(self.observed.published, Step::Ready(_))
+            }
+            Action::EnsureStandby => {
+                self.observed.standby = self.ensure_standby().await?;
+                true
+            }
+            Action::Switchover => {
+                self.observed.switchover = self.switchover().await?;
+                true
+            }
+            Action::Cleanup => {
+                self.observed.cleanup = self.cleanup().await?;
+                true
+            }
+        })
+    }
+
+    // ---- validate ----
+
+    async fn repository(&self) -> Result<BackupRepository, Failure> {
+        let name = &self.ir.spec.backup.repository_ref.name;
+        match self.api::<BackupRepository>().get_opt(name).await {
+            Ok(Some(repo)) => Ok(repo),
+            Ok(None) => Err(Failure::transient(
+                "RepositoryNotFound",
+                format!(
+                    "spec.backup.repositoryRef: BackupRepository {}/{name} does not exist",
+                    self.namespace
+                ),
+            )),
+            Err(e) => Err(kube_failure("reading the BackupRepository", e)),
+        }
+    }
+
+    async fn validate(&self) -> Result<BackupInfo, Failure> {
+        let spec = &self.ir.spec;
+        let repo = self.repository().await?;
+        let options = super::store_options(&self.ctx.client, &self.namespace, &repo.spec).await?;
+        let backup = crate::local::validate::find_backup(&repo.spec.url, &options, &spec.backup.id)
+            .await
+            .map_err(|f| Failure {
+                message: format!("spec.backup: {}", f.message),
+                ..f
+            })?;
+        self.credentials().await?;
+        if let Some(secret) = &spec.postgres.replication_secret {
+            super::read_secret(
+                &self.ctx.client,
+                &self.namespace,
+                &secret.name,
+                &["username", "password"],
+                "spec.postgres.replicationSecret",
+            )
+            .await?;
+        }
+        let image = resources::postgres_image(self.ir, backup.pg_major);
+        if let Some(major) = resources::image_major(&image)
+            && major != backup.pg_major
+        {
+            return Err(Failure::permanent(
+                "ImageMismatch",
+                format!(
+                    "spec.postgres.image: {image} runs PostgreSQL {major}, but backup {} is \
+                     PostgreSQL {}",
+                    backup.id, backup.pg_major
+                ),
+            ));
+        }
+        if let Some(size) = &spec.target.size {
+            let bytes = ir_api::quantity_bytes(&size.0).ok_or_else(|| {
+                Failure::permanent(
+                    "InvalidSpec",
+                    format!("spec.target.size: {:?} is not a quantity", size.0),
+                )
+            })?;
+            if bytes < backup.size_bytes {
+                return Err(Failure::permanent(
+                    "TargetTooSmall",
+                    format!(
+                        "spec.target.size: {} is smaller than backup {} ({} bytes)",
+                        size.0, backup.id, backup.size_bytes
+                    ),
+                ));
+            }
+        }
+        if self
+            .api::<RecoveryMount>()
+            .get_opt(&self.name)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            self.choose_node().await?;
+        }
+        Ok(backup)
+    }
+
+    /// The superuser the operator connects as.
+    async fn credentials(&self) -> Result<(String, String), Failure> {
+        let values = super::read_secret(
+            &self.ctx.client,
+            &self.namespace,
+            &self.ir.spec.postgres.credentials_secret.name,
+            &["username", "password"],
+            "spec.postgres.credentialsSecret",
+        )
+        .await?;
+        Ok((values[0].clone(), values[1].clone()))
+    }
+
+    /// `spec.nodeName`, or the node whose live agent has the most free cache space.
+    async fn choose_node(&self) -> Result<String, Failure> {
+        let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+        let needed = match &self.ir.spec.cache.size_limit {
+            Some(q) => ir_api::quantity_bytes(&q.0).ok_or_else(|| {
+                Failure::permanent(
+                    "InvalidSpec",
+                    format!("spec.cache.sizeLimit: {:?} is not a quantity", q.0),
+                )
+            })?,
+            None => 0,
+        };
+        let now = Timestamp::now();
+        let agent = |node: &Node| -> Option<u64> {
+            let annotations = node.metadata.annotations.as_ref()?;
+            let beat: Timestamp = annotations.get(AGENT_HEARTBEAT_ANNOTATION)?.parse().ok()?;
+            let age = now.duration_since(beat).unsigned_abs();
+            (age <= self.ctx.settings.agent_timeout)
+                .then(|| annotations.get(CACHE_FREE_ANNOTATION)?.parse().ok())
+                .flatten()
+        };
+        if let Some(name) = &self.ir.spec.node_name {
+            let node = nodes
+                .get_opt(name)
+                .await
+                .map_err(|e| kube_failure("reading the node", e))?
+                .ok_or_else(|| {
+                    Failure::transient(
+                        "NodeNotFound",
+                        format!("spec.nodeName: node {name} does not exist"),
+                    )
+                })?;
+            let free = agent(&node).ok_or_else(|| {
+                Failure::transient(
+                    "AgentUnavailable",
+                    format!(
+                        "spec.nodeName: node {name} has no running instant-recovery agent \
+                         (no heartbeat within {:?})",
+                        self.ctx.settings.agent_timeout
+                    ),
+                )
+            })?;
+            if free < needed {
+                return Err(Failure::transient(
+                    "InsufficientCacheSpace",
+                    format!(
+                        "spec.cache.sizeLimit: node {name} has {free} bytes free for the IRCache, \
+                         {needed} needed"
+                    ),
+                ));
+            }
+            return Ok(name.clone());
+        }
+        let list = nodes
+            .list(&Default::default())
+            .await
+            .map_err(|e| kube_failure("listing nodes", e))?;
+        let mut with_agent = 0;
+        let best = list
+            .items
+            .iter()
+            .filter_map(|n| agent(n).map(|free| (free, n.name_any())))
+            .inspect(|_| with_agent += 1)
+            .filter(|(free, _)| *free >= needed)
+            .max();
+        match best {
+            Some((_, name)) => Ok(name),
+            None if with_agent == 0 => Err(Failure::transient(
+                "AgentUnavailable",
+                "no node runs an instant-recovery agent (is the DaemonSet installed?)",
+            )),
+            None => Err(Failure::transient(
+                "InsufficientCacheSpace",
+                format!(
+                    "spec.cache.sizeLimit: no node with an agent has {needed} bytes free for the \
+                     IRCache"
+                ),
+            )),
+        }
+    }
+
+    // ---- mount ----
+
+    async fn ensure_mount(&mut self) -> Result<Step, Error> {
+        let api = self.api::<RecoveryMount>();
+        let mount = match api.get_opt(&self.name).await? {
+            Some(mount) => mount,
+            None => {
+                let Some(backup) = &self.status.backup else {
+                    return Ok(Step::Failed(Failure::permanent(
+                        "NotValidated",
+                        "the recovery has no validated backup",
+                    )));
+                };
+                let repo = match self.repository().await {
+                    Ok(repo) => repo,
+                    Err(f) => return Ok(Step::Failed(f)),
+                };
+                let node = match self.choose_node().await {
+                    Ok(node) => node,
+                    Err(f) => return Ok(Step::Failed(f)),
+                };
+                let mount = resources::recovery_mount(
+                    self.ir,
+                    &node,
+                    &repo.spec,
+                    &backup.id,
+                    self.ctx.settings.postgres_user,
+                );
+                self.requeue_soon = true;
+                return match api.create(&PostParams::default(), &mount).await {
+                    Ok(_) => Ok(Step::InProgress),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(Step::InProgress),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        };
+        if mount.metadata.deletion_timestamp.is_some() {
+            self.requeue_soon = true;
+            return Ok(Step::InProgress);
+        }
+        let status = mount.status.clone().unwrap_or_default();
+        if status.attempt != mount.spec.attempt {
+            // The agent has not answered this attempt yet.
+            return Ok(Step::InProgress);
+        }
+        let step = match status.phase {
+            MountPhase::Pending => Step::InProgress,
+            MountPhase::Mounted => {
+                if let Err(f) = self.agent_alive(&mount.spec.node_name).await {
+                    return Ok(Step::Failed(f));
+                }
+                self.mount = Some(mount);
+                Step::Ready(())
+            }
+            MountPhase::Failed if self.retrying => {
+                let patch = serde_json::json!({"spec": {"attempt": mount.spec.attempt + 1}});
+                api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                Step::InProgress
+            }
+            MountPhase::Failed => Step::Failed(Failure {
+                transient: status.transient,
+                reason: status.reason.unwrap_or_else(|| "MountFailed".to_owned()),
+                message: format!(
+                    "node {}: {}",
+                    mount.spec.node_name,
+                    status.message.unwrap_or_default()
+                ),
+            }),
+        };
+        Ok(step)
+    }
+
+    async fn agent_alive(&self, node: &str) -> Result<(), Failure> {
+        let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+        let node_obj = nodes
+            .get_opt(node)
+            .await
+            .map_err(|e| kube_failure("reading the node", e))?;
+        let beat = node_obj
+            .as_ref()
+            .and_then(|n| n.metadata.annotations.as_ref())
+            .and_then(|a| a.get(AGENT_HEARTBEAT_ANNOTATION))
+            .and_then(|v| v.parse::<Timestamp>().ok());
+        match beat {
+            Some(beat)
+                if Timestamp::now().duration_since(beat).unsigned_abs()
+                    <= self.ctx.settings.agent_timeout =>
+            {
+                Ok(())
+            }
+            _ => Err(Failure::transient(
+                "AgentUnavailable",
+                format!("the instant-recovery agent on node {node} stopped reporting"),
+            )),
+        }
+    }
+
+    // ---- publish ----
+
+    async fn ensure_object<K>(&self, object: K) -> Result<K, Error>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api = self.api::<K>();
+        let name = object.meta().name.clone().unwrap_or_default();
+        if let Some(existing) = api.get_opt(&name).await? {
+            return Ok(existing);
+        }
+        match api.create(&PostParams::default(), &object).await {
+            Ok(created) => Ok(created),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(&name).await?),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn image(&self) -> String {
+        let major = self.status.backup.as_ref().map_or(0, |b| b.pg_major);
+        resources::postgres_image(self.ir, major)
+    }
+
+    async fn endpoint(&self, ip: &str) -> Result<Endpoint, Failure> {
+        let (user, password) = self.credentials().await?;
+        Ok(Endpoint {
+            host: Host::Tcp(ip.to_owned()),
+            port: POSTGRES_PORT,
+            user,
+            password: Some(password),
+            dbname: "postgres".to_owned(),
+        })
+    }
+
+    async fn ensure_published(&mut self) -> Result<Step<Timestamp>, Error> {
+        let Some(mount) = &self.mount else {
+            return Ok(Step::InProgress);
+        };
+        let mount_status = mount.status.clone().unwrap_or_default();
+        let (Some(host_path), Some(mounted_at)) =
+            (mount_status.mount_path, mount_status.mounted_at)
+        else {
+            return Ok(Step::InProgress);
+        };
+        let mounted_at = mounted_at.to_string();
+        let node = mount.spec.node_name.clone();
+        self.ensure_object(resources::config_map(self.ir)).await?;
+        self.ensure_object(resources::service(self.ir)).await?;
+        let pods = self.api::<Pod>();
+        let pod_name = resources::published_pod_name(&self.name);
+        let Some(pod) = pods.get_opt(&pod_name).await? else {
+            let pod = resources::published_pod(
+                self.ir,
+                &self.image(),
+                self.ctx.settings.postgres_user,
+                &PublishedMount {
+                    node: &node,
+                    host_path: &host_path,
+                    mounted_at: &mounted_at,
+                },
+            );
+            self.requeue_soon = true;
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(Step::InProgress);
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.requeue_soon = true;
+            return Ok(Step::InProgress);
+        }
+        let started_on = pod
+            .annotations()
+            .get(resources::MOUNTED_AT_ANNOTATION)
+            .cloned();
+        if started_on.as_deref() != Some(mounted_at.as_str()) {
+            // The agent mounted again: files PostgreSQL had open are gone with the old session.
+            tracing::info!(pod = %pod_name, "the mount was renewed: restarting the published instance");
+            self.publish_note(
+                "MountRenewed",
+                "the agent mounted the backup again; restarting the published instance (crash \
+                 recovery from the IRCache)",
+            )
+            .await;
+            delete(&pods, &pod_name).await?;
+            self.requeue_soon = true;
+            return Ok(Step::InProgress);
+        }
+        let status = pod.status.clone().unwrap_or_default();
+        match status.phase.as_deref() {
+            Some("Failed") | Some("Succeeded") => {
+                return self.published_exited(&pods, &pod).await;
+            }
+            Some("Running") => {}
+            _ => {
+                if let Some(f) = waiting_failure(&pod) {
+                    return Ok(Step::Failed(f));
+                }
+                self.requeue_soon = true;
+                return Ok(Step::InProgress);
+            }
+        }
+        let Some(ip) = status.pod_ip.filter(|ip| !ip.is_empty()) else {
+            self.requeue_soon = true;
+            return Ok(Step::InProgress);
+        };
+        let endpoint = match self.endpoint(&ip).await {
+            Ok(e) => e,
+            Err(f) => return Ok(Step::Failed(f)),
+        };
+        // Poll briefly: the moment of the first answer is the headline figure.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(client) = endpoint.connect().await
+                && client.simple_query("SELECT 1").await.is_ok()
+            {
+                let answered = Timestamp::now();
+                self.published_ip = Some(ip);
+                self.published_client = Some(client);
+                return Ok(Step::Ready(answered));
+            }
+            if std::time::Instant::now() >= deadline {
+                self.requeue_soon = true;
+                return Ok(Step::InProgress);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The published PostgreSQL exited. Its agent may be restarting (the mount died with it):
+    /// that gets `agent_timeout` to show a new mount session before this counts as a failure.
+    async fn published_exited(
+        &mut self,
+        pods: &Api<Pod>,
+        pod: &Pod,
+    ) -> Result<Step<Timestamp>, Error> {
+        let name = pod.name_any();
+        if self.retrying {
+            delete(pods, &name).await?;
+            self.requeue_soon = true;
+            return Ok(Step::InProgress);
+        }
+        let terminated = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.clone());
+        let finished = terminated
+            .as_ref()
+            .and_then(|t| t.finished_at.as_ref())
+            .map(|t| t.0);
+        if let Some(finished) = finished
+            && Timestamp::now().duration_since(finished).unsigned_abs()
+                < self.ctx.settings.agent_timeout
+        {
+            self.requeue_soon = true;
+            return Ok(Step::InProgress);
+        }
+        let detail = terminated.map_or_else(String::new, |t| {
+            format!(
+                " (exit code {}{}{})",
+                t.exit_code,
+                t.reason.map(|r| format!(", {r}")).unwrap_or_default(),
+                t.message.map(|m| format!(": {m}")).unwrap_or_default()
+            )
+        });
+        Ok(Step::Failed(Failure::transient(
+            "PublishedInstanceExited",
+            format!(
+                "PostgreSQL in Pod {name} exited{detail}; see `kubectl logs {name}`; a retry \
+                 starts it again"
+            ),
+        )))
+    }
+
+    async fn publish_note(&self, reason: &str, message: &str) {
+        publish(
+            self.ctx,
+            self.ir,
+            &machine::Event {
+                kind: EventKind::Normal,
+                reason: reason.to_owned(),
+                message: message.to_owned(),
+            },
+        )
+        .await;
+    }
+
+    // ---- sync ----
+
+    /// (user, password, generated by the operator).
+    async fn replication_credentials(
+        &self,
+    ) -> Result<Result<(String, String, bool), Failure>, Error> {
+        let (name, generated) = match &self.ir.spec.postgres.replication_secret {
+            Some(secret) => (secret.name.clone(), false),
+            None => (resources::replication_secret_name(&self.name), true),
+        };
+        if generated {
+            self.ensure_object(resources::replication_secret(self.ir, &random_password()))
+                .await?;
+        }
+        let values = super::read_secret(
+            &self.ctx.client,
+            &self.namespace,
+            &name,
+            &["username", "password"],
+            "spec.postgres.replicationSecret",
+        )
+        .await;
+        Ok(values.map(|v| (v[0].clone(), v[1].clone(), generated)))
+    }
+
+    async fn ensure_standby(&mut self) -> Result<Standby, Error> {
+        let (Some(published_ip), Some(published)) =
+            (self.published_ip.clone(), self.published_client.take())
+        else {
+            return Ok(Standby::Absent);
+        };
+        let (repl_user, repl_password, generated) = match self.replication_credentials().await? {
+            Ok(credentials) => credentials,
+            Err(f) => return Ok(Standby::Failed(f)),
+        };
+        if let Err(f) =
+            ensure_replication_role(&published, &repl_user, &repl_password, generated).await
+        {
+            return Ok(Standby::Failed(f));
+        }
+        let backup_bytes = self.status.backup.as_ref().map_or(0, |b| b.size_bytes);
+        let size = self
+            .ir
+            .spec
+            .target
+            .size
+            .clone()
+            .unwrap_or_else(|| resources::default_target_size(backup_bytes));
+        self.ensure_object(resources::target_pvc(self.ir, size))
+            .await?;
+        let pods = self.api::<Pod>();
+        let target = resources::target_name(&self.name);
+        let secret = self
+            .ir
+            .spec
+            .postgres
+            .replication_secret
+            .as_ref()
+            .map_or_else(
+                || resources::replication_secret_name(&self.name),
+                |s| s.name.clone(),
+            );
+        let Some(pod) = pods.get_opt(&target).await? else {
+            let pod = resources::target_pod(
+                self.ir,
+                &self.image(),
+                self.ctx.settings.postgres_user,
+                &published_ip,
+                &secret,
+            );
+            match pods.create(&PostParams::default(), &pod).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.requeue_soon = true;
+            return Ok(Standby::Absent);
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.requeue_soon = true;
+            return Ok(Standby::Absent);
+        }
+        let status = pod.status.clone().unwrap_or_default();
+        let init = status
+            .init_container_statuses
+            .as_ref()
+            .and_then(|s| s.first())
+            .cloned();
+        let copied = init
+            .as_ref()
+            .and_then(|s| s.state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .is_some_and(|t| t.exit_code == 0);
+        if !copied {
+            let restarts = init.as_ref().map_or(0, |s| s.restart_count);
+            let copying_from = init_env(&pod, resources::SOURCE_HOST_ENV);
+            if copying_from.as_deref() != Some(published_ip.as_str())
+                || (self.retrying && restarts > 0)
+            {
+                // The published instance moved (new Pod IP) or a retry: copy again from it.
+                delete(&pods, &target).await?;
+                self.requeue_soon = true;
+                return Ok(Standby::Absent);
+            }
+            if restarts >= BASE_BACKUP_RESTARTS {
+                return Ok(Standby::Failed(Failure::transient(
+                    "BaseBackupFailed",
+                    format!(
+                        "pg_basebackup in Pod {target} failed {restarts} times; see `kubectl logs \
+                         {target} -c base-backup`"
+                    ),
+                )));
+            }
+            self.requeue_soon = true;
+            let (copied_bytes, total_bytes) = postgres::base_backup_progress(&published)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or((0, 0));
+            return Ok(Standby::Copying {
+                copied_bytes,
+                total_bytes,
+            });
+        }
+        let Some(ip) = status
+            .pod_ip
+            .filter(|ip| !ip.is_empty() && status.phase.as_deref() == Some("Running"))
+        else {
+            self.requeue_soon = true;
+            return Ok(Standby::Copying {
+                copied_bytes: backup_bytes,
+                total_bytes: backup_bytes,
+            });
+        };
+        let app = resources::standby_application_name(&self.name);
+        let lag = postgres::replication_lag(&published, &app).await?;
+        if lag.is_none() {
+            // Not streaming: make sure it follows the published instance where it is now.
+            if let Ok(endpoint) = self.endpoint(&ip).await
+                && let Ok(standby) = endpoint.connect().await
+            {
+                follow(&standby, &published_ip, &repl_user, &repl_password, &app).await?;
+            }
+            self.requeue_soon = true;
+        }
+        Ok(match lag {
+            Some(lag_bytes) => Standby::Streaming { lag_bytes },
+            None => Standby::Copying {
+                copied_bytes: backup_bytes,
+                total_bytes: backup_bytes,
+            },
+        })
+    }
+
+    // ---- switchover ----
+
+    async fn pod_ip(&self, name: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .api::<Pod>()
+            .get_opt(name)
+            .await?
+            .and_then(|p| p.status)
+            .and_then(|s| s.pod_ip)
+            .filter(|ip| !ip.is_empty()))
+    }
+
+    async fn switchover(&mut self) -> Result<Step<SwitchoverReport>, Error> {
+        let target = resources::target_name(&self.name);
+        let published_name = resources::published_pod_name(&self.name);
+        let Some(standby_ip) = self.pod_ip(&target).await? else {
+            return Ok(Step::Failed(Failure::transient(
+                "StandbyUnavailable",
+                format!("Pod {target} has no IP"),
+            )));
+        };
+        let published_ip = self.pod_ip(&published_name).await?.unwrap_or_default();
+        let (published_endpoint, standby_endpoint) = match (
+            self.endpoint(&published_ip).await,
+            self.endpoint(&standby_ip).await,
+        ) {
+            (Ok(p), Ok(s)) => (p, s),
+            (Err(f), _) | (_, Err(f)) => return Ok(Step::Failed(f)),
+        };
+        let control = PodPublished {
+            pods: self.api::<Pod>(),
+            name: published_name,
+            timeout: self.ctx.settings.switchover.stop,
+        };
+        let switchover = Switchover {
+            published: &control,
+            published_endpoint: &published_endpoint,
+            standby_endpoint: &standby_endpoint,
+            timeouts: self.ctx.settings.switchover,
+        };
+        match switchover.run().await {
+            Ok(outcome) => {
+                tracing::info!(
+                    recovery = %self.name,
+                    downtime_ms = outcome.downtime.as_millis() as u64,
+                    old_timeline = outcome.old_timeline,
+                    new_timeline = outcome.new_timeline,
+                    "switched over"
+                );
+                self.label_primary(&target).await?;
+                Ok(Step::Ready(SwitchoverReport {
+                    downtime: outcome.downtime,
+                }))
+            }
+            Err(e) => Ok(Step::Failed(Failure::transient(
+                "SwitchoverFailed",
+                e.to_string(),
+            ))),
+        }
+    }
+
+    /// Points the Service at `pod`.
+    async fn label_primary(&self, pod: &str) -> Result<(), Error> {
+        let patch = serde_json::json!({"metadata": {"labels": {PRIMARY_LABEL: "true"}}});
+        self.api::<Pod>()
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    // ---- completed ----
+
+    async fn cleanup(&mut self) -> Result<Step, Error> {
+        let target = resources::target_name(&self.name);
+        self.label_primary(&target).await?;
+        // The target is the database now: it outlives the recovery object.
+        let release = serde_json::json!({"metadata": {"ownerReferences": null}});
+        self.api::<PersistentVolumeClaim>()
+            .patch(&target, &PatchParams::default(), &Patch::Merge(&release))
+            .await?;
+        let pods = self.api::<Pod>();
+        let published = resources::published_pod_name(&self.name);
+        if pods.get_opt(&published).await?.is_some() {
+            delete(&pods, &published).await?;
+            self.requeue_soon = true;
+            return Ok(Step::InProgress);
+        }
+        if !self.ir.spec.retain.cache {
+            let mounts = self.api::<RecoveryMount>();
+            if mounts.get_opt(&self.name).await?.is_some() {
+                delete(&mounts, &self.name).await?;
+                self.requeue_soon = true;
+                return Ok(Step::InProgress);
+            }
+        }
+        Ok(Step::Ready(()))
+    }
+}
+
+/// The published instance as a Pod: stopping it is deleting it (the kubelet sends the image's
+/// stop signal, SIGINT for PostgreSQL: a fast shutdown).
+struct PodPublished {
+    pods: Api<Pod>,
+    name: String,
+    timeout: Duration,
+}
+
+impl PublishedControl for PodPublished {
+    async fn is_running(&self) -> Result<bool, PgError> {
+        self.pods
+            .get_opt(&self.name)
+            .await
+            .map(|p| p.is_some())
+            .map_err(|e| PgError::Unexpected(format!("reading Pod {}: {e}", self.name)))
+    }
+
+    async fn stop(&self) -> Result<(), PgError> {
+        let failed =
+            |e: kube::Error| PgError::Unexpected(format!("deleting Pod {}: {e}", self.name));
+        match self.pods.delete(&self.name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(e) => return Err(failed(e)),
+        }
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            if self
+                .pods
+                .get_opt(&self.name)
+                .await
+                .map_err(failed)?
+                .is_none()
+            {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(PgError::Timeout {
+                    what: format!("Pod {} going away", self.name),
+                    timeout: self.timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn final_checkpoint(&self) -> Result<Option<ControlData>, PgError> {
+        Ok(None)
+    }
+}
+
+/// Deletes an object; gone already is fine.
+pub(super) async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A container that cannot start for a reason a wait will not fix soon (bad image, missing
+/// Secret key).
+fn waiting_failure(pod: &Pod) -> Option<Failure> {
+    let status = pod.status.as_ref()?;
+    let all = status
+        .init_container_statuses
+        .iter()
+        .chain(status.container_statuses.iter())
+        .flatten();
+    for container in all {
+        let waiting = container.state.as_ref()?.waiting.as_ref();
+        if let Some(w) = waiting
+            && let Some(reason) = w.reason.as_deref()
+            && matches!(
+                reason,
+                "ErrImagePull"
+                    | "ImagePullBackOff"
+                    | "InvalidImageName"
+                    | "CreateContainerConfigError"
+            )
+        {
+            return Some(Failure::transient(
+                "PodCannotStart",
+                format!(
+                    "Pod {}: container {} {reason}: {}",
+                    pod.name_any(),
+                    container.name,
+                    w.message.clone().unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// The value of env `name` of the Pod's first init container.
+fn init_env(pod: &Pod, name: &str) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .init_containers
+        .as_ref()?
+        .first()?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+/// Creates (or repairs) the replication role of a generated Secret; a role of a given Secret
+/// must exist already.
+async fn ensure_replication_role(
+    client: &PgClient,
+    user: &str,
+    password: &str,
+    generated: bool,
+) -> Result<(), Failure> {
+    let pg = |e: tokio_postgres::Error| {
+        Failure::transient("PostgresUnavailable", postgres::describe(&e))
+    };
+    let row = client
+        .query_opt(
+            "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&user],
+        )
+        .await
+        .map_err(pg)?;
+    match (row.map(|r| r.get::<_, bool>(0)), generated) {
+        (Some(true), _) => Ok(()),
+        (state, true) => {
+            let verb = if state.is_some() { "ALTER" } else { "CREATE" };
+            let statement = format!(
+                "{verb} ROLE {} WITH REPLICATION LOGIN PASSWORD {}",
+                quote_ident(user),
+                quote_literal(password)
+            );
+            client.batch_execute(&statement).await.map_err(pg)
+        }
+        (_, false) => Err(Failure::permanent(
+            "ReplicationRoleMissing",
+            format!(
+                "spec.postgres.replicationSecret: role {user:?} does not exist in the backup or \
+                 cannot log in for replication"
+            ),
+        )),
+    }
+}
+
+/// Points a standby at the published instance (its IP changes when its Pod is replaced).
+async fn follow(
+    standby: &PgClient,
+    host: &str,
+    user: &str,
+    password: &str,
+    application_name: &str,
+) -> Result<(), Error> {
+    let current: String = standby
+        .query_one("SHOW primary_conninfo", &[])
+        .await
+        .map_err(PgError::db("SHOW primary_conninfo"))?
+        .get(0);
+    if current
+        .split_whitespace()
+        .any(|kv| kv == format!("host={host}"))
+    {
+        return Ok(());
+    }
+    let conninfo = format!(
+        "host={host} port={POSTGRES_PORT} user={} password={} application_name={}",
+        conninfo_value(user),
+        conninfo_value(password),
+        conninfo_value(application_name)
+    );
+    postgres::alter_system(
+        standby,
+        &format!(
+            "ALTER SYSTEM SET primary_conninfo = {}",
+            quote_literal(&conninfo)
+        ),
+        "setting primary_conninfo",
+    )
+    .await?;
+    Ok(())
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn random_password() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("/dev/urandom is readable");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
