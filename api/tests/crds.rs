@@ -1,10 +1,11 @@
-//! The checked-in generated files (CRDs in `crds/` and in the Helm chart) are the ones
-//! `crdgen` writes from the types.
+//! The checked-in generated files (the CRDs in `crds/` and in the Helm chart, the CRD reference)
+//! are the ones `crdgen` writes from the types.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-const GENERATED_DIRS: [&str; 2] = ["crds", "charts/instant-recovery/crds"];
+/// Directories that hold nothing but what `crdgen` writes.
+const GENERATED_DIRS: [&str; 3] = ["crds", "charts/instant-recovery/crds", "docs/reference"];
 
 /// Every file under `dir`, by path relative to it.
 fn files(dir: &Path) -> BTreeMap<String, String> {
