@@ -15,17 +15,20 @@ use fuser::{
 use crate::error::FsError;
 use crate::fs::{Attr, IrFs, SetAttr};
 use crate::meta::NodeKind;
+use crate::stats::{FuseOp, MountStats};
 
 /// Every change goes through this mount, so the kernel's caches stay valid for long.
 const TTL: Duration = Duration::from_secs(60);
 
 pub struct FuseAdapter {
     fs: Arc<IrFs>,
+    /// Where each request's latency goes.
+    stats: Arc<MountStats>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<IrFs>) -> Self {
-        FuseAdapter { fs }
+    pub fn new(fs: Arc<IrFs>, stats: Arc<MountStats>) -> Self {
+        FuseAdapter { fs, stats }
     }
 }
 
@@ -102,11 +105,15 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry!(reply, self.fs.lookup(parent.0, name))
+        reply_entry!(
+            reply,
+            self.stats
+                .timed(FuseOp::Lookup, || self.fs.lookup(parent.0, name))
+        )
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        match self.stats.timed(FuseOp::Getattr, || self.fs.getattr(ino.0)) {
             Ok(a) => reply.attr(&TTL, &to_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -137,14 +144,20 @@ impl Filesystem for FuseAdapter {
             size,
             mtime: mtime.map(time_of),
         };
-        match self.fs.setattr(ino.0, &set) {
+        match self
+            .stats
+            .timed(FuseOp::Setattr, || self.fs.setattr(ino.0, &set))
+        {
             Ok(a) => reply.attr(&TTL, &to_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        match self
+            .stats
+            .timed(FuseOp::Readlink, || self.fs.readlink(ino.0))
+        {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         }
@@ -166,8 +179,13 @@ impl Filesystem for FuseAdapter {
         }
         reply_entry!(
             reply,
-            self.fs
-                .mknod(parent.0, name, mode & !umask, req.uid(), req.gid())
+            self.stats.timed(FuseOp::Mknod, || self.fs.mknod(
+                parent.0,
+                name,
+                mode & !umask,
+                req.uid(),
+                req.gid()
+            ))
         )
     }
 
@@ -182,17 +200,30 @@ impl Filesystem for FuseAdapter {
     ) {
         reply_entry!(
             reply,
-            self.fs
-                .mkdir(parent.0, name, mode & !umask, req.uid(), req.gid())
+            self.stats.timed(FuseOp::Mkdir, || self.fs.mkdir(
+                parent.0,
+                name,
+                mode & !umask,
+                req.uid(),
+                req.gid()
+            ))
         )
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty!(reply, self.fs.unlink(parent.0, name))
+        reply_empty!(
+            reply,
+            self.stats
+                .timed(FuseOp::Unlink, || self.fs.unlink(parent.0, name))
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty!(reply, self.fs.rmdir(parent.0, name))
+        reply_empty!(
+            reply,
+            self.stats
+                .timed(FuseOp::Rmdir, || self.fs.rmdir(parent.0, name))
+        )
     }
 
     fn symlink(
@@ -205,8 +236,13 @@ impl Filesystem for FuseAdapter {
     ) {
         reply_entry!(
             reply,
-            self.fs
-                .symlink(parent.0, link_name, target, req.uid(), req.gid())
+            self.stats.timed(FuseOp::Symlink, || self.fs.symlink(
+                parent.0,
+                link_name,
+                target,
+                req.uid(),
+                req.gid()
+            ))
         )
     }
 
@@ -227,8 +263,13 @@ impl Filesystem for FuseAdapter {
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         reply_empty!(
             reply,
-            self.fs
-                .rename(parent.0, name, newparent.0, newname, noreplace)
+            self.stats.timed(FuseOp::Rename, || self.fs.rename(
+                parent.0,
+                name,
+                newparent.0,
+                newname,
+                noreplace
+            ))
         )
     }
 
@@ -240,11 +281,15 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply_entry!(reply, self.fs.link(ino.0, newparent.0, newname))
+        reply_entry!(
+            reply,
+            self.stats
+                .timed(FuseOp::Link, || self.fs.link(ino.0, newparent.0, newname))
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open_file(ino.0) {
+        match self.stats.timed(FuseOp::Open, || self.fs.open_file(ino.0)) {
             // Page cache stays valid across opens: nothing changes the files behind our back.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
@@ -262,7 +307,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        match self
+            .stats
+            .timed(FuseOp::Read, || self.fs.read(fh.0, offset, size))
+        {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
@@ -280,7 +328,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        match self
+            .stats
+            .timed(FuseOp::Write, || self.fs.write(fh.0, offset, data))
+        {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -307,7 +358,10 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty!(reply, self.fs.release(fh.0))
+        reply_empty!(
+            reply,
+            self.stats.timed(FuseOp::Release, || self.fs.release(fh.0))
+        )
     }
 
     fn fsync(
@@ -318,11 +372,15 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty!(reply, self.fs.fsync(fh.0, datasync))
+        reply_empty!(
+            reply,
+            self.stats
+                .timed(FuseOp::Fsync, || self.fs.fsync(fh.0, datasync))
+        )
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.getattr(ino.0) {
+        match self.stats.timed(FuseOp::Opendir, || self.fs.getattr(ino.0)) {
             Ok(a) if a.kind == NodeKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
             Err(e) => reply.error(errno(&e)),
@@ -337,7 +395,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0) {
+        match self.stats.timed(FuseOp::Readdir, || self.fs.readdir(ino.0)) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                     if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
@@ -358,11 +416,14 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty!(reply, self.fs.fsyncdir())
+        reply_empty!(
+            reply,
+            self.stats.timed(FuseOp::Fsyncdir, || self.fs.fsyncdir())
+        )
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
+        match self.stats.timed(FuseOp::Statfs, || self.fs.statfs()) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.bsize,
             ),
@@ -380,10 +441,10 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .fs
-            .create(parent.0, name, mode & !umask, req.uid(), req.gid())
-        {
+        match self.stats.timed(FuseOp::Create, || {
+            self.fs
+                .create(parent.0, name, mode & !umask, req.uid(), req.gid())
+        }) {
             Ok((a, fh)) => reply.created(
                 &TTL,
                 &to_attr(&a),
@@ -422,6 +483,11 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty!(reply, self.fs.fallocate(fh.0, offset, length, mode))
+        reply_empty!(
+            reply,
+            self.stats.timed(FuseOp::Fallocate, || self
+                .fs
+                .fallocate(fh.0, offset, length, mode))
+        )
     }
 }

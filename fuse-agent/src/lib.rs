@@ -8,8 +8,10 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod meta;
+pub mod metrics;
 pub mod mount;
 pub mod source;
+pub mod stats;
 
 pub use error::{FsError, FsResult};
 pub use fs::{CacheOptions, IrFs};

@@ -5,6 +5,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
@@ -15,6 +16,7 @@ use crate::error::FsError;
 use crate::fs::{CacheOptions, IrFs};
 use crate::fuse::FuseAdapter;
 use crate::source::{RepoSource, SourceConfig};
+use crate::stats::MountStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -65,15 +67,20 @@ impl MountOptions {
 pub struct Mounted {
     session: Option<BackgroundSession>,
     fs: Arc<IrFs>,
-    source: Arc<RepoSource>,
+    stats: Arc<MountStats>,
     mountpoint: PathBuf,
     _lock: File,
 }
 
 impl Mounted {
-    /// Bytes read from the repository since the mount: see [`RepoSource::bytes_fetched`].
+    /// Bytes read from the repository since the mount: see [`MountStats::fetched_bytes`].
     pub fn bytes_fetched(&self) -> u64 {
-        self.source.bytes_fetched()
+        self.stats.fetched_bytes.load(Ordering::Relaxed)
+    }
+
+    /// What the mount has counted since it was mounted.
+    pub fn stats(&self) -> &Arc<MountStats> {
+        &self.stats
     }
 
     /// Makes everything written through the mount so far durable in the cache, as if each
@@ -224,6 +231,7 @@ pub fn mount_backup(
 
     let disk = (!repo.is_local()).then(|| (opts.cache_dir.join("chunks"), opts.disk_cache_bytes));
     let repository = repo.url().to_string();
+    let stats = Arc::new(MountStats::default());
     let source = Arc::new(
         RepoSource::new(
             repo,
@@ -233,13 +241,14 @@ pub fn mount_backup(
                 disk,
                 max_fetches: 16,
             },
+            stats.clone(),
         )
         .map_err(|e| MountError::Cache(opts.cache_dir.clone(), e))?,
     );
     let fs = Arc::new(IrFs::open_cache(
         &opts.cache_dir,
         Arc::new(manifest),
-        source.clone(),
+        source,
         &CacheOptions {
             uid: opts.uid,
             gid: opts.gid,
@@ -260,12 +269,16 @@ pub fn mount_backup(
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone()), &opts.mountpoint, &config)
-        .map_err(|e| MountError::Fuse(opts.mountpoint.clone(), e))?;
+    let session = fuser::spawn_mount(
+        FuseAdapter::new(fs.clone(), stats.clone()),
+        &opts.mountpoint,
+        &config,
+    )
+    .map_err(|e| MountError::Fuse(opts.mountpoint.clone(), e))?;
     Ok(Mounted {
         session: Some(session),
         fs,
-        source,
+        stats,
         mountpoint: opts.mountpoint.clone(),
         _lock: lock,
     })

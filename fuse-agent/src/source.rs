@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -16,6 +16,8 @@ use ir_repository::{ChunkId, RepoError, Repository};
 use lru::LruCache;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
+
+use crate::stats::MountStats;
 
 /// Where the base content of a backup comes from. The filesystem only sees this trait, so its
 /// logic can be tested against an in-memory source.
@@ -47,7 +49,7 @@ struct Inner {
     disk: Option<DiskCache>,
     inflight: Mutex<HashMap<ChunkId, SharedFetch>>,
     permits: Semaphore,
-    fetched: AtomicU64,
+    stats: Arc<MountStats>,
 }
 
 pub struct RepoSource {
@@ -56,7 +58,13 @@ pub struct RepoSource {
 }
 
 impl RepoSource {
-    pub fn new(repo: Repository, runtime: Handle, cfg: SourceConfig) -> std::io::Result<Self> {
+    /// Counts its chunk reads into `stats`.
+    pub fn new(
+        repo: Repository,
+        runtime: Handle,
+        cfg: SourceConfig,
+        stats: Arc<MountStats>,
+    ) -> std::io::Result<Self> {
         let chunk = repo.config().chunk_size.max(1);
         let slots = NonZeroUsize::new((cfg.memory_bytes / chunk).max(4) as usize).expect("> 0");
         let disk = match cfg.disk {
@@ -70,28 +78,25 @@ impl RepoSource {
                 disk,
                 inflight: Mutex::new(HashMap::new()),
                 permits: Semaphore::new(cfg.max_fetches.max(1)),
-                fetched: AtomicU64::new(0),
+                stats,
             }),
             runtime,
         })
-    }
-
-    /// Bytes of chunks read from the repository so far, prefetches included; hits in the
-    /// memory or disk cache do not count. These are the chunks' plain (decompressed) sizes:
-    /// the repository hands over chunks decoded and does not tell what went over the wire,
-    /// which for compressed chunks is less.
-    pub fn bytes_fetched(&self) -> u64 {
-        self.inner.fetched.load(Ordering::Relaxed)
     }
 }
 
 impl Inner {
     fn cached(&self, id: &ChunkId) -> Option<Bytes> {
-        self.memory
+        let hit = self
+            .memory
             .lock()
             .expect("memory cache lock")
             .get(id)
-            .cloned()
+            .cloned();
+        if hit.is_some() {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
     }
 
     fn fetch_shared(self: &Arc<Self>, id: ChunkId, len: usize) -> SharedFetch {
@@ -121,8 +126,10 @@ impl Inner {
         if let Some(disk) = &self.disk
             && let Some(bytes) = disk.get(&id, len)
         {
+            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(bytes);
         }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let _permit = self
             .permits
             .acquire()
@@ -130,14 +137,18 @@ impl Inner {
             .expect("semaphore never closed");
         match self.repo.read_chunk(&id, len).await {
             Ok(bytes) => {
-                self.fetched
+                self.stats
+                    .fetched_bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if let Some(disk) = &self.disk {
                     disk.put(&id, &bytes);
                 }
                 Ok(bytes)
             }
-            Err(e) => Err(Arc::new(e)),
+            Err(e) => {
+                self.stats.repository_errors.fetch_add(1, Ordering::Relaxed);
+                Err(Arc::new(e))
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 //! PostgreSQL.
 
 mod disk;
+mod metrics;
 pub mod plan;
 
 use std::collections::HashMap;
@@ -32,7 +33,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{self, Event, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use prometheus_client::registry::Registry;
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 use crate::{MountError, MountOptions, Mounted, clear_stale_mount, is_fuse_mount, mount_backup};
 use plan::{CacheFigures, Decision, Failure, LocalMount};
@@ -95,6 +98,8 @@ enum Held {
         uid: String,
         mounted_at: Timestamp,
         mounted: Mounted,
+        /// What its IRCache took on disk when last measured.
+        ircache_bytes: u64,
     },
     Failed {
         uid: String,
@@ -116,8 +121,8 @@ struct Target {
 pub struct Agent {
     client: Client,
     config: AgentConfig,
-    /// By `namespace/name`.
-    held: Mutex<HashMap<String, Held>>,
+    /// By `namespace/name`; shared with the metrics, which read the mounts' counters.
+    held: Arc<Mutex<HashMap<String, Held>>>,
     /// Consecutive failed reconciliations per RecoveryMount, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -145,9 +150,14 @@ impl Agent {
         Ok(Agent {
             client,
             config,
-            held: Mutex::new(HashMap::new()),
+            held: Arc::default(),
             failures: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The agent's metrics, read from its mounts at each scrape.
+    pub fn metrics(&self) -> Registry {
+        metrics::registry(self.held.clone())
     }
 
     /// Reconciles the RecoveryMounts of this node until `shutdown` resolves, then returns
@@ -212,10 +222,18 @@ impl Agent {
         tracing::info!(mounts = count, "stopping; the mounts end with this process");
     }
 
-    /// Bytes the mount of `key` has read from the repository; 0 when this process holds none.
-    fn bytes_fetched(&self, key: &str) -> u64 {
-        match self.held.lock().expect("held lock").get(key) {
-            Some(Held::Mount { mounted, .. }) => mounted.bytes_fetched(),
+    /// Records the size of the IRCache of `key` and returns the bytes its mount has read from
+    /// the repository; 0 when this process holds none.
+    fn refresh_figures(&self, key: &str, figures: &CacheFigures) -> u64 {
+        match self.held.lock().expect("held lock").get_mut(key) {
+            Some(Held::Mount {
+                mounted,
+                ircache_bytes,
+                ..
+            }) => {
+                *ircache_bytes = figures.used_bytes;
+                mounted.bytes_fetched()
+            }
             _ => 0,
         }
     }
@@ -272,11 +290,12 @@ impl Agent {
         match decision {
             Decision::Refresh { mounted_at } => {
                 let figures = self.cache_figures(&target.cache_dir).await?;
+                let bytes_fetched = self.refresh_figures(&target.key, &figures);
                 let status = plan::mounted_status(
                     rm.spec.attempt,
                     &target.mount_path.display().to_string(),
                     mounted_at,
-                    self.bytes_fetched(&target.key),
+                    bytes_fetched,
                     figures,
                     rm.status.as_ref(),
                     Timestamp::now(),
@@ -316,16 +335,17 @@ impl Agent {
             Ok(mounted) => {
                 let mounted_at = Timestamp::now();
                 let bytes_fetched = mounted.bytes_fetched();
+                let figures = self.cache_figures(&target.cache_dir).await?;
                 self.held.lock().expect("held lock").insert(
                     target.key.clone(),
                     Held::Mount {
                         uid: target.uid.clone(),
                         mounted_at,
                         mounted,
+                        ircache_bytes: figures.used_bytes,
                     },
                 );
                 tracing::info!(mount = %target.key, attempt, path = %mount_path, backup = %rm.spec.backup_id, "mounted");
-                let figures = self.cache_figures(&target.cache_dir).await?;
                 let status = plan::mounted_status(
                     attempt,
                     &mount_path,
@@ -585,12 +605,14 @@ async fn reconcile(rm: Arc<RecoveryMount>, agent: Arc<Agent>) -> Result<Action, 
     let key = format!("{namespace}/{}", rm.name_any());
     let api: Api<RecoveryMount> = Api::namespaced(agent.client.clone(), &namespace);
     let (agent_ref, api_ref) = (&agent, &api);
+    let span = tracing::info_span!("reconcile", namespace = %namespace, name = %rm.name_any());
     let action = finalizer(&api, AGENT_FINALIZER, rm, |event| async move {
         match event {
             Event::Apply(rm) => agent_ref.apply(api_ref, &rm).await,
             Event::Cleanup(rm) => agent_ref.cleanup(&rm).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| AgentError::Finalizer(Box::new(e)))?;
     agent.failures.lock().expect("failures lock").remove(&key);

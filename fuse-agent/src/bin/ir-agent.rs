@@ -1,6 +1,7 @@
 //! `ir-agent`: the instant-recovery node agent, run on every node by a DaemonSet. It mounts the
 //! node's RecoveryMounts through FUSE; see `ir_fuse::agent`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -29,6 +30,9 @@ struct Args {
         default_value = "/var/lib/instant-recovery"
     )]
     cache_root: PathBuf,
+    /// Where `/metrics` (Prometheus text format) and `/healthz` are served.
+    #[arg(long, env = "IR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
     /// Log lines on stderr: JSON for a cluster's log collector, or text for people.
     #[arg(long, env = "IR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -78,6 +82,16 @@ async fn main() -> anyhow::Result<()> {
             cache_root: args.cache_root,
         },
     )?;
+    let metrics = ir_fuse::metrics::serve(
+        args.metrics_address,
+        ir_fuse::metrics::Endpoint {
+            registry: agent.metrics(),
+            ready: Box::new(|| true),
+        },
+    )
+    .await
+    .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
+    tracing::info!(address = %metrics, "serving metrics");
     agent
         .run(async move {
             let _ = stopped.await;
