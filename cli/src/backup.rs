@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use ir_cli::output::{Output, print_json};
 use ir_repository::size::format_size;
 use ir_repository::{BackupManifest, Checkpoint, EntryKind, Progress, RestoreOwner};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
 use crate::progress::ProgressLine;
-use crate::repo_args::{Output, RepoArgs, print_json};
+use crate::repo_args::RepoArgs;
 
 /// Read buffer for tar input: tar headers are 512 bytes, reads should not be.
 const TAR_BUFFER: usize = 1 << 20;
@@ -162,7 +163,7 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
             let backups = repo.list_backups().await?;
             let summaries: Vec<Summary> = backups.iter().map(Summary::of).collect();
             if args.output == Output::Json {
-                return print_json(&summaries);
+                return Ok(print_json(&summaries)?);
             }
             println!(
                 "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12}",
@@ -189,7 +190,7 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
             let id = repo.resolve_backup(&args.id).await?;
             let m = repo.load_manifest(&id).await?;
             if args.output == Output::Json {
-                return print_json(&m);
+                return Ok(print_json(&m)?);
             }
             let s = Summary::of(&m);
             println!("id:                {}", s.id);

@@ -10,6 +10,7 @@ mod repo_cmd;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
+use ir_cli::output::one_line;
 use ir_operator::local::MOUNT_EXIT_TRANSIENT;
 use ir_repository::RepoError;
 use tracing_subscriber::EnvFilter;
@@ -65,22 +66,6 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
-/// The error and its causes on one line, skipping causes an outer message already quotes (the
-/// library's messages include their source).
-fn one_line(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&text);
-        }
-    }
-    line
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -97,7 +82,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("irctl: {}", one_line(&e));
+            eprintln!("irctl: {}", one_line(e.as_ref()));
             let transient = e
                 .chain()
                 .filter_map(|c| c.downcast_ref::<RepoError>())

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use ir_api::GoDuration;
-use ir_api::recovery::{
-    ConditionStatus, Phase, RecoveryStatus, RetryPolicy, SwitchoverMode, SwitchoverPolicy,
-};
+use ir_api::recovery::{Phase, RecoveryStatus, RetryPolicy, SwitchoverMode, SwitchoverPolicy};
+use ir_cli::output::{Output, print_json};
+use ir_cli::status_view::{StatusView, progress_text};
 use ir_operator::local::{LocalRecovery, LocalSpec, LocalState, Report, Workdir};
-use ir_repository::size::{format_size, parse_size};
+use ir_repository::size::parse_size;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::repo_args::{Output, StoreArgs, print_json};
+use crate::repo_args::StoreArgs;
 
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
@@ -253,25 +253,6 @@ impl Printer {
     }
 }
 
-fn progress_text(status: &RecoveryStatus) -> String {
-    let p = &status.progress;
-    let mut text = match p.percent() {
-        Some(pct) => format!(
-            "sync {pct:.1}% ({} of {})",
-            format_size(p.copied_bytes),
-            format_size(p.total_bytes)
-        ),
-        None => format!("sync {} copied", format_size(p.copied_bytes)),
-    };
-    if let Some(rate) = p.rate_bytes_per_second {
-        text.push_str(&format!(", {}/s", format_size(rate)));
-    }
-    if let Some(lag) = p.lag_bytes {
-        text.push_str(&format!(", lag {}", format_size(lag)));
-    }
-    text
-}
-
 #[derive(Debug, Args)]
 pub struct WorkdirArgs {
     /// Working directory of the recovery.
@@ -332,97 +313,46 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let running = workdir.is_running();
     let status = &state.status;
     if args.output == Output::Json {
-        return print_json(&StatusOutput {
+        return Ok(print_json(&StatusOutput {
             workdir: dir,
             running,
             target_pgdata: &state.spec.target_pgdata,
             published_port: state.spec.published_port,
             target_port: state.spec.target_port,
             status,
-        });
+        })?);
     }
-    let mut phase = status.phase.to_string();
-    if let Some(resume) = status.resume_phase {
-        phase.push_str(&format!(" (resumes in {resume})"));
-    }
-    println!(
-        "workdir:     {} ({})",
-        dir.display(),
-        if running {
-            "irctl recover is running"
-        } else {
-            "not running"
-        }
-    );
-    println!("phase:       {phase}");
-    if let (Some(reason), Some(message)) = (&status.reason, &status.message) {
-        println!("reason:      {reason}: {message}");
-    }
-    if let Some(b) = &status.backup {
-        println!(
-            "backup:      {} (PostgreSQL {}, {})",
-            b.id,
-            b.pg_major,
-            format_size(b.size_bytes)
-        );
-    }
-    println!(
-        "instances:   published on port {}, target {} on port {}",
-        state.spec.published_port,
-        state.spec.target_pgdata.display(),
-        state.spec.target_port
-    );
-    if status.progress.total_bytes > 0 || status.progress.lag_bytes.is_some() {
-        println!("progress:    {}", progress_text(status));
-    }
-    if status.retry.attempt > 0 || status.retry.next_attempt_at.is_some() {
-        let next = status
-            .retry
-            .next_attempt_at
-            .map(|t| format!(", next at {t}"))
-            .unwrap_or_default();
-        println!(
-            "retries:     {} of {}{next}",
-            status.retry.attempt, state.spec.retry.limit
-        );
-    }
-    let t = &status.timings;
-    let mut timings = Vec::new();
-    if let Some(at) = t.started_at {
-        timings.push(format!("started {at}"));
-    }
-    if let Some(ms) = t.time_to_first_query_ms {
-        timings.push(format!("first query after {ms} ms"));
-    }
-    if let (Some(start), Some(synced)) = (t.started_at, t.synced_at) {
-        timings.push(format!(
-            "standby streaming after {:.1} s",
-            synced.duration_since(start).as_secs_f64()
-        ));
-    }
-    if let Some(ms) = t.switchover_downtime_ms {
-        timings.push(format!("switchover downtime {ms} ms"));
-    }
-    if let Some(at) = t.completed_at {
-        timings.push(format!("completed {at}"));
-    }
-    if !timings.is_empty() {
-        println!("timings:     {}", timings.join(", "));
-    }
-    println!("conditions:");
-    for c in &status.conditions {
-        let mark = match c.status {
-            ConditionStatus::True => "True ",
-            ConditionStatus::False => "False",
-            ConditionStatus::Unknown => "?    ",
-        };
-        println!(
-            "  {:<13} {mark} {:<22} {}",
-            format!("{:?}", c.type_),
-            c.reason,
-            c.message
-        );
-    }
+    let workdir_arg = format!("--workdir {}", dir.display());
+    let view = StatusView {
+        about: vec![
+            (
+                "workdir",
+                format!(
+                    "{} ({})",
+                    dir.display(),
+                    if running {
+                        "irctl recover is running"
+                    } else {
+                        "not running"
+                    }
+                ),
+            ),
+            (
+                "instances",
+                format!(
+                    "published on port {}, target {} on port {}",
+                    state.spec.published_port,
+                    state.spec.target_pgdata.display(),
+                    state.spec.target_port
+                ),
+            ),
+        ],
+        status,
+        retry_limit: state.spec.retry.limit,
+        switchover_command: format!("irctl switchover {workdir_arg}"),
+        retry_command: format!("irctl retry {workdir_arg}"),
+    };
+    print!("{view}");
     Ok(())
 }
 

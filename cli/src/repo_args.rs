@@ -1,7 +1,7 @@
 //! Where the repository is: the flags every repository command takes.
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use ir_repository::{Repository, StoreOptions};
 
 #[derive(Debug, Args)]
@@ -68,18 +68,4 @@ impl RepoArgs {
             .await
             .context("--repo")
     }
-}
-
-/// `--output`: for people or for programs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    #[default]
-    Text,
-    Json,
-}
-
-/// Prints `value` as pretty JSON on stdout.
-pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }

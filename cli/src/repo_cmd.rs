@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use ir_cli::output::{Output, print_json};
 use ir_repository::size::{format_size, parse_size, validate_chunk_size};
 use ir_repository::{Repository, manifest::DEFAULT_CHUNK_SIZE};
 
-use crate::repo_args::{Output, RepoArgs, print_json};
+use crate::repo_args::RepoArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
@@ -63,7 +64,7 @@ pub async fn run(cmd: RepoCommand) -> anyhow::Result<()> {
             let repo = args.repo.open().await?;
             let r = repo.gc(args.grace, args.dry_run).await.context("repo gc")?;
             if args.output == Output::Json {
-                return print_json(&r);
+                return Ok(print_json(&r)?);
             }
             if !r.ingests_running.is_empty() {
                 println!(

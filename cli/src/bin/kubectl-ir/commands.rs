@@ -1,0 +1,317 @@
+//! The plugin's commands, each on one object of the namespace.
+
+use std::fmt;
+
+use anyhow::{Context, bail};
+use ir_api::crd::{BackupRepository, InstantRecovery};
+use ir_api::recovery::{ConditionType, Phase, RecoveryStatus, SwitchoverMode, SwitchoverPolicy};
+use ir_cli::output::{Output, print_json};
+use ir_cli::status_view::StatusView;
+use ir_operator::k8s::recovery::RETRY_ANNOTATION;
+use ir_repository::size::format_size;
+use jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+
+/// Field manager of the plugin's changes, as `kubectl get --show-managed-fields` lists them.
+const FIELD_MANAGER: &str = "kubectl-ir";
+
+/// Where the commands work: the client and the namespace.
+pub struct Namespace {
+    pub client: kube::Client,
+    pub namespace: String,
+    /// Whether `-n` was given: hints then repeat it.
+    pub explicit: bool,
+}
+
+/// An object as errors name it: `instantrecovery demo/pg1`.
+struct Named<'a> {
+    kind: &'static str,
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+impl Namespace {
+    fn named<'a>(&'a self, kind: &'static str, name: &'a str) -> Named<'a> {
+        Named {
+            kind,
+            namespace: &self.namespace,
+            name,
+        }
+    }
+
+    /// The object, or an error that names it.
+    async fn get<K>(&self, named: &Named<'_>) -> anyhow::Result<K>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + fmt::Debug
+            + serde::de::DeserializeOwned,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        api.get_opt(named.name)
+            .await
+            .with_context(|| format!("reading {named}"))?
+            .with_context(|| format!("{named} not found"))
+    }
+
+    /// A merge patch of a recovery, refused by the API server if the object changed since
+    /// `seen` was read (the checks made on it still hold).
+    async fn patch_recovery(
+        &self,
+        named: &Named<'_>,
+        seen: &InstantRecovery,
+        mut patch: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        patch["metadata"]["resourceVersion"] = json!(seen.resource_version());
+        let api: Api<InstantRecovery> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        match api.patch(named.name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                bail!("{named} changed while this command ran; run it again")
+            }
+            Err(e) => Err(e).with_context(|| format!("updating {named}")),
+        }
+    }
+
+    /// `kubectl ir VERB NAME`, with `-n` when it was given.
+    fn command(&self, verb: &str, name: &str) -> String {
+        match self.explicit {
+            true => format!("kubectl ir {verb} {name} -n {}", self.namespace),
+            false => format!("kubectl ir {verb} {name}"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusOutput<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<i64>,
+    switchover: &'a SwitchoverPolicy,
+    retry_limit: u32,
+    #[serde(flatten)]
+    status: &'a RecoveryStatus,
+}
+
+pub async fn status(at: &Namespace, name: &str, output: Output) -> anyhow::Result<()> {
+    let named = at.named("instantrecovery", name);
+    let ir: InstantRecovery = at.get(&named).await?;
+    let status = ir.status.clone().unwrap_or_default();
+    let generation = ir.metadata.generation;
+    if output == Output::Json {
+        return Ok(print_json(&StatusOutput {
+            namespace: &at.namespace,
+            name,
+            generation,
+            switchover: &ir.spec.switchover,
+            retry_limit: ir.spec.retry.limit,
+            status: &status,
+        })?);
+    }
+    let mut recovery = format!("{}/{name}", at.namespace);
+    match (ir.status.is_some(), status.observed_generation, generation) {
+        (false, _, _) => recovery.push_str(" (no status yet: the operator has not seen it)"),
+        (true, Some(observed), Some(generation)) if observed < generation => {
+            recovery.push_str(&format!(
+                " (generation {generation}; the status is still about generation {observed})"
+            ));
+        }
+        _ => {}
+    }
+    let source = &ir.spec.backup;
+    let view = StatusView {
+        about: vec![
+            ("recovery", recovery),
+            (
+                "source",
+                format!(
+                    "backup {} of BackupRepository {}",
+                    source.id, source.repository_ref.name
+                ),
+            ),
+            ("switchover", describe_switchover(&ir.spec.switchover)),
+        ],
+        status: &status,
+        retry_limit: ir.spec.retry.limit,
+        switchover_command: at.command("switchover", name),
+        retry_command: at.command("retry", name),
+    };
+    print!("{view}");
+    Ok(())
+}
+
+fn describe_switchover(policy: &SwitchoverPolicy) -> String {
+    match (policy.mode, policy.at) {
+        (SwitchoverMode::Automatic, _) => "Automatic, once the standby has caught up".to_owned(),
+        (SwitchoverMode::Manual, _) if policy.approved => "Manual, approved".to_owned(),
+        (SwitchoverMode::Manual, _) => "Manual, not approved yet".to_owned(),
+        (SwitchoverMode::Scheduled, Some(at)) => {
+            format!("Scheduled at {at}, once the standby has caught up")
+        }
+        (SwitchoverMode::Scheduled, None) => "Scheduled, without a time".to_owned(),
+    }
+}
+
+pub async fn switchover(at: &Namespace, name: &str) -> anyhow::Result<()> {
+    let named = at.named("instantrecovery", name);
+    let ir: InstantRecovery = at.get(&named).await?;
+    let policy = &ir.spec.switchover;
+    if policy.mode != SwitchoverMode::Manual {
+        bail!(
+            "{named} switches over {:?} (spec.switchover.mode), not Manual: there is nothing to approve",
+            policy.mode
+        );
+    }
+    let status = ir.status.clone().unwrap_or_default();
+    if status.is_true(ConditionType::SwitchedOver) || status.phase == Phase::Completed {
+        bail!("{named} has already switched over");
+    }
+    if status.phase == Phase::SwitchingOver {
+        bail!("{named} is switching over already");
+    }
+    if policy.approved {
+        println!("the switchover of {named} is already approved");
+        return Ok(());
+    }
+    let approve = json!({"spec": {"switchover": {"approved": true}}});
+    at.patch_recovery(&named, &ir, approve).await?;
+    println!(
+        "switchover of {named} approved; it starts as soon as the standby streams WAL (phase now {})",
+        status.phase
+    );
+    Ok(())
+}
+
+pub async fn retry(at: &Namespace, name: &str) -> anyhow::Result<()> {
+    let named = at.named("instantrecovery", name);
+    let ir: InstantRecovery = at.get(&named).await?;
+    let status = ir.status.clone().unwrap_or_default();
+    if !matches!(status.phase, Phase::Waiting | Phase::Failed) {
+        bail!(
+            "{named} is {}: only a Waiting or Failed recovery can be retried",
+            status.phase
+        );
+    }
+    // Any new value starts one new round; the operator remembers the last one it acted on.
+    let request = Timestamp::now().to_string();
+    let annotate = json!({"metadata": {"annotations": {RETRY_ANNOTATION: request}}});
+    at.patch_recovery(&named, &ir, annotate).await?;
+    let resume = status.resume_phase.unwrap_or(Phase::Validating);
+    println!("retry of {named} requested; the operator resumes it in phase {resume}");
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BackupRow<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<Timestamp>,
+    pg_major: u32,
+    size_bytes: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BackupsOutput<'a> {
+    namespace: &'a str,
+    repository: &'a str,
+    /// Backups in the repository; `backups` lists the most recent ones.
+    backup_count: u32,
+    backups: Vec<BackupRow<'a>>,
+}
+
+/// When a backup was taken, from its id: ids start with their creation time in UTC
+/// (`20261125T101500Z-3f2a`, see `ir_repository`'s ingest).
+fn created_from_id(id: &str) -> Option<Timestamp> {
+    let stamp = id.get(..15)?;
+    let time = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%S", stamp).ok()?;
+    Some(time.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp())
+}
+
+pub async fn backups(at: &Namespace, repository: &str, output: Output) -> anyhow::Result<()> {
+    let named = at.named("backuprepository", repository);
+    let repo: BackupRepository = at.get(&named).await?;
+    let Some(status) = repo.status else {
+        bail!("{named} has no status yet: the operator has not checked it");
+    };
+    let rows: Vec<BackupRow> = status
+        .backups
+        .iter()
+        .map(|b| BackupRow {
+            id: &b.id,
+            created: created_from_id(&b.id),
+            pg_major: b.pg_major,
+            size_bytes: b.size_bytes,
+        })
+        .collect();
+    if output == Output::Json {
+        return Ok(print_json(&BackupsOutput {
+            namespace: &at.namespace,
+            repository,
+            backup_count: status.backup_count,
+            backups: rows,
+        })?);
+    }
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reachable" && c.status != "True")
+    {
+        eprintln!(
+            "warning: {named} was not reachable at the last check ({}: {}); the list is from an earlier one",
+            c.reason, c.message
+        );
+    }
+    println!("{:<22} {:<20} {:<4} {:>10}", "ID", "CREATED", "PG", "SIZE");
+    for row in &rows {
+        let created = row.created.map_or("-".to_owned(), |t| {
+            t.strftime("%Y-%m-%d %H:%M:%S").to_string()
+        });
+        println!(
+            "{:<22} {:<20} {:<4} {:>10}",
+            row.id,
+            created,
+            row.pg_major,
+            format_size(row.size_bytes)
+        );
+    }
+    if status.backup_count as usize > rows.len() {
+        println!(
+            "(the {} most recent of {} backups)",
+            rows.len(),
+            status.backup_count
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_ids_carry_their_creation_time() {
+        assert_eq!(
+            created_from_id("20261125T101500Z-3f2a"),
+            Some("2026-11-25T10:15:00Z".parse().unwrap())
+        );
+        assert_eq!(created_from_id("nightly"), None);
+    }
+}
