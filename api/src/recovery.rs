@@ -111,6 +111,19 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 10] = [
+        Phase::Pending,
+        Phase::Validating,
+        Phase::Mounting,
+        Phase::Publishing,
+        Phase::Syncing,
+        Phase::ReadyForSwitchover,
+        Phase::SwitchingOver,
+        Phase::Completed,
+        Phase::Waiting,
+        Phase::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "Pending",

@@ -1,9 +1,15 @@
 //! The instant-recovery operator: reconciles InstantRecovery and BackupRepository objects.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use ir_api::GoDuration;
+use ir_operator::k8s::leader::LeaseConfig;
+use ir_operator::k8s::metrics::Metrics;
 use ir_operator::k8s::{self, Settings, resources::PostgresUser};
 use ir_operator::postgres::SwitchoverTimeouts;
 
@@ -37,6 +43,18 @@ struct Args {
     repository_poll: GoDuration,
     #[arg(long, env = "IR_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// Where `/metrics` (Prometheus text format), `/healthz` and `/readyz` are served.
+    #[arg(long, env = "IR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Run the controllers only while holding the leader Lease (for more than one replica).
+    #[arg(long, env = "IR_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", required_if_eq("leader_election", "true"))]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "instant-recovery-operator")]
+    leader_election_lease: String,
 }
 
 #[tokio::main]
@@ -51,9 +69,28 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => subscriber.json().init(),
         LogFormat::Text => subscriber.init(),
     }
+    let (metrics, registry) = Metrics::new();
+    let connected = Arc::new(AtomicBool::new(false));
+    let ready = connected.clone();
+    let address = ir_fuse::metrics::serve(
+        args.metrics_address,
+        ir_fuse::metrics::Endpoint {
+            registry,
+            ready: Box::new(move || ready.load(Ordering::Relaxed)),
+        },
+    )
+    .await
+    .with_context(|| format!("serving metrics on {}", args.metrics_address))?;
+    tracing::info!(%address, "serving metrics");
     let client = kube::Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("connecting to the Kubernetes API: {e}"))?;
+    // Ready once the API server answers; a replica waiting for the Lease is ready too.
+    while let Err(e) = client.apiserver_version().await {
+        tracing::warn!(error = %e, "the Kubernetes API server does not answer yet");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    connected.store(true, Ordering::Relaxed);
     let settings = Settings {
         postgres_user: PostgresUser {
             uid: args.postgres_uid,
@@ -72,8 +109,17 @@ async fn main() -> anyhow::Result<()> {
             std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned())
         })
         .unwrap_or_else(|_| "ir-operator".to_owned());
-    tracing::info!(?settings, %instance, "starting");
-    k8s::run(client, settings, instance).await;
+    let election = match (args.leader_election, args.leader_election_namespace) {
+        (true, Some(namespace)) => Some(LeaseConfig::new(
+            namespace,
+            args.leader_election_lease,
+            instance.clone(),
+        )),
+        (true, None) => anyhow::bail!("--leader-election needs --leader-election-namespace"),
+        (false, _) => None,
+    };
+    tracing::info!(?settings, %instance, ?election, "starting");
+    k8s::run(client, settings, instance, metrics, election).await?;
     tracing::info!("stopped");
     Ok(())
 }

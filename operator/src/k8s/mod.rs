@@ -6,12 +6,15 @@
 //! as the superuser named by `spec.postgres.credentialsSecret`.
 
 mod driver;
+pub mod leader;
+pub mod metrics;
 pub mod recovery;
 pub mod repository;
 pub mod resources;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,9 +25,13 @@ use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 use crate::machine::Failure;
 use crate::postgres::{PgError, SwitchoverTimeouts};
+use leader::{Elector, LeaderError, LeaseConfig};
+use metrics::Metrics;
 use resources::PostgresUser;
 
 /// Field manager of everything the operator applies.
@@ -74,12 +81,18 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
     /// Consecutive reconcile errors per object, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, settings: Settings, instance: String) -> Context {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        instance: String,
+        metrics: Arc<Metrics>,
+    ) -> Context {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: Some(instance),
@@ -88,6 +101,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
+            metrics,
             failures: Mutex::default(),
         }
     }
@@ -115,39 +129,114 @@ where
     }
 }
 
-/// Runs both controllers until SIGTERM or SIGINT.
-pub async fn run(client: Client, settings: Settings, instance: String) {
-    let ns = settings.namespace.clone();
-    let ctx = std::sync::Arc::new(Context::new(client.clone(), settings, instance));
+/// Resolves once SIGTERM or SIGINT came; clones share the signal.
+#[derive(Clone)]
+struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    fn on_signals() -> std::io::Result<Shutdown> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            }
+            let _ = tx.send(true);
+        });
+        Ok(Shutdown(rx))
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // An error means the sender is gone, which it is only after sending.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Runs both controllers until SIGTERM or SIGINT. With `election`, only while this process
+/// holds the leader Lease: it waits for it first, and gives it up when it stops. Fails when
+/// the Lease was lost: the caller should exit, as the controllers were stopped mid-work.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    instance: String,
+    metrics: Arc<Metrics>,
+    election: Option<LeaseConfig>,
+) -> Result<(), LeaderError> {
+    let shutdown = Shutdown::on_signals().expect("installing signal handlers");
+    let mut elector = election.map(|config| Elector::new(client.clone(), config));
+    if let Some(elector) = &mut elector {
+        tracing::info!("waiting for the leader Lease");
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown.wait() => return Ok(()),
+        }
+    }
+    metrics.set_leader(true);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        instance,
+        metrics.clone(),
+    ));
+    let controllers = controllers(&client, ctx, shutdown);
+    let outcome = match &mut elector {
+        None => {
+            controllers.await;
+            Ok(())
+        }
+        Some(elector) => {
+            let lost = tokio::select! {
+                _ = controllers => None,
+                lost = elector.hold() => Some(lost),
+            };
+            match lost {
+                None => {
+                    elector.release().await;
+                    Ok(())
+                }
+                Some(lost) => Err(lost),
+            }
+        }
+    };
+    metrics.set_leader(false);
+    outcome
+}
+
+async fn controllers(client: &Client, ctx: Arc<Context>, shutdown: Shutdown) {
+    let ns = ctx.settings.namespace.clone();
     let ns = ns.as_deref();
     let recoveries = Controller::new(
-        api::<InstantRecovery>(&client, ns),
+        api::<InstantRecovery>(client, ns),
         watcher::Config::default(),
-    )
-    .owns(
-        api::<RecoveryMount>(&client, ns),
-        watcher::Config::default(),
-    )
-    .owns(api::<Pod>(&client, ns), watcher::Config::default())
-    .owns(api::<Service>(&client, ns), watcher::Config::default())
-    .owns(
-        api::<PersistentVolumeClaim>(&client, ns),
-        watcher::Config::default(),
-    )
-    .owns(api::<ConfigMap>(&client, ns), watcher::Config::default())
-    .owns(api::<Secret>(&client, ns), watcher::Config::default())
-    .shutdown_on_signal()
-    .run(recovery::reconcile, recovery::error_policy, ctx.clone())
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "InstantRecovery reconcile");
-        }
-    });
+    );
+    ctx.metrics.watch_recoveries(recoveries.store());
+    let recoveries = recoveries
+        .owns(api::<RecoveryMount>(client, ns), watcher::Config::default())
+        .owns(api::<Pod>(client, ns), watcher::Config::default())
+        .owns(api::<Service>(client, ns), watcher::Config::default())
+        .owns(
+            api::<PersistentVolumeClaim>(client, ns),
+            watcher::Config::default(),
+        )
+        .owns(api::<ConfigMap>(client, ns), watcher::Config::default())
+        .owns(api::<Secret>(client, ns), watcher::Config::default())
+        .graceful_shutdown_on(shutdown.wait())
+        .run(recovery::reconcile, recovery::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "InstantRecovery reconcile");
+            }
+        });
     let repositories = Controller::new(
-        api::<BackupRepository>(&client, ns),
+        api::<BackupRepository>(client, ns),
         watcher::Config::default(),
     )
-    .shutdown_on_signal()
+    .graceful_shutdown_on(shutdown.wait())
     .run(repository::reconcile, repository::error_policy, ctx)
     .for_each(|result| async move {
         if let Err(e) = result {

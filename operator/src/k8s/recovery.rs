@@ -7,7 +7,7 @@
 //! then the rest.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ir_api::crd::{InstantRecovery, OPERATOR_FINALIZER, RecoveryMount};
 use ir_api::recovery::{Phase, RecoveryStatus};
@@ -18,6 +18,7 @@ use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{self, Event as Finalize};
 use kube::{Api, Resource, ResourceExt};
+use tracing::Instrument;
 
 use super::driver::{Driver, delete};
 use super::resources;
@@ -27,33 +28,53 @@ use crate::machine::{self, Decision, EventKind, Observed, Policy};
 /// Annotation a manual retry sets (any new value starts a new round of attempts).
 pub const RETRY_ANNOTATION: &str = "instantrecovery.dev/retry";
 
+/// The span of everything done for one recovery: its log lines carry its namespace and name.
+fn span(ir: &InstantRecovery) -> tracing::Span {
+    tracing::info_span!(
+        "reconcile",
+        kind = "InstantRecovery",
+        namespace = %ir.namespace().unwrap_or_default(),
+        name = %ir.name_any()
+    )
+}
+
+fn teardown_pending(error: &Error) -> bool {
+    matches!(error, Error::Finalizer(e) if matches!(
+        **e,
+        finalizer::Error::CleanupFailed(Error::TeardownPending(_))
+    ))
+}
+
 pub async fn reconcile(ir: Arc<InstantRecovery>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let namespace = ir.namespace().unwrap_or_default();
     let api: Api<InstantRecovery> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = key(&ir);
+    let phase = ir.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    let started = Instant::now();
+    let span = span(&ir);
     let result = finalizer::finalizer(&api, OPERATOR_FINALIZER, ir, |event| async {
         match event {
             Finalize::Apply(ir) => apply(&ir, &ctx).await,
             Finalize::Cleanup(ir) => teardown(&ir, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
         ctx.succeeded(&key);
     }
+    let failed = result.as_ref().is_err_and(|e| !teardown_pending(e));
+    ctx.metrics
+        .reconciled("InstantRecovery", Some(phase), started.elapsed(), failed);
     result
 }
 
 pub fn error_policy(ir: Arc<InstantRecovery>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    let _span = span(&ir).entered();
     let wait = ctx.backoff(&key(&ir));
     match error {
-        Error::Finalizer(e)
-            if matches!(
-                **e,
-                finalizer::Error::CleanupFailed(Error::TeardownPending(_))
-            ) =>
-        {
+        error if teardown_pending(error) => {
             tracing::info!(recovery = %key(&ir), %error, "teardown in progress");
             Requeue::requeue(Duration::from_secs(1))
         }
@@ -105,6 +126,8 @@ async fn apply(ir: &InstantRecovery, ctx: &Context) -> Result<Requeue, Error> {
     }
     if decision.status != before {
         write_status(ctx, ir, &decision.status).await?;
+        ctx.metrics
+            .timings_reached(&before.timings, &decision.status.timings);
     }
     Ok(requeue(&decision, requeue_soon))
 }

@@ -1,7 +1,7 @@
 //! BackupRepository: checks that the repository answers and lists its recent backups in status.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ir_api::crd::BackupRepository;
 use ir_api::recovery::BackupInfo;
@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
+use tracing::Instrument;
 
 use super::{Context, Error, FIELD_MANAGER};
 use crate::machine::Failure;
@@ -17,9 +18,27 @@ use crate::machine::Failure;
 /// How many backups the status lists, newest first.
 const LISTED: usize = 10;
 
+fn span(repo: &BackupRepository) -> tracing::Span {
+    tracing::info_span!(
+        "reconcile",
+        kind = "BackupRepository",
+        namespace = %repo.namespace().unwrap_or_default(),
+        name = %repo.name_any()
+    )
+}
+
 pub async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = check_and_report(&repo, &ctx).instrument(span(&repo)).await;
+    ctx.metrics
+        .reconciled("BackupRepository", None, started.elapsed(), result.is_err());
+    result
+}
+
+/// Checks the repository and writes what was found into its status.
+async fn check_and_report(repo: &BackupRepository, ctx: &Context) -> Result<Action, Error> {
     let namespace = repo.namespace().unwrap_or_default();
-    let checked = check(&ctx, &namespace, &repo).await;
+    let checked = check(ctx, &namespace, repo).await;
     let before = repo.status.clone().unwrap_or_default();
     let previous = before.conditions.iter().find(|c| c.type_ == "Reachable");
     let (status, reason, message, backups) = match checked {
@@ -65,7 +84,7 @@ pub async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result
         )
         .await?;
     }
-    ctx.succeeded(&key(&repo));
+    ctx.succeeded(&key(repo));
     Ok(Action::requeue(if status == "True" {
         ctx.settings.repository_poll
     } else {
@@ -106,6 +125,7 @@ fn key(repo: &BackupRepository) -> String {
 }
 
 pub fn error_policy(repo: Arc<BackupRepository>, error: &Error, ctx: Arc<Context>) -> Action {
+    let _span = span(&repo).entered();
     let wait = ctx.backoff(&key(&repo));
     tracing::warn!(repository = %key(&repo), error = %error, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
