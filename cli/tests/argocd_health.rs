@@ -12,9 +12,12 @@ use serde_json::Value;
 
 const LUA: &str = "lua5.1";
 
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 fn check_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../gitops/argocd/instantrecovery.dev/InstantRecovery")
+    repo().join("gitops/argocd/instantrecovery.dev/InstantRecovery")
 }
 
 fn read_yaml(path: &Path) -> Value {
@@ -189,4 +192,18 @@ fn strings_reach_lua_byte_for_byte() {
         lua_value(&serde_json::json!({"s": text}))
     ));
     assert_eq!(out, text);
+}
+
+#[test]
+fn the_argocd_cm_example_carries_the_script_verbatim() {
+    let cm = read_yaml(&repo().join("docs/gitops/argocd/argocd-cm.yaml"));
+    let installed =
+        cm["data"]["resource.customizations.health.instantrecovery.dev_InstantRecovery"]
+            .as_str()
+            .expect("argocd-cm.yaml sets the health customization of InstantRecovery");
+    let script = std::fs::read_to_string(check_dir().join("health.lua")).expect("health.lua");
+    assert!(
+        installed == script,
+        "docs/gitops/argocd/argocd-cm.yaml differs from health.lua: copy health.lua into it"
+    );
 }
