@@ -4,10 +4,11 @@
 # The Dockerfile runs exactly this script, so a local release build and the image's binaries
 # come from the same steps.
 #
-# Reproducible: --locked (the exact Cargo.lock), SOURCE_DATE_EPOCH (defaults to the last
-# commit's time, or 0 outside a git checkout) for anything that embeds a date, and paths of the
-# build machine remapped out of panic messages and debug info. Extra arguments go to
-# `cargo build` (e.g. --target).
+# Reproducible: --locked (the exact Cargo.lock) and SOURCE_DATE_EPOCH (defaults to the last
+# commit's time, or 0 outside a git checkout) for anything that embeds a date; the image builds
+# in /src with cargo's home in /usr/local/cargo, so embedded paths are the same on every build.
+# IR_BUILD_PROFILE (default release) picks another cargo profile, e.g. dev for a quick check of
+# this script. Extra arguments go to `cargo build` (e.g. --target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,15 +22,14 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 fi
 export SOURCE_DATE_EPOCH
-root=$(pwd)
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
 
+messages=$(cargo build --profile "${IR_BUILD_PROFILE:-release}" --locked --workspace --bins \
+  --message-format=json-render-diagnostics "$@") || fail "cargo build failed"
 # The CRD generator is a development tool that writes into the source tree; it is not shipped.
 shipped=()
 while IFS= read -r executable; do
   [ "$(basename "$executable")" = crdgen ] || shipped+=("$executable")
-done < <(cargo build --release --locked --workspace --bins --message-format=json-render-diagnostics "$@" |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
+done < <(sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' <<<"$messages")
 [ ${#shipped[@]} -gt 0 ] || fail "cargo reported no binaries"
 
 mkdir -p "$out"

@@ -47,12 +47,13 @@ const DISABLED_ADMISSION: &str =
 /// Lifetime asked for service-account tokens: longer than any test.
 const TOKEN_SECONDS: i64 = 24 * 3600;
 
-fn pinned<'a>(go_mod: &'a str, module: &str) -> &'a str {
+/// The version of `module` a go.mod under tools/ pins.
+pub(crate) fn pinned<'a>(go_mod: &'a str, module: &str) -> &'a str {
     go_mod
         .lines()
         .find_map(|l| l.trim().strip_prefix(module)?.strip_prefix(' '))
         .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("tools/k8s go.mod pins {module}"))
+        .unwrap_or_else(|| panic!("the go.mod under tools/ pins {module}"))
 }
 
 /// The Kubernetes release the harness runs (`v1.37.2`), as pinned in tools/k8s/apiserver/go.mod.

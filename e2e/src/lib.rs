@@ -4,6 +4,7 @@
 //! `scripts/setup-test-deps.sh`.
 
 pub mod cluster;
+pub mod helm;
 pub mod installation;
 pub mod kubelet;
 pub mod pg;
