@@ -63,7 +63,7 @@ pub struct Run {
     pub stderr: String,
 }
 
-impl Run {
+impl From<Output> for Run {
     fn from(output: Output) -> Run {
         Run {
             success: output.status.success(),
@@ -71,7 +71,9 @@ impl Run {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
     }
+}
 
+impl Run {
     /// stdout, or a panic showing both streams when the command failed.
     pub fn expect_success(self, what: &str) -> String {
         assert!(
