@@ -1,7 +1,8 @@
 //! The manifests of the documentation: every file under `docs/examples/` deserialises into the
 //! API types and passes the checks the API server makes with the CRD schemas (known fields,
 //! types, required fields, enums, bounds, patterns, CEL rules); the objects they name exist
-//! among the examples; and every manifest shown in the docs is one of these files, verbatim.
+//! among the examples; every manifest shown in the docs is one of these files, verbatim; and the
+//! docs' relative links reach existing files and headings.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -497,4 +498,64 @@ fn cel(rule: &str, value: &Value) -> bool {
         }
         other => panic!("no check for CEL rule {other}: add one to cel"),
     }
+}
+
+#[test]
+fn links_between_the_docs_resolve() {
+    for doc in DOCS {
+        let path = repo().join(doc);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for link in relative_links(&text) {
+            let (file, anchor) = link.split_once('#').unwrap_or((&link, ""));
+            let target = if file.is_empty() {
+                path.clone()
+            } else {
+                path.parent().unwrap().join(file)
+            };
+            assert!(target.exists(), "{doc}: link {link}: no such file");
+            if !anchor.is_empty() {
+                let target_text = std::fs::read_to_string(&target).unwrap();
+                let anchors = heading_anchors(&target_text);
+                assert!(
+                    anchors.iter().any(|a| a == anchor),
+                    "{doc}: link {link}: no such heading (there are {anchors:?})"
+                );
+            }
+        }
+    }
+}
+
+/// Targets of the Markdown links of `text` that are not web addresses.
+fn relative_links(text: &str) -> Vec<String> {
+    text.split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .filter(|target| !target.starts_with("http://") && !target.starts_with("https://"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The anchors of the headings of a Markdown text (code blocks skipped).
+fn heading_anchors(markdown: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut anchors = Vec::new();
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code && line.starts_with('#') {
+            anchors.push(slug(line.trim_start_matches('#')));
+        }
+    }
+    anchors
+}
+
+/// The anchor GitHub gives a heading.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
 }
