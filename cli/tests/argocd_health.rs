@@ -1,12 +1,12 @@
-//! The Argo CD health check of InstantRecovery (gitops/argocd/.../health.lua) run by a real
-//! Lua 5.1 interpreter, the language version of Argo CD's gopher-lua, on a sample status of every
-//! phase, as listed in its health_test.yaml.
+//! The Argo CD health checks of gitops/argocd/instantrecovery.dev/<Kind>/health.lua run by a
+//! real Lua 5.1 interpreter, the language version of Argo CD's gopher-lua, on the samples their
+//! health_test.yaml lists: InstantRecovery in every phase, BackupRepository checked or not.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ir_api::crd::InstantRecovery;
+use ir_api::crd::{BackupRepository, InstantRecovery};
 use kube::CustomResourceExt;
 use serde_json::Value;
 
@@ -16,8 +16,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn check_dir() -> PathBuf {
-    repo().join("gitops/argocd/instantrecovery.dev/InstantRecovery")
+/// The kinds with a health check, and the key argocd-cm installs it under.
+const KINDS: [&str; 2] = ["InstantRecovery", "BackupRepository"];
+
+fn check_dir(kind: &str) -> PathBuf {
+    repo().join("gitops/argocd/instantrecovery.dev").join(kind)
 }
 
 fn read_yaml(path: &Path) -> Value {
@@ -91,10 +94,10 @@ fn run_lua(program: &str) -> String {
     String::from_utf8(out.stdout).expect("utf-8 from lua5.1")
 }
 
-/// (status, message) the health script returns for `object`, run the way Argo CD runs it: the
-/// object in the global `obj`, the script's chunk returning a table.
-fn health(object: &Value) -> (String, String) {
-    let script = check_dir().join("health.lua");
+/// (status, message) the health script of `kind` returns for `object`, run the way Argo CD runs
+/// it: the object in the global `obj`, the script's chunk returning a table.
+fn health(kind: &str, object: &Value) -> (String, String) {
+    let script = check_dir(kind).join("health.lua");
     let program = format!(
         "obj = {}\nlocal hs = assert(loadfile({}))()\nio.write(tostring(hs.status), \"\\n\", tostring(hs.message))\n",
         lua_value(object),
@@ -114,8 +117,8 @@ struct Case {
     message: String,
 }
 
-fn cases() -> Vec<Case> {
-    let dir = check_dir();
+fn cases(kind: &str) -> Vec<Case> {
+    let dir = check_dir(kind);
     let tests = read_yaml(&dir.join("health_test.yaml"));
     let tests = tests["tests"]
         .as_array()
@@ -139,23 +142,33 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn every_sample_gets_its_expected_health() {
-    let cases = cases();
-    assert!(!cases.is_empty());
     let mut wrong = Vec::new();
-    for case in &cases {
-        // A sample the API types would not read could hide a gap in the script.
-        serde_json::from_value::<InstantRecovery>(case.object.clone())
-            .unwrap_or_else(|e| panic!("{} is not an InstantRecovery: {e}", case.input.display()));
-        let got = health(&case.object);
-        if got != (case.status.clone(), case.message.clone()) {
-            wrong.push(format!(
-                "{}: expected {} {:?}, got {} {:?}",
-                case.input.display(),
-                case.status,
-                case.message,
-                got.0,
-                got.1
-            ));
+    for kind in KINDS {
+        let cases = cases(kind);
+        assert!(!cases.is_empty(), "no samples for {kind}");
+        for case in &cases {
+            // A sample the API types would not read could hide a gap in the script.
+            let readable = match kind {
+                "InstantRecovery" => {
+                    serde_json::from_value::<InstantRecovery>(case.object.clone()).err()
+                }
+                _ => serde_json::from_value::<BackupRepository>(case.object.clone()).err(),
+            };
+            if let Some(e) = readable {
+                panic!("{} is not a {kind}: {e}", case.input.display());
+            }
+            assert_eq!(case.object["kind"], kind, "{}", case.input.display());
+            let got = health(kind, &case.object);
+            if got != (case.status.clone(), case.message.clone()) {
+                wrong.push(format!(
+                    "{}: expected {} {:?}, got {} {:?}",
+                    case.input.display(),
+                    case.status,
+                    case.message,
+                    got.0,
+                    got.1
+                ));
+            }
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -169,17 +182,26 @@ fn the_samples_cover_every_phase_and_health() {
     let phases = phases
         .as_array()
         .unwrap_or_else(|| panic!("status.phase is an enum in the CRD: {phases}"));
-    let cases = cases();
+    let recoveries = cases("InstantRecovery");
     for phase in phases {
         assert!(
-            cases.iter().any(|c| c.object["status"]["phase"] == *phase),
+            recoveries
+                .iter()
+                .any(|c| c.object["status"]["phase"] == *phase),
             "no sample in testdata/ for phase {phase}"
         );
     }
     for health in ["Healthy", "Progressing", "Degraded", "Suspended"] {
         assert!(
-            cases.iter().any(|c| c.status == health),
-            "no sample expects {health}"
+            recoveries.iter().any(|c| c.status == health),
+            "no InstantRecovery sample expects {health}"
+        );
+    }
+    let repositories = cases("BackupRepository");
+    for health in ["Healthy", "Progressing", "Degraded"] {
+        assert!(
+            repositories.iter().any(|c| c.status == health),
+            "no BackupRepository sample expects {health}"
         );
     }
 }
@@ -195,15 +217,17 @@ fn strings_reach_lua_byte_for_byte() {
 }
 
 #[test]
-fn the_argocd_cm_example_carries_the_script_verbatim() {
+fn the_argocd_cm_example_carries_the_scripts_verbatim() {
     let cm = read_yaml(&repo().join("docs/gitops/argocd/argocd-cm.yaml"));
-    let installed =
-        cm["data"]["resource.customizations.health.instantrecovery.dev_InstantRecovery"]
+    for kind in KINDS {
+        let key = format!("resource.customizations.health.instantrecovery.dev_{kind}");
+        let installed = cm["data"][&key]
             .as_str()
-            .expect("argocd-cm.yaml sets the health customization of InstantRecovery");
-    let script = std::fs::read_to_string(check_dir().join("health.lua")).expect("health.lua");
-    assert!(
-        installed == script,
-        "docs/gitops/argocd/argocd-cm.yaml differs from health.lua: copy health.lua into it"
-    );
+            .unwrap_or_else(|| panic!("argocd-cm.yaml sets {key}"));
+        let script = std::fs::read_to_string(check_dir(kind).join("health.lua")).unwrap();
+        assert!(
+            installed == script,
+            "{key} in docs/gitops/argocd/argocd-cm.yaml differs from {kind}/health.lua: copy it"
+        );
+    }
 }
