@@ -13,8 +13,8 @@
 # Each module only requires its tool (Go 1.24 `tool` directive), so `go build` selects exactly
 # the tool's own dependency versions (helm v4.3.2 uses the Kubernetes v0.37 client libraries,
 # the release the tests' control plane runs). The version strings that `helm version` and
-# `kubeconform -v` print come from -ldflags, as in their Makefiles. The first build takes about
-# 4 minutes on 2 cores.
+# `kubeconform -v` print come from -ldflags, as in their Makefiles. The first build takes a few
+# minutes on 2 cores (helm is the larger one); hadolint installs in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

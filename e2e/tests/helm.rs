@@ -4,13 +4,16 @@
 //! uninstall on a real control plane, and values.schema.json refusing bad values.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use ir_e2e::cluster::ControlPlane;
 use ir_e2e::helm::{self, Helm, Verdict};
+use ir_e2e::installation::{http_get, loopback, workspace_binary};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container as ContainerSpec, Node, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
@@ -584,4 +587,206 @@ fn values_schema_refuses_bad_values_naming_the_field() {
         "{}",
         run.stderr
     );
+}
+
+/// A workspace binary started the way a container of the installed chart would start it; killed
+/// on drop.
+struct Container {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Container {
+    /// Runs `container`'s command and args (`$(VAR)` expanded) with its env, which may only come
+    /// from the downward API fields of `pod` (name, namespace, node), as `identity`.
+    fn start(
+        container: &ContainerSpec,
+        pod: [(&str, &str); 3],
+        identity: &Path,
+        log: PathBuf,
+    ) -> Container {
+        let env: Vec<(String, String)> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|var| {
+                let field = var
+                    .value_from
+                    .as_ref()
+                    .and_then(|from| from.field_ref.as_ref())
+                    .unwrap_or_else(|| panic!("env {} is not from the downward API", var.name));
+                let value = pod
+                    .iter()
+                    .find(|(path, _)| *path == field.field_path)
+                    .unwrap_or_else(|| panic!("env {} from {}", var.name, field.field_path))
+                    .1;
+                (var.name.clone(), value.to_owned())
+            })
+            .collect();
+        let expand = |arg: &String| {
+            env.iter().fold(arg.clone(), |arg, (name, value)| {
+                arg.replace(&format!("$({name})"), value)
+            })
+        };
+        let command = container.command.as_ref().expect("an explicit command");
+        let out = std::fs::File::create(&log).expect("create the log");
+        let child = Command::new(workspace_binary(&command[0]))
+            .args(
+                command[1..]
+                    .iter()
+                    .chain(container.args.iter().flatten())
+                    .map(expand),
+            )
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("KUBECONFIG", identity)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", command[0]));
+        Container { child, log }
+    }
+
+    /// Waits up to 60 s until `path` on the metrics port answers 200.
+    async fn wait_ok(&mut self, port: u16, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let address = loopback(port);
+            if let Ok((200, _)) = http_get(address, path).await {
+                return;
+            }
+            let log = || std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("exited ({status}) before {path} answered 200:\n{}", log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} did not answer 200 in 60 s:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Without a kubelet no Pod runs, so the test runs the chart's containers itself: the real
+/// ir-operator and ir-agent with exactly the installed command line, env and RBAC rights (the
+/// chart's ServiceAccounts) start, serve their probes, and the operator takes the Lease.
+#[tokio::test]
+async fn the_installed_operator_and_agent_start_with_the_charts_arguments_and_rights() {
+    const NS: &str = "ir-system";
+    let plane = ControlPlane::start().await;
+    let helm = Helm::with_kubeconfig(plane.admin_kubeconfig());
+    let dir = ir_e2e::shared_tempdir();
+    let port = ir_e2e::free_port();
+    let chart = helm::chart_dir();
+    let (mounts, caches) = (dir.path().join("mounts"), dir.path().join("caches"));
+    helm.run(&[
+        "install".as_ref(),
+        "ir".as_ref(),
+        chart.as_os_str(),
+        "--namespace".as_ref(),
+        NS.as_ref(),
+        "--create-namespace".as_ref(),
+        "--set".as_ref(),
+        format!("metrics.port={port}").as_ref(),
+        "--set".as_ref(),
+        format!("agent.mountRoot={}", mounts.display()).as_ref(),
+        "--set".as_ref(),
+        format!("agent.cacheRoot={}", caches.display()).as_ref(),
+    ])
+    .expect_success("helm install");
+    let client = plane.admin();
+
+    let deployment = Api::<Deployment>::namespaced(client.clone(), NS)
+        .get("ir-instant-recovery-operator")
+        .await
+        .unwrap();
+    let pod = deployment.spec.template.spec.unwrap();
+    let account = pod.service_account_name.unwrap();
+    let identity = plane.service_account(NS, &account).await;
+    let pod_name = "ir-instant-recovery-operator-5d8f7c9b6-x2x7q";
+    let mut operator = Container::start(
+        &pod.containers[0],
+        [
+            ("metadata.name", pod_name),
+            ("metadata.namespace", NS),
+            ("spec.nodeName", "node-1"),
+        ],
+        &identity.kubeconfig,
+        dir.path().join("operator.log"),
+    );
+    operator.wait_ok(port, "/healthz").await;
+    operator.wait_ok(port, "/readyz").await;
+    let leases = Api::<Lease>::namespaced(client.clone(), NS);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let holder = leases
+            .get_opt("instant-recovery-operator")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity);
+        if holder.as_deref() == Some(pod_name) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the operator holds no Lease after 60 s (holder {holder:?}):\n{}",
+            std::fs::read_to_string(&operator.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(operator);
+
+    // The agent heartbeats on its own Node, which only a kubelet would register here.
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap();
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create the Node");
+    let daemonset = Api::<DaemonSet>::namespaced(client.clone(), NS)
+        .get("ir-instant-recovery-agent")
+        .await
+        .unwrap();
+    let pod = daemonset.spec.template.spec.unwrap();
+    let identity = plane
+        .service_account(NS, &pod.service_account_name.unwrap())
+        .await;
+    let mut agent = Container::start(
+        &pod.containers[0],
+        [
+            ("metadata.name", "ir-instant-recovery-agent-7xk2p"),
+            ("metadata.namespace", NS),
+            ("spec.nodeName", "node-1"),
+        ],
+        &identity.kubeconfig,
+        dir.path().join("agent.log"),
+    );
+    agent.wait_ok(port, "/healthz").await;
+    let nodes = Api::<Node>::all(client);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !nodes
+        .get("node-1")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .contains_key(ir_api::crd::AGENT_HEARTBEAT_ANNOTATION)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no agent heartbeat on the Node after 60 s:\n{}",
+            std::fs::read_to_string(&agent.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
