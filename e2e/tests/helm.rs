@@ -421,6 +421,12 @@ async fn helm_install_creates_the_objects_the_crds_serve_and_the_operator_holds_
             .any(|m| m.mount_path == "/var/lib/instant-recovery")
     );
     assert!(mounts.iter().any(|m| m.mount_path == "/dev/fuse"));
+    // Root, unlike the image's default user: FUSE mounts need it.
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(
+        (security.run_as_user, security.privileged),
+        (Some(0), Some(true))
+    );
     let node_name = container
         .env
         .as_ref()
