@@ -58,6 +58,15 @@ impl Metrics {
             leader: Gauge::default(),
             recoveries: Arc::default(),
         });
+        // Both controllers' counters exist from the start, at 0, for rate() and alerts.
+        for controller in ["InstantRecovery", "BackupRepository"] {
+            let _ = metrics
+                .reconciles
+                .get_or_create(&[("controller", controller)]);
+            let _ = metrics
+                .reconcile_errors
+                .get_or_create(&[("controller", controller)]);
+        }
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register(
             "reconciles",
@@ -234,6 +243,7 @@ mod tests {
             "instant_recovery_operator_reconciles_total{controller=\"BackupRepository\"} 1",
             "instant_recovery_operator_reconcile_errors_total{controller=\"InstantRecovery\"} 1",
             "instant_recovery_operator_reconcile_duration_seconds_count{phase=\"Syncing\"} 2",
+            "instant_recovery_operator_reconcile_errors_total{controller=\"BackupRepository\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
