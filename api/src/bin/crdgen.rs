@@ -52,7 +52,9 @@ fn reference(crds: &[CustomResourceDefinition]) -> String {
          # CRD reference\n\n\
          The custom resources of instant-recovery, as their CustomResourceDefinitions (`crds/`, \
          and the Helm chart's `crds/`) declare them. The API server enforces every default and \
-         validation listed here; `kubectl explain <kind>.<field>` shows the same descriptions.\n\n",
+         validation listed here; `kubectl explain <kind>.<field>` shows the same descriptions. \
+         The reasons of `status.reason` and of the conditions are explained in \
+         [troubleshooting](../troubleshooting.md#reasons).\n\n",
     );
     for crd in crds {
         let kind = &crd.spec.names.kind;
