@@ -17,6 +17,8 @@ use serde_json::json;
 
 /// Field manager of the plugin's changes, as `kubectl get --show-managed-fields` lists them.
 const FIELD_MANAGER: &str = "kubectl-ir";
+/// Reads and patches of one change before giving up on an object that keeps changing.
+const CONFLICT_ATTEMPTS: usize = 5;
 
 /// Where the commands work: the client and the namespace.
 pub struct Namespace {
@@ -64,27 +66,35 @@ impl Namespace {
             .with_context(|| format!("{named} not found"))
     }
 
-    /// A merge patch of a recovery, refused by the API server if the object changed since
-    /// `seen` was read (the checks made on it still hold).
-    async fn patch_recovery(
+    /// Reads the recovery, lets `decide` check it and give the merge patch to make (`None`:
+    /// nothing to do), and patches it on the condition that it is still the object `decide`
+    /// saw. The operator writes the status often, so a conflict means: read and decide again.
+    /// Returns the recovery as `decide` last saw it, and whether it was patched.
+    async fn update_recovery(
         &self,
         named: &Named<'_>,
-        seen: &InstantRecovery,
-        mut patch: serde_json::Value,
-    ) -> anyhow::Result<()> {
-        patch["metadata"]["resourceVersion"] = json!(seen.resource_version());
+        decide: impl Fn(&InstantRecovery) -> anyhow::Result<Option<serde_json::Value>>,
+    ) -> anyhow::Result<(InstantRecovery, bool)> {
         let api: Api<InstantRecovery> = Api::namespaced(self.client.clone(), &self.namespace);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
-        match api.patch(named.name, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                bail!("{named} changed while this command ran; run it again")
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let ir: InstantRecovery = self.get(named).await?;
+            let Some(mut patch) = decide(&ir)? else {
+                return Ok((ir, false));
+            };
+            patch["metadata"]["resourceVersion"] = json!(ir.resource_version());
+            match api.patch(named.name, &params, &Patch::Merge(&patch)).await {
+                Ok(_) => return Ok((ir, true)),
+                Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                Err(e) => return Err(e).with_context(|| format!("updating {named}")),
             }
-            Err(e) => Err(e).with_context(|| format!("updating {named}")),
         }
+        bail!(
+            "{named} kept changing while this command ran ({CONFLICT_ATTEMPTS} attempts); run it again"
+        )
     }
 
     /// `kubectl ir VERB NAME`, with `-n` when it was given.
@@ -170,49 +180,56 @@ fn describe_switchover(policy: &SwitchoverPolicy) -> String {
 
 pub async fn switchover(at: &Namespace, name: &str) -> anyhow::Result<()> {
     let named = at.named("instantrecovery", name);
-    let ir: InstantRecovery = at.get(&named).await?;
-    let policy = &ir.spec.switchover;
-    if policy.mode != SwitchoverMode::Manual {
-        bail!(
-            "{named} switches over {:?} (spec.switchover.mode), not Manual: there is nothing to approve",
-            policy.mode
+    let (ir, approved_now) = at
+        .update_recovery(&named, |ir| {
+            let policy = &ir.spec.switchover;
+            if policy.mode != SwitchoverMode::Manual {
+                bail!(
+                    "{named} switches over {:?} (spec.switchover.mode), not Manual: there is nothing to approve",
+                    policy.mode
+                );
+            }
+            let status = ir.status.clone().unwrap_or_default();
+            if status.is_true(ConditionType::SwitchedOver) || status.phase == Phase::Completed {
+                bail!("{named} has already switched over");
+            }
+            if status.phase == Phase::SwitchingOver {
+                bail!("{named} is switching over already");
+            }
+            Ok((!policy.approved).then(|| json!({"spec": {"switchover": {"approved": true}}})))
+        })
+        .await?;
+    if approved_now {
+        let phase = ir.status.map(|s| s.phase).unwrap_or_default();
+        println!(
+            "switchover of {named} approved; it starts as soon as the standby streams WAL (phase now {phase})"
         );
-    }
-    let status = ir.status.clone().unwrap_or_default();
-    if status.is_true(ConditionType::SwitchedOver) || status.phase == Phase::Completed {
-        bail!("{named} has already switched over");
-    }
-    if status.phase == Phase::SwitchingOver {
-        bail!("{named} is switching over already");
-    }
-    if policy.approved {
+    } else {
         println!("the switchover of {named} is already approved");
-        return Ok(());
     }
-    let approve = json!({"spec": {"switchover": {"approved": true}}});
-    at.patch_recovery(&named, &ir, approve).await?;
-    println!(
-        "switchover of {named} approved; it starts as soon as the standby streams WAL (phase now {})",
-        status.phase
-    );
     Ok(())
 }
 
 pub async fn retry(at: &Namespace, name: &str) -> anyhow::Result<()> {
     let named = at.named("instantrecovery", name);
-    let ir: InstantRecovery = at.get(&named).await?;
-    let status = ir.status.clone().unwrap_or_default();
-    if !matches!(status.phase, Phase::Waiting | Phase::Failed) {
-        bail!(
-            "{named} is {}: only a Waiting or Failed recovery can be retried",
-            status.phase
-        );
-    }
-    // Any new value starts one new round; the operator remembers the last one it acted on.
-    let request = Timestamp::now().to_string();
-    let annotate = json!({"metadata": {"annotations": {RETRY_ANNOTATION: request}}});
-    at.patch_recovery(&named, &ir, annotate).await?;
-    let resume = status.resume_phase.unwrap_or(Phase::Validating);
+    let (ir, _) = at
+        .update_recovery(&named, |ir| {
+            let phase = ir.status.as_ref().map(|s| s.phase).unwrap_or_default();
+            if !matches!(phase, Phase::Waiting | Phase::Failed) {
+                bail!("{named} is {phase}: only a Waiting or Failed recovery can be retried");
+            }
+            // Any new value starts one new round; the operator remembers the last one it
+            // acted on.
+            let request = Timestamp::now().to_string();
+            Ok(Some(
+                json!({"metadata": {"annotations": {RETRY_ANNOTATION: request}}}),
+            ))
+        })
+        .await?;
+    let resume = ir
+        .status
+        .and_then(|s| s.resume_phase)
+        .unwrap_or(Phase::Validating);
     println!("retry of {named} requested; the operator resumes it in phase {resume}");
     Ok(())
 }

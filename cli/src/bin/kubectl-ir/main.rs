@@ -38,6 +38,7 @@ enum Command {
     Status {
         /// Name of the InstantRecovery.
         name: String,
+        /// For people (text) or programs (json).
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
@@ -55,6 +56,7 @@ enum Command {
     Backups {
         /// Name of the BackupRepository.
         repository: String,
+        /// For people (text) or programs (json).
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
