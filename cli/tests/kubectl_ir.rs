@@ -258,6 +258,9 @@ async fn status_shows_every_phase_from_the_usual_kubeconfig() {
         stderr.contains("error: instantrecovery default/syncing not found"),
         "{stderr}"
     );
+    // Flags before the command, as `kubectl ir -n demo status syncing` passes them.
+    let text = fx.ok(&["-n", NS, "status", "syncing"]).await;
+    assert!(text.starts_with("recovery:    demo/syncing"), "{text}");
     let text = fx.ok(&["status", "syncing", "--context", "in-demo"]).await;
     assert!(text.starts_with("recovery:    demo/syncing"), "{text}");
     let text = fx
