@@ -136,6 +136,8 @@ impl AgentProcess {
             .arg("--cache-root")
             .arg(cache_root)
             .args(["--log-format", "text"])
+            // Tests run side by side: any free port.
+            .args(["--metrics-address", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
