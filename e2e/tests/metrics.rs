@@ -199,7 +199,7 @@ async fn operator_and_agent_metrics_follow_a_recovery() {
     assert!(!about.is_empty(), "no log line about the recovery:\n{log}");
     for line in about {
         assert!(
-            line.contains("reconcile{kind=\"InstantRecovery\" namespace=db name=scraped}"),
+            line.contains("reconcile{kind=\"InstantRecovery\" namespace=db object=scraped}"),
             "a line outside the recovery's span: {line}"
         );
     }

@@ -605,7 +605,7 @@ async fn reconcile(rm: Arc<RecoveryMount>, agent: Arc<Agent>) -> Result<Action, 
     let key = format!("{namespace}/{}", rm.name_any());
     let api: Api<RecoveryMount> = Api::namespaced(agent.client.clone(), &namespace);
     let (agent_ref, api_ref) = (&agent, &api);
-    let span = tracing::info_span!("reconcile", namespace = %namespace, name = %rm.name_any());
+    let span = tracing::info_span!("reconcile", namespace = %namespace, object = %rm.name_any());
     let action = finalizer(&api, AGENT_FINALIZER, rm, |event| async move {
         match event {
             Event::Apply(rm) => agent_ref.apply(api_ref, &rm).await,

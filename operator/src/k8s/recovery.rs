@@ -28,13 +28,14 @@ use crate::machine::{self, Decision, EventKind, Observed, Policy};
 /// Annotation a manual retry sets (any new value starts a new round of attempts).
 pub const RETRY_ANNOTATION: &str = "instantrecovery.dev/retry";
 
-/// The span of everything done for one recovery: its log lines carry its namespace and name.
+/// The span of everything done for one recovery: its log lines carry its namespace and name
+/// (as `object`: JSON log lines already use `name` for the span's own name).
 fn span(ir: &InstantRecovery) -> tracing::Span {
     tracing::info_span!(
         "reconcile",
         kind = "InstantRecovery",
         namespace = %ir.namespace().unwrap_or_default(),
-        name = %ir.name_any()
+        object = %ir.name_any()
     )
 }
 
@@ -239,4 +240,55 @@ async fn teardown(ir: &InstantRecovery, ctx: &Context) -> Result<Requeue, Error>
     }
     tracing::info!(recovery = %key(ir), "torn down");
     Ok(Requeue::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use ir_api::crd::InstantRecoverySpec;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_log_lines_of_a_reconcile_name_the_recovery() {
+        let spec: InstantRecoverySpec = serde_json::from_value(serde_json::json!({
+            "backup": {"repositoryRef": {"name": "prod"}},
+            "postgres": {"credentialsSecret": {"name": "db-superuser"}},
+        }))
+        .unwrap();
+        let mut ir = InstantRecovery::new("orders", spec);
+        ir.metadata.namespace = Some("shop".into());
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            span(&ir).in_scope(|| tracing::info!("something happened"));
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["span"]["name"], "reconcile", "{line}");
+        assert_eq!(line["span"]["kind"], "InstantRecovery", "{line}");
+        assert_eq!(line["span"]["namespace"], "shop", "{line}");
+        assert_eq!(line["span"]["object"], "orders", "{line}");
+        assert_eq!(line["fields"]["message"], "something happened", "{line}");
+    }
 }

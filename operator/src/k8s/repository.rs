@@ -23,7 +23,7 @@ fn span(repo: &BackupRepository) -> tracing::Span {
         "reconcile",
         kind = "BackupRepository",
         namespace = %repo.namespace().unwrap_or_default(),
-        name = %repo.name_any()
+        object = %repo.name_any()
     )
 }
 
