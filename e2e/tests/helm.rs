@@ -34,6 +34,9 @@ operator:
   watchNamespace: databases
   postgres: {uid: 26, gid: 26}
   extraArgs: [--agent-timeout=2m]
+  extraVolumes: [{name: backups, hostPath: {path: /srv/backups, type: Directory}}]
+  extraVolumeMounts: [{name: backups, mountPath: /srv/backups, readOnly: true}]
+  extraEnv: [{name: AWS_CA_BUNDLE, value: /srv/backups/ca.pem}]
   serviceAccount: {create: true, name: ir-op, annotations: {example.com/role: operator}}
   resources: {requests: {cpu: 1, memory: 128Mi}, limits: {cpu: 2, memory: 1Gi}}
   podAnnotations: {example.com/scrape: "true"}
@@ -54,6 +57,9 @@ agent:
   nodeSelector: {example.com/postgres: "true"}
   tolerations: []
   podSecurityContext: {fsGroup: 999}
+  extraVolumes: [{name: backups, hostPath: {path: /srv/backups, type: Directory}}]
+  extraVolumeMounts: [{name: backups, mountPath: /srv/backups, readOnly: true}]
+  extraEnv: [{name: RUST_LOG, value: debug}]
   priorityClassName: system-node-critical
 "#;
 
