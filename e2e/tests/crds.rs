@@ -506,3 +506,35 @@ async fn the_backup_of_a_recovery_cannot_change() {
     assert_eq!(stored.spec.backup.id, "20260101T000000Z-1a2b");
     assert_eq!(stored.name_any(), "orders");
 }
+
+/// The manifests the docs show (docs/examples/, checked against the docs by ir-api's
+/// doc_examples test) are accepted by the API server as they are.
+#[tokio::test]
+async fn the_documented_examples_are_accepted() {
+    let plane = ControlPlane::start().await;
+    plane.install_crds().await;
+    plane.create_namespace("db").await;
+    let dir = ir_e2e::helm::repo_root().join("docs/examples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("a docs/examples entry").path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "docs/examples holds {files:?}");
+    for file in files {
+        let yaml = std::fs::read_to_string(&file).expect("read the example");
+        plane
+            .apply_yaml(&yaml)
+            .await
+            .unwrap_or_else(|e| panic!("{} is refused: {e}", file.display()));
+    }
+    let recoveries: Api<InstantRecovery> = Api::namespaced(plane.admin(), "db");
+    assert!(
+        !recoveries
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
