@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use crate::process::{self, OsUser};
@@ -40,6 +41,8 @@ pub enum PgError {
     Timeout { what: String, timeout: Duration },
     #[error("PostgreSQL on {datadir} exited while starting; its log ends with:\n{log}")]
     Exited { datadir: PathBuf, log: String },
+    #[error("{0}")]
+    Rejected(Rejection),
     #[error("{0}")]
     Unexpected(String),
 }
@@ -137,6 +140,39 @@ fn parse_major(version: &str) -> Option<u32> {
     number.split(['.', 'b', 'r']).next()?.parse().ok()
 }
 
+/// The server turned a connection down for good: the credentials or the database name are
+/// wrong, and waiting will not change that.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    /// CamelCase status reason.
+    pub reason: &'static str,
+    /// The server's words.
+    pub message: String,
+}
+
+/// Sorts out a failed connection attempt to a server that may still be coming up: `None` when
+/// trying again may succeed (refused, not listening yet, starting up, too many connections),
+/// the rejection when the server answered and refused the user, its password or the database.
+pub fn rejection(e: &tokio_postgres::Error) -> Option<Rejection> {
+    let db = e.as_db_error()?;
+    let code = db.code();
+    let reason = if *code == SqlState::INVALID_PASSWORD
+        || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    {
+        // 28000 also covers a role that does not exist and a missing pg_hba.conf line.
+        "AuthenticationFailed"
+    } else if *code == SqlState::UNDEFINED_DATABASE {
+        "DatabaseMissing"
+    } else {
+        return None;
+    };
+    Some(Rejection {
+        reason,
+        message: db.message().to_owned(),
+    })
+}
+
 /// How the engine reaches an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -179,6 +215,19 @@ impl Endpoint {
             }
         });
         Ok(client)
+    }
+
+    /// One attempt at a first query: the client once the server answers, `None` while it is not
+    /// up yet, the rejection when it will not let us in.
+    pub async fn probe(&self) -> Result<Option<Client>, Rejection> {
+        match self.connect().await {
+            Ok(client) => Ok(client
+                .simple_query("SELECT 1")
+                .await
+                .is_ok()
+                .then_some(client)),
+            Err(e) => rejection(&e).map_or(Ok(None), Err),
+        }
     }
 }
 
@@ -309,7 +358,7 @@ impl Instance {
     }
 
     /// Waits until the instance answers a query; returns when it first did. Fails at once when
-    /// the postmaster `pid` exits.
+    /// the postmaster `pid` exits or the server rejects the endpoint's user or database.
     pub async fn wait_ready(
         &self,
         endpoint: &Endpoint,
@@ -318,9 +367,7 @@ impl Instance {
     ) -> Result<Timestamp, PgError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(client) = endpoint.connect().await
-                && client.simple_query("SELECT 1").await.is_ok()
-            {
+            if endpoint.probe().await.map_err(PgError::Rejected)?.is_some() {
                 return Ok(Timestamp::now());
             }
             if !process::is_alive(pid) {
@@ -985,6 +1032,81 @@ mod tests {
                 timeline: 1
             })
         );
+    }
+
+    /// A real server with password authentication on TCP and `postgres`'s password `right`.
+    fn password_server(root: &Path) -> ir_e2e::pg::PgCluster {
+        ir_e2e::require_root();
+        let mut server = ir_e2e::pg::PgCluster::init(root);
+        std::fs::write(
+            server.datadir.join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        server.start(&[]);
+        server.psql("ALTER ROLE postgres PASSWORD 'right'");
+        server
+    }
+
+    fn tcp(port: u16, user: &str, password: &str, dbname: &str) -> Endpoint {
+        Endpoint {
+            host: Host::Tcp("127.0.0.1".into()),
+            port,
+            user: user.into(),
+            password: Some(password.into()),
+            dbname: dbname.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_turns_us_down_is_told_from_one_not_up_yet() {
+        let root = ir_e2e::shared_tempdir();
+        let server = password_server(root.path());
+        let port = server.port;
+
+        let wrong = tcp(port, "postgres", "wrong", "postgres");
+        let rejected = wrong.probe().await.unwrap_err();
+        assert_eq!(rejected.reason, "AuthenticationFailed");
+        assert_eq!(
+            rejected.message,
+            "password authentication failed for user \"postgres\""
+        );
+        let nobody = tcp(port, "nobody", "right", "postgres").probe().await;
+        assert_eq!(nobody.unwrap_err().reason, "AuthenticationFailed");
+        let no_db = tcp(port, "postgres", "right", "gone").probe().await;
+        let no_db = no_db.unwrap_err();
+        assert_eq!(no_db.reason, "DatabaseMissing");
+        assert!(no_db.message.contains("\"gone\""), "{}", no_db.message);
+        assert!(
+            tcp(port, "postgres", "right", "postgres")
+                .probe()
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        // Nothing listening yet: wait.
+        let closed = tcp(ir_e2e::free_port(), "postgres", "right", "postgres");
+        assert!(closed.probe().await.unwrap().is_none());
+
+        // Waiting for the first answer gives up at once, well before its timeout.
+        let instance = Instance {
+            datadir: server.datadir.clone(),
+            conf_dir: root.path().join("conf"),
+            socket_dir: server.socket.clone(),
+            port,
+            listen_addresses: "127.0.0.1".into(),
+            log: root.path().join("postgres.log"),
+            settings: Vec::new(),
+        };
+        let pid = instance.running_pid().expect("the server runs");
+        let started = Instant::now();
+        let err = instance
+            .wait_ready(&wrong, pid, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, PgError::Rejected(r) if r.reason == "AuthenticationFailed"));
+        assert!(started.elapsed() < Duration::from_secs(30), "{err}");
     }
 
     #[test]

@@ -82,7 +82,8 @@ impl Failure {
     }
 }
 
-/// A repository error while opening it or reading the backup's manifest.
+/// A repository error while opening it or reading the backup's manifest. The operator reports
+/// its own repository errors through this too.
 pub fn repo_failure(e: &RepoError) -> Failure {
     if e.is_transient() {
         return Failure::transient("RepositoryUnavailable", e.to_string());
@@ -307,6 +308,51 @@ mod tests {
         };
         let f = repo_failure(&down);
         assert_eq!((f.reason, f.transient), ("RepositoryUnavailable", true));
+
+        let url = || "s3://bucket/repo".to_owned();
+        let cases = [
+            (
+                RepoError::NotARepository { url: url() },
+                "NotARepository",
+                false,
+            ),
+            (
+                RepoError::UnsupportedFormat {
+                    url: url(),
+                    found: 2,
+                    supported: 1,
+                },
+                "UnsupportedRepositoryFormat",
+                false,
+            ),
+            (RepoError::NoBackups { url: url() }, "BackupNotFound", false),
+            (
+                RepoError::InvalidUrl {
+                    url: "nope://".into(),
+                    reason: "unknown scheme".into(),
+                },
+                "InvalidSpec",
+                false,
+            ),
+            (
+                RepoError::InvalidBackupId { id: "a/b".into() },
+                "InvalidSpec",
+                false,
+            ),
+            (
+                RepoError::MissingChunk {
+                    id: ir_repository::ChunkId::of(b"y"),
+                    url: url(),
+                },
+                "RepositoryError",
+                false,
+            ),
+        ];
+        for (error, reason, transient) in cases {
+            let f = repo_failure(&error);
+            assert_eq!((f.reason, f.transient), (reason, transient), "{error}");
+            assert_eq!(f.message, error.to_string());
+        }
     }
 
     #[test]

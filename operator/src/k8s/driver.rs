@@ -211,6 +211,19 @@ impl<'a> Driver<'a> {
         Ok((values[0].clone(), values[1].clone()))
     }
 
+    /// The superuser of `spec.postgres.credentialsSecret` was turned down: only a change of the
+    /// Secret (or of the backup) helps.
+    fn credentials_rejected(&self, rejection: postgres::Rejection) -> Failure {
+        Failure::permanent(
+            rejection.reason,
+            format!(
+                "spec.postgres.credentialsSecret: Secret {}/{} (keys \"username\", \"password\"): \
+                 {}",
+                self.namespace, self.ir.spec.postgres.credentials_secret.name, rejection.message
+            ),
+        )
+    }
+
     /// `spec.nodeName`, or the node whose live agent has the most free cache space.
     async fn choose_node(&self) -> Result<String, Failure> {
         let nodes: Api<Node> = Api::all(self.ctx.client.clone());
@@ -509,13 +522,15 @@ impl<'a> Driver<'a> {
         // Poll briefly: the moment of the first answer is the headline figure.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if let Ok(client) = endpoint.connect().await
-                && client.simple_query("SELECT 1").await.is_ok()
-            {
-                let answered = Timestamp::now();
-                self.published_ip = Some(ip);
-                self.published_client = Some(client);
-                return Ok(Step::Ready(answered));
+            match endpoint.probe().await {
+                Ok(Some(client)) => {
+                    let answered = Timestamp::now();
+                    self.published_ip = Some(ip);
+                    self.published_client = Some(client);
+                    return Ok(Step::Ready(answered));
+                }
+                Ok(None) => {}
+                Err(rejection) => return Ok(Step::Failed(self.credentials_rejected(rejection))),
             }
             if std::time::Instant::now() >= deadline {
                 self.requeue_soon = true;
@@ -667,6 +682,9 @@ impl<'a> Driver<'a> {
         if pod.metadata.deletion_timestamp.is_some() {
             self.requeue_soon = true;
             return Ok(Standby::Absent);
+        }
+        if let Some(f) = waiting_failure(&pod) {
+            return Ok(Standby::Failed(f));
         }
         let status = pod.status.clone().unwrap_or_default();
         let init = status
@@ -912,7 +930,7 @@ fn waiting_failure(pod: &Pod) -> Option<Failure> {
         .chain(status.container_statuses.iter())
         .flatten();
     for container in all {
-        let waiting = container.state.as_ref()?.waiting.as_ref();
+        let waiting = container.state.as_ref().and_then(|s| s.waiting.as_ref());
         if let Some(w) = waiting
             && let Some(reason) = w.reason.as_deref()
             && matches!(
@@ -1047,4 +1065,111 @@ fn random_password() -> String {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .expect("/dev/urandom is readable");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ir_api::crd::InstantRecoverySpec;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus, PodStatus,
+    };
+
+    fn target_pod() -> Pod {
+        let spec: InstantRecoverySpec = serde_json::from_value(serde_json::json!({
+            "backup": {"repositoryRef": {"name": "prod"}},
+            "postgres": {"credentialsSecret": {"name": "db-superuser"}},
+        }))
+        .unwrap();
+        let mut ir = InstantRecovery::new("orders", spec);
+        ir.metadata.namespace = Some("shop".into());
+        let user = resources::PostgresUser { uid: 999, gid: 998 };
+        resources::target_pod(&ir, "postgres:15-typo", user, "10.0.0.7", "orders-repl")
+    }
+
+    fn container(name: &str, state: Option<ContainerState>) -> ContainerStatus {
+        ContainerStatus {
+            name: name.to_owned(),
+            state,
+            ..Default::default()
+        }
+    }
+
+    fn waiting(reason: &str, message: &str) -> Option<ContainerState> {
+        Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.to_owned()),
+                message: Some(message.to_owned()),
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn with_status(
+        mut pod: Pod,
+        init: Vec<ContainerStatus>,
+        containers: Vec<ContainerStatus>,
+    ) -> Pod {
+        pod.status = Some(PodStatus {
+            phase: Some("Pending".to_owned()),
+            init_container_statuses: Some(init),
+            container_statuses: Some(containers),
+            ..Default::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn a_target_pod_that_cannot_start_is_a_failure() {
+        // The copy's init container is the first to pull the image.
+        let pod = with_status(
+            target_pod(),
+            vec![container(
+                "base-backup",
+                waiting(
+                    "ImagePullBackOff",
+                    "Back-off pulling image \"postgres:15-typo\"",
+                ),
+            )],
+            vec![container("postgres", None)],
+        );
+        let f = waiting_failure(&pod).expect("a failure");
+        assert_eq!((f.reason.as_str(), f.transient), ("PodCannotStart", true));
+        assert!(f.message.contains("orders-target"), "{}", f.message);
+        assert!(
+            f.message.contains("base-backup ImagePullBackOff"),
+            "{}",
+            f.message
+        );
+
+        // A container without a state yet does not hide a later one that cannot start.
+        let pod = with_status(
+            target_pod(),
+            vec![container("base-backup", None)],
+            vec![container(
+                "postgres",
+                waiting(
+                    "CreateContainerConfigError",
+                    "secret \"orders-repl\" not found",
+                ),
+            )],
+        );
+        let f = waiting_failure(&pod).expect("a failure");
+        assert!(f.message.contains("orders-repl"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_target_pod_on_its_way_is_no_failure() {
+        let running = Some(ContainerState {
+            running: Some(ContainerStateRunning::default()),
+            ..Default::default()
+        });
+        let pod = with_status(
+            target_pod(),
+            vec![container("base-backup", running)],
+            vec![container("postgres", waiting("PodInitializing", ""))],
+        );
+        assert_eq!(waiting_failure(&pod), None);
+        assert_eq!(waiting_failure(&target_pod()), None, "no status yet");
+    }
 }

@@ -722,6 +722,13 @@ impl LocalRecovery {
             Err(e @ postgres::PgError::Timeout { .. }) => {
                 Err(Failure::transient("StartTimeout", e.to_string()))
             }
+            Err(postgres::PgError::Rejected(rejection)) => Err(Failure::permanent(
+                rejection.reason,
+                format!(
+                    "--db-user {} --db-name {}: {}",
+                    endpoint.user, endpoint.dbname, rejection.message
+                ),
+            )),
             Err(e) => {
                 // Through a lost mount PostgreSQL cannot start: that is the mount's failure.
                 if !is_fuse_mount(&self.workdir.mountpoint()) {

@@ -97,14 +97,15 @@ pub(crate) async fn find_backup(
     })
 }
 
+/// The node agent's classification, so that a repository fault reads the same wherever it
+/// shows.
 pub(crate) fn repo_failure(e: RepoError) -> Failure {
-    let reason = match &e {
-        _ if e.is_transient() => return Failure::transient("RepositoryUnavailable", e.to_string()),
-        RepoError::BackupNotFound { .. } | RepoError::NoBackups { .. } => "BackupNotFound",
-        RepoError::InvalidUrl { .. } | RepoError::InvalidBackupId { .. } => "InvalidSpec",
-        _ => "RepositoryError",
-    };
-    Failure::permanent(reason, e.to_string())
+    let failure = ir_fuse::agent::plan::repo_failure(&e);
+    Failure {
+        transient: failure.transient,
+        reason: failure.reason.to_owned(),
+        message: failure.message,
+    }
 }
 
 fn check_target(target: &Path) -> Result<(), Failure> {
@@ -224,6 +225,20 @@ mod tests {
             check_target(Path::new("rel")).unwrap_err().reason,
             "InvalidSpec"
         );
+    }
+
+    #[test]
+    fn repository_faults_read_as_the_agent_reports_them() {
+        let url = "file:///srv/repo".to_owned();
+        let f = repo_failure(RepoError::NotARepository { url: url.clone() });
+        assert_eq!((f.reason.as_str(), f.transient), ("NotARepository", false));
+        assert!(f.message.contains(&url), "{}", f.message);
+        let f = repo_failure(RepoError::UnsupportedFormat {
+            url,
+            found: 9,
+            supported: 1,
+        });
+        assert_eq!(f.reason, "UnsupportedRepositoryFormat");
     }
 
     #[test]
