@@ -211,7 +211,8 @@ pub struct BackupRepositoryStatus {
     /// The `metadata.generation` this status is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Reachable`: the repository answered the last check.
+    /// `Reachable`: the repository answered the last check. `Ready` says the same for tools
+    /// that read `Ready` (Argo CD, kstatus, `kubectl wait`).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Number of backups in the repository.
@@ -219,7 +220,19 @@ pub struct BackupRepositoryStatus {
     pub backup_count: u32,
     /// The most recent backups, newest first.
     #[serde(default)]
-    pub backups: Vec<crate::recovery::BackupInfo>,
+    pub backups: Vec<ListedBackup>,
+}
+
+/// One backup of the repository.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedBackup {
+    #[serde(flatten)]
+    pub info: crate::recovery::BackupInfo,
+    /// When the backup was taken (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub created_at: Option<jiff::Timestamp>,
 }
 
 /// The backup to mount, on which node, for which file owner.

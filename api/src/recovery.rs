@@ -146,7 +146,8 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// The condition types a recovery reports, in the order it reaches them.
+/// The condition types a recovery reports: the milestones in the order it reaches them, then the
+/// summary (`Ready`, and kstatus' abnormal-true `Reconciling` and `Stalled`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum ConditionType {
     Validated,
@@ -155,16 +156,20 @@ pub enum ConditionType {
     Synced,
     SwitchedOver,
     Ready,
+    Reconciling,
+    Stalled,
 }
 
 impl ConditionType {
-    pub const ALL: [ConditionType; 6] = [
+    pub const ALL: [ConditionType; 8] = [
         ConditionType::Validated,
         ConditionType::Mounted,
         ConditionType::Published,
         ConditionType::Synced,
         ConditionType::SwitchedOver,
         ConditionType::Ready,
+        ConditionType::Reconciling,
+        ConditionType::Stalled,
     ];
 }
 
@@ -307,7 +312,9 @@ pub struct RecoveryStatus {
     /// The `metadata.generation` this status is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Milestones reached (Validated, Mounted, Published, Synced, SwitchedOver) and `Ready`.
+    /// Milestones reached (Validated, Mounted, Published, Synced, SwitchedOver) and `Ready`;
+    /// `Reconciling` while the recovery works towards its goal (retries included), `Stalled`
+    /// once it failed and waits for a manual retry; neither once it completed.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -364,6 +371,11 @@ impl RecoveryStatus {
                 self.conditions.sort_by_key(order);
             }
         }
+    }
+
+    /// Drops a condition: the abnormal-true ones are absent while they do not hold.
+    pub fn remove_condition(&mut self, type_: ConditionType) {
+        self.conditions.retain(|c| c.type_ != type_);
     }
 }
 

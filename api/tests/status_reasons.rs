@@ -13,7 +13,7 @@ const SOURCES: [&str; 2] = ["operator/src", "fuse-agent/src"];
 /// CamelCase literals of those sources that are not reasons of ours: Kubernetes values the code
 /// writes or matches (Pod spec fields, Pod phases, condition statuses and types, kinds, the
 /// Event action).
-const NOT_REASONS: [&str; 15] = [
+const NOT_REASONS: [&str; 16] = [
     "Always",
     "Directory",
     "HostToContainer",
@@ -26,6 +26,7 @@ const NOT_REASONS: [&str; 15] = [
     "True",
     "False",
     "Reachable",
+    "Ready",
     "BackupRepository",
     "InstantRecovery",
     "Reconcile",

@@ -167,7 +167,7 @@ pub fn reconcile(
     if !m.manual_retry() {
         m.step();
     }
-    m.update_ready();
+    m.update_summary();
     m.d
 }
 
@@ -614,11 +614,24 @@ impl Machine<'_> {
         true
     }
 
-    /// `Ready` says whether the recovery reached its goal: the target runs as the primary.
-    fn update_ready(&mut self) {
+    /// The summary conditions. `Ready` says whether the recovery reached its goal: the target
+    /// runs as the primary. kstatus (Flux, kpt, Config Sync) reads the abnormal-true pair:
+    /// `Reconciling` while the recovery works towards the goal (waiting for a retry included),
+    /// `Stalled` once it failed and waits for a person; both absent at the goal.
+    fn update_summary(&mut self) {
         let now = self.now;
         let status = self.status();
-        if status.phase == Phase::Completed && status.timings.completed_at.is_some() {
+        let reason = status
+            .reason
+            .clone()
+            .unwrap_or_else(|| status.phase.to_string());
+        let message = status.message.clone().unwrap_or_default();
+        let (ready, abnormal) = match status.phase {
+            Phase::Completed if status.timings.completed_at.is_some() => (true, None),
+            Phase::Failed => (false, Some(ConditionType::Stalled)),
+            _ => (false, Some(ConditionType::Reconciling)),
+        };
+        if ready {
             status.set_condition(
                 ConditionType::Ready,
                 ConditionStatus::True,
@@ -627,18 +640,20 @@ impl Machine<'_> {
                 now,
             );
         } else {
-            let reason = status
-                .reason
-                .clone()
-                .unwrap_or_else(|| status.phase.to_string());
-            let message = status.message.clone().unwrap_or_default();
             status.set_condition(
                 ConditionType::Ready,
                 ConditionStatus::False,
                 &reason,
-                message,
+                message.clone(),
                 now,
             );
+        }
+        for type_ in [ConditionType::Reconciling, ConditionType::Stalled] {
+            if abnormal == Some(type_) {
+                status.set_condition(type_, ConditionStatus::True, &reason, message.clone(), now);
+            } else {
+                status.remove_condition(type_);
+            }
         }
     }
 }

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ir_api::crd::BackupRepository;
+use ir_api::crd::{BackupRepository, ListedBackup};
 use ir_api::recovery::BackupInfo;
 use ir_repository::Repository;
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -40,7 +41,6 @@ async fn check_and_report(repo: &BackupRepository, ctx: &Context) -> Result<Acti
     let namespace = repo.namespace().unwrap_or_default();
     let checked = check(ctx, &namespace, repo).await;
     let before = repo.status.clone().unwrap_or_default();
-    let previous = before.conditions.iter().find(|c| c.type_ == "Reachable");
     let (status, reason, message, backups) = match checked {
         Ok(backups) => (
             "True",
@@ -50,22 +50,25 @@ async fn check_and_report(repo: &BackupRepository, ctx: &Context) -> Result<Acti
         ),
         Err(f) => ("False", f.reason, f.message, None),
     };
-    // The transition time moves only when the status flips.
-    let last_transition_time = match previous {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(k8s_openapi::jiff::Timestamp::now()),
-    };
-    let condition = Condition {
-        type_: "Reachable".to_owned(),
-        status: status.to_owned(),
-        reason,
-        message,
-        last_transition_time,
-        observed_generation: repo.metadata.generation,
-    };
+    // `Ready` mirrors `Reachable` for tools that only read `Ready`.
+    let conditions = ["Reachable", "Ready"].map(|type_| {
+        // The transition time moves only when the status flips.
+        let last_transition_time = match before.conditions.iter().find(|c| c.type_ == type_) {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.clone(),
+            message: message.clone(),
+            last_transition_time,
+            observed_generation: repo.metadata.generation,
+        }
+    });
     let mut new_status = before.clone();
     new_status.observed_generation = repo.metadata.generation;
-    new_status.conditions = vec![condition];
+    new_status.conditions = conditions.into();
     if let Some(backups) = backups {
         new_status.backup_count = backups.len() as u32;
         new_status.backups = backups.into_iter().take(LISTED).collect();
@@ -96,7 +99,7 @@ async fn check(
     ctx: &Context,
     namespace: &str,
     repo: &BackupRepository,
-) -> Result<Vec<BackupInfo>, Failure> {
+) -> Result<Vec<ListedBackup>, Failure> {
     let options = super::store_options(&ctx.client, namespace, &repo.spec).await?;
     let opened = Repository::open(&repo.spec.url, &options)
         .await
@@ -108,10 +111,13 @@ async fn check(
     manifests.sort_by_key(|m| std::cmp::Reverse(m.created));
     Ok(manifests
         .into_iter()
-        .map(|m| BackupInfo {
-            pg_major: m.pg_version.trim().parse().unwrap_or_default(),
-            size_bytes: m.entries.iter().map(|e| e.size).sum(),
-            id: m.id,
+        .map(|m| ListedBackup {
+            created_at: Timestamp::from_nanosecond(m.created.unix_timestamp_nanos()).ok(),
+            info: BackupInfo {
+                pg_major: m.pg_version.trim().parse().unwrap_or_default(),
+                size_bytes: m.entries.iter().map(|e| e.size).sum(),
+                id: m.id,
+            },
         })
         .collect())
 }

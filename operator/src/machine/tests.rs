@@ -394,6 +394,31 @@ fn transitions() {
             "{}: requeue",
             c.name
         );
+        // kstatus: in progress until at rest, then Stalled on failure and nothing on success.
+        let summary = |type_| {
+            d.status
+                .condition(type_)
+                .map(|c| (c.status, c.reason.clone()))
+        };
+        let reason = (d.status.reason.clone()).unwrap_or_else(|| d.status.phase.to_string());
+        let true_with_reason = Some((ConditionStatus::True, reason));
+        let (reconciling, stalled) = match c.phase_after {
+            Failed => (None, true_with_reason),
+            _ if at_rest => (None, None),
+            _ => (true_with_reason, None),
+        };
+        assert_eq!(
+            summary(ConditionType::Reconciling),
+            reconciling,
+            "{}: Reconciling",
+            c.name
+        );
+        assert_eq!(
+            summary(ConditionType::Stalled),
+            stalled,
+            "{}: Stalled",
+            c.name
+        );
         if c.phase_after == Waiting {
             assert_eq!(
                 d.status.resume_phase,
@@ -626,7 +651,12 @@ fn happy_path_end_to_end() {
     assert_eq!(phases, expected.map(|p| p.to_string()));
     assert!(status.is_true(ConditionType::Ready));
     for c in ConditionType::ALL {
-        assert!(status.is_true(c), "{c:?} should be true at the end");
+        match c {
+            ConditionType::Reconciling | ConditionType::Stalled => {
+                assert_eq!(status.condition(c), None, "{c:?} should be gone at the end")
+            }
+            _ => assert!(status.is_true(c), "{c:?} should be true at the end"),
+        }
     }
     assert_eq!(status.timings.time_to_first_query_ms, Some(1000));
     assert_eq!(status.timings.switchover_downtime_ms, Some(700));
@@ -647,4 +677,68 @@ fn ready_condition_follows_the_reason_until_completion() {
     let ready = d.status.condition(ConditionType::Ready).unwrap();
     assert_eq!(ready.status, ConditionStatus::False);
     assert_eq!(ready.reason, "RepositoryUnavailable");
+}
+
+#[test]
+fn kstatus_sees_a_retry_as_progress_and_a_failure_as_stalled() {
+    let policy = Policy {
+        retry: RetryPolicy {
+            limit: 1,
+            interval: GoDuration(Duration::from_secs(30)),
+        },
+        ..Default::default()
+    };
+    let failing = Observed {
+        mount: Step::Failed(transient()),
+        ..Default::default()
+    };
+    let waiting = reconcile(&policy, &status_in(Phase::Mounting), &failing, t(5)).status;
+    assert_eq!(waiting.phase, Phase::Waiting);
+    let reconciling = waiting.condition(ConditionType::Reconciling).unwrap();
+    assert_eq!(
+        (reconciling.status, reconciling.reason.as_str()),
+        (ConditionStatus::True, "RepositoryUnavailable")
+    );
+    assert_eq!(waiting.condition(ConditionType::Stalled), None);
+
+    let mut status = waiting;
+    for at in [t(40), t(41)] {
+        status = reconcile(&policy, &status, &failing, at).status;
+    }
+    assert_eq!(status.phase, Phase::Failed);
+    let stalled = status.condition(ConditionType::Stalled).unwrap();
+    assert_eq!(
+        (
+            stalled.status,
+            stalled.reason.as_str(),
+            stalled.last_transition_time
+        ),
+        (ConditionStatus::True, "RetriesExhausted", t(41))
+    );
+    assert!(
+        stalled.message.contains("connection refused"),
+        "{stalled:?}"
+    );
+    assert_eq!(status.condition(ConditionType::Reconciling), None);
+
+    let retried = reconcile(
+        &policy,
+        &status,
+        &Observed {
+            manual_retry: Some("1".into()),
+            ..Default::default()
+        },
+        t(50),
+    )
+    .status;
+    assert_eq!(retried.phase, Phase::Mounting);
+    assert_eq!(retried.condition(ConditionType::Stalled), None);
+    let reconciling = retried.condition(ConditionType::Reconciling).unwrap();
+    assert_eq!(
+        (
+            reconciling.reason.as_str(),
+            reconciling.last_transition_time
+        ),
+        ("ManualRetry", t(50))
+    );
 }

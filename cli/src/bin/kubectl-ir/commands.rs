@@ -254,14 +254,6 @@ struct BackupsOutput<'a> {
     backups: Vec<BackupRow<'a>>,
 }
 
-/// When a backup was taken, from its id: ids start with their creation time in UTC
-/// (`20261125T101500Z-3f2a`, see `ir_repository`'s ingest).
-fn created_from_id(id: &str) -> Option<Timestamp> {
-    let stamp = id.get(..15)?;
-    let time = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%S", stamp).ok()?;
-    Some(time.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp())
-}
-
 pub async fn backups(at: &Namespace, repository: &str, output: Output) -> anyhow::Result<()> {
     let named = at.named("backuprepository", repository);
     let repo: BackupRepository = at.get(&named).await?;
@@ -272,10 +264,10 @@ pub async fn backups(at: &Namespace, repository: &str, output: Output) -> anyhow
         .backups
         .iter()
         .map(|b| BackupRow {
-            id: &b.id,
-            created: created_from_id(&b.id),
-            pg_major: b.pg_major,
-            size_bytes: b.size_bytes,
+            id: &b.info.id,
+            created: b.created_at,
+            pg_major: b.info.pg_major,
+            size_bytes: b.info.size_bytes,
         })
         .collect();
     if output == Output::Json {
@@ -317,18 +309,4 @@ pub async fn backups(at: &Namespace, repository: &str, output: Output) -> anyhow
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backup_ids_carry_their_creation_time() {
-        assert_eq!(
-            created_from_id("20261125T101500Z-3f2a"),
-            Some("2026-11-25T10:15:00Z".parse().unwrap())
-        );
-        assert_eq!(created_from_id("nightly"), None);
-    }
 }
