@@ -460,3 +460,66 @@ async fn bad_recoveries_fail_naming_the_field_and_create_nothing() {
     .await;
     fx.wait_phase("later", Phase::Syncing, FLOW).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_superuser_password_fails_naming_the_secret_and_leaves_nothing() {
+    let fx = Installation::start().await;
+    fx.plane
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: wrong-password\n  \
+             namespace: {NAMESPACE}\nstringData:\n  username: postgres\n  \
+             password: not-the-password\n"
+        ))
+        .await
+        .unwrap();
+    fx.plane
+        .apply_yaml(&recovery_yaml(
+            "badpass",
+            &fx.backup_id,
+            "  postgres:\n    credentialsSecret:\n      name: wrong-password\n",
+        ))
+        .await
+        .unwrap();
+    let status = fx
+        .wait_status("badpass", FLOW, |s| s.phase == Phase::Failed)
+        .await;
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("AuthenticationFailed"),
+        "{status:?}"
+    );
+    let message = status.message.clone().unwrap_or_default();
+    for part in [
+        "spec.postgres.credentialsSecret",
+        "wrong-password",
+        "password authentication failed for user \"postgres\"",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
+    // Not transient: failed at once, with no retry.
+    assert_eq!(status.retry.attempt, 0, "{status:?}");
+    assert!(status.is_true(ConditionType::Validated), "{status:?}");
+    assert!(
+        recovery_pods(&fx, "badpass")
+            .await
+            .contains(&"badpass-published".to_owned()),
+        "the published instance ran and turned the password down"
+    );
+
+    fx.recoveries()
+        .delete("badpass", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone("InstantRecovery badpass", FLOW, || async {
+        fx.recoveries().get_opt("badpass").await.unwrap().is_none()
+    })
+    .await;
+    assert!(recovery_pods(&fx, "badpass").await.is_empty());
+    let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    assert!(mounts.get_opt("badpass").await.unwrap().is_none());
+    assert!(fx.mounts_left().is_empty(), "{:?}", fx.mounts_left());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    assert!(pvcs.get_opt("badpass-target").await.unwrap().is_none());
+    let services: Api<Service> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    assert!(services.get_opt("badpass").await.unwrap().is_none());
+}
