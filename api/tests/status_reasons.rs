@@ -34,11 +34,12 @@ const NOT_REASONS: [&str; 16] = [
 
 /// The kubelet's container reasons the operator turns into `PodCannotStart`: the doc names them
 /// in that entry.
-const KUBELET_REASONS: [&str; 4] = [
+const KUBELET_REASONS: [&str; 5] = [
     "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",
     "CreateContainerConfigError",
+    "CrashLoopBackOff",
 ];
 
 fn repo() -> PathBuf {

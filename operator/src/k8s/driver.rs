@@ -921,25 +921,24 @@ where
 }
 
 /// A container that cannot start for a reason a wait will not fix soon (bad image, missing
-/// Secret key).
+/// Secret key), or a main container that keeps crashing. The init container's crashes are the
+/// copy failing: `BASE_BACKUP_RESTARTS` judges those.
 fn waiting_failure(pod: &Pod) -> Option<Failure> {
     let status = pod.status.as_ref()?;
-    let all = status
-        .init_container_statuses
-        .iter()
-        .chain(status.container_statuses.iter())
-        .flatten();
-    for container in all {
+    let init = status.init_container_statuses.iter().flatten();
+    let main = status.container_statuses.iter().flatten();
+    let all = init.map(|c| (c, false)).chain(main.map(|c| (c, true)));
+    for (container, is_main) in all {
         let waiting = container.state.as_ref().and_then(|s| s.waiting.as_ref());
         if let Some(w) = waiting
             && let Some(reason) = w.reason.as_deref()
-            && matches!(
+            && (matches!(
                 reason,
                 "ErrImagePull"
                     | "ImagePullBackOff"
                     | "InvalidImageName"
                     | "CreateContainerConfigError"
-            )
+            ) || (is_main && reason == "CrashLoopBackOff"))
         {
             return Some(Failure::transient(
                 "PodCannotStart",
@@ -1171,5 +1170,32 @@ mod tests {
         );
         assert_eq!(waiting_failure(&pod), None);
         assert_eq!(waiting_failure(&target_pod()), None, "no status yet");
+    }
+
+    #[test]
+    fn a_crashing_standby_is_a_failure_a_crashing_copy_is_counted_elsewhere() {
+        let back_off = "back-off 40s restarting failed container";
+        let pod = with_status(
+            target_pod(),
+            vec![container(
+                "base-backup",
+                waiting("CrashLoopBackOff", back_off),
+            )],
+            vec![container("postgres", waiting("PodInitializing", ""))],
+        );
+        assert_eq!(waiting_failure(&pod), None);
+
+        let pod = with_status(
+            target_pod(),
+            vec![container("base-backup", None)],
+            vec![container("postgres", waiting("CrashLoopBackOff", back_off))],
+        );
+        let f = waiting_failure(&pod).expect("a failure");
+        assert_eq!(f.reason, "PodCannotStart");
+        assert!(
+            f.message.contains("postgres CrashLoopBackOff"),
+            "{}",
+            f.message
+        );
     }
 }
