@@ -50,6 +50,8 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
     let published = fx.wait_phase("orders", Phase::Syncing, FLOW).await;
     let status = published.status.unwrap();
     assert!(status.is_true(ConditionType::Published));
+    assert!(status.is_true(ConditionType::Reconciling), "{status:?}");
+    assert_eq!(status.condition(ConditionType::Stalled), None);
     assert_eq!(status.backup.as_ref().unwrap().id, fx.backup_id);
     let ttfq = status
         .timings
@@ -66,16 +68,31 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
         .status
         .unwrap_or_default();
     assert_eq!(repo.backup_count, 1, "{repo:?}");
-    assert_eq!(repo.backups[0].id, fx.backup_id);
-    assert_eq!(repo.conditions[0].type_, "Reachable");
-    assert_eq!(repo.conditions[0].status, "True");
+    assert_eq!(repo.backups[0].info.id, fx.backup_id);
+    // The id starts with the creation time, to the second.
+    let created = repo.backups[0].created_at.expect("createdAt");
+    let stamp = created.strftime("%Y%m%dT%H%M%SZ").to_string();
+    assert!(fx.backup_id.starts_with(&stamp), "{stamp} {repo:?}");
+    let summary: Vec<_> = repo
+        .conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [("Reachable", "True", "Listed"), ("Ready", "True", "Listed")]
+    );
 
     let done = fx.wait_phase("orders", Phase::Completed, FLOW).await;
     let status = done.status.unwrap();
     assert!(status.timings.switchover_downtime_ms.is_some());
-    // Completed with its cleanup done: Ready.
-    fx.wait_status("orders", FLOW, |s| s.is_true(ConditionType::Ready))
+    // Completed with its cleanup done: Ready, and neither Reconciling nor Stalled for kstatus.
+    let ready = fx
+        .wait_status("orders", FLOW, |s| s.is_true(ConditionType::Ready))
         .await;
+    for gone in [ConditionType::Reconciling, ConditionType::Stalled] {
+        assert_eq!(ready.condition(gone), None, "{ready:?}");
+    }
 
     // The target is a read-write primary with the backup's data, behind the Service.
     let target_ip = fx.pod_ip("orders-target", FLOW).await;
@@ -394,6 +411,10 @@ async fn bad_recoveries_fail_naming_the_field_and_create_nothing() {
         let message = status.message.clone().unwrap_or_default();
         assert!(message.contains(field), "{name}: {message}");
         assert!(!status.is_true(ConditionType::Validated));
+        let stalled = status.condition(ConditionType::Stalled);
+        assert_eq!(stalled.map(|c| c.reason.as_str()), Some(reason), "{name}");
+        assert!(status.is_true(ConditionType::Stalled), "{name}: {status:?}");
+        assert_eq!(status.condition(ConditionType::Reconciling), None, "{name}");
     }
     // Nothing was created for them.
     let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
@@ -458,7 +479,13 @@ async fn bad_recoveries_fail_naming_the_field_and_create_nothing() {
         s.retry.last_manual_request.as_deref() == Some("1")
     })
     .await;
-    fx.wait_phase("later", Phase::Syncing, FLOW).await;
+    let resumed = fx
+        .wait_phase("later", Phase::Syncing, FLOW)
+        .await
+        .status
+        .unwrap();
+    assert!(resumed.is_true(ConditionType::Reconciling), "{resumed:?}");
+    assert_eq!(resumed.condition(ConditionType::Stalled), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
