@@ -10,7 +10,6 @@ use ir_api::recovery::Phase;
 use ir_e2e::installation::{Installation, SYSTEM_NAMESPACE, loopback, scrape, wait_http_ok};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 
 const FLOW: Duration = Duration::from_secs(240);
 const LEASE: &str = "instant-recovery-operator";
@@ -110,11 +109,7 @@ async fn one_replica_leads_and_another_takes_over_when_it_dies_or_stops() {
     }
 
     // The new leader carries the recovery on.
-    let approve = serde_json::json!({"spec": {"switchover": {"approved": true}}});
-    fx.recoveries()
-        .patch(RECOVERY, &PatchParams::default(), &Patch::Merge(&approve))
-        .await
-        .unwrap();
+    fx.approve_switchover(RECOVERY).await;
     fx.wait_phase(RECOVERY, Phase::Completed, FLOW).await;
     assert!(reconciles(b_metrics).await > 0.0);
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use ir_api::recovery::Phase;
 use ir_e2e::installation::{Exposition, Installation, http_get, query_one, scrape, wait_http_ok};
-use kube::api::{Patch, PatchParams};
 
 const FLOW: Duration = Duration::from_secs(240);
 const RECOVERY: &str = "scraped";
@@ -170,11 +169,7 @@ async fn operator_and_agent_metrics_follow_a_recovery() {
         );
     }
 
-    let approve = serde_json::json!({"spec": {"switchover": {"approved": true}}});
-    fx.recoveries()
-        .patch(RECOVERY, &PatchParams::default(), &Patch::Merge(&approve))
-        .await
-        .unwrap();
+    fx.approve_switchover(RECOVERY).await;
     fx.wait_phase(RECOVERY, Phase::Completed, FLOW).await;
     let done = scrape_until_phase(&fx, Phase::Completed).await;
     assert_eq!(phase_count(&done, Phase::ReadyForSwitchover), 0.0);

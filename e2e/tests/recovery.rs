@@ -277,11 +277,7 @@ async fn the_agent_killed_under_write_load_loses_no_commit() {
     );
 
     // ... and on the target after the approved switchover.
-    let patch = serde_json::json!({"spec": {"switchover": {"approved": true}}});
-    fx.recoveries()
-        .patch("agentkill", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    fx.approve_switchover("agentkill").await;
     fx.wait_phase("agentkill", Phase::Completed, FLOW).await;
     let target = fx.pod_ip("agentkill-target", FLOW).await;
     let present = ids(&target).await;
