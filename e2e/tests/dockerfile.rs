@@ -151,6 +151,10 @@ fn image_is_built_by_the_release_script_from_pinned_bases_and_runs_unprivileged(
         "scripts/build-release.sh builds every workspace binary, locked"
     );
     assert!(
+        read("scripts/test.sh").contains("scripts/build-release.sh"),
+        "the test suite (and so CI) builds the binaries it runs with scripts/build-release.sh"
+    );
+    assert!(
         runtime.contains(&("COPY".into(), "--from=build /out/ /usr/local/bin/".into())),
         "the runtime stage takes the script's output: {runtime:#?}"
     );
