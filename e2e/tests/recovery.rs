@@ -100,6 +100,15 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
         query_one(&target_ip, "SELECT pg_is_in_recovery()").await,
         "f"
     );
+    // The copy carried the generated replication role over; its password went with its Secret.
+    assert_eq!(
+        query_one(
+            &target_ip,
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'instant_recovery_replication'"
+        )
+        .await,
+        "0"
+    );
     assert_eq!(
         query_one(&target_ip, "SELECT count(*) FROM accounts").await,
         SAMPLE_ROWS.to_string()

@@ -151,6 +151,11 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// [`Rejection::reason`] of a wrong user or password.
+pub const AUTHENTICATION_FAILED: &str = "AuthenticationFailed";
+/// [`Rejection::reason`] of a database the server does not have.
+pub const DATABASE_MISSING: &str = "DatabaseMissing";
+
 /// Sorts out a failed connection attempt to a server that may still be coming up: `None` when
 /// trying again may succeed (refused, not listening yet, starting up, too many connections),
 /// the rejection when the server answered and refused the user, its password or the database.
@@ -161,9 +166,9 @@ pub fn rejection(e: &tokio_postgres::Error) -> Option<Rejection> {
         || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
     {
         // 28000 also covers a role that does not exist and a missing pg_hba.conf line.
-        "AuthenticationFailed"
+        AUTHENTICATION_FAILED
     } else if *code == SqlState::UNDEFINED_DATABASE {
-        "DatabaseMissing"
+        DATABASE_MISSING
     } else {
         return None;
     };

@@ -23,6 +23,9 @@ use crate::postgres::{self, ControlData, Endpoint, Host, PgError, PublishedContr
 /// Restarts of the base-backup container after which the copy counts as failed.
 const BASE_BACKUP_RESTARTS: i32 = 3;
 
+/// The database the operator connects to: every cluster has it, so its name is not configurable.
+const OPERATOR_DATABASE: &str = "postgres";
+
 /// Carries out the machine's actions for one reconcile.
 pub(super) struct Driver<'a> {
     ctx: &'a Context,
@@ -211,16 +214,13 @@ impl<'a> Driver<'a> {
         Ok((values[0].clone(), values[1].clone()))
     }
 
-    /// The superuser of `spec.postgres.credentialsSecret` was turned down: only a change of the
-    /// Secret (or of the backup) helps.
-    fn credentials_rejected(&self, rejection: postgres::Rejection) -> Failure {
-        Failure::permanent(
-            rejection.reason,
-            format!(
-                "spec.postgres.credentialsSecret: Secret {}/{} (keys \"username\", \"password\"): \
-                 {}",
-                self.namespace, self.ir.spec.postgres.credentials_secret.name, rejection.message
-            ),
+    /// The published instance turned the operator's first connection down.
+    fn first_query_rejected(&self, rejection: postgres::Rejection) -> Failure {
+        first_query_failure(
+            rejection,
+            &self.namespace,
+            &self.ir.spec.postgres.credentials_secret.name,
+            &self.ir.spec.backup.id,
         )
     }
 
@@ -437,7 +437,7 @@ impl<'a> Driver<'a> {
             port: POSTGRES_PORT,
             user,
             password: Some(password),
-            dbname: "postgres".to_owned(),
+            dbname: OPERATOR_DATABASE.to_owned(),
         })
     }
 
@@ -530,7 +530,7 @@ impl<'a> Driver<'a> {
                     return Ok(Step::Ready(answered));
                 }
                 Ok(None) => {}
-                Err(rejection) => return Ok(Step::Failed(self.credentials_rejected(rejection))),
+                Err(rejection) => return Ok(Step::Failed(self.first_query_rejected(rejection))),
             }
             if std::time::Instant::now() >= deadline {
                 self.requeue_soon = true;
@@ -853,7 +853,41 @@ impl<'a> Driver<'a> {
                 return Ok(Step::InProgress);
             }
         }
+        // Once completed, the role is gone: leave the production database alone.
+        if self.ir.spec.postgres.replication_secret.is_none()
+            && self.status.timings.completed_at.is_none()
+        {
+            return self.drop_generated_replication_role(&target).await;
+        }
         Ok(Step::Ready(()))
+    }
+
+    /// Drops the role of the generated replication Secret from the promoted target: the copy
+    /// carried it there, and its password goes away with the Secret.
+    async fn drop_generated_replication_role(&mut self, target: &str) -> Result<Step, Error> {
+        let Some(ip) = self.pod_ip(target).await? else {
+            self.requeue_soon = true;
+            return Ok(Step::InProgress);
+        };
+        let endpoint = match self.endpoint(&ip).await {
+            Ok(endpoint) => endpoint,
+            Err(f) => return Ok(Step::Failed(f)),
+        };
+        let statement = format!(
+            "DROP ROLE IF EXISTS {}",
+            quote_ident(resources::GENERATED_REPLICATION_USER)
+        );
+        let dropped = match endpoint.connect().await {
+            Ok(client) => client.batch_execute(&statement).await,
+            Err(e) => Err(e),
+        };
+        Ok(match dropped {
+            Ok(()) => Step::Ready(()),
+            Err(e) => Step::Failed(Failure::transient(
+                "PostgresUnavailable",
+                postgres::describe(&e),
+            )),
+        })
     }
 }
 
@@ -918,6 +952,30 @@ where
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A rejected first connection is permanent: a refused login needs another Secret, a missing
+/// database (its name is fixed) another backup.
+fn first_query_failure(
+    rejection: postgres::Rejection,
+    namespace: &str,
+    credentials_secret: &str,
+    backup: &str,
+) -> Failure {
+    let message = if rejection.reason == postgres::DATABASE_MISSING {
+        format!(
+            "spec.backup: backup {backup} has no database {OPERATOR_DATABASE:?}, which the \
+             operator always connects to (the name is not configurable): {}",
+            rejection.message
+        )
+    } else {
+        format!(
+            "spec.postgres.credentialsSecret: Secret {namespace}/{credentials_secret} (keys \
+             \"username\", \"password\"): {}",
+            rejection.message
+        )
+    };
+    Failure::permanent(rejection.reason, message)
 }
 
 /// A container that cannot start for a reason a wait will not fix soon (bad image, missing
@@ -1196,6 +1254,49 @@ mod tests {
             f.message.contains("postgres CrashLoopBackOff"),
             "{}",
             f.message
+        );
+    }
+
+    #[test]
+    fn a_missing_database_is_blamed_on_the_backup_a_refused_login_on_the_secret() {
+        let rejected = |reason, message: &str| postgres::Rejection {
+            reason,
+            message: message.to_owned(),
+        };
+        let f = first_query_failure(
+            rejected(
+                postgres::DATABASE_MISSING,
+                "database \"postgres\" does not exist",
+            ),
+            "shop",
+            "db-superuser",
+            "20260101T000000Z",
+        );
+        assert_eq!((f.reason.as_str(), f.transient), ("DatabaseMissing", false));
+        assert_eq!(
+            f.message,
+            "spec.backup: backup 20260101T000000Z has no database \"postgres\", which the \
+             operator always connects to (the name is not configurable): database \"postgres\" \
+             does not exist"
+        );
+
+        let f = first_query_failure(
+            rejected(
+                postgres::AUTHENTICATION_FAILED,
+                "password authentication failed for user \"postgres\"",
+            ),
+            "shop",
+            "db-superuser",
+            "20260101T000000Z",
+        );
+        assert_eq!(
+            (f.reason.as_str(), f.transient),
+            ("AuthenticationFailed", false)
+        );
+        assert_eq!(
+            f.message,
+            "spec.postgres.credentialsSecret: Secret shop/db-superuser (keys \"username\", \
+             \"password\"): password authentication failed for user \"postgres\""
         );
     }
 }

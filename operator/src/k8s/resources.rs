@@ -184,16 +184,16 @@ pub fn config_map(ir: &InstantRecovery) -> ConfigMap {
     }
 }
 
+/// The role of the generated replication Secret.
+pub const GENERATED_REPLICATION_USER: &str = "instant_recovery_replication";
+
 /// Replication credentials generated when the spec names none.
 pub fn replication_secret(ir: &InstantRecovery, password: &str) -> Secret {
     Secret {
         metadata: meta(ir, replication_secret_name(recovery_name(ir)), None),
         type_: Some("kubernetes.io/basic-auth".to_owned()),
         string_data: Some(BTreeMap::from([
-            (
-                "username".to_owned(),
-                "instant_recovery_replication".to_owned(),
-            ),
+            ("username".to_owned(), GENERATED_REPLICATION_USER.to_owned()),
             ("password".to_owned(), password.to_owned()),
         ])),
         ..Default::default()
