@@ -1,9 +1,10 @@
 //! `irctl recover` when the repository goes away: Waiting with retries, Failed when they run
-//! out, and a manual retry that resumes. Real S3 server (MinIO), real mounts and PostgreSQL.
+//! out, and a manual retry that resumes; a database role the backup lacks fails at once. Real
+//! S3 server (MinIO), real mounts and PostgreSQL.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::recovery::{Recovery, sample_backup};
 use ir_e2e::s3::S3Server;
@@ -88,4 +89,38 @@ fn repository_outage_waits_fails_after_the_retries_and_resumes_on_manual_retry()
         "1"
     );
     assert_eq!(r.target("SELECT pg_is_in_recovery()"), "f");
+}
+
+#[test]
+fn a_role_the_backup_lacks_fails_at_once_naming_db_user() {
+    require_root();
+    require_fuse();
+    let root = shared_tempdir();
+    let repo = format!("file://{}/repo", root.path().display());
+    let (id, _) = sample_backup(root.path(), 1, &[], &repo);
+    let mut r = Recovery::new(root.path(), &repo, &id, &[]);
+    let start_timeout = Duration::from_secs(600);
+
+    let started = Instant::now();
+    r.spawn(&[
+        "--db-user",
+        "nobody",
+        "--start-timeout",
+        &start_timeout.as_secs().to_string(),
+    ]);
+    let exit = r.wait_exit(start_timeout);
+    let took = started.elapsed();
+    assert!(!exit.success(), "{}", r.output());
+    // A refused login is not waited out: no retries, no start timeout.
+    assert!(took < Duration::from_secs(60), "failed after {took:?}");
+    let status = r.status();
+    assert_eq!(status["phase"], "Failed", "{status}");
+    assert_eq!(status["reason"], "AuthenticationFailed", "{status}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--db-user nobody"), "{status}");
+    assert!(
+        message.contains("\"nobody\""),
+        "PostgreSQL's words: {status}"
+    );
+    assert_eq!(status["retry"]["attempt"], 0, "{status}");
 }
