@@ -123,4 +123,11 @@ fn a_role_the_backup_lacks_fails_at_once_naming_db_user() {
         "PostgreSQL's words: {status}"
     );
     assert_eq!(status["retry"]["attempt"], 0, "{status}");
+
+    // Run again with a role that exists: the rerun takes it and the recovery completes.
+    r.spawn(&["--db-user", "postgres"]);
+    let exit = r.wait_exit(Duration::from_secs(300));
+    assert_eq!(exit.code(), Some(0), "{}", r.output());
+    let status = r.status();
+    assert_eq!(status["phase"], "Completed", "{status}");
 }

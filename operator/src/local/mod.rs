@@ -316,9 +316,12 @@ impl LocalRecovery {
             Some(mut state) => {
                 if let Some(spec) = spec {
                     check_same(&state.spec, &spec)?;
-                    // Policies may change between runs (approve, reschedule, retry settings).
+                    // Policies may change between runs (approve, reschedule, retry settings),
+                    // and so may the login, so that a rerun can correct an AuthenticationFailed.
                     state.spec.switchover = spec.switchover;
                     state.spec.retry = spec.retry;
+                    state.spec.db_user = spec.db_user;
+                    state.spec.db_name = spec.db_name;
                 }
                 let lock = workdir.lock()?;
                 (state, true, Some(lock))
