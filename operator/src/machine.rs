@@ -29,6 +29,10 @@ pub struct Policy {
     pub retry: RetryPolicy,
 }
 
+/// The switchover failed once the standby may have been promoted: the published instance stays
+/// stopped, and the retry resumes the switchover rather than publishing again.
+pub const PROMOTION_UNCONFIRMED: &str = "PromotionUnconfirmed";
+
 /// Why a step failed. Transient failures are retried; permanent ones fail the recovery at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -265,7 +269,10 @@ impl Machine<'_> {
     fn fail(&mut self, component: ConditionType, failure: &Failure) {
         let interrupted = self.d.status.phase;
         // A failed switchover leaves the published instance serving: resume by deciding again.
+        // Unless the standby may have been promoted: then only the switchover may go on, since
+        // the published instance must not run again.
         let resume = match interrupted {
+            Phase::SwitchingOver if failure.reason == PROMOTION_UNCONFIRMED => Phase::SwitchingOver,
             Phase::SwitchingOver => Phase::ReadyForSwitchover,
             other => other,
         };

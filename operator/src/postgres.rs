@@ -569,10 +569,23 @@ impl Default for SwitchoverTimeouts {
 #[error("switchover failed while {stage}: {source}")]
 pub struct SwitchoverError {
     pub stage: &'static str,
-    /// The published instance was stopped; the driver restarts it to serve again.
-    pub published_stopped: bool,
+    pub reached: Reached,
     #[source]
     pub source: PgError,
+}
+
+/// How far a failed switchover got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// The published instance was not stopped; it serves writes again.
+    BeforeStop,
+    /// This call stopped the published instance (so no attempt asked the standby to promote)
+    /// and did not ask either: nothing serves until the driver starts it again.
+    Stopped,
+    /// The standby may be a primary, or become one: it was asked to promote, or the published
+    /// instance was stopped before this call (an earlier attempt may have asked). The published
+    /// instance must stay stopped.
+    MaybePromoted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -639,29 +652,33 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             .connect()
             .await
             .map_err(PgError::db("connecting to the standby"))
-            .map_err(|e| fail("connecting to the standby", false, e))?;
+            .map_err(|e| fail("connecting to the standby", Reached::BeforeStop, e))?;
         let running = self
             .published
             .is_running()
             .await
-            .map_err(|e| fail("looking at the published instance", false, e))?;
+            .map_err(|e| fail("looking at the published instance", Reached::BeforeStop, e))?;
         let old_timeline = if running {
             let (timeline, since) = self.stop_published_cleanly(&standby).await?;
             read_only_since = since;
             timeline
         } else {
             // Stopped earlier (a previous attempt): what it wrote last must be on the standby.
-            let control = self
-                .published
-                .final_checkpoint()
-                .map_err(|e| fail("reading the published instance's control file", true, e))?;
+            // That attempt may have asked the standby to promote just before it ended.
+            let control = self.published.final_checkpoint().map_err(|e| {
+                fail(
+                    "reading the published instance's control file",
+                    Reached::MaybePromoted,
+                    e,
+                )
+            })?;
             if !in_recovery(&standby)
                 .await
-                .map_err(|e| fail("checking the standby", true, e))?
+                .map_err(|e| fail("checking the standby", Reached::MaybePromoted, e))?
             {
-                let new_timeline = current_timeline(&standby)
-                    .await
-                    .map_err(|e| fail("checking the promoted standby", true, e))?;
+                let new_timeline = current_timeline(&standby).await.map_err(|e| {
+                    fail("checking the promoted standby", Reached::MaybePromoted, e)
+                })?;
                 return Ok(SwitchoverOutcome {
                     downtime: read_only_since.elapsed(),
                     old_timeline: control.map_or(new_timeline.saturating_sub(1), |c| c.timeline),
@@ -673,7 +690,7 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
                     if control.state != "shut down" {
                         return Err(fail(
                             "checking the stopped published instance",
-                            true,
+                            Reached::MaybePromoted,
                             PgError::Unexpected(format!(
                                 "the published instance is not running and was not shut down \
                                  cleanly (state {:?}); it must be started again before a \
@@ -682,15 +699,16 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
                             )),
                         ));
                     }
-                    self.wait_replayed(&standby, control.checkpoint_lsn, true)
+                    self.wait_replayed(&standby, control.checkpoint_lsn, Reached::MaybePromoted)
                         .await?;
                     control.timeline
                 }
                 None => {
-                    self.wait_flushed_replayed(&standby).await?;
+                    self.wait_flushed_replayed(&standby, Reached::MaybePromoted)
+                        .await?;
                     checkpoint_timeline(&standby)
                         .await
-                        .map_err(|e| fail("checking the standby", true, e))?
+                        .map_err(|e| fail("checking the standby", Reached::MaybePromoted, e))?
                 }
             }
         };
@@ -708,18 +726,34 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             .connect()
             .await
             .map_err(PgError::db("connecting to the published instance"))
-            .map_err(|e| fail("connecting to the published instance", false, e))?;
+            .map_err(|e| {
+                fail(
+                    "connecting to the published instance",
+                    Reached::BeforeStop,
+                    e,
+                )
+            })?;
         // Flush dirty buffers while writes still flow, so that the shutdown checkpoint, which
         // counts as downtime, has little left to write through the mount.
         published
             .batch_execute("CHECKPOINT")
             .await
             .map_err(PgError::db("checkpoint before the switchover"))
-            .map_err(|e| fail("checkpointing the published instance", false, e))?;
+            .map_err(|e| {
+                fail(
+                    "checkpointing the published instance",
+                    Reached::BeforeStop,
+                    e,
+                )
+            })?;
         let read_only_since = Instant::now();
-        set_read_only(&published, true)
-            .await
-            .map_err(|e| fail("making the published instance read-only", false, e))?;
+        set_read_only(&published, true).await.map_err(|e| {
+            fail(
+                "making the published instance read-only",
+                Reached::BeforeStop,
+                e,
+            )
+        })?;
         let result = async {
             self.drain(&published).await?;
             let final_lsn = lsn(
@@ -728,8 +762,9 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
                 "reading the final LSN",
             )
             .await
-            .map_err(|e| fail("reading the final LSN", false, e))?;
-            self.wait_replayed(standby, final_lsn, false).await
+            .map_err(|e| fail("reading the final LSN", Reached::BeforeStop, e))?;
+            self.wait_replayed(standby, final_lsn, Reached::BeforeStop)
+                .await
         }
         .await;
         if let Err(e) = result {
@@ -739,25 +774,34 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             }
             return Err(e);
         }
-        let timeline = checkpoint_timeline(&published)
-            .await
-            .map_err(|e| fail("reading the published instance's timeline", false, e))?;
+        let timeline = checkpoint_timeline(&published).await.map_err(|e| {
+            fail(
+                "reading the published instance's timeline",
+                Reached::BeforeStop,
+                e,
+            )
+        })?;
         drop(published);
         self.published
             .stop()
             .await
-            .map_err(|e| fail("stopping the published instance", true, e))?;
+            .map_err(|e| fail("stopping the published instance", Reached::Stopped, e))?;
         // A clean shutdown ends with a checkpoint record the standby must have as well.
-        match self
-            .published
-            .final_checkpoint()
-            .map_err(|e| fail("reading the published instance's control file", true, e))?
-        {
+        match self.published.final_checkpoint().map_err(|e| {
+            fail(
+                "reading the published instance's control file",
+                Reached::Stopped,
+                e,
+            )
+        })? {
             Some(control) => {
-                self.wait_replayed(standby, control.checkpoint_lsn, true)
+                self.wait_replayed(standby, control.checkpoint_lsn, Reached::Stopped)
                     .await?
             }
-            None => self.wait_flushed_replayed(standby).await?,
+            None => {
+                self.wait_flushed_replayed(standby, Reached::Stopped)
+                    .await?
+            }
         }
         Ok((timeline, read_only_since))
     }
@@ -775,7 +819,7 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             )
             .await
             .map_err(PgError::db(stage))
-            .map_err(|e| fail(stage, false, e))?;
+            .map_err(|e| fail(stage, Reached::BeforeStop, e))?;
         let pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
         let deadline = Instant::now() + self.timeouts.drain;
         loop {
@@ -787,7 +831,7 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
                 )
                 .await
                 .map_err(PgError::db(stage))
-                .map_err(|e| fail(stage, false, e))?
+                .map_err(|e| fail(stage, Reached::BeforeStop, e))?
                 .get(0);
             if left == 0 {
                 return Ok(());
@@ -795,7 +839,7 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             if Instant::now() >= deadline {
                 return Err(fail(
                     stage,
-                    false,
+                    Reached::BeforeStop,
                     PgError::Timeout {
                         what: format!("{left} client sessions ending"),
                         timeout: self.timeouts.drain,
@@ -810,7 +854,7 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
         &self,
         standby: &Client,
         target: u64,
-        published_stopped: bool,
+        reached: Reached,
     ) -> Result<(), SwitchoverError> {
         let stage = "waiting for the standby to replay the last LSN";
         let deadline = Instant::now() + self.timeouts.catch_up;
@@ -821,14 +865,14 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
                 "reading the standby's replay LSN",
             )
             .await
-            .map_err(|e| fail(stage, published_stopped, e))?;
+            .map_err(|e| fail(stage, reached, e))?;
             if replayed >= target {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(fail(
                     stage,
-                    published_stopped,
+                    reached,
                     PgError::Timeout {
                         what: format!(
                             "the standby replaying up to {} (it is at {})",
@@ -844,15 +888,19 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
     }
 
     /// Waits until the standby has replayed all the WAL it flushed.
-    async fn wait_flushed_replayed(&self, standby: &Client) -> Result<(), SwitchoverError> {
+    async fn wait_flushed_replayed(
+        &self,
+        standby: &Client,
+        reached: Reached,
+    ) -> Result<(), SwitchoverError> {
         let flushed = lsn(
             standby,
             "SELECT pg_last_wal_receive_lsn()::text",
             "reading the standby's flushed LSN",
         )
         .await
-        .map_err(|e| fail("waiting for the standby to replay the last LSN", true, e))?;
-        self.wait_replayed(standby, flushed, true).await
+        .map_err(|e| fail("waiting for the standby to replay the last LSN", reached, e))?;
+        self.wait_replayed(standby, flushed, reached).await
     }
 
     async fn promote(
@@ -867,12 +915,12 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             .query_one("SELECT pg_promote(true, $1)", &[&wait])
             .await
             .map_err(PgError::db("pg_promote"))
-            .map_err(|e| fail(stage, true, e))?
+            .map_err(|e| fail(stage, Reached::MaybePromoted, e))?
             .get(0);
         if !promoted {
             return Err(fail(
                 stage,
-                true,
+                Reached::MaybePromoted,
                 PgError::Timeout {
                     what: "pg_promote".into(),
                     timeout: self.timeouts.promote,
@@ -883,22 +931,22 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
         let check = "checking the promoted standby";
         let new_timeline = current_timeline(standby)
             .await
-            .map_err(|e| fail(check, true, e))?;
+            .map_err(|e| fail(check, Reached::MaybePromoted, e))?;
         let read_only: String = standby
             .query_one("SHOW transaction_read_only", &[])
             .await
             .map_err(PgError::db("SHOW transaction_read_only"))
-            .map_err(|e| fail(check, true, e))?
+            .map_err(|e| fail(check, Reached::MaybePromoted, e))?
             .get(0);
         if in_recovery(standby)
             .await
-            .map_err(|e| fail(check, true, e))?
+            .map_err(|e| fail(check, Reached::MaybePromoted, e))?
             || read_only != "off"
             || new_timeline <= old_timeline
         {
             return Err(fail(
                 check,
-                true,
+                Reached::MaybePromoted,
                 PgError::Unexpected(format!(
                     "after promotion the standby is not a read-write primary on a new timeline \
                      (timeline {new_timeline}, was {old_timeline}; transaction_read_only {read_only})"
@@ -912,7 +960,7 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             "resetting primary_conninfo",
         )
         .await
-        .map_err(|e| fail(check, true, e))?;
+        .map_err(|e| fail(check, Reached::MaybePromoted, e))?;
         Ok(SwitchoverOutcome {
             downtime,
             old_timeline,
@@ -921,10 +969,10 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
     }
 }
 
-fn fail(stage: &'static str, published_stopped: bool, source: PgError) -> SwitchoverError {
+fn fail(stage: &'static str, reached: Reached, source: PgError) -> SwitchoverError {
     SwitchoverError {
         stage,
-        published_stopped,
+        reached,
         source,
     }
 }
@@ -978,7 +1026,7 @@ pub async fn set_read_only(client: &Client, on: bool) -> Result<(), PgError> {
     }
 }
 
-async fn in_recovery(client: &Client) -> Result<bool, PgError> {
+pub(crate) async fn in_recovery(client: &Client) -> Result<bool, PgError> {
     Ok(client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await

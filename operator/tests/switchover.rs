@@ -8,7 +8,7 @@ use ir_e2e::pg::{PgCluster, pg_user};
 use ir_e2e::{free_port, require_root, shared_tempdir};
 use ir_operator::postgres::{
     self, ControlData, Endpoint, Instance, LocalPublished, PgBinaries, PgError, PublishedControl,
-    Switchover, SwitchoverError, SwitchoverOutcome, SwitchoverTimeouts,
+    Reached, Switchover, SwitchoverError, SwitchoverOutcome, SwitchoverTimeouts,
 };
 use ir_operator::process::{self, OsUser};
 
@@ -181,7 +181,7 @@ async fn switchover_fails_safely_then_promotes_the_standby(control_file: bool) {
         run_switchover(published, control_file, &primary_ep, &standby_ep, timeouts)
     };
     let err = switchover(timeouts).await.expect_err("replay is paused");
-    assert!(!err.published_stopped);
+    assert_eq!(err.reached, Reached::BeforeStop);
     assert!(err.to_string().contains("replaying up to"), "{err}");
     assert!(process::is_alive(primary_pid));
     assert_eq!(

@@ -18,7 +18,10 @@ use super::recovery::publish;
 use super::resources::{self, POSTGRES_PORT, PRIMARY_LABEL, PublishedMount};
 use super::{Context, Error};
 use crate::machine::{self, Action, EventKind, Failure, Observed, Standby, Step, SwitchoverReport};
-use crate::postgres::{self, ControlData, Endpoint, Host, PgError, PublishedControl, Switchover};
+use crate::postgres::{
+    self, ControlData, Endpoint, Host, PgError, PublishedControl, Reached, Switchover,
+    SwitchoverError,
+};
 
 /// Restarts of the base-backup container after which the copy counts as failed.
 const BASE_BACKUP_RESTARTS: i32 = 3;
@@ -774,9 +777,16 @@ impl<'a> Driver<'a> {
         let target = resources::target_name(&self.name);
         let published_name = resources::published_pod_name(&self.name);
         let Some(standby_ip) = self.pod_ip(&target).await? else {
+            let message = format!("Pod {target} has no IP");
+            if self.api::<Pod>().get_opt(&published_name).await?.is_none() {
+                return Ok(Step::Failed(promotion_unconfirmed(
+                    &message,
+                    STOPPED_EARLIER,
+                )));
+            }
             return Ok(Step::Failed(Failure::transient(
                 "StandbyUnavailable",
-                format!("Pod {target} has no IP"),
+                message,
             )));
         };
         let published_ip = self.pod_ip(&published_name).await?.unwrap_or_default();
@@ -812,11 +822,95 @@ impl<'a> Driver<'a> {
                     downtime: outcome.downtime,
                 }))
             }
-            Err(e) => Ok(Step::Failed(Failure::transient(
-                "SwitchoverFailed",
-                e.to_string(),
-            ))),
+            Err(e) => {
+                let failure = self
+                    .switchover_failed(e, &control.name, &standby_endpoint)
+                    .await?;
+                Ok(Step::Failed(failure))
+            }
         }
+    }
+
+    /// What a failed switchover leaves. A stop of the published instance by this attempt, before
+    /// any promotion, is undone at once: the published instance starts again on its mount
+    /// (recovering from its clean shutdown) and serves until the retry. Once the standby may
+    /// have been promoted, the published instance stays stopped, since two primaries must never
+    /// be, and the retry resumes the switchover.
+    async fn switchover_failed(
+        &mut self,
+        e: SwitchoverError,
+        published: &str,
+        standby: &Endpoint,
+    ) -> Result<Failure, Error> {
+        let message = e.to_string();
+        match e.reached {
+            Reached::BeforeStop if self.api::<Pod>().get_opt(published).await?.is_some() => {
+                return Ok(Failure::transient("SwitchoverFailed", message));
+            }
+            Reached::BeforeStop => return Ok(promotion_unconfirmed(&message, STOPPED_EARLIER)),
+            Reached::MaybePromoted => {
+                return Ok(promotion_unconfirmed(
+                    &message,
+                    "the standby may have been promoted",
+                ));
+            }
+            Reached::Stopped => {}
+        }
+        // No attempt asked the standby to promote; it gets the last word all the same.
+        let in_recovery = match standby.connect().await {
+            Ok(client) => postgres::in_recovery(&client).await.ok(),
+            Err(_) => None,
+        };
+        if in_recovery == Some(false) {
+            return Ok(promotion_unconfirmed(
+                &message,
+                "the standby is no longer in recovery",
+            ));
+        }
+        let restart = self.restart_published().await?;
+        Ok(Failure::transient(
+            "SwitchoverFailed",
+            format!("{message}; {restart}"),
+        ))
+    }
+
+    /// Starts the published instance again after a stop, writable; says how that went.
+    async fn restart_published(&mut self) -> Result<String, Error> {
+        self.mount = self.api::<RecoveryMount>().get_opt(&self.name).await?;
+        let deadline = std::time::Instant::now() + self.ctx.settings.switchover.stop;
+        loop {
+            match self.ensure_published().await? {
+                Step::Ready(_) => break,
+                Step::Failed(f) => {
+                    return Ok(format!(
+                        "the published instance did not start again: {}",
+                        f.message
+                    ));
+                }
+                Step::InProgress | Step::Unknown => {}
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(format!(
+                    "the published instance was not serving again within {:?}",
+                    self.ctx.settings.switchover.stop
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The switchover made it read-only in its configuration, which the restart kept.
+        if let Some(published) = self.published_client.take()
+            && let Err(e) = postgres::set_read_only(&published, false).await
+        {
+            return Ok(format!(
+                "the published instance serves again, read-only: {e}"
+            ));
+        }
+        self.publish_note(
+            "PublishedRestarted",
+            "the switchover failed before the promotion: the published instance serves again",
+        )
+        .await;
+        Ok("the published instance serves again".to_owned())
     }
 
     /// Points the Service at `pod`.
@@ -940,6 +1034,21 @@ impl PublishedControl for PodPublished {
     fn final_checkpoint(&self) -> Result<Option<ControlData>, PgError> {
         Ok(None)
     }
+}
+
+/// Why the published instance stays stopped when a switchover attempt finds it so.
+const STOPPED_EARLIER: &str =
+    "an earlier attempt stopped it and may have asked the standby to promote";
+
+/// A failed switchover after which the standby may be a primary.
+fn promotion_unconfirmed(message: &str, why: &str) -> Failure {
+    Failure::transient(
+        machine::PROMOTION_UNCONFIRMED,
+        format!(
+            "{message}; the published instance stays stopped: {why}; the retry resumes the \
+             switchover"
+        ),
+    )
 }
 
 /// Deletes an object; gone already is fine.

@@ -342,6 +342,15 @@ fn transitions() {
             },
             Waiting,
         ),
+        case(
+            "switchover failed once the standby may have been promoted",
+            SwitchingOver,
+            Observed {
+                switchover: Step::Failed(Failure::transient(PROMOTION_UNCONFIRMED, "x")),
+                ..streaming(0)
+            },
+            Waiting,
+        ),
         case("cleaning up", Completed, Observed::default(), Completed),
         case(
             "cleaned up",
@@ -422,9 +431,12 @@ fn transitions() {
         if c.phase_after == Waiting {
             assert_eq!(
                 d.status.resume_phase,
-                Some(match c.phase {
-                    SwitchingOver => ReadyForSwitchover,
-                    p => p,
+                Some(match (c.phase, &c.observed.switchover) {
+                    (SwitchingOver, Step::Failed(f)) if f.reason == PROMOTION_UNCONFIRMED => {
+                        SwitchingOver
+                    }
+                    (SwitchingOver, _) => ReadyForSwitchover,
+                    (p, _) => p,
                 }),
                 "{}: resume phase",
                 c.name
@@ -548,6 +560,24 @@ fn manual_retry_starts_a_new_round_where_it_stopped() {
         (Phase::Mounting, 0)
     );
     assert_eq!(d.status.retry.next_attempt_at, None);
+}
+
+#[test]
+fn a_switchover_that_may_have_promoted_is_retried_without_publishing_again() {
+    let policy = policy_with(SwitchoverMode::Manual);
+    let failed = Observed {
+        switchover: Step::Failed(Failure::transient(PROMOTION_UNCONFIRMED, "pg_promote")),
+        ..Default::default()
+    };
+    let d = reconcile(&policy, &status_in(Phase::SwitchingOver), &failed, t(60));
+    assert_eq!(d.status.phase, Phase::Waiting);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    let next = d.status.retry.next_attempt_at.expect("a retry is planned");
+
+    // The retry resumes the switchover itself: no EnsurePublished, no new approval needed.
+    let retry = reconcile(&policy, &d.status, &Observed::default(), next);
+    assert_eq!(retry.status.phase, Phase::SwitchingOver);
+    assert_eq!(retry.actions, [Action::Switchover]);
 }
 
 #[test]
