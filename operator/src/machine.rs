@@ -43,6 +43,17 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A [`PROMOTION_UNCONFIRMED`] failure: `why` the published instance must stay stopped.
+    pub fn promotion_unconfirmed(message: &str, why: &str) -> Self {
+        Self::transient(
+            PROMOTION_UNCONFIRMED,
+            format!(
+                "{message}; the published instance stays stopped: {why}; the retry resumes the \
+                 switchover"
+            ),
+        )
+    }
+
     pub fn transient(reason: &str, message: impl Into<String>) -> Self {
         Failure {
             transient: true,

@@ -779,7 +779,7 @@ impl<'a> Driver<'a> {
         let Some(standby_ip) = self.pod_ip(&target).await? else {
             let message = format!("Pod {target} has no IP");
             if self.api::<Pod>().get_opt(&published_name).await?.is_none() {
-                return Ok(Step::Failed(promotion_unconfirmed(
+                return Ok(Step::Failed(Failure::promotion_unconfirmed(
                     &message,
                     STOPPED_EARLIER,
                 )));
@@ -847,9 +847,11 @@ impl<'a> Driver<'a> {
             Reached::BeforeStop if self.api::<Pod>().get_opt(published).await?.is_some() => {
                 return Ok(Failure::transient("SwitchoverFailed", message));
             }
-            Reached::BeforeStop => return Ok(promotion_unconfirmed(&message, STOPPED_EARLIER)),
+            Reached::BeforeStop => {
+                return Ok(Failure::promotion_unconfirmed(&message, STOPPED_EARLIER));
+            }
             Reached::MaybePromoted => {
-                return Ok(promotion_unconfirmed(
+                return Ok(Failure::promotion_unconfirmed(
                     &message,
                     "the standby may have been promoted",
                 ));
@@ -862,7 +864,7 @@ impl<'a> Driver<'a> {
             Err(_) => None,
         };
         if in_recovery == Some(false) {
-            return Ok(promotion_unconfirmed(
+            return Ok(Failure::promotion_unconfirmed(
                 &message,
                 "the standby is no longer in recovery",
             ));
@@ -1041,16 +1043,6 @@ const STOPPED_EARLIER: &str =
     "an earlier attempt stopped it and may have asked the standby to promote";
 
 /// A failed switchover after which the standby may be a primary.
-fn promotion_unconfirmed(message: &str, why: &str) -> Failure {
-    Failure::transient(
-        machine::PROMOTION_UNCONFIRMED,
-        format!(
-            "{message}; the published instance stays stopped: {why}; the retry resumes the \
-             switchover"
-        ),
-    )
-}
-
 /// Deletes an object; gone already is fine.
 pub(super) async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
 where

@@ -25,7 +25,7 @@ use crate::machine::{
     self, Action, Decision, Event, Failure, Observed, Policy, Standby, Step, SwitchoverReport,
 };
 use crate::postgres::{
-    self, Endpoint, Instance, LocalPublished, PgBinaries, Switchover, SwitchoverTimeouts,
+    self, Endpoint, Instance, LocalPublished, PgBinaries, Reached, Switchover, SwitchoverTimeouts,
 };
 use crate::process::{self, OsUser, ProcState};
 use ir_fuse::is_fuse_mount;
@@ -906,6 +906,14 @@ impl LocalRecovery {
                     downtime: outcome.downtime,
                 }))
             }
+            Err(e) if e.reached == Reached::MaybePromoted => {
+                Ok(Step::Failed(Failure::promotion_unconfirmed(
+                    &e.to_string(),
+                    "the standby may have been promoted",
+                )))
+            }
+            // Not promoted: the retry publishes again (ensure_published restarts the instance
+            // if this attempt stopped it) and switches over from the start.
             Err(e) => Ok(Step::Failed(Failure::transient(
                 "SwitchoverFailed",
                 e.to_string(),
