@@ -43,6 +43,32 @@ where
     }
 }
 
+/// Deletes the InstantRecovery `name`, waits until it is gone, and checks that it left no Pod,
+/// RecoveryMount, FUSE mount, target PVC or Service behind (a recovery that never completed).
+async fn delete_leaves_nothing(fx: &Installation, name: &str) {
+    fx.recoveries()
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&format!("InstantRecovery {name}"), FLOW, || async {
+        fx.recoveries().get_opt(name).await.unwrap().is_none()
+    })
+    .await;
+    assert!(recovery_pods(fx, name).await.is_empty());
+    let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    assert!(mounts.get_opt(name).await.unwrap().is_none());
+    assert!(fx.mounts_left().is_empty(), "{:?}", fx.mounts_left());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    assert!(
+        pvcs.get_opt(&format!("{name}-target"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let services: Api<Service> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    assert!(services.get_opt(name).await.unwrap().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
     let fx = Installation::start().await;
@@ -321,21 +347,8 @@ async fn deleting_a_recovery_mid_sync_leaves_nothing_behind() {
             .unwrap_or(0)
     };
     assert_eq!(cache_dirs(&fx), 1, "one IRCache while it runs");
-    fx.recoveries()
-        .delete("abort", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_gone("InstantRecovery abort", FLOW, || async {
-        fx.recoveries().get_opt("abort").await.unwrap().is_none()
-    })
-    .await;
-    assert!(recovery_pods(&fx, "abort").await.is_empty());
-    let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
-    assert!(mounts.get_opt("abort").await.unwrap().is_none());
-    assert!(fx.mounts_left().is_empty(), "{:?}", fx.mounts_left());
+    delete_leaves_nothing(&fx, "abort").await;
     assert_eq!(cache_dirs(&fx), 0, "the IRCache is wiped");
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(fx.plane.admin(), NAMESPACE);
-    assert!(pvcs.get_opt("abort-target").await.unwrap().is_none());
     let pods: Api<Pod> = Api::namespaced(fx.plane.admin(), NAMESPACE);
     assert!(
         pods.list(&ListParams::default())
@@ -538,22 +551,7 @@ async fn a_wrong_superuser_password_fails_naming_the_secret_and_leaves_nothing()
         "the published instance ran and turned the password down"
     );
 
-    fx.recoveries()
-        .delete("badpass", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_gone("InstantRecovery badpass", FLOW, || async {
-        fx.recoveries().get_opt("badpass").await.unwrap().is_none()
-    })
-    .await;
-    assert!(recovery_pods(&fx, "badpass").await.is_empty());
-    let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
-    assert!(mounts.get_opt("badpass").await.unwrap().is_none());
-    assert!(fx.mounts_left().is_empty(), "{:?}", fx.mounts_left());
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(fx.plane.admin(), NAMESPACE);
-    assert!(pvcs.get_opt("badpass-target").await.unwrap().is_none());
-    let services: Api<Service> = Api::namespaced(fx.plane.admin(), NAMESPACE);
-    assert!(services.get_opt("badpass").await.unwrap().is_none());
+    delete_leaves_nothing(&fx, "badpass").await;
 }
 
 /// The pids of the process `root` and of all its descendants, with their command lines.
