@@ -1,12 +1,22 @@
 //! `irctl recover` when the repository goes away: Waiting with retries, Failed when they run
-//! out, and a manual retry that resumes; a database role the backup lacks fails at once. Real
-//! S3 server (MinIO), real mounts and PostgreSQL.
+//! out, and a manual retry that resumes; a database role the backup lacks fails at once; a
+//! switchover that fails after the stop serves again at once. Real S3 server (MinIO), real
+//! mounts and PostgreSQL.
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::irctl_ok;
+use common::load::write_until;
 use common::recovery::{Recovery, sample_backup};
+use ir_e2e::pg::{as_pg, bindir, children_of};
 use ir_e2e::s3::S3Server;
 use ir_e2e::{require_fuse, require_root, shared_tempdir};
 
@@ -130,4 +140,152 @@ fn a_role_the_backup_lacks_fails_at_once_naming_db_user() {
     assert_eq!(exit.code(), Some(0), "{}", r.output());
     let status = r.status();
     assert_eq!(status["phase"], "Completed", "{status}");
+}
+
+/// The postmaster's pid and status line ("ready", "stopping", ...) from `postmaster.pid`.
+fn postmaster_status(datadir: &Path) -> Option<(u32, String)> {
+    let text = std::fs::read_to_string(datadir.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let pid = lines.first()?.trim().parse().ok()?;
+    Some((pid, lines.get(7).unwrap_or(&"").trim().to_owned()))
+}
+
+/// The standby's startup process, which replays the WAL.
+fn startup_process(target: &Path) -> u32 {
+    let (postmaster, _) = postmaster_status(target).expect("the target runs");
+    children_of(postmaster)
+        .into_iter()
+        .find(|pid| {
+            // "postgres: startup ...", or "postgres: <cluster_name>: startup ..."
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.strip_prefix("postgres: ")
+                    .is_some_and(|title| title.split(": ").any(|p| p.starts_with("startup")))
+            })
+        })
+        .expect("the target has a startup process")
+}
+
+/// A session with a write transaction left open that the switchover does not end before the
+/// stop: a database walsender, which the drain (client backends) leaves alone. The shutdown
+/// then writes its abort after the last LSN the standby replayed before the stop.
+fn open_transaction_past_the_drain(r: &Recovery) -> Child {
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres replication=database",
+        r.workdir.join("run").display(),
+        r.published_port
+    );
+    let mut psql = as_pg(&bindir().join("psql"))
+        .args(["-X", "-qAt", "-v", "ON_ERROR_STOP=1", "-d", &conninfo])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn psql");
+    let mut stdin = psql.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(
+            b"BEGIN;\nINSERT INTO commits VALUES (-2);\n\
+              SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid();\n",
+        )
+        .expect("write to psql");
+    // psql ends the session once its input closes: the child keeps it.
+    psql.stdin = Some(stdin);
+    let mut line = String::new();
+    BufReader::new(psql.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read from psql");
+    assert_eq!(line.trim(), "walsender", "the open transaction's session");
+    psql
+}
+
+#[test]
+fn a_switchover_failing_after_the_stop_serves_again_at_once_and_the_retry_completes() {
+    require_root();
+    require_fuse();
+    let root = shared_tempdir();
+    let repo = format!("file://{}/repo", root.path().display());
+    let (id, _) = sample_backup(root.path(), 1, &[], &repo);
+    let mut r = Recovery::new(root.path(), &repo, &id, &[]);
+    // The default retry interval (5 minutes) is far beyond the time the test allows.
+    r.spawn(&["--switchover", "manual", "--catch-up-timeout", "3"]);
+    r.wait_phase_reason("ReadyForSwitchover", Some("AwaitingApproval"), TIMEOUT);
+    r.published("CREATE TABLE commits(id bigint PRIMARY KEY)");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|n| rt.spawn(write_until(r.published_tcp(), stop.clone(), n)))
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut open_transaction = open_transaction_past_the_drain(&r);
+    let published_datadir = r.workdir.join("mnt");
+    let startup = startup_process(&r.target);
+    r.approve();
+    // Pause replay once the published instance shuts down: the abort of the open transaction,
+    // before the shutdown checkpoint the switchover waits for after the stop, is not replayed.
+    let deadline = Instant::now() + TIMEOUT;
+    while postmaster_status(&published_datadir).is_some_and(|(_, s)| s != "stopping") {
+        assert!(
+            Instant::now() < deadline,
+            "the published instance was not stopped"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: SIGSTOP of the target's startup process, which this recovery started.
+    unsafe { libc::kill(startup as i32, libc::SIGSTOP) };
+    let waiting = r.wait_phase("Waiting", TIMEOUT);
+    let failed_at = Instant::now();
+    // SAFETY: as above; replay resumes.
+    unsafe { libc::kill(startup as i32, libc::SIGCONT) };
+    open_transaction.kill().expect("kill psql");
+    open_transaction.wait().expect("wait psql");
+    assert_eq!(waiting["reason"], "SwitchoverFailed", "{waiting}");
+    assert!(
+        waiting["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the published instance serves again"),
+        "{waiting}"
+    );
+
+    // Serving again long before the retry, and writable.
+    loop {
+        if r.try_published("INSERT INTO commits VALUES (-1)").is_ok() {
+            break;
+        }
+        assert!(
+            failed_at.elapsed() < Duration::from_secs(60),
+            "the published instance does not accept writes 60 s after the failed switchover: \
+             {}",
+            r.try_published("SELECT 1").unwrap_err()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = BTreeSet::from([-1]);
+    for w in writers {
+        acknowledged.extend(rt.block_on(w).unwrap().acknowledged);
+    }
+    let missing = |rows: String| -> Vec<i64> {
+        let rows: BTreeSet<i64> = rows.lines().map(|l| l.parse().unwrap()).collect();
+        acknowledged.difference(&rows).copied().collect()
+    };
+    let lost = missing(r.published("SELECT id FROM commits"));
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    assert_eq!(r.target("SELECT pg_is_in_recovery()"), "t");
+
+    irctl_ok(
+        &["retry", "--workdir", &r.workdir.display().to_string()],
+        &[],
+    );
+    let exit = r.wait_exit(TIMEOUT);
+    assert!(exit.success(), "{}", r.output());
+    assert_eq!(r.status()["phase"], "Completed");
+    assert_eq!(r.target("SELECT pg_is_in_recovery()"), "f");
+    let lost = missing(r.target("SELECT id FROM commits"));
+    assert!(
+        lost.is_empty(),
+        "acknowledged commits missing on the target: {lost:?}"
+    );
 }

@@ -322,7 +322,7 @@ fn signal_pid(pid: u32, signal: i32) {
 }
 
 /// Pids whose parent is `pid` (PostgreSQL's backends and auxiliary processes).
-fn children_of(pid: u32) -> Vec<u32> {
+pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -160,4 +160,5 @@ impl Drop for MountProcess {
         }
     }
 }
+pub mod load;
 pub mod recovery;

@@ -749,27 +749,33 @@ impl LocalRecovery {
             Ok(at) => at,
             Err(f) => return Ok(Step::Failed(f)),
         };
+        // A switchover that did not complete may have left it read-only: serve writes again.
         if self.state.resources.switchover_attempted
             && self.state.status.phase != Phase::SwitchingOver
+            && let Err(e) = self.serve_writes_again(&instance).await
         {
-            // A switchover that did not complete may have left it read-only: serve writes again.
-            let client = self.endpoint(&instance).connect().await;
-            let reset = match client {
-                Ok(client) => postgres::set_read_only(&client, false)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = reset {
-                return Ok(Step::Failed(Failure::transient(
-                    "ReadWriteRestoreFailed",
-                    e,
-                )));
-            }
-            self.state.resources.switchover_attempted = false;
+            return Ok(Step::Failed(Failure::transient(
+                "ReadWriteRestoreFailed",
+                e,
+            )));
         }
         let first = *self.state.resources.first_query_at.get_or_insert(ready_at);
         Ok(Step::Ready(first))
+    }
+
+    /// A switchover that did not complete left `instance` read-only in its configuration,
+    /// which a restart keeps: serve writes again.
+    async fn serve_writes_again(&mut self, instance: &Instance) -> Result<(), String> {
+        let client = self
+            .endpoint(instance)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        postgres::set_read_only(&client, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.state.resources.switchover_attempted = false;
+        Ok(())
     }
 
     // ---- standby ----
@@ -912,13 +918,49 @@ impl LocalRecovery {
                     "the standby may have been promoted",
                 )))
             }
-            // Not promoted: the retry publishes again (ensure_published restarts the instance
-            // if this attempt stopped it) and switches over from the start.
+            Err(e) if e.reached == Reached::Stopped => {
+                let in_recovery = match standby_endpoint.connect().await {
+                    Ok(client) => postgres::in_recovery(&client).await.ok(),
+                    Err(_) => None,
+                };
+                if in_recovery == Some(false) {
+                    return Ok(Step::Failed(Failure::promotion_unconfirmed(
+                        &e.to_string(),
+                        "the standby is no longer in recovery",
+                    )));
+                }
+                // Not promoted: serve again now rather than only at the retry.
+                let restart = self.restart_published(&published).await?;
+                Ok(Step::Failed(Failure::transient(
+                    "SwitchoverFailed",
+                    format!("{e}; {restart}"),
+                )))
+            }
+            // Nothing stopped: the published instance still serves; the retry switches over
+            // from the start.
             Err(e) => Ok(Step::Failed(Failure::transient(
                 "SwitchoverFailed",
                 e.to_string(),
             ))),
         }
+    }
+
+    /// Starts the published instance again after a switchover stopped it, writable; says how
+    /// that went.
+    async fn restart_published(&mut self, published: &Instance) -> Result<String, LocalError> {
+        if let Err(f) = self.ensure_running(published, Which::Published).await? {
+            return Ok(format!(
+                "the published instance did not start again: {}",
+                f.message
+            ));
+        }
+        if let Err(e) = self.serve_writes_again(published).await {
+            return Ok(format!(
+                "the published instance serves again, read-only: {e}"
+            ));
+        }
+        self.workdir.save(&self.state)?;
+        Ok("the published instance serves again".to_owned())
     }
 
     // ---- cleanup ----
