@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::irctl_run;
+use common::load::write_until;
 use common::recovery::{Recovery, accounts_checksum, sample_backup};
 use ir_e2e::{require_fuse, require_root, shared_tempdir};
 
@@ -84,50 +85,6 @@ fn automatic_switchover_ends_with_the_target_as_primary() {
     );
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("phase:       Completed"), "{text}");
-}
-
-/// Inserts rows over TCP as fast as it can; keeps the ids whose commit was acknowledged.
-struct Writer {
-    acknowledged: Vec<i64>,
-    errors: usize,
-}
-
-async fn write_until(conninfo: String, stop: Arc<AtomicBool>, first_id: i64) -> Writer {
-    let mut w = Writer {
-        acknowledged: Vec::new(),
-        errors: 0,
-    };
-    let mut id = first_id;
-    while !stop.load(Ordering::Relaxed) {
-        let client = match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
-            Ok((client, conn)) => {
-                tokio::spawn(conn);
-                client
-            }
-            Err(_) => {
-                w.errors += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        while !stop.load(Ordering::Relaxed) {
-            id += 2;
-            match client
-                .execute("INSERT INTO commits(id) VALUES ($1)", &[&id])
-                .await
-            {
-                Ok(_) => w.acknowledged.push(id),
-                Err(_) => {
-                    w.errors += 1;
-                    if client.is_closed() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-    }
-    w
 }
 
 #[test]
