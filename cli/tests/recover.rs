@@ -8,20 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::irctl_run;
-use common::load::write_until;
-use common::recovery::{Recovery, accounts_checksum, sample_backup};
-use ir_e2e::{require_fuse, require_root, shared_tempdir};
+use common::load::start_writers;
+use common::recovery::{Recovery, accounts_checksum, sample_setup};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn setup(scale: u32) -> (tempfile::TempDir, String, String, String) {
-    require_root();
-    require_fuse();
-    let root = shared_tempdir();
-    let repo = format!("file://{}/repo", root.path().display());
-    let (id, checksum) = sample_backup(root.path(), scale, &[], &repo);
-    (root, repo, id, checksum)
-}
 
 /// The target is a read-write primary on a new timeline; nothing of the published side is left.
 fn assert_switched_over(r: &Recovery) {
@@ -55,7 +45,7 @@ fn assert_switched_over(r: &Recovery) {
 
 #[test]
 fn automatic_switchover_ends_with_the_target_as_primary() {
-    let (root, repo, id, checksum) = setup(2);
+    let (root, repo, id, checksum) = sample_setup(2);
     let mut r = Recovery::new(root.path(), &repo, &id, &[]);
     r.run_to_completion(&[], RUN_TIMEOUT);
     assert_switched_over(&r);
@@ -89,7 +79,7 @@ fn automatic_switchover_ends_with_the_target_as_primary() {
 
 #[test]
 fn manual_switchover_under_write_load_loses_no_acknowledged_commit() {
-    let (root, repo, id, _) = setup(1);
+    let (root, repo, id, _) = sample_setup(1);
     let mut r = Recovery::new(root.path(), &repo, &id, &[]);
     r.spawn(&["--switchover", "manual"]);
     let status = r.wait_phase("ReadyForSwitchover", RUN_TIMEOUT);
@@ -98,9 +88,7 @@ fn manual_switchover_under_write_load_loses_no_acknowledged_commit() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..2)
-        .map(|n| rt.spawn(write_until(r.published_tcp(), stop.clone(), n)))
-        .collect();
+    let writers = start_writers(&rt, r.published_tcp(), &stop);
 
     // Without approval nothing happens, load or not.
     std::thread::sleep(Duration::from_secs(3));
@@ -155,7 +143,7 @@ fn manual_switchover_under_write_load_loses_no_acknowledged_commit() {
 
 #[test]
 fn scheduled_switchover_waits_for_its_time() {
-    let (root, repo, id, checksum) = setup(1);
+    let (root, repo, id, checksum) = sample_setup(1);
     let mut r = Recovery::new(root.path(), &repo, &id, &[]);
     let at = jiff::Timestamp::now() + Duration::from_secs(20);
     r.spawn(&["--switchover", &format!("at={at}")]);
@@ -182,7 +170,7 @@ fn scheduled_switchover_waits_for_its_time() {
 
 #[test]
 fn killed_during_sync_resumes_and_completes() {
-    let (root, repo, id, checksum) = setup(8);
+    let (root, repo, id, checksum) = sample_setup(8);
     let mut r = Recovery::new(root.path(), &repo, &id, &[]);
     r.spawn(&[]);
     r.wait_phase("Syncing", RUN_TIMEOUT);
@@ -218,7 +206,7 @@ fn killed_during_sync_resumes_and_completes() {
 
 #[test]
 fn invalid_requests_are_refused_before_anything_is_created() {
-    let (root, repo, id, _) = setup(1);
+    let (root, repo, id, _) = sample_setup(1);
     let r = Recovery::new(root.path(), &repo, &id, &[]);
     let workdir = r.workdir.display().to_string();
     let refused = |args: Vec<String>, expect: &[&str]| {

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::irctl_ok;
-use common::load::write_until;
-use common::recovery::{Recovery, sample_backup};
+use common::load::start_writers;
+use common::recovery::{Recovery, sample_backup, sample_setup};
 use ir_e2e::pg::{as_pg, bindir, children_of};
 use ir_e2e::s3::S3Server;
 use ir_e2e::{require_fuse, require_root, shared_tempdir};
@@ -103,11 +103,7 @@ fn repository_outage_waits_fails_after_the_retries_and_resumes_on_manual_retry()
 
 #[test]
 fn a_role_the_backup_lacks_fails_at_once_naming_db_user() {
-    require_root();
-    require_fuse();
-    let root = shared_tempdir();
-    let repo = format!("file://{}/repo", root.path().display());
-    let (id, _) = sample_backup(root.path(), 1, &[], &repo);
+    let (root, repo, id, _) = sample_setup(1);
     let mut r = Recovery::new(root.path(), &repo, &id, &[]);
     let start_timeout = Duration::from_secs(600);
 
@@ -199,11 +195,7 @@ fn open_transaction_past_the_drain(r: &Recovery) -> Child {
 
 #[test]
 fn a_switchover_failing_after_the_stop_serves_again_at_once_and_the_retry_completes() {
-    require_root();
-    require_fuse();
-    let root = shared_tempdir();
-    let repo = format!("file://{}/repo", root.path().display());
-    let (id, _) = sample_backup(root.path(), 1, &[], &repo);
+    let (root, repo, id, _) = sample_setup(1);
     let mut r = Recovery::new(root.path(), &repo, &id, &[]);
     // The default retry interval (5 minutes) is far beyond the time the test allows.
     r.spawn(&["--switchover", "manual", "--catch-up-timeout", "3"]);
@@ -212,9 +204,7 @@ fn a_switchover_failing_after_the_stop_serves_again_at_once_and_the_retry_comple
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..2)
-        .map(|n| rt.spawn(write_until(r.published_tcp(), stop.clone(), n)))
-        .collect();
+    let writers = start_writers(&rt, r.published_tcp(), &stop);
     std::thread::sleep(Duration::from_secs(1));
 
     let mut open_transaction = open_transaction_past_the_drain(&r);

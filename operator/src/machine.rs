@@ -121,6 +121,18 @@ pub struct Observed {
     pub manual_retry: Option<String>,
 }
 
+impl Observed {
+    /// Whether the actions after `done` in this round still make sense: nothing runs on a
+    /// mount that is not there yet, or against a published instance that does not answer.
+    pub fn round_continues_after(&self, done: Action) -> bool {
+        match done {
+            Action::EnsureMount => matches!(self.mount, Step::Ready(())),
+            Action::EnsurePublished => matches!(self.published, Step::Ready(_)),
+            _ => true,
+        }
+    }
+}
+
 /// What the driver should do now. Every action is idempotent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {

@@ -50,3 +50,14 @@ pub async fn write_until(conninfo: String, stop: Arc<AtomicBool>, first_id: i64)
     }
     w
 }
+
+/// Two [`write_until`] writers on `conninfo` (ids even and odd), running on `rt`.
+pub fn start_writers(
+    rt: &tokio::runtime::Runtime,
+    conninfo: String,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Writer>> {
+    (0..2)
+        .map(|n| rt.spawn(write_until(conninfo.clone(), stop.clone(), n)))
+        .collect()
+}

@@ -13,6 +13,18 @@ use serde_json::Value;
 
 use super::{backup_from_pg, irctl, irctl_ok};
 
+/// A temporary directory holding a file:// repository with the backup of a pgbench source of
+/// `scale` (after checking for root and FUSE): the directory, the repository URL, the backup id
+/// and the source's checksum of pgbench_accounts.
+pub fn sample_setup(scale: u32) -> (tempfile::TempDir, String, String, String) {
+    ir_e2e::require_root();
+    ir_e2e::require_fuse();
+    let root = ir_e2e::shared_tempdir();
+    let repo = format!("file://{}/repo", root.path().display());
+    let (id, checksum) = sample_backup(root.path(), scale, &[], &repo);
+    (root, repo, id, checksum)
+}
+
 /// A pgbench-initialised source cluster, backed up into a file:// repository; the cluster is
 /// stopped afterwards. Returns the backup id and the source's checksum of pgbench_accounts.
 pub fn sample_backup(

@@ -92,35 +92,20 @@ impl<'a> Driver<'a> {
 
     /// Returns false when the actions after this one would be pointless now.
     pub(super) async fn execute(&mut self, action: Action) -> Result<bool, Error> {
-        Ok(match action {
+        match action {
             Action::Validate => {
                 self.observed.validation = match self.validate().await {
                     Ok(info) => Step::Ready(info),
                     Err(f) => Step::Failed(f),
                 };
-                true
             }
-            Action::EnsureMount => {
-                self.observed.mount = self.ensure_mount().await?;
-                matches!(self.observed.mount, Step::Ready(()))
-            }
-            Action::EnsurePublished => {
-                self.observed.published = self.ensure_published().await?;
-                matches!(self.observed.published, Step::Ready(_))
-            }
-            Action::EnsureStandby => {
-                self.observed.standby = self.ensure_standby().await?;
-                true
-            }
-            Action::Switchover => {
-                self.observed.switchover = self.switchover().await?;
-                true
-            }
-            Action::Cleanup => {
-                self.observed.cleanup = self.cleanup().await?;
-                true
-            }
-        })
+            Action::EnsureMount => self.observed.mount = self.ensure_mount().await?,
+            Action::EnsurePublished => self.observed.published = self.ensure_published().await?,
+            Action::EnsureStandby => self.observed.standby = self.ensure_standby().await?,
+            Action::Switchover => self.observed.switchover = self.switchover().await?,
+            Action::Cleanup => self.observed.cleanup = self.cleanup().await?,
+        }
+        Ok(self.observed.round_continues_after(action))
     }
 
     // ---- validate ----
@@ -1228,19 +1213,12 @@ fn random_password() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ir_api::crd::InstantRecoverySpec;
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus, PodStatus,
     };
 
     fn target_pod() -> Pod {
-        let spec: InstantRecoverySpec = serde_json::from_value(serde_json::json!({
-            "backup": {"repositoryRef": {"name": "prod"}},
-            "postgres": {"credentialsSecret": {"name": "db-superuser"}},
-        }))
-        .unwrap();
-        let mut ir = InstantRecovery::new("orders", spec);
-        ir.metadata.namespace = Some("shop".into());
+        let ir = resources::tests::recovery();
         let user = resources::PostgresUser { uid: 999, gid: 998 };
         resources::target_pod(&ir, "postgres:15-typo", user, "10.0.0.7", "orders-repl")
     }

@@ -247,8 +247,6 @@ mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
-    use ir_api::crd::InstantRecoverySpec;
-
     use super::*;
 
     #[derive(Clone, Default)]
@@ -267,13 +265,7 @@ mod tests {
 
     #[test]
     fn json_log_lines_of_a_reconcile_name_the_recovery() {
-        let spec: InstantRecoverySpec = serde_json::from_value(serde_json::json!({
-            "backup": {"repositoryRef": {"name": "prod"}},
-            "postgres": {"credentialsSecret": {"name": "db-superuser"}},
-        }))
-        .unwrap();
-        let mut ir = InstantRecovery::new("orders", spec);
-        ir.metadata.namespace = Some("shop".into());
+        let ir = crate::k8s::resources::tests::recovery();
         let buffer = Buffer::default();
         let writer = buffer.clone();
         let subscriber = tracing_subscriber::fmt()

@@ -516,4 +516,4 @@ pub fn target_pod(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -474,36 +474,18 @@ impl LocalRecovery {
 
     /// Carries out one action; false when later actions of this round would be pointless.
     async fn execute(&mut self, action: Action) -> Result<bool, LocalError> {
-        let ok = match action {
-            Action::Validate => {
-                self.observed.validation = self.validate().await?;
-                true
-            }
-            Action::EnsureMount => {
-                self.observed.mount = self.ensure_mount().await?;
-                matches!(self.observed.mount, Step::Ready(()))
-            }
-            Action::EnsurePublished => {
-                self.observed.published = self.ensure_published().await?;
-                matches!(self.observed.published, Step::Ready(_))
-            }
-            Action::EnsureStandby => {
-                self.observed.standby = self.ensure_standby().await?;
-                true
-            }
-            Action::Switchover => {
-                self.observed.switchover = self.switchover().await?;
-                true
-            }
-            Action::Cleanup => {
-                self.observed.cleanup = self.cleanup().await;
-                true
-            }
-        };
+        match action {
+            Action::Validate => self.observed.validation = self.validate().await?,
+            Action::EnsureMount => self.observed.mount = self.ensure_mount().await?,
+            Action::EnsurePublished => self.observed.published = self.ensure_published().await?,
+            Action::EnsureStandby => self.observed.standby = self.ensure_standby().await?,
+            Action::Switchover => self.observed.switchover = self.switchover().await?,
+            Action::Cleanup => self.observed.cleanup = self.cleanup().await,
+        }
         if self.persisted {
             self.workdir.save(&self.state)?;
         }
-        Ok(ok)
+        Ok(self.observed.round_continues_after(action))
     }
 
     async fn validate(&mut self) -> Result<Step<ir_api::recovery::BackupInfo>, LocalError> {

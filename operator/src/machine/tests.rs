@@ -772,3 +772,25 @@ fn kstatus_sees_a_retry_as_progress_and_a_failure_as_stalled() {
         ("ManualRetry", t(50))
     );
 }
+
+#[test]
+fn a_round_stops_after_a_mount_or_a_published_instance_that_is_not_ready() {
+    let pending = Observed::default();
+    assert!(!pending.round_continues_after(Action::EnsureMount));
+    assert!(!pending.round_continues_after(Action::EnsurePublished));
+    for action in [
+        Action::Validate,
+        Action::EnsureStandby,
+        Action::Switchover,
+        Action::Cleanup,
+    ] {
+        assert!(pending.round_continues_after(action), "{action:?}");
+    }
+    let ready = Observed {
+        mount: Step::Ready(()),
+        published: Step::Ready(Timestamp::UNIX_EPOCH),
+        ..Observed::default()
+    };
+    assert!(ready.round_continues_after(Action::EnsureMount));
+    assert!(ready.round_continues_after(Action::EnsurePublished));
+}

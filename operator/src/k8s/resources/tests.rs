@@ -1,7 +1,8 @@
 use super::*;
 use ir_api::crd::InstantRecoverySpec;
 
-fn recovery() -> InstantRecovery {
+/// A recovery `shop/orders` with the fields every test needs; the Kubernetes tests share it.
+pub(crate) fn recovery() -> InstantRecovery {
     let spec: InstantRecoverySpec = serde_json::from_value(serde_json::json!({
         "backup": {"repositoryRef": {"name": "prod"}},
         "postgres": {"credentialsSecret": {"name": "db-superuser"}},
