@@ -291,15 +291,6 @@ async fn pod_answers(ip: &str) -> bool {
     }
 }
 
-fn is_mounted(path: &Path) -> bool {
-    let path = path.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|p| p.starts_with(&path))
-}
-
 /// Launch to first `SELECT 1` on the published port; then the recovery runs to its end, and its
 /// promoted target is stopped and removed with the workdir.
 async fn local_run(args: &TtfqArgs, irctl: &Path) -> anyhow::Result<LocalRun> {
@@ -383,7 +374,7 @@ async fn local_run(args: &TtfqArgs, irctl: &Path) -> anyhow::Result<LocalRun> {
         String::from_utf8_lossy(&stop.stderr)
     );
     ensure!(
-        !is_mounted(&args.workdir),
+        ir_e2e::mounts_under(&args.workdir).is_empty(),
         "{} is still mounted after the recovery completed",
         args.workdir.display()
     );

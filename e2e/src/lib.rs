@@ -88,3 +88,15 @@ pub(crate) fn random_hex(bytes: usize) -> String {
         .expect("read /dev/urandom");
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Mount points at or below `root`, from /proc/self/mountinfo.
+pub fn mounts_under(root: &std::path::Path) -> Vec<String> {
+    let root = root.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&root))
+        .map(str::to_owned)
+        .collect()
+}
