@@ -12,7 +12,7 @@ use ir_api::GoDuration;
 use ir_api::recovery::{Phase, RecoveryStatus, RetryPolicy, SwitchoverMode, SwitchoverPolicy};
 use ir_cli::output::{Output, print_json};
 use ir_cli::status_view::{StatusView, progress_text};
-use ir_operator::local::{LocalRecovery, LocalSpec, LocalState, Report, Workdir};
+use ir_operator::local::{LocalRecovery, LocalSpec, LocalState, Report, Rerun, Workdir};
 use ir_repository::size::parse_size;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
@@ -35,36 +35,40 @@ pub struct RecoverArgs {
     #[arg(long, value_name = "DIR")]
     pub target_pgdata: Option<PathBuf>,
     /// `automatic` (as soon as the standby has caught up), `manual` (after `irctl switchover`),
-    /// or `at=RFC3339` (at that time, once caught up).
-    #[arg(long, default_value = "automatic", value_parser = parse_switchover)]
-    pub switchover: SwitchoverPolicy,
-    /// Port of the published instance (on the mount).
-    #[arg(long, default_value_t = 5433)]
-    pub published_port: u16,
-    /// Port of the standby, and of the primary it becomes.
-    #[arg(long, default_value_t = 5434)]
-    pub target_port: u16,
+    /// or `at=RFC3339` (at that time, once caught up). Default: automatic, or on a rerun what
+    /// the workdir records.
+    #[arg(long, value_parser = parse_switchover)]
+    pub switchover: Option<SwitchoverPolicy>,
+    /// Port of the published instance (on the mount). Default: 5433.
+    #[arg(long)]
+    pub published_port: Option<u16>,
+    /// Port of the standby, and of the primary it becomes. Default: 5434.
+    #[arg(long)]
+    pub target_port: Option<u16>,
     /// `listen_addresses` of both instances.
     #[arg(long, default_value = "localhost")]
     pub listen_addresses: String,
     /// OS user that runs PostgreSQL and owns the files.
     #[arg(long, default_value = "postgres")]
     pub pg_user: String,
-    /// Database superuser the engine connects as (over a private unix socket).
-    #[arg(long, default_value = "postgres")]
-    pub db_user: String,
-    /// Database the engine connects to.
-    #[arg(long, default_value = "postgres")]
-    pub db_name: String,
+    /// Database superuser the engine connects as (over a private unix socket). Default:
+    /// postgres, or on a rerun what the workdir records.
+    #[arg(long)]
+    pub db_user: Option<String>,
+    /// Database the engine connects to. Default: postgres, or on a rerun what the workdir
+    /// records.
+    #[arg(long)]
+    pub db_name: Option<String>,
     /// PostgreSQL server binaries (default: /usr/lib/postgresql/<backup's major>/bin).
     #[arg(long, value_name = "DIR")]
     pub pg_bindir: Option<PathBuf>,
     /// Retries of a step that failed for a transient reason, before the recovery fails.
-    #[arg(long, default_value_t = RetryPolicy::DEFAULT_LIMIT)]
-    pub retry_limit: u32,
-    /// Time between retries (30s, 5m, 1h).
-    #[arg(long, default_value = "5m")]
-    pub retry_interval: GoDuration,
+    /// Default: 10, or on a rerun what the workdir records.
+    #[arg(long)]
+    pub retry_limit: Option<u32>,
+    /// Time between retries (30s, 5m, 1h). Default: 5m, or on a rerun what the workdir records.
+    #[arg(long)]
+    pub retry_interval: Option<GoDuration>,
     /// Free space the IRCache's file system must have at the start.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     pub cache_min_free: u64,
@@ -77,6 +81,9 @@ pub struct RecoverArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 }
+
+const DEFAULT_PUBLISHED_PORT: u16 = 5433;
+const DEFAULT_TARGET_PORT: u16 = 5434;
 
 fn parse_switchover(text: &str) -> Result<SwitchoverPolicy, String> {
     let mut policy = SwitchoverPolicy::default();
@@ -98,7 +105,7 @@ fn parse_switchover(text: &str) -> Result<SwitchoverPolicy, String> {
 }
 
 impl RecoverArgs {
-    /// The spec, when enough was given to start a recovery.
+    /// The spec of a new recovery, when enough was given to start one.
     fn spec(&self) -> Option<LocalSpec> {
         let (Some(repo), Some(backup), Some(target)) =
             (&self.repo, &self.backup, &self.target_pgdata)
@@ -109,22 +116,37 @@ impl RecoverArgs {
             repo: self.store.repo_spec(repo),
             backup: backup.clone(),
             target_pgdata: target.clone(),
-            published_port: self.published_port,
-            target_port: self.target_port,
+            published_port: self.published_port.unwrap_or(DEFAULT_PUBLISHED_PORT),
+            target_port: self.target_port.unwrap_or(DEFAULT_TARGET_PORT),
             listen_addresses: self.listen_addresses.clone(),
             pg_user: self.pg_user.clone(),
-            db_user: self.db_user.clone(),
-            db_name: self.db_name.clone(),
+            db_user: self.db_user.clone().unwrap_or_else(|| "postgres".into()),
+            db_name: self.db_name.clone().unwrap_or_else(|| "postgres".into()),
             pg_bindir: self.pg_bindir.clone(),
-            switchover: self.switchover.clone(),
+            switchover: self.switchover.clone().unwrap_or_default(),
             retry: RetryPolicy {
-                limit: self.retry_limit,
-                interval: self.retry_interval,
+                limit: self.retry_limit.unwrap_or(RetryPolicy::DEFAULT_LIMIT),
+                interval: self
+                    .retry_interval
+                    .unwrap_or(GoDuration(RetryPolicy::DEFAULT_INTERVAL)),
             },
             cache_min_free_bytes: self.cache_min_free,
             start_timeout_secs: self.start_timeout,
             catch_up_timeout_secs: self.catch_up_timeout,
         })
+    }
+
+    /// What this run states about a recovery the workdir may already record.
+    fn rerun(&self) -> Rerun {
+        Rerun {
+            published_port: self.published_port,
+            target_port: self.target_port,
+            switchover: self.switchover.clone(),
+            retry_limit: self.retry_limit,
+            retry_interval: self.retry_interval,
+            db_user: self.db_user.clone(),
+            db_name: self.db_name.clone(),
+        }
     }
 }
 
@@ -138,7 +160,7 @@ pub async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         );
     }
     let program = std::env::current_exe().context("locating the irctl binary")?;
-    let mut recovery = LocalRecovery::open(workdir, spec, program)?;
+    let mut recovery = LocalRecovery::open(workdir, spec, args.rerun(), program)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut term = signal(SignalKind::terminate())?;

@@ -84,6 +84,11 @@ fn manual_switchover_under_write_load_loses_no_acknowledged_commit() {
     r.spawn(&["--switchover", "manual"]);
     let status = r.wait_phase("ReadyForSwitchover", RUN_TIMEOUT);
     assert_eq!(status["reason"], "AwaitingApproval");
+    // A rerun that leaves out --switchover keeps the recorded policy, not the default.
+    r.kill();
+    r.spawn(&[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(r.status()["reason"], "AwaitingApproval");
     r.published("CREATE TABLE commits(id bigint PRIMARY KEY)");
 
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -545,6 +545,8 @@ async fn lsn(client: &Client, query: &str, what: &str) -> Result<u64, PgError> {
 /// Time limits of the switchover steps.
 #[derive(Debug, Clone, Copy)]
 pub struct SwitchoverTimeouts {
+    /// The checkpoint before read-only (not downtime: writes still flow).
+    pub checkpoint: Duration,
     /// Ending open sessions after read-only.
     pub drain: Duration,
     /// The standby replaying the last LSN, before and after the published instance stops.
@@ -556,6 +558,7 @@ pub struct SwitchoverTimeouts {
 impl Default for SwitchoverTimeouts {
     fn default() -> Self {
         SwitchoverTimeouts {
+            checkpoint: Duration::from_secs(300),
             drain: Duration::from_secs(10),
             catch_up: Duration::from_secs(60),
             stop: Duration::from_secs(60),
@@ -735,26 +738,34 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             })?;
         // Flush dirty buffers while writes still flow, so that the shutdown checkpoint, which
         // counts as downtime, has little left to write through the mount.
-        published
-            .batch_execute("CHECKPOINT")
-            .await
-            .map_err(PgError::db("checkpoint before the switchover"))
-            .map_err(|e| {
-                fail(
-                    "checkpointing the published instance",
-                    Reached::BeforeStop,
-                    e,
-                )
-            })?;
-        let read_only_since = Instant::now();
-        set_read_only(&published, true).await.map_err(|e| {
+        match tokio::time::timeout(
+            self.timeouts.checkpoint,
+            published.batch_execute("CHECKPOINT"),
+        )
+        .await
+        {
+            Ok(done) => done.map_err(PgError::db("checkpoint before the switchover")),
+            Err(_) => Err(PgError::Timeout {
+                what: "the checkpoint before the switchover".into(),
+                timeout: self.timeouts.checkpoint,
+            }),
+        }
+        .map_err(|e| {
             fail(
-                "making the published instance read-only",
+                "checkpointing the published instance",
                 Reached::BeforeStop,
                 e,
             )
         })?;
-        let result = async {
+        let read_only_since = Instant::now();
+        let ready_to_stop = async {
+            set_read_only(&published, true).await.map_err(|e| {
+                fail(
+                    "making the published instance read-only",
+                    Reached::BeforeStop,
+                    e,
+                )
+            })?;
             self.drain(&published).await?;
             let final_lsn = lsn(
                 &published,
@@ -764,23 +775,27 @@ impl<P: PublishedControl + Sync> Switchover<'_, P> {
             .await
             .map_err(|e| fail("reading the final LSN", Reached::BeforeStop, e))?;
             self.wait_replayed(standby, final_lsn, Reached::BeforeStop)
-                .await
+                .await?;
+            checkpoint_timeline(&published).await.map_err(|e| {
+                fail(
+                    "reading the published instance's timeline",
+                    Reached::BeforeStop,
+                    e,
+                )
+            })
         }
         .await;
-        if let Err(e) = result {
-            // Serve writes again: the switchover is off.
-            if let Err(undo) = set_read_only(&published, false).await {
-                tracing::warn!(error = %undo, "could not make the published instance writable again");
+        let timeline = match ready_to_stop {
+            Ok(timeline) => timeline,
+            Err(e) => {
+                // Serve writes again: the switchover is off. Also after a failed or timed-out
+                // read-only change, which may have taken effect anyway.
+                if let Err(undo) = set_read_only(&published, false).await {
+                    tracing::warn!(error = %undo, "could not make the published instance writable again");
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let timeline = checkpoint_timeline(&published).await.map_err(|e| {
-            fail(
-                "reading the published instance's timeline",
-                Reached::BeforeStop,
-                e,
-            )
-        })?;
+        };
         drop(published);
         self.published
             .stop()

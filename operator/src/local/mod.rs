@@ -125,6 +125,50 @@ pub struct LocalSpec {
     pub catch_up_timeout_secs: u64,
 }
 
+/// Settings given again when a recorded recovery is run again; `None` keeps what the workdir
+/// records, so that a default never overwrites a choice made on the first run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rerun {
+    /// Must match the recorded port when given.
+    pub published_port: Option<u16>,
+    /// Must match the recorded port when given.
+    pub target_port: Option<u16>,
+    /// Policies may change between runs (approve, reschedule, retry settings).
+    pub switchover: Option<SwitchoverPolicy>,
+    pub retry_limit: Option<u32>,
+    pub retry_interval: Option<ir_api::GoDuration>,
+    /// The login may change, so that a rerun can correct an AuthenticationFailed.
+    pub db_user: Option<String>,
+    pub db_name: Option<String>,
+}
+
+impl Rerun {
+    fn apply(self, spec: &mut LocalSpec) -> Result<(), LocalError> {
+        if let Some(port) = self.published_port {
+            differs("--published-port", spec.published_port, port)?;
+        }
+        if let Some(port) = self.target_port {
+            differs("--target-port", spec.target_port, port)?;
+        }
+        if let Some(switchover) = self.switchover {
+            spec.switchover = switchover;
+        }
+        if let Some(limit) = self.retry_limit {
+            spec.retry.limit = limit;
+        }
+        if let Some(interval) = self.retry_interval {
+            spec.retry.interval = interval;
+        }
+        if let Some(db_user) = self.db_user {
+            spec.db_user = db_user;
+        }
+        if let Some(db_name) = self.db_name {
+            spec.db_name = db_name;
+        }
+        Ok(())
+    }
+}
+
 /// The processes and facts the driver keeps between runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -306,23 +350,20 @@ pub struct LocalRecovery {
 
 impl LocalRecovery {
     /// A new recovery of `spec` in `workdir` (nothing is created before validation passes), or
-    /// the one already recorded there. A recorded one must not be contradicted by `spec`.
+    /// the one already recorded there, changed by `rerun`. A recorded one must not be
+    /// contradicted by `spec`.
     pub fn open(
         workdir: Workdir,
         spec: Option<LocalSpec>,
+        rerun: Rerun,
         mount_program: PathBuf,
     ) -> Result<Self, LocalError> {
         let (state, persisted, lock) = match workdir.load()? {
             Some(mut state) => {
                 if let Some(spec) = spec {
                     check_same(&state.spec, &spec)?;
-                    // Policies may change between runs (approve, reschedule, retry settings),
-                    // and so may the login, so that a rerun can correct an AuthenticationFailed.
-                    state.spec.switchover = spec.switchover;
-                    state.spec.retry = spec.retry;
-                    state.spec.db_user = spec.db_user;
-                    state.spec.db_name = spec.db_name;
                 }
+                rerun.apply(&mut state.spec)?;
                 let lock = workdir.lock()?;
                 (state, true, Some(lock))
             }
@@ -994,36 +1035,31 @@ enum Which {
 }
 
 /// A recorded recovery may be resumed with the same arguments, or with none.
+/// The recovery's identity (repository, backup, target) cannot change in a workdir.
 fn check_same(recorded: &LocalSpec, given: &LocalSpec) -> Result<(), LocalError> {
-    let differs = |flag: &str, a: String, b: String| -> Result<(), LocalError> {
-        if a == b {
-            Ok(())
-        } else {
-            Err(LocalError::Conflict(format!(
-                "{flag} {b} differs from the recovery recorded in the workdir ({a}); \
-                 use another --workdir for another recovery"
-            )))
-        }
-    };
-    differs("--repo", recorded.repo.url.clone(), given.repo.url.clone())?;
+    differs("--repo", &recorded.repo.url, &given.repo.url)?;
     if given.backup != "latest" {
-        differs("--backup", recorded.backup.clone(), given.backup.clone())?;
+        differs("--backup", &recorded.backup, &given.backup)?;
     }
     differs(
         "--target-pgdata",
-        recorded.target_pgdata.display().to_string(),
-        given.target_pgdata.display().to_string(),
-    )?;
-    differs(
-        "--published-port",
-        recorded.published_port.to_string(),
-        given.published_port.to_string(),
-    )?;
-    differs(
-        "--target-port",
-        recorded.target_port.to_string(),
-        given.target_port.to_string(),
+        &recorded.target_pgdata.display().to_string(),
+        &given.target_pgdata.display().to_string(),
     )
+}
+
+fn differs<T: PartialEq + std::fmt::Display>(
+    flag: &str,
+    recorded: T,
+    given: T,
+) -> Result<(), LocalError> {
+    if recorded == given {
+        return Ok(());
+    }
+    Err(LocalError::Conflict(format!(
+        "{flag} {given} differs from the recovery recorded in the workdir ({recorded}); \
+         use another --workdir for another recovery"
+    )))
 }
 
 fn clear_dir(dir: &Path) -> std::io::Result<()> {
