@@ -15,8 +15,8 @@ use crate::GoDuration;
     .message("switchover.at is required when switchover.mode is Scheduled"))]
 pub struct SwitchoverPolicy {
     /// `Automatic` switches over as soon as the standby has caught up; `Manual` waits until
-    /// `approved` is true; `Scheduled` waits for `at`, and never starts before the standby has
-    /// caught up.
+    /// `approved` is true and the standby has caught up; `Scheduled` waits for `at`, and never
+    /// starts before the standby has caught up.
     #[serde(default)]
     pub mode: SwitchoverMode,
     /// Manual mode: set to true to let the switchover start.
@@ -254,7 +254,7 @@ pub struct RetryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub next_attempt_at: Option<Timestamp>,
-    /// The failure that caused the last retry.
+    /// The last failure, transient or permanent: `Reason: message`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// The last manual retry request acted on, so that one request starts one round.

@@ -117,7 +117,8 @@ pub struct Observed {
     pub switchover: Step<SwitchoverReport>,
     /// Unmount and drop the IRCache after the switchover.
     pub cleanup: Step,
-    /// A manual retry request (any token; a new token starts a new round).
+    /// A manual retry request (any token; a new token starts a new round once the recovery is
+    /// Waiting or Failed).
     pub manual_retry: Option<String>,
 }
 
@@ -214,6 +215,67 @@ fn ensure_actions(phase: Phase) -> &'static [Action] {
     }
 }
 
+/// A part that a phase builds and later phases keep.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Mount,
+    Published,
+    Standby,
+}
+
+impl Part {
+    fn condition(self) -> ConditionType {
+        match self {
+            Part::Mount => ConditionType::Mounted,
+            Part::Published => ConditionType::Published,
+            Part::Standby => ConditionType::Synced,
+        }
+    }
+
+    /// Reason and message of its condition while it is ready.
+    fn ready_reason(self) -> (&'static str, &'static str) {
+        match self {
+            Part::Mount => (
+                "Mounted",
+                "the backup is mounted read-write over its IRCache",
+            ),
+            Part::Published => ("Published", "PostgreSQL serves the backup from the mount"),
+            Part::Standby => (
+                "StandbyStreaming",
+                "the standby holds a full copy and streams WAL from the published instance",
+            ),
+        }
+    }
+
+    fn failure(self, observed: &Observed) -> Option<&Failure> {
+        match self {
+            Part::Mount => step_failure(&observed.mount),
+            Part::Published => step_failure(&observed.published),
+            Part::Standby => match &observed.standby {
+                Standby::Failed(f) => Some(f),
+                _ => None,
+            },
+        }
+    }
+
+    fn is_ready(self, observed: &Observed) -> bool {
+        match self {
+            Part::Mount => matches!(observed.mount, Step::Ready(())),
+            Part::Published => matches!(observed.published, Step::Ready(_)),
+            Part::Standby => matches!(observed.standby, Standby::Streaming { .. }),
+        }
+    }
+}
+
+/// Scheduled without a time could never switch over.
+fn switchover_time_missing() -> Failure {
+    Failure::permanent(
+        "SwitchoverTimeMissing",
+        "switchover.mode is Scheduled but switchover.at is not set: give the time (RFC 3339) \
+         of the switchover",
+    )
+}
+
 struct Machine<'a> {
     policy: &'a Policy,
     observed: &'a Observed,
@@ -289,6 +351,12 @@ impl Machine<'_> {
         self.enter(phase, reason, message);
     }
 
+    /// `part` is ready: its condition turns True and the recovery moves on to `next`.
+    fn part_done(&mut self, next: Phase, part: Part) {
+        let (reason, message) = part.ready_reason();
+        self.advance(next, part.condition(), reason, message);
+    }
+
     fn fail(&mut self, component: ConditionType, failure: &Failure) {
         let interrupted = self.d.status.phase;
         // A failed switchover leaves the published instance serving: resume by deciding again.
@@ -313,13 +381,13 @@ impl Machine<'_> {
             now,
         );
         status.resume_phase = Some(resume);
+        status.retry.last_error = Some(format!("{}: {}", failure.reason, failure.message));
         if !failure.transient {
             self.enter(Phase::Failed, &failure.reason, &failure.message);
             self.d.requeue_after = None;
             return;
         }
         let attempt = status.retry.attempt + 1;
-        status.retry.last_error = Some(format!("{}: {}", failure.reason, failure.message));
         if attempt > limit {
             status.retry.next_attempt_at = None;
             let message = format!(
@@ -342,27 +410,39 @@ impl Machine<'_> {
         self.d.requeue_after = Some(interval.0);
     }
 
-    /// A part built earlier has failed: returns true (after failing) when so.
-    fn check_health(&mut self, parts: &[ConditionType]) -> bool {
+    /// Checks the parts built earlier: fails on the first one that failed (returns true), and
+    /// turns the condition of each one that is ready True again, since a failure seen later
+    /// (and retried) set it False and no phase that sets it runs again.
+    fn check_parts(&mut self, parts: &[Part]) -> bool {
         for part in parts {
-            let failure = match part {
-                ConditionType::Mounted => step_failure(&self.observed.mount),
-                ConditionType::Published => step_failure(&self.observed.published),
-                ConditionType::Synced => match &self.observed.standby {
-                    Standby::Failed(f) => Some(f),
-                    _ => None,
-                },
-                _ => None,
-            };
-            if let Some(f) = failure {
-                self.fail(*part, &f.clone());
+            if let Some(f) = part.failure(self.observed) {
+                self.fail(part.condition(), &f.clone());
                 return true;
+            }
+        }
+        let now = self.now;
+        for part in parts {
+            if part.is_ready(self.observed) && !self.d.status.is_true(part.condition()) {
+                let (reason, message) = part.ready_reason();
+                let status = self.status();
+                status.set_condition(
+                    part.condition(),
+                    ConditionStatus::True,
+                    reason,
+                    message,
+                    now,
+                );
             }
         }
         false
     }
 
     fn validating(&mut self) {
+        let switchover = &self.policy.switchover;
+        if switchover.mode == SwitchoverMode::Scheduled && switchover.at.is_none() {
+            self.fail(ConditionType::Validated, &switchover_time_missing());
+            return;
+        }
         match &self.observed.validation {
             Step::Ready(info) => {
                 let message = format!(
@@ -384,19 +464,14 @@ impl Machine<'_> {
 
     fn mounting(&mut self) {
         match &self.observed.mount {
-            Step::Ready(()) => self.advance(
-                Phase::Publishing,
-                ConditionType::Mounted,
-                "Mounted",
-                "the backup is mounted read-write over its IRCache",
-            ),
+            Step::Ready(()) => self.part_done(Phase::Publishing, Part::Mount),
             Step::Failed(f) => self.fail(ConditionType::Mounted, &f.clone()),
             Step::Unknown | Step::InProgress => self.keep(Phase::Mounting),
         }
     }
 
     fn publishing(&mut self) {
-        if self.check_health(&[ConditionType::Mounted]) {
+        if self.check_parts(&[Part::Mount]) {
             return;
         }
         match &self.observed.published {
@@ -409,12 +484,7 @@ impl Machine<'_> {
                     .started_at
                     .and_then(|start| first_query_at.duration_since(start).try_into().ok())
                     .map(|d: Duration| d.as_millis() as u64);
-                self.advance(
-                    Phase::Syncing,
-                    ConditionType::Published,
-                    "Published",
-                    "PostgreSQL serves the backup from the mount",
-                );
+                self.part_done(Phase::Syncing, Part::Published);
             }
             Step::Failed(f) => self.fail(ConditionType::Published, &f.clone()),
             Step::Unknown | Step::InProgress => self.keep(Phase::Publishing),
@@ -422,7 +492,7 @@ impl Machine<'_> {
     }
 
     fn syncing(&mut self) {
-        if self.check_health(&[ConditionType::Mounted, ConditionType::Published]) {
+        if self.check_parts(&[Part::Mount, Part::Published]) {
             return;
         }
         match self.observed.standby.clone() {
@@ -436,12 +506,7 @@ impl Machine<'_> {
             Standby::Streaming { lag_bytes } => {
                 self.record_lag(lag_bytes);
                 self.status().timings.synced_at = Some(self.now);
-                self.advance(
-                    Phase::ReadyForSwitchover,
-                    ConditionType::Synced,
-                    "StandbyStreaming",
-                    "the standby holds a full copy and streams WAL from the published instance",
-                );
+                self.part_done(Phase::ReadyForSwitchover, Part::Standby);
                 // Say at once what the switchover waits for (or start it).
                 self.ready_for_switchover();
             }
@@ -458,13 +523,18 @@ impl Machine<'_> {
             n => n,
         };
         let progress = &mut self.status().progress;
-        if let Some(before) = progress.observed_at {
+        if copied_bytes < progress.copied_bytes {
+            // The copy started over: the old rate says nothing about this one.
+            progress.rate_bytes_per_second = None;
+        } else if let Some(before) = progress.observed_at {
             let elapsed = now.duration_since(before).as_secs_f64();
-            if elapsed > 0.0 && copied_bytes >= progress.copied_bytes {
+            if elapsed > 0.0 {
                 progress.rate_bytes_per_second =
                     Some(((copied_bytes - progress.copied_bytes) as f64 / elapsed) as u64);
             }
         }
+        // A standby being copied has no replay lag yet.
+        progress.lag_bytes = None;
         progress.copied_bytes = copied_bytes;
         progress.total_bytes = total_bytes;
         progress.percent_copied = progress.percent().map(|p| p as u32);
@@ -486,41 +556,36 @@ impl Machine<'_> {
     }
 
     fn ready_for_switchover(&mut self) {
-        let parts = [
-            ConditionType::Mounted,
-            ConditionType::Published,
-            ConditionType::Synced,
-        ];
-        if self.check_health(&parts) {
+        if self.check_parts(&[Part::Mount, Part::Published, Part::Standby]) {
             return;
         }
-        let lag = match self.observed.standby {
-            Standby::Streaming { lag_bytes } => {
-                self.record_lag(lag_bytes);
-                Some(lag_bytes)
-            }
-            _ => None,
+        let lag_bytes = match self.observed.standby {
+            Standby::Streaming { lag_bytes } => lag_bytes,
+            Standby::Copying {
+                copied_bytes,
+                total_bytes,
+            } => return self.sync_again(copied_bytes, total_bytes),
+            Standby::Absent => return self.sync_again(0, 0),
+            // check_parts failed the recovery.
+            Standby::Failed(_) => return,
         };
+        self.record_lag(lag_bytes);
         let policy = &self.policy.switchover;
-        let caught_up = lag.is_some_and(|lag| lag <= policy.max_lag_bytes);
-        let (go, reason, message) = match policy.mode {
-            SwitchoverMode::Automatic => (
-                caught_up,
-                "CatchingUp",
-                "waiting for the standby to catch up".to_owned(),
-            ),
-            SwitchoverMode::Manual => (
-                policy.approved && lag.is_some(),
-                "AwaitingApproval",
-                "waiting for the switchover to be approved".to_owned(),
-            ),
+        // Why the switchover may start, once the standby has caught up.
+        let cleared = match policy.mode {
+            SwitchoverMode::Automatic => None,
+            SwitchoverMode::Manual if !policy.approved => {
+                self.keep(Phase::ReadyForSwitchover);
+                self.set_reason(
+                    "AwaitingApproval",
+                    "waiting for the switchover to be approved",
+                );
+                return;
+            }
+            SwitchoverMode::Manual => Some("the switchover is approved"),
             SwitchoverMode::Scheduled => match policy.at {
                 None => {
-                    let failure = Failure::permanent(
-                        "SwitchoverTimeMissing",
-                        "switchover mode Scheduled needs a time (switchover.at)",
-                    );
-                    self.fail(ConditionType::SwitchedOver, &failure);
+                    self.fail(ConditionType::SwitchedOver, &switchover_time_missing());
                     return;
                 }
                 Some(at) if self.now < at => {
@@ -531,24 +596,48 @@ impl Machine<'_> {
                     self.set_reason("AwaitingSchedule", &message);
                     return;
                 }
-                Some(_) => (
-                    caught_up,
-                    "CatchingUp",
-                    "the scheduled time has passed; waiting for the standby to catch up".to_owned(),
-                ),
+                Some(_) => Some("the scheduled time has passed"),
             },
         };
-        if go {
-            self.status().timings.switchover_started_at = Some(self.now);
-            self.enter(
-                Phase::SwitchingOver,
-                "SwitchoverStarted",
-                "making the published instance read-only and promoting the standby",
+        // Starting behind would keep the database read-only for the whole catch-up.
+        if lag_bytes > policy.max_lag_bytes {
+            let waiting = format!(
+                "waiting for the standby to catch up ({lag_bytes} bytes of WAL behind, at most {} \
+                 allowed)",
+                policy.max_lag_bytes
             );
-        } else {
+            let message = match cleared {
+                Some(why) => format!("{why}; {waiting}"),
+                None => waiting,
+            };
             self.keep(Phase::ReadyForSwitchover);
-            self.set_reason(reason, &message);
+            self.set_reason("CatchingUp", &message);
+            return;
         }
+        self.status().timings.switchover_started_at = Some(self.now);
+        self.enter(
+            Phase::SwitchingOver,
+            "SwitchoverStarted",
+            "making the published instance read-only and promoting the standby",
+        );
+    }
+
+    /// The standby no longer streams (it is copied again after a failure, or reconnects): sync
+    /// until it streams again rather than decide on the last lag it had.
+    fn sync_again(&mut self, copied_bytes: u64, total_bytes: u64) {
+        const MESSAGE: &str =
+            "the standby does not stream (it is copied again or reconnects); syncing until it does";
+        self.record_copy(copied_bytes, total_bytes);
+        let now = self.now;
+        let status = self.status();
+        status.set_condition(
+            ConditionType::Synced,
+            ConditionStatus::False,
+            "StandbyNotStreaming",
+            MESSAGE,
+            now,
+        );
+        self.enter(Phase::Syncing, "StandbyNotStreaming", MESSAGE);
     }
 
     fn set_reason(&mut self, reason: &str, message: &str) {
@@ -620,21 +709,22 @@ impl Machine<'_> {
         self.enter(resume, "Retrying", &message);
     }
 
-    /// Applies a new manual retry request; returns true when it restarted a stopped recovery.
+    /// Applies a new manual retry request to a stopped (Waiting or Failed) recovery; returns
+    /// true when it restarted it. A request that arrives while the recovery runs stays pending:
+    /// it neither resets the count of the running round nor is lost if the recovery stops.
     fn manual_retry(&mut self) -> bool {
         let Some(request) = &self.observed.manual_retry else {
             return false;
         };
-        if self.d.status.retry.last_manual_request.as_ref() == Some(request) {
+        let status = self.status();
+        if !matches!(status.phase, Phase::Waiting | Phase::Failed)
+            || status.retry.last_manual_request.as_ref() == Some(request)
+        {
             return false;
         }
-        let status = self.status();
         status.retry.last_manual_request = Some(request.clone());
         status.retry.attempt = 0;
         status.retry.next_attempt_at = None;
-        if !matches!(status.phase, Phase::Waiting | Phase::Failed) {
-            return false;
-        }
         let resume = status.resume_phase.unwrap_or(Phase::Validating);
         self.enter(
             resume,

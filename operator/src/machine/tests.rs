@@ -49,25 +49,48 @@ fn policy_with(mode: SwitchoverMode) -> Policy {
     }
 }
 
+// What each phase ensures, written out here so that a wrong table in the code fails the tests.
+const VALIDATE: &[Action] = &[Action::Validate];
+const MOUNT: &[Action] = &[Action::EnsureMount];
+const PUBLISH: &[Action] = &[Action::EnsureMount, Action::EnsurePublished];
+const SYNC: &[Action] = &[
+    Action::EnsureMount,
+    Action::EnsurePublished,
+    Action::EnsureStandby,
+];
+const SWITCH: &[Action] = &[Action::Switchover];
+const CLEANUP: &[Action] = &[Action::Cleanup];
+const NOTHING: &[Action] = &[];
+
 struct Case {
     name: &'static str,
     policy: Policy,
     phase: Phase,
+    setup: fn(&mut RecoveryStatus),
     observed: Observed,
     phase_after: Phase,
     actions: &'static [Action],
     reason: &'static str,
+    resume: Option<Phase>,
 }
 
-fn case(name: &'static str, phase: Phase, observed: Observed, phase_after: Phase) -> Case {
+fn case(
+    name: &'static str,
+    phase: Phase,
+    observed: Observed,
+    phase_after: Phase,
+    actions: &'static [Action],
+) -> Case {
     Case {
         name,
         policy: Policy::default(),
         phase,
+        setup: |_| {},
         observed,
         phase_after,
-        actions: ensure_actions(phase_after),
+        actions,
         reason: "",
+        resume: None,
     }
 }
 
@@ -77,13 +100,20 @@ impl Case {
         self
     }
 
-    fn actions(mut self, actions: &'static [Action]) -> Self {
-        self.actions = actions;
+    /// Changes the status the case starts from.
+    fn setup(mut self, setup: fn(&mut RecoveryStatus)) -> Self {
+        self.setup = setup;
         self
     }
 
     fn reason(mut self, reason: &'static str) -> Self {
         self.reason = reason;
+        self
+    }
+
+    /// The phase a Waiting or Failed status resumes.
+    fn resume(mut self, phase: Phase) -> Self {
+        self.resume = Some(phase);
         self
     }
 }
@@ -109,18 +139,25 @@ fn transitions() {
         p.switchover.at = at;
         p
     };
-    let tolerant = || {
-        let mut p = Policy::default();
+    let tolerant = |mut p: Policy| {
         p.switchover.max_lag_bytes = 1000;
         p
     };
+    let no_retries = || Policy {
+        retry: RetryPolicy {
+            limit: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let cases = [
-        case("start", Pending, Observed::default(), Validating).reason("Started"),
+        case("start", Pending, Observed::default(), Validating, VALIDATE).reason("Started"),
         case(
             "validation running",
             Validating,
             Observed::default(),
             Validating,
+            VALIDATE,
         ),
         case(
             "validation passed",
@@ -130,6 +167,7 @@ fn transitions() {
                 ..Default::default()
             },
             Mounting,
+            MOUNT,
         )
         .reason("BackupValid"),
         case(
@@ -140,8 +178,10 @@ fn transitions() {
                 ..Default::default()
             },
             Failed,
+            NOTHING,
         )
-        .reason("BackupNotFound"),
+        .reason("BackupNotFound")
+        .resume(Validating),
         case(
             "repository down while validating",
             Validating,
@@ -150,8 +190,20 @@ fn transitions() {
                 ..Default::default()
             },
             Waiting,
+            NOTHING,
         )
-        .reason("RepositoryUnavailable"),
+        .reason("RepositoryUnavailable")
+        .resume(Validating),
+        case(
+            "scheduled without a time is refused before anything is built",
+            Validating,
+            Observed::default(),
+            Failed,
+            NOTHING,
+        )
+        .policy(scheduled(None))
+        .reason("SwitchoverTimeMissing")
+        .resume(Validating),
         case(
             "mount in progress",
             Mounting,
@@ -160,8 +212,9 @@ fn transitions() {
                 ..Default::default()
             },
             Mounting,
+            MOUNT,
         ),
-        case("mounted", Mounting, mounted(), Publishing).reason("Mounted"),
+        case("mounted", Mounting, mounted(), Publishing, PUBLISH).reason("Mounted"),
         case(
             "repository down while mounting",
             Mounting,
@@ -170,7 +223,34 @@ fn transitions() {
                 ..Default::default()
             },
             Waiting,
-        ),
+            NOTHING,
+        )
+        .resume(Mounting),
+        case(
+            "no retries allowed",
+            Mounting,
+            Observed {
+                mount: Step::Failed(transient()),
+                ..Default::default()
+            },
+            Failed,
+            NOTHING,
+        )
+        .policy(no_retries())
+        .reason("RetriesExhausted")
+        .resume(Mounting),
+        case(
+            "backup gone while mounting",
+            Mounting,
+            Observed {
+                mount: Step::Failed(permanent()),
+                ..Default::default()
+            },
+            Failed,
+            NOTHING,
+        )
+        .reason("BackupNotFound")
+        .resume(Mounting),
         case(
             "mount lost while publishing",
             Publishing,
@@ -180,9 +260,11 @@ fn transitions() {
                 ..Default::default()
             },
             Waiting,
-        ),
-        case("publishing", Publishing, mounted(), Publishing),
-        case("published", Publishing, published(), Syncing).reason("Published"),
+            NOTHING,
+        )
+        .resume(Publishing),
+        case("publishing", Publishing, mounted(), Publishing, PUBLISH),
+        case("published", Publishing, published(), Syncing, SYNC).reason("Published"),
         case(
             "publish refused",
             Publishing,
@@ -191,7 +273,10 @@ fn transitions() {
                 ..mounted()
             },
             Failed,
-        ),
+            NOTHING,
+        )
+        .resume(Publishing),
+        case("no standby yet", Syncing, published(), Syncing, SYNC),
         case(
             "copying",
             Syncing,
@@ -203,12 +288,14 @@ fn transitions() {
                 ..published()
             },
             Syncing,
+            SYNC,
         ),
         case(
             "standby streams",
             Syncing,
             streaming(4096),
             ReadyForSwitchover,
+            SYNC,
         )
         .reason("CatchingUp"),
         case(
@@ -216,6 +303,7 @@ fn transitions() {
             Syncing,
             streaming(0),
             SwitchingOver,
+            SWITCH,
         )
         .reason("SwitchoverStarted"),
         case(
@@ -226,7 +314,21 @@ fn transitions() {
                 ..published()
             },
             Waiting,
-        ),
+            NOTHING,
+        )
+        .resume(Syncing),
+        case(
+            "replication refused",
+            Syncing,
+            Observed {
+                standby: Standby::Failed(Failure::permanent("ReplicationRoleMissing", "x")),
+                ..published()
+            },
+            Failed,
+            NOTHING,
+        )
+        .reason("ReplicationRoleMissing")
+        .resume(Syncing),
         case(
             "published instance died while syncing",
             Syncing,
@@ -235,12 +337,15 @@ fn transitions() {
                 ..mounted()
             },
             Waiting,
-        ),
+            NOTHING,
+        )
+        .resume(Syncing),
         case(
             "automatic, caught up",
             ReadyForSwitchover,
             streaming(0),
             SwitchingOver,
+            SWITCH,
         )
         .reason("SwitchoverStarted"),
         case(
@@ -248,6 +353,7 @@ fn transitions() {
             ReadyForSwitchover,
             streaming(100),
             ReadyForSwitchover,
+            SYNC,
         )
         .reason("CatchingUp"),
         case(
@@ -255,13 +361,29 @@ fn transitions() {
             ReadyForSwitchover,
             streaming(100),
             SwitchingOver,
+            SWITCH,
         )
-        .policy(tolerant()),
+        .policy(tolerant(policy_with(SwitchoverMode::Automatic))),
+        case(
+            "automatic, standby copied again",
+            ReadyForSwitchover,
+            Observed {
+                standby: Standby::Copying {
+                    copied_bytes: 10,
+                    total_bytes: 100,
+                },
+                ..published()
+            },
+            Syncing,
+            SYNC,
+        )
+        .reason("StandbyNotStreaming"),
         case(
             "manual, not approved",
             ReadyForSwitchover,
             streaming(0),
             ReadyForSwitchover,
+            SYNC,
         )
         .policy(policy_with(SwitchoverMode::Manual))
         .reason("AwaitingApproval"),
@@ -269,14 +391,43 @@ fn transitions() {
             "manual, approved while lagging",
             ReadyForSwitchover,
             streaming(100),
-            SwitchingOver,
+            ReadyForSwitchover,
+            SYNC,
         )
-        .policy(approved()),
+        .policy(approved())
+        .reason("CatchingUp"),
+        case(
+            "manual, approved and caught up",
+            ReadyForSwitchover,
+            streaming(0),
+            SwitchingOver,
+            SWITCH,
+        )
+        .policy(approved())
+        .reason("SwitchoverStarted"),
+        case(
+            "manual, approved within max lag",
+            ReadyForSwitchover,
+            streaming(100),
+            SwitchingOver,
+            SWITCH,
+        )
+        .policy(tolerant(approved())),
+        case(
+            "manual, approved, standby gone",
+            ReadyForSwitchover,
+            published(),
+            Syncing,
+            SYNC,
+        )
+        .policy(approved())
+        .reason("StandbyNotStreaming"),
         case(
             "scheduled, too early",
             ReadyForSwitchover,
             streaming(0),
             ReadyForSwitchover,
+            SYNC,
         )
         .policy(scheduled(Some(t(3600))))
         .reason("AwaitingSchedule"),
@@ -285,6 +436,7 @@ fn transitions() {
             ReadyForSwitchover,
             streaming(0),
             SwitchingOver,
+            SWITCH,
         )
         .policy(scheduled(Some(t(10)))),
         case(
@@ -292,17 +444,35 @@ fn transitions() {
             ReadyForSwitchover,
             streaming(500),
             ReadyForSwitchover,
+            SYNC,
         )
         .policy(scheduled(Some(t(10))))
         .reason("CatchingUp"),
+        case(
+            "scheduled, time reached, standby copied again",
+            ReadyForSwitchover,
+            Observed {
+                standby: Standby::Copying {
+                    copied_bytes: 100,
+                    total_bytes: 100,
+                },
+                ..published()
+            },
+            Syncing,
+            SYNC,
+        )
+        .policy(scheduled(Some(t(10))))
+        .reason("StandbyNotStreaming"),
         case(
             "scheduled without a time",
             ReadyForSwitchover,
             streaming(0),
             Failed,
+            NOTHING,
         )
         .policy(scheduled(None))
-        .reason("SwitchoverTimeMissing"),
+        .reason("SwitchoverTimeMissing")
+        .resume(ReadyForSwitchover),
         case(
             "standby lost before switchover",
             ReadyForSwitchover,
@@ -311,7 +481,33 @@ fn transitions() {
                 ..published()
             },
             Waiting,
-        ),
+            NOTHING,
+        )
+        .resume(ReadyForSwitchover),
+        case(
+            "mount lost before switchover",
+            ReadyForSwitchover,
+            Observed {
+                mount: Step::Failed(Failure::transient("MountLost", "x")),
+                ..streaming(0)
+            },
+            Waiting,
+            NOTHING,
+        )
+        .reason("MountLost")
+        .resume(ReadyForSwitchover),
+        case(
+            "published instance died before switchover",
+            ReadyForSwitchover,
+            Observed {
+                published: Step::Failed(Failure::transient("PublishedInstanceDown", "x")),
+                ..streaming(0)
+            },
+            Waiting,
+            NOTHING,
+        )
+        .reason("PublishedInstanceDown")
+        .resume(ReadyForSwitchover),
         case(
             "switching over",
             SwitchingOver,
@@ -320,6 +516,7 @@ fn transitions() {
                 ..streaming(0)
             },
             SwitchingOver,
+            SWITCH,
         ),
         case(
             "promoted",
@@ -331,6 +528,7 @@ fn transitions() {
                 ..streaming(0)
             },
             Completed,
+            CLEANUP,
         )
         .reason("Promoted"),
         case(
@@ -341,7 +539,21 @@ fn transitions() {
                 ..streaming(0)
             },
             Waiting,
-        ),
+            NOTHING,
+        )
+        .resume(ReadyForSwitchover),
+        case(
+            "switchover refused",
+            SwitchingOver,
+            Observed {
+                switchover: Step::Failed(Failure::permanent("SwitchoverFailed", "x")),
+                ..streaming(0)
+            },
+            Failed,
+            NOTHING,
+        )
+        .reason("SwitchoverFailed")
+        .resume(ReadyForSwitchover),
         case(
             "switchover failed once the standby may have been promoted",
             SwitchingOver,
@@ -350,8 +562,16 @@ fn transitions() {
                 ..streaming(0)
             },
             Waiting,
+            NOTHING,
+        )
+        .resume(SwitchingOver),
+        case(
+            "cleaning up",
+            Completed,
+            Observed::default(),
+            Completed,
+            CLEANUP,
         ),
-        case("cleaning up", Completed, Observed::default(), Completed),
         case(
             "cleaned up",
             Completed,
@@ -360,8 +580,8 @@ fn transitions() {
                 ..Default::default()
             },
             Completed,
+            NOTHING,
         )
-        .actions(&[])
         .reason("Completed"),
         case(
             "cleanup failed",
@@ -371,12 +591,61 @@ fn transitions() {
                 ..Default::default()
             },
             Completed,
+            CLEANUP,
         )
         .reason("CleanupFailed"),
-        case("failed stays failed", Failed, streaming(0), Failed),
+        case(
+            "waiting, not due yet",
+            Waiting,
+            Observed::default(),
+            Waiting,
+            NOTHING,
+        )
+        .setup(|s| {
+            s.resume_phase = Some(Phase::Mounting);
+            s.retry.attempt = 1;
+            s.retry.next_attempt_at = Some(t(3600));
+        })
+        .resume(Mounting),
+        case(
+            "waiting, due after a switchover failure",
+            Waiting,
+            streaming(0),
+            ReadyForSwitchover,
+            SYNC,
+        )
+        .setup(|s| {
+            s.resume_phase = Some(Phase::ReadyForSwitchover);
+            s.retry.attempt = 1;
+            s.retry.next_attempt_at = Some(t(30));
+        })
+        .reason("Retrying"),
+        case(
+            "waiting without an attempt time",
+            Waiting,
+            Observed::default(),
+            Mounting,
+            MOUNT,
+        )
+        .setup(|s| {
+            s.resume_phase = Some(Phase::Mounting);
+            s.retry.attempt = 1;
+        })
+        .reason("Retrying"),
+        case(
+            "waiting without a phase to resume",
+            Waiting,
+            Observed::default(),
+            Validating,
+            VALIDATE,
+        )
+        .reason("Retrying"),
+        case("failed stays failed", Failed, streaming(0), Failed, NOTHING),
     ];
     for c in cases {
-        let d = reconcile(&c.policy, &status_in(c.phase), &c.observed, t(60));
+        let mut status = status_in(c.phase);
+        (c.setup)(&mut status);
+        let d = reconcile(&c.policy, &status, &c.observed, t(60));
         assert_eq!(d.status.phase, c.phase_after, "{}: phase", c.name);
         assert_eq!(d.actions, c.actions, "{}: actions", c.name);
         if !c.reason.is_empty() {
@@ -428,21 +697,87 @@ fn transitions() {
             "{}: Stalled",
             c.name
         );
-        if c.phase_after == Waiting {
-            assert_eq!(
-                d.status.resume_phase,
-                Some(match (c.phase, &c.observed.switchover) {
-                    (SwitchingOver, Step::Failed(f)) if f.reason == PROMOTION_UNCONFIRMED => {
-                        SwitchingOver
-                    }
-                    (SwitchingOver, _) => ReadyForSwitchover,
-                    (p, _) => p,
-                }),
-                "{}: resume phase",
+        assert_eq!(d.status.resume_phase, c.resume, "{}: resume phase", c.name);
+        if moved && matches!(c.phase_after, Waiting | Failed) {
+            // The milestone that failed carries the failure, and so does the retry status.
+            let failed = (d.status.conditions.iter())
+                .find(|cond| {
+                    cond.type_ != ConditionType::Ready && cond.status == ConditionStatus::False
+                })
+                .unwrap_or_else(|| panic!("{}: no failed condition", c.name));
+            let last_error = d.status.retry.last_error.as_deref().unwrap_or_default();
+            assert!(
+                last_error.starts_with(&format!("{}: ", failed.reason)),
+                "{}: last error {last_error:?}",
                 c.name
             );
         }
     }
+}
+
+/// Fails the mount again and again under `policy`: `limit` retries `interval` apart, then
+/// Failed on the failure after the last retry.
+fn retries_then_fails(policy: &Policy, limit: u32, interval: Duration) {
+    let failing = Observed {
+        mount: Step::Failed(transient()),
+        ..Default::default()
+    };
+    let retrying = Observed::default();
+    let mut status = status_in(Phase::Mounting);
+    let mut now = t(0);
+    for attempt in 1..=limit {
+        let d = reconcile(policy, &status, &failing, now);
+        assert_eq!(d.status.phase, Phase::Waiting);
+        assert_eq!(d.status.retry.attempt, attempt);
+        assert_eq!(d.status.retry.next_attempt_at, Some(now + interval));
+        assert_eq!(d.requeue_after, Some(interval));
+        assert!(d.actions.is_empty(), "waiting keeps what it has");
+        assert!(
+            d.status
+                .message
+                .as_deref()
+                .unwrap()
+                .contains(&format!("retry {attempt} of {limit}"))
+        );
+        assert_eq!(
+            d.status.condition(ConditionType::Mounted).unwrap().status,
+            ConditionStatus::False
+        );
+
+        // Too early: still waiting, asks to be woken at the attempt time.
+        let early = reconcile(policy, &d.status, &failing, now + Duration::from_secs(10));
+        assert_eq!(early.status.phase, Phase::Waiting);
+        assert_eq!(
+            early.requeue_after,
+            Some(interval - Duration::from_secs(10))
+        );
+
+        // Due: resumes the interrupted phase and acts, ignoring the failure seen before.
+        now += interval;
+        let resumed = reconcile(policy, &d.status, &failing, now);
+        assert_eq!(resumed.status.phase, Phase::Mounting);
+        assert_eq!(resumed.status.reason.as_deref(), Some("Retrying"));
+        assert_eq!(resumed.actions, MOUNT);
+        status = reconcile(policy, &resumed.status, &retrying, now).status;
+        assert_eq!(status.phase, Phase::Mounting);
+    }
+    let d = reconcile(policy, &status, &failing, now);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.reason.as_deref(), Some("RetriesExhausted"));
+    assert_eq!(d.status.resume_phase, Some(Phase::Mounting));
+    assert_eq!(d.status.retry.attempt, limit);
+    assert_eq!(
+        d.status.retry.last_error.as_deref(),
+        Some("RepositoryUnavailable: s3://b/p: connection refused")
+    );
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("connection refused")
+    );
+    assert_eq!(d.requeue_after, None);
 }
 
 #[test]
@@ -454,61 +789,31 @@ fn transient_failures_wait_then_fail_after_the_limit() {
         },
         ..Default::default()
     };
-    let failing = Observed {
-        mount: Step::Failed(transient()),
-        ..Default::default()
-    };
-    let retrying = Observed::default();
-    let mut status = status_in(Phase::Mounting);
-    let mut now = t(0);
-    for attempt in 1..=3 {
-        let d = reconcile(&policy, &status, &failing, now);
-        assert_eq!(d.status.phase, Phase::Waiting);
-        assert_eq!(d.status.retry.attempt, attempt);
-        assert_eq!(
-            d.status.retry.next_attempt_at,
-            Some(now + Duration::from_secs(30))
-        );
-        assert_eq!(d.requeue_after, Some(Duration::from_secs(30)));
-        assert!(d.actions.is_empty(), "waiting keeps what it has");
-        assert!(
-            d.status
-                .message
-                .as_deref()
-                .unwrap()
-                .contains(&format!("retry {attempt} of 3"))
-        );
-        assert_eq!(
-            d.status.condition(ConditionType::Mounted).unwrap().status,
-            ConditionStatus::False
-        );
+    retries_then_fails(&policy, 3, Duration::from_secs(30));
+}
 
-        // Too early: still waiting, asks to be woken at the attempt time.
-        let early = reconcile(&policy, &d.status, &failing, now + Duration::from_secs(10));
-        assert_eq!(early.status.phase, Phase::Waiting);
-        assert_eq!(early.requeue_after, Some(Duration::from_secs(20)));
+#[test]
+fn by_default_ten_retries_five_minutes_apart() {
+    retries_then_fails(&Policy::default(), 10, Duration::from_secs(300));
+}
 
-        // Due: resumes the interrupted phase and acts, ignoring the failure seen before.
-        now += Duration::from_secs(30);
-        let resumed = reconcile(&policy, &d.status, &failing, now);
-        assert_eq!(resumed.status.phase, Phase::Mounting);
-        assert_eq!(resumed.status.reason.as_deref(), Some("Retrying"));
-        assert_eq!(resumed.actions, [Action::EnsureMount]);
-        status = reconcile(&policy, &resumed.status, &retrying, now).status;
-        assert_eq!(status.phase, Phase::Mounting);
-    }
-    let d = reconcile(&policy, &status, &failing, now);
-    assert_eq!(d.status.phase, Phase::Failed);
-    assert_eq!(d.status.reason.as_deref(), Some("RetriesExhausted"));
-    assert_eq!(d.status.resume_phase, Some(Phase::Mounting));
-    assert!(
-        d.status
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("connection refused")
+#[test]
+fn a_permanent_failure_is_the_last_error() {
+    let d = reconcile(
+        &Policy::default(),
+        &status_in(Phase::Validating),
+        &Observed {
+            validation: Step::Failed(permanent()),
+            ..Default::default()
+        },
+        t(5),
     );
-    assert_eq!(d.requeue_after, None);
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(d.status.retry.attempt, 0);
+    assert_eq!(
+        d.status.retry.last_error.as_deref(),
+        Some("BackupNotFound: backup x is not in the repository")
+    );
 }
 
 #[test]
@@ -540,7 +845,7 @@ fn manual_retry_starts_a_new_round_where_it_stopped() {
     assert_eq!(d.status.phase, Phase::Syncing);
     assert_eq!(d.status.retry.attempt, 0);
     assert_eq!(d.status.reason.as_deref(), Some("ManualRetry"));
-    assert_eq!(d.actions, ensure_actions(Phase::Syncing));
+    assert_eq!(d.actions, SYNC);
     assert_eq!(d.events.len(), 1);
 
     // The same request again is not a new retry.
@@ -560,6 +865,115 @@ fn manual_retry_starts_a_new_round_where_it_stopped() {
         (Phase::Mounting, 0)
     );
     assert_eq!(d.status.retry.next_attempt_at, None);
+}
+
+#[test]
+fn a_manual_retry_sent_while_running_waits_until_the_recovery_stops() {
+    let mut running = status_in(Phase::Syncing);
+    running.retry.attempt = 3;
+    let copying = Observed {
+        standby: Standby::Copying {
+            copied_bytes: 10,
+            total_bytes: 100,
+        },
+        manual_retry: Some("r1".into()),
+        ..streaming(0)
+    };
+    let d = reconcile(&Policy::default(), &running, &copying, t(10));
+    assert_eq!(d.status.phase, Phase::Syncing);
+    assert_eq!(
+        d.status.retry.attempt, 3,
+        "the running round keeps its count"
+    );
+    assert_eq!(d.status.retry.last_manual_request, None);
+    assert!(d.events.is_empty(), "{:?}", d.events);
+
+    // The round goes on and counts its next failure...
+    let failing = Observed {
+        standby: Standby::Failed(transient()),
+        ..copying.clone()
+    };
+    let waiting = reconcile(&Policy::default(), &d.status, &failing, t(20)).status;
+    assert_eq!((waiting.phase, waiting.retry.attempt), (Phase::Waiting, 4));
+
+    // ...and the pending request then starts a new round at once, only once.
+    let d = reconcile(&Policy::default(), &waiting, &failing, t(21));
+    assert_eq!(d.status.phase, Phase::Syncing);
+    assert_eq!(d.status.reason.as_deref(), Some("ManualRetry"));
+    assert_eq!(d.status.retry.attempt, 0);
+    assert_eq!(d.status.retry.last_manual_request.as_deref(), Some("r1"));
+    let mut waiting_again = d.status;
+    waiting_again.phase = Phase::Waiting;
+    waiting_again.retry.next_attempt_at = Some(t(1000));
+    let d = reconcile(&Policy::default(), &waiting_again, &failing, t(22));
+    assert_eq!(d.status.phase, Phase::Waiting);
+}
+
+#[test]
+fn an_approved_switchover_that_failed_runs_again_under_the_same_approval() {
+    let mut policy = policy_with(SwitchoverMode::Manual);
+    policy.switchover.approved = true;
+    let failed = Observed {
+        switchover: Step::Failed(Failure::transient("SwitchoverFailed", "catch-up timed out")),
+        ..streaming(0)
+    };
+    let d = reconcile(&policy, &status_in(Phase::SwitchingOver), &failed, t(60));
+    assert_eq!(d.status.phase, Phase::Waiting);
+    assert_eq!(d.status.resume_phase, Some(Phase::ReadyForSwitchover));
+    let next = d.status.retry.next_attempt_at.expect("a retry is planned");
+    let retry = reconcile(&policy, &d.status, &failed, next);
+    assert_eq!(retry.status.phase, Phase::ReadyForSwitchover);
+    assert_eq!(retry.actions, SYNC);
+    let again = reconcile(&policy, &retry.status, &streaming(0), next);
+    assert_eq!(again.status.phase, Phase::SwitchingOver);
+    assert_eq!(again.actions, SWITCH);
+}
+
+#[test]
+fn a_standby_that_stops_streaming_is_synced_again() {
+    let mut ready = status_in(Phase::ReadyForSwitchover);
+    ready.backup = Some(info());
+    let d = reconcile(&Policy::default(), &ready, &streaming(42), t(10));
+    assert_eq!(d.status.phase, Phase::ReadyForSwitchover);
+    let mut ready = d.status;
+    ready.set_condition(
+        ConditionType::Synced,
+        ConditionStatus::True,
+        "StandbyStreaming",
+        "",
+        t(1),
+    );
+    assert_eq!(
+        (ready.progress.percent_copied, ready.progress.lag_bytes),
+        (Some(100), Some(42))
+    );
+
+    let copied_again = Observed {
+        standby: Standby::Copying {
+            copied_bytes: 100,
+            total_bytes: 1000,
+        },
+        ..streaming(0)
+    };
+    let gone = Observed {
+        standby: Standby::Absent,
+        ..streaming(0)
+    };
+    for (observed, copied_bytes, percent) in [(copied_again, 100, 10), (gone, 0, 0)] {
+        let d = reconcile(&Policy::default(), &ready, &observed, t(20));
+        assert_eq!(d.status.phase, Phase::Syncing, "{observed:?}");
+        assert_eq!(d.status.reason.as_deref(), Some("StandbyNotStreaming"));
+        let synced = d.status.condition(ConditionType::Synced).unwrap();
+        assert_eq!(
+            (synced.status, synced.reason.as_str()),
+            (ConditionStatus::False, "StandbyNotStreaming")
+        );
+        let progress = &d.status.progress;
+        assert_eq!(progress.copied_bytes, copied_bytes, "{observed:?}");
+        assert_eq!(progress.percent_copied, Some(percent), "{observed:?}");
+        assert_eq!(progress.lag_bytes, None, "{observed:?}");
+        assert_eq!(progress.rate_bytes_per_second, None, "{observed:?}");
+    }
 }
 
 #[test]
@@ -617,57 +1031,126 @@ fn sync_progress_and_rate() {
     assert_eq!(d.status.progress.rate_bytes_per_second, None);
     let d = reconcile(&Policy::default(), &d.status, &copying(500), t(12));
     assert_eq!(d.status.progress.rate_bytes_per_second, Some(200));
-    let d = reconcile(&Policy::default(), &d.status, &streaming(42), t(14));
+    // The copy started over: no rate until there are two figures of the new one.
+    let restarted = reconcile(&Policy::default(), &d.status, &copying(100), t(14));
+    assert_eq!(restarted.status.progress.copied_bytes, 100);
+    assert_eq!(restarted.status.progress.rate_bytes_per_second, None);
+    let d = reconcile(&Policy::default(), &restarted.status, &copying(500), t(16));
+    assert_eq!(d.status.progress.rate_bytes_per_second, Some(200));
+    let d = reconcile(&Policy::default(), &d.status, &streaming(42), t(18));
     assert_eq!(d.status.phase, Phase::ReadyForSwitchover);
     assert_eq!(d.status.progress.lag_bytes, Some(42));
     assert_eq!(d.status.progress.copied_bytes, 1000);
-    assert_eq!(d.status.timings.synced_at, Some(t(14)));
+    assert_eq!(d.status.timings.synced_at, Some(t(18)));
+}
+
+/// A perfect driver: every action succeeds by the next look; a standby is copied in four
+/// looks, then streams caught up.
+fn act(observed: &mut Observed, actions: &[Action], now: Timestamp) {
+    for action in actions {
+        match action {
+            Action::Validate => observed.validation = Step::Ready(info()),
+            Action::EnsureMount => observed.mount = Step::Ready(()),
+            Action::EnsurePublished => {
+                if !matches!(observed.published, Step::Ready(_)) {
+                    observed.published = Step::Ready(now);
+                }
+            }
+            Action::EnsureStandby => {
+                observed.standby = match observed.standby {
+                    Standby::Copying {
+                        copied_bytes,
+                        total_bytes,
+                    } if copied_bytes < total_bytes => Standby::Copying {
+                        copied_bytes: copied_bytes + 250,
+                        total_bytes,
+                    },
+                    Standby::Copying { .. } | Standby::Streaming { .. } => {
+                        Standby::Streaming { lag_bytes: 0 }
+                    }
+                    Standby::Absent | Standby::Failed(_) => Standby::Copying {
+                        copied_bytes: 0,
+                        total_bytes: 1000,
+                    },
+                }
+            }
+            Action::Switchover => {
+                observed.switchover = Step::Ready(SwitchoverReport {
+                    downtime: Duration::from_millis(700),
+                })
+            }
+            Action::Cleanup => observed.cleanup = Step::Ready(()),
+        }
+    }
+}
+
+/// Runs the machine with [`act`], a look every 500 ms (or at the next attempt while Waiting),
+/// until `until` holds; returns the phases it entered on the way.
+fn drive(
+    policy: &Policy,
+    status: &mut RecoveryStatus,
+    observed: &mut Observed,
+    now: &mut Timestamp,
+    until: impl Fn(&RecoveryStatus) -> bool,
+) -> Vec<Phase> {
+    let mut phases = vec![];
+    for _ in 0..50 {
+        if until(status) {
+            return phases;
+        }
+        let d = reconcile(policy, status, observed, *now);
+        for event in &d.events {
+            let to = (event.message.split(" -> ").nth(1))
+                .and_then(|m| m.split(':').next())
+                .expect("an event names the transition");
+            phases.push(*Phase::ALL.iter().find(|p| p.as_str() == to).unwrap());
+        }
+        *status = d.status;
+        act(observed, &d.actions, *now);
+        *now += Duration::from_millis(500);
+        if status.phase == Phase::Waiting
+            && let Some(next) = status.retry.next_attempt_at
+        {
+            *now = next.max(*now);
+        }
+    }
+    panic!("the recovery did not get there: {status:?}");
+}
+
+fn completed(status: &RecoveryStatus) -> bool {
+    status.timings.completed_at.is_some()
+}
+
+fn assert_all_conditions_true(status: &RecoveryStatus, case: &str) {
+    for c in ConditionType::ALL {
+        match c {
+            ConditionType::Reconciling | ConditionType::Stalled => {
+                assert_eq!(
+                    status.condition(c),
+                    None,
+                    "{case}: {c:?} is gone at the end"
+                )
+            }
+            _ => assert!(
+                status.is_true(c),
+                "{case}: {c:?} is true at the end: {:?}",
+                status.condition(c)
+            ),
+        }
+    }
 }
 
 #[test]
 fn happy_path_end_to_end() {
-    let policy = Policy::default();
     let mut status = RecoveryStatus::default();
-    let mut observed = Observed::default();
-    let mut phases = vec![];
     let mut now = t(0);
-    for step in 0..20 {
-        let d = reconcile(&policy, &status, &observed, now);
-        status = d.status;
-        for event in &d.events {
-            let to = event
-                .message
-                .split(" -> ")
-                .nth(1)
-                .and_then(|m| m.split(':').next());
-            phases.push(to.expect("event names the transition").to_owned());
-        }
-        // A perfect driver: every action succeeds by the next look.
-        for action in d.actions {
-            match action {
-                Action::Validate => observed.validation = Step::Ready(info()),
-                Action::EnsureMount => observed.mount = Step::Ready(()),
-                Action::EnsurePublished => observed.published = Step::Ready(now),
-                Action::EnsureStandby => {
-                    observed.standby = if step < 6 {
-                        Standby::Copying {
-                            copied_bytes: step * 100,
-                            total_bytes: 1000,
-                        }
-                    } else {
-                        Standby::Streaming { lag_bytes: 0 }
-                    }
-                }
-                Action::Switchover => {
-                    observed.switchover = Step::Ready(SwitchoverReport {
-                        downtime: Duration::from_millis(700),
-                    })
-                }
-                Action::Cleanup => observed.cleanup = Step::Ready(()),
-            }
-        }
-        now += Duration::from_millis(500);
-    }
+    let phases = drive(
+        &Policy::default(),
+        &mut status,
+        &mut Observed::default(),
+        &mut now,
+        completed,
+    );
     use Phase::*;
     let expected = [
         Validating,
@@ -678,19 +1161,92 @@ fn happy_path_end_to_end() {
         SwitchingOver,
         Completed,
     ];
-    assert_eq!(phases, expected.map(|p| p.to_string()));
-    assert!(status.is_true(ConditionType::Ready));
-    for c in ConditionType::ALL {
-        match c {
-            ConditionType::Reconciling | ConditionType::Stalled => {
-                assert_eq!(status.condition(c), None, "{c:?} should be gone at the end")
-            }
-            _ => assert!(status.is_true(c), "{c:?} should be true at the end"),
-        }
-    }
+    assert_eq!(phases, expected);
+    assert_all_conditions_true(&status, "happy path");
     assert_eq!(status.timings.time_to_first_query_ms, Some(1000));
     assert_eq!(status.timings.switchover_downtime_ms, Some(700));
-    assert!(status.timings.completed_at.is_some());
+}
+
+#[test]
+fn conditions_turn_true_again_once_a_failed_part_is_back() {
+    use Phase::*;
+    /// Makes a part fail in what the driver observes.
+    type Break = fn(&mut Observed);
+    let cases: [(&str, Phase, ConditionType, Break); 5] = [
+        (
+            "mount lost while syncing",
+            Syncing,
+            ConditionType::Mounted,
+            |o| o.mount = Step::Failed(Failure::transient("MountLost", "x")),
+        ),
+        (
+            "published instance died while syncing",
+            Syncing,
+            ConditionType::Published,
+            |o| o.published = Step::Failed(Failure::transient("PublishedInstanceDown", "x")),
+        ),
+        (
+            "mount lost before switchover",
+            ReadyForSwitchover,
+            ConditionType::Mounted,
+            |o| o.mount = Step::Failed(Failure::transient("MountLost", "x")),
+        ),
+        (
+            "published instance died before switchover",
+            ReadyForSwitchover,
+            ConditionType::Published,
+            |o| o.published = Step::Failed(Failure::transient("PublishedInstanceDown", "x")),
+        ),
+        (
+            "standby lost before switchover",
+            ReadyForSwitchover,
+            ConditionType::Synced,
+            |o| o.standby = Standby::Failed(Failure::transient("StandbyDown", "x")),
+        ),
+    ];
+    for (name, phase, condition, break_part) in cases {
+        // Manual, so that the recovery stops in ReadyForSwitchover until approved.
+        let mut policy = policy_with(SwitchoverMode::Manual);
+        let (mut status, mut observed, mut now) =
+            (RecoveryStatus::default(), Observed::default(), t(0));
+        drive(&policy, &mut status, &mut observed, &mut now, |s| {
+            s.phase == phase
+        });
+        break_part(&mut observed);
+        status = reconcile(&policy, &status, &observed, now).status;
+        assert_eq!(status.phase, Waiting, "{name}");
+        assert_eq!(
+            status.condition(condition).map(|c| c.status),
+            Some(ConditionStatus::False),
+            "{name}"
+        );
+        let awaiting_approval = |s: &RecoveryStatus| {
+            s.phase == ReadyForSwitchover && s.reason.as_deref() == Some("AwaitingApproval")
+        };
+        let phases = drive(
+            &policy,
+            &mut status,
+            &mut observed,
+            &mut now,
+            awaiting_approval,
+        );
+        if condition == ConditionType::Synced {
+            // The standby is copied again: syncing, not deciding on its old lag.
+            assert_eq!(
+                phases,
+                [ReadyForSwitchover, Syncing, ReadyForSwitchover],
+                "{name}"
+            );
+        }
+        assert!(
+            status.is_true(condition),
+            "{name}: {:?}",
+            status.condition(condition)
+        );
+        policy.switchover.approved = true;
+        drive(&policy, &mut status, &mut observed, &mut now, completed);
+        assert_all_conditions_true(&status, name);
+    }
 }
 
 #[test]
