@@ -48,8 +48,9 @@ pub struct RecoverArgs {
     /// `listen_addresses` of both instances.
     #[arg(long, default_value = "localhost")]
     pub listen_addresses: String,
-    /// OS user that runs PostgreSQL and owns the files.
-    #[arg(long, default_value = "postgres")]
+    /// OS user that runs PostgreSQL and owns the files: root runs it as this user; anyone
+    /// else only as itself. Default: postgres when run as root, else the user running irctl.
+    #[arg(long, default_value_t = ir_operator::process::default_pg_user())]
     pub pg_user: String,
     /// Database superuser the engine connects as (over a private unix socket). Default:
     /// postgres, or on a rerun what the workdir records.

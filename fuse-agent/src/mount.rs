@@ -121,14 +121,60 @@ impl Mounted {
 }
 
 /// Detaches the mount at `path` from the namespace now; the kernel ends it when the last
-/// open file goes.
+/// open file goes. Only root may unmount directly: a user unmounts its own FUSE mounts
+/// through the setuid `fusermount3`, as libfuse does.
 fn lazy_unmount(path: &Path) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: valid C string; MNT_DETACH only detaches.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EPERM) {
+        return Err(error);
+    }
+    let out = std::process::Command::new(FUSERMOUNT)
+        .args(["-u", "-q", "-z", "--"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("running {FUSERMOUNT}: {e}")))?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{FUSERMOUNT} -u -z: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
+}
+
+/// The setuid helper through which users other than root mount and unmount FUSE.
+const FUSERMOUNT: &str = "fusermount3";
+
+/// Why a user other than root could not mount here, if it could not: like libfuse, FUSE
+/// then needs `/dev/fuse` open for reading and writing, and `fusermount3` to mount and unmount.
+pub fn unprivileged_mount_unsupported() -> Option<String> {
+    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        return Some(format!(
+            "/dev/fuse: {e}: users other than root need read and write access to it \
+             (mode 0666, as udev sets it)"
+        ));
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(FUSERMOUNT).is_file()));
+    (!on_path).then(|| format!("{FUSERMOUNT} not found on PATH (install fuse3)"))
+}
+
+/// Who may use the mount. Only its owner, FUSE's default, unless the mount serves another
+/// user: root mounts for PostgreSQL's user or for a pod, which takes `allow_other` (for a
+/// user other than root, only with `user_allow_other` in /etc/fuse.conf).
+fn session_acl(mounting_uid: u32, files_uid: Option<u32>) -> SessionACL {
+    if mounting_uid == 0 || files_uid.is_some_and(|uid| uid != mounting_uid) {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    }
 }
 
 /// Whether `path` is a FUSE mount point right now.
@@ -266,7 +312,8 @@ pub fn mount_backup(
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
-    config.acl = SessionACL::All;
+    // SAFETY: geteuid has no preconditions.
+    config.acl = session_acl(unsafe { libc::geteuid() }, opts.uid);
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     let session = fuser::spawn_mount(
@@ -309,6 +356,19 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/a\134b"), r"/a\b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
         assert!(!is_fuse_mount(Path::new("/")), "/ is not FUSE here");
+    }
+
+    #[test]
+    fn only_a_mount_for_another_user_is_open_to_others() {
+        assert_eq!(session_acl(0, Some(101)), SessionACL::All);
+        assert_eq!(
+            session_acl(0, None),
+            SessionACL::All,
+            "root mounts for pods"
+        );
+        assert_eq!(session_acl(101, Some(101)), SessionACL::Owner);
+        assert_eq!(session_acl(101, None), SessionACL::Owner);
+        assert_eq!(session_acl(101, Some(102)), SessionACL::All);
     }
 
     #[test]

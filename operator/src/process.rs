@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The OS user PostgreSQL runs as unless told otherwise: `postgres` for root, else whoever runs
+/// us, the only user we can start processes as.
+pub fn default_pg_user() -> String {
+    match OsUser::current() {
+        Some(me) if !is_root() => me.name,
+        _ => "postgres".to_owned(),
+    }
+}
+
 /// Creates `dir` (and its parents) with `mode`, owned by `user` when we are root: the data and
 /// socket directories PostgreSQL insists on owning.
 pub fn create_owned_dir(dir: &Path, mode: u32, user: &OsUser) -> std::io::Result<()> {
@@ -71,9 +80,11 @@ pub fn create_owned_dir(dir: &Path, mode: u32, user: &OsUser) -> std::io::Result
     Ok(())
 }
 
-/// Starts `command` in a new session, as `user` when we are root, with stdout and stderr
-/// appended to `log`. Returns its pid.
+/// Starts `command` as `user` in a new session, with stdout and stderr appended to `log`.
+/// Returns its pid. Only root may start it as another user than itself.
 pub fn spawn_detached(mut command: Command, user: &OsUser, log: &Path) -> std::io::Result<u32> {
+    // SAFETY: geteuid has no preconditions.
+    may_start_as(unsafe { libc::geteuid() }, user)?;
     let out = OpenOptions::new().create(true).append(true).open(log)?;
     if is_root() {
         std::os::unix::fs::chown(log, Some(user.uid), Some(user.gid))?;
@@ -96,6 +107,19 @@ pub fn spawn_detached(mut command: Command, user: &OsUser, log: &Path) -> std::i
     let child = command.spawn()?;
     // Reaped by `is_alive` (waitpid) while we live; by whoever inherits it otherwise.
     Ok(child.id())
+}
+
+fn may_start_as(my_uid: u32, user: &OsUser) -> std::io::Result<()> {
+    if my_uid == 0 || my_uid == user.uid {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "cannot start a process as {}: only root may start one as another user",
+            user.name
+        ),
+    ))
 }
 
 /// What became of a process.
@@ -177,7 +201,9 @@ pub async fn terminate(pid: u32, first: i32, grace: Duration) -> std::io::Result
 }
 
 /// Kills `pid` and every process of its process group (a session leader started by
-/// [`spawn_detached`] leads one), and waits for `pid` to go.
+/// [`spawn_detached`] leads one), and waits for `pid` to go and be reaped: until its parent
+/// reaps it, a dead process keeps its pid, which PostgreSQL's lock file check takes for a
+/// postmaster still running.
 pub async fn kill_group(pid: u32) -> std::io::Result<()> {
     let raw = i32::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: kill(2) of a process group we created.
@@ -187,7 +213,11 @@ pub async fn kill_group(pid: u32) -> std::io::Result<()> {
             return Err(e);
         }
     }
-    wait_gone(pid, Duration::from_secs(10)).await;
+    let proc_entry = PathBuf::from(format!("/proc/{pid}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (is_alive(pid) || proc_entry.exists()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 
@@ -241,6 +271,29 @@ mod tests {
     }
 
     #[test]
+    fn a_killed_group_is_gone_and_reaped_also_when_not_our_child() {
+        // An orphan in a session of its own, as a postmaster whose irctl was killed.
+        let out = Command::new("sh")
+            .args(["-c", "setsid sleep 30 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        // SAFETY: getsid on a pid.
+        while unsafe { libc::getsid(pid as i32) } != pid as i32 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(kill_group(pid)).unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} is still a zombie"
+        );
+    }
+
+    #[test]
     fn log_tail_keeps_the_last_lines_and_the_final_progress_update() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
@@ -256,7 +309,23 @@ mod tests {
     #[test]
     fn users_resolve() {
         let me = OsUser::current().unwrap();
-        assert_eq!(OsUser::by_name(&me.name), Some(me));
+        assert_eq!(OsUser::by_name(&me.name), Some(me.clone()));
         assert_eq!(OsUser::by_name("no-such-user-here"), None);
+        let expected = if is_root() { "postgres" } else { &me.name };
+        assert_eq!(default_pg_user(), expected);
+    }
+
+    #[test]
+    fn only_root_starts_processes_as_another_user() {
+        let postgres = OsUser {
+            name: "postgres".into(),
+            uid: 101,
+            gid: 104,
+        };
+        assert!(may_start_as(0, &postgres).is_ok());
+        assert!(may_start_as(101, &postgres).is_ok());
+        let err = may_start_as(1000, &postgres).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("postgres"), "{err}");
     }
 }

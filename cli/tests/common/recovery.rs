@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,9 +98,26 @@ impl Recovery {
 
     /// Starts `irctl recover` in the background.
     pub fn spawn(&mut self, extra: &[&str]) {
+        self.spawn_with(irctl(), extra);
+    }
+
+    /// Starts `irctl recover` in the background through `command`, the irctl binary set up to
+    /// run in another way (as another user, say).
+    pub fn spawn_with(&mut self, command: Command, extra: &[&str]) {
+        let args = self.args(extra);
+        self.start(command, args);
+    }
+
+    /// Starts `irctl recover --workdir DIR` alone: what the workdir records, nothing more.
+    pub fn spawn_resume(&mut self) {
+        let workdir = self.workdir.display().to_string();
+        self.start(irctl(), vec!["recover".into(), "--workdir".into(), workdir]);
+    }
+
+    fn start(&mut self, mut command: Command, args: Vec<String>) {
         assert!(self.child.is_none(), "a recover process is already running");
-        let mut child = irctl()
-            .args(self.args(extra))
+        let mut child = command
+            .args(args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -278,6 +295,37 @@ impl Recovery {
         let state: Value = serde_json::from_str(&text).ok()?;
         state["resources"][key].as_u64().map(|p| p as u32)
     }
+}
+
+/// The end of a recovery: the target is a read-write primary on a new timeline; nothing of
+/// the published side is left.
+pub fn assert_switched_over(r: &Recovery) {
+    assert_eq!(r.target("SELECT pg_is_in_recovery()"), "f");
+    let timeline = r.target("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)");
+    assert_eq!(timeline, "00000002", "promotion starts timeline 2");
+    r.target("CREATE TABLE written_after_switchover(x int); INSERT INTO written_after_switchover VALUES (1)");
+    assert!(
+        r.try_published("SELECT 1").is_err(),
+        "the published instance must be stopped"
+    );
+    let mnt = r.workdir.join("mnt");
+    assert!(!mnt.exists(), "the mount point is removed after unmounting");
+    assert!(
+        !r.workdir.join("ircache").exists(),
+        "the IRCache is dropped"
+    );
+    assert!(!ir_fuse::is_fuse_mount(&mnt), "the backup is still mounted");
+    let status = r.status();
+    assert_eq!(status["phase"], "Completed");
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready condition");
+    assert_eq!(ready["status"], "True");
+    assert!(status["timings"]["timeToFirstQueryMs"].as_u64().is_some());
+    assert!(status["timings"]["switchoverDowntimeMs"].as_u64().is_some());
 }
 
 fn kill_group(pid: u32) {

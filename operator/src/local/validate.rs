@@ -22,14 +22,26 @@ pub(super) async fn validate(spec: &LocalSpec, workdir: &Path) -> Result<BackupI
             format!("--pg-user: no such OS user {:?}", spec.pg_user),
         )
     })?;
-    if !process::is_root() && OsUser::current().is_none_or(|me| me.uid != user.uid) {
-        return Err(Failure::permanent(
-            "NotPermitted",
-            format!(
-                "--pg-user {}: run irctl as root, or as {} itself",
-                spec.pg_user, spec.pg_user
-            ),
-        ));
+    if !process::is_root() {
+        let me = OsUser::current();
+        let same_user = me.as_ref().is_some_and(|me| me.uid == user.uid);
+        let me = me.map_or_else(|| "an unknown user".to_owned(), |me| me.name);
+        if !same_user {
+            return Err(Failure::permanent(
+                "NotPermitted",
+                format!(
+                    "--pg-user {}: irctl runs as {me}, which can run PostgreSQL only as itself: \
+                     run irctl as root, or as {} (or leave --pg-user out)",
+                    spec.pg_user, spec.pg_user
+                ),
+            ));
+        }
+        if let Some(why) = ir_fuse::mount::unprivileged_mount_unsupported() {
+            return Err(Failure::permanent(
+                "NotPermitted",
+                format!("mounting the backup as {me}: {why}; or run irctl as root"),
+            ));
+        }
     }
     check_target(&spec.target_pgdata)?;
     check_workdir(workdir)?;
