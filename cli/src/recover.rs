@@ -286,7 +286,7 @@ pub struct WorkdirArgs {
 pub fn switchover(args: WorkdirArgs) -> anyhow::Result<()> {
     Workdir::new(&args.workdir).approve_switchover()?;
     println!(
-        "switchover approved for {}; it starts as soon as the standby streams",
+        "switchover approved for {}; it starts once the standby has caught up",
         args.workdir.display()
     );
     Ok(())

@@ -9,39 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::irctl_run;
 use common::load::start_writers;
-use common::recovery::{Recovery, accounts_checksum, sample_setup};
+use common::recovery::{Recovery, accounts_checksum, assert_switched_over, sample_setup};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// The target is a read-write primary on a new timeline; nothing of the published side is left.
-fn assert_switched_over(r: &Recovery) {
-    assert_eq!(r.target("SELECT pg_is_in_recovery()"), "f");
-    let timeline = r.target("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)");
-    assert_eq!(timeline, "00000002", "promotion starts timeline 2");
-    r.target("CREATE TABLE written_after_switchover(x int); INSERT INTO written_after_switchover VALUES (1)");
-    assert!(
-        r.try_published("SELECT 1").is_err(),
-        "the published instance must be stopped"
-    );
-    let mnt = r.workdir.join("mnt");
-    assert!(!mnt.exists(), "the mount point is removed after unmounting");
-    assert!(
-        !r.workdir.join("ircache").exists(),
-        "the IRCache is dropped"
-    );
-    assert!(!ir_fuse::is_fuse_mount(&mnt), "the backup is still mounted");
-    let status = r.status();
-    assert_eq!(status["phase"], "Completed");
-    let ready = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .expect("Ready condition");
-    assert_eq!(ready["status"], "True");
-    assert!(status["timings"]["timeToFirstQueryMs"].as_u64().is_some());
-    assert!(status["timings"]["switchoverDowntimeMs"].as_u64().is_some());
-}
 
 #[test]
 fn automatic_switchover_ends_with_the_target_as_primary() {
@@ -231,10 +201,14 @@ fn invalid_requests_are_refused_before_anything_is_created() {
     std::fs::create_dir_all(&r.target).unwrap();
     std::fs::write(r.target.join("stray"), "x").unwrap();
     refused(r.args(&[]), &["--target-pgdata", "not empty"]);
-    std::fs::remove_file(r.target.join("stray")).unwrap();
+    std::fs::remove_dir_all(&r.target).unwrap();
 
     let listener = std::net::TcpListener::bind(("127.0.0.1", r.published_port)).unwrap();
     refused(r.args(&[]), &["--published-port", "in use"]);
+    drop(listener);
+    // `localhost` is ::1 as well.
+    let listener = std::net::TcpListener::bind(("::1", r.target_port)).unwrap();
+    refused(r.args(&[]), &["--target-port", "in use on ::1"]);
     drop(listener);
 
     let mut args = r.args(&[]);
@@ -250,7 +224,12 @@ fn invalid_requests_are_refused_before_anything_is_created() {
         r.args(&["--pg-user", "no-such-user"]),
         &["--pg-user", "no-such-user"],
     );
+    refused(r.args(&["--pg-user", "root"]), &["--pg-user root"]);
     refused(r.args(&["--switchover", "at=soon"]), &["RFC 3339"]);
+    assert!(
+        !r.target.exists(),
+        "the target was created for a refused request"
+    );
 
     let out = irctl_run(&["status", "--workdir", &workdir], &[]);
     assert!(!out.status.success());

@@ -102,6 +102,38 @@ fn repository_outage_waits_fails_after_the_retries_and_resumes_on_manual_retry()
 }
 
 #[test]
+fn an_unreachable_repository_at_validation_waits_in_a_recorded_workdir() {
+    require_root();
+    require_fuse();
+    let root = shared_tempdir();
+    let mut s3 = S3Server::start();
+    let env = s3.env();
+    let repo = s3.url("recover");
+    let (id, _) = sample_backup(root.path(), 1, &env, &repo);
+    let mut r = Recovery::new(root.path(), &repo, &id, &env);
+    s3.stop();
+
+    r.spawn(&["--read-deadline", "2", "--retry-interval", "1s"]);
+    // `irctl status` reads it from the workdir: the recovery exists while it waits.
+    let waiting = r.wait_phase("Waiting", TIMEOUT);
+    assert_eq!(waiting["reason"], "RepositoryUnavailable", "{waiting}");
+    assert_eq!(waiting["resumePhase"], "Validating", "{waiting}");
+    assert!(
+        !r.target.exists(),
+        "nothing but the workdir before validation passed"
+    );
+
+    // Killed while waiting, it resumes from the workdir alone.
+    r.kill();
+    s3.restart();
+    r.spawn_resume();
+    let exit = r.wait_exit(TIMEOUT);
+    assert!(exit.success(), "{}", r.output());
+    assert_eq!(r.status()["phase"], "Completed");
+    assert_eq!(r.target("SELECT note FROM marker"), "from the backup");
+}
+
+#[test]
 fn a_role_the_backup_lacks_fails_at_once_naming_db_user() {
     let (root, repo, id, _) = sample_setup(1);
     let mut r = Recovery::new(root.path(), &repo, &id, &[]);

@@ -85,13 +85,19 @@ pub enum Step<T = ()> {
 /// The standby on production storage.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Standby {
+    /// Not looked at in this round.
     #[default]
+    Unknown,
+    /// There is none: it was never made, or is being made again.
     Absent,
     /// The base backup is being copied.
     Copying {
         copied_bytes: u64,
         total_bytes: u64,
     },
+    /// The base backup is complete but the standby does not stream: it is starting, or it
+    /// reconnects to a published instance that restarted.
+    Connecting,
     /// The base backup is complete and the standby streams WAL.
     Streaming {
         lag_bytes: u64,
@@ -511,7 +517,11 @@ impl Machine<'_> {
                 self.ready_for_switchover();
             }
             Standby::Failed(f) => self.fail(ConditionType::Synced, &f),
-            Standby::Absent => self.keep(Phase::Syncing),
+            Standby::Connecting => {
+                self.status().progress.lag_bytes = None;
+                self.keep(Phase::Syncing);
+            }
+            Standby::Unknown | Standby::Absent => self.keep(Phase::Syncing),
         }
     }
 
@@ -566,6 +576,19 @@ impl Machine<'_> {
                 total_bytes,
             } => return self.sync_again(copied_bytes, total_bytes),
             Standby::Absent => return self.sync_again(0, 0),
+            Standby::Unknown => return self.keep(Phase::ReadyForSwitchover),
+            // A full copy that is only reconnecting is no reason to sync again, nor to start a
+            // switchover without knowing its lag.
+            Standby::Connecting => {
+                self.status().progress.lag_bytes = None;
+                self.keep(Phase::ReadyForSwitchover);
+                self.set_reason(
+                    "StandbyNotStreaming",
+                    "the standby holds a full copy but does not stream (it starts or \
+                     reconnects); the switchover waits until it does",
+                );
+                return;
+            }
             // check_parts failed the recovery.
             Standby::Failed(_) => return,
         };
@@ -626,7 +649,7 @@ impl Machine<'_> {
     /// until it streams again rather than decide on the last lag it had.
     fn sync_again(&mut self, copied_bytes: u64, total_bytes: u64) {
         const MESSAGE: &str =
-            "the standby does not stream (it is copied again or reconnects); syncing until it does";
+            "the standby does not stream (it is copied again); syncing until it does";
         self.record_copy(copied_bytes, total_bytes);
         let now = self.now;
         let status = self.status();

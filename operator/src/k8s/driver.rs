@@ -618,7 +618,8 @@ impl<'a> Driver<'a> {
         let (Some(published_ip), Some(published)) =
             (self.published_ip.clone(), self.published_client.take())
         else {
-            return Ok(Standby::Absent);
+            // Nothing to copy from or to ask: the published instance is not ready.
+            return Ok(Standby::Unknown);
         };
         let (repl_user, repl_password, generated) = match self.replication_credentials().await? {
             Ok(credentials) => credentials,
@@ -721,10 +722,7 @@ impl<'a> Driver<'a> {
             .filter(|ip| !ip.is_empty() && status.phase.as_deref() == Some("Running"))
         else {
             self.requeue_soon = true;
-            return Ok(Standby::Copying {
-                copied_bytes: backup_bytes,
-                total_bytes: backup_bytes,
-            });
+            return Ok(Standby::Connecting);
         };
         let app = resources::standby_application_name(&self.name);
         let lag = postgres::replication_lag(&published, &app).await?;
@@ -739,10 +737,7 @@ impl<'a> Driver<'a> {
         }
         Ok(match lag {
             Some(lag_bytes) => Standby::Streaming { lag_bytes },
-            None => Standby::Copying {
-                copied_bytes: backup_bytes,
-                total_bytes: backup_bytes,
-            },
+            None => Standby::Connecting,
         })
     }
 

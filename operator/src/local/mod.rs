@@ -125,6 +125,9 @@ pub struct LocalSpec {
     pub catch_up_timeout_secs: u64,
 }
 
+/// Where the state is written before it replaces `recovery.json`.
+const STATE_TMP_FILE: &str = "recovery.json.tmp";
+
 /// Settings given again when a recorded recovery is run again; `None` keeps what the workdir
 /// records, so that a default never overwrites a choice made on the first run.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -252,7 +255,7 @@ impl Workdir {
 
     fn save(&self, state: &LocalState) -> Result<(), LocalError> {
         let path = self.state_file();
-        let tmp = self.root.join("recovery.json.tmp");
+        let tmp = self.root.join(STATE_TMP_FILE);
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(&json).map_err(io_err(&tmp))?;
@@ -530,34 +533,51 @@ impl LocalRecovery {
     }
 
     async fn validate(&mut self) -> Result<Step<ir_api::recovery::BackupInfo>, LocalError> {
-        let info = match validate::validate(&self.state.spec, &self.workdir.root).await {
-            Ok(info) => info,
-            Err(failure) => return Ok(Step::Failed(failure)),
-        };
-        // The pinned backup, not `latest`: a rerun must not switch backups under the cache.
-        self.state.spec.backup = info.id.clone();
-        self.create_workdir()?;
+        let checked =
+            validate::validate(&self.state.spec, &self.workdir.root, self.persisted).await;
+        match checked {
+            Ok(info) => {
+                // The pinned backup, not `latest`: a rerun must not switch backups under the
+                // cache.
+                self.state.spec.backup = info.id.clone();
+                self.persist()?;
+                self.create_workdir()?;
+                Ok(Step::Ready(info))
+            }
+            // A recovery that waits for its repository exists: `irctl status` and `irctl retry`
+            // need its workdir. Only a permanent refusal creates nothing.
+            Err(failure) if failure.transient => {
+                self.persist()?;
+                Ok(Step::Failed(failure))
+            }
+            Err(failure) => Ok(Step::Failed(failure)),
+        }
+    }
+
+    /// Makes the workdir with the state as its first file, so that from here on a killed
+    /// command leaves a recovery to resume, never a workdir it refuses as foreign.
+    fn persist(&mut self) -> Result<(), LocalError> {
+        if self.persisted {
+            return Ok(());
+        }
+        let root = &self.workdir.root;
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        // PostgreSQL, as the unprivileged user, needs to reach the mount and its sockets (whose
+        // directory `Instance::start` makes).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err(root))?;
+        self.workdir.save(&self.state)?;
         self._lock = Some(self.workdir.lock()?);
         self.persisted = true;
-        Ok(Step::Ready(info))
+        Ok(())
     }
 
     fn create_workdir(&self) -> Result<(), LocalError> {
         let w = &self.workdir;
-        for dir in [
-            &w.root,
-            &w.mountpoint(),
-            &w.cache(),
-            &w.logs(),
-            &w.requests_dir(),
-        ] {
+        for dir in [&w.mountpoint(), &w.cache(), &w.logs(), &w.requests_dir()] {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        // PostgreSQL, as the unprivileged user, needs to reach the mount and its sockets (whose
-        // directory `Instance::start` makes).
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&w.root, std::fs::Permissions::from_mode(0o755))
-            .map_err(io_err(&w.root))?;
         Ok(())
     }
 
@@ -863,10 +883,7 @@ impl LocalRecovery {
             return Ok(match lag {
                 Some(lag_bytes) => Standby::Streaming { lag_bytes },
                 // Connecting to the published instance: the copy is done, streaming not yet.
-                None => Standby::Copying {
-                    copied_bytes: self.state.status.progress.total_bytes,
-                    total_bytes: self.state.status.progress.total_bytes,
-                },
+                None => Standby::Connecting,
             });
         }
         // Start (over): the target was empty at validation, so anything in it is ours.

@@ -1,6 +1,6 @@
 //! Checks made before a local recovery creates anything.
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::Path;
 
 use ir_api::recovery::BackupInfo;
@@ -15,7 +15,12 @@ use crate::process::{self, OsUser};
 const TARGET_HEADROOM: f64 = 1.1;
 const TARGET_EXTRA_BYTES: u64 = 256 << 20;
 
-pub(super) async fn validate(spec: &LocalSpec, workdir: &Path) -> Result<BackupInfo, Failure> {
+/// `resuming`: the workdir already holds this recovery (a rerun that stopped while validating).
+pub(super) async fn validate(
+    spec: &LocalSpec,
+    workdir: &Path,
+    resuming: bool,
+) -> Result<BackupInfo, Failure> {
     let user = OsUser::by_name(&spec.pg_user).ok_or_else(|| {
         Failure::permanent(
             "UnknownUser",
@@ -43,8 +48,16 @@ pub(super) async fn validate(spec: &LocalSpec, workdir: &Path) -> Result<BackupI
             ));
         }
     }
+    if user.uid == 0 {
+        return Err(Failure::permanent(
+            "NotPermitted",
+            "--pg-user root: PostgreSQL refuses to run as root; name an unprivileged user",
+        ));
+    }
     check_target(&spec.target_pgdata)?;
-    check_workdir(workdir)?;
+    if !resuming {
+        check_workdir(workdir)?;
+    }
     if spec.published_port == spec.target_port {
         return Err(Failure::permanent(
             "PortConflict",
@@ -58,12 +71,7 @@ pub(super) async fn validate(spec: &LocalSpec, workdir: &Path) -> Result<BackupI
         ("--published-port", spec.published_port),
         ("--target-port", spec.target_port),
     ] {
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
-            return Err(Failure::permanent(
-                "PortInUse",
-                format!("{flag} {port}: the port is in use"),
-            ));
-        }
+        check_port_free(flag, port, &spec.listen_addresses)?;
     }
 
     let backup = find_backup(&spec.repo.url, &spec.repo.store_options(), &spec.backup).await?;
@@ -72,8 +80,18 @@ pub(super) async fn validate(spec: &LocalSpec, workdir: &Path) -> Result<BackupI
         .map_err(|e| Failure::permanent("PostgresBinariesMissing", e.to_string()))?;
 
     let need_target = (size_bytes as f64 * TARGET_HEADROOM) as u64 + TARGET_EXTRA_BYTES;
-    check_space("--target-pgdata", &spec.target_pgdata, need_target)?;
-    check_space("--workdir (IRCache)", workdir, spec.cache_min_free_bytes)?;
+    let target = ("--target-pgdata", spec.target_pgdata.as_path(), need_target);
+    let cache = ("--workdir (IRCache)", workdir, spec.cache_min_free_bytes);
+    if same_file_system(target.1, cache.1) {
+        check_space(
+            "--target-pgdata and --workdir (IRCache), on one file system,",
+            target.1,
+            target.2 + cache.2,
+        )?;
+    } else {
+        check_space(target.0, target.1, target.2)?;
+        check_space(cache.0, cache.1, cache.2)?;
+    }
     Ok(BackupInfo {
         id,
         pg_major,
@@ -168,8 +186,11 @@ fn check_workdir(workdir: &Path) -> Result<(), Failure> {
             format!("{flag} {}: must be an absolute path", workdir.display()),
         ));
     }
-    if let Ok(mut entries) = std::fs::read_dir(workdir)
-        && entries.next().is_some()
+    // A state file half written by a command killed at once is no recovery yet.
+    if let Ok(entries) = std::fs::read_dir(workdir)
+        && entries
+            .flatten()
+            .any(|e| e.file_name() != super::STATE_TMP_FILE)
     {
         return Err(Failure::permanent(
             "WorkdirNotEmpty",
@@ -182,12 +203,58 @@ fn check_workdir(workdir: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The nearest existing ancestor of `path` (itself when it exists).
+fn existing_ancestor(path: &Path) -> &Path {
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+}
+
+fn same_file_system(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| {
+        std::fs::metadata(existing_ancestor(p))
+            .map(|m| m.dev())
+            .ok()
+    };
+    dev(a).is_some_and(|d| Some(d) == dev(b))
+}
+
+/// Refuses a port something already listens on, at any address PostgreSQL will listen on
+/// (`localhost` is 127.0.0.1 and ::1, `*` every address). Addresses this host lacks are left
+/// to PostgreSQL, which reports them itself.
+fn check_port_free(flag: &str, port: u16, listen_addresses: &str) -> Result<(), Failure> {
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    for host in listen_addresses.split(',').map(str::trim) {
+        match host {
+            "" => {}
+            "*" => addresses.extend([
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            ]),
+            "localhost" => addresses.extend([
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            ]),
+            host => addresses.extend((host, port).to_socket_addrs().into_iter().flatten()),
+        }
+    }
+    for address in addresses {
+        if let Err(e) = TcpListener::bind(address)
+            && e.kind() == std::io::ErrorKind::AddrInUse
+        {
+            return Err(Failure::permanent(
+                "PortInUse",
+                format!("{flag} {port}: the port is in use on {}", address.ip()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Free bytes on the file system that holds `path` (or would: its nearest existing ancestor).
 pub(super) fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    let existing = path
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
+    let existing = existing_ancestor(path);
     let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and a zeroed out-parameter.
@@ -237,6 +304,46 @@ mod tests {
             check_target(Path::new("rel")).unwrap_err().reason,
             "InvalidSpec"
         );
+    }
+
+    #[test]
+    fn workdir_must_be_empty_but_for_a_half_written_state() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_workdir(dir.path()).is_ok());
+        std::fs::write(dir.path().join(super::super::STATE_TMP_FILE), "{").unwrap();
+        assert!(check_workdir(dir.path()).is_ok());
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        assert_eq!(
+            check_workdir(dir.path()).unwrap_err().reason,
+            "WorkdirNotEmpty"
+        );
+    }
+
+    #[test]
+    fn ports_are_checked_on_every_listen_address() {
+        let v6 = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("IPv6 loopback");
+        let port = v6.local_addr().unwrap().port();
+        let err = check_port_free("--target-port", port, "localhost").unwrap_err();
+        assert_eq!(err.reason, "PortInUse");
+        assert!(err.message.contains("--target-port") && err.message.contains("::1"));
+        assert_eq!(
+            check_port_free("--target-port", port, "*")
+                .unwrap_err()
+                .reason,
+            "PortInUse"
+        );
+        assert!(check_port_free("--target-port", port, "127.0.0.1").is_ok());
+        assert!(
+            check_port_free("--target-port", port, "").is_ok(),
+            "unix sockets only"
+        );
+    }
+
+    #[test]
+    fn one_file_system_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(same_file_system(&dir.path().join("a/b"), dir.path()));
+        assert!(!same_file_system(dir.path(), Path::new("/proc")));
     }
 
     #[test]

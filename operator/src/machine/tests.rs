@@ -414,9 +414,53 @@ fn transitions() {
         )
         .policy(tolerant(approved())),
         case(
-            "manual, approved, standby gone",
+            "manual, approved, standby reconnecting",
+            ReadyForSwitchover,
+            Observed {
+                standby: Standby::Connecting,
+                ..published()
+            },
+            ReadyForSwitchover,
+            SYNC,
+        )
+        .policy(approved())
+        .reason("StandbyNotStreaming"),
+        case(
+            "automatic, standby reconnecting",
+            ReadyForSwitchover,
+            Observed {
+                standby: Standby::Connecting,
+                ..published()
+            },
+            ReadyForSwitchover,
+            SYNC,
+        )
+        .reason("StandbyNotStreaming"),
+        case(
+            "manual, approved, standby not looked at",
             ReadyForSwitchover,
             published(),
+            ReadyForSwitchover,
+            SYNC,
+        )
+        .policy(approved()),
+        case(
+            "standby copied, not streaming yet",
+            Syncing,
+            Observed {
+                standby: Standby::Connecting,
+                ..published()
+            },
+            Syncing,
+            SYNC,
+        ),
+        case(
+            "manual, approved, standby gone",
+            ReadyForSwitchover,
+            Observed {
+                standby: Standby::Absent,
+                ..published()
+            },
             Syncing,
             SYNC,
         )
@@ -1045,7 +1089,7 @@ fn sync_progress_and_rate() {
 }
 
 /// A perfect driver: every action succeeds by the next look; a standby is copied in four
-/// looks, then streams caught up.
+/// looks, connects, then streams caught up.
 fn act(observed: &mut Observed, actions: &[Action], now: Timestamp) {
     for action in actions {
         match action {
@@ -1065,10 +1109,11 @@ fn act(observed: &mut Observed, actions: &[Action], now: Timestamp) {
                         copied_bytes: copied_bytes + 250,
                         total_bytes,
                     },
-                    Standby::Copying { .. } | Standby::Streaming { .. } => {
+                    Standby::Copying { .. } => Standby::Connecting,
+                    Standby::Connecting | Standby::Streaming { .. } => {
                         Standby::Streaming { lag_bytes: 0 }
                     }
-                    Standby::Absent | Standby::Failed(_) => Standby::Copying {
+                    Standby::Unknown | Standby::Absent | Standby::Failed(_) => Standby::Copying {
                         copied_bytes: 0,
                         total_bytes: 1000,
                     },

@@ -202,7 +202,7 @@ pub async fn switchover(at: &Namespace, name: &str) -> anyhow::Result<()> {
     if approved_now {
         let phase = ir.status.map(|s| s.phase).unwrap_or_default();
         println!(
-            "switchover of {named} approved; it starts as soon as the standby streams WAL (phase now {phase})"
+            "switchover of {named} approved; it starts once the standby has caught up (phase now {phase})"
         );
     } else {
         println!("the switchover of {named} is already approved");
