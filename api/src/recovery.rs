@@ -15,8 +15,8 @@ use crate::GoDuration;
     .message("switchover.at is required when switchover.mode is Scheduled"))]
 pub struct SwitchoverPolicy {
     /// `Automatic` switches over as soon as the standby has caught up; `Manual` waits until
-    /// `approved` is true and the standby has caught up; `Scheduled` waits for `at`, and never
-    /// starts before the standby has caught up.
+    /// `approved` is true and the standby is within 16 MiB of WAL (or `maxLagBytes`, if
+    /// larger); `Scheduled` waits for `at`, and never starts before the standby has caught up.
     #[serde(default)]
     pub mode: SwitchoverMode,
     /// Manual mode: set to true to let the switchover start.

@@ -22,16 +22,21 @@ use ir_e2e::{require_fuse, require_root, shared_tempdir};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
 
-#[test]
-fn repository_outage_waits_fails_after_the_retries_and_resumes_on_manual_retry() {
+/// A backup in a fresh S3 repository, and its recovery, not started yet.
+fn s3_recovery() -> (tempfile::TempDir, S3Server, Recovery) {
     require_root();
     require_fuse();
     let root = shared_tempdir();
-    let mut s3 = S3Server::start();
-    let env = s3.env();
+    let s3 = S3Server::start();
     let repo = s3.url("recover");
-    let (id, _) = sample_backup(root.path(), 1, &env, &repo);
-    let mut r = Recovery::new(root.path(), &repo, &id, &env);
+    let (id, _) = sample_backup(root.path(), 1, &s3.env(), &repo);
+    let r = Recovery::new(root.path(), &repo, &id, &s3.env());
+    (root, s3, r)
+}
+
+#[test]
+fn repository_outage_waits_fails_after_the_retries_and_resumes_on_manual_retry() {
+    let (_root, mut s3, mut r) = s3_recovery();
     let fast_fail = ["--switchover", "manual", "--read-deadline", "2"];
 
     r.spawn(&fast_fail);
@@ -103,14 +108,7 @@ fn repository_outage_waits_fails_after_the_retries_and_resumes_on_manual_retry()
 
 #[test]
 fn an_unreachable_repository_at_validation_waits_in_a_recorded_workdir() {
-    require_root();
-    require_fuse();
-    let root = shared_tempdir();
-    let mut s3 = S3Server::start();
-    let env = s3.env();
-    let repo = s3.url("recover");
-    let (id, _) = sample_backup(root.path(), 1, &env, &repo);
-    let mut r = Recovery::new(root.path(), &repo, &id, &env);
+    let (_root, mut s3, mut r) = s3_recovery();
     s3.stop();
 
     r.spawn(&["--read-deadline", "2", "--retry-interval", "1s"]);

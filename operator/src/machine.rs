@@ -221,6 +221,11 @@ fn ensure_actions(phase: Phase) -> &'static [Action] {
     }
 }
 
+/// An approved switchover starts once the standby is this close: the rest replays in a fraction
+/// of a second while read-only, and under a steady write load the lag seldom reads 0, which would
+/// hold back a switchover someone asked for.
+pub const APPROVED_MAX_LAG_BYTES: u64 = 16 << 20;
+
 /// A part that a phase builds and later phases keep.
 #[derive(Debug, Clone, Copy)]
 enum Part {
@@ -623,11 +628,14 @@ impl Machine<'_> {
             },
         };
         // Starting behind would keep the database read-only for the whole catch-up.
-        if lag_bytes > policy.max_lag_bytes {
+        let max_lag_bytes = match policy.mode {
+            SwitchoverMode::Manual => policy.max_lag_bytes.max(APPROVED_MAX_LAG_BYTES),
+            _ => policy.max_lag_bytes,
+        };
+        if lag_bytes > max_lag_bytes {
             let waiting = format!(
-                "waiting for the standby to catch up ({lag_bytes} bytes of WAL behind, at most {} \
-                 allowed)",
-                policy.max_lag_bytes
+                "waiting for the standby to catch up ({lag_bytes} bytes of WAL behind, at most \
+                 {max_lag_bytes} allowed)"
             );
             let message = match cleared {
                 Some(why) => format!("{why}; {waiting}"),

@@ -388,9 +388,9 @@ fn transitions() {
         .policy(policy_with(SwitchoverMode::Manual))
         .reason("AwaitingApproval"),
         case(
-            "manual, approved while lagging",
+            "manual, approved while far behind",
             ReadyForSwitchover,
-            streaming(100),
+            streaming(APPROVED_MAX_LAG_BYTES + 1),
             ReadyForSwitchover,
             SYNC,
         )
@@ -406,13 +406,13 @@ fn transitions() {
         .policy(approved())
         .reason("SwitchoverStarted"),
         case(
-            "manual, approved within max lag",
+            "manual, approved, close behind",
             ReadyForSwitchover,
-            streaming(100),
+            streaming(APPROVED_MAX_LAG_BYTES),
             SwitchingOver,
             SWITCH,
         )
-        .policy(tolerant(approved())),
+        .policy(approved()),
         case(
             "manual, approved, standby reconnecting",
             ReadyForSwitchover,
