@@ -180,6 +180,42 @@ fn killed_during_sync_resumes_and_completes() {
 }
 
 #[test]
+fn killed_during_the_switchover_resumes_and_completes() {
+    let (root, repo, id, checksum) = sample_setup(1);
+    let mut r = Recovery::new(root.path(), &repo, &id, &[]);
+    r.spawn(&["--switchover", "manual"]);
+    r.wait_phase("ReadyForSwitchover", RUN_TIMEOUT);
+    r.published("INSERT INTO marker VALUES ('committed before the switchover')");
+    // The standby stops replaying: the switchover waits for it, read-only, where it is killed.
+    r.target("SELECT pg_wal_replay_pause()");
+    r.approve();
+    r.wait_phase("SwitchingOver", RUN_TIMEOUT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r
+        .try_published("SHOW default_transaction_read_only")
+        .as_deref()
+        != Ok("on")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the published instance never went read-only"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    r.kill();
+    assert_eq!(r.phase().as_deref(), Some("SwitchingOver"));
+
+    r.target("SELECT pg_wal_replay_resume()");
+    r.run_to_completion(&[], RUN_TIMEOUT);
+    assert_switched_over(&r);
+    assert_eq!(accounts_checksum(&|sql| r.target(sql)), checksum);
+    assert_eq!(
+        r.target("SELECT count(*) FROM marker WHERE note = 'committed before the switchover'"),
+        "1"
+    );
+}
+
+#[test]
 fn invalid_requests_are_refused_before_anything_is_created() {
     let (root, repo, id, _) = sample_setup(1);
     let r = Recovery::new(root.path(), &repo, &id, &[]);
