@@ -4,7 +4,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGBIN=${IR_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 BENCH_DIR=${IR_BENCH_DIR:-/var/tmp/ir-bench}
-IRCTL=$ROOT/target/release/irctl
+# IRCTL: another irctl build to measure (a release build of this checkout by default).
+IRCTL=${IRCTL:-$ROOT/target/release/irctl}
 SOCK=$BENCH_DIR/sock
 
 [ "$(id -u)" = 0 ] || { echo "benchmarks run as root" >&2; exit 1; }
