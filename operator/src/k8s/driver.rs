@@ -628,6 +628,13 @@ impl<'a> Driver<'a> {
         if let Err(f) =
             ensure_replication_role(&published, &repl_user, &repl_password, generated).await
         {
+            if published.is_closed() {
+                // The published instance went away under the query (its mount died, say): its
+                // own check reports that, and the standby was not looked at. Failing the standby
+                // would wait for the retry interval instead of replacing the published Pod.
+                self.requeue_soon = true;
+                return Ok(Standby::Unknown);
+            }
             return Ok(Standby::Failed(f));
         }
         let backup_bytes = self.status.backup.as_ref().map_or(0, |b| b.size_bytes);
