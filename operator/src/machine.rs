@@ -133,8 +133,8 @@ impl Observed {
     /// mount that is not there yet, or against a published instance that does not answer.
     pub fn round_continues_after(&self, done: Action) -> bool {
         match done {
-            Action::EnsureMount => matches!(self.mount, Step::Ready(())),
-            Action::EnsurePublished => matches!(self.published, Step::Ready(_)),
+            Action::EnsureMount => Part::Mount.is_ready(self),
+            Action::EnsurePublished => Part::Published.is_ready(self),
             _ => true,
         }
     }
@@ -221,9 +221,9 @@ fn ensure_actions(phase: Phase) -> &'static [Action] {
     }
 }
 
-/// An approved switchover starts once the standby is this close: the rest replays in a fraction
-/// of a second while read-only, and under a steady write load the lag seldom reads 0, which would
-/// hold back a switchover someone asked for.
+/// An approved switchover starts once the standby is this close: little is left to replay while
+/// read-only, and under a steady write load the lag seldom reads 0, which would hold back a
+/// switchover someone asked for.
 pub const APPROVED_MAX_LAG_BYTES: u64 = 16 << 20;
 
 /// A part that a phase builds and later phases keep.

@@ -213,9 +213,10 @@ pub async fn kill_group(pid: u32) -> std::io::Result<()> {
             return Err(e);
         }
     }
+    // Running or a zombie, a process has its /proc entry until it is reaped.
     let proc_entry = PathBuf::from(format!("/proc/{pid}"));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (is_alive(pid) || proc_entry.exists()) && Instant::now() < deadline {
+    while proc_entry.exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())

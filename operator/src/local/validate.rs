@@ -80,17 +80,16 @@ pub(super) async fn validate(
         .map_err(|e| Failure::permanent("PostgresBinariesMissing", e.to_string()))?;
 
     let need_target = (size_bytes as f64 * TARGET_HEADROOM) as u64 + TARGET_EXTRA_BYTES;
-    let target = ("--target-pgdata", spec.target_pgdata.as_path(), need_target);
-    let cache = ("--workdir (IRCache)", workdir, spec.cache_min_free_bytes);
-    if same_file_system(target.1, cache.1) {
+    let need_cache = spec.cache_min_free_bytes;
+    if same_file_system(&spec.target_pgdata, workdir) {
         check_space(
             "--target-pgdata and --workdir (IRCache), on one file system,",
-            target.1,
-            target.2 + cache.2,
+            &spec.target_pgdata,
+            need_target + need_cache,
         )?;
     } else {
-        check_space(target.0, target.1, target.2)?;
-        check_space(cache.0, cache.1, cache.2)?;
+        check_space("--target-pgdata", &spec.target_pgdata, need_target)?;
+        check_space("--workdir (IRCache)", workdir, need_cache)?;
     }
     Ok(BackupInfo {
         id,
