@@ -39,6 +39,9 @@ impl StoreArgs {
             // Unset leaves the choice to AWS_ALLOW_HTTP.
             allow_http: self.s3_allow_http.then_some(true),
             s3_credentials: None,
+            // A command line runs with its user's own AWS settings.
+            ambient_credentials: true,
+            file_roots: None,
             read_deadline: std::time::Duration::from_secs(self.read_deadline),
         }
     }

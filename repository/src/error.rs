@@ -10,6 +10,15 @@ pub enum RepoError {
     #[error("invalid repository URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
 
+    #[error("repository {url} is not allowed: {reason}")]
+    PathNotAllowed { url: String, reason: String },
+
+    #[error(
+        "no credentials for {url}: name a credentials Secret, or allow the process's own \
+         credentials explicitly"
+    )]
+    NoCredentials { url: String },
+
     #[error("no repository at {url}: ir-repo.json not found (create one with `irctl repo init`)")]
     NotARepository { url: String },
 

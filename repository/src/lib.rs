@@ -10,6 +10,7 @@ mod gc;
 mod ingest;
 pub mod manifest;
 mod pgmeta;
+mod random;
 mod repo;
 mod restore;
 pub mod size;

@@ -26,6 +26,11 @@ pub struct RepoConfig {
     pub compression: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created: OffsetDateTime,
+    /// Random identity given at `repo init` (128 bits, hex). An IRCache is bound to it, so that
+    /// a backup id found in another repository is never mistaken for this one's. Repositories
+    /// made before it existed have none; their URL stands in for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<String>,
 }
 
 /// BLAKE3 hash of a chunk's plain bytes.

@@ -87,6 +87,7 @@ impl Repository {
             hash: "blake3".to_string(),
             compression: "zstd".to_string(),
             created: OffsetDateTime::now_utc(),
+            repository_id: Some(crate::random::hex_id()),
         };
         let repo = Repository::assemble(opened, config, opts);
         let path = Path::from(CONFIG_PATH);
@@ -182,6 +183,16 @@ impl Repository {
 
     pub fn config(&self) -> &RepoConfig {
         &self.inner.config
+    }
+
+    /// What tells this repository from any other: its `repository_id`, or for a repository made
+    /// before those existed, its URL.
+    pub fn identity(&self) -> &str {
+        self.inner
+            .config
+            .repository_id
+            .as_deref()
+            .unwrap_or(&self.inner.url)
     }
 
     /// A `file://` repository: reads are as fast as a local cache would be.
@@ -541,6 +552,7 @@ mod tests {
         let opts = StoreOptions {
             s3_endpoint: Some(endpoint),
             allow_http: Some(true),
+            ambient_credentials: true,
             read_deadline,
             ..StoreOptions::default()
         };
@@ -557,6 +569,7 @@ mod tests {
                     hash: "blake3".to_string(),
                     compression: "zstd".to_string(),
                     created: OffsetDateTime::UNIX_EPOCH,
+                    repository_id: None,
                 },
                 opts,
             }),

@@ -1,5 +1,6 @@
 //! Opening the object store behind a repository URL.
 
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +11,13 @@ use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 
 use crate::error::RepoError;
 
-/// How to reach the store. S3 settings not given here come from the environment
-/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
+/// How to reach the store.
+///
+/// With `ambient_credentials`, S3 settings not given here come from the process's environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, instance
+/// credentials...), as a command line user expects. Without it, nothing comes from the
+/// environment: an S3 repository needs `s3_credentials`, so that a component serving many
+/// users (the operator, a node agent) never lends them its own identity by accident.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub s3_endpoint: Option<String>,
@@ -19,6 +25,10 @@ pub struct StoreOptions {
     pub allow_http: Option<bool>,
     /// Access key pair; in a cluster it comes from a Secret, so one process can hold several.
     pub s3_credentials: Option<S3Credentials>,
+    /// Whether the process's own S3 settings and credentials may be used (see above).
+    pub ambient_credentials: bool,
+    /// `file://` repositories are allowed only inside these directories; `None` allows any.
+    pub file_roots: Option<Vec<PathBuf>>,
     /// Total retry budget for one chunk read before it fails as unavailable.
     pub read_deadline: Duration,
 }
@@ -30,6 +40,8 @@ impl Default for StoreOptions {
             s3_region: None,
             allow_http: None,
             s3_credentials: None,
+            ambient_credentials: false,
+            file_roots: None,
             read_deadline: Duration::from_secs(30),
         }
     }
@@ -77,6 +89,14 @@ pub(crate) fn open_store(
             let path = parsed
                 .to_file_path()
                 .map_err(|_| invalid("expected file:///absolute/path"))?;
+            if let Some(roots) = &opts.file_roots {
+                check_file_root(&path, roots, create).map_err(|reason| {
+                    RepoError::PathNotAllowed {
+                        url: parsed.to_string(),
+                        reason,
+                    }
+                })?;
+            }
             if create {
                 std::fs::create_dir_all(&path)
                     .map_err(|e| RepoError::io(path.display().to_string(), e))?;
@@ -100,7 +120,16 @@ pub(crate) fn open_store(
                 .host_str()
                 .filter(|b| !b.is_empty())
                 .ok_or_else(|| invalid("expected s3://bucket/prefix"))?;
-            let mut builder = AmazonS3Builder::from_env()
+            let builder = match (&opts.s3_credentials, opts.ambient_credentials) {
+                (None, false) => {
+                    return Err(RepoError::NoCredentials {
+                        url: format!("s3://{bucket}{}", parsed.path().trim_end_matches('/')),
+                    });
+                }
+                (Some(_), false) => AmazonS3Builder::new(),
+                (_, true) => AmazonS3Builder::from_env(),
+            };
+            let mut builder = builder
                 .with_bucket_name(bucket)
                 .with_config(
                     AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
@@ -147,5 +176,115 @@ pub(crate) fn open_store(
         other => Err(invalid(&format!(
             "unsupported scheme {other:?}; use file:///path or s3://bucket/prefix"
         ))),
+    }
+}
+
+/// Whether `path` lies inside one of `roots`, judged on the path as written (no `..`) and on
+/// where it really leads (symlinks resolved), so that neither a `..` nor a symlink inside a
+/// root leads out of it. A path still to be made (`create`) is judged by its nearest existing
+/// ancestor.
+fn check_file_root(path: &Path, roots: &[PathBuf], create: bool) -> Result<(), String> {
+    let allowed = || {
+        let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        format!(
+            "file:// repositories are allowed only under {}",
+            if shown.is_empty() {
+                "no directory (none configured)".to_string()
+            } else {
+                shown.join(", ")
+            }
+        )
+    };
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!(
+            "the path may not contain '.' or '..'; {}",
+            allowed()
+        ));
+    }
+    let mut existing = path.to_path_buf();
+    let mut rest = PathBuf::new();
+    let resolved = loop {
+        match existing.canonicalize() {
+            Ok(real) => break real.join(&rest),
+            Err(_) if create => {
+                let Some(name) = existing.file_name().map(PathBuf::from) else {
+                    return Err(allowed());
+                };
+                rest = name.join(&rest);
+                if !existing.pop() {
+                    return Err(allowed());
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    };
+    let inside = |p: &Path| {
+        roots.iter().any(|root| {
+            let root = root.canonicalize().unwrap_or_else(|_| root.clone());
+            p.starts_with(&root)
+        })
+    };
+    if inside(path) && inside(&resolved) {
+        Ok(())
+    } else {
+        Err(allowed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_roots_hold_paths_and_symlinks_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repos");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+        let roots = vec![root.clone()];
+        assert_eq!(check_file_root(&root.join("a"), &roots, false), Ok(()));
+        assert_eq!(
+            check_file_root(&root.join("new/repo"), &roots, true),
+            Ok(())
+        );
+        for bad in [
+            outside.clone(),
+            root.join("escape"),
+            root.join("escape/new"),
+            root.join("a/../../outside"),
+            dir.path().join("repos-sibling"),
+        ] {
+            let err = check_file_root(&bad, &roots, true).unwrap_err();
+            assert!(
+                err.contains("allowed only under"),
+                "{}: {err}",
+                bad.display()
+            );
+        }
+        assert!(check_file_root(&root.join("a"), &[], false).is_err());
+    }
+
+    #[test]
+    fn s3_without_credentials_needs_an_opt_in() {
+        let opts = StoreOptions::default();
+        let err = open_store("s3://bucket/prefix", &opts, false)
+            .err()
+            .unwrap();
+        assert!(matches!(err, RepoError::NoCredentials { .. }), "{err:?}");
+        assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
+        let keys = StoreOptions {
+            s3_credentials: Some(S3Credentials {
+                access_key_id: "a".into(),
+                secret_access_key: "b".into(),
+            }),
+            s3_region: Some("us-east-1".into()),
+            ..StoreOptions::default()
+        };
+        assert!(open_store("s3://bucket/prefix", &keys, false).is_ok());
     }
 }

@@ -575,6 +575,8 @@ fn store_options(spec: &BackupRepositorySpec, credentials: Option<S3Credentials>
         s3_region: s3.region,
         allow_http: Some(s3.allow_http),
         s3_credentials: credentials,
+        ambient_credentials: true,
+        file_roots: None,
         read_deadline: spec.read_deadline.0,
     }
 }

@@ -324,6 +324,8 @@ pub async fn store_options(
         s3_region: s3.region,
         allow_http: s3.allow_http.then_some(true),
         s3_credentials,
+        ambient_credentials: true,
+        file_roots: None,
         read_deadline: spec.read_deadline.0,
     })
 }

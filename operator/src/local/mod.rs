@@ -91,6 +91,9 @@ impl RepoSpec {
             s3_region: self.s3_region.clone(),
             allow_http: self.allow_http,
             s3_credentials: None,
+            // `irctl recover` runs with its user's own AWS settings.
+            ambient_credentials: true,
+            file_roots: None,
             read_deadline: Duration::from_secs(self.read_deadline_secs),
         }
     }
