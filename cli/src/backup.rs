@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use ir_cli::output::{Output, print_json};
 use ir_repository::size::format_size;
-use ir_repository::{BackupManifest, Checkpoint, EntryKind, Progress, RestoreOwner};
+use ir_repository::{BackupManifest, Checkpoint, EntryKind, InvalidBackup, Progress, RestoreOwner};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
@@ -54,7 +54,14 @@ pub struct CreateArgs {
     #[command(flatten)]
     repo: RepoArgs,
     #[command(flatten)]
-    source: Source,
+    source: SourceArgs,
+}
+
+/// What to read a backup from (for `backup create`, and for `repo repair`).
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    #[command(flatten)]
+    from: SourceChoice,
     /// With --from-pg: `fast` starts the backup at once (an immediate checkpoint on the
     /// server), `spread` waits for a paced one and puts less load on a busy server.
     #[arg(long, value_enum, default_value_t = CheckpointArg::Fast)]
@@ -82,8 +89,10 @@ impl From<CheckpointArg> for Checkpoint {
 
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
-struct Source {
-    /// Run pg_basebackup against this server (libpq connection string or URI).
+struct SourceChoice {
+    /// Run pg_basebackup against this server (libpq connection string or URI). Give the
+    /// password through PGPASSWORD or PGPASSFILE: one written here is visible to every local
+    /// user in irctl's own command line (it is passed on to pg_basebackup in its environment).
     #[arg(long, value_name = "CONNINFO")]
     from_pg: Option<String>,
     /// Read `pg_basebackup -Ft -X fetch -D -` output from a file, or `-` for stdin.
@@ -92,6 +101,40 @@ struct Source {
     /// A plain-format pg_basebackup directory or a cleanly shut down data directory.
     #[arg(long, value_name = "DIR")]
     from_dir: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The source, and how to name it in messages.
+    pub fn open(self) -> anyhow::Result<(ir_repository::Source, String)> {
+        let f = self.from;
+        if let Some(conninfo) = f.from_pg {
+            if conninfo.contains("password") {
+                eprintln!(
+                    "irctl: warning: --from-pg holds a password, which other local users can \
+                     read in this command line; prefer PGPASSWORD or PGPASSFILE"
+                );
+            }
+            let source = ir_repository::Source::Pg {
+                conninfo,
+                checkpoint: self.checkpoint.into(),
+                pg_bindir: self.pg_bindir,
+            };
+            return Ok((source, "--from-pg".to_string()));
+        }
+        if let Some(file) = f.from_tar {
+            let what = format!("--from-tar {}", file.display());
+            let reader: Box<dyn std::io::Read + Send> = if file.as_os_str() == "-" {
+                Box::new(BufReader::with_capacity(TAR_BUFFER, std::io::stdin()))
+            } else {
+                let f = std::fs::File::open(&file).with_context(|| what.clone())?;
+                Box::new(BufReader::with_capacity(TAR_BUFFER, f))
+            };
+            return Ok((ir_repository::Source::Tar(reader), what));
+        }
+        let dir = f.from_dir.expect("clap requires one source");
+        let what = format!("--from-dir {}", dir.display());
+        Ok((ir_repository::Source::Dir(dir), what))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -160,7 +203,9 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
         BackupCommand::Create(args) => create(args).await,
         BackupCommand::List(args) => {
             let repo = args.repo.open().await?;
-            let backups = repo.list_backups().await?;
+            let list = repo.list_backups().await?;
+            warn_invalid(&list.invalid);
+            let backups = list.backups;
             let summaries: Vec<Summary> = backups.iter().map(Summary::of).collect();
             if args.output == Output::Json {
                 return Ok(print_json(&summaries)?);
@@ -282,44 +327,26 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Invalid backups go to stderr: the listing of the others stays what scripts read.
+pub fn warn_invalid(invalid: &[InvalidBackup]) {
+    for b in invalid {
+        eprintln!(
+            "irctl: backup {} is invalid and left out: {}",
+            b.id, b.reason
+        );
+    }
+}
+
 async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let repo = args.repo.open().await?;
     let progress = Arc::new(Progress::default());
     let line = ProgressLine::start(&progress, "read");
     let started = std::time::Instant::now();
-    let src = args.source;
-    let manifest = if let Some(conninfo) = src.from_pg {
-        repo.ingest_pg(
-            &conninfo,
-            args.checkpoint.into(),
-            args.pg_bindir.as_deref(),
-            progress.clone(),
-        )
-        .await
-        .context("--from-pg")?
-    } else if let Some(file) = src.from_tar {
-        if file.as_os_str() == "-" {
-            let stdin = BufReader::with_capacity(TAR_BUFFER, std::io::stdin());
-            repo.ingest_tar(stdin, progress.clone())
-                .await
-                .context("--from-tar -")?
-        } else {
-            let what = format!("--from-tar {}", file.display());
-            let f = std::fs::File::open(&file).with_context(|| what.clone())?;
-            repo.ingest_tar(BufReader::with_capacity(TAR_BUFFER, f), progress.clone())
-                .await
-                .context(what)?
-        }
-    } else if let Some(dir) = src.from_dir {
-        repo.ingest_dir(&dir, progress.clone())
-            .await
-            .with_context(|| format!("--from-dir {}", dir.display()))?
-    } else {
-        unreachable!("clap requires one source")
-    };
+    let (source, what) = args.source.open()?;
+    let manifest = repo.ingest(source, progress.clone()).await.context(what)?;
     drop(line);
     let s = progress.snapshot();
-    let summary = format!(
+    let mut summary = format!(
         "backup {}: {} in {} files, {} uploaded ({} new chunks, {} deduplicated, {} zero) in {:.1}s",
         manifest.id,
         format_size(manifest.total_size),
@@ -330,6 +357,12 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         s.chunks_zero,
         started.elapsed().as_secs_f64()
     );
+    if s.chunks_replaced > 0 {
+        summary += &format!(
+            "; {} damaged stored chunks were written again",
+            s.chunks_replaced
+        );
+    }
     if std::io::stderr().is_terminal() {
         eprintln!("{summary}");
     } else {

@@ -1,13 +1,16 @@
 //! `irctl repo`: create and maintain a backup repository.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ir_cli::output::{Output, print_json};
 use ir_repository::size::{format_size, parse_size, validate_chunk_size};
-use ir_repository::{Repository, manifest::DEFAULT_CHUNK_SIZE};
+use ir_repository::{Progress, Repository, manifest::DEFAULT_CHUNK_SIZE};
 
+use crate::backup::{SourceArgs, warn_invalid};
+use crate::progress::ProgressLine;
 use crate::repo_args::RepoArgs;
 
 #[derive(Debug, Subcommand)]
@@ -16,6 +19,30 @@ pub enum RepoCommand {
     Init(InitArgs),
     /// Delete chunks no backup refers to.
     Gc(GcArgs),
+    /// Read back every chunk any backup needs, each once; fails naming every damaged chunk
+    /// and each backup file it hurts, and every invalid backup.
+    Verify(VerifyArgs),
+    /// Write damaged or missing chunks again from a source holding the same data (the
+    /// cluster backed up, or a copy of it); writes no backup.
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +93,14 @@ pub async fn run(cmd: RepoCommand) -> anyhow::Result<()> {
             if args.output == Output::Json {
                 return Ok(print_json(&r)?);
             }
+            warn_invalid(&r.invalid_backups);
+            if !r.unreadable_backups.is_empty() {
+                println!(
+                    "the chunks of {} cannot be told: nothing deleted; delete or repair those \
+                     manifests first",
+                    r.unreadable_backups.join(", ")
+                );
+            }
             if !r.ingests_running.is_empty() {
                 println!(
                     "ingest in progress ({}): nothing deleted, run gc again once it is done",
@@ -82,6 +117,78 @@ pub async fn run(cmd: RepoCommand) -> anyhow::Result<()> {
                 r.chunks_deleted,
                 format_size(r.bytes_deleted)
             );
+        }
+        RepoCommand::Verify(args) => {
+            let repo = args.repo.open().await?;
+            let progress = Arc::new(Progress::default());
+            let report = {
+                let _line = ProgressLine::start(&progress, "checked");
+                repo.verify_repository(progress.clone()).await?
+            };
+            if args.output == Output::Json {
+                print_json(&report)?;
+            } else {
+                warn_invalid(&report.invalid_backups);
+                for d in &report.damaged {
+                    println!("damaged: chunk {}: {}", d.chunk, d.reason);
+                    for u in &d.uses {
+                        println!(
+                            "  used by backup {} {} chunk {}",
+                            u.backup_id, u.path, u.chunk_index
+                        );
+                    }
+                }
+                println!(
+                    "{} backups, {} chunks ({}) checked, {} damaged, {} invalid backups",
+                    report.backups,
+                    report.chunks_checked,
+                    format_size(report.bytes_checked),
+                    report.damaged.len(),
+                    report.invalid_backups.len()
+                );
+            }
+            if !report.is_ok() {
+                anyhow::bail!(
+                    "repository {} has {} damaged chunks and {} invalid backups{}",
+                    repo.url(),
+                    report.damaged.len(),
+                    report.invalid_backups.len(),
+                    if report.damaged.is_empty() {
+                        ""
+                    } else {
+                        "; `irctl repo repair` writes damaged chunks again from a source"
+                    }
+                );
+            }
+        }
+        RepoCommand::Repair(args) => {
+            let repo = args.repo.open().await?;
+            let (source, what) = args.source.open()?;
+            let progress = Arc::new(Progress::default());
+            let report = {
+                let _line = ProgressLine::start(&progress, "read");
+                repo.repair(source, progress.clone()).await.context(what)?
+            };
+            if args.output == Output::Json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{} damaged chunks: {} written again, {} still damaged",
+                    report.damaged,
+                    report.replaced.len(),
+                    report.still_damaged.len()
+                );
+                for id in &report.still_damaged {
+                    println!("still damaged: chunk {id}");
+                }
+            }
+            if !report.still_damaged.is_empty() {
+                anyhow::bail!(
+                    "{} chunks of {} are still damaged: the source does not hold their data",
+                    report.still_damaged.len(),
+                    repo.url()
+                );
+            }
         }
     }
     Ok(())

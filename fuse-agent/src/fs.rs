@@ -845,7 +845,7 @@ impl IrFs {
         self.source.fetch(&id, len).map_err(|e| {
             tracing::error!(file = %entry.path, offset, chunk = %id, error = %e, "cannot read backup data");
             FsError::Chunk {
-                path: entry.path.clone(),
+                path: entry.path.to_string(),
                 offset,
                 chunk: id,
                 reason: e.to_string(),
@@ -1257,6 +1257,7 @@ mod tests {
 
     use super::*;
     use crate::source::FetchError;
+    use ir_repository::EntryPath;
 
     const CS: u64 = 64 * 1024;
 
@@ -1315,7 +1316,7 @@ mod tests {
             })
             .collect();
         Entry {
-            path: path.into(),
+            path: EntryPath::new(path).unwrap(),
             kind: EntryKind::File { chunks },
             mode: 0o600,
             uid: 0,
@@ -1327,7 +1328,7 @@ mod tests {
 
     fn dir_entry(path: &str) -> Entry {
         Entry {
-            path: path.into(),
+            path: EntryPath::new(path).unwrap(),
             kind: EntryKind::Dir,
             mode: 0o700,
             uid: 0,
@@ -1348,7 +1349,7 @@ mod tests {
             dir_entry("base/1"),
             file_entry("base/1/rel", &rel, &mut source),
             Entry {
-                path: "link".into(),
+                path: EntryPath::new("link").unwrap(),
                 kind: EntryKind::Symlink {
                     target: "base/1".into(),
                 },

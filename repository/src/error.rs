@@ -43,15 +43,26 @@ pub enum RepoError {
     #[error("backup {id} not found in {url}")]
     BackupNotFound { id: String, url: String },
 
-    #[error("repository {url} has no backups")]
-    NoBackups { url: String },
+    #[error("repository {url} has no backups{}", if *invalid > 0 { format!(" but {invalid} invalid ones (see `irctl backup list`)") } else { String::new() })]
+    NoBackups { url: String, invalid: usize },
 
-    #[error("storage error on {path} in {url}: {source}")]
+    #[error("backup {id} in {url} is invalid: {reason}")]
+    InvalidManifest {
+        id: String,
+        url: String,
+        reason: String,
+    },
+
+    #[error("backup {id} already exists in {url}")]
+    BackupExists { id: String, url: String },
+
+    /// `detail` is the storage's error summarised by [`summarize_store_error`]: what a server
+    /// answers is not ours to repeat at length in statuses and events.
+    #[error("storage error on {path} in {url}: {detail}")]
     Store {
         url: String,
         path: String,
-        #[source]
-        source: object_store::Error,
+        detail: String,
         transient: bool,
     },
 
@@ -104,6 +115,52 @@ pub enum RepoError {
     Aborted { url: String, reason: String },
 }
 
+/// Longest storage error kept in a message.
+const MAX_DETAIL_CHARS: usize = 300;
+
+/// A storage error fit for a status message: the response body a server sent along (S3's XML,
+/// an HTML error page) is left out but for its error code, control characters become spaces,
+/// and the rest is cut to a few hundred characters.
+pub(crate) fn summarize_store_error(e: &dyn std::fmt::Display) -> String {
+    let full = e.to_string();
+    let body_at = [
+        "<?xml",
+        "<Error",
+        "<html",
+        "<HTML",
+        "<!DOCTYPE",
+        "<!doctype",
+    ]
+    .iter()
+    .filter_map(|marker| full.find(marker))
+    .min();
+    let (head, body) = match body_at {
+        Some(at) => full.split_at(at),
+        None => (full.as_str(), ""),
+    };
+    let code = body
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code)
+        .filter(|code| code.len() <= 64 && code.chars().all(|c| c.is_ascii_alphanumeric()));
+    let mut text: String = head
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text_trimmed = text.trim_end_matches([':', ' ']).len();
+    text.truncate(text_trimmed);
+    if let Some(code) = code {
+        text = format!("{text} ({code})");
+    }
+    if text.chars().count() > MAX_DETAIL_CHARS {
+        text = text.chars().take(MAX_DETAIL_CHARS).collect::<String>() + "...";
+    }
+    text
+}
+
 impl RepoError {
     /// Whether retrying the same operation later may succeed (network trouble, server errors,
     /// timeouts), as opposed to a fact about the data or the request.
@@ -127,5 +184,32 @@ impl RepoError {
             path: path.into(),
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize_store_error;
+
+    #[test]
+    fn store_errors_lose_their_bodies_and_stay_short() {
+        let s3 = "Generic S3 error: Error performing GET http://s3/b/ir-repo.json in 2ms - \
+                  Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?>\n\
+                  <Error><Code>AccessDenied</Code><Message>secret-ish detail</Message>\
+                  <Key>ir-repo.json</Key><RequestId>1</RequestId></Error>";
+        let text = summarize_store_error(&s3);
+        assert_eq!(
+            text,
+            "Generic S3 error: Error performing GET http://s3/b/ir-repo.json in 2ms - Server \
+             returned non-2xx status code: 403 Forbidden (AccessDenied)"
+        );
+        let html = format!("status 502: <html>{}</html>", "x".repeat(10_000));
+        assert_eq!(summarize_store_error(&html), "status 502");
+        let long = "e\u{1b}[31m ".repeat(1000);
+        let text = summarize_store_error(&long);
+        assert!(
+            text.chars().count() <= 303 && !text.contains('\u{1b}'),
+            "{text}"
+        );
     }
 }

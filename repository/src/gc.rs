@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 
 use crate::error::RepoError;
 use crate::ingest::{MARKER_REFRESH, MARKERS_DIR};
-use crate::manifest::{ChunkId, EntryKind};
-use crate::repo::{CHUNKS_DIR, Repository};
+use crate::manifest::{ChunkId, EntryKind, decompress_bounded};
+use crate::repo::{CHUNKS_DIR, InvalidBackup, Repository};
 
 const DELETE_CONCURRENCY: usize = 16;
 
@@ -30,6 +30,11 @@ pub struct GcReport {
     /// Backup ids of ingests still running; while there are any, nothing is deleted, as they may
     /// rely on old unreferenced chunks they found already stored.
     pub ingests_running: Vec<String>,
+    /// Backups whose manifest is invalid. The chunks an invalid manifest still names are kept.
+    pub invalid_backups: Vec<InvalidBackup>,
+    /// Invalid backups whose chunk references cannot be read at all; while there are any,
+    /// nothing is deleted (delete or repair those manifests first).
+    pub unreadable_backups: Vec<String>,
 }
 
 /// A stored chunk as listed.
@@ -92,23 +97,34 @@ impl Repository {
                 })
             })
             .collect();
-        let manifests = self.list_backups().await?;
+        let list = self.list_backups().await?;
         let mut referenced = HashSet::new();
-        for m in &manifests {
+        for m in &list.backups {
             for e in &m.entries {
                 if let EntryKind::File { chunks } = &e.kind {
                     referenced.extend(chunks.iter().flatten().copied());
                 }
             }
         }
+        for invalid in &list.invalid {
+            let body = self.manifest_object(&invalid.id).await?;
+            match tokio::task::spawn_blocking(move || scavenge_references(&body))
+                .await
+                .map_err(|e| RepoError::io("gc", std::io::Error::other(e)))?
+            {
+                Some(ids) => referenced.extend(ids),
+                None => report.unreadable_backups.push(invalid.id.clone()),
+            }
+        }
+        report.invalid_backups = list.invalid;
         let garbage = select_garbage(&chunks, &referenced, now, grace);
-        report.backups = manifests.len() as u64;
+        report.backups = list.backups.len() as u64;
         report.chunks_total = chunks.len() as u64;
         report.chunks_referenced =
             chunks.iter().filter(|c| referenced.contains(&c.id)).count() as u64;
         report.chunks_recent =
             report.chunks_total - report.chunks_referenced - garbage.len() as u64;
-        if !report.ingests_running.is_empty() {
+        if !report.ingests_running.is_empty() || !report.unreadable_backups.is_empty() {
             return Ok(report);
         }
         report.chunks_deleted = garbage.len() as u64;
@@ -143,6 +159,33 @@ impl Repository {
     }
 }
 
+/// Every chunk id an invalid manifest still names, read leniently (any `chunks` list of
+/// strings anywhere): its chunks may be all that is left of that backup. `None` when it is not
+/// even zstd-compressed JSON.
+fn scavenge_references(compressed: &[u8]) -> Option<HashSet<ChunkId>> {
+    let json = decompress_bounded(compressed).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    let mut ids = HashSet::new();
+    let mut stack = vec![&value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(chunks)) = map.get("chunks") {
+                    ids.extend(
+                        chunks
+                            .iter()
+                            .filter_map(|c| c.as_str()?.parse::<ChunkId>().ok()),
+                    );
+                }
+                stack.extend(map.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    Some(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +198,17 @@ mod tests {
             size: 100,
             modified,
         }
+    }
+
+    #[test]
+    fn invalid_manifests_keep_the_chunks_they_name() {
+        let id = ChunkId([7; 32]);
+        let json = format!(
+            r#"{{"format_version":1,"chunk_size":0,"entries":[{{"path":"../x","type":"file","chunks":["{id}",null,"zz"]}}]}}"#
+        );
+        let compressed = zstd::bulk::compress(json.as_bytes(), 3).unwrap();
+        assert_eq!(scavenge_references(&compressed), Some(HashSet::from([id])));
+        assert_eq!(scavenge_references(b"not zstd"), None);
     }
 
     #[test]

@@ -6,9 +6,8 @@
 //! time, skipping those the repository already has. The manifest is written last, only when every
 //! chunk is stored: an interrupted ingest leaves orphan chunks for `gc`, never a half backup.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path as FsPath, PathBuf};
@@ -26,7 +25,7 @@ use time::macros::format_description;
 use tokio::sync::mpsc;
 
 use crate::error::RepoError;
-use crate::manifest::{BackupManifest, ChunkId, Entry, EntryKind, FORMAT_VERSION};
+use crate::manifest::{BackupManifest, ChunkId, Entry, EntryKind, EntryPath, FORMAT_VERSION};
 use crate::pgmeta::{Captured, check_cold_copy, format_lsn, parse_pg_control};
 use crate::repo::{Repository, chunk_path};
 
@@ -54,6 +53,8 @@ pub struct Progress {
     pub chunks_deduped: AtomicU64,
     /// All-zero chunks, which are not stored.
     pub chunks_zero: AtomicU64,
+    /// Stored chunks found damaged (or gone) when reused, and written again.
+    pub chunks_replaced: AtomicU64,
 }
 
 /// A point-in-time copy of [`Progress`].
@@ -64,6 +65,7 @@ pub struct ProgressSnapshot {
     pub chunks_new: u64,
     pub chunks_deduped: u64,
     pub chunks_zero: u64,
+    pub chunks_replaced: u64,
 }
 
 impl Progress {
@@ -74,6 +76,7 @@ impl Progress {
             chunks_new: self.chunks_new.load(Ordering::Relaxed),
             chunks_deduped: self.chunks_deduped.load(Ordering::Relaxed),
             chunks_zero: self.chunks_zero.load(Ordering::Relaxed),
+            chunks_replaced: self.chunks_replaced.load(Ordering::Relaxed),
         }
     }
 
@@ -83,7 +86,7 @@ impl Progress {
 }
 
 /// A chunk to store: its plain bytes and their hash.
-struct PendingChunk {
+pub(crate) struct PendingChunk {
     id: ChunkId,
     data: Vec<u8>,
 }
@@ -197,8 +200,31 @@ impl Walker {
         size: u64,
         a: Attrs,
     ) -> Result<(), RepoError> {
-        if self.entries.contains_key(&path) {
+        let path = EntryPath::new(path).map_err(|e| RepoError::unsupported(e.path, e.reason))?;
+        if self.entries.contains_key(path.as_str()) {
             return Err(RepoError::unsupported(path, "appears twice in the source"));
+        }
+        // Nothing may lie below a symlink or a file: a restore would write through the symlink.
+        for ancestor in path.ancestors() {
+            if let Some(e) = self.entries.get(ancestor)
+                && !matches!(e.kind, EntryKind::Dir)
+            {
+                return Err(RepoError::unsupported(
+                    path.as_str(),
+                    format!("{ancestor} is not a directory in the source"),
+                ));
+            }
+        }
+        if !matches!(kind, EntryKind::Dir) {
+            let below = format!("{path}/");
+            if let Some((child, _)) = self.entries.range(below.clone()..).next()
+                && child.starts_with(&below)
+            {
+                return Err(RepoError::unsupported(
+                    child.as_str(),
+                    format!("{path} is not a directory in the source"),
+                ));
+            }
         }
         let entry = Entry {
             path: path.clone(),
@@ -209,7 +235,7 @@ impl Walker {
             size,
             mtime: a.mtime,
         };
-        self.entries.insert(path, entry);
+        self.entries.insert(path.into(), entry);
         Ok(())
     }
 
@@ -306,8 +332,9 @@ impl Walker {
             .filter(|parent| !self.entries.contains_key(parent))
             .collect();
         for parent in missing {
-            self.entries.entry(parent.clone()).or_insert(Entry {
-                path: parent,
+            let path = EntryPath::new(parent.clone()).expect("the parent of a valid path is valid");
+            self.entries.entry(parent).or_insert(Entry {
+                path,
                 kind: EntryKind::Dir,
                 mode: root.mode,
                 uid: root.uid,
@@ -513,18 +540,15 @@ fn find_pg_basebackup(bindir: Option<&FsPath>) -> Result<PathBuf, RepoError> {
         })
 }
 
-/// Sortable and unique enough: UTC time to the second plus 16 random bits.
+/// UTC time to the second, then 64 random bits: sortable by time, and two ingests never pick the
+/// same id (writing a manifest never replaces one either).
 fn new_backup_id(now: OffsetDateTime) -> String {
     let stamp = now
         .format(format_description!(
             "[year][month][day]T[hour][minute][second]Z"
         ))
         .expect("UTC time formats");
-    // RandomState is seeded from the OS's randomness: enough to tell apart two backups started
-    // in the same second without a random number crate.
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(now.unix_timestamp_nanos() as u128);
-    format!("{stamp}-{:04x}", h.finish() as u16)
+    format!("{stamp}-{}", crate::random::hex(8))
 }
 
 /// How many chunks may be between the reader and the store at once.
@@ -541,6 +565,115 @@ impl Drop for MarkerGuard {
     }
 }
 
+/// What an ingest (or a repair) reads.
+pub enum Source {
+    /// A tar stream, e.g. the output of `pg_basebackup -Ft -X fetch -D -`.
+    Tar(Box<dyn Read + Send>),
+    /// A plain-format `pg_basebackup` directory or a cleanly shut down data directory.
+    Dir(PathBuf),
+    /// A live server, through `pg_basebackup`.
+    Pg {
+        conninfo: String,
+        checkpoint: Checkpoint,
+        /// Holds `pg_basebackup`; by default it is found on `PATH` or under /usr/lib/postgresql.
+        pg_bindir: Option<PathBuf>,
+    },
+}
+
+type Walk = Box<dyn FnOnce(&mut Walker) -> Result<(), RepoError> + Send>;
+
+impl Source {
+    fn into_walk(self) -> Result<Walk, RepoError> {
+        Ok(match self {
+            Source::Tar(reader) => Box::new(move |w| walk_tar(reader, "tar stream", w)),
+            Source::Dir(dir) => Box::new(move |w| walk_dir(&dir, w)),
+            Source::Pg {
+                conninfo,
+                checkpoint,
+                pg_bindir,
+            } => pg_walk(&conninfo, checkpoint, pg_bindir.as_deref())?,
+        })
+    }
+}
+
+/// Runs `pg_basebackup` against a live server and walks its output. `checkpoint` is
+/// pg_basebackup's `-c`: `fast` starts at once, `spread` waits for a paced checkpoint (up to
+/// `checkpoint_timeout * checkpoint_completion_target`, minutes by default). A password in
+/// `conninfo` goes to `pg_basebackup` through its environment, never its arguments, which
+/// every local user can read.
+fn pg_walk(
+    conninfo: &str,
+    checkpoint: Checkpoint,
+    pg_bindir: Option<&FsPath>,
+) -> Result<Walk, RepoError> {
+    let program = find_pg_basebackup(pg_bindir)?;
+    let spawn_err = |source| RepoError::Spawn {
+        program: program.display().to_string(),
+        source,
+    };
+    let (conninfo, password) = crate::conninfo::take_password(conninfo)
+        .map_err(|reason| RepoError::unsupported("--from-pg", reason))?;
+    let mut command = Command::new(&program);
+    command
+        .args([
+            "-Ft",
+            "-X",
+            "fetch",
+            "-D",
+            "-",
+            "-c",
+            checkpoint.as_arg(),
+            "-d",
+            &conninfo,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    let mut child = command.spawn().map_err(spawn_err)?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text.trim().to_string()
+    });
+    Ok(Box::new(move |w| {
+        let walked = walk_tar(stdout, "pg_basebackup output", w);
+        // A broken stream is most likely pg_basebackup failing: its message is the useful
+        // one. Any other error is ours, and pg_basebackup has to stop.
+        if matches!(walked, Err(ref e) if !matches!(e, RepoError::Io { .. })) {
+            let _ = child.kill();
+        }
+        let status = child.wait();
+        let stderr = stderr_reader.join().unwrap_or_default();
+        match status {
+            Ok(s) if s.success() => walked,
+            Ok(s) if walked.is_ok() || matches!(walked, Err(RepoError::Io { .. })) => {
+                Err(RepoError::PgBasebackup {
+                    status: s.to_string(),
+                    stderr,
+                })
+            }
+            Ok(_) => walked,
+            Err(e) => Err(RepoError::io("pg_basebackup", e)),
+        }
+    }))
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RepairReport {
+    /// Damaged or missing chunks found before the repair.
+    pub damaged: u64,
+    /// Those the source had, written again.
+    pub replaced: Vec<ChunkId>,
+    /// Those still damaged afterwards: the source did not have them.
+    pub still_damaged: Vec<ChunkId>,
+}
+
 impl Repository {
     /// Ingests a tar stream, e.g. the output of `pg_basebackup -Ft -X fetch -D -`.
     pub async fn ingest_tar<R: Read + Send + 'static>(
@@ -548,8 +681,7 @@ impl Repository {
         reader: R,
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
-        self.ingest_with(move |w| walk_tar(reader, "tar stream", w), progress)
-            .await
+        self.ingest(Source::Tar(Box::new(reader)), progress).await
     }
 
     /// Ingests a plain-format `pg_basebackup` directory or a cleanly shut down data directory.
@@ -558,14 +690,10 @@ impl Repository {
         dir: &FsPath,
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
-        let dir = dir.to_path_buf();
-        self.ingest_with(move |w| walk_dir(&dir, w), progress).await
+        self.ingest(Source::Dir(dir.to_path_buf()), progress).await
     }
 
-    /// Runs `pg_basebackup` against a live server and ingests its output. `checkpoint` is
-    /// pg_basebackup's `-c`: `fast` starts at once, `spread` waits for a paced checkpoint (up to
-    /// `checkpoint_timeout * checkpoint_completion_target`, minutes by default). `pg_bindir`
-    /// holds `pg_basebackup`; by default it is found on `PATH` or under /usr/lib/postgresql.
+    /// Runs `pg_basebackup` against a live server and ingests its output (see [`Source::Pg`]).
     pub async fn ingest_pg(
         &self,
         conninfo: &str,
@@ -573,70 +701,21 @@ impl Repository {
         pg_bindir: Option<&FsPath>,
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
-        let program = find_pg_basebackup(pg_bindir)?;
-        let spawn_err = |source| RepoError::Spawn {
-            program: program.display().to_string(),
-            source,
+        let source = Source::Pg {
+            conninfo: conninfo.to_owned(),
+            checkpoint,
+            pg_bindir: pg_bindir.map(FsPath::to_path_buf),
         };
-        let mut child = Command::new(&program)
-            .args([
-                "-Ft",
-                "-X",
-                "fetch",
-                "-D",
-                "-",
-                "-c",
-                checkpoint.as_arg(),
-                "-d",
-                conninfo,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let stderr_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text.trim().to_string()
-        });
-        self.ingest_with(
-            move |w| {
-                let walked = walk_tar(stdout, "pg_basebackup output", w);
-                // A broken stream is most likely pg_basebackup failing: its message is the useful
-                // one. Any other error is ours, and pg_basebackup has to stop.
-                if matches!(walked, Err(ref e) if !matches!(e, RepoError::Io { .. })) {
-                    let _ = child.kill();
-                }
-                let status = child.wait();
-                let stderr = stderr_reader.join().unwrap_or_default();
-                match status {
-                    Ok(s) if s.success() => walked,
-                    Ok(s) if walked.is_ok() || matches!(walked, Err(RepoError::Io { .. })) => {
-                        Err(RepoError::PgBasebackup {
-                            status: s.to_string(),
-                            stderr,
-                        })
-                    }
-                    Ok(_) => walked,
-                    Err(e) => Err(RepoError::io("pg_basebackup", e)),
-                }
-            },
-            progress,
-        )
-        .await
+        self.ingest(source, progress).await
     }
 
-    async fn ingest_with<F>(
+    /// Makes a new backup of `source`.
+    pub async fn ingest(
         &self,
-        walk: F,
+        source: Source,
         progress: Arc<Progress>,
-    ) -> Result<BackupManifest, RepoError>
-    where
-        F: FnOnce(&mut Walker) -> Result<(), RepoError> + Send + 'static,
-    {
+    ) -> Result<BackupManifest, RepoError> {
+        let walk = source.into_walk()?;
         let created = OffsetDateTime::now_utc();
         let id = new_backup_id(created);
         let marker = Path::from(format!("{MARKERS_DIR}/{id}"));
@@ -661,15 +740,64 @@ impl Repository {
         result
     }
 
-    async fn ingest_run<F>(
+    /// Replaces the repository's damaged and missing chunks with the ones `source` has (the
+    /// same data, e.g. a newer backup of the same cluster, or the copy the backup was made
+    /// from). Writes no backup; chunks nobody lacks are not written.
+    pub async fn repair(
         &self,
-        id: &str,
-        created: OffsetDateTime,
-        walk: F,
+        source: Source,
         progress: Arc<Progress>,
-    ) -> Result<BackupManifest, RepoError>
+    ) -> Result<RepairReport, RepoError> {
+        let walk = source.into_walk()?;
+        let found = self
+            .verify_repository(Arc::new(Progress::default()))
+            .await?;
+        let wanted: HashMap<ChunkId, usize> =
+            found.damaged.iter().map(|d| (d.chunk, d.len)).collect();
+        let mut report = RepairReport {
+            damaged: wanted.len() as u64,
+            ..Default::default()
+        };
+        if wanted.is_empty() {
+            return Ok(report);
+        }
+        let replaced = std::sync::Mutex::new(Vec::new());
+        self.walk_source(walk, progress.clone(), |c| {
+            let wanted = wanted.contains_key(&c.id);
+            let replaced = &replaced;
+            let progress = &progress;
+            async move {
+                if wanted {
+                    let id = c.id;
+                    self.put_chunk(c, progress).await?;
+                    replaced.lock().expect("replaced list").push(id);
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        report.replaced = replaced.into_inner().expect("replaced list");
+        report.replaced.sort();
+        for (id, len) in &wanted {
+            if !matches!(self.check_stored(id, *len).await?, Stored::Sound) {
+                report.still_damaged.push(*id);
+            }
+        }
+        report.still_damaged.sort();
+        Ok(report)
+    }
+
+    /// Walks `walk` on a blocking thread and hands each distinct non-zero chunk to `sink`, a
+    /// bounded number at a time.
+    async fn walk_source<S, Fut>(
+        &self,
+        walk: Walk,
+        progress: Arc<Progress>,
+        sink: S,
+    ) -> Result<Walked, RepoError>
     where
-        F: FnOnce(&mut Walker) -> Result<(), RepoError> + Send + 'static,
+        S: FnMut(PendingChunk) -> Fut,
+        Fut: Future<Output = Result<(), RepoError>>,
     {
         let chunk_size = self.config().chunk_size;
         let n = in_flight(chunk_size);
@@ -678,7 +806,7 @@ impl Repository {
             url: self.url().to_string(),
             buf: vec![0; chunk_size as usize],
             tx,
-            progress: progress.clone(),
+            progress,
             seen: HashSet::new(),
             entries: BTreeMap::new(),
             root: None,
@@ -689,17 +817,30 @@ impl Repository {
             walk(&mut walker)?;
             Ok::<_, RepoError>(walker.finish())
         });
-        // Ends when the reader drops its sender (done or failed); on an upload error, dropping
+        // Ends when the reader drops its sender (done or failed); on a sink error, dropping
         // the receiver stops the reader at its next chunk.
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .map(|c| self.store_chunk(c, &progress))
+            .map(sink)
             .buffer_unordered(n)
             .try_collect::<()>()
             .await?;
-        let walked = match reader.await {
-            Ok(r) => r?,
+        match reader.await {
+            Ok(r) => r,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
+        }
+    }
+
+    async fn ingest_run(
+        &self,
+        id: &str,
+        created: OffsetDateTime,
+        walk: Walk,
+        progress: Arc<Progress>,
+    ) -> Result<BackupManifest, RepoError> {
+        let chunk_size = self.config().chunk_size;
+        let walked = self
+            .walk_source(walk, progress.clone(), |c| self.store_chunk(c, &progress))
+            .await?;
         let meta = walked.captured.derive()?;
         let manifest = BackupManifest {
             format_version: FORMAT_VERSION,
@@ -717,6 +858,10 @@ impl Repository {
             root_gid: walked.root.gid,
             entries: walked.entries,
         };
+        // Never write what a reader would refuse.
+        manifest
+            .validate(chunk_size)
+            .map_err(|e| RepoError::unsupported(e.field, e.reason))?;
         self.write_manifest(&manifest).await?;
         Ok(manifest)
     }
@@ -729,20 +874,48 @@ impl Repository {
             .map_err(|e| self.store_err(path, e))
     }
 
+    /// Stores a chunk of this ingest. One already stored is reused only once it reads back as
+    /// these very bytes: dedup must never make a new backup depend on a damaged object, and a
+    /// damaged one is replaced on the way.
     async fn store_chunk(&self, c: PendingChunk, progress: &Progress) -> Result<(), RepoError> {
-        let path = chunk_path(&c.id);
-        match self.store().head(&path).await {
-            Ok(_) => {
+        match self.check_stored(&c.id, c.data.len()).await? {
+            Stored::Sound => {
                 Progress::add(&progress.chunks_deduped, 1);
                 return Ok(());
             }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(self.store_err(&path, e)),
+            Stored::Damaged(reason) => {
+                tracing::warn!(chunk = %c.id, url = %self.url(), %reason, "a stored chunk is damaged; writing it again");
+                Progress::add(&progress.chunks_replaced, 1);
+            }
+            Stored::Absent => {}
         }
+        self.put_chunk(c, progress).await
+    }
+
+    /// What the repository holds under a chunk's name.
+    pub(crate) async fn check_stored(&self, id: &ChunkId, len: usize) -> Result<Stored, RepoError> {
+        match self.fetch_chunk(id).await {
+            Ok(stored) => match self.decode_chunk(id, stored, len).await {
+                Ok(_) => Ok(Stored::Sound),
+                Err(RepoError::CorruptChunk { reason, .. }) => Ok(Stored::Damaged(reason)),
+                Err(e) => Err(e),
+            },
+            Err(RepoError::MissingChunk { .. }) => Ok(Stored::Absent),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Compresses and writes a chunk, replacing whatever object has its name.
+    pub(crate) async fn put_chunk(
+        &self,
+        c: PendingChunk,
+        progress: &Progress,
+    ) -> Result<(), RepoError> {
+        let path = chunk_path(&c.id);
         let compressed =
             tokio::task::spawn_blocking(move || zstd::bulk::compress(&c.data, ZSTD_LEVEL))
                 .await
-                .expect("compression does not panic")
+                .map_err(|e| RepoError::io(path.to_string(), io::Error::other(e)))?
                 .map_err(|e| RepoError::io(path.to_string(), e))?;
         let len = compressed.len() as u64;
         self.store()
@@ -753,6 +926,13 @@ impl Repository {
         Progress::add(&progress.bytes_uploaded, len);
         Ok(())
     }
+}
+
+/// A stored chunk object, as read back.
+pub(crate) enum Stored {
+    Sound,
+    Damaged(String),
+    Absent,
 }
 
 #[cfg(test)]
@@ -880,8 +1060,9 @@ mod tests {
         let t = time::macros::datetime!(2026-11-25 06:35:12 UTC);
         let id = new_backup_id(t);
         assert!(id.starts_with("20261125T063512Z-"), "{id}");
-        assert_eq!(id.len(), "20261125T063512Z-3fa2".len());
+        assert_eq!(id.len(), "20261125T063512Z-".len() + 16);
         assert!(new_backup_id(t + Duration::from_secs(1)) > id);
+        assert_ne!(new_backup_id(t), id, "same second, another id");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `chunks/<aa>/<blake3>` (zstd chunks named by the hash of their plain bytes) and
 //! `ingests/<id>` (markers of ingests in progress).
 
+mod conninfo;
 pub mod error;
 mod gc;
 mod ingest;
@@ -19,10 +20,13 @@ mod verify;
 
 pub use error::RepoError;
 pub use gc::GcReport;
-pub use ingest::{Checkpoint, Progress, ProgressSnapshot};
-pub use manifest::{BackupManifest, ChunkId, Entry, EntryKind, RepoConfig};
+pub use ingest::{Checkpoint, Progress, ProgressSnapshot, RepairReport, Source};
+pub use manifest::{
+    BackupManifest, ChunkId, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES, ManifestError,
+    RepoConfig,
+};
 pub use pgmeta::{format_lsn, parse_lsn};
-pub use repo::Repository;
+pub use repo::{BackupList, InvalidBackup, Repository};
 pub use restore::RestoreOwner;
 pub use store::{S3Credentials, StoreOptions};
-pub use verify::{DamagedChunk, VerifyReport};
+pub use verify::{ChunkUse, DamagedChunk, DamagedSharedChunk, RepoVerifyReport, VerifyReport};

@@ -1,10 +1,16 @@
 //! The on-repository data model: repository config, backup manifests and chunk ids.
 
+mod path;
+mod validate;
+
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
+
+pub use path::{EntryPath, InvalidPath};
+pub use validate::{MAX_ENTRIES, ManifestError};
 
 /// Version of the repository layout (`ir-repo.json`, manifests, chunk paths).
 pub const FORMAT_VERSION: u32 = 1;
@@ -99,12 +105,21 @@ pub enum EntryKind {
     },
 }
 
+/// Largest decompressed manifest read: about four million chunk references, the manifest of a
+/// 4 TiB database at the default chunk size (256 TiB at 64 MiB chunks). An ingest that would
+/// write a larger one is refused, and a stored one is never decompressed past it.
+pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Whether `id` has the form of a backup id (it names an object: letters, digits and `-` only).
+pub(crate) fn is_backup_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 /// One file, directory or symlink of the data directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// Relative to the data directory, `/`-separated, never empty, no `.` or `..` parts.
-    /// Parents come before their children.
-    pub path: String,
+    /// Relative to the data directory; parents come before their children.
+    pub path: EntryPath,
     #[serde(flatten)]
     pub kind: EntryKind,
     /// Permission bits (`0o7777` part of st_mode).
@@ -149,10 +164,112 @@ impl BackupManifest {
         size.div_ceil(self.chunk_size)
     }
 
-    /// Length of chunk `index` of a file of `size` bytes (the last one may be short).
+    /// Length of chunk `index` of a file of `size` bytes (the last one may be short; 0 past the
+    /// end).
     pub fn chunk_len(&self, size: u64, index: u64) -> usize {
-        (size - index * self.chunk_size).min(self.chunk_size) as usize
+        let start = index.saturating_mul(self.chunk_size);
+        size.saturating_sub(start).min(self.chunk_size) as usize
     }
+}
+
+impl BackupManifest {
+    /// Reads a stored manifest (`backups/<expected_id>.json.zst`): decompressed up to
+    /// [`MAX_MANIFEST_BYTES`], parsed, and validated whole against the repository's chunk size.
+    /// Never panics, whatever the bytes.
+    pub fn decode(
+        compressed: &[u8],
+        expected_id: &str,
+        repo_chunk_size: u64,
+    ) -> Result<BackupManifest, ManifestError> {
+        let json = decompress_bounded(compressed)?;
+        let mut de = serde_json::Deserializer::from_slice(&json);
+        let m: BackupManifest = match serde_path_to_error::deserialize(&mut de) {
+            Ok(m) => m,
+            Err(e) => {
+                // A newer format may have changed the fields: say so rather than which one.
+                #[derive(Deserialize)]
+                struct Version {
+                    format_version: u32,
+                }
+                if let Ok(v) = serde_json::from_slice::<Version>(&json)
+                    && v.format_version != FORMAT_VERSION
+                {
+                    return Err(ManifestError {
+                        field: "format_version".into(),
+                        reason: format!(
+                            "{} is not supported (this build reads {FORMAT_VERSION})",
+                            v.format_version
+                        ),
+                    });
+                }
+                let field = e.path().to_string();
+                return Err(ManifestError {
+                    field: if field == "." {
+                        "manifest".into()
+                    } else {
+                        field
+                    },
+                    reason: e.into_inner().to_string(),
+                });
+            }
+        };
+        m.validate(repo_chunk_size)?;
+        if m.id != expected_id {
+            return Err(ManifestError {
+                field: "id".into(),
+                reason: format!("{:?} differs from the id it is stored under", m.id),
+            });
+        }
+        Ok(m)
+    }
+
+    /// The manifest as stored: zstd-compressed JSON. Refused past [`MAX_MANIFEST_BYTES`], which
+    /// no reader would accept.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, ManifestError> {
+        let json = serde_json::to_vec(self).map_err(|e| ManifestError {
+            field: "manifest".into(),
+            reason: e.to_string(),
+        })?;
+        if json.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(ManifestError {
+                field: "entries".into(),
+                reason: format!(
+                    "the manifest would take {} bytes, more than the {MAX_MANIFEST_BYTES} any \
+                     reader accepts: use a repository with a larger chunk size",
+                    json.len()
+                ),
+            });
+        }
+        zstd::bulk::compress(&json, MANIFEST_ZSTD_LEVEL).map_err(|e| ManifestError {
+            field: "manifest".into(),
+            reason: format!("cannot compress: {e}"),
+        })
+    }
+}
+
+const MANIFEST_ZSTD_LEVEL: i32 = 9;
+
+/// Decompresses a stored manifest, never past [`MAX_MANIFEST_BYTES`] (a few kilobytes of zstd
+/// can claim gigabytes).
+pub(crate) fn decompress_bounded(compressed: &[u8]) -> Result<Vec<u8>, ManifestError> {
+    use std::io::Read;
+    let invalid = |reason: String| ManifestError {
+        field: "manifest".into(),
+        reason,
+    };
+    let decoder = zstd::stream::read::Decoder::with_buffer(compressed)
+        .map_err(|e| invalid(format!("cannot decompress: {e}")))?;
+    let mut json = Vec::new();
+    decoder
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| invalid(format!("cannot decompress: {e}")))?;
+    if json.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(invalid(format!(
+            "decompresses to more than {MAX_MANIFEST_BYTES} bytes"
+        )));
+    }
+    Ok(json)
 }
 
 #[cfg(test)]
@@ -178,7 +295,7 @@ mod tests {
             root_gid: 26,
             entries: vec![
                 Entry {
-                    path: "base".to_string(),
+                    path: EntryPath::new("base").unwrap(),
                     kind: EntryKind::Dir,
                     mode: 0o700,
                     uid: 26,
@@ -187,7 +304,7 @@ mod tests {
                     mtime: 1_700_000_000,
                 },
                 Entry {
-                    path: "base/1".to_string(),
+                    path: EntryPath::new("base/1").unwrap(),
                     kind: EntryKind::File {
                         chunks: vec![Some(id), None, Some(id)],
                     },
@@ -198,7 +315,7 @@ mod tests {
                     mtime: 1_700_000_001,
                 },
                 Entry {
-                    path: "pg_wal".to_string(),
+                    path: EntryPath::new("pg_wal").unwrap(),
                     kind: EntryKind::Symlink {
                         target: "/wal".to_string(),
                     },

@@ -9,10 +9,11 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use time::OffsetDateTime;
 
-use crate::error::RepoError;
-use crate::manifest::{BackupManifest, ChunkId, FORMAT_VERSION, RepoConfig};
+use crate::error::{RepoError, summarize_store_error};
+use crate::manifest::{BackupManifest, ChunkId, FORMAT_VERSION, RepoConfig, is_backup_id};
 use crate::size::validate_chunk_size;
 use crate::store::{OpenedStore, StoreOptions, open_store};
+use serde::Serialize;
 
 pub(crate) const CONFIG_PATH: &str = "ir-repo.json";
 pub(crate) const BACKUPS_DIR: &str = "backups";
@@ -20,6 +21,22 @@ pub(crate) const CHUNKS_DIR: &str = "chunks";
 const MANIFEST_SUFFIX: &str = ".json.zst";
 /// Parallel manifest loads when listing backups.
 const LIST_CONCURRENCY: usize = 8;
+
+/// The backups of a repository, as [`Repository::list_backups`] finds them.
+#[derive(Debug, Clone, Default)]
+pub struct BackupList {
+    /// Valid backups, oldest first.
+    pub backups: Vec<BackupManifest>,
+    /// Backups whose manifest cannot be used, by id.
+    pub invalid: Vec<InvalidBackup>,
+}
+
+/// A stored manifest that failed to read or validate, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvalidBackup {
+    pub id: String,
+    pub reason: String,
+}
 
 /// A backup repository on a local directory or in an S3 bucket. Cheap to clone.
 #[derive(Clone)]
@@ -54,7 +71,7 @@ pub(crate) fn manifest_path(id: &str) -> Path {
 }
 
 fn check_backup_id(id: &str) -> Result<(), RepoError> {
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if !is_backup_id(id) {
         return Err(RepoError::InvalidBackupId { id: id.to_string() });
     }
     Ok(())
@@ -138,11 +155,12 @@ impl Repository {
             Ok(b) => b,
             Err(object_store::Error::NotFound { .. }) => return Err(not_repo()),
             Err(source) => {
+                tracing::debug!(url = %opened.url, error = %source, "reading {CONFIG_PATH}");
                 return Err(RepoError::Store {
                     url: opened.url.clone(),
                     path: CONFIG_PATH.to_string(),
                     transient: is_transient(&source, opened.local),
-                    source,
+                    detail: summarize_store_error(&source),
                 });
             }
         };
@@ -204,7 +222,7 @@ impl Repository {
         &self.inner.store
     }
 
-    /// Ids of all backups, sorted (ids sort by creation time).
+    /// Ids of all stored manifests, sorted.
     pub async fn backup_ids(&self) -> Result<Vec<String>, RepoError> {
         let prefix = Path::from(BACKUPS_DIR);
         let metas: Vec<_> = self
@@ -217,89 +235,140 @@ impl Repository {
         let mut ids: Vec<String> = metas
             .iter()
             .filter_map(|m| m.location.filename()?.strip_suffix(MANIFEST_SUFFIX))
-            .filter(|id| check_backup_id(id).is_ok())
+            .filter(|id| is_backup_id(id))
             .map(str::to_string)
             .collect();
         ids.sort();
         Ok(ids)
     }
 
-    /// All backup manifests, sorted by id.
-    pub async fn list_backups(&self) -> Result<Vec<BackupManifest>, RepoError> {
+    /// Every backup, oldest first, and apart the ones whose manifest is invalid: one bad
+    /// manifest never hides the others. Fails only when the storage does.
+    pub async fn list_backups(&self) -> Result<BackupList, RepoError> {
         let ids = self.backup_ids().await?;
-        let mut manifests: Vec<BackupManifest> = futures::stream::iter(ids)
-            .map(|id| async move { self.load_manifest(&id).await })
+        let loaded: Vec<(String, Result<BackupManifest, RepoError>)> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let m = self.load_manifest(&id).await;
+                (id, m)
+            })
             .buffer_unordered(LIST_CONCURRENCY)
-            .try_collect()
-            .await?;
-        manifests.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(manifests)
+            .collect()
+            .await;
+        let mut list = BackupList::default();
+        for (id, result) in loaded {
+            match result {
+                Ok(m) => list.backups.push(m),
+                Err(RepoError::InvalidManifest { reason, .. }) => {
+                    list.invalid.push(InvalidBackup { id, reason })
+                }
+                // Gone between the listing and the read: not a backup any more.
+                Err(RepoError::BackupNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        list.backups
+            .sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        list.invalid.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(list)
     }
 
-    /// Turns `latest` into the newest backup id; any other id is checked for its form only:
-    /// every caller loads the manifest next, which says whether it exists (one request, not two).
+    /// Turns `latest` into the id of the newest valid backup (by the manifests' creation time);
+    /// any other id is checked for its form only: every caller loads the manifest next, which
+    /// says whether it exists (one request, not two).
     pub async fn resolve_backup(&self, id_or_latest: &str) -> Result<String, RepoError> {
         if id_or_latest == "latest" {
-            return self
-                .backup_ids()
-                .await?
-                .pop()
+            let list = self.list_backups().await?;
+            return list
+                .backups
+                .last()
+                .map(|m| m.id.clone())
                 .ok_or_else(|| RepoError::NoBackups {
                     url: self.inner.url.clone(),
+                    invalid: list.invalid.len(),
                 });
         }
         check_backup_id(id_or_latest)?;
         Ok(id_or_latest.to_string())
     }
 
-    pub async fn load_manifest(&self, id: &str) -> Result<BackupManifest, RepoError> {
+    /// The stored bytes of a manifest.
+    pub(crate) async fn manifest_object(&self, id: &str) -> Result<Bytes, RepoError> {
         check_backup_id(id)?;
         let path = manifest_path(id);
         let body = match self.inner.store.get(&path).await {
             Ok(r) => r.bytes().await,
             Err(e) => Err(e),
         };
-        let body = match body {
-            Ok(b) => b,
-            Err(object_store::Error::NotFound { .. }) => return Err(self.not_found(id)),
-            Err(e) => return Err(self.store_err(&path, e)),
-        };
+        match body {
+            Ok(b) => Ok(b),
+            Err(object_store::Error::NotFound { .. }) => Err(self.not_found(id)),
+            Err(e) => Err(self.store_err(&path, e)),
+        }
+    }
+
+    /// Reads and validates backup `id`'s manifest (see [`BackupManifest::decode`]).
+    pub async fn load_manifest(&self, id: &str) -> Result<BackupManifest, RepoError> {
+        let body = self.manifest_object(id).await?;
         let url = self.inner.url.clone();
+        let chunk_size = self.inner.config.chunk_size;
+        let id = id.to_string();
         tokio::task::spawn_blocking(move || {
-            let invalid = |reason: String| RepoError::InvalidObject {
-                url: url.clone(),
-                path: path.to_string(),
-                reason,
-            };
-            let json = zstd::stream::decode_all(&body[..]).map_err(|e| invalid(e.to_string()))?;
-            let m: BackupManifest =
-                serde_json::from_slice(&json).map_err(|e| invalid(e.to_string()))?;
-            if m.format_version != FORMAT_VERSION {
-                return Err(invalid(format!(
-                    "format version {} is not supported",
-                    m.format_version
-                )));
-            }
-            Ok(m)
+            BackupManifest::decode(&body, &id, chunk_size).map_err(|e| RepoError::InvalidManifest {
+                id,
+                url,
+                reason: e.to_string(),
+            })
         })
         .await
-        .expect("manifest decoding does not panic")
+        .map_err(|e| RepoError::io("manifest decoding", std::io::Error::other(e)))?
     }
 
     /// Writing the manifest is what makes a backup exist, so it is the last step of an ingest.
+    /// It never replaces another backup's manifest.
     pub(crate) async fn write_manifest(&self, m: &BackupManifest) -> Result<(), RepoError> {
         let path = manifest_path(&m.id);
-        let json = serde_json::to_vec(m).expect("manifest serialises");
-        let body = tokio::task::spawn_blocking(move || zstd::bulk::compress(&json, 9))
+        let manifest = m.clone();
+        let body = tokio::task::spawn_blocking(move || manifest.encode())
             .await
-            .expect("compression does not panic")
-            .map_err(|e| RepoError::io(path.to_string(), e))?;
-        self.inner
+            .map_err(|e| RepoError::io(path.to_string(), std::io::Error::other(e)))?
+            .map_err(|e| RepoError::InvalidManifest {
+                id: m.id.clone(),
+                url: self.inner.url.clone(),
+                reason: e.to_string(),
+            })?;
+        let exists = || RepoError::BackupExists {
+            id: m.id.clone(),
+            url: self.inner.url.clone(),
+        };
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .inner
             .store
-            .put(&path, PutPayload::from(body))
+            .put_opts(&path, PutPayload::from(body.clone()), create)
             .await
-            .map_err(|e| self.store_err(&path, e))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Err(exists()),
+            // Stores without conditional writes: a look first is the best there is.
+            Err(object_store::Error::NotImplemented { .. }) => {
+                match self.inner.store.head(&path).await {
+                    Ok(_) => return Err(exists()),
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.store_err(&path, e)),
+                }
+                self.inner
+                    .store
+                    .put(&path, PutPayload::from(body))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.store_err(&path, e))
+            }
+            Err(e) => Err(self.store_err(&path, e)),
+        }
     }
 
     /// Fetches, decompresses and checks one chunk (see the crate docs for the retry policy).
@@ -331,7 +400,7 @@ impl Repository {
         }
     }
 
-    async fn fetch_chunk(&self, id: &ChunkId) -> Result<Bytes, RepoError> {
+    pub(crate) async fn fetch_chunk(&self, id: &ChunkId) -> Result<Bytes, RepoError> {
         let path = chunk_path(id);
         let res = match self.inner.store.get(&path).await {
             Ok(r) => r.bytes().await,
@@ -347,7 +416,7 @@ impl Repository {
         }
     }
 
-    async fn decode_chunk(
+    pub(crate) async fn decode_chunk(
         &self,
         id: &ChunkId,
         compressed: Bytes,
@@ -375,15 +444,16 @@ impl Repository {
             Ok(Bytes::from(plain))
         })
         .await
-        .expect("chunk decoding does not panic")
+        .map_err(|e| RepoError::io("chunk decoding", std::io::Error::other(e)))?
     }
 
     pub(crate) fn store_err(&self, path: &Path, source: object_store::Error) -> RepoError {
+        tracing::debug!(url = %self.inner.url, %path, error = %source, "storage error");
         RepoError::Store {
             url: self.inner.url.clone(),
             path: path.to_string(),
             transient: is_transient(&source, self.inner.local),
-            source,
+            detail: summarize_store_error(&source),
         }
     }
 
@@ -443,7 +513,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(opened.config(), repo.config());
-        assert!(repo.list_backups().await.unwrap().is_empty());
+        assert!(repo.list_backups().await.unwrap().backups.is_empty());
         let latest = repo.resolve_backup("latest").await;
         assert!(
             matches!(latest, Err(RepoError::NoBackups { .. })),
@@ -470,6 +540,63 @@ mod tests {
             matches!(err, Err(RepoError::NotARepository { .. })),
             "{err:?}"
         );
+    }
+
+    fn empty_backup(id: &str, created: OffsetDateTime) -> BackupManifest {
+        BackupManifest {
+            format_version: FORMAT_VERSION,
+            id: id.into(),
+            created,
+            pg_version: "15".into(),
+            system_identifier: "1".into(),
+            start_lsn: "0/1".into(),
+            stop_lsn: None,
+            timeline: 1,
+            total_size: 0,
+            chunk_size: 64 * 1024,
+            root_mode: 0o700,
+            root_uid: 26,
+            root_gid: 26,
+            entries: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manifest_never_replaces_another_and_latest_is_the_newest() {
+        let (_dir, repo) = temp_repo().await;
+        let t = time::macros::datetime!(2026-11-25 06:35:12 UTC);
+        let older = empty_backup("20261125T063512Z-ffff", t);
+        repo.write_manifest(&older).await.unwrap();
+        let again = repo.write_manifest(&empty_backup(&older.id, t)).await;
+        assert!(
+            matches!(again, Err(RepoError::BackupExists { .. })),
+            "{again:?}"
+        );
+        // The newest by time, not by text: an id that sorts first but was made later.
+        let newer = empty_backup("00000000T000000Z-0000", t + Duration::from_secs(1));
+        repo.write_manifest(&newer).await.unwrap();
+        assert_eq!(repo.resolve_backup("latest").await.unwrap(), newer.id);
+        let ids: Vec<String> = repo
+            .list_backups()
+            .await
+            .unwrap()
+            .backups
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, [older.id, newer.id]);
+    }
+
+    #[tokio::test]
+    async fn repositories_have_distinct_identities() {
+        let (_a, one) = temp_repo().await;
+        let (_b, two) = temp_repo().await;
+        assert_ne!(one.identity(), two.identity());
+        assert_eq!(one.identity().len(), 32);
+        let reopened = Repository::open(one.url(), &StoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(reopened.identity(), one.identity());
     }
 
     #[tokio::test]

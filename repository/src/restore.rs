@@ -1,22 +1,33 @@
 //! Full restore of a backup to a local directory: the classic way to recover, and the baseline
 //! instant recovery is measured against.
+//!
+//! A restore runs as root on whatever the repository holds, so it never resolves a path it did
+//! not make itself: the target is opened once (refused if it is a symlink), and every entry is
+//! created relative to its opened parent directory with `O_NOFOLLOW`/`O_EXCL`, attributes are
+//! set through the entries' own descriptors. Even a manifest that slipped past validation (an
+//! entry below a symlink, say) fails there instead of writing anywhere else.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 
 use crate::error::RepoError;
 use crate::ingest::Progress;
-use crate::manifest::{BackupManifest, EntryKind};
+use crate::manifest::{BackupManifest, ChunkId, EntryKind};
 use crate::repo::Repository;
 
 /// Chunk downloads in flight during a restore.
 const RESTORE_CONCURRENCY: usize = 16;
+/// Set-user-ID and set-group-ID bits are never restored on files: a data directory has no use
+/// for them, and a hostile backup must not plant a set-uid file for whoever owns it.
+const FILE_MODE_MASK: u32 = 0o1777;
 
 /// Owner override for restored files (the user PostgreSQL will run as).
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,9 +36,18 @@ pub struct RestoreOwner {
     pub gid: Option<u32>,
 }
 
+/// A chunk to download and where it goes.
+struct Work {
+    file: Arc<File>,
+    path: String,
+    offset: u64,
+    chunk: ChunkId,
+    len: usize,
+}
+
 impl Repository {
-    /// Writes every file of backup `id` under `target`, which must be empty or absent. Zero
-    /// chunks stay holes. Returns the manifest restored.
+    /// Writes every file of backup `id` under `target`, which must be an empty directory (not a
+    /// symlink to one) or absent. Zero chunks stay holes. Returns the manifest restored.
     pub async fn restore(
         &self,
         id: &str,
@@ -36,49 +56,72 @@ impl Repository {
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
         let manifest = self.load_manifest(id).await?;
-        let io = |path: &Path, e| RepoError::io(path.display().to_string(), e);
-        if target.exists()
-            && fs::read_dir(target)
-                .map_err(|e| io(target, e))?
-                .next()
-                .is_some()
-        {
-            return Err(RepoError::unsupported(
-                target.display().to_string(),
-                "the restore target is not empty",
-            ));
-        }
-        fs::create_dir_all(target).map_err(|e| io(target, e))?;
+        self.restore_manifest(&manifest, target, owner, progress)
+            .await?;
+        Ok(manifest)
+    }
 
-        let cs = manifest.chunk_size;
-        let mut work: Vec<(Arc<File>, PathBuf, u64, crate::ChunkId, usize)> = Vec::new();
-        // Kept open for the attributes and the final fsync.
+    pub(crate) async fn restore_manifest(
+        &self,
+        manifest: &BackupManifest,
+        target: &Path,
+        owner: RestoreOwner,
+        progress: Arc<Progress>,
+    ) -> Result<(), RepoError> {
+        let shown = target.display().to_string();
+        let io = |what: &str, e: std::io::Error| RepoError::io(format!("{shown}/{what}"), e);
+        let root = open_target(target)?;
+
+        // Directories by entry path, kept open: every child is made relative to one of them.
+        let mut dirs: HashMap<&str, OwnedFd> = HashMap::new();
+        // Files kept open for their attributes and the final fsync.
         let mut files: Vec<Option<Arc<File>>> = vec![None; manifest.entries.len()];
+        let mut work = Vec::new();
         for (index, e) in manifest.entries.iter().enumerate() {
-            let path = target.join(&e.path);
+            let parent = match e.path.parent() {
+                None => &root,
+                Some(p) => dirs.get(p).ok_or_else(|| {
+                    RepoError::unsupported(
+                        format!("{shown}/{}", e.path),
+                        "its directory is not a directory of the backup",
+                    )
+                })?,
+            };
+            let name = e.path.name();
             match &e.kind {
-                EntryKind::Dir => fs::create_dir_all(&path).map_err(|err| io(&path, err))?,
-                EntryKind::Symlink { target: t } => {
-                    std::os::unix::fs::symlink(t, &path).map_err(|err| io(&path, err))?
+                EntryKind::Dir => {
+                    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
+                        .map_err(|err| io(&e.path, err.into()))?;
+                    let fd = open_beneath(parent, name, OFlags::DIRECTORY | OFlags::RDONLY)
+                        .map_err(|err| io(&e.path, err))?;
+                    dirs.insert(&e.path, fd);
                 }
+                EntryKind::Symlink { target: t } => rustix::fs::symlinkat(t.as_str(), parent, name)
+                    .map_err(|err| io(&e.path, err.into()))?,
                 EntryKind::File { chunks } => {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                        .map_err(|err| io(&path, err))?;
-                    f.set_len(e.size).map_err(|err| io(&path, err))?;
-                    let f = Arc::new(f);
+                    let fd = rustix::fs::openat(
+                        parent,
+                        name,
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                    .map_err(|err| io(&e.path, err.into()))?;
+                    let f = Arc::new(File::from(fd));
+                    f.set_len(e.size).map_err(|err| io(&e.path, err))?;
                     files[index] = Some(f.clone());
                     for (i, c) in chunks.iter().enumerate() {
                         if let Some(c) = c {
-                            work.push((
-                                f.clone(),
-                                path.clone(),
-                                i as u64 * cs,
-                                *c,
-                                manifest.chunk_len(e.size, i as u64),
-                            ));
+                            work.push(Work {
+                                file: f.clone(),
+                                path: format!("{shown}/{}", e.path),
+                                offset: i as u64 * manifest.chunk_size,
+                                chunk: *c,
+                                len: manifest.chunk_len(e.size, i as u64),
+                            });
                         }
                     }
                 }
@@ -86,14 +129,17 @@ impl Repository {
         }
 
         futures::stream::iter(work)
-            .map(|(file, path, off, chunk, len)| {
+            .map(|w| {
                 let progress = progress.clone();
                 async move {
-                    let data = self.read_chunk(&chunk, len).await?;
-                    progress.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
+                    let data = self.read_chunk(&w.chunk, w.len).await?;
+                    progress
+                        .bytes_read
+                        .fetch_add(w.len as u64, Ordering::Relaxed);
                     tokio::task::spawn_blocking(move || {
-                        file.write_all_at(&data, off)
-                            .map_err(|e| RepoError::io(path.display().to_string(), e))
+                        w.file
+                            .write_all_at(&data, w.offset)
+                            .map_err(|e| RepoError::io(w.path, e))
                     })
                     .await
                     .map_err(|e| RepoError::io("restore", std::io::Error::other(e)))?
@@ -106,39 +152,290 @@ impl Repository {
         // Attributes last: directories may be read-only, and their mtimes would move. A file's
         // fsync comes after its attributes, so that they are durable too.
         for (e, file) in manifest.entries.iter().zip(files).rev() {
-            let path = target.join(&e.path);
-            let (uid, gid) = (owner.uid.unwrap_or(e.uid), owner.gid.unwrap_or(e.gid));
-            let mode = fs::Permissions::from_mode(e.mode & 0o7777);
-            let mtime = UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
-            match (&e.kind, file) {
+            let uid = owner.uid.unwrap_or(e.uid);
+            let gid = owner.gid.unwrap_or(e.gid);
+            let attrs = match (&e.kind, &file) {
                 (EntryKind::Symlink { .. }, _) => {
-                    std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                        .map_err(|err| io(&path, err))?
+                    let parent = e.path.parent().map_or(&root, |p| &dirs[p]);
+                    rustix::fs::chownat(
+                        parent,
+                        e.path.name(),
+                        Some(Uid::from_raw_unchecked(uid)),
+                        Some(Gid::from_raw_unchecked(gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(std::io::Error::from)
                 }
-                (_, Some(f)) => std::os::unix::fs::fchown(&*f, Some(uid), Some(gid))
-                    .and_then(|()| f.set_permissions(mode))
-                    .and_then(|()| f.set_modified(mtime))
-                    .and_then(|()| f.sync_all())
-                    .map_err(|err| io(&path, err))?,
-                (_, None) => std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                    .and_then(|()| fs::set_permissions(&path, mode))
-                    .and_then(|()| File::open(&path)?.set_modified(mtime))
-                    .map_err(|err| io(&path, err))?,
+                (EntryKind::File { .. }, Some(f)) => {
+                    set_attrs(f.as_fd(), uid, gid, e.mode & FILE_MODE_MASK, e.mtime)
+                        .and_then(|()| f.sync_all())
+                }
+                (EntryKind::Dir, _) => set_attrs(dirs[&*e.path].as_fd(), uid, gid, e.mode, e.mtime),
+                (EntryKind::File { .. }, None) => unreachable!("every file was opened above"),
+            };
+            attrs.map_err(|err| io(&e.path, err))?;
+        }
+        let uid = owner.uid.unwrap_or(manifest.root_uid);
+        let gid = owner.gid.unwrap_or(manifest.root_gid);
+        fchown(root.as_fd(), uid, gid)
+            .and_then(|()| {
+                rustix::fs::fchmod(&root, Mode::from_raw_mode(manifest.root_mode & 0o7777))
+                    .map_err(Into::into)
+            })
+            .and_then(|()| rustix::fs::fsync(&root).map_err(Into::into))
+            .map_err(|e| RepoError::io(shown, e))
+    }
+}
+
+/// Opens (or makes) the restore target: an empty directory, never through a symlink at its path.
+fn open_target(target: &Path) -> Result<OwnedFd, RepoError> {
+    let shown = target.display().to_string();
+    let io = |e: std::io::Error| RepoError::io(shown.clone(), e);
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(RepoError::unsupported(
+                shown,
+                "the restore target is a symbolic link; name the directory itself",
+            ));
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(RepoError::unsupported(
+                shown,
+                "the restore target is not a directory",
+            ));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(io)?;
+            }
+            // The data directory is PostgreSQL's alone; its mode is set from the backup at the end.
+            rustix::fs::mkdir(target, Mode::from_raw_mode(0o700)).map_err(|e| io(e.into()))?;
+        }
+        Err(e) => return Err(io(e)),
+    }
+    let fd = rustix::fs::open(
+        target,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(e.into()))?;
+    let mut entries = rustix::fs::Dir::read_from(&fd).map_err(|e| io(e.into()))?;
+    for entry in &mut entries {
+        let entry = entry.map_err(|e| io(e.into()))?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            return Err(RepoError::unsupported(
+                shown,
+                "the restore target is not empty",
+            ));
+        }
+    }
+    Ok(fd)
+}
+
+/// Opens `name` in `dir` without following a symlink there.
+fn open_beneath(dir: &OwnedFd, name: &str, flags: OFlags) -> std::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(Into::into)
+}
+
+fn fchown(fd: std::os::fd::BorrowedFd<'_>, uid: u32, gid: u32) -> std::io::Result<()> {
+    rustix::fs::fchown(
+        fd,
+        Some(Uid::from_raw_unchecked(uid)),
+        Some(Gid::from_raw_unchecked(gid)),
+    )
+    .map_err(Into::into)
+}
+
+/// Owner, then mode (chown clears set-id bits), then mtime, all through `fd`.
+fn set_attrs(
+    fd: std::os::fd::BorrowedFd<'_>,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: i64,
+) -> std::io::Result<()> {
+    fchown(fd, uid, gid)?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777))?;
+    let at = Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    rustix::fs::futimens(
+        fd,
+        &Timestamps {
+            last_access: at,
+            last_modification: at,
+        },
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Entry, EntryPath, FORMAT_VERSION};
+    use crate::store::StoreOptions;
+
+    fn entry(path: &str, kind: EntryKind) -> Entry {
+        let size = match &kind {
+            EntryKind::Symlink { target } => target.len() as u64,
+            _ => 0,
+        };
+        Entry {
+            path: EntryPath::new(path).unwrap(),
+            kind,
+            mode: 0o6755,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 1_700_000_000,
+        }
+    }
+
+    fn manifest(entries: Vec<Entry>) -> BackupManifest {
+        BackupManifest {
+            format_version: FORMAT_VERSION,
+            id: "20261125T063512Z-3fa2".into(),
+            created: time::OffsetDateTime::UNIX_EPOCH,
+            pg_version: "15".into(),
+            system_identifier: "1".into(),
+            start_lsn: "0/1".into(),
+            stop_lsn: None,
+            timeline: 1,
+            total_size: 0,
+            chunk_size: 64 * 1024,
+            root_mode: 0o700,
+            root_uid: 0,
+            root_gid: 0,
+            entries,
+        }
+    }
+
+    /// Every path below `dir` with its type, mode, owner and content, for before/after
+    /// comparisons.
+    fn snapshot(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let m = fs::symlink_metadata(&p).unwrap();
+                use std::os::unix::fs::MetadataExt;
+                let content = if m.is_file() {
+                    fs::read(&p).unwrap().len().to_string()
+                } else if m.file_type().is_symlink() {
+                    fs::read_link(&p).unwrap().display().to_string()
+                } else {
+                    stack.push(p.clone());
+                    String::new()
+                };
+                out.push(format!(
+                    "{} {:o} {}:{} {content}",
+                    p.display(),
+                    m.mode(),
+                    m.uid(),
+                    m.gid()
+                ));
             }
         }
-        let (uid, gid) = (
-            owner.uid.unwrap_or(manifest.root_uid),
-            owner.gid.unwrap_or(manifest.root_gid),
-        );
-        std::os::unix::fs::chown(target, Some(uid), Some(gid)).map_err(|e| io(target, e))?;
-        fs::set_permissions(
-            target,
-            fs::Permissions::from_mode(manifest.root_mode & 0o7777),
-        )
-        .map_err(|e| io(target, e))?;
-        File::open(target)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io(target, e))?;
-        Ok(manifest)
+        out.sort();
+        out
+    }
+
+    /// Manifests that validation refuses reach the writer anyway here: the writer alone must
+    /// keep everything inside the target.
+    #[tokio::test]
+    async fn a_hostile_manifest_writes_nothing_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("repo").display());
+        let repo = Repository::init(&url, 64 * 1024, &StoreOptions::default())
+            .await
+            .unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("canary"), b"keep").unwrap();
+        let file = || EntryKind::File { chunks: vec![] };
+        let link = |t: &Path| EntryKind::Symlink {
+            target: t.display().to_string(),
+        };
+        let cases = vec![
+            // A symlink to a directory outside, then a file "inside" it.
+            vec![entry("lnk", link(&outside)), entry("lnk/f", file())],
+            // A symlink, then a directory through it.
+            vec![entry("lnk", link(&outside)), entry("lnk/d", EntryKind::Dir)],
+            // A symlink to an outside file, then the same name as a file: O_EXCL|O_NOFOLLOW.
+            vec![
+                entry("lnk", link(&outside.join("canary"))),
+                entry("lnk", file()),
+            ],
+            // A symlink to an outside directory, then the same name as a directory whose mode
+            // and owner would be set through it.
+            vec![entry("lnk", link(&outside)), entry("lnk", EntryKind::Dir)],
+        ];
+        for (i, entries) in cases.into_iter().enumerate() {
+            let before = snapshot(dir.path());
+            let target = dir.path().join(format!("target{i}"));
+            let result = repo
+                .restore_manifest(
+                    &manifest(entries),
+                    &target,
+                    RestoreOwner::default(),
+                    Arc::default(),
+                )
+                .await;
+            assert!(result.is_err(), "case {i} was restored");
+            let after: Vec<String> = snapshot(dir.path())
+                .into_iter()
+                .filter(|p| !p.starts_with(&target.display().to_string()))
+                .collect();
+            assert_eq!(
+                after, before,
+                "case {i} touched something outside its target"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_symlink_target_or_a_full_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = open_target(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        fs::write(real.join("x"), b"").unwrap();
+        let err = open_target(&real).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
+        assert!(open_target(&dir.path().join("new/target")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn set_id_bits_are_dropped_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("repo").display());
+        let repo = Repository::init(&url, 64 * 1024, &StoreOptions::default())
+            .await
+            .unwrap();
+        let target = dir.path().join("t");
+        let m = manifest(vec![
+            entry("d", EntryKind::Dir),
+            entry("d/f", EntryKind::File { chunks: vec![] }),
+        ]);
+        repo.restore_manifest(&m, &target, RestoreOwner::default(), Arc::default())
+            .await
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| fs::metadata(target.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("d/f"), 0o755);
+        assert_eq!(mode("d"), 0o6755);
     }
 }

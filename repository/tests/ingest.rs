@@ -2,111 +2,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{CHUNK, count_files, entry, read_back, temp_repo};
+use common::{
+    CHUNK, cluster_files, control, count_files, entry, label_and_manifest, noise, read_back,
+    tar_of, temp_repo,
+};
 use ir_repository::{ChunkId, EntryKind, Progress, RepoError};
-
-fn control(state: u32, checkpoint: u64, timeline: u32) -> Vec<u8> {
-    let mut b = vec![0u8; 8192];
-    b[0..8].copy_from_slice(&7_311_234_567_890_123_456u64.to_le_bytes());
-    b[16..20].copy_from_slice(&state.to_le_bytes());
-    b[32..40].copy_from_slice(&checkpoint.to_le_bytes());
-    b[48..52].copy_from_slice(&timeline.to_le_bytes());
-    b
-}
-
-/// Pseudo-random bytes that do not compress away.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// A small data directory: path -> content; directories are implied.
-fn cluster_files() -> BTreeMap<&'static str, Vec<u8>> {
-    let mut big = noise(3 * CHUNK as usize + 100, 1);
-    // An all-zero chunk in the middle.
-    big[CHUNK as usize..2 * CHUNK as usize].fill(0);
-    let mut files = BTreeMap::new();
-    files.insert("PG_VERSION", b"15\n".to_vec());
-    files.insert("global/pg_control", control(1, 0x1_0000_0028, 1));
-    files.insert("base/1/1259", big);
-    files.insert("base/1/1249", noise(CHUNK as usize, 2));
-    files.insert("base/1/empty", Vec::new());
-    files.insert("pg_wal/000000010000000000000002", noise(200_000, 3));
-    files.insert("postgresql.conf", b"shared_buffers = 128MB\n".to_vec());
-    files
-}
-
-fn tar_of(files: &BTreeMap<&str, Vec<u8>>, extra: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(0o700);
-    h.set_uid(26);
-    h.set_gid(27);
-    h.set_size(0);
-    b.append_data(&mut h, "./", io::empty()).unwrap();
-    for dir in ["base", "base/1", "global", "pg_wal", "pg_tblspc"] {
-        b.append_data(&mut h, dir, io::empty()).unwrap();
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_mode(0o777);
-    h.set_uid(26);
-    h.set_gid(27);
-    h.set_mtime(0);
-    h.set_size(0);
-    b.append_link(&mut h, "pg_log", "/var/log/postgresql")
-        .unwrap();
-    for (path, data) in files
-        .iter()
-        .map(|(p, d)| (*p, d))
-        .chain(extra.iter().map(|(p, d)| (*p, d)))
-    {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o600);
-        h.set_uid(26);
-        h.set_gid(27);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, &data[..]).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-fn label_and_manifest() -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        (
-            "backup_label",
-            b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
-              CHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 1\n"
-                .to_vec(),
-        ),
-        (
-            "backup_manifest",
-            br#"{"PostgreSQL-Backup-Manifest-Version": 1, "Files": [],
-"WAL-Ranges": [{ "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" }],
-"Manifest-Checksum": "00"}
-"#
-            .to_vec(),
-        ),
-    ]
-}
 
 fn progress() -> Arc<Progress> {
     Arc::new(Progress::default())
@@ -190,12 +95,12 @@ async fn tar_ingest_reads_back_and_dedups() {
         .list_backups()
         .await
         .unwrap()
+        .backups
         .into_iter()
         .map(|b| b.id)
         .collect();
-    let mut sorted = vec![m.id.clone(), m2.id.clone()];
-    sorted.sort();
-    assert_eq!(ids, sorted);
+    assert_eq!(ids, [m.id.clone(), m2.id.clone()], "oldest first");
+    assert_eq!(repo.resolve_backup("latest").await.unwrap(), m2.id);
 }
 
 #[tokio::test]
@@ -233,7 +138,7 @@ async fn dir_ingest_of_a_cold_copy() {
     std::fs::write(data.join("global/pg_control"), control(6, 0x28, 1)).unwrap();
     let err = repo.ingest_dir(&data, progress()).await.unwrap_err();
     assert!(err.to_string().contains("not shut down cleanly"), "{err}");
-    assert_eq!(repo.list_backups().await.unwrap().len(), 1);
+    assert_eq!(repo.list_backups().await.unwrap().backups.len(), 1);
 
     let err = repo
         .ingest_dir(&dir.path().join("missing"), progress())
@@ -309,7 +214,7 @@ async fn unsupported_sources_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("../etc/passwd"), "{err}");
 
-    assert!(repo.list_backups().await.unwrap().is_empty());
+    assert!(repo.list_backups().await.unwrap().backups.is_empty());
 }
 
 /// Yields `data`, then fails.
@@ -342,7 +247,7 @@ async fn interrupted_ingest_leaves_no_backup_and_gc_cleans_up() {
     };
     let err = repo.ingest_tar(half, progress()).await.unwrap_err();
     assert!(err.to_string().contains("source went away"), "{err}");
-    assert!(repo.list_backups().await.unwrap().is_empty());
+    assert!(repo.list_backups().await.unwrap().backups.is_empty());
     let orphans = count_files(&chunks_dir);
     assert!(orphans > 0);
 
@@ -371,7 +276,7 @@ async fn interrupted_ingest_leaves_no_backup_and_gc_cleans_up() {
             .is_err()
     );
     drop(tx);
-    assert!(repo.list_backups().await.unwrap().is_empty());
+    assert!(repo.list_backups().await.unwrap().backups.is_empty());
 
     // The default grace keeps them (and the dropped ingest's marker holds gc back).
     let r = repo.gc(Duration::from_secs(3600), false).await.unwrap();

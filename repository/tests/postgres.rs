@@ -134,5 +134,58 @@ async fn backup_of_a_live_and_a_stopped_cluster() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("pg_basebackup failed"), "{err}");
-    assert_eq!(repo.list_backups().await.unwrap().len(), 2);
+    assert_eq!(repo.list_backups().await.unwrap().backups.len(), 2);
+}
+
+/// A password in `--from-pg`'s connection string reaches `pg_basebackup` through its
+/// environment, never its arguments, which every local user can read in /proc.
+#[tokio::test]
+async fn a_password_never_reaches_pg_basebackup_s_arguments() {
+    require_root();
+    let base = shared_tempdir();
+    let mut server = PgCluster::init(base.path());
+    std::fs::write(
+        server.datadir.join("pg_hba.conf"),
+        "local all all trust\n\
+         host all all 127.0.0.1/32 scram-sha-256\n\
+         host replication all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    server.start(&[]);
+    server.psql("ALTER ROLE postgres PASSWORD 'pw-in-conninfo'");
+    // Test double around the real pg_basebackup: it records its arguments and environment.
+    let wrapper = base.path().join("bin");
+    std::fs::create_dir_all(&wrapper).unwrap();
+    let script = wrapper.join("pg_basebackup");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {dir}/args\nenv > {dir}/env\nexec {real} \"$@\"\n",
+            dir = base.path().display(),
+            real = bindir().join("pg_basebackup").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let repo = temp_repo(base.path()).await;
+    for conninfo in [
+        format!(
+            "host=127.0.0.1 port={} user=postgres password='pw-in-conninfo'",
+            server.port
+        ),
+        format!(
+            "postgresql://postgres:pw-in-conninfo@127.0.0.1:{}/postgres",
+            server.port
+        ),
+    ] {
+        let m = repo
+            .ingest_pg(&conninfo, Checkpoint::Fast, Some(&wrapper), Arc::default())
+            .await
+            .expect("the password got through");
+        assert_eq!(m.pg_version, "15");
+        let args = std::fs::read_to_string(base.path().join("args")).unwrap();
+        assert!(!args.contains("pw-in-conninfo"), "{args}");
+        let env = std::fs::read_to_string(base.path().join("env")).unwrap();
+        assert!(env.contains("PGPASSWORD=pw-in-conninfo"), "{env}");
+    }
 }

@@ -325,7 +325,14 @@ mod tests {
                 "UnsupportedRepositoryFormat",
                 false,
             ),
-            (RepoError::NoBackups { url: url() }, "BackupNotFound", false),
+            (
+                RepoError::NoBackups {
+                    url: url(),
+                    invalid: 0,
+                },
+                "BackupNotFound",
+                false,
+            ),
             (
                 RepoError::InvalidUrl {
                     url: "nope://".into(),

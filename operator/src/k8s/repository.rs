@@ -104,13 +104,17 @@ async fn check(
     let opened = Repository::open(&repo.spec.url, &options)
         .await
         .map_err(crate::local::validate::repo_failure)?;
-    let mut manifests = opened
+    let list = opened
         .list_backups()
         .await
         .map_err(crate::local::validate::repo_failure)?;
-    manifests.sort_by_key(|m| std::cmp::Reverse(m.created));
-    Ok(manifests
+    for invalid in &list.invalid {
+        tracing::warn!(repository = %repo.spec.url, backup = %invalid.id, reason = %invalid.reason, "invalid backup manifest; left out");
+    }
+    Ok(list
+        .backups
         .into_iter()
+        .rev()
         .map(|m| ListedBackup {
             created_at: Timestamp::from_nanosecond(m.created.unix_timestamp_nanos()).ok(),
             info: BackupInfo {
