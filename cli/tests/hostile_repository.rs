@@ -106,10 +106,15 @@ fn a_tampered_manifest_is_refused_everywhere_and_a_restore_stays_inside() {
             ],
             "lies below",
         ),
+        // Once divided by in every read of a mount.
+        ("20261201T000000Z-0004", vec![], "chunk_size: 0"),
     ];
     for (id, extra, _) in &cases {
         let mut m = manifest.clone();
         m["id"] = json!(id);
+        if id.ends_with("0004") {
+            m["chunk_size"] = json!(0);
+        }
         m["entries"].as_array_mut().unwrap().extend(extra.clone());
         let body = zstd::bulk::compress(&serde_json::to_vec(&m).unwrap(), 3).unwrap();
         std::fs::write(repo_dir.join(format!("backups/{id}.json.zst")), body).unwrap();
@@ -117,6 +122,8 @@ fn a_tampered_manifest_is_refused_everywhere_and_a_restore_stays_inside() {
 
     let restores = base.path().join("restores");
     std::fs::create_dir_all(&restores).unwrap();
+    let cache = restores.join("cache");
+    let mnt = restores.join("mnt");
     let before = tree(base.path(), &restores);
     for (id, _, want) in &cases {
         let target = restores.join(id);
@@ -132,6 +139,16 @@ fn a_tampered_manifest_is_refused_everywhere_and_a_restore_stays_inside() {
             ],
             vec!["backup", "show", id, "--repo", &repo],
             vec!["backup", "verify", id, "--repo", &repo],
+            vec![
+                "mount",
+                "--repo",
+                &repo,
+                "--backup",
+                id,
+                "--cache",
+                cache.to_str().unwrap(),
+                mnt.to_str().unwrap(),
+            ],
         ] {
             let out = irctl_run(&args, &[]);
             let stderr = String::from_utf8_lossy(&out.stderr);
