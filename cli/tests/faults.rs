@@ -1,5 +1,6 @@
 //! Faults of the data plane: a damaged chunk, a full cache disk, an unreachable repository, a
-//! cache reused with another backup. Each is a clear error; none returns wrong data.
+//! cache reused with another backup or repository, a cache that lost its metadata store. Each is
+//! a clear error; none returns wrong data.
 
 mod common;
 
@@ -98,7 +99,7 @@ fn damaged_chunk_fails_verify_naming_the_file_and_reads_as_eio() {
 }
 
 #[test]
-fn full_cache_disk_is_enospc() {
+fn full_cache_disk_is_enospc_and_heals_without_remount() {
     require_fuse();
     let tmp = shared_tempdir();
     let repo = format!("file://{}", tmp.path().join("repo").display());
@@ -106,17 +107,40 @@ fn full_cache_disk_is_enospc() {
     let cache = tmp.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
     let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
         .arg(&cache)
         .status()
         .unwrap();
     assert!(status.success(), "mount a small tmpfs for the cache");
     let mnt = mountpoint(tmp.path());
     let mount = MountProcess::start(&repo, &id, &cache, &mnt, None, &[]);
-    let err = std::fs::write(mnt.join("filler"), vec![7u8; 16 << 20]).expect_err("cache is 4 MiB");
+    std::fs::write(mnt.join("kept"), b"written before").unwrap();
+    let err = std::fs::write(mnt.join("filler"), vec![7u8; 32 << 20]).expect_err("cache is 16 MiB");
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // Namespace changes too are ENOSPC, not EIO.
+    for (what, result) in [
+        ("mkdir", std::fs::create_dir(mnt.join("dir"))),
+        (
+            "rename",
+            std::fs::rename(mnt.join("kept"), mnt.join("moved")),
+        ),
+    ] {
+        let err = result.expect_err(what);
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{what}: {err}");
+    }
     // What fitted before is still readable, and the mount still serves.
     assert_still_serves(&mnt);
+    // Removing the filler gives the room back to the same mount, once the kernel released the
+    // file (it does so in the background after the close).
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = std::fs::create_dir(mnt.join("dir")) {
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        assert!(Instant::now() < deadline, "no room after the filler went");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::rename(mnt.join("kept"), mnt.join("moved")).unwrap();
+    assert_eq!(std::fs::read(mnt.join("moved")).unwrap(), b"written before");
     mount.stop();
     let _ = std::process::Command::new("umount").arg(&cache).status();
 }
@@ -179,4 +203,79 @@ fn cache_is_refused_for_another_backup() {
         stderr.contains(&format!("belongs to backup {first}")),
         "{stderr}"
     );
+}
+
+#[test]
+fn cache_is_refused_for_another_repository_and_after_losing_its_store() {
+    require_fuse();
+    let tmp = shared_tempdir();
+    let repo_dir = tmp.path().join("repo");
+    let repo = format!("file://{}", repo_dir.display());
+    let (id, _) = backup_with_table(tmp.path(), &repo, &[]);
+    let cache = tmp.path().join("cache");
+    let mnt = mountpoint(tmp.path());
+    let mount = MountProcess::start(&repo, &id, &cache, &mnt, None, &[]);
+    std::fs::write(mnt.join("written"), b"in the cache").unwrap();
+    mount.stop();
+    let mount_args = |repo: &str| {
+        irctl_run(
+            &[
+                "mount",
+                "--repo",
+                repo,
+                "--backup",
+                &id,
+                "--cache",
+                &cache.display().to_string(),
+                &mnt.display().to_string(),
+            ],
+            &[],
+        )
+    };
+
+    // A copy of the repository under another identity has the same backup id, yet it is not
+    // the repository the cache's writes were made over.
+    let copy_dir = tmp.path().join("copy");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&repo_dir)
+        .arg(&copy_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = copy_dir.join("ir-repo.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let original = json["repository_id"].as_str().unwrap().to_string();
+    json["repository_id"] = "another-repository".into();
+    std::fs::write(&config, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = mount_args(&format!("file://{}", copy_dir.display()));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&cache.display().to_string())
+            && stderr.contains(&original)
+            && stderr.contains("(repository differ)"),
+        "{stderr}"
+    );
+
+    // Without its metadata store the data files mean nothing: refused, and left alone.
+    let data_files = || {
+        let mut names: Vec<_> = std::fs::read_dir(cache.join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = data_files();
+    assert!(!before.is_empty());
+    let store = cache.join("ircache.redb");
+    std::fs::remove_file(&store).unwrap();
+    let out = mount_args(&repo);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&store.display().to_string()), "{stderr}");
+    assert_eq!(data_files(), before);
+    assert!(!store.exists());
 }

@@ -1,4 +1,5 @@
 use std::io;
+use std::path::PathBuf;
 
 use ir_repository::ChunkId;
 
@@ -30,6 +31,28 @@ pub enum FsError {
     },
     #[error("cache metadata store: {0}")]
     Meta(String),
+    #[error(
+        "cache {} belongs to {found}, not to {wanted} ({differs} differ); use another cache directory or delete this one",
+        .cache.display()
+    )]
+    Foreign {
+        cache: PathBuf,
+        found: String,
+        wanted: String,
+        differs: String,
+    },
+    #[error(
+        "cache {}: lost {}: {reason}; refusing the cache rather than serving its writes as zeros or starting it over (restore the file, or delete the cache directory to start from the backup again)",
+        .cache.display(),
+        .missing.display()
+    )]
+    Lost {
+        cache: PathBuf,
+        missing: PathBuf,
+        reason: String,
+    },
+    #[error("the disk of cache {} is full", .0.display())]
+    CacheFull(PathBuf),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -46,7 +69,8 @@ impl FsError {
             FsError::Unsupported(_) => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::Chunk { .. } => libc::EIO,
-            FsError::Meta(_) => libc::EIO,
+            FsError::Meta(_) | FsError::Foreign { .. } | FsError::Lost { .. } => libc::EIO,
+            FsError::CacheFull(_) => libc::ENOSPC,
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -12,13 +12,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ir_repository::{BackupManifest, ChunkId, Entry, EntryKind};
@@ -27,11 +27,21 @@ use crate::blockmap::{BLOCK_SIZE, BlockMap};
 use crate::error::{FsError, FsResult};
 use crate::meta::{Batch, Binding, InodeRecord, MetaStore, NodeKind};
 use crate::source::ChunkSource;
+use crate::stats::MountStats;
 
 pub const ROOT_INO: u64 = 1;
 const META_FILE: &str = "ircache.redb";
 const DATA_DIR: &str = "data";
 const TMP_DIR: &str = "tmp";
+const RESERVE_FILE: &str = "reserve";
+
+/// Room kept back for the commits of operations that free space on a full cache disk: a
+/// commit writes a few pages, so this covers hundreds of them.
+const RESERVE_BYTES: u64 = 4 << 20;
+/// Free space, besides a whole reserve, before a full cache disk takes writes again.
+const HEADROOM_BYTES: u64 = 1 << 20;
+/// How often a full cache disk is looked at again while operations are refused.
+const RECHECK_MILLIS: u64 = 100;
 
 /// Attributes as the kernel sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,9 +91,14 @@ pub struct CacheOptions {
     /// Owner given to the backup's files (the unprivileged PostgreSQL user).
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// URL of the repository, for messages.
     pub repository: String,
+    /// `Repository::identity()`: a cache serves one repository's backup only.
+    pub repository_id: String,
     /// Chunks read ahead on sequential access.
     pub readahead_chunks: usize,
+    /// Where the cache counts its ENOSPC refusals.
+    pub stats: Arc<MountStats>,
 }
 
 struct NodeState {
@@ -127,6 +142,165 @@ pub struct IrFs {
     next_fh: AtomicU64,
     commit_lock: Mutex<()>,
     tmp_seq: AtomicU64,
+    space: Space,
+}
+
+/// Whether a commit needs room on the cache disk or is part of freeing some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    Takes,
+    Frees,
+}
+
+/// Room on the cache disk. A full disk must not wedge the cache: a reserve file keeps room for
+/// the commits of operations that free space (unlink, rmdir, shrinking truncate, rename over a
+/// file), and once an operation met ENOSPC the others are refused up front, without touching
+/// the store, until the reserve is whole again with room left besides.
+struct Space {
+    cache_dir: PathBuf,
+    reserve: PathBuf,
+    full: AtomicBool,
+    /// When free space was last looked at while full, in ms since `since`: refused writes cost
+    /// no syscall between two looks.
+    looked: AtomicU64,
+    since: Instant,
+    stats: Arc<MountStats>,
+}
+
+impl Space {
+    fn new(cache_dir: &Path, stats: Arc<MountStats>) -> Self {
+        Space {
+            cache_dir: cache_dir.to_path_buf(),
+            reserve: cache_dir.join(RESERVE_FILE),
+            full: AtomicBool::new(false),
+            looked: AtomicU64::new(0),
+            since: Instant::now(),
+            stats,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Refuses an operation that needs room while the disk is known to be full.
+    fn check(&self) -> FsResult<()> {
+        if !self.is_full() || self.room_is_back(false) {
+            return Ok(());
+        }
+        Err(FsError::CacheFull(self.cache_dir.clone()))
+    }
+
+    /// Whether a full disk has room again: the reserve could be made whole and headroom is
+    /// left. Looks at most every `RECHECK_MILLIS` unless `now`.
+    fn room_is_back(&self, now: bool) -> bool {
+        let at = self.since.elapsed().as_millis() as u64;
+        let last = self.looked.load(Ordering::Relaxed);
+        if !now
+            && (at.saturating_sub(last) < RECHECK_MILLIS
+                || self
+                    .looked
+                    .compare_exchange(last, at, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err())
+        {
+            return false;
+        }
+        if self.fill_reserve().is_err() {
+            return false;
+        }
+        match free_bytes(&self.cache_dir) {
+            Ok(free) if free >= HEADROOM_BYTES => {}
+            _ => return false,
+        }
+        if self.full.swap(false, Ordering::Relaxed) {
+            tracing::info!(cache = %self.cache_dir.display(), "the cache disk has room again: writes are accepted");
+        }
+        true
+    }
+
+    /// After an operation freed space: writes may resume at once.
+    fn freed(&self) {
+        if self.is_full() {
+            self.room_is_back(true);
+        }
+    }
+
+    /// Passes `result` on; an ENOSPC marks the disk full and is counted.
+    fn note<T>(&self, result: FsResult<T>) -> FsResult<T> {
+        if let Err(e) = &result
+            && e.errno() == libc::ENOSPC
+        {
+            self.stats.enospc_refusals.fetch_add(1, Ordering::Relaxed);
+            self.mark_full();
+        }
+        result
+    }
+
+    fn mark_full(&self) {
+        if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                cache = %self.cache_dir.display(),
+                "the cache disk is full: operations that need room get ENOSPC until some is made; unlink, rmdir, shrinking truncate and rename over a file still work"
+            );
+        }
+    }
+
+    /// Gives the reserve file its whole size.
+    fn fill_reserve(&self) -> std::io::Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&self.reserve)?;
+        // SAFETY: plain syscall on an fd we own for the duration of the call.
+        let ret = unsafe {
+            libc::posix_fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                RESERVE_BYTES as libc::off_t,
+            )
+        };
+        match ret {
+            0 => Ok(()),
+            errno => Err(std::io::Error::from_raw_os_error(errno)),
+        }
+    }
+
+    /// Hands the reserve's room over to the commit that follows; whether there was any.
+    fn release_reserve(&self) -> bool {
+        let released = OpenOptions::new()
+            .write(true)
+            .open(&self.reserve)
+            .and_then(|f| {
+                let had = f.metadata()?.len() > 0;
+                f.set_len(0)?;
+                Ok(had)
+            });
+        match released {
+            Ok(had) => had,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::warn!(path = %self.reserve.display(), error = %e, "could not release the cache's reserve");
+                false
+            }
+        }
+    }
+
+    /// Runs `work` (a commit that must not fail for lack of room); on ENOSPC, once more with
+    /// the reserve's room.
+    fn with_reserve<T>(&self, work: impl Fn() -> FsResult<T>) -> FsResult<T> {
+        if self.is_full() {
+            self.release_reserve();
+        }
+        match work() {
+            Err(e) if e.errno() == libc::ENOSPC && self.release_reserve() => {
+                self.mark_full();
+                work()
+            }
+            result => result,
+        }
+    }
 }
 
 fn now() -> (i64, u32) {
@@ -159,9 +333,91 @@ fn split_path(path: &str) -> (&str, &str) {
     }
 }
 
+/// Creates `dir` (and missing parents) readable by its owner only, or makes an existing one so:
+/// the cache holds the database's pages, and other local users have no business there.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    tighten(dir, fs::metadata(dir)?.permissions().mode(), 0o700)
+}
+
+/// Drops group and other permissions from `path` if it has any (caches made before files were
+/// owner-only).
+pub(crate) fn tighten(path: &Path, mode: u32, private: u32) -> std::io::Result<()> {
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    fs::set_permissions(path, Permissions::from_mode(private))
+}
+
+fn is_empty_dir(dir: &Path) -> std::io::Result<bool> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// The path of `ino` in the namespace, for messages.
+fn path_of(dentries: &[(u64, Vec<u8>, u64)], ino: u64) -> String {
+    let mut names = Vec::new();
+    let mut at = ino;
+    while at != ROOT_INO && names.len() < 256 {
+        let Some((parent, name, _)) = dentries.iter().find(|d| d.2 == at) else {
+            break;
+        };
+        names.push(String::from_utf8_lossy(name).into_owned());
+        at = *parent;
+    }
+    names.reverse();
+    names.join("/")
+}
+
+/// Refuses a cache made for another backup, cluster or repository.
+fn check_binding(cache_dir: &Path, found: &Binding, wanted: &Binding) -> FsResult<()> {
+    let mut differs = Vec::new();
+    if found.backup_id != wanted.backup_id {
+        differs.push("backup id");
+    }
+    if found.system_identifier != wanted.system_identifier {
+        differs.push("system identifier");
+    }
+    // Caches made before the repository's identity was recorded can only be checked on the rest.
+    if found
+        .repository_id
+        .as_ref()
+        .is_some_and(|id| Some(id) != wanted.repository_id.as_ref())
+    {
+        differs.push("repository");
+    }
+    if differs.is_empty() {
+        return Ok(());
+    }
+    let describe = |b: &Binding| {
+        format!(
+            "backup {} (system identifier {}, repository {} at {})",
+            b.backup_id,
+            b.system_identifier,
+            b.repository_id
+                .as_deref()
+                .unwrap_or("of unrecorded identity"),
+            b.repository
+        )
+    };
+    Err(FsError::Foreign {
+        cache: cache_dir.to_path_buf(),
+        found: describe(found),
+        wanted: describe(wanted),
+        differs: differs.join(", "),
+    })
+}
+
 impl IrFs {
     /// Opens the IRCache in `cache_dir` for `manifest`, creating it on first use. A cache made for
-    /// another backup is refused.
+    /// another backup is refused, and so is a cache that lost its metadata store or a data file:
+    /// its writes would read back as the backup's bytes or as zeros.
     pub fn open_cache(
         cache_dir: &Path,
         manifest: Arc<BackupManifest>,
@@ -170,76 +426,153 @@ impl IrFs {
     ) -> FsResult<IrFs> {
         let data_dir = cache_dir.join(DATA_DIR);
         let tmp_dir = cache_dir.join(TMP_DIR);
-        fs::create_dir_all(&data_dir)?;
+        let meta_path = cache_dir.join(META_FILE);
+        private_dir(cache_dir)?;
+        let lost = |reason: &str| FsError::Lost {
+            cache: cache_dir.to_path_buf(),
+            missing: meta_path.clone(),
+            reason: reason.to_string(),
+        };
+        // `data/` is made only once the store holds the binding, so it never exists without one.
+        let has_store = match fs::metadata(&meta_path) {
+            // Empty: its creation was cut short.
+            Ok(m) => m.len() > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !has_store && data_dir.try_exists()? {
+            return Err(lost(
+                "the metadata store is gone while data/ shows the cache was in use",
+            ));
+        }
         if tmp_dir.exists() {
             fs::remove_dir_all(&tmp_dir)?;
         }
-        fs::create_dir_all(&tmp_dir)?;
-        let meta = MetaStore::open(&cache_dir.join(META_FILE))?;
+        private_dir(&tmp_dir)?;
+        let space = Space::new(cache_dir, opts.stats.clone());
+        if let Err(e) = space.fill_reserve() {
+            if e.raw_os_error() != Some(libc::ENOSPC) {
+                return Err(e.into());
+            }
+            space.mark_full();
+        }
+        // Opening checks the file and commits: on a full disk, with the reserve's room.
+        let meta = if has_store {
+            space.with_reserve(|| MetaStore::open(&meta_path))?
+        } else {
+            MetaStore::create(&meta_path)?
+        };
         let mut snap = meta.load()?;
         let wanted = Binding {
             backup_id: manifest.id.clone(),
             system_identifier: manifest.system_identifier.clone(),
             repository: opts.repository.clone(),
+            repository_id: Some(opts.repository_id.clone()),
         };
         match &snap.binding {
-            Some(b) if b.backup_id != wanted.backup_id => {
-                return Err(FsError::Meta(format!(
-                    "cache {} belongs to backup {} of {}, not to backup {}; use another cache directory or delete this one",
-                    cache_dir.display(),
-                    b.backup_id,
-                    b.repository,
-                    wanted.backup_id
-                )));
-            }
-            Some(_) => {}
-            None => {
-                // New (or never completed) cache: the whole namespace of the backup, in one commit.
-                for f in fs::read_dir(&data_dir)? {
-                    fs::remove_file(f?.path())?;
+            Some(found) => {
+                check_binding(cache_dir, found, &wanted)?;
+                if found.repository_id.is_none() {
+                    let batch = Batch {
+                        binding: Some(wanted),
+                        ..Default::default()
+                    };
+                    space.with_reserve(|| meta.commit(&batch))?;
                 }
-                let batch = populate(&manifest, opts, wanted);
-                meta.commit(&batch, true)?;
+            }
+            None => {
+                if !is_empty_dir(&data_dir)? {
+                    return Err(lost(
+                        "the metadata store was made anew (it holds no binding) while data/ holds data files",
+                    ));
+                }
+                // New (or never completed) cache: the whole namespace of the backup, in one commit.
+                meta.commit(&populate(&manifest, opts, wanted))?;
                 snap = meta.load()?;
             }
         }
+        private_dir(&data_dir)?;
+        fsync_dir(cache_dir)?;
 
         let mut blocks: HashMap<u64, BlockMap> = HashMap::new();
         for (ino, group, bytes) in &snap.block_groups {
-            blocks.entry(*ino).or_default().load_group(*group, bytes);
+            if !blocks.entry(*ino).or_default().load_group(*group, bytes) {
+                return Err(FsError::Meta(format!(
+                    "corrupt record: dirty-block bitmap {group} of inode {ino} is {} bytes long",
+                    bytes.len()
+                )));
+            }
+        }
+        if let Some(last) = snap.inodes.iter().map(|(ino, _)| *ino).max()
+            && snap.next_ino <= last
+        {
+            return Err(FsError::Meta(format!(
+                "corrupt record: next inode number {} is not past inode {last}",
+                snap.next_ino
+            )));
         }
         let mut ns = Namespace {
             nodes: HashMap::new(),
             children: HashMap::new(),
             next_ino: snap.next_ino,
         };
-        let mut orphans = Batch::default();
-        for (ino, rec) in snap.inodes {
+        let mut orphans = Vec::new();
+        for (ino, mut rec) in snap.inodes {
             if rec.nlink == 0 {
                 // Unlinked while open when the previous mount ended.
                 let _ = fs::remove_file(data_dir.join(ino.to_string()));
-                orphans.removed_inodes.push(ino);
+                orphans.push(ino);
                 continue;
             }
+            let base_size = match rec.origin {
+                Some(i) => match manifest.entries.get(i as usize) {
+                    Some(e) if matches!(e.kind, EntryKind::File { .. }) => Some(e.size),
+                    _ => {
+                        return Err(FsError::Meta(format!(
+                            "corrupt record: inode {ino} ({}) starts as entry {i} of backup {}, which has no such file",
+                            path_of(&snap.dentries, ino),
+                            manifest.id
+                        )));
+                    }
+                },
+                None => None,
+            };
             let data_path = data_dir.join(ino.to_string());
             let data = match OpenOptions::new().read(true).write(true).open(&data_path) {
-                Ok(f) => Some(Arc::new(f)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Ok(f) => {
+                    let m = f.metadata()?;
+                    if m.permissions().mode() & 0o077 != 0 {
+                        f.set_permissions(Permissions::from_mode(0o600))?;
+                    }
+                    Some((Arc::new(f), m.len()))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Dirty bits are persisted only after their data was synced, so they also
+                    // tell of a data file in caches older than `has_data`.
+                    if rec.has_data == Some(true) || blocks.contains_key(&ino) {
+                        return Err(FsError::Lost {
+                            cache: cache_dir.to_path_buf(),
+                            missing: data_path,
+                            reason: format!(
+                                "the data file of {} (inode {ino}), which holds its writes, is gone",
+                                path_of(&snap.dentries, ino)
+                            ),
+                        });
+                    }
+                    None
+                }
                 Err(e) => return Err(e.into()),
             };
-            let size = match (&data, rec.origin) {
-                (Some(f), _) => f.metadata()?.len(),
-                (None, Some(i)) => {
-                    manifest
-                        .entries
-                        .get(i as usize)
-                        .map(|e| e.size)
-                        .ok_or(FsError::Meta(format!(
-                            "inode {ino} refers to unknown backup entry {i}"
-                        )))?
-                }
-                (None, None) => 0,
+            let size = match &data {
+                Some((_, len)) => *len,
+                None => base_size.unwrap_or(0),
             };
+            // A data file in data/ was made durable before it got there; records of older
+            // caches learn it with their next commit.
+            let attrs_dirty = data.is_some() && rec.has_data != Some(true);
+            if attrs_dirty {
+                rec.has_data = Some(true);
+            }
             if rec.kind == NodeKind::Dir {
                 ns.children.entry(ino).or_default();
             }
@@ -249,10 +582,10 @@ impl IrFs {
                 st: RwLock::new(NodeState {
                     blocks: blocks.remove(&ino).unwrap_or_default(),
                     rec,
-                    data,
+                    data: data.map(|(f, _)| f),
                     size,
                     open: 0,
-                    attrs_dirty: false,
+                    attrs_dirty,
                 }),
             };
             ns.nodes.insert(ino, Arc::new(node));
@@ -275,7 +608,11 @@ impl IrFs {
             }
         }
         if !orphans.is_empty() {
-            meta.commit(&orphans, true)?;
+            let batch = Batch {
+                removed_inodes: orphans,
+                ..Default::default()
+            };
+            space.with_reserve(|| meta.commit(&batch))?;
         }
         if !ns.nodes.contains_key(&ROOT_INO) {
             return Err(FsError::Meta("cache has no root directory".into()));
@@ -294,6 +631,7 @@ impl IrFs {
             next_fh: AtomicU64::new(1),
             commit_lock: Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
+            space,
         })
     }
 
@@ -351,16 +689,35 @@ impl IrFs {
         Self::attr_of(node.ino, &node.st.read().expect("node lock"))
     }
 
-    /// Commits `batch` plus the current records of `nodes`. Records are read under the commit
-    /// lock, so the last commit always carries the newest record.
-    fn persist(&self, nodes: &[&Arc<Node>], mut batch: Batch, durable: bool) -> FsResult<()> {
-        let _g = self.commit_lock.lock().expect("commit lock");
-        for n in nodes {
-            batch
-                .inodes
-                .push((n.ino, n.st.read().expect("node lock").rec.clone()));
+    /// Commits `batch` plus the current records of `nodes`, durably. Records are read under the
+    /// commit lock, so the last commit always carries the newest record. A commit that takes
+    /// room is refused while the disk is full; one that frees room may use the reserve.
+    fn persist(&self, nodes: &[&Arc<Node>], mut batch: Batch, room: Room) -> FsResult<()> {
+        if room == Room::Takes {
+            self.space.check()?;
         }
-        self.meta.commit(&batch, durable)
+        let _g = self.commit_lock.lock().expect("commit lock");
+        batch.inodes.extend(Self::records(nodes));
+        match room {
+            Room::Takes => self.meta.commit(&batch),
+            Room::Frees => self.space.with_reserve(|| self.meta.commit(&batch)),
+        }
+    }
+
+    /// Like `persist`, without waiting for the disk: records and removals at close.
+    fn persist_lazy(&self, nodes: &[&Arc<Node>], removed: &[u64], room: Room) -> FsResult<()> {
+        if room == Room::Takes {
+            self.space.check()?;
+        }
+        let _g = self.commit_lock.lock().expect("commit lock");
+        self.meta.commit_lazy(&Self::records(nodes), removed)
+    }
+
+    fn records(nodes: &[&Arc<Node>]) -> Vec<(u64, InodeRecord)> {
+        nodes
+            .iter()
+            .map(|n| (n.ino, n.st.read().expect("node lock").rec.clone()))
+            .collect()
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
@@ -438,13 +795,16 @@ impl IrFs {
             }),
         });
         let parent_node = ns.nodes.get(&parent).cloned().ok_or(FsError::NotFound)?;
-        touch(&parent_node);
+        let parent_times = touch(&parent_node);
         let batch = Batch {
             dentries: vec![(parent, name.as_bytes().to_vec(), ino)],
             next_ino: Some(ino + 1),
             ..Default::default()
         };
-        self.persist(&[&node, &parent_node], batch, true)?;
+        if let Err(e) = self.persist(&[&node, &parent_node], batch, Room::Takes) {
+            untouch(&parent_node, parent_times);
+            return Err(e);
+        }
         ns.next_ino = ino + 1;
         ns.nodes.insert(ino, node.clone());
         ns.children
@@ -471,6 +831,7 @@ impl IrFs {
             base_len: 0,
             parent,
             target: None,
+            has_data: Some(false),
         }
     }
 
@@ -482,11 +843,8 @@ impl IrFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
-        let node = self.new_node(
-            parent,
-            name,
-            Self::record(NodeKind::Dir, perm, uid, gid, parent),
-        )?;
+        let rec = Self::record(NodeKind::Dir, perm, uid, gid, parent);
+        let node = self.space.note(self.new_node(parent, name, rec))?;
         Ok(Self::attr(&node))
     }
 
@@ -498,11 +856,8 @@ impl IrFs {
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
-        let node = self.new_node(
-            parent,
-            name,
-            Self::record(NodeKind::File, perm, uid, gid, 0),
-        )?;
+        let rec = Self::record(NodeKind::File, perm, uid, gid, 0);
+        let node = self.space.note(self.new_node(parent, name, rec))?;
         Ok(Self::attr(&node))
     }
 
@@ -534,11 +889,15 @@ impl IrFs {
                 .ok_or(FsError::Invalid("symlink target is not UTF-8"))?
                 .to_string(),
         );
-        let node = self.new_node(parent, name, rec)?;
+        let node = self.space.note(self.new_node(parent, name, rec))?;
         Ok(Self::attr(&node))
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Attr> {
+        self.space.note(self.link_inner(ino, newparent, newname))
+    }
+
+    fn link_inner(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Attr> {
         let mut ns = self.ns.write().expect("namespace lock");
         let node = ns.nodes.get(&ino).cloned().ok_or(FsError::NotFound)?;
         let dir_node = ns.nodes.get(&newparent).cloned().ok_or(FsError::NotFound)?;
@@ -546,21 +905,25 @@ impl IrFs {
         if dir.contains_key(newname.as_bytes()) {
             return Err(FsError::Exists);
         }
-        {
+        let ctime = {
             let mut st = node.st.write().expect("node lock");
             if st.rec.kind == NodeKind::Dir {
                 return Err(FsError::Unsupported("hard link to a directory"));
             }
             st.rec.nlink += 1;
-            st.rec.ctime = now();
-        }
-        touch(&dir_node);
+            std::mem::replace(&mut st.rec.ctime, now())
+        };
+        let dir_times = touch(&dir_node);
         let batch = Batch {
             dentries: vec![(newparent, newname.as_bytes().to_vec(), ino)],
             ..Default::default()
         };
-        if let Err(e) = self.persist(&[&node, &dir_node], batch, true) {
-            node.st.write().expect("node lock").rec.nlink -= 1;
+        if let Err(e) = self.persist(&[&node, &dir_node], batch, Room::Takes) {
+            let mut st = node.st.write().expect("node lock");
+            st.rec.nlink -= 1;
+            st.rec.ctime = ctime;
+            drop(st);
+            untouch(&dir_node, dir_times);
             return Err(e);
         }
         ns.children
@@ -570,12 +933,17 @@ impl IrFs {
         Ok(Self::attr(&node))
     }
 
-    /// Drops one link of `node`; returns it when it is gone for good and can be purged now.
-    fn drop_link(node: &Arc<Node>) -> bool {
+    /// Drops one link of `node`; returns whether it is gone for good and can be purged now, and
+    /// what undoes the change.
+    fn drop_link(node: &Arc<Node>) -> (bool, Undo) {
         let mut st = node.st.write().expect("node lock");
+        let undo = Undo {
+            nlink: st.rec.nlink,
+            ctime: st.rec.ctime,
+        };
         st.rec.nlink = st.rec.nlink.saturating_sub(1);
         st.rec.ctime = now();
-        st.rec.nlink == 0 && st.open == 0
+        (st.rec.nlink == 0 && st.open == 0, undo)
     }
 
     fn remove_entry(&self, parent: u64, name: &OsStr, want_dir: bool) -> FsResult<()> {
@@ -593,20 +961,22 @@ impl IrFs {
             }
             _ => {}
         }
-        let gone = Self::drop_link(&node) || is_dir;
-        touch(&parent_node);
+        let (purge, undo) = Self::drop_link(&node);
+        let gone = purge || is_dir;
+        let parent_times = touch(&parent_node);
         let mut batch = Batch {
             removed_dentries: vec![(parent, name.as_bytes().to_vec())],
             ..Default::default()
         };
         let result = if gone {
             batch.removed_inodes.push(ino);
-            self.persist(&[&parent_node], batch, true)
+            self.persist(&[&parent_node], batch, Room::Frees)
         } else {
-            self.persist(&[&node, &parent_node], batch, true)
+            self.persist(&[&node, &parent_node], batch, Room::Frees)
         };
         if let Err(e) = result {
-            node.st.write().expect("node lock").rec.nlink += 1;
+            undo.apply(&node);
+            untouch(&parent_node, parent_times);
             return Err(e);
         }
         ns.children
@@ -619,6 +989,7 @@ impl IrFs {
             drop(ns);
             self.remove_data(ino);
         }
+        self.space.freed();
         Ok(())
     }
 
@@ -632,14 +1003,26 @@ impl IrFs {
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        self.remove_entry(parent, name, false)
+        self.space.note(self.remove_entry(parent, name, false))
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        self.remove_entry(parent, name, true)
+        self.space.note(self.remove_entry(parent, name, true))
     }
 
     pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        noreplace: bool,
+    ) -> FsResult<()> {
+        self.space
+            .note(self.rename_inner(parent, name, newparent, newname, noreplace))
+    }
+
+    fn rename_inner(
         &self,
         parent: u64,
         name: &OsStr,
@@ -685,41 +1068,52 @@ impl IrFs {
                 }
                 _ => {}
             }
-            victim = Some((old_node.clone(), Self::drop_link(&old_node) || old_is_dir));
+            let (purge, undo) = Self::drop_link(&old_node);
+            victim = Some((old_node.clone(), purge || old_is_dir, undo));
         }
-        let old_parent_of_dir = {
+        let (old_parent_of_dir, ctime) = {
             let mut st = node.st.write().expect("node lock");
-            st.rec.ctime = now();
+            let ctime = std::mem::replace(&mut st.rec.ctime, now());
             let p = st.rec.parent;
             if is_dir {
                 st.rec.parent = newparent;
             }
-            p
+            (p, ctime)
         };
         let parent_node = ns.nodes.get(&parent).cloned().ok_or(FsError::NotFound)?;
         let newparent_node = ns.nodes.get(&newparent).cloned().ok_or(FsError::NotFound)?;
-        touch(&parent_node);
-        touch(&newparent_node);
+        let parent_times = touch(&parent_node);
+        let newparent_times = touch(&newparent_node);
         let mut batch = Batch {
             removed_dentries: vec![(parent, name.as_bytes().to_vec())],
             dentries: vec![(newparent, newname.as_bytes().to_vec(), ino)],
             ..Default::default()
         };
         let mut nodes = vec![&node, &parent_node, &newparent_node];
-        if let Some((v, gone)) = &victim {
+        if let Some((v, gone, _)) = &victim {
             if *gone {
                 batch.removed_inodes.push(v.ino);
             } else {
                 nodes.push(v);
             }
         }
-        if let Err(e) = self.persist(&nodes, batch, true) {
-            if let Some((v, _)) = &victim {
-                v.st.write().expect("node lock").rec.nlink += 1;
+        // Replacing a file is how a file's space is given back, so it works on a full disk.
+        let room = if victim.is_some() {
+            Room::Frees
+        } else {
+            Room::Takes
+        };
+        if let Err(e) = self.persist(&nodes, batch, room) {
+            if let Some((v, _, undo)) = &victim {
+                undo.apply(v);
             }
-            if is_dir {
-                node.st.write().expect("node lock").rec.parent = old_parent_of_dir;
+            {
+                let mut st = node.st.write().expect("node lock");
+                st.rec.ctime = ctime;
+                st.rec.parent = old_parent_of_dir;
             }
+            untouch(&newparent_node, newparent_times);
+            untouch(&parent_node, parent_times);
             return Err(e);
         }
         ns.children
@@ -730,11 +1124,14 @@ impl IrFs {
             .get_mut(&newparent)
             .expect("checked")
             .insert(newname.as_bytes().to_vec(), ino);
-        if let Some((v, true)) = victim {
-            ns.nodes.remove(&v.ino);
-            ns.children.remove(&v.ino);
-            drop(ns);
-            self.remove_data(v.ino);
+        if let Some((v, gone, _)) = victim {
+            if gone {
+                ns.nodes.remove(&v.ino);
+                ns.children.remove(&v.ino);
+                drop(ns);
+                self.remove_data(v.ino);
+            }
+            self.space.freed();
         }
         Ok(())
     }
@@ -761,6 +1158,10 @@ impl IrFs {
     }
 
     pub fn release(&self, fh: u64) -> FsResult<()> {
+        self.space.note(self.release_inner(fh))
+    }
+
+    fn release_inner(&self, fh: u64) -> FsResult<()> {
         let Some(of) = self.handles.write().expect("handles lock").remove(&fh) else {
             return Err(FsError::BadHandle);
         };
@@ -777,14 +1178,15 @@ impl IrFs {
                 .expect("namespace lock")
                 .nodes
                 .remove(&node.ino);
-            let batch = Batch {
-                removed_inodes: vec![node.ino],
-                ..Default::default()
-            };
-            self.persist(&[], batch, false)?;
+            // Its unlink made nlink 0 durable, so the data file can go first: on a full disk
+            // that gives the room back even if the removal of the record cannot be committed
+            // (the next mount reclaims it).
             self.remove_data(node.ino);
-        } else if attrs_dirty {
-            self.persist(&[&node], Batch::default(), false)?;
+            self.space.freed();
+            self.persist_lazy(&[], &[node.ino], Room::Frees)?;
+        } else if attrs_dirty && let Err(e) = self.persist_lazy(&[&node], &[], Room::Takes) {
+            node.st.write().expect("node lock").attrs_dirty = true;
+            return Err(e);
         }
         Ok(())
     }
@@ -827,7 +1229,7 @@ impl IrFs {
         {
             return Ok(None);
         }
-        let entry = &self.manifest.entries[origin as usize];
+        let entry = self.base_entry(origin)?;
         let EntryKind::File { chunks } = &entry.kind else {
             return Ok(None);
         };
@@ -839,6 +1241,14 @@ impl IrFs {
         let bytes = self.fetch_chunk(entry, offset, id, chunk_len)?;
         let within = (offset - ci * cs) as usize;
         Ok(Some(bytes.slice(within..within + (end - offset) as usize)))
+    }
+
+    /// The backup entry a file started as; checked at mount, so never missing here.
+    fn base_entry(&self, origin: u32) -> FsResult<&Entry> {
+        self.manifest
+            .entries
+            .get(origin as usize)
+            .ok_or_else(|| FsError::Meta(format!("no backup entry {origin}")))
     }
 
     fn fetch_chunk(&self, entry: &Entry, offset: u64, id: ChunkId, len: usize) -> FsResult<Bytes> {
@@ -860,7 +1270,9 @@ impl IrFs {
         if n == 0 || from >= st.rec.base_len {
             return;
         }
-        let entry = &self.manifest.entries[origin as usize];
+        let Ok(entry) = self.base_entry(origin) else {
+            return;
+        };
         let EntryKind::File { chunks } = &entry.kind else {
             return;
         };
@@ -912,7 +1324,7 @@ impl IrFs {
     }
 
     fn read_base(&self, origin: u32, offset: u64, buf: &mut [u8]) -> FsResult<()> {
-        let entry = &self.manifest.entries[origin as usize];
+        let entry = self.base_entry(origin)?;
         let EntryKind::File { chunks } = &entry.kind else {
             return Err(FsError::Invalid("base entry is not a file"));
         };
@@ -938,7 +1350,8 @@ impl IrFs {
         Ok(())
     }
 
-    /// Gives a file its data file, sized like the file, made durable before first use.
+    /// Gives a file its data file, sized like the file, made durable before first use. The
+    /// record then says so, so that a data file lost later is an error, not zeros.
     fn materialize(&self, ino: u64, st: &mut NodeState) -> FsResult<Arc<File>> {
         if let Some(f) = &st.data {
             return Ok(f.clone());
@@ -951,6 +1364,7 @@ impl IrFs {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)?;
         file.set_len(st.size)?;
         file.sync_all()?;
@@ -958,13 +1372,42 @@ impl IrFs {
         fsync_dir(&self.data_dir)?;
         let file = Arc::new(file);
         st.data = Some(file.clone());
+        st.rec.has_data = Some(true);
+        st.attrs_dirty = true;
         Ok(file)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.space.note(self.write_inner(fh, offset, data))
+    }
+
+    fn write_inner(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.space.check()?;
         let of = self.handle(fh)?;
         let mut st = of.node.st.write().expect("node lock");
         let file = self.materialize(of.node.ino, &mut st)?;
+        let written = self.write_blocks(&mut st, &file, offset, data);
+        if written.is_err() {
+            // A write cut short may have grown the data file, whose length is the file's size.
+            let _ = file.set_len(st.size);
+        }
+        written?;
+        let end = offset + data.len() as u64;
+        st.size = st.size.max(end);
+        let t = now();
+        st.rec.mtime = t;
+        st.rec.ctime = t;
+        st.attrs_dirty = true;
+        Ok(data.len())
+    }
+
+    fn write_blocks(
+        &self,
+        st: &mut NodeState,
+        file: &File,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<()> {
         let end = offset + data.len() as u64;
         let base_len = st.rec.base_len;
         if !data.is_empty() && offset < base_len {
@@ -974,14 +1417,14 @@ impl IrFs {
             if !offset.is_multiple_of(BLOCK_SIZE) && !st.blocks.is_dirty(head) {
                 let start = head * BLOCK_SIZE;
                 let mut keep = vec![0u8; (offset - start) as usize];
-                self.read_into(&st, start, &mut keep)?;
+                self.read_into(st, start, &mut keep)?;
                 file.write_all_at(&keep, start)?;
             }
             let tail = (end - 1) / BLOCK_SIZE;
             let tail_stop = ((tail + 1) * BLOCK_SIZE).min(st.size);
             if end < tail_stop && tail * BLOCK_SIZE < base_len && !st.blocks.is_dirty(tail) {
                 let mut keep = vec![0u8; (tail_stop - end) as usize];
-                self.read_into(&st, end, &mut keep)?;
+                self.read_into(st, end, &mut keep)?;
                 file.write_all_at(&keep, end)?;
             }
             file.write_all_at(data, offset)?;
@@ -990,17 +1433,29 @@ impl IrFs {
         } else {
             file.write_all_at(data, offset)?;
         }
-        st.size = st.size.max(end);
-        let t = now();
-        st.rec.mtime = t;
-        st.rec.ctime = t;
-        st.attrs_dirty = true;
-        Ok(data.len())
+        Ok(())
     }
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        self.space.note(self.setattr_inner(ino, set))
+    }
+
+    fn setattr_inner(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         let node = self.node(ino)?;
         let _sync = node.sync_lock.lock().expect("sync lock");
+        let (old_rec, old_size) = {
+            let st = node.st.read().expect("node lock");
+            (st.rec.clone(), st.size)
+        };
+        // Shrinking gives room back, so it works on a full disk; anything else needs room.
+        let room = if set.size.is_some_and(|size| size < old_size) {
+            Room::Frees
+        } else {
+            Room::Takes
+        };
+        if room == Room::Takes {
+            self.space.check()?;
+        }
         {
             let mut st = node.st.write().expect("node lock");
             if let Some(size) = set.size {
@@ -1031,14 +1486,38 @@ impl IrFs {
             st.rec.ctime = now();
             st.attrs_dirty = true;
         }
-        self.sync_node(&node, false)?;
+        if let Err(e) = self.sync_node(&node, false, room) {
+            // Undone unless it shrank the file, whose cut bytes are gone.
+            if room == Room::Takes {
+                let mut st = node.st.write().expect("node lock");
+                if let Some(f) = st.data.as_ref().filter(|_| st.size != old_size) {
+                    let _ = f.set_len(old_size);
+                }
+                let has_data = st.rec.has_data;
+                st.rec = InodeRecord {
+                    has_data,
+                    ..old_rec
+                };
+                st.size = old_size;
+            }
+            return Err(e);
+        }
+        if room == Room::Frees {
+            self.space.freed();
+        }
         Ok(Self::attr(&node))
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        self.space
+            .note(self.fallocate_inner(fh, offset, length, mode))
+    }
+
+    fn fallocate_inner(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
             return Err(FsError::Unsupported("fallocate mode"));
         }
+        self.space.check()?;
         let of = self.handle(fh)?;
         let mut st = of.node.st.write().expect("node lock");
         let file = self.materialize(of.node.ino, &mut st)?;
@@ -1064,11 +1543,12 @@ impl IrFs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let of = self.handle(fh)?;
         let _sync = of.node.sync_lock.lock().expect("sync lock");
-        self.sync_node(&of.node, datasync)
+        self.space
+            .note(self.sync_node(&of.node, datasync, Room::Takes))
     }
 
     /// Makes everything written to `node` so far durable. Caller holds `node.sync_lock`.
-    fn sync_node(&self, node: &Arc<Node>, datasync: bool) -> FsResult<()> {
+    fn sync_node(&self, node: &Arc<Node>, datasync: bool, room: Room) -> FsResult<()> {
         let (file, groups, attrs_dirty) = {
             let mut st = node.st.write().expect("node lock");
             let groups = st.blocks.take_unsynced();
@@ -1098,13 +1578,17 @@ impl IrFs {
                 .collect(),
             ..Default::default()
         };
-        self.persist(&[node], batch, true).map_err(restore)
+        self.persist(&[node], batch, room).map_err(restore)
     }
 
     /// Directory entries are committed durably when they change, so this only flushes what
-    /// non-durable commits (attributes at close) left behind.
+    /// non-durable commits (attributes at close) left behind, if any.
     pub fn fsyncdir(&self) -> FsResult<()> {
-        self.persist(&[], Batch::default(), true)
+        if !self.meta.has_lazy() {
+            return Ok(());
+        }
+        self.space
+            .note(self.persist(&[], Batch::default(), Room::Takes))
     }
 
     pub fn statfs(&self) -> FsResult<StatFs> {
@@ -1130,19 +1614,48 @@ impl IrFs {
             .values()
             .cloned()
             .collect();
+        // Every node, even after a failure: one full disk should not cost the others.
+        let mut first_error = None;
         for node in nodes {
             let _sync = node.sync_lock.lock().expect("sync lock");
-            self.sync_node(&node, false)?;
+            if let Err(e) = self.space.note(self.sync_node(&node, false, Room::Takes)) {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
-fn touch(dir: &Node) {
+/// Times of a directory before an entry changed, to undo a change that could not be committed.
+type Times = ((i64, u32), (i64, u32));
+
+fn touch(dir: &Node) -> Times {
     let mut st = dir.st.write().expect("node lock");
     let t = now();
-    st.rec.mtime = t;
-    st.rec.ctime = t;
+    (
+        std::mem::replace(&mut st.rec.mtime, t),
+        std::mem::replace(&mut st.rec.ctime, t),
+    )
+}
+
+fn untouch(dir: &Node, (mtime, ctime): Times) {
+    let mut st = dir.st.write().expect("node lock");
+    st.rec.mtime = mtime;
+    st.rec.ctime = ctime;
+}
+
+/// What `drop_link` changed.
+struct Undo {
+    nlink: u32,
+    ctime: (i64, u32),
+}
+
+impl Undo {
+    fn apply(&self, node: &Node) {
+        let mut st = node.st.write().expect("node lock");
+        st.rec.nlink = self.nlink;
+        st.rec.ctime = self.ctime;
+    }
 }
 
 fn read_data(st: &NodeState, offset: u64, buf: &mut [u8]) -> FsResult<()> {
@@ -1164,6 +1677,12 @@ fn read_data(st: &NodeState, offset: u64, buf: &mut [u8]) -> FsResult<()> {
         }
     }
     Ok(())
+}
+
+/// Bytes an unprivileged user may still write on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let (_, _, bavail, _, bsize) = nix_statvfs(path)?;
+    Ok(bavail.saturating_mul(u64::from(bsize)))
 }
 
 /// (blocks, bfree, bavail, ffree, bsize) of the filesystem holding `path`.
@@ -1208,6 +1727,7 @@ fn populate(manifest: &BackupManifest, opts: &CacheOptions, binding: Binding) ->
             base_len: 0,
             parent: ROOT_INO,
             target: None,
+            has_data: Some(false),
         },
     ));
     let mut dirs: HashMap<&str, u64> = HashMap::from([("", ROOT_INO)]);
@@ -1241,6 +1761,7 @@ fn populate(manifest: &BackupManifest, opts: &CacheOptions, binding: Binding) ->
                 base_len,
                 parent: if kind == NodeKind::Dir { parent } else { 0 },
                 target,
+                has_data: Some(false),
             },
         ));
         batch.dentries.push((parent, name.as_bytes().to_vec(), ino));
@@ -1385,18 +1906,40 @@ mod tests {
     }
 
     impl Fixture {
+        fn options(&self) -> CacheOptions {
+            CacheOptions {
+                uid: Some(101),
+                gid: Some(104),
+                repository: "file:///test".into(),
+                repository_id: "test-repository".into(),
+                readahead_chunks: 0,
+                stats: Arc::default(),
+            }
+        }
+
         fn open(&self) -> FsResult<IrFs> {
+            self.open_with(self.dir.path(), &self.options())
+        }
+
+        fn open_with(&self, dir: &Path, opts: &CacheOptions) -> FsResult<IrFs> {
+            IrFs::open_cache(dir, self.manifest.clone(), self.source.clone(), opts)
+        }
+
+        fn open_for(&self, manifest: BackupManifest, repository_id: &str) -> FsResult<IrFs> {
+            let opts = CacheOptions {
+                repository_id: repository_id.into(),
+                ..self.options()
+            };
             IrFs::open_cache(
                 self.dir.path(),
-                self.manifest.clone(),
+                Arc::new(manifest),
                 self.source.clone(),
-                &CacheOptions {
-                    uid: Some(101),
-                    gid: Some(104),
-                    repository: "file:///test".into(),
-                    readahead_chunks: 0,
-                },
+                &opts,
             )
+        }
+
+        fn store(&self) -> MetaStore {
+            MetaStore::open(&self.dir.path().join(META_FILE)).unwrap()
         }
     }
 
@@ -1606,24 +2149,505 @@ mod tests {
     }
 
     #[test]
-    fn cache_is_bound_to_its_backup() {
+    fn cache_is_bound_to_its_backup_cluster_and_repository() {
         let f = fixture();
         drop(f.open().unwrap());
+        let cache = f.dir.path().display().to_string();
+        let refused = |manifest: BackupManifest, repository_id: &str| {
+            let err = f
+                .open_for(manifest, repository_id)
+                .err()
+                .expect("another backup, cluster or repository is refused");
+            err.to_string()
+        };
+
         let mut other = (*f.manifest).clone();
         other.id = "20261125T000000Z-othr".into();
-        let err = IrFs::open_cache(
-            f.dir.path(),
-            Arc::new(other),
-            f.source.clone(),
-            &CacheOptions::default(),
-        )
-        .err()
-        .expect("another backup is refused");
+        let msg = refused(other, "test-repository");
         assert!(
-            err.to_string()
-                .contains("belongs to backup 20261125T000000Z-test"),
+            msg.contains(&cache)
+                && msg.contains("belongs to backup 20261125T000000Z-test")
+                && msg.contains("(backup id differ)"),
+            "{msg}"
+        );
+
+        // The same backup id in another repository is another backup.
+        let msg = refused((*f.manifest).clone(), "other-repository");
+        assert!(
+            msg.contains(&cache)
+                && msg.contains("repository test-repository")
+                && msg.contains("repository other-repository")
+                && msg.contains("(repository differ)"),
+            "{msg}"
+        );
+
+        let mut other = (*f.manifest).clone();
+        other.system_identifier = "43".into();
+        let msg = refused(other, "test-repository");
+        assert!(
+            msg.contains("system identifier 42") && msg.contains("(system identifier differ)"),
+            "{msg}"
+        );
+        f.open().expect("its own backup still opens");
+    }
+
+    #[test]
+    fn binding_of_an_older_cache_is_checked_on_what_it_has_and_completed() {
+        let f = fixture();
+        drop(f.open().unwrap());
+        // As caches recorded it before the repository identity.
+        let older = Binding {
+            backup_id: f.manifest.id.clone(),
+            system_identifier: f.manifest.system_identifier.clone(),
+            repository: "file:///test".into(),
+            repository_id: None,
+        };
+        f.store()
+            .commit(&Batch {
+                binding: Some(older),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut other = (*f.manifest).clone();
+        other.system_identifier = "43".into();
+        assert!(f.open_for(other, "test-repository").is_err());
+
+        drop(f.open().expect("the identity cannot be compared yet"));
+        let binding = f.store().load().unwrap().binding.unwrap();
+        assert_eq!(binding.repository_id.as_deref(), Some("test-repository"));
+        assert!(
+            f.open_for((*f.manifest).clone(), "other-repository")
+                .is_err(),
+            "the identity recorded at that mount is checked from then on"
+        );
+    }
+
+    /// Writes a block of base/1/rel and a new file `wal`, both fsynced; returns their inodes.
+    fn write_two_files(f: &Fixture) -> (u64, u64) {
+        let fs = f.open().unwrap();
+        let rel = path_ino(&fs, "base/1/rel");
+        let fh = fs.open_file(rel).unwrap();
+        fs.write(fh, 0, &[1u8; 8192]).unwrap();
+        fs.fsync(fh, true).unwrap();
+        fs.release(fh).unwrap();
+        let (wal, fh) = fs
+            .create(ROOT_INO, OsStr::new("wal"), 0o600, 101, 104)
+            .unwrap();
+        fs.write(fh, 0, b"committed").unwrap();
+        fs.fsync(fh, false).unwrap();
+        fs.release(fh).unwrap();
+        (rel, wal.ino)
+    }
+
+    #[test]
+    fn lost_data_file_is_refused_naming_it() {
+        let f = fixture();
+        let (rel, wal) = write_two_files(&f);
+        for (ino, path) in [(rel, "base/1/rel"), (wal, "wal")] {
+            let data = f.dir.path().join(DATA_DIR).join(ino.to_string());
+            let saved = fs::read(&data).unwrap();
+            fs::remove_file(&data).unwrap();
+            let err = f
+                .open()
+                .err()
+                .expect("a cache that lost a data file is refused");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&data.display().to_string()) && msg.contains(path),
+                "{msg}"
+            );
+            assert_eq!(err.errno(), libc::EIO);
+            fs::write(&data, saved).unwrap();
+        }
+        let fs = f.open().expect("the data files are back");
+        assert_eq!(read_all(&fs, wal), b"committed");
+        assert_eq!(read_all(&fs, rel)[..8192], [1u8; 8192]);
+    }
+
+    #[test]
+    fn older_records_without_has_data_learn_it_and_dirty_bits_need_a_data_file() {
+        let f = fixture();
+        let (rel, wal) = write_two_files(&f);
+        // Records as caches wrote them before `has_data`.
+        let store = f.store();
+        let inodes = store
+            .load()
+            .unwrap()
+            .inodes
+            .into_iter()
+            .map(|(ino, rec)| {
+                (
+                    ino,
+                    InodeRecord {
+                        has_data: None,
+                        ..rec
+                    },
+                )
+            })
+            .collect();
+        store
+            .commit(&Batch {
+                inodes,
+                ..Default::default()
+            })
+            .unwrap();
+        drop(store);
+        let data = f.dir.path().join(DATA_DIR).join(rel.to_string());
+        let saved = fs::read(&data).unwrap();
+        fs::remove_file(&data).unwrap();
+        let msg = f
+            .open()
+            .err()
+            .expect("dirty bits need a data file")
+            .to_string();
+        assert!(msg.contains(&data.display().to_string()), "{msg}");
+        fs::write(&data, saved).unwrap();
+
+        // Without dirty bits nothing tells a lost data file from none: it reads as before.
+        fs::remove_file(f.dir.path().join(DATA_DIR).join(wal.to_string())).unwrap();
+        let fs = f.open().unwrap();
+        assert_eq!(fs.getattr(wal).unwrap().size, 0);
+        // The records of files whose data file is there learn it.
+        fs.flush_all().unwrap();
+        drop(fs);
+        let has_data = |ino| {
+            let inodes = f.store().load().unwrap().inodes;
+            inodes
+                .into_iter()
+                .find(|(i, _)| *i == ino)
+                .unwrap()
+                .1
+                .has_data
+        };
+        assert_eq!((has_data(rel), has_data(wal)), (Some(true), None));
+    }
+
+    #[test]
+    fn lost_metadata_store_is_refused_and_data_files_kept() {
+        let f = fixture();
+        write_two_files(&f);
+        let data_dir = f.dir.path().join(DATA_DIR);
+        let data_files = || {
+            let mut files: Vec<_> = fs::read_dir(&data_dir)
+                .unwrap()
+                .map(|e| {
+                    let path = e.unwrap().path();
+                    (path.clone(), fs::read(path).unwrap())
+                })
+                .collect();
+            files.sort();
+            files
+        };
+        let before = data_files();
+        assert_eq!(before.len(), 2);
+        let meta = f.dir.path().join(META_FILE);
+        fs::remove_file(&meta).unwrap();
+        let err = f
+            .open()
+            .err()
+            .expect("a cache without its store is refused");
+        assert!(
+            err.to_string().contains(&meta.display().to_string()),
             "{err}"
         );
+        assert!(!meta.exists(), "no new store was made");
+        assert_eq!(data_files(), before);
+
+        // A store made anew beside the data files is no better.
+        drop(MetaStore::create(&meta).unwrap());
+        let msg = f.open().err().expect("refused").to_string();
+        assert!(
+            msg.contains(&meta.display().to_string()) && msg.contains("made anew"),
+            "{msg}"
+        );
+        assert_eq!(data_files(), before);
+    }
+
+    #[test]
+    fn records_pointing_outside_the_backup_are_errors_not_panics() {
+        let f = fixture();
+        let (rel, _) = write_two_files(&f);
+        let rel_rec = f
+            .store()
+            .load()
+            .unwrap()
+            .inodes
+            .into_iter()
+            .find(|(ino, _)| *ino == rel)
+            .unwrap()
+            .1;
+        let corrupt = |batch: Batch| {
+            f.store().commit(&batch).unwrap();
+            f.open()
+                .err()
+                .expect("a corrupt record is refused")
+                .to_string()
+        };
+        for (origin, what) in [(99, "no entry"), (1, "a directory")] {
+            let rec = InodeRecord {
+                origin: Some(origin),
+                ..rel_rec.clone()
+            };
+            let msg = corrupt(Batch {
+                inodes: vec![(rel, rec)],
+                ..Default::default()
+            });
+            assert!(
+                msg.contains(&format!("entry {origin}")) && msg.contains("base/1/rel"),
+                "{what}: {msg}"
+            );
+        }
+        let msg = corrupt(Batch {
+            inodes: vec![(rel, rel_rec)],
+            block_groups: vec![(rel, 0, Some(vec![0xff; 3]))],
+            ..Default::default()
+        });
+        assert!(msg.contains("bitmap"), "{msg}");
+        let msg = corrupt(Batch {
+            block_groups: vec![(rel, 0, None)],
+            next_ino: Some(3),
+            ..Default::default()
+        });
+        assert!(msg.contains("next inode number 3"), "{msg}");
+    }
+
+    /// A tmpfs of `size` mounted at `dir` while this lives: a disk that really fills up.
+    struct Tmpfs(PathBuf);
+
+    impl Tmpfs {
+        fn mount(dir: &Path, size: &str) -> Tmpfs {
+            // SAFETY: geteuid has no preconditions.
+            assert_eq!(
+                unsafe { libc::geteuid() },
+                0,
+                "this test mounts a tmpfs: run it as root"
+            );
+            fs::create_dir_all(dir).unwrap();
+            let c = |s: &[u8]| std::ffi::CString::new(s).unwrap();
+            let (tmpfs, target, data) = (
+                c(b"tmpfs"),
+                c(dir.as_os_str().as_bytes()),
+                c(format!("size={size}").as_bytes()),
+            );
+            // SAFETY: valid C strings for the duration of the call.
+            let ret = unsafe {
+                libc::mount(
+                    tmpfs.as_ptr(),
+                    target.as_ptr(),
+                    tmpfs.as_ptr(),
+                    0,
+                    data.as_ptr().cast(),
+                )
+            };
+            assert_eq!(
+                ret,
+                0,
+                "mount a tmpfs at {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            );
+            Tmpfs(dir.to_path_buf())
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let target = std::ffi::CString::new(self.0.as_os_str().as_bytes()).unwrap();
+            // SAFETY: valid C string; MNT_DETACH only detaches.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+
+    /// Fills the disk under `path` with a plain file, as another program would.
+    fn fill_from_outside(path: &Path) {
+        let mut file = File::create(path).unwrap();
+        let chunk = vec![3u8; 64 << 10];
+        loop {
+            match std::io::Write::write_all(&mut file, &chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+
+    #[track_caller]
+    fn assert_enospc<T>(result: FsResult<T>, what: &str) {
+        match result {
+            Ok(_) => panic!("{what} succeeded on a full disk"),
+            Err(e) => assert_eq!(e.errno(), libc::ENOSPC, "{what}: {e}"),
+        }
+    }
+
+    fn size(n: u64) -> SetAttr {
+        SetAttr {
+            size: Some(n),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn full_cache_disk_is_enospc_frees_and_recovers_without_remount() {
+        let f = fixture();
+        let disk = f.dir.path().join("disk");
+        let _tmpfs = Tmpfs::mount(&disk, "16m");
+        let cache = disk.join("cache");
+        let opts = f.options();
+        let fs = f.open_with(&cache, &opts).unwrap();
+        let file = |name: &str, len: usize| {
+            let (a, fh) = fs
+                .create(ROOT_INO, OsStr::new(name), 0o600, 101, 104)
+                .unwrap();
+            fs.write(fh, 0, &pattern(len, a.ino)).unwrap();
+            fs.fsync(fh, false).unwrap();
+            (a.ino, fh)
+        };
+        let kept = pattern(100_000, 5);
+        let (keep, keep_fh) = file("keep", 0);
+        fs.write(keep_fh, 0, &kept).unwrap();
+        fs.fsync(keep_fh, false).unwrap();
+        let (old, _) = file("old", 64 << 10);
+        // Together they free less than the headroom a full disk needs to take writes again.
+        let (long, _) = file("long", 512 << 10);
+        file("victim", 64 << 10);
+        file("gone", 128 << 10);
+        fs.mkdir(ROOT_INO, OsStr::new("empty"), 0o700, 101, 104)
+            .unwrap();
+        // Another program's file on the same disk; deleting it is how room comes back.
+        let outside = disk.join("outside");
+        fs::write(&outside, vec![1u8; 6 << 20]).unwrap();
+
+        let (_, filler) = file("filler", 0);
+        let chunk = vec![7u8; 64 << 10];
+        let mut offset = 0;
+        let err = loop {
+            match fs.write(filler, offset, &chunk) {
+                Ok(n) => offset += n as u64,
+                Err(e) => break e,
+            }
+            assert!(offset < 16 << 20, "the disk never filled");
+        };
+        assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+
+        // What needs room is refused with ENOSPC (never EIO) and changes nothing.
+        let name = OsStr::new;
+        assert_enospc(fs.create(ROOT_INO, name("new"), 0o600, 0, 0), "create");
+        assert_enospc(fs.mkdir(ROOT_INO, name("dir"), 0o700, 0, 0), "mkdir");
+        assert_enospc(
+            fs.symlink(ROOT_INO, name("sym"), Path::new("keep"), 0, 0),
+            "symlink",
+        );
+        assert_enospc(fs.link(keep, ROOT_INO, name("keep2")), "link");
+        assert_enospc(
+            fs.rename(ROOT_INO, name("keep"), ROOT_INO, name("moved"), false),
+            "rename to a new name",
+        );
+        assert_enospc(fs.write(keep_fh, 0, b"x"), "write");
+        assert_enospc(fs.setattr(keep, &size(4 << 20)), "truncate growing");
+        assert_enospc(fs.fsync(filler, false), "fsync");
+        assert_eq!(fs.getattr(keep).unwrap().size, kept.len() as u64);
+        for gone in ["new", "dir", "sym", "keep2", "moved"] {
+            assert!(matches!(
+                fs.lookup(ROOT_INO, name(gone)),
+                Err(FsError::NotFound)
+            ));
+        }
+        assert!(opts.stats.enospc_refusals.load(Ordering::Relaxed) >= 9);
+
+        // What frees room works on the full disk.
+        fs.unlink(ROOT_INO, name("gone")).unwrap();
+        fs.rmdir(ROOT_INO, name("empty")).unwrap();
+        fs.rename(ROOT_INO, name("old"), ROOT_INO, name("victim"), false)
+            .unwrap();
+        fs.setattr(long, &size(8192)).unwrap();
+        assert_enospc(fs.mkdir(ROOT_INO, name("dir"), 0o700, 0, 0), "still full");
+
+        // Room comes back: the same mount takes writes again.
+        fs::remove_file(&outside).unwrap();
+        std::thread::sleep(Duration::from_millis(3 * RECHECK_MILLIS));
+        fs.mkdir(ROOT_INO, name("after"), 0o700, 101, 104).unwrap();
+        fs.write(keep_fh, 0, b"again").unwrap();
+        fs.fsync(keep_fh, false).unwrap();
+        assert!(cache.join(RESERVE_FILE).metadata().unwrap().len() == RESERVE_BYTES);
+
+        // After a crash the store holds exactly what was acknowledged.
+        drop(fs);
+        let fs = f.open_with(&cache, &opts).unwrap();
+        let mut want = kept.clone();
+        want[..5].copy_from_slice(b"again");
+        assert_eq!(read_all(&fs, path_ino(&fs, "keep")), want);
+        assert_eq!(
+            read_all(&fs, path_ino(&fs, "victim")),
+            pattern(64 << 10, old)
+        );
+        assert_eq!(fs.getattr(long).unwrap().size, 8192);
+        path_ino(&fs, "after");
+        for gone in ["gone", "empty", "old", "dir", "new", "moved"] {
+            assert!(matches!(
+                fs.lookup(ROOT_INO, name(gone)),
+                Err(FsError::NotFound)
+            ));
+        }
+    }
+
+    #[test]
+    fn store_failing_for_room_recovers_without_remount() {
+        let f = fixture();
+        let disk = f.dir.path().join("disk");
+        let _tmpfs = Tmpfs::mount(&disk, "8m");
+        let cache = disk.join("cache");
+        let opts = f.options();
+        let fs = f.open_with(&cache, &opts).unwrap();
+        fs.mkdir(ROOT_INO, OsStr::new("early"), 0o700, 101, 104)
+            .unwrap();
+        // Its attributes at close are committed without durability, then the store fails.
+        let (lazy, fh) = fs
+            .create(ROOT_INO, OsStr::new("lazy"), 0o600, 101, 104)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        fs.write(fh, 0, b"written").unwrap();
+        fs.release(fh).unwrap();
+        let lazy_mtime = fs.getattr(lazy.ino).unwrap().mtime;
+        assert_ne!(lazy_mtime, lazy.mtime);
+        let outside = disk.join("outside");
+        fill_from_outside(&outside);
+
+        // Namespace changes until the store itself cannot commit for lack of room.
+        let name = |i: usize| OsString::from(format!("d{i}"));
+        let mut made = 0;
+        let err = loop {
+            match fs.mkdir(ROOT_INO, &name(made), 0o700, 101, 104) {
+                Ok(_) => made += 1,
+                Err(e) => break e,
+            }
+            assert!(made < 50_000, "the store never ran out of room");
+        };
+        assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+        assert_enospc(fs.mkdir(ROOT_INO, OsStr::new("x"), 0o700, 0, 0), "mkdir");
+        // The reserve gives the store the room to reopen and to commit a removal.
+        fs.rmdir(ROOT_INO, OsStr::new("early")).unwrap();
+
+        fs::remove_file(&outside).unwrap();
+        std::thread::sleep(Duration::from_millis(3 * RECHECK_MILLIS));
+        fs.mkdir(ROOT_INO, OsStr::new("after"), 0o700, 101, 104)
+            .unwrap();
+
+        drop(fs);
+        let fs = f.open_with(&cache, &opts).unwrap();
+        let names: HashSet<OsString> = fs
+            .readdir(ROOT_INO)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert!(names.contains(OsStr::new("after")));
+        for gone in ["early", "x"] {
+            assert!(!names.contains(OsStr::new(gone)), "{gone}");
+        }
+        assert!((0..made).all(|i| names.contains(&name(i))));
+        assert!(!names.contains(&name(made)));
+        // The reopened store got the commit it lost again: the store never fell behind memory.
+        assert_eq!(fs.getattr(lazy.ino).unwrap().mtime, lazy_mtime);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,7 +14,7 @@ use ir_repository::{BackupManifest, Repository};
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
-use crate::fs::{CacheOptions, IrFs};
+use crate::fs::{CacheOptions, IrFs, private_dir, tighten};
 use crate::fuse::FuseAdapter;
 use crate::source::{RepoSource, SourceConfig};
 use crate::stats::MountStats;
@@ -241,13 +242,17 @@ fn is_dead_mount(path: &Path) -> std::io::Result<bool> {
 
 fn lock_cache(dir: &Path) -> Result<File, MountError> {
     let cache_err = |e| MountError::Cache(dir.to_path_buf(), e);
-    fs::create_dir_all(dir).map_err(cache_err)?;
+    private_dir(dir).map_err(cache_err)?;
+    let path = dir.join("lock");
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join("lock"))
+        .mode(0o600)
+        .open(&path)
         .map_err(cache_err)?;
+    let mode = lock.metadata().map_err(cache_err)?.permissions().mode();
+    tighten(&path, mode, 0o600).map_err(cache_err)?;
     // SAFETY: flock on a file descriptor we own; released when the process dies.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(MountError::CacheBusy(dir.to_path_buf()));
@@ -277,6 +282,7 @@ pub fn mount_backup(
 
     let disk = (!repo.is_local()).then(|| (opts.cache_dir.join("chunks"), opts.disk_cache_bytes));
     let repository = repo.url().to_string();
+    let repository_id = repo.identity().to_string();
     let stats = Arc::new(MountStats::default());
     let source = Arc::new(
         RepoSource::new(
@@ -299,7 +305,9 @@ pub fn mount_backup(
             uid: opts.uid,
             gid: opts.gid,
             repository,
+            repository_id,
             readahead_chunks: opts.readahead_chunks,
+            stats: stats.clone(),
         },
     )?);
 

@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::num::NonZeroUsize;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use lru::LruCache;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+use crate::fs::{private_dir, tighten};
 use crate::stats::MountStats;
 
 /// Where the base content of a backup comes from. The filesystem only sees this trait, so its
@@ -182,7 +184,8 @@ impl ChunkSource for RepoSource {
     }
 }
 
-/// Plain chunks on local disk, named by hash, checked on every read, evicted oldest first.
+/// Plain chunks on local disk, named by hash, checked on every read, evicted oldest first;
+/// readable by their owner only, as they are the database's pages.
 struct DiskCache {
     dir: PathBuf,
     limit: u64,
@@ -191,7 +194,7 @@ struct DiskCache {
 
 impl DiskCache {
     fn open(dir: PathBuf, limit: u64) -> std::io::Result<Self> {
-        fs::create_dir_all(&dir)?;
+        private_dir(&dir)?;
         let mut entries = Vec::new();
         for e in fs::read_dir(&dir)? {
             let e = e?;
@@ -199,6 +202,7 @@ impl DiskCache {
             match name.to_str().and_then(|n| n.parse::<ChunkId>().ok()) {
                 Some(id) => {
                     let meta = e.metadata()?;
+                    tighten(&e.path(), meta.permissions().mode(), 0o600)?;
                     entries.push((meta.modified()?, id, meta.len()));
                 }
                 None => fs::remove_file(e.path())?,
@@ -229,7 +233,12 @@ impl DiskCache {
     /// Best effort: a failure to cache only costs a later fetch.
     fn put(&self, id: &ChunkId, data: &[u8]) {
         let tmp = self.dir.join(format!(".{}.tmp", id.to_hex()));
-        let stored = fs::File::create(&tmp)
+        let stored = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
             .and_then(|mut f| f.write_all(data))
             .and_then(|_| fs::rename(&tmp, self.dir.join(id.to_hex())));
         if stored.is_err() {

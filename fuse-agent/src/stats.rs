@@ -1,5 +1,6 @@
-//! What one mount counts as it serves: its chunk reads and its FUSE requests. Plain atomics,
-//! updated on every request; the agent exposes them as metrics.
+//! What one mount counts as it serves: its chunk reads, its FUSE requests and its refusals for
+//! a full cache disk. Plain atomics, updated on every request; the agent exposes them as
+//! metrics.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -103,6 +104,8 @@ pub struct MountStats {
     pub misses: AtomicU64,
     /// Chunk reads from the repository that failed.
     pub repository_errors: AtomicU64,
+    /// Operations refused with ENOSPC because the IRCache disk is full.
+    pub enospc_refusals: AtomicU64,
     operations: [LatencyHistogram; FuseOp::ALL.len()],
 }
 

@@ -118,6 +118,13 @@ impl Collector for Mounts {
             &samples,
             |s| vec![(None, &s.repository_errors)],
         )?;
+        encode_counter(
+            &mut encoder,
+            "ircache_enospc",
+            "Operations refused with ENOSPC because the IRCache disk is full",
+            &samples,
+            |s| vec![(None, &s.enospc_refusals)],
+        )?;
 
         let mut metric = encoder.encode_descriptor(
             "ircache_bytes",

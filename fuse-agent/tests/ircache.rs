@@ -1,0 +1,366 @@
+//! The IRCache behind a real FUSE mount: a full cache disk is ENOSPC where it applies and heals
+//! without a remount, and every file of a cache is its owner's alone.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ir_e2e::s3::S3Server;
+use ir_e2e::{require_fuse, shared_tempdir};
+use ir_fuse::{MountOptions, Mounted, mount_backup};
+use ir_repository::{BackupManifest, Progress, Repository, S3Credentials, StoreOptions};
+
+/// The user a local attacker would be.
+const NOBODY: u32 = 65534;
+
+/// Pseudo-random bytes that do not compress away.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A cleanly shut down pg_control: system identifier, state 1 (shut down), checkpoint, timeline.
+fn pg_control() -> Vec<u8> {
+    let mut b = vec![0u8; 8192];
+    b[0..8].copy_from_slice(&7_311_234_567_890_123_456u64.to_le_bytes());
+    b[16..20].copy_from_slice(&1u32.to_le_bytes());
+    b[32..40].copy_from_slice(&0x1_0000_0028u64.to_le_bytes());
+    b[48..52].copy_from_slice(&1u32.to_le_bytes());
+    b
+}
+
+/// A repository at `url` with one backup of a small data directory written under `dir`.
+async fn backup(dir: &Path, url: &str, opts: &StoreOptions) -> (Repository, BackupManifest) {
+    let data = dir.join("data");
+    let files = BTreeMap::from([
+        ("PG_VERSION", b"16\n".to_vec()),
+        ("global/pg_control", pg_control()),
+        ("base/1/1259", noise(300_000, 1)),
+    ]);
+    for (path, content) in files {
+        let path = data.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+    let repo = Repository::init(url, 64 * 1024, opts)
+        .await
+        .expect("init repository");
+    let manifest = repo
+        .ingest_dir(&data, Arc::new(Progress::default()))
+        .await
+        .expect("ingest the data directory");
+    (repo, manifest)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn mount(repo: Repository, manifest: BackupManifest, cache: &Path, mnt: &Path) -> Mounted {
+    let rt = RUNTIME.get_or_init(runtime);
+    let opts = MountOptions::new(mnt.to_path_buf(), cache.to_path_buf());
+    mount_backup(repo, manifest, &opts, rt.handle().clone()).expect("mount the backup")
+}
+
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// What the process logged, for every test of this binary.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        #[derive(Clone)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer(Arc::default());
+        let logs = buffer.0.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || buffer.clone())
+            .with_ansi(false)
+            .init();
+        logs
+    })
+    .clone()
+}
+
+/// A tmpfs of `size` mounted at `dir` while this lives: a disk that really fills up.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let c = |s: &[u8]| CString::new(s).unwrap();
+        let (tmpfs, target, data) = (
+            c(b"tmpfs"),
+            c(dir.as_os_str().as_bytes()),
+            c(format!("size={size}").as_bytes()),
+        );
+        // SAFETY: valid C strings for the duration of the call.
+        let ret = unsafe {
+            libc::mount(
+                tmpfs.as_ptr(),
+                target.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            ret,
+            0,
+            "mount a tmpfs at {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C string; MNT_DETACH only detaches.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[track_caller]
+fn assert_enospc<T: std::fmt::Debug>(result: std::io::Result<T>, what: &str) {
+    let err = result.expect_err(&format!("{what} on a full cache disk"));
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{what}: {err}");
+}
+
+#[test]
+fn full_cache_disk_is_enospc_where_it_applies_and_heals_without_remount() {
+    require_fuse();
+    let logs = logs();
+    let tmp = shared_tempdir();
+    let url = format!("file://{}", tmp.path().join("repo").display());
+    let (repo, manifest) =
+        RUNTIME
+            .get_or_init(runtime)
+            .block_on(backup(tmp.path(), &url, &StoreOptions::default()));
+    let disk = tmp.path().join("disk");
+    let _tmpfs = Tmpfs::mount(&disk, "16m");
+    let cache = disk.join("cache");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = mount(repo.clone(), manifest.clone(), &cache, &mnt);
+
+    let kept = noise(100_000, 5);
+    let keep = File::create(mnt.join("keep")).unwrap();
+    keep.write_all_at(&kept, 0).unwrap();
+    keep.sync_all().unwrap();
+    // Together these free less than the headroom a full disk needs to take writes again.
+    for (name, len) in [("old", 64 << 10), ("victim", 64 << 10), ("gone", 128 << 10)] {
+        fs::write(mnt.join(name), noise(len, len as u64)).unwrap();
+    }
+    fs::write(mnt.join("long"), noise(512 << 10, 9)).unwrap();
+    fs::create_dir(mnt.join("empty")).unwrap();
+    // Another program's file on the same disk; deleting it is how room comes back.
+    let outside = disk.join("outside");
+    fs::write(&outside, vec![1u8; 6 << 20]).unwrap();
+
+    let mut filler = File::create(mnt.join("filler")).unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    let err = loop {
+        if let Err(e) = filler.write_all(&chunk) {
+            break e;
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+
+    assert_enospc(fs::create_dir(mnt.join("dir")), "mkdir");
+    assert_enospc(File::create(mnt.join("new")), "create");
+    assert_enospc(
+        std::os::unix::fs::symlink("keep", mnt.join("sym")),
+        "symlink",
+    );
+    assert_enospc(fs::hard_link(mnt.join("keep"), mnt.join("keep2")), "link");
+    assert_enospc(
+        fs::rename(mnt.join("keep"), mnt.join("moved")),
+        "rename to a new name",
+    );
+    assert_enospc(keep.write_at(b"x", 0), "write");
+    assert_enospc(keep.set_len(4 << 20), "truncate growing");
+    assert_enospc(filler.sync_all(), "fsync");
+    assert_eq!(keep.metadata().unwrap().len(), kept.len() as u64);
+    let refusals = mounted
+        .stats()
+        .enospc_refusals
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refusals >= 9, "{refusals} refusals counted");
+    let logged = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.lines().any(|l| l.contains("WARN")
+            && l.contains("disk is full")
+            && l.contains(&cache.display().to_string())),
+        "{logged}"
+    );
+
+    // What frees room works on the full disk.
+    fs::remove_file(mnt.join("gone")).unwrap();
+    fs::remove_dir(mnt.join("empty")).unwrap();
+    fs::rename(mnt.join("old"), mnt.join("victim")).unwrap();
+    File::options()
+        .write(true)
+        .open(mnt.join("long"))
+        .unwrap()
+        .set_len(8192)
+        .unwrap();
+    assert_enospc(fs::create_dir(mnt.join("dir")), "mkdir while still full");
+
+    // Room comes back: the same mount takes writes again.
+    fs::remove_file(&outside).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fs::create_dir(mnt.join("after")).unwrap();
+    keep.write_all_at(b"again", 0).unwrap();
+    keep.sync_all().unwrap();
+    drop((keep, filler));
+    mounted.unmount(Duration::from_secs(10)).unwrap();
+
+    let mounted = mount(repo, manifest, &cache, &mnt);
+    let mut want = kept;
+    want[..5].copy_from_slice(b"again");
+    assert_eq!(fs::read(mnt.join("keep")).unwrap(), want);
+    assert_eq!(
+        fs::read(mnt.join("victim")).unwrap(),
+        noise(64 << 10, 64 << 10)
+    );
+    assert_eq!(fs::metadata(mnt.join("long")).unwrap().len(), 8192);
+    assert!(mnt.join("after").is_dir());
+    for gone in [
+        "gone", "empty", "old", "dir", "new", "sym", "keep2", "moved",
+    ] {
+        assert!(!mnt.join(gone).exists(), "{gone}");
+    }
+    mounted.unmount(Duration::from_secs(10)).unwrap();
+}
+
+/// Whether `nobody` can read `path` (a file) or list it (a directory).
+fn nobody_reads(path: &Path) -> bool {
+    let program = if path.is_dir() { "ls" } else { "cat" };
+    Command::new(program)
+        .arg(path)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("run {program} as nobody: {e}"))
+        .success()
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            walk(&path, out);
+        }
+        out.push(path);
+    }
+}
+
+#[test]
+fn cache_files_are_their_owners_alone_whatever_the_umask() {
+    require_fuse();
+    let tmp = shared_tempdir();
+    let mut s3 = S3Server::start();
+    let env: BTreeMap<_, _> = s3.env().into_iter().collect();
+    let opts = StoreOptions {
+        s3_endpoint: Some(s3.endpoint()),
+        s3_region: Some("us-east-1".into()),
+        allow_http: Some(true),
+        s3_credentials: Some(S3Credentials {
+            access_key_id: env["AWS_ACCESS_KEY_ID"].clone(),
+            secret_access_key: env["AWS_SECRET_ACCESS_KEY"].clone(),
+        }),
+        ..StoreOptions::default()
+    };
+    let (repo, manifest) =
+        RUNTIME
+            .get_or_init(runtime)
+            .block_on(backup(tmp.path(), &s3.url("isolation"), &opts));
+    // A cache as older versions left it: open to every local user.
+    let cache = tmp.path().join("cache");
+    fs::create_dir_all(cache.join("chunks")).unwrap();
+    fs::write(cache.join("lock"), b"").unwrap();
+    for dir in [&cache, &cache.join("chunks")] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(cache.join("lock"), fs::Permissions::from_mode(0o644)).unwrap();
+    // SAFETY: umask has no preconditions; the only other test here creates nothing it checks.
+    let umask = unsafe { libc::umask(0) };
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = mount(repo, manifest, &cache, &mnt);
+    // Remote reads fill the chunk cache; writes fill the IRCache.
+    assert_eq!(
+        fs::read(mnt.join("base/1/1259")).unwrap(),
+        noise(300_000, 1)
+    );
+    let rel = File::options()
+        .write(true)
+        .open(mnt.join("base/1/1259"))
+        .unwrap();
+    rel.write_all_at(&[9u8; 8192], 8192).unwrap();
+    rel.sync_all().unwrap();
+    drop(rel);
+    fs::write(mnt.join("new"), b"new file").unwrap();
+    mounted.unmount(Duration::from_secs(10)).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::umask(umask) };
+    s3.stop();
+
+    let mut entries = Vec::new();
+    walk(&cache, &mut entries);
+    entries.push(cache.clone());
+    for sub in ["data", "chunks", "ircache.redb", "lock", "reserve"] {
+        assert!(entries.contains(&cache.join(sub)), "{sub} in {entries:?}");
+    }
+    assert!(
+        fs::read_dir(cache.join("chunks")).unwrap().count() > 0,
+        "the chunk cache was used"
+    );
+    assert!(
+        fs::read_dir(cache.join("data")).unwrap().count() >= 2,
+        "the writes reached the cache"
+    );
+    for path in &entries {
+        let meta = fs::symlink_metadata(path).unwrap();
+        let mode = meta.mode() & 0o7777;
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+        assert!(!nobody_reads(path), "nobody reads {}", path.display());
+    }
+    assert!(
+        nobody_reads(tmp.path()),
+        "only the cache's own modes keep nobody out"
+    );
+}
