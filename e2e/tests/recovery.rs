@@ -69,6 +69,25 @@ async fn delete_leaves_nothing(fx: &Installation, name: &str) {
     assert!(services.get_opt(name).await.unwrap().is_none());
 }
 
+/// The published Pod of `name` mounts the host path its RecoveryMount's status names, which is
+/// named by the RecoveryMount's uid.
+async fn check_mount_path(fx: &Installation, name: &str) {
+    let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    let mount = mounts.get(name).await.expect("the RecoveryMount");
+    let mount_path = mount.status.unwrap().mount_path.expect("status.mountPath");
+    let uid = mount.metadata.uid.unwrap();
+    assert!(mount_path.ends_with(&format!("/{uid}")), "{mount_path}");
+    let published = fx.pods().get(&format!("{name}-published")).await.unwrap();
+    let spec = published.spec.unwrap();
+    let host_path = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find_map(|v| v.host_path)
+        .expect("the published Pod's hostPath");
+    assert_eq!(host_path.path, mount_path);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
     let fx = Installation::start().await;
@@ -84,6 +103,7 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
         .time_to_first_query_ms
         .expect("time to first query");
     println!("apply to first query on the published instance: {ttfq} ms");
+    check_mount_path(&fx, "orders").await;
 
     // The repository's own status lists the backup.
     let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NAMESPACE);

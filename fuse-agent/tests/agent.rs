@@ -1,6 +1,7 @@
 //! The node agent as a child process against a real control plane: mount, files and writes,
 //! restart with the same IRCache, failures (missing backup, unreachable repository, bad
-//! Secret, no room), new attempts, deletion, Node heartbeat.
+//! Secret, no room), new attempts, deletion, Node heartbeat; RecoveryMounts whose
+//! `<namespace>-<name>` collide mounted apart.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -95,10 +96,21 @@ fn backup_files() -> BTreeMap<&'static str, Vec<u8>> {
     ])
 }
 
-/// A file:// repository with one backup of `backup_files`; returns (URL, backup id).
+/// A file:// repository in `dir/repo` with one backup of `backup_files`; returns (URL, backup
+/// id).
 async fn make_backup(dir: &Path) -> (String, String) {
+    make_marked_backup(dir, b"").await
+}
+
+/// As [`make_backup`], with a file `marker` holding `marker` (when not empty), which tells the
+/// backups apart.
+async fn make_marked_backup(dir: &Path, marker: &[u8]) -> (String, String) {
     let data = dir.join("data");
-    for (path, content) in backup_files() {
+    let mut files = backup_files();
+    if !marker.is_empty() {
+        files.insert("marker", marker.to_vec());
+    }
+    for (path, content) in files {
         let p = data.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, content).unwrap();
@@ -307,7 +319,8 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     })
     .await;
     let mounted_in = started.elapsed() - control_plane_ready;
-    let mount_path = mount_root.canonicalize().unwrap().join("db-main");
+    // Named by the RecoveryMount's uid, not its name.
+    let mount_path = mount_root.canonicalize().unwrap().join(&uid);
     let cache_dir = cache_root
         .canonicalize()
         .unwrap()
@@ -587,4 +600,91 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
         "control plane ready in {control_plane_ready:?}; first mount {mounted_in:?}; remount after SIGKILL {remounted_in:?}; total {:?}",
         started.elapsed()
     );
+}
+
+/// Waits until the RecoveryMount `namespace/name` is gone (its agent unmounted and wiped).
+async fn wait_deleted(api: &Api<RecoveryMount>, name: &str, agent: &AgentProcess) {
+    let deadline = Instant::now() + WAIT;
+    while api.get_opt(name).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "RecoveryMount {name} still there after deletion\n{}",
+            agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_mounts_whose_names_collide_mount_apart() {
+    ir_e2e::require_fuse();
+    let cp = ControlPlane::start().await;
+    cp.install_crds().await;
+    // `a-b/c` and `a/b-c` are both `a-b-c` as `<namespace>-<name>`.
+    for namespace in ["a-b", "a", "ir-system"] {
+        cp.create_namespace(namespace).await;
+    }
+    cp.apply_yaml(AGENT_RBAC)
+        .await
+        .expect("apply the agent's RBAC");
+    let identity = cp.service_account("ir-system", "ir-agent").await;
+    let admin = cp.admin();
+    let node: Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": NODE}})).unwrap();
+    Api::<Node>::all(admin.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create the Node");
+
+    let work = ir_e2e::shared_tempdir();
+    let repositories = work.path().join("repositories");
+    let (one_url, one_id) = make_marked_backup(&repositories.join("one"), b"backup one").await;
+    let (two_url, two_id) = make_marked_backup(&repositories.join("two"), b"backup two").await;
+    let mount_root = work.path().join("mnt");
+    let cache_root = work.path().join("cache");
+    let _mounts = MountRoot(mount_root.clone());
+    let agent = AgentProcess::start(
+        &identity.kubeconfig,
+        &mount_root,
+        &cache_root,
+        &work.path().join("agent.log"),
+    );
+
+    let in_ab: Api<RecoveryMount> = Api::namespaced(admin.clone(), "a-b");
+    let in_a: Api<RecoveryMount> = Api::namespaced(admin.clone(), "a");
+    let mut c = recovery_mount("c", file_repository(&one_url), &one_id);
+    c.metadata.namespace = Some("a-b".to_owned());
+    let c = in_ab.create(&PostParams::default(), &c).await.unwrap();
+    let mut b_c = recovery_mount("b-c", file_repository(&two_url), &two_id);
+    b_c.metadata.namespace = Some("a".to_owned());
+    let b_c = in_a.create(&PostParams::default(), &b_c).await.unwrap();
+
+    let mounted = |s: &RecoveryMountStatus| s.phase == MountPhase::Mounted;
+    let c_status = wait_status(&in_ab, "c", &agent, "Mounted", mounted).await;
+    let b_c_status = wait_status(&in_a, "b-c", &agent, "Mounted", mounted).await;
+    let root = mount_root.canonicalize().unwrap();
+    let c_path = PathBuf::from(c_status.mount_path.unwrap());
+    let b_c_path = PathBuf::from(b_c_status.mount_path.unwrap());
+    assert_eq!(c_path, root.join(c.metadata.uid.as_ref().unwrap()));
+    assert_eq!(b_c_path, root.join(b_c.metadata.uid.as_ref().unwrap()));
+    assert_ne!(c_path, b_c_path);
+    // Each serves its own backup.
+    assert_eq!(std::fs::read(c_path.join("marker")).unwrap(), b"backup one");
+    assert_eq!(
+        std::fs::read(b_c_path.join("marker")).unwrap(),
+        b"backup two"
+    );
+    // A write to one is not seen in the other.
+    std::fs::write(c_path.join("written"), b"into c").unwrap();
+    assert!(!b_c_path.join("written").exists());
+
+    let mounts = ir_e2e::mounts_under(&mount_root);
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+
+    for (api, name) in [(&in_ab, "c"), (&in_a, "b-c")] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_deleted(api, name, &agent).await;
+    }
+    assert!(ir_e2e::mounts_under(&mount_root).is_empty());
+    assert!(!c_path.exists() && !b_c_path.exists());
 }

@@ -58,7 +58,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
-    /// Mounts go to `<mount_root>/<namespace>-<name>`.
+    /// Mounts go to `<mount_root>/<RecoveryMount uid>`: unique, unlike `<namespace>-<name>`
+    /// (`a-b/c` and `a/b-c` would share one).
     pub mount_root: PathBuf,
     /// IRCaches go to `<cache_root>/ircache/<RecoveryMount uid>`.
     pub cache_root: PathBuf,
@@ -245,7 +246,7 @@ impl Agent {
         };
         Ok(Target {
             key: format!("{namespace}/{name}"),
-            mount_path: self.config.mount_root.join(format!("{namespace}-{name}")),
+            mount_path: self.config.mount_root.join(&uid),
             cache_dir: self.config.cache_root.join("ircache").join(&uid),
             namespace,
             name,

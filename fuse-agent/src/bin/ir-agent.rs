@@ -16,7 +16,7 @@ struct Args {
     /// The node this agent serves (the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Where backups are mounted, as `<mount-root>/<namespace>-<name>`.
+    /// Where backups are mounted, as `<mount-root>/<RecoveryMount uid>`.
     #[arg(
         long,
         env = "IR_MOUNT_ROOT",

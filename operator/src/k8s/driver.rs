@@ -439,6 +439,15 @@ impl<'a> Driver<'a> {
         else {
             return Ok(Step::InProgress);
         };
+        if let Err(why) = check_mount_path(mount, &host_path) {
+            return Ok(Step::Failed(Failure::permanent(
+                "MountPathInvalid",
+                format!(
+                    "RecoveryMount {}/{}: status.mountPath {host_path:?} {why}",
+                    self.namespace, self.name
+                ),
+            )));
+        }
         let mounted_at = mounted_at.to_string();
         let node = mount.spec.node_name.clone();
         self.ensure_object(resources::config_map(self.ir)).await?;
@@ -1042,6 +1051,37 @@ where
     }
 }
 
+/// The host path a RecoveryMount's status names is a mount of this RecoveryMount: an absolute
+/// path without `.` or `..` whose last part is the RecoveryMount's uid (or, from an agent of an
+/// earlier version, `<namespace>-<name>`). The published Pod mounts it from the host, so a path
+/// any writer of the status chose (`/`, `/etc`) must not pass.
+fn check_mount_path(mount: &RecoveryMount, path: &str) -> Result<(), &'static str> {
+    use std::path::{Component, Path};
+    let path = Path::new(path);
+    if !path.is_absolute() {
+        return Err("is not an absolute path");
+    }
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+    {
+        return Err("has '.' or '..' in it");
+    }
+    let last = path.file_name().and_then(|n| n.to_str());
+    let uid = mount.metadata.uid.as_deref();
+    let legacy = format!(
+        "{}-{}",
+        mount.metadata.namespace.as_deref().unwrap_or_default(),
+        mount.name_any()
+    );
+    match last {
+        Some(last) if Some(last) == uid || last == legacy => Ok(()),
+        _ => Err(
+            "is not a mount of this RecoveryMount (its last part is not the RecoveryMount's uid)",
+        ),
+    }
+}
+
 /// A rejected first connection is permanent: a refused login needs another Secret, a missing
 /// database (its name is fixed) another backup.
 fn first_query_failure(
@@ -1336,6 +1376,38 @@ mod tests {
             "{}",
             f.message
         );
+    }
+
+    #[test]
+    fn only_a_mount_path_of_the_recovery_mount_reaches_the_published_pod() {
+        let ir = resources::tests::recovery();
+        let mut mount = resources::recovery_mount(
+            &ir,
+            "node-a",
+            &serde_json::from_value(serde_json::json!({"url": "file:///r"})).unwrap(),
+            "b1",
+            resources::PostgresUser { uid: 999, gid: 999 },
+        );
+        mount.metadata.uid = Some("7c0a1e2f-uid".to_owned());
+        assert_eq!(
+            check_mount_path(&mount, "/run/media/instant-recovery/7c0a1e2f-uid"),
+            Ok(())
+        );
+        // What an agent of an earlier version reports.
+        assert_eq!(
+            check_mount_path(&mount, "/run/media/instant-recovery/shop-orders"),
+            Ok(())
+        );
+        for bad in [
+            "/",
+            "/etc",
+            "relative/7c0a1e2f-uid",
+            "/run/media/../../etc/7c0a1e2f-uid",
+            "/run/media/instant-recovery/other-uid",
+            "",
+        ] {
+            assert!(check_mount_path(&mount, bad).is_err(), "{bad:?} passed");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn published(ir: &InstantRecovery, mounted_at: &str) -> Pod {
         USER,
         &PublishedMount {
             node: "node-a",
-            host_path: "/run/media/instant-recovery/shop-orders",
+            host_path: "/run/media/instant-recovery/5a7c1e2f-mount-uid",
             mounted_at,
         },
     )
@@ -114,7 +114,8 @@ fn the_published_pod_runs_postgres_on_the_mount() {
         .unwrap();
     assert_eq!(
         data.host_path.unwrap().path,
-        "/run/media/instant-recovery/shop-orders"
+        "/run/media/instant-recovery/5a7c1e2f-mount-uid",
+        "the path the RecoveryMount's status names"
     );
     let container = &spec.containers[0];
     let mount = container
