@@ -175,6 +175,12 @@ async fn good_manifests_are_accepted_with_the_defaults_the_types_expect() {
             "/spec/readDeadline",
             None,
         ),
+        // An S3 repository that opts in to the installation's own credentials needs no Secret.
+        with(
+            with(repository("ambient"), "/spec/credentialsSecret", None),
+            "/spec/s3/useAmbientCredentials",
+            Some(json!(true)),
+        ),
         mount("full"),
         // A size may be a plain number of bytes.
         with(
@@ -213,6 +219,11 @@ async fn good_manifests_are_accepted_with_the_defaults_the_types_expect() {
     let repositories: Api<BackupRepository> = Api::namespaced(plane.admin(), NS);
     let files = repositories.get("files").await.unwrap();
     assert_eq!(files.spec.read_deadline.to_string(), "30s");
+    let prod = repositories.get("prod").await.unwrap();
+    assert!(
+        !prod.spec.s3.unwrap().use_ambient_credentials,
+        "off by default"
+    );
     let mounts: Api<RecoveryMount> = Api::namespaced(plane.admin(), NS);
     assert_eq!(
         mounts
@@ -404,6 +415,33 @@ async fn bad_manifests_are_refused_naming_the_field() {
             "read deadline in words",
             with(br("a"), "/spec/readDeadline", Some(json!("30 seconds"))),
             &["spec.readDeadline"],
+        ),
+        (
+            "s3 repository without credentialsSecret",
+            with(br("a"), "/spec/credentialsSecret", None),
+            &[
+                "spec.credentialsSecret",
+                "Required value",
+                "s3.useAmbientCredentials",
+            ],
+        ),
+        (
+            "s3 repository that refuses ambient credentials and has no Secret",
+            with(
+                with(br("a"), "/spec/credentialsSecret", None),
+                "/spec/s3/useAmbientCredentials",
+                Some(json!(false)),
+            ),
+            &["spec.credentialsSecret", "Required value"],
+        ),
+        (
+            "RecoveryMount of an s3 repository without credentialsSecret",
+            with(
+                rm("a"),
+                "/spec/repository",
+                Some(json!({"url": "s3://backups/prod"})),
+            ),
+            &["spec.repository.credentialsSecret", "Required value"],
         ),
         (
             "RecoveryMount with an empty nodeName",

@@ -29,6 +29,10 @@ logFormat: text
 metrics:
   port: 9090
   serviceMonitor: {enabled: true, interval: 15s, scrapeTimeout: 5s, labels: {release: prometheus}}
+repositories:
+  fileRoots: [/srv/backups, /mnt/nfs/instant-recovery]
+  mountFileRoots: false
+  allowAmbientCredentials: true
 operator:
   replicas: 3
   watchNamespace: databases
@@ -234,6 +238,67 @@ async fn rendered_objects_crds_and_resources_validate_against_the_served_schemas
     );
     assert_eq!(verdicts[0].status, "statusInvalid", "{:?}", verdicts[0]);
     assert!(verdicts[0].msg.contains("imag"), "{:?}", verdicts[0]);
+}
+
+fn container_args(workload: &Value) -> Vec<String> {
+    serde_json::from_value(workload["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+        .unwrap()
+}
+
+#[test]
+fn repositories_are_confined_to_the_file_roots_and_lent_no_credentials() {
+    let documents = helm::yaml_documents(&Helm::new().template("ir", "ir-system", &[]));
+    // file:// only inside the default file root, mounted read-only in both at the same path.
+    for kind in ["DaemonSet", "Deployment"] {
+        let workload = find(&documents, kind);
+        let args = container_args(workload);
+        assert!(
+            args.contains(&"--file-roots=/var/lib/instant-recovery/repositories".to_owned()),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a == "--allow-ambient-credentials"),
+            "{args:?}"
+        );
+        let spec = &workload["spec"]["template"]["spec"];
+        let mount = spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == "/var/lib/instant-recovery/repositories")
+            .expect("the file root is mounted");
+        assert_eq!(mount["readOnly"], true);
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(
+            volume["hostPath"]["path"],
+            "/var/lib/instant-recovery/repositories"
+        );
+    }
+    // No file root: file:// refused; ambient credentials only when asked for.
+    let documents = helm::yaml_documents(&Helm::new().template(
+        "ir",
+        "ir-system",
+        &[
+            "--set-json",
+            "repositories.fileRoots=[]",
+            "--set",
+            "repositories.allowAmbientCredentials=true",
+        ],
+    ));
+    for kind in ["DaemonSet", "Deployment"] {
+        let args = container_args(find(&documents, kind));
+        for arg in ["--file-roots=", "--allow-ambient-credentials"] {
+            assert!(
+                args.iter().any(|a| a == arg),
+                "{kind} args lack {arg}: {args:?}"
+            );
+        }
+    }
 }
 
 /// The ServiceMonitor scrapes the port named `metrics` of both metrics Services.
@@ -582,6 +647,26 @@ fn values_schema_refuses_bad_values_naming_the_field() {
             "operator.resources.requests.cpu=lots",
             "/operator/resources/requests/cpu",
             "",
+        ),
+        (
+            "repositories.fileRoots={relative/dir}",
+            "/repositories/fileRoots/0",
+            "does not match pattern",
+        ),
+        (
+            "repositories.fileRoots={/}",
+            "/repositories/fileRoots/0",
+            "does not match pattern",
+        ),
+        (
+            "repositories.fileRoots={/srv/../etc}",
+            "/repositories/fileRoots/0",
+            "",
+        ),
+        (
+            "repositories.allowAmbientCredentials=yes",
+            "/repositories/allowAmbientCredentials",
+            "want boolean",
         ),
     ] {
         let run = helm.run(&["template", "ir", chart, "--set", set]);

@@ -438,16 +438,113 @@ async fn bad_recoveries_fail_naming_the_field_and_create_nothing() {
             "spec.target.size",
         ),
     ];
+    // Repositories the operator must not read: outside the installation's file root by path,
+    // by `..`, by a symlink inside the root (each a good repository, but out of bounds), and
+    // S3 with the operator's own credentials, which this installation does not lend.
+    let root = fx.file_roots[0].clone();
+    let outside = fx.root.path().join("outside");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fx.repo_url.strip_prefix("file://").unwrap())
+        .arg(&outside)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let hostile = [
+        (
+            "etc",
+            "url: file:///etc".to_owned(),
+            "RepositoryPathNotAllowed",
+            "spec.url",
+        ),
+        (
+            "outside",
+            format!("url: file://{}", outside.display()),
+            "RepositoryPathNotAllowed",
+            "spec.url",
+        ),
+        (
+            "dotdot",
+            format!("url: file://{}/../outside", root.display()),
+            "RepositoryPathNotAllowed",
+            "spec.url",
+        ),
+        (
+            "symlink",
+            format!("url: file://{}", root.join("escape").display()),
+            "RepositoryPathNotAllowed",
+            "spec.url",
+        ),
+        (
+            "ambient",
+            "url: s3://backups/prod\n  s3:\n    endpoint: http://127.0.0.1:9\n    \
+             useAmbientCredentials: true"
+                .to_owned(),
+            "AmbientCredentialsNotAllowed",
+            "spec.s3.useAmbientCredentials",
+        ),
+    ];
+    let mut cases: Vec<(String, String, &str, String)> = cases
+        .into_iter()
+        .map(|(name, yaml, reason, field)| (name.to_owned(), yaml, reason, field.to_owned()))
+        .collect();
+    for (name, spec, reason, field) in &hostile {
+        fx.plane
+            .apply_yaml(&format!(
+                "apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\nmetadata:\n  \
+                 name: {name}\n  namespace: {NAMESPACE}\nspec:\n  {spec}\n"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("BackupRepository {name}: {e}"));
+        let recovery = format!("from-{name}");
+        let yaml = recovery_yaml(&recovery, "latest", credentials)
+            .replace("name: backups", &format!("name: {name}"));
+        // The recovery fails at once, naming the repository and its field.
+        let named =
+            format!("spec.backup.repositoryRef: BackupRepository {NAMESPACE}/{name}: {field}: ");
+        cases.push((recovery, yaml, reason, named));
+    }
     for (_, yaml, _, _) in &cases {
         fx.plane.apply_yaml(yaml).await.unwrap();
     }
-    for (name, _, reason, field) in cases {
+    // Each repository says what is wrong, naming its field.
+    let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    for (name, _, reason, field) in &hostile {
+        let deadline = Instant::now() + FLOW;
+        let reachable = loop {
+            let status = repos.get(name).await.unwrap().status.unwrap_or_default();
+            if let Some(c) = status.conditions.iter().find(|c| c.type_ == "Reachable") {
+                break c.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "BackupRepository {name}: no status"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", *reason),
+            "{name}: {reachable:?}"
+        );
+        assert!(
+            reachable.message.starts_with(&format!("{field}: ")),
+            "{name}: {}",
+            reachable.message
+        );
+    }
+    for (name, _, reason, field) in &cases {
+        let name = name.as_str();
+        let reason = *reason;
         let status = fx
             .wait_status(name, FLOW, |s| s.phase == Phase::Failed)
             .await;
         assert_eq!(status.reason.as_deref(), Some(reason), "{name}: {status:?}");
         let message = status.message.clone().unwrap_or_default();
-        assert!(message.contains(field), "{name}: {message}");
+        assert!(message.contains(field.as_str()), "{name}: {message}");
+        // Permanent: failed at once, with no retry.
+        assert_eq!(status.retry.attempt, 0, "{name}: {status:?}");
         assert!(!status.is_true(ConditionType::Validated));
         let stalled = status.condition(ConditionType::Stalled);
         assert_eq!(stalled.map(|c| c.reason.as_str()), Some(reason), "{name}");

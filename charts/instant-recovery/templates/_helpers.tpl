@@ -67,3 +67,33 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* Arguments of the operator and the agent that concern repositories. */}}
+{{- define "ir.commonArgs" -}}
+- --file-roots={{ join "," .Values.repositories.fileRoots }}
+{{- if .Values.repositories.allowAmbientCredentials }}
+- --allow-ambient-credentials
+{{- end }}
+{{- end -}}
+
+{{/* The file roots as volumes (fileRootVolumes) or read-only mounts (fileRootMounts). */}}
+{{- define "ir.fileRootVolumes" -}}
+{{- if .Values.repositories.mountFileRoots }}
+{{- range $i, $root := .Values.repositories.fileRoots }}
+- name: file-root-{{ $i }}
+  hostPath:
+    path: {{ $root }}
+    type: DirectoryOrCreate
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "ir.fileRootMounts" -}}
+{{- if .Values.repositories.mountFileRoots }}
+{{- range $i, $root := .Values.repositories.fileRoots }}
+- name: file-root-{{ $i }}
+  mountPath: {{ $root }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}

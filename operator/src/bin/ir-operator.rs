@@ -25,6 +25,19 @@ struct Args {
     /// Only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// The only directories `file://` repositories may lie in (comma-separated); an empty
+    /// value refuses every `file://` repository.
+    #[arg(
+        long,
+        env = "IR_FILE_ROOTS",
+        value_delimiter = ',',
+        default_value = ir_fuse::agent::DEFAULT_FILE_ROOT
+    )]
+    file_roots: Vec<String>,
+    /// Let a repository that opts in (`s3.useAmbientCredentials`) be read with this process's
+    /// own S3 credentials (environment, instance profile, workload identity).
+    #[arg(long, env = "IR_ALLOW_AMBIENT_CREDENTIALS")]
+    allow_ambient_credentials: bool,
     /// uid PostgreSQL runs as in its image (999 in the official images); the mount's files
     /// are owned by it.
     #[arg(long, env = "IR_POSTGRES_UID", default_value_t = 999)]
@@ -91,6 +104,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     connected.store(true, Ordering::Relaxed);
+    let file_roots =
+        ir_fuse::agent::parse_file_roots(&args.file_roots).map_err(anyhow::Error::msg)?;
     let settings = Settings {
         postgres_user: PostgresUser {
             uid: args.postgres_uid,
@@ -103,6 +118,8 @@ async fn main() -> anyhow::Result<()> {
         },
         repository_poll: args.repository_poll.0.max(Duration::from_secs(1)),
         namespace: args.namespace,
+        file_roots,
+        allow_ambient_credentials: args.allow_ambient_credentials,
     };
     let instance = std::env::var("POD_NAME")
         .or_else(|_| {

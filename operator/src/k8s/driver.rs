@@ -128,13 +128,35 @@ impl<'a> Driver<'a> {
     async fn validate(&self) -> Result<BackupInfo, Failure> {
         let spec = &self.ir.spec;
         let repo = self.repository().await?;
-        let options = super::store_options(&self.ctx.client, &self.namespace, &repo.spec).await?;
+        // A fault of the repository's own spec (a path outside the file roots, no credentials)
+        // is named as a field of the BackupRepository.
+        let about_repository = |f: Failure| {
+            let f = super::naming_repository_field(f);
+            let prefix = if f.message.starts_with("spec.") {
+                format!(
+                    "spec.backup.repositoryRef: BackupRepository {}/{}: ",
+                    self.namespace,
+                    repo.name_any()
+                )
+            } else {
+                "spec.backup: ".to_owned()
+            };
+            Failure {
+                message: format!("{prefix}{}", f.message),
+                ..f
+            }
+        };
+        let options = super::store_options(
+            &self.ctx.client,
+            &self.namespace,
+            &repo.spec,
+            &self.ctx.settings,
+        )
+        .await
+        .map_err(about_repository)?;
         let backup = crate::local::validate::find_backup(&repo.spec.url, &options, &spec.backup.id)
             .await
-            .map_err(|f| Failure {
-                message: format!("spec.backup: {}", f.message),
-                ..f
-            })?;
+            .map_err(about_repository)?;
         self.credentials().await?;
         if let Some(secret) = &spec.postgres.replication_secret {
             super::read_secret(

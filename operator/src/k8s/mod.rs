@@ -14,11 +14,13 @@ pub mod resources;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use ir_api::crd::{BackupRepository, BackupRepositorySpec, InstantRecovery, RecoveryMount};
+use ir_fuse::agent::plan;
 use ir_repository::{S3Credentials, StoreOptions};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::runtime::controller::Controller;
@@ -63,6 +65,12 @@ pub struct Settings {
     pub repository_poll: Duration,
     /// Only this namespace; all when `None`.
     pub namespace: Option<String>,
+    /// `file://` repositories must lie inside one of these directories; none: `file://` is
+    /// refused.
+    pub file_roots: Vec<PathBuf>,
+    /// Whether a repository may opt in to the operator's own S3 credentials
+    /// (`s3.useAmbientCredentials`).
+    pub allow_ambient_credentials: bool,
 }
 
 impl Default for Settings {
@@ -73,6 +81,8 @@ impl Default for Settings {
             switchover: SwitchoverTimeouts::default(),
             repository_poll: Duration::from_secs(300),
             namespace: None,
+            file_roots: vec![PathBuf::from(ir_fuse::agent::DEFAULT_FILE_ROOT)],
+            allow_ambient_credentials: false,
         }
     }
 }
@@ -295,13 +305,44 @@ pub async fn read_secret(
         .collect()
 }
 
-/// How to open a BackupRepository's storage, credentials included.
+/// The failure of a repository check with the BackupRepository field it is about in front of
+/// its message (`spec.url` of a path outside the file roots, `spec.credentialsSecret`...).
+pub fn naming_repository_field(failure: Failure) -> Failure {
+    let field = match failure.reason.as_str() {
+        plan::PATH_NOT_ALLOWED => "spec.url",
+        plan::CREDENTIALS_REQUIRED => "spec.credentialsSecret",
+        plan::AMBIENT_CREDENTIALS_NOT_ALLOWED => "spec.s3.useAmbientCredentials",
+        _ => return failure,
+    };
+    if failure.message.starts_with(field) {
+        return failure;
+    }
+    Failure {
+        message: format!("{field}: {}", failure.message),
+        ..failure
+    }
+}
+
+/// How to open a BackupRepository's storage, credentials included: the operator's own S3
+/// credentials only for a repository that opts in where the installation allows it, `file://`
+/// only inside the installation's file roots.
 pub async fn store_options(
     client: &Client,
     namespace: &str,
     spec: &BackupRepositorySpec,
+    settings: &Settings,
 ) -> Result<StoreOptions, Failure> {
     let s3 = spec.s3.clone().unwrap_or_default();
+    let ambient = plan::ambient_credentials(
+        spec,
+        spec.credentials_secret.is_some(),
+        settings.allow_ambient_credentials,
+    )
+    .map_err(|f| Failure {
+        transient: f.transient,
+        reason: f.reason.to_owned(),
+        message: f.naming("spec").message,
+    })?;
     let s3_credentials = match &spec.credentials_secret {
         Some(secret) => {
             let values = read_secret(
@@ -324,8 +365,8 @@ pub async fn store_options(
         s3_region: s3.region,
         allow_http: s3.allow_http.then_some(true),
         s3_credentials,
-        ambient_credentials: true,
-        file_roots: None,
+        ambient_credentials: ambient,
+        file_roots: Some(settings.file_roots.clone()),
         read_deadline: spec.read_deadline.0,
     })
 }
