@@ -14,7 +14,7 @@ use ir_e2e::installation::{http_get, loopback, workspace_binary};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container as ContainerSpec, Node, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::ObjectMeta;
@@ -29,6 +29,7 @@ logFormat: text
 metrics:
   port: 9090
   serviceMonitor: {enabled: true, interval: 15s, scrapeTimeout: 5s, labels: {release: prometheus}}
+watchNamespaces: [databases, analytics]
 repositories:
   fileRoots: [/srv/backups, /mnt/nfs/instant-recovery]
   mountFileRoots: false
@@ -102,6 +103,13 @@ fn kinds_and_names(documents: &[Value]) -> BTreeSet<(String, String)> {
             (field(&d["kind"]), field(&d["metadata"]["name"]))
         })
         .collect()
+}
+
+/// The rules of files/rbac/`file`.
+fn chart_rules(file: &str) -> Vec<PolicyRule> {
+    let path = helm::chart_dir().join("files/rbac").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn find<'a>(documents: &'a [Value], kind: &str) -> &'a Value {
@@ -178,6 +186,11 @@ async fn rendered_objects_crds_and_resources_validate_against_the_served_schemas
         ("ClusterRole", "ir-instant-recovery-agent"),
         ("ClusterRoleBinding", "ir-instant-recovery-operator"),
         ("ClusterRoleBinding", "ir-instant-recovery-agent"),
+        ("Role", "ir-instant-recovery-operator-leader-election"),
+        (
+            "RoleBinding",
+            "ir-instant-recovery-operator-leader-election",
+        ),
         ("Service", "ir-instant-recovery-operator-metrics"),
         ("Service", "ir-instant-recovery-agent-metrics"),
         ("Deployment", "ir-instant-recovery-operator"),
@@ -191,7 +204,8 @@ async fn rendered_objects_crds_and_resources_validate_against_the_served_schemas
 
     let verdicts = helm::kubeconform(schemas.path(), &custom, &[SERVICE_MONITOR]);
     expect_all_valid(&verdicts, "custom values");
-    assert_eq!(verdicts.len(), 11, "10 objects and the ServiceMonitor");
+    // Roles and bindings in both watched namespaces for both, and the leader election's.
+    assert_eq!(verdicts.len(), 21, "20 objects and the ServiceMonitor");
     let skipped: Vec<_> = verdicts
         .iter()
         .filter(|v| v.status == "statusSkipped")
@@ -238,6 +252,19 @@ async fn rendered_objects_crds_and_resources_validate_against_the_served_schemas
     );
     assert_eq!(verdicts[0].status, "statusInvalid", "{:?}", verdicts[0]);
     assert!(verdicts[0].msg.contains("imag"), "{:?}", verdicts[0]);
+}
+
+/// The documents of `kind` named `name` (in any namespace).
+fn all_named<'a>(documents: &'a [Value], kind: &str, name: &str) -> Vec<&'a Value> {
+    documents
+        .iter()
+        .filter(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .collect()
+}
+
+/// The rules of a rendered (Cluster)Role.
+fn rules_of(role: &Value) -> Vec<PolicyRule> {
+    serde_json::from_value(role["rules"].clone()).unwrap()
 }
 
 fn container_args(workload: &Value) -> Vec<String> {
@@ -293,6 +320,81 @@ fn repositories_are_confined_to_the_file_roots_and_lent_no_credentials() {
     for kind in ["DaemonSet", "Deployment"] {
         let args = container_args(find(&documents, kind));
         for arg in ["--file-roots=", "--allow-ambient-credentials"] {
+            assert!(
+                args.iter().any(|a| a == arg),
+                "{kind} args lack {arg}: {args:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn watched_namespaces_get_roles_and_nothing_namespaced_is_granted_cluster_wide() {
+    let documents = helm::yaml_documents(&Helm::new().template(
+        "ir",
+        "ir-system",
+        &[
+            "--set",
+            "watchNamespaces={db,shop}",
+            // The old single namespace is one more.
+            "--set",
+            "operator.watchNamespace=legacy",
+            "--set-json",
+            "repositories.fileRoots=[]",
+            "--set",
+            "repositories.allowAmbientCredentials=true",
+        ],
+    ));
+    let namespaces = ["db", "shop", "legacy"];
+    for component in ["operator", "agent"] {
+        let name = format!("ir-instant-recovery-{component}");
+        // Cluster-wide: only what concerns Nodes.
+        let cluster = all_named(&documents, "ClusterRole", &name);
+        assert_eq!(cluster.len(), 1);
+        assert_eq!(
+            rules_of(cluster[0]),
+            chart_rules(&format!("{component}-cluster-rules.yaml")),
+            "{name}'s ClusterRole"
+        );
+        for rule in rules_of(cluster[0]) {
+            assert_eq!(
+                rule.resources,
+                Some(vec!["nodes".to_owned()]),
+                "{name}: {rule:?}"
+            );
+        }
+        // In each watched namespace, a Role with the namespaced rules and its binding.
+        let roles = all_named(&documents, "Role", &name);
+        let mut in_namespaces: Vec<&str> = roles
+            .iter()
+            .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+            .collect();
+        in_namespaces.sort();
+        let mut expected = namespaces.to_vec();
+        expected.sort();
+        assert_eq!(in_namespaces, expected, "{name}'s Roles");
+        for role in &roles {
+            assert_eq!(
+                rules_of(role),
+                chart_rules(&format!("{component}-rules.yaml"))
+            );
+        }
+        let bindings = all_named(&documents, "RoleBinding", &name);
+        assert_eq!(bindings.len(), namespaces.len());
+        for binding in bindings {
+            assert_eq!(binding["roleRef"]["kind"], "Role");
+            assert_eq!(binding["roleRef"]["name"], name.as_str());
+            assert_eq!(binding["subjects"][0]["namespace"], "ir-system");
+        }
+    }
+    // Both are told which namespaces they serve; file:// is refused; ambient credentials lent.
+    for kind in ["Deployment", "DaemonSet"] {
+        let args = container_args(find(&documents, kind));
+        for arg in [
+            "--watch-namespaces=db,shop,legacy",
+            "--file-roots=",
+            "--allow-ambient-credentials",
+        ] {
             assert!(
                 args.iter().any(|a| a == arg),
                 "{kind} args lack {arg}: {args:?}"
@@ -509,12 +611,12 @@ async fn helm_install_creates_the_objects_the_crds_serve_and_the_operator_holds_
         .map(|f| f.field_path.clone());
     assert_eq!(node_name.as_deref(), Some("spec.nodeName"));
 
-    // The ClusterRoles hold exactly the rules in files/rbac, which the other e2e tests bind.
+    // Serving every namespace, the ClusterRoles hold exactly the rules in files/rbac, which the
+    // other e2e tests bind; the leader election's rules are the operator's in its namespace.
     let roles: Api<ClusterRole> = Api::all(client.clone());
     for component in ["operator", "agent"] {
-        let file = helm::chart_dir().join(format!("files/rbac/{component}-rules.yaml"));
-        let rules: Vec<PolicyRule> =
-            serde_norway::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let mut rules = chart_rules(&format!("{component}-cluster-rules.yaml"));
+        rules.extend(chart_rules(&format!("{component}-rules.yaml")));
         let role = roles
             .get(&format!("ir-instant-recovery-{component}"))
             .await
@@ -534,6 +636,14 @@ async fn helm_install_creates_the_objects_the_crds_serve_and_the_operator_holds_
             .await
             .unwrap_or_else(|e| panic!("ServiceAccount {}: {e}", subject.name));
     }
+    let leader_election = Api::<Role>::namespaced(client.clone(), NS)
+        .get("ir-instant-recovery-operator-leader-election")
+        .await
+        .expect("the leader election's Role");
+    assert_eq!(
+        leader_election.rules,
+        Some(chart_rules("operator-leader-election-rules.yaml"))
+    );
     for service in [
         "ir-instant-recovery-operator-metrics",
         "ir-instant-recovery-agent-metrics",
@@ -647,6 +757,16 @@ fn values_schema_refuses_bad_values_naming_the_field() {
             "operator.resources.requests.cpu=lots",
             "/operator/resources/requests/cpu",
             "",
+        ),
+        (
+            "watchNamespaces={db,Not_A_Namespace}",
+            "/watchNamespaces/1",
+            "does not match pattern",
+        ),
+        (
+            "operator.watchNamespace=-db",
+            "/operator/watchNamespace",
+            "does not match pattern",
         ),
         (
             "repositories.fileRoots={relative/dir}",

@@ -68,11 +68,24 @@ affinity:
 {{- end }}
 {{- end -}}
 
-{{/* Arguments of the operator and the agent that concern repositories. */}}
+{{/* The watched namespaces as a JSON list: watchNamespaces and operator.watchNamespace. */}}
+{{- define "ir.watchNamespaces" -}}
+{{- $list := .Values.watchNamespaces | default list -}}
+{{- with .Values.operator.watchNamespace -}}
+{{- $list = append $list . -}}
+{{- end -}}
+{{- $list | uniq | toJson -}}
+{{- end -}}
+
+{{/* Arguments of the operator and the agent that concern repositories and namespaces. */}}
 {{- define "ir.commonArgs" -}}
+{{- $namespaces := include "ir.watchNamespaces" . | fromJsonArray -}}
 - --file-roots={{ join "," .Values.repositories.fileRoots }}
 {{- if .Values.repositories.allowAmbientCredentials }}
 - --allow-ambient-credentials
+{{- end }}
+{{- with $namespaces }}
+- --watch-namespaces={{ join "," . }}
 {{- end }}
 {{- end -}}
 

@@ -69,6 +69,8 @@ pub struct AgentConfig {
     /// Whether a repository may opt in to this process's own S3 credentials
     /// (`s3.useAmbientCredentials`).
     pub allow_ambient_credentials: bool,
+    /// Only the RecoveryMounts of these namespaces; all when empty.
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,23 +181,34 @@ impl Agent {
             cache_root = %agent.config.cache_root.display(),
             file_roots = ?agent.config.file_roots,
             allow_ambient_credentials = agent.config.allow_ambient_credentials,
+            namespaces = ?agent.config.namespaces,
             "agent started"
         );
-        Controller::new(
-            Api::<RecoveryMount>::all(agent.client.clone()),
-            watcher::Config::default().labels(&selector),
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, agent.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(mount = %obj, "reconciled"),
-                // error_policy has logged it.
-                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                Err(e) => tracing::warn!(error = %e, "watching RecoveryMounts"),
-            }
-        })
-        .await;
+        let apis: Vec<Api<RecoveryMount>> = if agent.config.namespaces.is_empty() {
+            vec![Api::all(agent.client.clone())]
+        } else {
+            agent
+                .config
+                .namespaces
+                .iter()
+                .map(|ns| Api::namespaced(agent.client.clone(), ns))
+                .collect()
+        };
+        let shutdown = futures::FutureExt::shared(shutdown);
+        let controllers = apis.into_iter().map(|api| {
+            Controller::new(api, watcher::Config::default().labels(&selector))
+                .graceful_shutdown_on(shutdown.clone())
+                .run(reconcile, error_policy, agent.clone())
+                .for_each(|result| async move {
+                    match result {
+                        Ok((obj, _)) => tracing::debug!(mount = %obj, "reconciled"),
+                        // error_policy has logged it.
+                        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                        Err(e) => tracing::warn!(error = %e, "watching RecoveryMounts"),
+                    }
+                })
+        });
+        futures::future::join_all(controllers).await;
         heartbeat.abort();
         agent.leave_mounts().await;
     }

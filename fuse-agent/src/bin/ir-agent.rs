@@ -43,6 +43,9 @@ struct Args {
     /// own S3 credentials (environment, instance profile, workload identity).
     #[arg(long, env = "IR_ALLOW_AMBIENT_CREDENTIALS")]
     allow_ambient_credentials: bool,
+    /// Only the RecoveryMounts of these namespaces (comma-separated; default: all).
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// Where `/metrics` (Prometheus text format) and `/healthz` are served.
     #[arg(long, env = "IR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
@@ -74,7 +77,14 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let file_roots =
         ir_fuse::agent::parse_file_roots(&args.file_roots).map_err(anyhow::Error::msg)?;
-
+    let mut namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
     // Handlers first, so that a signal during start-up is not fatal.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -98,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
             cache_root: args.cache_root,
             file_roots,
             allow_ambient_credentials: args.allow_ambient_credentials,
+            namespaces,
         },
     )?;
     let metrics = ir_fuse::metrics::serve(

@@ -22,9 +22,13 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "ir-operator", version, about)]
 struct Args {
-    /// Only this namespace (default: all namespaces).
+    /// Only this namespace (default: all namespaces); added to --watch-namespaces.
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Only these namespaces (comma-separated; default: all namespaces). The operator then
+    /// needs rights in these namespaces only (Roles), and cluster-wide only to read Nodes.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// The only directories `file://` repositories may lie in (comma-separated); an empty
     /// value refuses every `file://` repository.
     #[arg(
@@ -104,6 +108,15 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     connected.store(true, Ordering::Relaxed);
+    let mut namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .chain(&args.namespace)
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
     let file_roots =
         ir_fuse::agent::parse_file_roots(&args.file_roots).map_err(anyhow::Error::msg)?;
     let settings = Settings {
@@ -117,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         repository_poll: args.repository_poll.0.max(Duration::from_secs(1)),
-        namespace: args.namespace,
+        namespaces,
         file_roots,
         allow_ambient_credentials: args.allow_ambient_credentials,
     };

@@ -25,6 +25,7 @@ use ir_repository::{S3Credentials, StoreOptions};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
@@ -63,8 +64,8 @@ pub struct Settings {
     pub switchover: SwitchoverTimeouts,
     /// How often BackupRepositories are checked.
     pub repository_poll: Duration,
-    /// Only this namespace; all when `None`.
-    pub namespace: Option<String>,
+    /// Only these namespaces; all when empty.
+    pub namespaces: Vec<String>,
     /// `file://` repositories must lie inside one of these directories; none: `file://` is
     /// refused.
     pub file_roots: Vec<PathBuf>,
@@ -80,7 +81,7 @@ impl Default for Settings {
             agent_timeout: Duration::from_secs(90),
             switchover: SwitchoverTimeouts::default(),
             repository_poll: Duration::from_secs(300),
-            namespace: None,
+            namespaces: Vec::new(),
             file_roots: vec![PathBuf::from(ir_fuse::agent::DEFAULT_FILE_ROOT)],
             allow_ambient_credentials: false,
         }
@@ -217,24 +218,50 @@ pub async fn run(
     outcome
 }
 
+/// The controllers, one set per watched namespace (or one for all namespaces). The objects a
+/// recovery owns are watched by the label the operator puts on them, so that the operator never
+/// lists other objects of those kinds; Secrets are not watched at all (the operator only gets
+/// the ones a spec names, and creates the replication Secret again whenever it is missing).
 async fn controllers(client: &Client, ctx: Arc<Context>, shutdown: Shutdown) {
-    let ns = ctx.settings.namespace.clone();
-    let ns = ns.as_deref();
+    let scopes: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut stores: Vec<Store<InstantRecovery>> = Vec::new();
+    let mut running = Vec::new();
+    for scope in &scopes {
+        let (store, work) = scope_controllers(client, ctx.clone(), &shutdown, scope.as_deref());
+        stores.push(store);
+        running.push(work);
+    }
+    ctx.metrics.watch_recoveries(stores);
+    futures::future::join_all(running).await;
+}
+
+/// The controllers of one namespace (all when `None`): the store of its InstantRecoveries and
+/// the work that runs them until shutdown.
+fn scope_controllers(
+    client: &Client,
+    ctx: Arc<Context>,
+    shutdown: &Shutdown,
+    ns: Option<&str>,
+) -> (
+    Store<InstantRecovery>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let owned = || watcher::Config::default().labels(resources::MANAGED_BY_SELECTOR);
     let recoveries = Controller::new(
         api::<InstantRecovery>(client, ns),
         watcher::Config::default(),
     );
-    ctx.metrics.watch_recoveries(recoveries.store());
+    let store = recoveries.store();
     let recoveries = recoveries
-        .owns(api::<RecoveryMount>(client, ns), watcher::Config::default())
-        .owns(api::<Pod>(client, ns), watcher::Config::default())
-        .owns(api::<Service>(client, ns), watcher::Config::default())
-        .owns(
-            api::<PersistentVolumeClaim>(client, ns),
-            watcher::Config::default(),
-        )
-        .owns(api::<ConfigMap>(client, ns), watcher::Config::default())
-        .owns(api::<Secret>(client, ns), watcher::Config::default())
+        .owns(api::<RecoveryMount>(client, ns), owned())
+        .owns(api::<Pod>(client, ns), owned())
+        .owns(api::<Service>(client, ns), owned())
+        .owns(api::<PersistentVolumeClaim>(client, ns), owned())
+        .owns(api::<ConfigMap>(client, ns), owned())
         .graceful_shutdown_on(shutdown.wait())
         .run(recovery::reconcile, recovery::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -253,7 +280,10 @@ async fn controllers(client: &Client, ctx: Arc<Context>, shutdown: Shutdown) {
             tracing::debug!(error = %e, "BackupRepository reconcile");
         }
     });
-    tokio::join!(recoveries, repositories);
+    let work = async move {
+        tokio::join!(recoveries, repositories);
+    };
+    (store, work)
 }
 
 /// A key of a Secret, from `data` or `stringData`.

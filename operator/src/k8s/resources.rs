@@ -3,7 +3,8 @@
 //!
 //! Names: RecoveryMount `<name>`, published Pod `<name>-published`, standby/target Pod and PVC
 //! `<name>-target`, Service `<name>` (the stable endpoint), ConfigMap `<name>-postgres` (hba and a
-//! fallback postgresql.conf), generated replication Secret `<name>-replication`.
+//! fallback postgresql.conf), generated replication Secret `<name>-replication`. Every one
+//! carries the label [`MANAGED_BY_SELECTOR`] selects, by which the operator watches them.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,12 @@ pub const PRIMARY_LABEL: &str = "instantrecovery.dev/primary";
 pub const MOUNTED_AT_ANNOTATION: &str = "instantrecovery.dev/mounted-at";
 /// On the target Pod: the published Pod IP its base backup was taken from.
 pub const SOURCE_HOST_ENV: &str = "SOURCE_HOST";
+/// The label (and value) on everything the operator creates.
+pub const MANAGED_BY_LABEL: (&str, &str) =
+    ("app.kubernetes.io/managed-by", "instant-recovery-operator");
+/// The label selector of everything the operator creates: its watches of Pods, Services, PVCs,
+/// ConfigMaps and RecoveryMounts see nothing else.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=instant-recovery-operator";
 
 const DATA_DIR: &str = "/var/lib/instant-recovery/data";
 const TARGET_MOUNT: &str = "/var/lib/instant-recovery/target";
@@ -101,10 +108,7 @@ fn labels(ir: &InstantRecovery, role: Option<&str>) -> BTreeMap<String, String> 
             "app.kubernetes.io/name".to_owned(),
             "instant-recovery".to_owned(),
         ),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            "instant-recovery-operator".to_owned(),
-        ),
+        (MANAGED_BY_LABEL.0.to_owned(), MANAGED_BY_LABEL.1.to_owned()),
         (RECOVERY_LABEL.to_owned(), recovery_name(ir).to_owned()),
     ]);
     if let Some(role) = role {

@@ -173,3 +173,36 @@ fn the_target_pod_copies_then_streams() {
         .unwrap();
     assert_eq!(claim.claim_name, "orders-target");
 }
+
+#[test]
+fn everything_the_operator_creates_is_selected_by_its_watches() {
+    let ir = recovery();
+    let (key, value) = MANAGED_BY_SELECTOR.split_once('=').unwrap();
+    let mount = recovery_mount(
+        &ir,
+        "node-a",
+        &serde_json::from_value(serde_json::json!({"url": "file:///backups"})).unwrap(),
+        "b1",
+        USER,
+    );
+    let metas = [
+        mount.metadata,
+        published(&ir, "t1").metadata,
+        target_pod(&ir, "postgres:15", USER, "10.0.0.7", "orders-replication").metadata,
+        service(&ir).metadata,
+        config_map(&ir).metadata,
+        target_pvc(&ir, Quantity("2Gi".into())).metadata,
+        replication_secret(&ir, "pw").metadata,
+    ];
+    for meta in metas {
+        assert_eq!(
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .map(String::as_str),
+            Some(value),
+            "{:?}",
+            meta.name
+        );
+    }
+}
