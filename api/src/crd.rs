@@ -3,6 +3,7 @@
 //! a bad manifest with a message that names the field.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -29,6 +30,8 @@ pub const OPERATOR_FINALIZER: &str = "instantrecovery.dev/operator";
 pub const AGENT_HEARTBEAT_ANNOTATION: &str = "instantrecovery.dev/agent-heartbeat";
 /// Node annotation the agent refreshes: free bytes on its IRCache file system.
 pub const CACHE_FREE_ANNOTATION: &str = "instantrecovery.dev/cache-free-bytes";
+/// Node label the chart's agent DaemonSet selects by default: the nodes that serve recoveries.
+pub const RECOVERY_NODE_LABEL: &str = "instantrecovery.dev/recovery-node";
 
 /// CEL rule of a repository: an S3 repository names a credentials Secret, or opts in to the
 /// operator's and agents' own credentials.
@@ -74,6 +77,29 @@ pub struct InstantRecoverySpec {
     /// What stays after the switchover; by default nothing but the target.
     #[serde(default)]
     pub retain: RetainSpec,
+    /// Who may reach PostgreSQL over the network.
+    #[serde(default, skip_serializing_if = "NetworkSpec::is_default")]
+    pub network: NetworkSpec,
+}
+
+/// The NetworkPolicy `<name>-postgres` the operator writes for the recovery's Pods (when the
+/// installation has recovery NetworkPolicies on, the chart's `networkPolicy.recoveries`). It
+/// always admits the operator and the recovery's own Pods (the standby copies from the
+/// published instance) to port 5432.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// The clients admitted to port 5432, as NetworkPolicy peers (`podSelector`,
+    /// `namespaceSelector`, `ipBlock`). Unset: every Pod of the recovery's namespace. An empty
+    /// list: no client but the operator and the recovery's own Pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<NetworkPolicyPeer>>,
+}
+
+impl NetworkSpec {
+    fn is_default(&self) -> bool {
+        *self == NetworkSpec::default()
+    }
 }
 
 /// Which backup, from which repository.

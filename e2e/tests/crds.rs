@@ -42,6 +42,11 @@ fn recovery(name: &str) -> Value {
             "switchover": {"mode": "Scheduled", "at": "2030-01-01T02:00:00Z", "maxLagBytes": 16777216},
             "retry": {"limit": 3, "interval": "30s"},
             "retain": {"cache": true},
+            "network": {"clients": [
+                {"podSelector": {"matchLabels": {"app": "orders-api"}}},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "reports"}}},
+                {"ipBlock": {"cidr": "10.20.0.0/16"}},
+            ]},
         },
     })
 }
@@ -215,6 +220,11 @@ async fn good_manifests_are_accepted_with_the_defaults_the_types_expect() {
     assert_eq!(stored.spec.retry.limit, 10);
     let full = recoveries.get("full").await.unwrap();
     assert_eq!(full.spec.retry.interval.to_string(), "30s");
+    assert_eq!(full.spec.network.clients.as_ref().map(Vec::len), Some(3));
+    assert_eq!(
+        stored.spec.network.clients, None,
+        "unset: the namespace's Pods"
+    );
     assert_eq!(full.spec.cache.size_limit.unwrap().0, "20Gi");
     let repositories: Api<BackupRepository> = Api::namespaced(plane.admin(), NS);
     let files = repositories.get("files").await.unwrap();

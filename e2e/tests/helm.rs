@@ -34,6 +34,10 @@ repositories:
   fileRoots: [/srv/backups, /mnt/nfs/instant-recovery]
   mountFileRoots: false
   allowAmbientCredentials: true
+networkPolicy:
+  enabled: true
+  metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+  recoveries: false
 operator:
   replicas: 3
   watchNamespace: databases
@@ -191,6 +195,7 @@ async fn rendered_objects_crds_and_resources_validate_against_the_served_schemas
             "RoleBinding",
             "ir-instant-recovery-operator-leader-election",
         ),
+        ("NetworkPolicy", "ir-instant-recovery"),
         ("Service", "ir-instant-recovery-operator-metrics"),
         ("Service", "ir-instant-recovery-agent-metrics"),
         ("Deployment", "ir-instant-recovery-operator"),
@@ -205,7 +210,7 @@ async fn rendered_objects_crds_and_resources_validate_against_the_served_schemas
     let verdicts = helm::kubeconform(schemas.path(), &custom, &[SERVICE_MONITOR]);
     expect_all_valid(&verdicts, "custom values");
     // Roles and bindings in both watched namespaces for both, and the leader election's.
-    assert_eq!(verdicts.len(), 21, "20 objects and the ServiceMonitor");
+    assert_eq!(verdicts.len(), 22, "21 objects and the ServiceMonitor");
     let skipped: Vec<_> = verdicts
         .iter()
         .filter(|v| v.status == "statusSkipped")
@@ -262,22 +267,42 @@ fn all_named<'a>(documents: &'a [Value], kind: &str, name: &str) -> Vec<&'a Valu
         .collect()
 }
 
-/// The rules of a rendered (Cluster)Role.
-fn rules_of(role: &Value) -> Vec<PolicyRule> {
-    serde_json::from_value(role["rules"].clone()).unwrap()
-}
-
 fn container_args(workload: &Value) -> Vec<String> {
     serde_json::from_value(workload["spec"]["template"]["spec"]["containers"][0]["args"].clone())
         .unwrap()
 }
 
+/// The rules of a rendered (Cluster)Role.
+fn rules_of(role: &Value) -> Vec<PolicyRule> {
+    serde_json::from_value(role["rules"].clone()).unwrap()
+}
+
+fn grants(rules: &[PolicyRule], resource: &str, verb: &str) -> bool {
+    rules.iter().any(|r| {
+        r.resources.iter().flatten().any(|x| x == resource)
+            && r.verbs.iter().any(|v| v == verb || v == "*")
+    })
+}
+
 #[test]
-fn repositories_are_confined_to_the_file_roots_and_lent_no_credentials() {
+fn default_values_confine_the_agents_repositories_credentials_and_network() {
     let documents = helm::yaml_documents(&Helm::new().template("ir", "ir-system", &[]));
+    let daemonset = find(&documents, "DaemonSet");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    // Agents run on the nodes labelled for recoveries, not on every node, and tolerate only
+    // the taint of that label.
+    assert_eq!(
+        pod["nodeSelector"],
+        json!({"kubernetes.io/os": "linux", "instantrecovery.dev/recovery-node": "true"})
+    );
+    assert_eq!(
+        pod["tolerations"],
+        json!([{"key": "instantrecovery.dev/recovery-node", "operator": "Exists"}])
+    );
+
     // file:// only inside the default file root, mounted read-only in both at the same path.
-    for kind in ["DaemonSet", "Deployment"] {
-        let workload = find(&documents, kind);
+    let deployment = find(&documents, "Deployment");
+    for workload in [daemonset, deployment] {
         let args = container_args(workload);
         assert!(
             args.contains(&"--file-roots=/var/lib/instant-recovery/repositories".to_owned()),
@@ -285,6 +310,10 @@ fn repositories_are_confined_to_the_file_roots_and_lent_no_credentials() {
         );
         assert!(
             !args.iter().any(|a| a == "--allow-ambient-credentials"),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a.starts_with("--watch-namespaces")),
             "{args:?}"
         );
         let spec = &workload["spec"]["template"]["spec"];
@@ -306,25 +335,72 @@ fn repositories_are_confined_to_the_file_roots_and_lent_no_credentials() {
             "/var/lib/instant-recovery/repositories"
         );
     }
-    // No file root: file:// refused; ambient credentials only when asked for.
-    let documents = helm::yaml_documents(&Helm::new().template(
-        "ir",
-        "ir-system",
-        &[
-            "--set-json",
-            "repositories.fileRoots=[]",
-            "--set",
-            "repositories.allowAmbientCredentials=true",
-        ],
-    ));
-    for kind in ["DaemonSet", "Deployment"] {
-        let args = container_args(find(&documents, kind));
-        for arg in ["--file-roots=", "--allow-ambient-credentials"] {
+    // The operator writes a NetworkPolicy for each recovery, admitting its own Pods.
+    let args = container_args(deployment);
+    for arg in [
+        "--network-policy",
+        "--operator-namespace=$(POD_NAMESPACE)",
+        "--operator-pod-labels=app.kubernetes.io/name=instant-recovery,app.kubernetes.io/instance=ir,app.kubernetes.io/component=operator",
+    ] {
+        assert!(
+            args.iter().any(|a| a == arg),
+            "operator args lack {arg}: {args:?}"
+        );
+    }
+    let operator_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for pair in [
+        "app.kubernetes.io/name=instant-recovery",
+        "app.kubernetes.io/instance=ir",
+        "app.kubernetes.io/component=operator",
+    ] {
+        let (key, value) = pair.split_once('=').unwrap();
+        assert_eq!(
+            operator_labels[key], value,
+            "the operator's Pods carry {pair}"
+        );
+    }
+
+    // The chart's own Pods: nothing but the metrics port reaches them.
+    let policy = find(&documents, "NetworkPolicy");
+    assert_eq!(policy["metadata"]["namespace"], "ir-system");
+    let spec = &policy["spec"];
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        spec["ingress"],
+        json!([{"ports": [{"port": "metrics", "protocol": "TCP"}]}])
+    );
+    for workload in [daemonset, deployment] {
+        let labels = workload["spec"]["template"]["metadata"]["labels"]
+            .as_object()
+            .unwrap();
+        let selector = &spec["podSelector"];
+        for (key, value) in selector["matchLabels"].as_object().unwrap() {
+            assert_eq!(labels.get(key), Some(value));
+        }
+        let component = &labels["app.kubernetes.io/component"];
+        assert!(
+            selector["matchExpressions"][0]["values"]
+                .as_array()
+                .unwrap()
+                .contains(component)
+        );
+    }
+    let port = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0];
+    assert_eq!(port["name"], "metrics");
+
+    // Neither may list or watch Secrets; neither holds a Lease right outside its namespace.
+    for name in ["ir-instant-recovery-operator", "ir-instant-recovery-agent"] {
+        let rules = rules_of(all_named(&documents, "ClusterRole", name)[0]);
+        for verb in ["list", "watch"] {
             assert!(
-                args.iter().any(|a| a == arg),
-                "{kind} args lack {arg}: {args:?}"
+                !grants(&rules, "secrets", verb),
+                "{name} may {verb} Secrets"
             );
         }
+        assert!(
+            !grants(&rules, "leases", "update"),
+            "{name}: leases cluster-wide"
+        );
     }
 }
 
@@ -963,8 +1039,13 @@ async fn the_installed_operator_and_agent_start_with_the_charts_arguments_and_ri
     }
     drop(operator);
 
-    // The agent heartbeats on its own Node, which only a kubelet would register here.
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap();
+    // The agent heartbeats on its own Node, which only a kubelet would register here; the
+    // node is labelled for recoveries, as the docs ask, and the DaemonSet selects it alone.
+    let node: Node = serde_json::from_value(json!({"metadata": {
+        "name": "node-1",
+        "labels": {"kubernetes.io/os": "linux", "instantrecovery.dev/recovery-node": "true"},
+    }}))
+    .unwrap();
     Api::<Node>::all(client.clone())
         .create(&PostParams::default(), &node)
         .await
@@ -974,6 +1055,16 @@ async fn the_installed_operator_and_agent_start_with_the_charts_arguments_and_ri
         .await
         .unwrap();
     let pod = daemonset.spec.template.spec.unwrap();
+    let selector = pod.node_selector.clone().unwrap_or_default();
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert!(
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the agents' nodeSelector {selector:?} selects the labelled node"
+    );
+    assert!(
+        selector.contains_key(ir_api::crd::RECOVERY_NODE_LABEL),
+        "an unlabelled node gets no agent: {selector:?}"
+    );
     let identity = plane
         .service_account(NS, &pod.service_account_name.unwrap())
         .await;

@@ -17,6 +17,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
@@ -72,11 +73,20 @@ async fn delete_leaves_nothing(fx: &Installation, name: &str) {
     );
     let services: Api<Service> = Api::namespaced(fx.plane.admin(), NAMESPACE);
     assert!(services.get_opt(name).await.unwrap().is_none());
+    let policies: Api<NetworkPolicy> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    assert!(
+        policies
+            .get_opt(&format!("{name}-postgres"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// The published Pod of `name` mounts the host path its RecoveryMount's status names, which is
-/// named by the RecoveryMount's uid.
-async fn check_mount_path(fx: &Installation, name: &str) {
+/// named by the RecoveryMount's uid; the NetworkPolicy `<name>-postgres` admits the operator,
+/// the recovery's own Pods and the Pods of its namespace to both of its Pods, on 5432 only.
+async fn check_mount_path_and_network_policy(fx: &Installation, name: &str) {
     let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
     let mount = mounts.get(name).await.expect("the RecoveryMount");
     let mount_path = mount.status.unwrap().mount_path.expect("status.mountPath");
@@ -91,6 +101,46 @@ async fn check_mount_path(fx: &Installation, name: &str) {
         .find_map(|v| v.host_path)
         .expect("the published Pod's hostPath");
     assert_eq!(host_path.path, mount_path);
+
+    let policy = Api::<NetworkPolicy>::namespaced(fx.plane.admin(), NAMESPACE)
+        .get(&format!("{name}-postgres"))
+        .await
+        .expect("the recovery's NetworkPolicy");
+    let owner = &policy.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("InstantRecovery", name)
+    );
+    let spec = serde_json::to_value(policy.spec.unwrap()).unwrap();
+    assert_eq!(
+        spec,
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"instantrecovery.dev/recovery": name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "ports": [{"port": 5432, "protocol": "TCP"}],
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": SYSTEM_NAMESPACE}},
+                     "podSelector": {"matchLabels": {
+                        "app.kubernetes.io/name": "instant-recovery",
+                        "app.kubernetes.io/instance": "instant-recovery",
+                        "app.kubernetes.io/component": "operator"}}},
+                    {"podSelector": {"matchLabels": {"instantrecovery.dev/recovery": name}}},
+                    {"podSelector": {}},
+                ],
+            }],
+        })
+    );
+    for pod in recovery_pods(fx, name).await {
+        let labels = fx.pods().get(&pod).await.unwrap().metadata.labels.unwrap();
+        assert_eq!(
+            labels
+                .get("instantrecovery.dev/recovery")
+                .map(String::as_str),
+            Some(name),
+            "{pod} is selected"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -108,7 +158,7 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
         .time_to_first_query_ms
         .expect("time to first query");
     println!("apply to first query on the published instance: {ttfq} ms");
-    check_mount_path(&fx, "orders").await;
+    check_mount_path_and_network_policy(&fx, "orders").await;
 
     // The repository's own status lists the backup.
     let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NAMESPACE);
@@ -929,7 +979,7 @@ async fn an_operator_serving_one_namespace_recovers_there_with_its_roles_alone()
     // With exactly the chart's Roles in its namespace, the operator and the agent recover.
     fx.apply_recovery("scoped", "    mode: Automatic").await;
     fx.wait_phase("scoped", Phase::Syncing, FLOW).await;
-    check_mount_path(&fx, "scoped").await;
+    check_mount_path_and_network_policy(&fx, "scoped").await;
     fx.wait_phase("scoped", Phase::Completed, FLOW).await;
     let ip = fx.pod_ip("scoped-target", FLOW).await;
     assert_eq!(

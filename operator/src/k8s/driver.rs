@@ -10,6 +10,7 @@ use ir_api::crd::{
 use ir_api::recovery::{BackupInfo, RecoveryStatus};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use tokio_postgres::Client as PgClient;
@@ -472,6 +473,8 @@ impl<'a> Driver<'a> {
         }
         let mounted_at = mounted_at.to_string();
         let node = mount.spec.node_name.clone();
+        // Who may reach PostgreSQL, before there is one.
+        self.ensure_network_policy().await?;
         self.ensure_object(resources::config_map(self.ir)).await?;
         self.ensure_object(resources::service(self.ir)).await?;
         let pods = self.api::<Pod>();
@@ -557,6 +560,32 @@ impl<'a> Driver<'a> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The recovery's NetworkPolicy as the spec says now (`spec.network.clients` may change).
+    async fn ensure_network_policy(&self) -> Result<(), Error> {
+        let Some(operator) = &self.ctx.settings.network_policy else {
+            return Ok(());
+        };
+        let wanted = resources::network_policy(self.ir, operator);
+        let existing = self.ensure_object(wanted.clone()).await?;
+        if existing.spec != wanted.spec {
+            let name = resources::network_policy_name(&self.name);
+            let patch = serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": name, "labels": wanted.metadata.labels},
+                "spec": wanted.spec,
+            });
+            self.api::<NetworkPolicy>()
+                .patch(
+                    &name,
+                    &PatchParams::apply(super::FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// The published PostgreSQL exited. Its agent may be restarting (the mount died with it):

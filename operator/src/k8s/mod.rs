@@ -12,7 +12,7 @@ pub mod recovery;
 pub mod repository;
 pub mod resources;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use ir_api::crd::{BackupRepository, BackupRepositorySpec, InstantRecovery, Recov
 use ir_fuse::agent::plan;
 use ir_repository::{S3Credentials, StoreOptions};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -72,6 +73,15 @@ pub struct Settings {
     /// Whether a repository may opt in to the operator's own S3 credentials
     /// (`s3.useAmbientCredentials`).
     pub allow_ambient_credentials: bool,
+    /// Write a NetworkPolicy for each recovery's Pods, admitting the operator's Pods named here.
+    pub network_policy: Option<OperatorPeer>,
+}
+
+/// The operator's Pods, as a NetworkPolicy peer: its namespace and the labels of its Pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorPeer {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -84,6 +94,7 @@ impl Default for Settings {
             namespaces: Vec::new(),
             file_roots: vec![PathBuf::from(ir_fuse::agent::DEFAULT_FILE_ROOT)],
             allow_ambient_credentials: false,
+            network_policy: None,
         }
     }
 }
@@ -256,12 +267,16 @@ fn scope_controllers(
         watcher::Config::default(),
     );
     let store = recoveries.store();
-    let recoveries = recoveries
+    let mut recoveries = recoveries
         .owns(api::<RecoveryMount>(client, ns), owned())
         .owns(api::<Pod>(client, ns), owned())
         .owns(api::<Service>(client, ns), owned())
         .owns(api::<PersistentVolumeClaim>(client, ns), owned())
-        .owns(api::<ConfigMap>(client, ns), owned())
+        .owns(api::<ConfigMap>(client, ns), owned());
+    if ctx.settings.network_policy.is_some() {
+        recoveries = recoveries.owns(api::<NetworkPolicy>(client, ns), owned());
+    }
+    let recoveries = recoveries
         .graceful_shutdown_on(shutdown.wait())
         .run(recovery::reconcile, recovery::error_policy, ctx.clone())
         .for_each(|result| async move {
