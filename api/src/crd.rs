@@ -3,6 +3,7 @@
 //! a bad manifest with a message that names the field.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -29,6 +30,12 @@ pub const OPERATOR_FINALIZER: &str = "instantrecovery.dev/operator";
 pub const AGENT_HEARTBEAT_ANNOTATION: &str = "instantrecovery.dev/agent-heartbeat";
 /// Node annotation the agent refreshes: free bytes on its IRCache file system.
 pub const CACHE_FREE_ANNOTATION: &str = "instantrecovery.dev/cache-free-bytes";
+/// Node label the chart's agent DaemonSet selects by default: the nodes that serve recoveries.
+pub const RECOVERY_NODE_LABEL: &str = "instantrecovery.dev/recovery-node";
+
+/// CEL rule of a repository: an S3 repository names a credentials Secret, or opts in to the
+/// operator's and agents' own credentials.
+const S3_CREDENTIALS_RULE: &str = "!self.url.startsWith('s3://') || has(self.credentialsSecret) || (has(self.s3) && has(self.s3.useAmbientCredentials) && self.s3.useAmbientCredentials)";
 
 /// What to recover and how: the backup, the node it is served from, the production storage its
 /// data moves to, and when to switch over.
@@ -70,6 +77,29 @@ pub struct InstantRecoverySpec {
     /// What stays after the switchover; by default nothing but the target.
     #[serde(default)]
     pub retain: RetainSpec,
+    /// Who may reach PostgreSQL over the network.
+    #[serde(default, skip_serializing_if = "NetworkSpec::is_default")]
+    pub network: NetworkSpec,
+}
+
+/// The NetworkPolicy `<name>-postgres` the operator writes for the recovery's Pods (when the
+/// installation has recovery NetworkPolicies on, the chart's `networkPolicy.recoveries`). It
+/// always admits the operator and the recovery's own Pods (the standby copies from the
+/// published instance) to port 5432.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// The clients admitted to port 5432, as NetworkPolicy peers (`podSelector`,
+    /// `namespaceSelector`, `ipBlock`). Unset: every Pod of the recovery's namespace. An empty
+    /// list: no client but the operator and the recovery's own Pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<NetworkPolicyPeer>>,
+}
+
+impl NetworkSpec {
+    fn is_default(&self) -> bool {
+        *self == NetworkSpec::default()
+    }
 }
 
 /// Which backup, from which repository.
@@ -169,14 +199,18 @@ pub struct RetainSpec {
     printcolumn = r#"{"name": "Backups", "type": "integer", "jsonPath": ".status.backupCount"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new(S3_CREDENTIALS_RULE).field_path(".credentialsSecret").reason(Reason::FieldValueRequired).message("an s3:// repository needs a credentials Secret, unless s3.useAmbientCredentials is true"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRepositorySpec {
     /// `s3://bucket/prefix`, or `file:///path` for a path every node mounts at the same place.
+    /// A `file://` path must lie inside one of the directories the installation allows (the
+    /// chart's `repositories.fileRoots`), symlinks resolved; no `.` or `..` in it.
     #[x_kube(validation = Rule::new("self.matches('^s3://[^/]+') || self.matches('^file:///.')").message("url must be s3://<bucket>/<prefix> or file:///<path>"))]
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Spec>,
-    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Required for an `s3://`
+    /// repository unless `s3.useAmbientCredentials` is true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<LocalRef>,
     /// How long one read may retry an unreachable repository before it fails.
@@ -196,12 +230,20 @@ pub struct S3Spec {
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("endpoint must be an http:// or https:// URL"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Region of the bucket; when unset, `AWS_REGION` of the reading process, else `us-east-1`.
+    /// Region of the bucket; when unset, `us-east-1` (with `useAmbientCredentials`, the reading
+    /// process's `AWS_REGION` first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Allow plain http to the endpoint.
     #[serde(default)]
     pub allow_http: bool,
+    /// Without `credentialsSecret`, read the bucket with the operator's and the agents' own
+    /// credentials (their environment, instance profile or workload identity). Off by default:
+    /// a repository without a Secret is refused. The installation must allow it too (the
+    /// chart's `repositories.allowAmbientCredentials`), since everyone who may create a
+    /// BackupRepository could then read what those credentials reach.
+    #[serde(default)]
+    pub use_ambient_credentials: bool,
 }
 
 /// What the operator last saw of the repository.

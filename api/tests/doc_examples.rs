@@ -249,6 +249,47 @@ fn the_schema_check_refuses_what_the_api_server_refuses() {
 }
 
 #[test]
+fn an_s3_repository_needs_a_secret_or_the_opt_in() {
+    let schemas = schemas();
+    let schema = &schemas[&(
+        "instantrecovery.dev/v1alpha1".to_owned(),
+        "BackupRepository".to_owned(),
+    )];
+    let errors_of = |spec: Value| {
+        let mut errors = Vec::new();
+        check(
+            schema,
+            &serde_json::json!({ "spec": spec }),
+            "",
+            &mut errors,
+        );
+        errors
+    };
+    let refused = errors_of(serde_json::json!({"url": "s3://bucket/prefix"}));
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.contains("needs a credentials Secret")),
+        "{refused:?}"
+    );
+    let refused = errors_of(serde_json::json!({
+        "url": "s3://bucket/prefix", "s3": {"useAmbientCredentials": false}
+    }));
+    assert!(!refused.is_empty());
+    for allowed in [
+        serde_json::json!({"url": "s3://bucket/prefix", "credentialsSecret": {"name": "keys"}}),
+        serde_json::json!({"url": "s3://bucket/prefix", "s3": {"useAmbientCredentials": true}}),
+        serde_json::json!({"url": "file:///var/lib/instant-recovery/repositories/prod"}),
+    ] {
+        assert_eq!(
+            errors_of(allowed.clone()),
+            Vec::<String>::new(),
+            "{allowed}"
+        );
+    }
+}
+
+#[test]
 fn objects_the_examples_name_are_examples_too() {
     let manifests = examples();
     let find = |kind: &str, namespace: &str, name: &str| {
@@ -492,6 +533,14 @@ fn cel(rule: &str, value: &Value) -> bool {
             url.strip_prefix("s3://")
                 .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
                 || url.len() > "file:///".len() && url.starts_with("file:///")
+        }
+        "!self.url.startsWith('s3://') || has(self.credentialsSecret) || (has(self.s3) && has(self.s3.useAmbientCredentials) && self.s3.useAmbientCredentials)" => {
+            !value["url"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("s3://")
+                || value.get("credentialsSecret").is_some()
+                || value["s3"]["useAmbientCredentials"] == Value::Bool(true)
         }
         "self.startsWith('https://') || self.startsWith('http://')" => {
             let url = text();

@@ -12,10 +12,14 @@ const SOURCES: [&str; 2] = ["operator/src", "fuse-agent/src"];
 
 /// CamelCase literals of those sources that are not reasons of ours: Kubernetes values the code
 /// writes or matches (Pod spec fields, Pod phases, condition statuses and types, kinds, the
-/// Event action).
-const NOT_REASONS: [&str; 16] = [
+/// Event action, a toleration's operator, a NetworkPolicy's type, a seccomp profile).
+const NOT_REASONS: [&str; 20] = [
     "Always",
     "Directory",
+    "Exists",
+    "Ingress",
+    "NetworkPolicy",
+    "RuntimeDefault",
     "HostToContainer",
     "Never",
     "OnRootMismatch",

@@ -394,7 +394,7 @@ async fn switchover_retry_and_backups_act_on_the_stored_objects() {
         "apiVersion": "instantrecovery.dev/v1alpha1",
         "kind": "BackupRepository",
         "metadata": {"name": "prod", "namespace": NS},
-        "spec": {"url": "s3://backups/prod"},
+        "spec": {"url": "s3://backups/prod", "credentialsSecret": {"name": "backup-reader"}},
     }))
     .unwrap();
     repos.create(&PostParams::default(), &repo).await.unwrap();

@@ -42,6 +42,11 @@ fn recovery(name: &str) -> Value {
             "switchover": {"mode": "Scheduled", "at": "2030-01-01T02:00:00Z", "maxLagBytes": 16777216},
             "retry": {"limit": 3, "interval": "30s"},
             "retain": {"cache": true},
+            "network": {"clients": [
+                {"podSelector": {"matchLabels": {"app": "orders-api"}}},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "reports"}}},
+                {"ipBlock": {"cidr": "10.20.0.0/16"}},
+            ]},
         },
     })
 }
@@ -175,6 +180,12 @@ async fn good_manifests_are_accepted_with_the_defaults_the_types_expect() {
             "/spec/readDeadline",
             None,
         ),
+        // An S3 repository that opts in to the installation's own credentials needs no Secret.
+        with(
+            with(repository("ambient"), "/spec/credentialsSecret", None),
+            "/spec/s3/useAmbientCredentials",
+            Some(json!(true)),
+        ),
         mount("full"),
         // A size may be a plain number of bytes.
         with(
@@ -209,10 +220,20 @@ async fn good_manifests_are_accepted_with_the_defaults_the_types_expect() {
     assert_eq!(stored.spec.retry.limit, 10);
     let full = recoveries.get("full").await.unwrap();
     assert_eq!(full.spec.retry.interval.to_string(), "30s");
+    assert_eq!(full.spec.network.clients.as_ref().map(Vec::len), Some(3));
+    assert_eq!(
+        stored.spec.network.clients, None,
+        "unset: the namespace's Pods"
+    );
     assert_eq!(full.spec.cache.size_limit.unwrap().0, "20Gi");
     let repositories: Api<BackupRepository> = Api::namespaced(plane.admin(), NS);
     let files = repositories.get("files").await.unwrap();
     assert_eq!(files.spec.read_deadline.to_string(), "30s");
+    let prod = repositories.get("prod").await.unwrap();
+    assert!(
+        !prod.spec.s3.unwrap().use_ambient_credentials,
+        "off by default"
+    );
     let mounts: Api<RecoveryMount> = Api::namespaced(plane.admin(), NS);
     assert_eq!(
         mounts
@@ -404,6 +425,33 @@ async fn bad_manifests_are_refused_naming_the_field() {
             "read deadline in words",
             with(br("a"), "/spec/readDeadline", Some(json!("30 seconds"))),
             &["spec.readDeadline"],
+        ),
+        (
+            "s3 repository without credentialsSecret",
+            with(br("a"), "/spec/credentialsSecret", None),
+            &[
+                "spec.credentialsSecret",
+                "Required value",
+                "s3.useAmbientCredentials",
+            ],
+        ),
+        (
+            "s3 repository that refuses ambient credentials and has no Secret",
+            with(
+                with(br("a"), "/spec/credentialsSecret", None),
+                "/spec/s3/useAmbientCredentials",
+                Some(json!(false)),
+            ),
+            &["spec.credentialsSecret", "Required value"],
+        ),
+        (
+            "RecoveryMount of an s3 repository without credentialsSecret",
+            with(
+                rm("a"),
+                "/spec/repository",
+                Some(json!({"url": "s3://backups/prod"})),
+            ),
+            &["spec.repository.credentialsSecret", "Required value"],
         ),
         (
             "RecoveryMount with an empty nodeName",

@@ -14,7 +14,7 @@ use ir_e2e::installation::{http_get, loopback, workspace_binary};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container as ContainerSpec, Node, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::ObjectMeta;
@@ -29,6 +29,15 @@ logFormat: text
 metrics:
   port: 9090
   serviceMonitor: {enabled: true, interval: 15s, scrapeTimeout: 5s, labels: {release: prometheus}}
+watchNamespaces: [databases, analytics]
+repositories:
+  fileRoots: [/srv/backups, /mnt/nfs/instant-recovery]
+  mountFileRoots: false
+  allowAmbientCredentials: true
+networkPolicy:
+  enabled: true
+  metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+  recoveries: false
 operator:
   replicas: 3
   watchNamespace: databases
@@ -98,6 +107,13 @@ fn kinds_and_names(documents: &[Value]) -> BTreeSet<(String, String)> {
             (field(&d["kind"]), field(&d["metadata"]["name"]))
         })
         .collect()
+}
+
+/// The rules of files/rbac/`file`.
+fn chart_rules(file: &str) -> Vec<PolicyRule> {
+    let path = helm::chart_dir().join("files/rbac").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn find<'a>(documents: &'a [Value], kind: &str) -> &'a Value {
@@ -174,6 +190,12 @@ async fn rendered_objects_crds_and_resources_validate_against_the_served_schemas
         ("ClusterRole", "ir-instant-recovery-agent"),
         ("ClusterRoleBinding", "ir-instant-recovery-operator"),
         ("ClusterRoleBinding", "ir-instant-recovery-agent"),
+        ("Role", "ir-instant-recovery-operator-leader-election"),
+        (
+            "RoleBinding",
+            "ir-instant-recovery-operator-leader-election",
+        ),
+        ("NetworkPolicy", "ir-instant-recovery"),
         ("Service", "ir-instant-recovery-operator-metrics"),
         ("Service", "ir-instant-recovery-agent-metrics"),
         ("Deployment", "ir-instant-recovery-operator"),
@@ -187,7 +209,8 @@ async fn rendered_objects_crds_and_resources_validate_against_the_served_schemas
 
     let verdicts = helm::kubeconform(schemas.path(), &custom, &[SERVICE_MONITOR]);
     expect_all_valid(&verdicts, "custom values");
-    assert_eq!(verdicts.len(), 11, "10 objects and the ServiceMonitor");
+    // Roles and bindings in both watched namespaces for both, and the leader election's.
+    assert_eq!(verdicts.len(), 22, "21 objects and the ServiceMonitor");
     let skipped: Vec<_> = verdicts
         .iter()
         .filter(|v| v.status == "statusSkipped")
@@ -234,6 +257,226 @@ async fn rendered_objects_crds_and_resources_validate_against_the_served_schemas
     );
     assert_eq!(verdicts[0].status, "statusInvalid", "{:?}", verdicts[0]);
     assert!(verdicts[0].msg.contains("imag"), "{:?}", verdicts[0]);
+}
+
+/// The documents of `kind` named `name` (in any namespace).
+fn all_named<'a>(documents: &'a [Value], kind: &str, name: &str) -> Vec<&'a Value> {
+    documents
+        .iter()
+        .filter(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .collect()
+}
+
+fn container_args(workload: &Value) -> Vec<String> {
+    serde_json::from_value(workload["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+        .unwrap()
+}
+
+/// The rules of a rendered (Cluster)Role.
+fn rules_of(role: &Value) -> Vec<PolicyRule> {
+    serde_json::from_value(role["rules"].clone()).unwrap()
+}
+
+fn grants(rules: &[PolicyRule], resource: &str, verb: &str) -> bool {
+    rules.iter().any(|r| {
+        r.resources.iter().flatten().any(|x| x == resource)
+            && r.verbs.iter().any(|v| v == verb || v == "*")
+    })
+}
+
+#[test]
+fn default_values_confine_the_agents_repositories_credentials_and_network() {
+    let documents = helm::yaml_documents(&Helm::new().template("ir", "ir-system", &[]));
+    let daemonset = find(&documents, "DaemonSet");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    // Agents run on the nodes labelled for recoveries, not on every node, and tolerate only
+    // the taint of that label.
+    assert_eq!(
+        pod["nodeSelector"],
+        json!({"kubernetes.io/os": "linux", "instantrecovery.dev/recovery-node": "true"})
+    );
+    assert_eq!(
+        pod["tolerations"],
+        json!([{"key": "instantrecovery.dev/recovery-node", "operator": "Exists"}])
+    );
+
+    // file:// only inside the default file root, mounted read-only in both at the same path.
+    let deployment = find(&documents, "Deployment");
+    for workload in [daemonset, deployment] {
+        let args = container_args(workload);
+        assert!(
+            args.contains(&"--file-roots=/var/lib/instant-recovery/repositories".to_owned()),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a == "--allow-ambient-credentials"),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a.starts_with("--watch-namespaces")),
+            "{args:?}"
+        );
+        let spec = &workload["spec"]["template"]["spec"];
+        let mount = spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == "/var/lib/instant-recovery/repositories")
+            .expect("the file root is mounted");
+        assert_eq!(mount["readOnly"], true);
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(
+            volume["hostPath"]["path"],
+            "/var/lib/instant-recovery/repositories"
+        );
+    }
+    // The operator writes a NetworkPolicy for each recovery, admitting its own Pods.
+    let args = container_args(deployment);
+    for arg in [
+        "--network-policy",
+        "--operator-namespace=$(POD_NAMESPACE)",
+        "--operator-pod-labels=app.kubernetes.io/name=instant-recovery,app.kubernetes.io/instance=ir,app.kubernetes.io/component=operator",
+    ] {
+        assert!(
+            args.iter().any(|a| a == arg),
+            "operator args lack {arg}: {args:?}"
+        );
+    }
+    let operator_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for pair in [
+        "app.kubernetes.io/name=instant-recovery",
+        "app.kubernetes.io/instance=ir",
+        "app.kubernetes.io/component=operator",
+    ] {
+        let (key, value) = pair.split_once('=').unwrap();
+        assert_eq!(
+            operator_labels[key], value,
+            "the operator's Pods carry {pair}"
+        );
+    }
+
+    // The chart's own Pods: nothing but the metrics port reaches them.
+    let policy = find(&documents, "NetworkPolicy");
+    assert_eq!(policy["metadata"]["namespace"], "ir-system");
+    let spec = &policy["spec"];
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        spec["ingress"],
+        json!([{"ports": [{"port": "metrics", "protocol": "TCP"}]}])
+    );
+    for workload in [daemonset, deployment] {
+        let labels = workload["spec"]["template"]["metadata"]["labels"]
+            .as_object()
+            .unwrap();
+        let selector = &spec["podSelector"];
+        for (key, value) in selector["matchLabels"].as_object().unwrap() {
+            assert_eq!(labels.get(key), Some(value));
+        }
+        let component = &labels["app.kubernetes.io/component"];
+        assert!(
+            selector["matchExpressions"][0]["values"]
+                .as_array()
+                .unwrap()
+                .contains(component)
+        );
+    }
+    let port = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0];
+    assert_eq!(port["name"], "metrics");
+
+    // Neither may list or watch Secrets; neither holds a Lease right outside its namespace.
+    for name in ["ir-instant-recovery-operator", "ir-instant-recovery-agent"] {
+        let rules = rules_of(all_named(&documents, "ClusterRole", name)[0]);
+        for verb in ["list", "watch"] {
+            assert!(
+                !grants(&rules, "secrets", verb),
+                "{name} may {verb} Secrets"
+            );
+        }
+        assert!(
+            !grants(&rules, "leases", "update"),
+            "{name}: leases cluster-wide"
+        );
+    }
+}
+
+#[test]
+fn watched_namespaces_get_roles_and_nothing_namespaced_is_granted_cluster_wide() {
+    let documents = helm::yaml_documents(&Helm::new().template(
+        "ir",
+        "ir-system",
+        &[
+            "--set",
+            "watchNamespaces={db,shop}",
+            // The old single namespace is one more.
+            "--set",
+            "operator.watchNamespace=legacy",
+            "--set-json",
+            "repositories.fileRoots=[]",
+            "--set",
+            "repositories.allowAmbientCredentials=true",
+        ],
+    ));
+    let namespaces = ["db", "shop", "legacy"];
+    for component in ["operator", "agent"] {
+        let name = format!("ir-instant-recovery-{component}");
+        // Cluster-wide: only what concerns Nodes.
+        let cluster = all_named(&documents, "ClusterRole", &name);
+        assert_eq!(cluster.len(), 1);
+        assert_eq!(
+            rules_of(cluster[0]),
+            chart_rules(&format!("{component}-cluster-rules.yaml")),
+            "{name}'s ClusterRole"
+        );
+        for rule in rules_of(cluster[0]) {
+            assert_eq!(
+                rule.resources,
+                Some(vec!["nodes".to_owned()]),
+                "{name}: {rule:?}"
+            );
+        }
+        // In each watched namespace, a Role with the namespaced rules and its binding.
+        let roles = all_named(&documents, "Role", &name);
+        let mut in_namespaces: Vec<&str> = roles
+            .iter()
+            .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+            .collect();
+        in_namespaces.sort();
+        let mut expected = namespaces.to_vec();
+        expected.sort();
+        assert_eq!(in_namespaces, expected, "{name}'s Roles");
+        for role in &roles {
+            assert_eq!(
+                rules_of(role),
+                chart_rules(&format!("{component}-rules.yaml"))
+            );
+        }
+        let bindings = all_named(&documents, "RoleBinding", &name);
+        assert_eq!(bindings.len(), namespaces.len());
+        for binding in bindings {
+            assert_eq!(binding["roleRef"]["kind"], "Role");
+            assert_eq!(binding["roleRef"]["name"], name.as_str());
+            assert_eq!(binding["subjects"][0]["namespace"], "ir-system");
+        }
+    }
+    // Both are told which namespaces they serve; file:// is refused; ambient credentials lent.
+    for kind in ["Deployment", "DaemonSet"] {
+        let args = container_args(find(&documents, kind));
+        for arg in [
+            "--watch-namespaces=db,shop,legacy",
+            "--file-roots=",
+            "--allow-ambient-credentials",
+        ] {
+            assert!(
+                args.iter().any(|a| a == arg),
+                "{kind} args lack {arg}: {args:?}"
+            );
+        }
+    }
 }
 
 /// The ServiceMonitor scrapes the port named `metrics` of both metrics Services.
@@ -444,12 +687,12 @@ async fn helm_install_creates_the_objects_the_crds_serve_and_the_operator_holds_
         .map(|f| f.field_path.clone());
     assert_eq!(node_name.as_deref(), Some("spec.nodeName"));
 
-    // The ClusterRoles hold exactly the rules in files/rbac, which the other e2e tests bind.
+    // Serving every namespace, the ClusterRoles hold exactly the rules in files/rbac, which the
+    // other e2e tests bind; the leader election's rules are the operator's in its namespace.
     let roles: Api<ClusterRole> = Api::all(client.clone());
     for component in ["operator", "agent"] {
-        let file = helm::chart_dir().join(format!("files/rbac/{component}-rules.yaml"));
-        let rules: Vec<PolicyRule> =
-            serde_norway::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let mut rules = chart_rules(&format!("{component}-cluster-rules.yaml"));
+        rules.extend(chart_rules(&format!("{component}-rules.yaml")));
         let role = roles
             .get(&format!("ir-instant-recovery-{component}"))
             .await
@@ -469,6 +712,14 @@ async fn helm_install_creates_the_objects_the_crds_serve_and_the_operator_holds_
             .await
             .unwrap_or_else(|e| panic!("ServiceAccount {}: {e}", subject.name));
     }
+    let leader_election = Api::<Role>::namespaced(client.clone(), NS)
+        .get("ir-instant-recovery-operator-leader-election")
+        .await
+        .expect("the leader election's Role");
+    assert_eq!(
+        leader_election.rules,
+        Some(chart_rules("operator-leader-election-rules.yaml"))
+    );
     for service in [
         "ir-instant-recovery-operator-metrics",
         "ir-instant-recovery-agent-metrics",
@@ -582,6 +833,36 @@ fn values_schema_refuses_bad_values_naming_the_field() {
             "operator.resources.requests.cpu=lots",
             "/operator/resources/requests/cpu",
             "",
+        ),
+        (
+            "watchNamespaces={db,Not_A_Namespace}",
+            "/watchNamespaces/1",
+            "does not match pattern",
+        ),
+        (
+            "operator.watchNamespace=-db",
+            "/operator/watchNamespace",
+            "does not match pattern",
+        ),
+        (
+            "repositories.fileRoots={relative/dir}",
+            "/repositories/fileRoots/0",
+            "does not match pattern",
+        ),
+        (
+            "repositories.fileRoots={/}",
+            "/repositories/fileRoots/0",
+            "does not match pattern",
+        ),
+        (
+            "repositories.fileRoots={/srv/../etc}",
+            "/repositories/fileRoots/0",
+            "",
+        ),
+        (
+            "repositories.allowAmbientCredentials=yes",
+            "/repositories/allowAmbientCredentials",
+            "want boolean",
         ),
     ] {
         let run = helm.run(&["template", "ir", chart, "--set", set]);
@@ -758,8 +1039,13 @@ async fn the_installed_operator_and_agent_start_with_the_charts_arguments_and_ri
     }
     drop(operator);
 
-    // The agent heartbeats on its own Node, which only a kubelet would register here.
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-1"}})).unwrap();
+    // The agent heartbeats on its own Node, which only a kubelet would register here; the
+    // node is labelled for recoveries, as the docs ask, and the DaemonSet selects it alone.
+    let node: Node = serde_json::from_value(json!({"metadata": {
+        "name": "node-1",
+        "labels": {"kubernetes.io/os": "linux", "instantrecovery.dev/recovery-node": "true"},
+    }}))
+    .unwrap();
     Api::<Node>::all(client.clone())
         .create(&PostParams::default(), &node)
         .await
@@ -769,6 +1055,16 @@ async fn the_installed_operator_and_agent_start_with_the_charts_arguments_and_ri
         .await
         .unwrap();
     let pod = daemonset.spec.template.spec.unwrap();
+    let selector = pod.node_selector.clone().unwrap_or_default();
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert!(
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "the agents' nodeSelector {selector:?} selects the labelled node"
+    );
+    assert!(
+        selector.contains_key(ir_api::crd::RECOVERY_NODE_LABEL),
+        "an unlabelled node gets no agent: {selector:?}"
+    );
     let identity = plane
         .service_account(NS, &pod.service_account_name.unwrap())
         .await;

@@ -9,11 +9,17 @@ use std::time::{Duration, Instant};
 
 use ir_api::crd::{BackupRepository, RecoveryMount};
 use ir_api::recovery::{ConditionType, Phase};
-use ir_e2e::installation::{Installation, NAMESPACE, SAMPLE_ROWS, connect, query_one};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use ir_e2e::installation::{
+    Installation, NAMESPACE, Options, SAMPLE_ROWS, SYSTEM_NAMESPACE, connect, query_one,
+};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
 const FLOW: Duration = Duration::from_secs(240);
 
@@ -67,6 +73,74 @@ async fn delete_leaves_nothing(fx: &Installation, name: &str) {
     );
     let services: Api<Service> = Api::namespaced(fx.plane.admin(), NAMESPACE);
     assert!(services.get_opt(name).await.unwrap().is_none());
+    let policies: Api<NetworkPolicy> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    assert!(
+        policies
+            .get_opt(&format!("{name}-postgres"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// The published Pod of `name` mounts the host path its RecoveryMount's status names, which is
+/// named by the RecoveryMount's uid; the NetworkPolicy `<name>-postgres` admits the operator,
+/// the recovery's own Pods and the Pods of its namespace to both of its Pods, on 5432 only.
+async fn check_mount_path_and_network_policy(fx: &Installation, name: &str) {
+    let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    let mount = mounts.get(name).await.expect("the RecoveryMount");
+    let mount_path = mount.status.unwrap().mount_path.expect("status.mountPath");
+    let uid = mount.metadata.uid.unwrap();
+    assert!(mount_path.ends_with(&format!("/{uid}")), "{mount_path}");
+    let published = fx.pods().get(&format!("{name}-published")).await.unwrap();
+    let spec = published.spec.unwrap();
+    let host_path = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find_map(|v| v.host_path)
+        .expect("the published Pod's hostPath");
+    assert_eq!(host_path.path, mount_path);
+
+    let policy = Api::<NetworkPolicy>::namespaced(fx.plane.admin(), NAMESPACE)
+        .get(&format!("{name}-postgres"))
+        .await
+        .expect("the recovery's NetworkPolicy");
+    let owner = &policy.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("InstantRecovery", name)
+    );
+    let spec = serde_json::to_value(policy.spec.unwrap()).unwrap();
+    assert_eq!(
+        spec,
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"instantrecovery.dev/recovery": name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "ports": [{"port": 5432, "protocol": "TCP"}],
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": SYSTEM_NAMESPACE}},
+                     "podSelector": {"matchLabels": {
+                        "app.kubernetes.io/name": "instant-recovery",
+                        "app.kubernetes.io/instance": "instant-recovery",
+                        "app.kubernetes.io/component": "operator"}}},
+                    {"podSelector": {"matchLabels": {"instantrecovery.dev/recovery": name}}},
+                    {"podSelector": {}},
+                ],
+            }],
+        })
+    );
+    for pod in recovery_pods(fx, name).await {
+        let labels = fx.pods().get(&pod).await.unwrap().metadata.labels.unwrap();
+        assert_eq!(
+            labels
+                .get("instantrecovery.dev/recovery")
+                .map(String::as_str),
+            Some(name),
+            "{pod} is selected"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,6 +158,7 @@ async fn automatic_recovery_completes_and_deletion_leaves_the_target() {
         .time_to_first_query_ms
         .expect("time to first query");
     println!("apply to first query on the published instance: {ttfq} ms");
+    check_mount_path_and_network_policy(&fx, "orders").await;
 
     // The repository's own status lists the backup.
     let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NAMESPACE);
@@ -418,16 +493,113 @@ async fn bad_recoveries_fail_naming_the_field_and_create_nothing() {
             "spec.target.size",
         ),
     ];
+    // Repositories the operator must not read: outside the installation's file root by path,
+    // by `..`, by a symlink inside the root (each a good repository, but out of bounds), and
+    // S3 with the operator's own credentials, which this installation does not lend.
+    let root = fx.file_roots[0].clone();
+    let outside = fx.root.path().join("outside");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fx.repo_url.strip_prefix("file://").unwrap())
+        .arg(&outside)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let hostile = [
+        (
+            "etc",
+            "url: file:///etc".to_owned(),
+            "RepositoryPathNotAllowed",
+            "spec.url",
+        ),
+        (
+            "outside",
+            format!("url: file://{}", outside.display()),
+            "RepositoryPathNotAllowed",
+            "spec.url",
+        ),
+        (
+            "dotdot",
+            format!("url: file://{}/../outside", root.display()),
+            "RepositoryPathNotAllowed",
+            "spec.url",
+        ),
+        (
+            "symlink",
+            format!("url: file://{}", root.join("escape").display()),
+            "RepositoryPathNotAllowed",
+            "spec.url",
+        ),
+        (
+            "ambient",
+            "url: s3://backups/prod\n  s3:\n    endpoint: http://127.0.0.1:9\n    \
+             useAmbientCredentials: true"
+                .to_owned(),
+            "AmbientCredentialsNotAllowed",
+            "spec.s3.useAmbientCredentials",
+        ),
+    ];
+    let mut cases: Vec<(String, String, &str, String)> = cases
+        .into_iter()
+        .map(|(name, yaml, reason, field)| (name.to_owned(), yaml, reason, field.to_owned()))
+        .collect();
+    for (name, spec, reason, field) in &hostile {
+        fx.plane
+            .apply_yaml(&format!(
+                "apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\nmetadata:\n  \
+                 name: {name}\n  namespace: {NAMESPACE}\nspec:\n  {spec}\n"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("BackupRepository {name}: {e}"));
+        let recovery = format!("from-{name}");
+        let yaml = recovery_yaml(&recovery, "latest", credentials)
+            .replace("name: backups", &format!("name: {name}"));
+        // The recovery fails at once, naming the repository and its field.
+        let named =
+            format!("spec.backup.repositoryRef: BackupRepository {NAMESPACE}/{name}: {field}: ");
+        cases.push((recovery, yaml, reason, named));
+    }
     for (_, yaml, _, _) in &cases {
         fx.plane.apply_yaml(yaml).await.unwrap();
     }
-    for (name, _, reason, field) in cases {
+    // Each repository says what is wrong, naming its field.
+    let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    for (name, _, reason, field) in &hostile {
+        let deadline = Instant::now() + FLOW;
+        let reachable = loop {
+            let status = repos.get(name).await.unwrap().status.unwrap_or_default();
+            if let Some(c) = status.conditions.iter().find(|c| c.type_ == "Reachable") {
+                break c.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "BackupRepository {name}: no status"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", *reason),
+            "{name}: {reachable:?}"
+        );
+        assert!(
+            reachable.message.starts_with(&format!("{field}: ")),
+            "{name}: {}",
+            reachable.message
+        );
+    }
+    for (name, _, reason, field) in &cases {
+        let name = name.as_str();
+        let reason = *reason;
         let status = fx
             .wait_status(name, FLOW, |s| s.phase == Phase::Failed)
             .await;
         assert_eq!(status.reason.as_deref(), Some(reason), "{name}: {status:?}");
         let message = status.message.clone().unwrap_or_default();
-        assert!(message.contains(field), "{name}: {message}");
+        assert!(message.contains(field.as_str()), "{name}: {message}");
+        // Permanent: failed at once, with no retry.
+        assert_eq!(status.retry.attempt, 0, "{name}: {status:?}");
         assert!(!status.is_true(ConditionType::Validated));
         let stalled = status.condition(ConditionType::Stalled);
         assert_eq!(stalled.map(|c| c.reason.as_str()), Some(reason), "{name}");
@@ -735,5 +907,165 @@ async fn a_switchover_failing_after_the_stop_brings_the_published_instance_back_
         lost.is_empty(),
         "{} acknowledged commits lost on the target",
         lost.len()
+    );
+}
+
+/// Whether ServiceAccount `account` of the installation may `verb` `group`/`resource` in
+/// `namespace` (cluster-wide when `None`), as the API server's authorizer answers.
+async fn may(
+    fx: &Installation,
+    account: &str,
+    verb: &str,
+    (group, resource): (&str, &str),
+    namespace: Option<&str>,
+) -> bool {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!(
+                "system:serviceaccount:{SYSTEM_NAMESPACE}:{account}"
+            )),
+            groups: Some(vec![
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{SYSTEM_NAMESPACE}"),
+                "system:authenticated".to_owned(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                group: Some(group.to_owned()),
+                resource: Some(resource.to_owned()),
+                namespace: namespace.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SubjectAccessReview>::all(fx.plane.admin())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("a SubjectAccessReview")
+        .status
+        .expect("its answer")
+        .allowed
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_serving_one_namespace_recovers_there_with_its_roles_alone() {
+    let fx = Installation::start_with(Options {
+        watch_namespaces: vec![NAMESPACE.to_owned()],
+    })
+    .await;
+    // A namespace the installation does not serve, with a recovery of its own.
+    const ELSEWHERE: &str = "elsewhere";
+    fx.plane.create_namespace(ELSEWHERE).await;
+    fx.plane
+        .apply_yaml(&format!(
+            "apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\nmetadata:\n  \
+             name: backups\n  namespace: {ELSEWHERE}\nspec:\n  url: {}\n---\n{}",
+            fx.repo_url,
+            recovery_yaml(
+                "ignored",
+                &fx.backup_id,
+                "  postgres:\n    credentialsSecret:\n      name: db-superuser\n"
+            )
+            .replace(
+                &format!("namespace: {NAMESPACE}"),
+                &format!("namespace: {ELSEWHERE}")
+            )
+        ))
+        .await
+        .unwrap();
+
+    // With exactly the chart's Roles in its namespace, the operator and the agent recover.
+    fx.apply_recovery("scoped", "    mode: Automatic").await;
+    fx.wait_phase("scoped", Phase::Syncing, FLOW).await;
+    check_mount_path_and_network_policy(&fx, "scoped").await;
+    fx.wait_phase("scoped", Phase::Completed, FLOW).await;
+    let ip = fx.pod_ip("scoped-target", FLOW).await;
+    assert_eq!(
+        query_one(&ip, "SELECT count(*) FROM accounts").await,
+        SAMPLE_ROWS.to_string()
+    );
+
+    // The other namespace was left alone: no status, nothing created there.
+    let ignored = Api::<ir_api::crd::InstantRecovery>::namespaced(fx.plane.admin(), ELSEWHERE)
+        .get("ignored")
+        .await
+        .unwrap();
+    assert_eq!(ignored.status, None, "{ignored:?}");
+    assert_eq!(ignored.metadata.finalizers, None, "{ignored:?}");
+    let repository = Api::<BackupRepository>::namespaced(fx.plane.admin(), ELSEWHERE)
+        .get("backups")
+        .await
+        .unwrap();
+    assert_eq!(repository.status, None);
+    let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), ELSEWHERE);
+    assert!(
+        mounts
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // What the chart's namespaced RBAC allows, and what it does not.
+    let operator = "instant-recovery-operator";
+    let agent = "instant-recovery-agent";
+    let core = |resource| ("", resource);
+    let ir = |resource| ("instantrecovery.dev", resource);
+    let leases = ("coordination.k8s.io", "leases");
+    let allowed = [
+        (operator, "get", core("secrets"), Some(NAMESPACE)),
+        (operator, "create", core("pods"), Some(NAMESPACE)),
+        (operator, "watch", ir("instantrecoveries"), Some(NAMESPACE)),
+        (operator, "list", core("nodes"), None),
+        (operator, "update", leases, Some(SYSTEM_NAMESPACE)),
+        (agent, "get", core("secrets"), Some(NAMESPACE)),
+        (agent, "watch", ir("recoverymounts"), Some(NAMESPACE)),
+        (agent, "patch", core("nodes"), None),
+    ];
+    let denied = [
+        // Never the cluster's Secrets, nor a watch of the Secrets of its own namespace.
+        (operator, "list", core("secrets"), None),
+        (operator, "get", core("secrets"), None),
+        (operator, "list", core("secrets"), Some(NAMESPACE)),
+        (operator, "watch", core("secrets"), Some(NAMESPACE)),
+        (operator, "get", core("secrets"), Some(ELSEWHERE)),
+        (operator, "list", core("pods"), None),
+        (operator, "create", core("pods"), Some(ELSEWHERE)),
+        (operator, "list", ir("instantrecoveries"), None),
+        (operator, "update", leases, Some(NAMESPACE)),
+        (agent, "get", core("secrets"), None),
+        (agent, "get", core("secrets"), Some(ELSEWHERE)),
+        (agent, "list", core("secrets"), Some(NAMESPACE)),
+        (agent, "list", ir("recoverymounts"), None),
+    ];
+    let mut wrong = Vec::new();
+    for (expected, cases) in [(true, &allowed[..]), (false, &denied[..])] {
+        for (account, verb, resource, namespace) in cases {
+            if may(&fx, account, verb, *resource, *namespace).await != expected {
+                wrong.push(format!(
+                    "{account} {verb} {resource:?} in {namespace:?}: expected allowed={expected}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // And as the operator itself: listing the cluster's Secrets is forbidden.
+    let listed = Api::<Secret>::all(fx.operator_client())
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&listed, Err(kube::Error::Api(e)) if e.code == 403),
+        "{listed:?}"
+    );
+    let listed = Api::<Secret>::namespaced(fx.agent_client(), ELSEWHERE)
+        .get_opt("db-superuser")
+        .await;
+    assert!(
+        matches!(&listed, Err(kube::Error::Api(e)) if e.code == 403),
+        "{listed:?}"
     );
 }

@@ -1,6 +1,8 @@
 //! The node agent as a child process against a real control plane: mount, files and writes,
 //! restart with the same IRCache, failures (missing backup, unreachable repository, bad
-//! Secret, no room), new attempts, deletion, Node heartbeat.
+//! Secret, no room), new attempts, deletion, Node heartbeat; RecoveryMounts whose
+//! `<namespace>-<name>` collide mounted apart; repositories outside the file roots and S3
+//! without a Secret refused.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -95,10 +97,21 @@ fn backup_files() -> BTreeMap<&'static str, Vec<u8>> {
     ])
 }
 
-/// A file:// repository with one backup of `backup_files`; returns (URL, backup id).
+/// A file:// repository in `dir/repo` with one backup of `backup_files`; returns (URL, backup
+/// id).
 async fn make_backup(dir: &Path) -> (String, String) {
+    make_marked_backup(dir, b"").await
+}
+
+/// As [`make_backup`], with a file `marker` holding `marker` (when not empty), which tells the
+/// backups apart.
+async fn make_marked_backup(dir: &Path, marker: &[u8]) -> (String, String) {
     let data = dir.join("data");
-    for (path, content) in backup_files() {
+    let mut files = backup_files();
+    if !marker.is_empty() {
+        files.insert("marker", marker.to_vec());
+    }
+    for (path, content) in files {
         let p = data.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, content).unwrap();
@@ -121,7 +134,14 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
-    fn start(kubeconfig: &Path, mount_root: &Path, cache_root: &Path, log: &Path) -> Self {
+    /// `file_root`: the only directory file:// repositories may lie in.
+    fn start(
+        kubeconfig: &Path,
+        mount_root: &Path,
+        cache_root: &Path,
+        file_root: &Path,
+        log: &Path,
+    ) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -135,6 +155,7 @@ impl AgentProcess {
             .arg(mount_root)
             .arg("--cache-root")
             .arg(cache_root)
+            .arg(format!("--file-roots={}", file_root.display()))
             .args(["--log-format", "text"])
             // Tests run side by side: any free port.
             .args(["--metrics-address", "127.0.0.1:0"])
@@ -289,7 +310,16 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     let cache_root = work.path().join("cache");
     let _mounts = MountRoot(mount_root.clone());
     let log = work.path().join("agent.log");
-    let mut agent = AgentProcess::start(&identity.kubeconfig, &mount_root, &cache_root, &log);
+    let start = || {
+        AgentProcess::start(
+            &identity.kubeconfig,
+            &mount_root,
+            &cache_root,
+            work.path(),
+            &log,
+        )
+    };
+    let mut agent = start();
 
     let rms: Api<RecoveryMount> = Api::namespaced(admin.clone(), NAMESPACE);
     let main = rms
@@ -307,7 +337,8 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     })
     .await;
     let mounted_in = started.elapsed() - control_plane_ready;
-    let mount_path = mount_root.canonicalize().unwrap().join("db-main");
+    // Named by the RecoveryMount's uid, not its name.
+    let mount_path = mount_root.canonicalize().unwrap().join(&uid);
     let cache_dir = cache_root
         .canonicalize()
         .unwrap()
@@ -390,7 +421,7 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     let err = std::fs::write(mount_path.join("after-kill"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
     let restart = Instant::now();
-    let mut agent = AgentProcess::start(&identity.kubeconfig, &mount_root, &cache_root, &log);
+    let mut agent = start();
     let status = wait_status(&rms, "main", &agent, "mounted again", |s| {
         s.phase == MountPhase::Mounted && s.mounted_at != Some(first_mounted_at)
     })
@@ -435,7 +466,7 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     assert!(ir_fuse::is_fuse_mount(&mount_path), "left mounted");
     let err = std::fs::write(mount_path.join("after-term"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
-    let mut agent = AgentProcess::start(&identity.kubeconfig, &mount_root, &cache_root, &log);
+    let mut agent = start();
     wait_status(&rms, "main", &agent, "mounted a third time", |s| {
         s.phase == MountPhase::Mounted && s.mounted_at > Some(second_mounted_at)
     })
@@ -487,6 +518,7 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
             endpoint: Some(format!("http://127.0.0.1:{closed_port}")),
             region: Some("us-east-1".to_owned()),
             allow_http: true,
+            use_ambient_credentials: false,
         }),
         credentials_secret: Some(LocalRef {
             name: "s3-credentials".to_owned(),
@@ -587,4 +619,177 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
         "control plane ready in {control_plane_ready:?}; first mount {mounted_in:?}; remount after SIGKILL {remounted_in:?}; total {:?}",
         started.elapsed()
     );
+}
+
+/// Waits until the RecoveryMount `namespace/name` is gone (its agent unmounted and wiped).
+async fn wait_deleted(api: &Api<RecoveryMount>, name: &str, agent: &AgentProcess) {
+    let deadline = Instant::now() + WAIT;
+    while api.get_opt(name).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "RecoveryMount {name} still there after deletion\n{}",
+            agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_names_mount_apart_and_repositories_out_of_bounds_are_refused() {
+    ir_e2e::require_fuse();
+    let cp = ControlPlane::start().await;
+    cp.install_crds().await;
+    // `a-b/c` and `a/b-c` are both `a-b-c` as `<namespace>-<name>`.
+    for namespace in ["a-b", "a", NAMESPACE, "ir-system"] {
+        cp.create_namespace(namespace).await;
+    }
+    cp.apply_yaml(AGENT_RBAC)
+        .await
+        .expect("apply the agent's RBAC");
+    let identity = cp.service_account("ir-system", "ir-agent").await;
+    let admin = cp.admin();
+    let node: Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": NODE}})).unwrap();
+    Api::<Node>::all(admin.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create the Node");
+
+    let work = ir_e2e::shared_tempdir();
+    let repositories = work.path().join("repositories");
+    let (one_url, one_id) = make_marked_backup(&repositories.join("one"), b"backup one").await;
+    let (two_url, two_id) = make_marked_backup(&repositories.join("two"), b"backup two").await;
+    // A good repository, but outside the file root.
+    let outside = work.path().join("outside");
+    let (_, outside_id) = make_marked_backup(&outside, b"outside").await;
+    std::os::unix::fs::symlink(outside.join("repo"), repositories.join("escape")).unwrap();
+    let mount_root = work.path().join("mnt");
+    let cache_root = work.path().join("cache");
+    let _mounts = MountRoot(mount_root.clone());
+    let agent = AgentProcess::start(
+        &identity.kubeconfig,
+        &mount_root,
+        &cache_root,
+        &repositories,
+        &work.path().join("agent.log"),
+    );
+
+    let in_ab: Api<RecoveryMount> = Api::namespaced(admin.clone(), "a-b");
+    let in_a: Api<RecoveryMount> = Api::namespaced(admin.clone(), "a");
+    let mut c = recovery_mount("c", file_repository(&one_url), &one_id);
+    c.metadata.namespace = Some("a-b".to_owned());
+    let c = in_ab.create(&PostParams::default(), &c).await.unwrap();
+    let mut b_c = recovery_mount("b-c", file_repository(&two_url), &two_id);
+    b_c.metadata.namespace = Some("a".to_owned());
+    let b_c = in_a.create(&PostParams::default(), &b_c).await.unwrap();
+
+    let mounted = |s: &RecoveryMountStatus| s.phase == MountPhase::Mounted;
+    let c_status = wait_status(&in_ab, "c", &agent, "Mounted", mounted).await;
+    let b_c_status = wait_status(&in_a, "b-c", &agent, "Mounted", mounted).await;
+    let root = mount_root.canonicalize().unwrap();
+    let c_path = PathBuf::from(c_status.mount_path.unwrap());
+    let b_c_path = PathBuf::from(b_c_status.mount_path.unwrap());
+    assert_eq!(c_path, root.join(c.metadata.uid.as_ref().unwrap()));
+    assert_eq!(b_c_path, root.join(b_c.metadata.uid.as_ref().unwrap()));
+    assert_ne!(c_path, b_c_path);
+    // Each serves its own backup.
+    assert_eq!(std::fs::read(c_path.join("marker")).unwrap(), b"backup one");
+    assert_eq!(
+        std::fs::read(b_c_path.join("marker")).unwrap(),
+        b"backup two"
+    );
+    // A write to one is not seen in the other.
+    std::fs::write(c_path.join("written"), b"into c").unwrap();
+    assert!(!b_c_path.join("written").exists());
+
+    // Repositories the agent must not read: outside the file root, by path, by `..`, by a
+    // symlink inside the root; S3 with the agent's own credentials, which it does not lend.
+    let outside_url = format!("file://{}", outside.join("repo").display());
+    let dotdot_url = format!("file://{}/../outside/repo", repositories.display());
+    let symlink_url = format!("file://{}", repositories.join("escape").display());
+    let ambient = BackupRepositorySpec {
+        url: "s3://ir-test/backups".to_owned(),
+        s3: Some(S3Spec {
+            endpoint: Some("http://127.0.0.1:9".to_owned()),
+            region: Some("us-east-1".to_owned()),
+            allow_http: true,
+            use_ambient_credentials: true,
+        }),
+        ..file_repository("")
+    };
+    let hostile = [
+        (
+            "etc",
+            file_repository("file:///etc"),
+            "spec.repository.url",
+            "RepositoryPathNotAllowed",
+        ),
+        (
+            "outside",
+            file_repository(&outside_url),
+            "spec.repository.url",
+            "RepositoryPathNotAllowed",
+        ),
+        (
+            "dotdot",
+            file_repository(&dotdot_url),
+            "spec.repository.url",
+            "RepositoryPathNotAllowed",
+        ),
+        (
+            "symlink",
+            file_repository(&symlink_url),
+            "spec.repository.url",
+            "RepositoryPathNotAllowed",
+        ),
+        (
+            "ambient",
+            ambient,
+            "spec.repository.s3.useAmbientCredentials",
+            "AmbientCredentialsNotAllowed",
+        ),
+    ];
+    let hostile_api: Api<RecoveryMount> = Api::namespaced(admin.clone(), NAMESPACE);
+    for (name, repository, _, _) in &hostile {
+        hostile_api
+            .create(
+                &PostParams::default(),
+                &recovery_mount(name, repository.clone(), &outside_id),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create RecoveryMount {name}: {e}"));
+    }
+    for (name, _, field, reason) in &hostile {
+        let failed = |s: &RecoveryMountStatus| s.phase == MountPhase::Failed;
+        let status = wait_status(&hostile_api, name, &agent, "Failed", failed).await;
+        assert_eq!(
+            status.reason.as_deref(),
+            Some(*reason),
+            "{name}: {status:?}"
+        );
+        assert!(!status.transient, "{name}: {status:?}");
+        let message = status.message.unwrap_or_default();
+        assert!(message.starts_with(field), "{name}: {message}");
+        assert_eq!(status.mount_path, None, "{name}");
+    }
+    let mounts = ir_e2e::mounts_under(&mount_root);
+    assert_eq!(
+        mounts.len(),
+        2,
+        "only the two good ones are mounted: {mounts:?}"
+    );
+
+    for (api, name) in [(&in_ab, "c"), (&in_a, "b-c")] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_deleted(api, name, &agent).await;
+    }
+    for (name, ..) in &hostile {
+        hostile_api
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_deleted(&hostile_api, name, &agent).await;
+    }
+    assert!(ir_e2e::mounts_under(&mount_root).is_empty());
+    assert!(!c_path.exists() && !b_c_path.exists());
 }

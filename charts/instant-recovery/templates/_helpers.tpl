@@ -67,3 +67,46 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The watched namespaces as a JSON list: watchNamespaces and operator.watchNamespace. */}}
+{{- define "ir.watchNamespaces" -}}
+{{- $list := .Values.watchNamespaces | default list -}}
+{{- with .Values.operator.watchNamespace -}}
+{{- $list = append $list . -}}
+{{- end -}}
+{{- $list | uniq | toJson -}}
+{{- end -}}
+
+{{/* Arguments of the operator and the agent that concern repositories and namespaces. */}}
+{{- define "ir.commonArgs" -}}
+{{- $namespaces := include "ir.watchNamespaces" . | fromJsonArray -}}
+- --file-roots={{ join "," .Values.repositories.fileRoots }}
+{{- if .Values.repositories.allowAmbientCredentials }}
+- --allow-ambient-credentials
+{{- end }}
+{{- with $namespaces }}
+- --watch-namespaces={{ join "," . }}
+{{- end }}
+{{- end -}}
+
+{{/* The file roots as volumes (fileRootVolumes) or read-only mounts (fileRootMounts). */}}
+{{- define "ir.fileRootVolumes" -}}
+{{- if .Values.repositories.mountFileRoots }}
+{{- range $i, $root := .Values.repositories.fileRoots }}
+- name: file-root-{{ $i }}
+  hostPath:
+    path: {{ $root }}
+    type: DirectoryOrCreate
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "ir.fileRootMounts" -}}
+{{- if .Values.repositories.mountFileRoots }}
+{{- range $i, $root := .Values.repositories.fileRoots }}
+- name: file-root-{{ $i }}
+  mountPath: {{ $root }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -58,10 +58,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node_name: String,
-    /// Mounts go to `<mount_root>/<namespace>-<name>`.
+    /// Mounts go to `<mount_root>/<RecoveryMount uid>`: unique, unlike `<namespace>-<name>`
+    /// (`a-b/c` and `a/b-c` would share one).
     pub mount_root: PathBuf,
     /// IRCaches go to `<cache_root>/ircache/<RecoveryMount uid>`.
     pub cache_root: PathBuf,
+    /// `file://` repositories must lie inside one of these directories; none: `file://` is
+    /// refused.
+    pub file_roots: Vec<PathBuf>,
+    /// Whether a repository may opt in to this process's own S3 credentials
+    /// (`s3.useAmbientCredentials`).
+    pub allow_ambient_credentials: bool,
+    /// Only the RecoveryMounts of these namespaces; all when empty.
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,23 +179,36 @@ impl Agent {
             node = %agent.config.node_name,
             mount_root = %agent.config.mount_root.display(),
             cache_root = %agent.config.cache_root.display(),
+            file_roots = ?agent.config.file_roots,
+            allow_ambient_credentials = agent.config.allow_ambient_credentials,
+            namespaces = ?agent.config.namespaces,
             "agent started"
         );
-        Controller::new(
-            Api::<RecoveryMount>::all(agent.client.clone()),
-            watcher::Config::default().labels(&selector),
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, agent.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(mount = %obj, "reconciled"),
-                // error_policy has logged it.
-                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                Err(e) => tracing::warn!(error = %e, "watching RecoveryMounts"),
-            }
-        })
-        .await;
+        let apis: Vec<Api<RecoveryMount>> = if agent.config.namespaces.is_empty() {
+            vec![Api::all(agent.client.clone())]
+        } else {
+            agent
+                .config
+                .namespaces
+                .iter()
+                .map(|ns| Api::namespaced(agent.client.clone(), ns))
+                .collect()
+        };
+        let shutdown = futures::FutureExt::shared(shutdown);
+        let controllers = apis.into_iter().map(|api| {
+            Controller::new(api, watcher::Config::default().labels(&selector))
+                .graceful_shutdown_on(shutdown.clone())
+                .run(reconcile, error_policy, agent.clone())
+                .for_each(|result| async move {
+                    match result {
+                        Ok((obj, _)) => tracing::debug!(mount = %obj, "reconciled"),
+                        // error_policy has logged it.
+                        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                        Err(e) => tracing::warn!(error = %e, "watching RecoveryMounts"),
+                    }
+                })
+        });
+        futures::future::join_all(controllers).await;
         heartbeat.abort();
         agent.leave_mounts().await;
     }
@@ -245,7 +267,7 @@ impl Agent {
         };
         Ok(Target {
             key: format!("{namespace}/{name}"),
-            mount_path: self.config.mount_root.join(format!("{namespace}-{name}")),
+            mount_path: self.config.mount_root.join(&uid),
             cache_dir: self.config.cache_root.join("ircache").join(&uid),
             namespace,
             name,
@@ -395,7 +417,10 @@ impl Agent {
                 Err(failure) => return Ok(Err(failure)),
             },
         };
-        let options = store_options(&spec.repository, credentials);
+        let options = match store_options(&spec.repository, credentials, &self.config) {
+            Ok(options) => options,
+            Err(failure) => return Ok(Err(failure)),
+        };
         let url = spec.repository.url.as_str();
         let opened = tokio::time::timeout(options.read_deadline, async {
             let repo = Repository::open(url, &options).await?;
@@ -405,7 +430,7 @@ impl Agent {
         .await;
         let (repo, manifest) = match opened {
             Ok(Ok(found)) => found,
-            Ok(Err(e)) => return Ok(Err(plan::repo_failure(&e))),
+            Ok(Err(e)) => return Ok(Err(plan::repo_failure(&e).naming("spec.repository"))),
             Err(_) => {
                 return Ok(Err(Failure::transient(
                     "RepositoryUnavailable",
@@ -566,19 +591,62 @@ fn prepare_mount_point(path: &Path) -> io::Result<()> {
     std::fs::create_dir_all(path)
 }
 
-/// How to reach the RecoveryMount's repository: all from its spec and Secret, nothing from the
-/// agent's environment but what the spec leaves out.
-fn store_options(spec: &BackupRepositorySpec, credentials: Option<S3Credentials>) -> StoreOptions {
+/// Default of `--file-roots` for the operator and the agent: the chart's
+/// `repositories.fileRoots` default, inside the agent's default cache root.
+pub const DEFAULT_FILE_ROOT: &str = "/var/lib/instant-recovery/repositories";
+
+/// The directories of `--file-roots` (a comma-separated list; empty items are left out, so that
+/// an empty value allows no `file://` repository at all). Each must be an absolute path
+/// without `.` or `..`.
+pub fn parse_file_roots(values: &[String]) -> Result<Vec<PathBuf>, String> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let path = PathBuf::from(v);
+            let plain = path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+            if path.is_absolute() && plain {
+                Ok(path)
+            } else {
+                Err(format!(
+                    "--file-roots: {v:?} is not an absolute path without '.' or '..'"
+                ))
+            }
+        })
+        .collect()
+}
+
+/// How to reach the RecoveryMount's repository: all from its spec and Secret. The agent's own
+/// S3 settings and credentials only for a repository that opts in to them
+/// (`s3.useAmbientCredentials`), where the agent allows it; `file://` only inside the agent's
+/// file roots.
+pub fn store_options(
+    spec: &BackupRepositorySpec,
+    credentials: Option<S3Credentials>,
+    config: &AgentConfig,
+) -> Result<StoreOptions, Failure> {
     let s3 = spec.s3.clone().unwrap_or_default();
-    StoreOptions {
+    let ambient = plan::ambient_credentials(
+        spec,
+        credentials.is_some(),
+        config.allow_ambient_credentials,
+    )
+    .map_err(|f| f.naming("spec.repository"))?;
+    Ok(StoreOptions {
         s3_endpoint: s3.endpoint,
         s3_region: s3.region,
         allow_http: Some(s3.allow_http),
         s3_credentials: credentials,
-        ambient_credentials: true,
-        file_roots: None,
+        ambient_credentials: ambient,
+        file_roots: Some(config.file_roots.clone()),
         read_deadline: spec.read_deadline.0,
-    }
+    })
 }
 
 async fn write_status(

@@ -2,7 +2,7 @@
 //! says and what this process holds, the status that answers it, and how failures are
 //! classified.
 
-use ir_api::crd::{MountPhase, RecoveryMountStatus};
+use ir_api::crd::{BackupRepositorySpec, MountPhase, RecoveryMountStatus};
 use ir_repository::RepoError;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -80,6 +80,68 @@ impl Failure {
             transient: true,
         }
     }
+
+    /// The failure with the repository field it is about in front of its message: `spec` is
+    /// where the repository's settings are (`spec` of a BackupRepository, `spec.repository` of
+    /// a RecoveryMount). Failures about no one field are left as they are.
+    pub fn naming(mut self, spec: &str) -> Self {
+        let field = match self.reason {
+            PATH_NOT_ALLOWED => "url",
+            CREDENTIALS_REQUIRED => "credentialsSecret",
+            AMBIENT_CREDENTIALS_NOT_ALLOWED => "s3.useAmbientCredentials",
+            _ => return self,
+        };
+        self.message = format!("{spec}.{field}: {}", self.message);
+        self
+    }
+}
+
+/// A `file://` repository outside the directories the installation allows.
+pub const PATH_NOT_ALLOWED: &str = "RepositoryPathNotAllowed";
+/// An S3 repository without a credentials Secret that did not opt in to ambient credentials.
+pub const CREDENTIALS_REQUIRED: &str = "CredentialsRequired";
+/// An S3 repository that opted in to ambient credentials where the installation lends none.
+pub const AMBIENT_CREDENTIALS_NOT_ALLOWED: &str = "AmbientCredentialsNotAllowed";
+
+/// Whether the repository is to be read with the process's own S3 credentials: only an `s3://`
+/// repository without a credentials Secret that opts in (`s3.useAmbientCredentials`), where the
+/// process allows it (`allowed`). Any other S3 repository without a Secret is refused, so that
+/// a repository never borrows the operator's or an agent's identity by default.
+pub fn ambient_credentials(
+    spec: &BackupRepositorySpec,
+    has_secret: bool,
+    allowed: bool,
+) -> Result<bool, Failure> {
+    if !spec.url.starts_with("s3://") || has_secret {
+        return Ok(false);
+    }
+    let opted_in = spec
+        .s3
+        .as_ref()
+        .is_some_and(|s3| s3.use_ambient_credentials);
+    if !opted_in {
+        return Err(Failure::permanent(
+            CREDENTIALS_REQUIRED,
+            format!(
+                "{} needs a credentials Secret (keys AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY); to read it with the installation's own credentials \
+                 instead, set s3.useAmbientCredentials: true where the installation allows it",
+                spec.url
+            ),
+        ));
+    }
+    if !allowed {
+        return Err(Failure::permanent(
+            AMBIENT_CREDENTIALS_NOT_ALLOWED,
+            format!(
+                "{} asks for the installation's own S3 credentials, which this installation \
+                 does not lend (chart value repositories.allowAmbientCredentials, flag \
+                 --allow-ambient-credentials); name a credentials Secret instead",
+                spec.url
+            ),
+        ));
+    }
+    Ok(true)
 }
 
 /// A repository error while opening it or reading the backup's manifest. The operator reports
@@ -90,10 +152,12 @@ pub fn repo_failure(e: &RepoError) -> Failure {
     }
     let reason = match e {
         RepoError::BackupNotFound { .. } | RepoError::NoBackups { .. } => "BackupNotFound",
-        RepoError::InvalidObject { .. } => "CorruptManifest",
+        RepoError::InvalidObject { .. } | RepoError::InvalidManifest { .. } => "CorruptManifest",
         RepoError::NotARepository { .. } => "NotARepository",
         RepoError::UnsupportedFormat { .. } => "UnsupportedRepositoryFormat",
         RepoError::InvalidUrl { .. } | RepoError::InvalidBackupId { .. } => "InvalidSpec",
+        RepoError::PathNotAllowed { .. } => PATH_NOT_ALLOWED,
+        RepoError::NoCredentials { .. } => CREDENTIALS_REQUIRED,
         _ => "RepositoryError",
     };
     Failure::permanent(reason, e.to_string())
@@ -360,6 +424,74 @@ mod tests {
             assert_eq!((f.reason, f.transient), (reason, transient), "{error}");
             assert_eq!(f.message, error.to_string());
         }
+    }
+
+    #[test]
+    fn repositories_out_of_bounds_are_refused_naming_the_field() {
+        let f = repo_failure(&RepoError::PathNotAllowed {
+            url: "file:///etc".into(),
+            reason: "file:// repositories are allowed only under /srv/repos".into(),
+        })
+        .naming("spec.repository");
+        assert_eq!((f.reason, f.transient), ("RepositoryPathNotAllowed", false));
+        assert!(
+            f.message.starts_with("spec.repository.url: ") && f.message.contains("/srv/repos"),
+            "{}",
+            f.message
+        );
+        let f = repo_failure(&RepoError::NoCredentials {
+            url: "s3://b/p".into(),
+        })
+        .naming("spec");
+        assert_eq!((f.reason, f.transient), ("CredentialsRequired", false));
+        assert!(
+            f.message.starts_with("spec.credentialsSecret: "),
+            "{}",
+            f.message
+        );
+        // Other failures name no repository field.
+        let f = repo_failure(&RepoError::NoBackups {
+            url: "s3://b".into(),
+            invalid: 0,
+        })
+        .naming("spec");
+        assert!(!f.message.starts_with("spec"), "{}", f.message);
+    }
+
+    #[test]
+    fn s3_without_a_secret_needs_the_opt_in_and_the_installations_consent() {
+        let repo = |json| serde_json::from_value::<BackupRepositorySpec>(json).unwrap();
+        let bare = repo(serde_json::json!({"url": "s3://bucket/prefix"}));
+        let opted = repo(serde_json::json!({
+            "url": "s3://bucket/prefix", "s3": {"useAmbientCredentials": true}
+        }));
+        let file = repo(serde_json::json!({"url": "file:///srv/repos/a"}));
+
+        let f = ambient_credentials(&bare, false, true)
+            .unwrap_err()
+            .naming("spec");
+        assert_eq!((f.reason, f.transient), ("CredentialsRequired", false));
+        assert!(
+            f.message
+                .starts_with("spec.credentialsSecret: s3://bucket/prefix"),
+            "{}",
+            f.message
+        );
+        let f = ambient_credentials(&opted, false, false)
+            .unwrap_err()
+            .naming("spec.repository");
+        assert_eq!(f.reason, "AmbientCredentialsNotAllowed");
+        assert!(
+            f.message
+                .starts_with("spec.repository.s3.useAmbientCredentials: "),
+            "{}",
+            f.message
+        );
+        assert_eq!(ambient_credentials(&opted, false, true), Ok(true));
+        // A Secret is used as it is, nothing from the environment.
+        assert_eq!(ambient_credentials(&bare, true, true), Ok(false));
+        assert_eq!(ambient_credentials(&opted, true, true), Ok(false));
+        assert_eq!(ambient_credentials(&file, false, false), Ok(false));
     }
 
     #[test]

@@ -16,7 +16,7 @@ struct Args {
     /// The node this agent serves (the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Where backups are mounted, as `<mount-root>/<namespace>-<name>`.
+    /// Where backups are mounted, as `<mount-root>/<RecoveryMount uid>`.
     #[arg(
         long,
         env = "IR_MOUNT_ROOT",
@@ -30,6 +30,22 @@ struct Args {
         default_value = "/var/lib/instant-recovery"
     )]
     cache_root: PathBuf,
+    /// The only directories `file://` repositories may lie in (comma-separated); an empty
+    /// value refuses every `file://` repository.
+    #[arg(
+        long,
+        env = "IR_FILE_ROOTS",
+        value_delimiter = ',',
+        default_value = ir_fuse::agent::DEFAULT_FILE_ROOT
+    )]
+    file_roots: Vec<String>,
+    /// Let a repository that opts in (`s3.useAmbientCredentials`) be read with this process's
+    /// own S3 credentials (environment, instance profile, workload identity).
+    #[arg(long, env = "IR_ALLOW_AMBIENT_CREDENTIALS")]
+    allow_ambient_credentials: bool,
+    /// Only the RecoveryMounts of these namespaces (comma-separated; default: all).
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// Where `/metrics` (Prometheus text format) and `/healthz` are served.
     #[arg(long, env = "IR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
@@ -59,6 +75,16 @@ fn init_tracing(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
+    let file_roots =
+        ir_fuse::agent::parse_file_roots(&args.file_roots).map_err(anyhow::Error::msg)?;
+    let mut namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
     // Handlers first, so that a signal during start-up is not fatal.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -80,6 +106,9 @@ async fn main() -> anyhow::Result<()> {
             node_name: args.node_name,
             mount_root: args.mount_root,
             cache_root: args.cache_root,
+            file_roots,
+            allow_ambient_credentials: args.allow_ambient_credentials,
+            namespaces,
         },
     )?;
     let metrics = ir_fuse::metrics::serve(

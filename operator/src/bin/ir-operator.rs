@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use ir_api::GoDuration;
 use ir_operator::k8s::leader::LeaseConfig;
 use ir_operator::k8s::metrics::Metrics;
-use ir_operator::k8s::{self, Settings, resources::PostgresUser};
+use ir_operator::k8s::{self, OperatorPeer, Settings, resources::PostgresUser};
 use ir_operator::postgres::SwitchoverTimeouts;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -22,9 +22,42 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "ir-operator", version, about)]
 struct Args {
-    /// Only this namespace (default: all namespaces).
+    /// Only this namespace (default: all namespaces); added to --watch-namespaces.
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Only these namespaces (comma-separated; default: all namespaces). The operator then
+    /// needs rights in these namespaces only (Roles), and cluster-wide only to read Nodes.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// The only directories `file://` repositories may lie in (comma-separated); an empty
+    /// value refuses every `file://` repository.
+    #[arg(
+        long,
+        env = "IR_FILE_ROOTS",
+        value_delimiter = ',',
+        default_value = ir_fuse::agent::DEFAULT_FILE_ROOT
+    )]
+    file_roots: Vec<String>,
+    /// Let a repository that opts in (`s3.useAmbientCredentials`) be read with this process's
+    /// own S3 credentials (environment, instance profile, workload identity).
+    #[arg(long, env = "IR_ALLOW_AMBIENT_CREDENTIALS")]
+    allow_ambient_credentials: bool,
+    /// Write a NetworkPolicy `<name>-postgres` for each recovery: only the operator, the
+    /// recovery's own Pods and its `spec.network.clients` reach PostgreSQL.
+    #[arg(long, env = "IR_NETWORK_POLICY")]
+    network_policy: bool,
+    /// Labels of the operator's own Pods (comma-separated `key=value`), which the recoveries'
+    /// NetworkPolicies admit from --operator-namespace.
+    #[arg(
+        long,
+        env = "IR_OPERATOR_POD_LABELS",
+        value_delimiter = ',',
+        default_value = "app.kubernetes.io/name=instant-recovery,app.kubernetes.io/component=operator"
+    )]
+    operator_pod_labels: Vec<String>,
+    /// The operator's own namespace, which the recoveries' NetworkPolicies admit.
+    #[arg(long, env = "POD_NAMESPACE", required_if_eq("network_policy", "true"))]
+    operator_namespace: Option<String>,
     /// uid PostgreSQL runs as in its image (999 in the official images); the mount's files
     /// are owned by it.
     #[arg(long, env = "IR_POSTGRES_UID", default_value_t = 999)]
@@ -91,6 +124,25 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     connected.store(true, Ordering::Relaxed);
+    let mut namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .chain(&args.namespace)
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    let file_roots =
+        ir_fuse::agent::parse_file_roots(&args.file_roots).map_err(anyhow::Error::msg)?;
+    let network_policy = match (args.network_policy, args.operator_namespace) {
+        (false, _) => None,
+        (true, None) => anyhow::bail!("--network-policy needs --operator-namespace"),
+        (true, Some(namespace)) => Some(OperatorPeer {
+            namespace,
+            labels: pod_labels(&args.operator_pod_labels)?,
+        }),
+    };
     let settings = Settings {
         postgres_user: PostgresUser {
             uid: args.postgres_uid,
@@ -102,7 +154,10 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         repository_poll: args.repository_poll.0.max(Duration::from_secs(1)),
-        namespace: args.namespace,
+        namespaces,
+        file_roots,
+        allow_ambient_credentials: args.allow_ambient_credentials,
+        network_policy,
     };
     let instance = std::env::var("POD_NAME")
         .or_else(|_| {
@@ -122,4 +177,23 @@ async fn main() -> anyhow::Result<()> {
     k8s::run(client, settings, instance, metrics, election).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `key=value` items as labels; an item without `=` is an error naming it.
+fn pod_labels(items: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let labels = items
+        .iter()
+        .map(|item| item.trim())
+        .filter(|item| !item.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+            _ => anyhow::bail!("--operator-pod-labels: {item:?} is not key=value"),
+        })
+        .collect::<anyhow::Result<std::collections::BTreeMap<_, _>>>()?;
+    if labels.is_empty() {
+        anyhow::bail!(
+            "--operator-pod-labels: no label: the NetworkPolicies would admit every Pod of the operator's namespace"
+        );
+    }
+    Ok(labels)
 }

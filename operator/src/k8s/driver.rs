@@ -10,6 +10,7 @@ use ir_api::crd::{
 use ir_api::recovery::{BackupInfo, RecoveryStatus};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use tokio_postgres::Client as PgClient;
@@ -128,13 +129,35 @@ impl<'a> Driver<'a> {
     async fn validate(&self) -> Result<BackupInfo, Failure> {
         let spec = &self.ir.spec;
         let repo = self.repository().await?;
-        let options = super::store_options(&self.ctx.client, &self.namespace, &repo.spec).await?;
+        // A fault of the repository's own spec (a path outside the file roots, no credentials)
+        // is named as a field of the BackupRepository.
+        let about_repository = |f: Failure| {
+            let f = super::naming_repository_field(f);
+            let prefix = if f.message.starts_with("spec.") {
+                format!(
+                    "spec.backup.repositoryRef: BackupRepository {}/{}: ",
+                    self.namespace,
+                    repo.name_any()
+                )
+            } else {
+                "spec.backup: ".to_owned()
+            };
+            Failure {
+                message: format!("{prefix}{}", f.message),
+                ..f
+            }
+        };
+        let options = super::store_options(
+            &self.ctx.client,
+            &self.namespace,
+            &repo.spec,
+            &self.ctx.settings,
+        )
+        .await
+        .map_err(about_repository)?;
         let backup = crate::local::validate::find_backup(&repo.spec.url, &options, &spec.backup.id)
             .await
-            .map_err(|f| Failure {
-                message: format!("spec.backup: {}", f.message),
-                ..f
-            })?;
+            .map_err(about_repository)?;
         self.credentials().await?;
         if let Some(secret) = &spec.postgres.replication_secret {
             super::read_secret(
@@ -439,8 +462,19 @@ impl<'a> Driver<'a> {
         else {
             return Ok(Step::InProgress);
         };
+        if let Err(why) = check_mount_path(mount, &host_path) {
+            return Ok(Step::Failed(Failure::permanent(
+                "MountPathInvalid",
+                format!(
+                    "RecoveryMount {}/{}: status.mountPath {host_path:?} {why}",
+                    self.namespace, self.name
+                ),
+            )));
+        }
         let mounted_at = mounted_at.to_string();
         let node = mount.spec.node_name.clone();
+        // Who may reach PostgreSQL, before there is one.
+        self.ensure_network_policy().await?;
         self.ensure_object(resources::config_map(self.ir)).await?;
         self.ensure_object(resources::service(self.ir)).await?;
         let pods = self.api::<Pod>();
@@ -526,6 +560,32 @@ impl<'a> Driver<'a> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The recovery's NetworkPolicy as the spec says now (`spec.network.clients` may change).
+    async fn ensure_network_policy(&self) -> Result<(), Error> {
+        let Some(operator) = &self.ctx.settings.network_policy else {
+            return Ok(());
+        };
+        let wanted = resources::network_policy(self.ir, operator);
+        let existing = self.ensure_object(wanted.clone()).await?;
+        if existing.spec != wanted.spec {
+            let name = resources::network_policy_name(&self.name);
+            let patch = serde_json::json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": name, "labels": wanted.metadata.labels},
+                "spec": wanted.spec,
+            });
+            self.api::<NetworkPolicy>()
+                .patch(
+                    &name,
+                    &PatchParams::apply(super::FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// The published PostgreSQL exited. Its agent may be restarting (the mount died with it):
@@ -1042,6 +1102,37 @@ where
     }
 }
 
+/// The host path a RecoveryMount's status names is a mount of this RecoveryMount: an absolute
+/// path without `.` or `..` whose last part is the RecoveryMount's uid (or, from an agent of an
+/// earlier version, `<namespace>-<name>`). The published Pod mounts it from the host, so a path
+/// any writer of the status chose (`/`, `/etc`) must not pass.
+fn check_mount_path(mount: &RecoveryMount, path: &str) -> Result<(), &'static str> {
+    use std::path::{Component, Path};
+    let path = Path::new(path);
+    if !path.is_absolute() {
+        return Err("is not an absolute path");
+    }
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+    {
+        return Err("has '.' or '..' in it");
+    }
+    let last = path.file_name().and_then(|n| n.to_str());
+    let uid = mount.metadata.uid.as_deref();
+    let legacy = format!(
+        "{}-{}",
+        mount.metadata.namespace.as_deref().unwrap_or_default(),
+        mount.name_any()
+    );
+    match last {
+        Some(last) if Some(last) == uid || last == legacy => Ok(()),
+        _ => Err(
+            "is not a mount of this RecoveryMount (its last part is not the RecoveryMount's uid)",
+        ),
+    }
+}
+
 /// A rejected first connection is permanent: a refused login needs another Secret, a missing
 /// database (its name is fixed) another backup.
 fn first_query_failure(
@@ -1336,6 +1427,38 @@ mod tests {
             "{}",
             f.message
         );
+    }
+
+    #[test]
+    fn only_a_mount_path_of_the_recovery_mount_reaches_the_published_pod() {
+        let ir = resources::tests::recovery();
+        let mut mount = resources::recovery_mount(
+            &ir,
+            "node-a",
+            &serde_json::from_value(serde_json::json!({"url": "file:///r"})).unwrap(),
+            "b1",
+            resources::PostgresUser { uid: 999, gid: 999 },
+        );
+        mount.metadata.uid = Some("7c0a1e2f-uid".to_owned());
+        assert_eq!(
+            check_mount_path(&mount, "/run/media/instant-recovery/7c0a1e2f-uid"),
+            Ok(())
+        );
+        // What an agent of an earlier version reports.
+        assert_eq!(
+            check_mount_path(&mount, "/run/media/instant-recovery/shop-orders"),
+            Ok(())
+        );
+        for bad in [
+            "/",
+            "/etc",
+            "relative/7c0a1e2f-uid",
+            "/run/media/../../etc/7c0a1e2f-uid",
+            "/run/media/instant-recovery/other-uid",
+            "",
+        ] {
+            assert!(check_mount_path(&mount, bad).is_err(), "{bad:?} passed");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct Metrics {
     switchover_downtime: Histogram,
     leader: Gauge,
     /// The InstantRecovery cache of the running controller, counted by phase at each scrape.
-    recoveries: Arc<OnceLock<Store<InstantRecovery>>>,
+    recoveries: Arc<OnceLock<Vec<Store<InstantRecovery>>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,24 +143,25 @@ impl Metrics {
         self.leader.set(i64::from(leader));
     }
 
-    /// Counts the recoveries of this cache by phase from now on (once per process).
-    pub(super) fn watch_recoveries(&self, store: Store<InstantRecovery>) {
-        let _ = self.recoveries.set(store);
+    /// Counts the recoveries of these caches (one per watched namespace) by phase from now on
+    /// (once per process).
+    pub(super) fn watch_recoveries(&self, stores: Vec<Store<InstantRecovery>>) {
+        let _ = self.recoveries.set(stores);
     }
 }
 
 /// `recoveries{phase}`: every phase, 0 included, once the controller runs; nothing before
 /// (a replica that does not lead does not know).
 #[derive(Debug)]
-struct RecoveriesByPhase(Arc<OnceLock<Store<InstantRecovery>>>);
+struct RecoveriesByPhase(Arc<OnceLock<Vec<Store<InstantRecovery>>>>);
 
 impl Collector for RecoveriesByPhase {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(store) = self.0.get() else {
+        let Some(stores) = self.0.get() else {
             return Ok(());
         };
         let mut counts = [0i64; Phase::ALL.len()];
-        for recovery in store.state() {
+        for recovery in stores.iter().flat_map(|store| store.state()) {
             let phase = recovery
                 .status
                 .as_ref()

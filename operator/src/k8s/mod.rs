@@ -12,17 +12,21 @@ pub mod recovery;
 pub mod repository;
 pub mod resources;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use ir_api::crd::{BackupRepository, BackupRepositorySpec, InstantRecovery, RecoveryMount};
+use ir_fuse::agent::plan;
 use ir_repository::{S3Credentials, StoreOptions};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
@@ -61,8 +65,23 @@ pub struct Settings {
     pub switchover: SwitchoverTimeouts,
     /// How often BackupRepositories are checked.
     pub repository_poll: Duration,
-    /// Only this namespace; all when `None`.
-    pub namespace: Option<String>,
+    /// Only these namespaces; all when empty.
+    pub namespaces: Vec<String>,
+    /// `file://` repositories must lie inside one of these directories; none: `file://` is
+    /// refused.
+    pub file_roots: Vec<PathBuf>,
+    /// Whether a repository may opt in to the operator's own S3 credentials
+    /// (`s3.useAmbientCredentials`).
+    pub allow_ambient_credentials: bool,
+    /// Write a NetworkPolicy for each recovery's Pods, admitting the operator's Pods named here.
+    pub network_policy: Option<OperatorPeer>,
+}
+
+/// The operator's Pods, as a NetworkPolicy peer: its namespace and the labels of its Pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorPeer {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -72,7 +91,10 @@ impl Default for Settings {
             agent_timeout: Duration::from_secs(90),
             switchover: SwitchoverTimeouts::default(),
             repository_poll: Duration::from_secs(300),
-            namespace: None,
+            namespaces: Vec::new(),
+            file_roots: vec![PathBuf::from(ir_fuse::agent::DEFAULT_FILE_ROOT)],
+            allow_ambient_credentials: false,
+            network_policy: None,
         }
     }
 }
@@ -207,24 +229,54 @@ pub async fn run(
     outcome
 }
 
+/// The controllers, one set per watched namespace (or one for all namespaces). The objects a
+/// recovery owns are watched by the label the operator puts on them, so that the operator never
+/// lists other objects of those kinds; Secrets are not watched at all (the operator only gets
+/// the ones a spec names, and creates the replication Secret again whenever it is missing).
 async fn controllers(client: &Client, ctx: Arc<Context>, shutdown: Shutdown) {
-    let ns = ctx.settings.namespace.clone();
-    let ns = ns.as_deref();
+    let scopes: Vec<Option<String>> = if ctx.settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut stores: Vec<Store<InstantRecovery>> = Vec::new();
+    let mut running = Vec::new();
+    for scope in &scopes {
+        let (store, work) = scope_controllers(client, ctx.clone(), &shutdown, scope.as_deref());
+        stores.push(store);
+        running.push(work);
+    }
+    ctx.metrics.watch_recoveries(stores);
+    futures::future::join_all(running).await;
+}
+
+/// The controllers of one namespace (all when `None`): the store of its InstantRecoveries and
+/// the work that runs them until shutdown.
+fn scope_controllers(
+    client: &Client,
+    ctx: Arc<Context>,
+    shutdown: &Shutdown,
+    ns: Option<&str>,
+) -> (
+    Store<InstantRecovery>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let owned = || watcher::Config::default().labels(resources::MANAGED_BY_SELECTOR);
     let recoveries = Controller::new(
         api::<InstantRecovery>(client, ns),
         watcher::Config::default(),
     );
-    ctx.metrics.watch_recoveries(recoveries.store());
+    let store = recoveries.store();
+    let mut recoveries = recoveries
+        .owns(api::<RecoveryMount>(client, ns), owned())
+        .owns(api::<Pod>(client, ns), owned())
+        .owns(api::<Service>(client, ns), owned())
+        .owns(api::<PersistentVolumeClaim>(client, ns), owned())
+        .owns(api::<ConfigMap>(client, ns), owned());
+    if ctx.settings.network_policy.is_some() {
+        recoveries = recoveries.owns(api::<NetworkPolicy>(client, ns), owned());
+    }
     let recoveries = recoveries
-        .owns(api::<RecoveryMount>(client, ns), watcher::Config::default())
-        .owns(api::<Pod>(client, ns), watcher::Config::default())
-        .owns(api::<Service>(client, ns), watcher::Config::default())
-        .owns(
-            api::<PersistentVolumeClaim>(client, ns),
-            watcher::Config::default(),
-        )
-        .owns(api::<ConfigMap>(client, ns), watcher::Config::default())
-        .owns(api::<Secret>(client, ns), watcher::Config::default())
         .graceful_shutdown_on(shutdown.wait())
         .run(recovery::reconcile, recovery::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -243,7 +295,10 @@ async fn controllers(client: &Client, ctx: Arc<Context>, shutdown: Shutdown) {
             tracing::debug!(error = %e, "BackupRepository reconcile");
         }
     });
-    tokio::join!(recoveries, repositories);
+    let work = async move {
+        tokio::join!(recoveries, repositories);
+    };
+    (store, work)
 }
 
 /// A key of a Secret, from `data` or `stringData`.
@@ -295,13 +350,44 @@ pub async fn read_secret(
         .collect()
 }
 
-/// How to open a BackupRepository's storage, credentials included.
+/// The failure of a repository check with the BackupRepository field it is about in front of
+/// its message (`spec.url` of a path outside the file roots, `spec.credentialsSecret`...).
+pub fn naming_repository_field(failure: Failure) -> Failure {
+    let field = match failure.reason.as_str() {
+        plan::PATH_NOT_ALLOWED => "spec.url",
+        plan::CREDENTIALS_REQUIRED => "spec.credentialsSecret",
+        plan::AMBIENT_CREDENTIALS_NOT_ALLOWED => "spec.s3.useAmbientCredentials",
+        _ => return failure,
+    };
+    if failure.message.starts_with(field) {
+        return failure;
+    }
+    Failure {
+        message: format!("{field}: {}", failure.message),
+        ..failure
+    }
+}
+
+/// How to open a BackupRepository's storage, credentials included: the operator's own S3
+/// credentials only for a repository that opts in where the installation allows it, `file://`
+/// only inside the installation's file roots.
 pub async fn store_options(
     client: &Client,
     namespace: &str,
     spec: &BackupRepositorySpec,
+    settings: &Settings,
 ) -> Result<StoreOptions, Failure> {
     let s3 = spec.s3.clone().unwrap_or_default();
+    let ambient = plan::ambient_credentials(
+        spec,
+        spec.credentials_secret.is_some(),
+        settings.allow_ambient_credentials,
+    )
+    .map_err(|f| Failure {
+        transient: f.transient,
+        reason: f.reason.to_owned(),
+        message: f.naming("spec").message,
+    })?;
     let s3_credentials = match &spec.credentials_secret {
         Some(secret) => {
             let values = read_secret(
@@ -324,8 +410,8 @@ pub async fn store_options(
         s3_region: s3.region,
         allow_http: s3.allow_http.then_some(true),
         s3_credentials,
-        ambient_credentials: true,
-        file_roots: None,
+        ambient_credentials: ambient,
+        file_roots: Some(settings.file_roots.clone()),
         read_deadline: spec.read_deadline.0,
     })
 }

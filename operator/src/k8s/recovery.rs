@@ -13,6 +13,7 @@ use ir_api::crd::{InstantRecovery, OPERATOR_FINALIZER, RecoveryMount};
 use ir_api::recovery::{Phase, RecoveryStatus};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -220,6 +221,13 @@ async fn teardown(ir: &InstantRecovery, ctx: &Context) -> Result<Requeue, Error>
         &resources::config_map_name(&name),
     )
     .await?;
+    if ctx.settings.network_policy.is_some() {
+        delete(
+            &Api::<NetworkPolicy>::namespaced(client.clone(), &namespace),
+            &resources::network_policy_name(&name),
+        )
+        .await?;
+    }
     if ir.spec.postgres.replication_secret.is_none() {
         delete(
             &Api::<Secret>::namespaced(client.clone(), &namespace),

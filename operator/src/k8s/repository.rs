@@ -100,10 +100,11 @@ async fn check(
     namespace: &str,
     repo: &BackupRepository,
 ) -> Result<Vec<ListedBackup>, Failure> {
-    let options = super::store_options(&ctx.client, namespace, &repo.spec).await?;
+    let options = super::store_options(&ctx.client, namespace, &repo.spec, &ctx.settings).await?;
     let opened = Repository::open(&repo.spec.url, &options)
         .await
-        .map_err(crate::local::validate::repo_failure)?;
+        .map_err(crate::local::validate::repo_failure)
+        .map_err(super::naming_repository_field)?;
     let list = opened
         .list_backups()
         .await

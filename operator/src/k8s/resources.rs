@@ -3,22 +3,30 @@
 //!
 //! Names: RecoveryMount `<name>`, published Pod `<name>-published`, standby/target Pod and PVC
 //! `<name>-target`, Service `<name>` (the stable endpoint), ConfigMap `<name>-postgres` (hba and a
-//! fallback postgresql.conf), generated replication Secret `<name>-replication`.
+//! fallback postgresql.conf), NetworkPolicy `<name>-postgres` (who may reach PostgreSQL),
+//! generated replication Secret `<name>-replication`. Every one carries the label
+//! [`MANAGED_BY_SELECTOR`] selects, by which the operator watches them.
 
 use std::collections::BTreeMap;
 
 use ir_api::crd::{
-    BackupRepositorySpec, InstantRecovery, NODE_LABEL, RecoveryMount, RecoveryMountSpec,
+    BackupRepositorySpec, InstantRecovery, NODE_LABEL, RECOVERY_NODE_LABEL, RecoveryMount,
+    RecoveryMountSpec,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PersistentVolumeClaim,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
-    Probe, ResourceRequirements, Secret, SecretKeySelector, Service, ServicePort, ServiceSpec,
-    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
+    Service, ServicePort, ServiceSpec, TCPSocketAction, Toleration, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
@@ -34,6 +42,12 @@ pub const PRIMARY_LABEL: &str = "instantrecovery.dev/primary";
 pub const MOUNTED_AT_ANNOTATION: &str = "instantrecovery.dev/mounted-at";
 /// On the target Pod: the published Pod IP its base backup was taken from.
 pub const SOURCE_HOST_ENV: &str = "SOURCE_HOST";
+/// The label (and value) on everything the operator creates.
+pub const MANAGED_BY_LABEL: (&str, &str) =
+    ("app.kubernetes.io/managed-by", "instant-recovery-operator");
+/// The label selector of everything the operator creates: its watches of Pods, Services, PVCs,
+/// ConfigMaps, RecoveryMounts and NetworkPolicies see nothing else.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=instant-recovery-operator";
 
 const DATA_DIR: &str = "/var/lib/instant-recovery/data";
 const TARGET_MOUNT: &str = "/var/lib/instant-recovery/target";
@@ -62,6 +76,10 @@ pub fn config_map_name(recovery: &str) -> String {
 
 pub fn replication_secret_name(recovery: &str) -> String {
     format!("{recovery}-replication")
+}
+
+pub fn network_policy_name(recovery: &str) -> String {
+    format!("{recovery}-postgres")
 }
 
 /// `cluster_name` of the standby: the application name it streams under.
@@ -101,10 +119,7 @@ fn labels(ir: &InstantRecovery, role: Option<&str>) -> BTreeMap<String, String> 
             "app.kubernetes.io/name".to_owned(),
             "instant-recovery".to_owned(),
         ),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            "instant-recovery-operator".to_owned(),
-        ),
+        (MANAGED_BY_LABEL.0.to_owned(), MANAGED_BY_LABEL.1.to_owned()),
         (RECOVERY_LABEL.to_owned(), recovery_name(ir).to_owned()),
     ]);
     if let Some(role) = role {
@@ -222,6 +237,65 @@ pub fn service(ir: &InstantRecovery) -> Service {
     }
 }
 
+/// Who may reach PostgreSQL of the recovery, on port 5432: the operator's Pods, the
+/// recovery's own Pods (the standby copies from and streams from the published instance), and
+/// `spec.network.clients`, by default every Pod of the recovery's namespace. Only ingress is
+/// restricted. The kubelet's probes come from the node, which a NetworkPolicy always admits.
+pub fn network_policy(ir: &InstantRecovery, operator: &super::OperatorPeer) -> NetworkPolicy {
+    let name = recovery_name(ir);
+    let own_pods = BTreeMap::from([(RECOVERY_LABEL.to_owned(), name.to_owned())]);
+    let mut from = vec![
+        NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    operator.namespace.clone(),
+                )])),
+                ..Default::default()
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(operator.labels.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(own_pods.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    match &ir.spec.network.clients {
+        Some(clients) => from.extend(clients.iter().cloned()),
+        // Every Pod of the namespace (an empty podSelector, no namespaceSelector).
+        None => from.push(NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        }),
+    }
+    NetworkPolicy {
+        metadata: meta(ir, network_policy_name(name), None),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(own_pods),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(POSTGRES_PORT.into())),
+                    protocol: Some("TCP".to_owned()),
+                    ..Default::default()
+                }]),
+                from: Some(from),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
 pub fn target_pvc(ir: &InstantRecovery, size: Quantity) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: meta(ir, target_name(recovery_name(ir)), Some("target")),
@@ -246,6 +320,7 @@ exec postgres -D \"$pgdata\" -c config_file=\"$conf\" \"$@\"";
 
 fn postgres_container(
     image: &str,
+    user: PostgresUser,
     datadir: &str,
     settings: &[(&str, String)],
     resources: Option<ResourceRequirements>,
@@ -287,6 +362,7 @@ fn postgres_container(
         }),
         resources,
         volume_mounts: Some(mounts),
+        security_context: Some(container_security_context(user)),
         ..Default::default()
     }
 }
@@ -347,6 +423,13 @@ fn socket_volume() -> Volume {
     }
 }
 
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        ..Default::default()
+    }
+}
+
 fn security_context(user: PostgresUser) -> PodSecurityContext {
     PodSecurityContext {
         run_as_user: Some(user.uid.into()),
@@ -356,6 +439,32 @@ fn security_context(user: PostgresUser) -> PodSecurityContext {
         // and PostgreSQL refuses to start on it.
         fs_group_change_policy: Some("OnRootMismatch".to_owned()),
         run_as_non_root: Some(user.uid != 0),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
+/// Every container of both Pods: PostgreSQL and its tools need no capability and no way to
+/// gain privileges (no setuid), under the runtime's default seccomp filter.
+fn container_security_context(user: PostgresUser) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Default::default()
+        }),
+        run_as_non_root: Some(user.uid != 0),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
+/// The published Pod stays on a node tainted for recoveries (a `NoExecute` taint of the
+/// chart's node label); its node is set, so no scheduler looks at `NoSchedule`.
+fn recovery_node_toleration() -> Toleration {
+    Toleration {
+        key: Some(RECOVERY_NODE_LABEL.to_owned()),
+        operator: Some("Exists".to_owned()),
         ..Default::default()
     }
 }
@@ -403,8 +512,10 @@ pub fn published_pod(
             restart_policy: Some("Never".to_owned()),
             termination_grace_period_seconds: Some(60),
             security_context: Some(security_context(user)),
+            tolerations: Some(vec![recovery_node_toleration()]),
             containers: vec![postgres_container(
                 image,
+                user,
                 DATA_DIR,
                 &settings,
                 ir.spec.postgres.resources.clone(),
@@ -476,6 +587,7 @@ pub fn target_pod(
             secret_env("PGPASSWORD", replication_secret, "password"),
         ]),
         volume_mounts: Some(mounts()),
+        security_context: Some(container_security_context(user)),
         ..Default::default()
     };
     let settings = [
@@ -492,6 +604,7 @@ pub fn target_pod(
             init_containers: Some(vec![base_backup]),
             containers: vec![postgres_container(
                 image,
+                user,
                 TARGET_DATA_DIR,
                 &settings,
                 ir.spec.target.resources.clone(),

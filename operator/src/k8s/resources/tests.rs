@@ -24,7 +24,7 @@ fn published(ir: &InstantRecovery, mounted_at: &str) -> Pod {
         USER,
         &PublishedMount {
             node: "node-a",
-            host_path: "/run/media/instant-recovery/shop-orders",
+            host_path: "/run/media/instant-recovery/5a7c1e2f-mount-uid",
             mounted_at,
         },
     )
@@ -114,7 +114,8 @@ fn the_published_pod_runs_postgres_on_the_mount() {
         .unwrap();
     assert_eq!(
         data.host_path.unwrap().path,
-        "/run/media/instant-recovery/shop-orders"
+        "/run/media/instant-recovery/5a7c1e2f-mount-uid",
+        "the path the RecoveryMount's status names"
     );
     let container = &spec.containers[0];
     let mount = container
@@ -171,4 +172,194 @@ fn the_target_pod_copies_then_streams() {
         .find_map(|v| v.persistent_volume_claim)
         .unwrap();
     assert_eq!(claim.claim_name, "orders-target");
+}
+
+/// Every container of a Pod, init containers included.
+fn all_containers(spec: &PodSpec) -> Vec<&Container> {
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .collect()
+}
+
+#[test]
+fn both_pods_run_without_capabilities_privilege_escalation_or_root() {
+    let ir = recovery();
+    let pods = [
+        published(&ir, "t1"),
+        target_pod(&ir, "postgres:15", USER, "10.0.0.7", "orders-replication"),
+    ];
+    for pod in pods {
+        let name = pod.metadata.name.clone().unwrap();
+        let spec = pod.spec.unwrap();
+        let pod_security = spec.security_context.as_ref().unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true), "{name}");
+        assert_eq!(
+            pod_security
+                .seccomp_profile
+                .as_ref()
+                .map(|p| p.type_.as_str()),
+            Some("RuntimeDefault"),
+            "{name}"
+        );
+        let containers = all_containers(&spec);
+        let expected = if name.ends_with("-target") { 2 } else { 1 };
+        assert_eq!(
+            containers.len(),
+            expected,
+            "{name}: init containers included"
+        );
+        for container in containers {
+            let what = format!("{name}/{}", container.name);
+            let security = container.security_context.as_ref().expect(&what);
+            assert_eq!(security.allow_privilege_escalation, Some(false), "{what}");
+            assert_eq!(security.run_as_non_root, Some(true), "{what}");
+            assert_eq!(security.privileged, None, "{what}");
+            let capabilities = security.capabilities.as_ref().expect(&what);
+            assert_eq!(
+                capabilities.drop.as_deref(),
+                Some(&["ALL".to_owned()][..]),
+                "{what}"
+            );
+            assert_eq!(capabilities.add, None, "{what}");
+            assert_eq!(
+                security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+                Some("RuntimeDefault"),
+                "{what}"
+            );
+        }
+    }
+}
+
+fn operator_peer() -> crate::k8s::OperatorPeer {
+    crate::k8s::OperatorPeer {
+        namespace: "ir-system".into(),
+        labels: BTreeMap::from([
+            ("app.kubernetes.io/name".into(), "instant-recovery".into()),
+            ("app.kubernetes.io/component".into(), "operator".into()),
+        ]),
+    }
+}
+
+#[test]
+fn the_network_policy_admits_the_operator_the_recovery_and_its_clients_only() {
+    let ir = recovery();
+    let policy = network_policy(&ir, &operator_peer());
+    assert_eq!(policy.metadata.name.as_deref(), Some("orders-postgres"));
+    assert_eq!(policy.metadata.namespace.as_deref(), Some("shop"));
+    let labels = policy.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels[MANAGED_BY_LABEL.0], MANAGED_BY_LABEL.1);
+    let owner = &policy.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "InstantRecovery");
+    let spec = policy.spec.unwrap();
+    // It selects both Pods of the recovery.
+    let selected = spec.pod_selector.unwrap().match_labels.unwrap();
+    for pod in [
+        published(&ir, "t1"),
+        target_pod(&ir, "postgres:15", USER, "10.0.0.7", "orders-replication"),
+    ] {
+        let pod_labels = pod.metadata.labels.unwrap();
+        assert!(selected.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+    }
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_owned()]));
+    let ingress = spec.ingress.unwrap();
+    assert_eq!(ingress.len(), 1);
+    let port = &ingress[0].ports.as_ref().unwrap()[0];
+    assert_eq!(port.port, Some(IntOrString::Int(5432)));
+    assert_eq!(port.protocol.as_deref(), Some("TCP"));
+    let from = ingress[0].from.clone().unwrap();
+    let expected: Vec<NetworkPolicyPeer> = serde_json::from_value(serde_json::json!([
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ir-system"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "instant-recovery",
+                                         "app.kubernetes.io/component": "operator"}}},
+        {"podSelector": {"matchLabels": {"instantrecovery.dev/recovery": "orders"}}},
+        // By default, every Pod of the recovery's namespace.
+        {"podSelector": {}},
+    ]))
+    .unwrap();
+    assert_eq!(from, expected);
+
+    // spec.network.clients replaces the namespace's Pods; an empty list admits no client.
+    let mut ir = recovery();
+    ir.spec.network.clients = Some(
+        serde_json::from_value(serde_json::json!([
+            {"podSelector": {"matchLabels": {"app": "orders-api"}}}
+        ]))
+        .unwrap(),
+    );
+    let from = network_policy(&ir, &operator_peer())
+        .spec
+        .unwrap()
+        .ingress
+        .unwrap()[0]
+        .from
+        .clone()
+        .unwrap();
+    assert_eq!(from.len(), 3);
+    assert_eq!(from[..2], expected[..2]);
+    assert_eq!(
+        from[2]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app"],
+        "orders-api"
+    );
+    ir.spec.network.clients = Some(Vec::new());
+    let from = network_policy(&ir, &operator_peer())
+        .spec
+        .unwrap()
+        .ingress
+        .unwrap()[0]
+        .from
+        .clone()
+        .unwrap();
+    // Never an empty `from`, which would admit everyone.
+    assert_eq!(from, expected[..2]);
+}
+
+#[test]
+fn everything_the_operator_creates_is_selected_by_its_watches() {
+    let ir = recovery();
+    let (key, value) = MANAGED_BY_SELECTOR.split_once('=').unwrap();
+    let mount = recovery_mount(
+        &ir,
+        "node-a",
+        &serde_json::from_value(serde_json::json!({"url": "file:///backups"})).unwrap(),
+        "b1",
+        USER,
+    );
+    let metas = [
+        mount.metadata,
+        published(&ir, "t1").metadata,
+        target_pod(&ir, "postgres:15", USER, "10.0.0.7", "orders-replication").metadata,
+        service(&ir).metadata,
+        config_map(&ir).metadata,
+        target_pvc(&ir, Quantity("2Gi".into())).metadata,
+        replication_secret(&ir, "pw").metadata,
+        network_policy(&ir, &operator_peer()).metadata,
+    ];
+    for meta in metas {
+        assert_eq!(
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .map(String::as_str),
+            Some(value),
+            "{:?}",
+            meta.name
+        );
+    }
+}
+
+#[test]
+fn the_published_pod_tolerates_the_recovery_node_taint() {
+    let spec = published(&recovery(), "t1").spec.unwrap();
+    let tolerations = spec.tolerations.unwrap();
+    assert!(tolerations.iter().any(|t| {
+        t.key.as_deref() == Some(RECOVERY_NODE_LABEL) && t.operator.as_deref() == Some("Exists")
+    }));
 }
