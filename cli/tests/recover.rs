@@ -270,6 +270,40 @@ fn invalid_requests_are_refused_before_anything_is_created() {
     let out = irctl_run(&["status", "--workdir", &workdir], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no recovery"));
+
+    // A workdir another user could swap under root, or a link, is refused.
+    let theirs = root.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(root.path(), &link).unwrap();
+    for (dir, why) in [
+        (
+            theirs.join("work"),
+            format!("{} belongs to uid 65534", theirs.display()),
+        ),
+        (
+            link.join("work"),
+            format!("{} is a symbolic link", link.display()),
+        ),
+    ] {
+        let mut args = r.args(&[]);
+        args[2] = dir.display().to_string();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = irctl_run(&args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "accepted --workdir {}",
+            dir.display()
+        );
+        assert!(
+            stderr.contains("--workdir") && stderr.contains(&why),
+            "{stderr}"
+        );
+        assert!(!dir.exists(), "{} was created", dir.display());
+    }
+    assert!(!r.target.exists());
 }
 
 #[test]

@@ -5,11 +5,14 @@
 //! and `pg_basebackup` run in their own sessions, so the driver can be killed at any moment: a
 //! rerun reads `recovery.json`, finds them by pid and continues.
 
+pub(crate) mod dir;
 pub(crate) mod validate;
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use crate::postgres::{
     self, Endpoint, Instance, LocalPublished, PgBinaries, Reached, Switchover, SwitchoverTimeouts,
 };
 use crate::process::{self, OsUser, ProcState};
+use dir::{Ancestors, Dir, FileId, WalkError};
 use ir_fuse::is_fuse_mount;
 
 /// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
@@ -273,6 +277,10 @@ struct Resources {
     target_pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     base_backup_pid: Option<u32>,
+    /// The target directory made (or found empty) at validation: `--target-pgdata` must lead
+    /// to it, and nowhere else, whenever root empties it or hands it to PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_id: Option<FileId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     first_query_at: Option<Timestamp>,
     /// A switchover was attempted: the published instance may have been left read-only.
@@ -342,11 +350,35 @@ impl Workdir {
         }
     }
 
+    /// The workdir, opened: a directory of the user running irctl on a path no other user can
+    /// change (root reads its state and acts on it); `None` when it does not exist yet.
+    fn open_root(&self) -> Result<Option<Dir>, LocalError> {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let refuse = |why: String| LocalError::Invalid {
+            reason: "WorkdirUnsafe".into(),
+            message: format!("--workdir {}: {why}", self.root.display()),
+        };
+        let dir = match Dir::open(&self.root, Ancestors::OwnedBy(me)) {
+            Ok(dir) => dir,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(WalkError::Io(path, source)) => return Err(LocalError::Io { path, source }),
+            Err(e) => return Err(refuse(e.to_string())),
+        };
+        let owner = dir.owner().map_err(io_err(&self.root))?;
+        if owner != me {
+            return Err(refuse(format!(
+                "belongs to uid {owner}, not to the user running irctl: run irctl as its owner"
+            )));
+        }
+        Ok(Some(dir))
+    }
+
     fn save(&self, state: &LocalState) -> Result<(), LocalError> {
         let path = self.state_file();
         let tmp = self.root.join(STATE_TMP_FILE);
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut f = private_file(&tmp).map_err(io_err(&tmp))?;
         f.write_all(&json).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err(&path))
@@ -365,6 +397,7 @@ impl Workdir {
     }
 
     fn require_recovery(&self) -> Result<(), LocalError> {
+        self.open_root()?;
         if !self.state_file().exists() {
             return Err(LocalError::NoRecovery(self.root.clone()));
         }
@@ -373,8 +406,15 @@ impl Workdir {
 
     fn write_request(&self, path: &Path, token: &str) -> Result<(), LocalError> {
         let dir = self.requests_dir();
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        std::fs::write(path, token).map_err(io_err(path))
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io_err(&dir)(e));
+            }
+            _ => {}
+        }
+        private_file(path)
+            .and_then(|mut f| f.write_all(token.as_bytes()))
+            .map_err(io_err(path))
     }
 
     /// The pending requests: switchover approved, and the latest manual retry token.
@@ -400,6 +440,8 @@ impl Workdir {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(&path))?;
         // SAFETY: flock on a descriptor we own; released when the process exits.
@@ -408,6 +450,21 @@ impl Workdir {
         }
         Ok(f)
     }
+}
+
+/// Creates or truncates `path` for writing, readable by its owner alone; never through a link.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // O_CREAT leaves an existing file's mode as it was.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
 }
 
 /// Requests other commands leave in the workdir for a running (or the next) `irctl recover`.
@@ -449,6 +506,7 @@ impl LocalRecovery {
         rerun: Rerun,
         mount_program: PathBuf,
     ) -> Result<Self, LocalError> {
+        workdir.open_root()?;
         let (state, persisted, lock) = match workdir.load()? {
             Some(mut state) => {
                 rerun.apply(&mut state.spec)?;
@@ -515,6 +573,10 @@ impl LocalRecovery {
         stop: Arc<AtomicBool>,
         report: &mut dyn FnMut(Report<'_>),
     ) -> Result<(), LocalError> {
+        if self.persisted {
+            let status = &self.state.status;
+            self.lay_out(status.backup.is_some() && status.phase != Phase::Completed)?;
+        }
         if self.state.status.phase == Phase::Failed && self.persisted {
             // Running again after a failure is a manual retry.
             self.workdir.request_retry()?;
@@ -626,7 +688,10 @@ impl LocalRecovery {
                 // cache.
                 self.state.spec.backup = info.id.clone();
                 self.persist()?;
-                self.create_workdir()?;
+                self.lay_out(true)?;
+                if let Err(failure) = self.make_target() {
+                    return Ok(Step::Failed(failure));
+                }
                 Ok(Step::Ready(info))
             }
             // A recovery that waits for its repository exists: `irctl status` and `irctl retry`
@@ -646,24 +711,154 @@ impl LocalRecovery {
             return Ok(());
         }
         let root = &self.workdir.root;
-        std::fs::create_dir_all(root).map_err(io_err(root))?;
-        // PostgreSQL, as the unprivileged user, needs to reach the mount and its sockets (whose
-        // directory `Instance::start` makes).
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
-            .map_err(io_err(root))?;
+        if let Some(parent) = root.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(root) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_err(root)(e)),
+            _ => {}
+        }
+        let dir = self.open_root()?;
+        self.access().pass(&dir).map_err(io_err(root))?;
         self.workdir.save(&self.state)?;
         self._lock = Some(self.workdir.lock()?);
         self.persisted = true;
         Ok(())
     }
 
-    fn create_workdir(&self) -> Result<(), LocalError> {
-        let w = &self.workdir;
-        for dir in [&w.mountpoint(), &w.cache(), &w.logs(), &w.requests_dir()] {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    fn open_root(&self) -> Result<Dir, LocalError> {
+        self.workdir
+            .open_root()?
+            .ok_or_else(|| LocalError::NoRecovery(self.workdir.root.clone()))
+    }
+
+    fn access(&self) -> Access {
+        Access::new(&self.pg_user)
+    }
+
+    /// Makes the workdir's directories (`create`), or gives those there the modes and owners
+    /// they must have (a workdir of an older irctl had them open to everyone).
+    fn lay_out(&self, create: bool) -> Result<(), LocalError> {
+        let access = self.access();
+        let root = self.open_root()?;
+        access.pass(&root).map_err(io_err(&self.workdir.root))?;
+        let sub = |parent: &Dir, name: &str| -> Result<Option<Dir>, LocalError> {
+            let name = OsStr::new(name);
+            let found = if create {
+                parent.make_dir(name, 0o700)
+            } else {
+                parent.open_dir(name)
+            };
+            match found {
+                Ok(dir) => Ok(Some(dir)),
+                Err(e) if !create && e.is_not_found() => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        };
+        if create {
+            // Never chmodded: once mounted, the backup's own root shows here.
+            root.mkdir(OsStr::new("mnt"), 0o700)?;
+        }
+        for name in ["ircache", "logs", "requests", "run"] {
+            if let Some(dir) = sub(&root, name)? {
+                dir.set_mode(0o700).map_err(io_err(dir.path()))?;
+                // PostgreSQL makes its sockets there.
+                if name == "run" && process::is_root() {
+                    let user = &self.pg_user;
+                    dir.set_owner(Some(user.uid), Some(user.gid))
+                        .map_err(io_err(dir.path()))?;
+                }
+            }
+        }
+        if let Some(conf) = sub(&root, "conf")? {
+            access.pass(&conf).map_err(io_err(conf.path()))?;
+            for name in [Which::Published.name(), Which::Target.name()] {
+                if let Some(dir) = sub(&conf, name)? {
+                    access.pass(&dir).map_err(io_err(dir.path()))?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Writes `instance`'s configuration files into its directory of `conf`.
+    fn write_config(&self, instance: &Instance, which: Which) -> Result<(), LocalError> {
+        let access = self.access();
+        let conf = self.open_root()?.make_dir(OsStr::new("conf"), 0o700)?;
+        access.pass(&conf).map_err(io_err(conf.path()))?;
+        let dir = conf.make_dir(OsStr::new(which.name()), 0o700)?;
+        access.pass(&dir).map_err(io_err(dir.path()))?;
+        let users = self.engine_users();
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        for (name, text) in instance.config_files(&users, &self.state.spec.db_user) {
+            let path = dir.path().join(name);
+            let mut f = dir
+                .create_file(OsStr::new(name), access.conf_mode())
+                .map_err(io_err(&path))?;
+            if let Some(gid) = access.group {
+                std::os::unix::fs::fchown(&f, None, Some(gid)).map_err(io_err(&path))?;
+            }
+            f.write_all(text.as_bytes()).map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the target directory (or takes the empty one validation found), PostgreSQL's
+    /// alone, and records which directory it is.
+    fn make_target(&mut self) -> Result<(), Failure> {
+        let target = &self.state.spec.target_pgdata;
+        let unsafe_target = |e: &dyn std::fmt::Display| {
+            Failure::permanent(
+                "TargetUnsafe",
+                format!("--target-pgdata {}: {e}", target.display()),
+            )
+        };
+        let (parent, name) =
+            Dir::open_parent(target, Ancestors::Any).map_err(|e| unsafe_target(&e))?;
+        let dir = parent
+            .make_dir(&name, 0o700)
+            .map_err(|e| unsafe_target(&e))?;
+        self.own_target(&dir).map_err(|e| unsafe_target(&e))?;
+        let id = dir.id().map_err(|e| unsafe_target(&e))?;
+        self.state.resources.target_id = Some(id);
+        Ok(())
+    }
+
+    fn own_target(&self, dir: &Dir) -> std::io::Result<()> {
+        dir.set_mode(0o700)?;
+        if process::is_root() {
+            dir.set_owner(Some(self.pg_user.uid), Some(self.pg_user.gid))?;
+        }
+        Ok(())
+    }
+
+    /// The target directory, opened: `--target-pgdata` must still lead, without a symbolic
+    /// link, to the directory recorded at validation.
+    fn target_dir(&mut self) -> Result<Dir, Failure> {
+        let target = &self.state.spec.target_pgdata;
+        let replaced = |why: String| {
+            Failure::permanent(
+                "TargetReplaced",
+                format!(
+                    "--target-pgdata {}: {why}; it is no longer the directory this recovery \
+                     made, and nothing was changed in what it leads to now",
+                    target.display()
+                ),
+            )
+        };
+        let dir = Dir::open(target, Ancestors::Any).map_err(|e| replaced(e.to_string()))?;
+        let id = dir.id().map_err(|e| replaced(e.to_string()))?;
+        match self.state.resources.target_id {
+            Some(recorded) if recorded != id => Err(replaced(
+                "another directory is there now (moved or replaced since validation)".into(),
+            )),
+            Some(_) => Ok(dir),
+            // Recorded by an older irctl: the directory there now is taken as the one.
+            None => {
+                self.state.resources.target_id = Some(id);
+                Ok(dir)
+            }
+        }
     }
 
     fn bins(&mut self) -> Result<PgBinaries, Failure> {
@@ -820,6 +1015,12 @@ impl LocalRecovery {
             Ok(b) => b,
             Err(f) => return Ok(Err(f)),
         };
+        // Its postmaster.pid too must be read from the directory this recovery made.
+        if let Which::Target = which
+            && let Err(f) = self.target_dir()
+        {
+            return Ok(Err(f));
+        }
         let endpoint = self.endpoint(instance);
         let timeout = Duration::from_secs(self.state.spec.start_timeout_secs);
         let recorded = match which {
@@ -832,12 +1033,8 @@ impl LocalRecovery {
         let pid = match running {
             Some(pid) => pid,
             None => {
-                let users = self.engine_users();
-                let users: Vec<&str> = users.iter().map(String::as_str).collect();
-                let started = instance
-                    .write_config(&users, &self.state.spec.db_user)
-                    .and_then(|()| instance.start(&bins, &self.pg_user));
-                match started {
+                self.write_config(instance, which)?;
+                match instance.start(&bins, &self.pg_user) {
                     Ok(pid) => pid,
                     Err(e) => return Ok(Err(Failure::permanent("StartFailed", e.to_string()))),
                 }
@@ -971,9 +1168,18 @@ impl LocalRecovery {
                 None => Standby::Connecting,
             });
         }
-        // Start (over): the target was empty at validation, so anything in it is ours.
-        clear_dir(&target).map_err(io_err(&target))?;
-        process::create_owned_dir(&target, 0o700, &self.pg_user).map_err(io_err(&target))?;
+        // Start (over): the target was empty at validation, so anything in it is ours. Root
+        // empties and owns it through the handle, and hands on its path only while that path
+        // still leads to it.
+        let dir = match self.target_dir() {
+            Ok(dir) => dir,
+            Err(f) => return Ok(Standby::Failed(f)),
+        };
+        dir.clear().map_err(io_err(&target))?;
+        self.own_target(&dir).map_err(io_err(&target))?;
+        if let Err(f) = self.target_dir() {
+            return Ok(Standby::Failed(f));
+        }
         let log = self.workdir.logs().join("basebackup.log");
         match postgres::start_base_backup(&bins, &published, &target, &self.pg_user, &log) {
             Ok(pid) => {
@@ -1136,6 +1342,62 @@ enum Which {
     Target,
 }
 
+impl Which {
+    /// Its directory in `conf`.
+    fn name(self) -> &'static str {
+        match self {
+            Which::Published => "published",
+            Which::Target => "target",
+        }
+    }
+}
+
+/// Who may enter the workdir. Run as root for another `--pg-user`, the workdir and its `conf`
+/// directories are root's with mode 0710 and that user's group: PostgreSQL passes through to
+/// its data directory on the mount, its socket directory `run` (its own, 0700) and its
+/// configuration (0640, which it cannot change). Mode 0711 would do for PostgreSQL too, but
+/// would let every user look up names it guesses. All else is its owner's alone: directories
+/// 0700, files 0600. Run as the pg user, everything is that user's alone.
+#[derive(Debug, Clone, Copy)]
+struct Access {
+    /// The group PostgreSQL runs with, when it is not the user running irctl.
+    group: Option<u32>,
+}
+
+impl Access {
+    fn new(pg_user: &OsUser) -> Access {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        Access {
+            group: (me == 0 && pg_user.uid != 0).then_some(pg_user.gid),
+        }
+    }
+
+    /// Makes `dir` one PostgreSQL may pass through, and no one else.
+    fn pass(&self, dir: &Dir) -> std::io::Result<()> {
+        match self.group {
+            Some(gid) => {
+                dir.set_owner(None, Some(gid))?;
+                dir.set_mode(0o710)
+            }
+            None => dir.set_mode(0o700),
+        }
+    }
+
+    fn conf_mode(&self) -> u32 {
+        if self.group.is_some() { 0o640 } else { 0o600 }
+    }
+}
+
+impl From<WalkError> for LocalError {
+    fn from(e: WalkError) -> Self {
+        match e {
+            WalkError::Io(path, source) => LocalError::Io { path, source },
+            other => LocalError::Conflict(other.to_string()),
+        }
+    }
+}
+
 /// Refuses a `given` value of `flag` other than the `recorded` one.
 fn unchanged<T: PartialEq>(
     flag: &str,
@@ -1154,38 +1416,9 @@ fn unchanged<T: PartialEq>(
     }
 }
 
-fn clear_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            for entry in entries {
-                let path = entry?.path();
-                if path.is_dir() && !path.is_symlink() {
-                    std::fs::remove_dir_all(&path)?;
-                } else {
-                    std::fs::remove_file(&path)?;
-                }
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clear_dir_empties_but_keeps_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("base/1")).unwrap();
-        std::fs::write(dir.path().join("PG_VERSION"), "15").unwrap();
-        clear_dir(dir.path()).unwrap();
-        assert!(dir.path().is_dir());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        clear_dir(&dir.path().join("absent")).unwrap();
-    }
 
     fn recorded() -> LocalSpec {
         LocalSpec {
