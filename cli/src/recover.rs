@@ -20,18 +20,22 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::repo_args::StoreArgs;
 
 #[derive(Debug, Args)]
+#[command(after_help = RERUN_HELP)]
 pub struct RecoverArgs {
     /// Working directory of this recovery: state, mount, IRCache, logs. Run the same command
-    /// (or just `irctl recover --workdir DIR`) again to resume after an interruption.
+    /// (or just `irctl recover --workdir DIR`) again to resume after an interruption. It must
+    /// be yours, on a path only root and you can change; other users cannot enter it.
     #[arg(long, value_name = "DIR")]
     pub workdir: PathBuf,
-    /// Repository URL: file:///abs/path (or /abs/path) or s3://bucket/prefix.
+    /// Repository URL: file:///abs/path (or /abs/path) or s3://bucket/prefix. Fixed for the
+    /// workdir's recovery.
     #[arg(long, env = "IR_REPO", value_name = "URL")]
     pub repo: Option<String>,
-    /// Backup id, or `latest`.
+    /// Backup id, or `latest` (on a rerun: the one pinned at the first run).
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
-    /// Data directory of the production copy: absent or empty.
+    /// Data directory of the production copy: absent or empty, named by its real path (no
+    /// symbolic links). Fixed for the workdir's recovery.
     #[arg(long, value_name = "DIR")]
     pub target_pgdata: Option<PathBuf>,
     /// `automatic` (as soon as the standby has caught up), `manual` (after `irctl switchover`),
@@ -39,19 +43,23 @@ pub struct RecoverArgs {
     /// the workdir records.
     #[arg(long, value_parser = parse_switchover)]
     pub switchover: Option<SwitchoverPolicy>,
-    /// Port of the published instance (on the mount). Default: 5433.
+    /// Port of the published instance (on the mount). Default: 5433. Fixed for the workdir's
+    /// recovery.
     #[arg(long)]
     pub published_port: Option<u16>,
-    /// Port of the standby, and of the primary it becomes. Default: 5434.
+    /// Port of the standby, and of the primary it becomes. Default: 5434. Fixed for the
+    /// workdir's recovery.
     #[arg(long)]
     pub target_port: Option<u16>,
-    /// `listen_addresses` of both instances.
-    #[arg(long, default_value = "localhost")]
-    pub listen_addresses: String,
+    /// `listen_addresses` of both instances. Default: localhost. Fixed for the workdir's
+    /// recovery.
+    #[arg(long)]
+    pub listen_addresses: Option<String>,
     /// OS user that runs PostgreSQL and owns the files: root runs it as this user; anyone
     /// else only as itself. Default: postgres when run as root, else the user running irctl.
-    #[arg(long, default_value_t = ir_operator::process::default_pg_user())]
-    pub pg_user: String,
+    /// Fixed for the workdir's recovery.
+    #[arg(long)]
+    pub pg_user: Option<String>,
     /// Database superuser the engine connects as (over a private unix socket). Default:
     /// postgres, or on a rerun what the workdir records.
     #[arg(long)]
@@ -60,7 +68,8 @@ pub struct RecoverArgs {
     /// records.
     #[arg(long)]
     pub db_name: Option<String>,
-    /// PostgreSQL server binaries (default: /usr/lib/postgresql/<backup's major>/bin).
+    /// PostgreSQL server binaries (default: /usr/lib/postgresql/<backup's major>/bin). Fixed
+    /// for the workdir's recovery.
     #[arg(long, value_name = "DIR")]
     pub pg_bindir: Option<PathBuf>,
     /// Retries of a step that failed for a transient reason, before the recovery fails.
@@ -70,21 +79,36 @@ pub struct RecoverArgs {
     /// Time between retries (30s, 5m, 1h). Default: 5m, or on a rerun what the workdir records.
     #[arg(long)]
     pub retry_interval: Option<GoDuration>,
-    /// Free space the IRCache's file system must have at the start.
-    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-    pub cache_min_free: u64,
-    /// Seconds PostgreSQL may take to answer its first query.
-    #[arg(long, default_value_t = 600)]
-    pub start_timeout: u64,
+    /// Free space the IRCache's file system must have at the start. Default: 1GiB. Fixed for
+    /// the workdir's recovery.
+    #[arg(long, value_parser = parse_size)]
+    pub cache_min_free: Option<u64>,
+    /// Seconds PostgreSQL may take to answer its first query. Default: 600, or on a rerun what
+    /// the workdir records.
+    #[arg(long)]
+    pub start_timeout: Option<u64>,
     /// Seconds the standby may take to replay the last transaction during the switchover.
-    #[arg(long, default_value_t = 60)]
-    pub catch_up_timeout: u64,
+    /// Default: 60, or on a rerun what the workdir records.
+    #[arg(long)]
+    pub catch_up_timeout: Option<u64>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
 
+const RERUN_HELP: &str = "On a rerun (the workdir records a recovery) a flag left out keeps \
+what the workdir records. Given again, the flags the recovery was made with must repeat the \
+recorded value, or the rerun is refused: --repo, --backup (`latest` matches), --target-pgdata, \
+--published-port, --target-port, --listen-addresses, --pg-user, --pg-bindir, --s3-endpoint, \
+--s3-region, --s3-allow-http, --read-deadline, --cache-min-free. These may change: \
+--switchover, --retry-limit, --retry-interval, --db-user, --db-name, --start-timeout, \
+--catch-up-timeout.";
+
 const DEFAULT_PUBLISHED_PORT: u16 = 5433;
 const DEFAULT_TARGET_PORT: u16 = 5434;
+const DEFAULT_LISTEN_ADDRESSES: &str = "localhost";
+const DEFAULT_CACHE_MIN_FREE: u64 = 1 << 30;
+const DEFAULT_START_TIMEOUT_SECS: u64 = 600;
+const DEFAULT_CATCH_UP_TIMEOUT_SECS: u64 = 60;
 
 fn parse_switchover(text: &str) -> Result<SwitchoverPolicy, String> {
     let mut policy = SwitchoverPolicy::default();
@@ -119,8 +143,14 @@ impl RecoverArgs {
             target_pgdata: target.clone(),
             published_port: self.published_port.unwrap_or(DEFAULT_PUBLISHED_PORT),
             target_port: self.target_port.unwrap_or(DEFAULT_TARGET_PORT),
-            listen_addresses: self.listen_addresses.clone(),
-            pg_user: self.pg_user.clone(),
+            listen_addresses: self
+                .listen_addresses
+                .clone()
+                .unwrap_or_else(|| DEFAULT_LISTEN_ADDRESSES.into()),
+            pg_user: self
+                .pg_user
+                .clone()
+                .unwrap_or_else(ir_operator::process::default_pg_user),
             db_user: self.db_user.clone().unwrap_or_else(|| "postgres".into()),
             db_name: self.db_name.clone().unwrap_or_else(|| "postgres".into()),
             pg_bindir: self.pg_bindir.clone(),
@@ -131,15 +161,29 @@ impl RecoverArgs {
                     .retry_interval
                     .unwrap_or(GoDuration(RetryPolicy::DEFAULT_INTERVAL)),
             },
-            cache_min_free_bytes: self.cache_min_free,
-            start_timeout_secs: self.start_timeout,
-            catch_up_timeout_secs: self.catch_up_timeout,
+            cache_min_free_bytes: self.cache_min_free.unwrap_or(DEFAULT_CACHE_MIN_FREE),
+            start_timeout_secs: self.start_timeout.unwrap_or(DEFAULT_START_TIMEOUT_SECS),
+            catch_up_timeout_secs: self
+                .catch_up_timeout
+                .unwrap_or(DEFAULT_CATCH_UP_TIMEOUT_SECS),
         })
     }
 
     /// What this run states about a recovery the workdir may already record.
     fn rerun(&self) -> Rerun {
+        let store = &self.store;
         Rerun {
+            repo: self.repo.clone(),
+            backup: self.backup.clone(),
+            target_pgdata: self.target_pgdata.clone(),
+            pg_user: self.pg_user.clone(),
+            listen_addresses: self.listen_addresses.clone(),
+            pg_bindir: self.pg_bindir.clone(),
+            s3_endpoint: store.s3_endpoint.clone(),
+            s3_region: store.s3_region.clone(),
+            s3_allow_http: store.s3_allow_http.then_some(true),
+            read_deadline_secs: store.read_deadline,
+            cache_min_free_bytes: self.cache_min_free,
             published_port: self.published_port,
             target_port: self.target_port,
             switchover: self.switchover.clone(),
@@ -147,6 +191,8 @@ impl RecoverArgs {
             retry_interval: self.retry_interval,
             db_user: self.db_user.clone(),
             db_name: self.db_name.clone(),
+            start_timeout_secs: self.start_timeout,
+            catch_up_timeout_secs: self.catch_up_timeout,
         }
     }
 }

@@ -26,10 +26,12 @@ pub struct StoreArgs {
     #[arg(long)]
     pub s3_allow_http: bool,
     /// How long one read of backup data may keep retrying an unreachable repository before it
-    /// fails (EIO on a mount), in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub read_deadline: u64,
+    /// fails (EIO on a mount), in seconds. Default: 30.
+    #[arg(long, value_name = "SECONDS")]
+    pub read_deadline: Option<u64>,
 }
+
+const DEFAULT_READ_DEADLINE_SECS: u64 = 30;
 
 impl StoreArgs {
     pub fn store_options(&self) -> StoreOptions {
@@ -42,7 +44,7 @@ impl StoreArgs {
             // A command line runs with its user's own AWS settings.
             ambient_credentials: true,
             file_roots: None,
-            read_deadline: std::time::Duration::from_secs(self.read_deadline),
+            read_deadline: std::time::Duration::from_secs(self.read_deadline_secs()),
         }
     }
 }
@@ -56,8 +58,12 @@ impl StoreArgs {
             s3_endpoint: options.s3_endpoint,
             s3_region: options.s3_region,
             allow_http: options.allow_http,
-            read_deadline_secs: self.read_deadline,
+            read_deadline_secs: self.read_deadline_secs(),
         }
+    }
+
+    fn read_deadline_secs(&self) -> u64 {
+        self.read_deadline.unwrap_or(DEFAULT_READ_DEADLINE_SECS)
     }
 }
 

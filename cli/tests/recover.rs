@@ -270,4 +270,104 @@ fn invalid_requests_are_refused_before_anything_is_created() {
     let out = irctl_run(&["status", "--workdir", &workdir], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no recovery"));
+
+    // A workdir another user could swap under root, or a link, is refused.
+    let theirs = root.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(root.path(), &link).unwrap();
+    for (dir, why) in [
+        (
+            theirs.join("work"),
+            format!("{} belongs to uid 65534", theirs.display()),
+        ),
+        (
+            link.join("work"),
+            format!("{} is a symbolic link", link.display()),
+        ),
+    ] {
+        let mut args = r.args(&[]);
+        args[2] = dir.display().to_string();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = irctl_run(&args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "accepted --workdir {}",
+            dir.display()
+        );
+        assert!(
+            stderr.contains("--workdir") && stderr.contains(&why),
+            "{stderr}"
+        );
+        assert!(!dir.exists(), "{} was created", dir.display());
+    }
+    assert!(!r.target.exists());
+}
+
+#[test]
+fn a_rerun_that_contradicts_the_recorded_recovery_is_refused_and_changes_nothing() {
+    let (root, repo, id, _) = sample_setup(1);
+    let mut r = Recovery::new(root.path(), &repo, &id, &[]);
+    r.spawn(&["--switchover", "manual"]);
+    r.wait_phase("Publishing", RUN_TIMEOUT);
+    r.kill();
+    let state = r.workdir.join("recovery.json");
+    let recorded = std::fs::read(&state).unwrap();
+    let workdir = r.workdir.display().to_string();
+    let target = r.target.display().to_string();
+    let published_port = r.published_port.to_string();
+    let cases: [(&[&str], &str, &str); 12] = [
+        (
+            &["--target-pgdata", "/srv/elsewhere"],
+            "/srv/elsewhere",
+            &target,
+        ),
+        (
+            &["--repo", "file:///srv/other-repo"],
+            "file:///srv/other-repo",
+            &repo,
+        ),
+        (
+            &["--backup", "20990101T000000Z-none"],
+            "20990101T000000Z-none",
+            &id,
+        ),
+        (&["--pg-user", "nobody"], "nobody", "postgres"),
+        (&["--listen-addresses", "*"], "*", "localhost"),
+        (&["--pg-bindir", "/opt/pg/bin"], "/opt/pg/bin", "not given"),
+        (
+            &["--s3-endpoint", "http://127.0.0.1:1"],
+            "http://127.0.0.1:1",
+            "not given",
+        ),
+        (&["--s3-region", "eu-west-1"], "eu-west-1", "not given"),
+        (&["--s3-allow-http"], "true", "false"),
+        (&["--read-deadline", "5"], "5", "30"),
+        (
+            &["--cache-min-free", "1MiB"],
+            "1048576 bytes",
+            "67108864 bytes",
+        ),
+        (&["--published-port", "1"], "1", &published_port),
+    ];
+    for (flags, given, was) in cases {
+        let mut args = vec!["recover", "--workdir", &workdir];
+        args.extend(flags);
+        let out = irctl_run(&args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted {flags:?}");
+        let flag = flags[0];
+        assert!(
+            stderr.contains(&format!("{flag} {given} differs"))
+                && stderr.contains(&format!("({was})")),
+            "{flags:?}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&state).unwrap(),
+            recorded,
+            "{flags:?} changed recovery.json"
+        );
+    }
 }

@@ -222,6 +222,19 @@ fn run_as_postgres_it_mounts_as_postgres_and_clears_a_dead_mount_on_rerun() {
         let pid = r.recorded_pid(key).expect(key);
         assert_eq!(uid_of(pid), uid, "{key} {pid} runs as postgres");
     }
+    // Its workdir is its own alone.
+    for (path, mode) in [
+        (r.workdir.clone(), 0o700),
+        (r.workdir.join("recovery.json"), 0o600),
+    ] {
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o7777),
+            (uid, mode),
+            "{}",
+            path.display()
+        );
+    }
     let target_owner = std::fs::metadata(r.target.join("PG_VERSION")).unwrap();
     assert_eq!((target_owner.uid(), target_owner.gid()), (uid, gid));
     r.published("INSERT INTO marker VALUES ('written before the mount died')");

@@ -6,6 +6,8 @@
 //! backup's own `pg_hba.conf` follows those lines unchanged, so clients keep the rules they had.
 
 use std::fmt::Write as _;
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -264,13 +266,26 @@ impl Instance {
         }
     }
 
-    /// Writes the configuration files: a `postgresql.conf` that includes the data directory's
-    /// own (a Debian-style backup has none), and hba and ident files that put the engine's
-    /// access for `engine_users` (OS users) as `db_user` in front of the backup's rules.
-    pub fn write_config(&self, engine_users: &[&str], db_user: &str) -> Result<(), PgError> {
-        let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(|e| PgError::io(d, e));
-        mkdir(&self.conf_dir)?;
-        let own = |name: &str| std::fs::read_to_string(self.datadir.join(name)).ok();
+    /// The configuration files for `conf_dir`, by name: a `postgresql.conf` that includes the
+    /// data directory's own (a Debian-style backup has none), and hba and ident files that put
+    /// the engine's access for `engine_users` (OS users) as `db_user` in front of the backup's
+    /// rules.
+    pub fn config_files(
+        &self,
+        engine_users: &[&str],
+        db_user: &str,
+    ) -> [(&'static str, String); 3] {
+        // Never through a link: the files written from these may be read by PostgreSQL's user.
+        let own = |name: &str| {
+            let mut text = String::new();
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(self.datadir.join(name))
+                .and_then(|mut f| f.read_to_string(&mut text))
+                .ok()
+                .map(|_| text)
+        };
 
         let conf = format!(
             "# Written by instant-recovery: the data directory's settings, with the engine's\n\
@@ -306,15 +321,11 @@ impl Instance {
             ident.push_str("# The backup's pg_ident.conf:\n");
             ident.push_str(&text);
         }
-        for (name, text) in [
+        [
             ("postgresql.conf", conf),
             ("pg_hba.conf", hba),
             ("pg_ident.conf", ident),
-        ] {
-            let path = self.conf_dir.join(name);
-            std::fs::write(&path, text).map_err(|e| PgError::io(&path, e))?;
-        }
-        Ok(())
+        ]
     }
 
     fn command(&self, bins: &PgBinaries) -> Command {
@@ -346,11 +357,8 @@ impl Instance {
     }
 
     /// Starts the postmaster in its own session, as `user`. Returns its pid.
+    /// Its socket directory and log directory must exist.
     pub fn start(&self, bins: &PgBinaries, user: &OsUser) -> Result<u32, PgError> {
-        let logs = self.log.parent().unwrap_or(Path::new("/"));
-        std::fs::create_dir_all(logs).map_err(|e| PgError::io(logs, e))?;
-        process::create_owned_dir(&self.socket_dir, 0o700, user)
-            .map_err(|e| PgError::io(&self.socket_dir, e))?;
         process::spawn_detached(self.command(bins), user, &self.log)
             .map_err(|e| PgError::io(&bins.path("postgres"), e))
     }

@@ -5,6 +5,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -68,26 +69,20 @@ pub fn default_pg_user() -> String {
     }
 }
 
-/// Creates `dir` (and its parents) with `mode`, owned by `user` when we are root: the data and
-/// socket directories PostgreSQL insists on owning.
-pub fn create_owned_dir(dir: &Path, mode: u32, user: &OsUser) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
-    if is_root() {
-        std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))?;
-    }
-    Ok(())
-}
-
 /// Starts `command` as `user` in a new session, with stdout and stderr appended to `log`.
 /// Returns its pid. Only root may start it as another user than itself.
 pub fn spawn_detached(mut command: Command, user: &OsUser, log: &Path) -> std::io::Result<u32> {
     // SAFETY: geteuid has no preconditions.
     may_start_as(unsafe { libc::geteuid() }, user)?;
-    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    // Readable by its owner alone: logs hold queries and connection details.
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(log)?;
     if is_root() {
-        std::os::unix::fs::chown(log, Some(user.uid), Some(user.gid))?;
+        std::os::unix::fs::fchown(&out, Some(user.uid), Some(user.gid))?;
         command.uid(user.uid).gid(user.gid);
     }
     command

@@ -31,9 +31,13 @@ fn instance(root: &Path, name: &str, datadir: &Path, settings: &[(&str, &str)]) 
 
 async fn start(instance: &Instance, bins: &PgBinaries, user: &OsUser) -> (u32, Endpoint) {
     let me = OsUser::current().unwrap();
-    instance
-        .write_config(&[&me.name, &user.name], "postgres")
-        .unwrap();
+    std::fs::create_dir_all(&instance.conf_dir).unwrap();
+    for (name, text) in instance.config_files(&[&me.name, &user.name], "postgres") {
+        std::fs::write(instance.conf_dir.join(name), text).unwrap();
+    }
+    // The socket directory must be PostgreSQL's own.
+    std::fs::create_dir_all(&instance.socket_dir).unwrap();
+    std::os::unix::fs::chown(&instance.socket_dir, Some(user.uid), Some(user.gid)).unwrap();
     let pid = instance.start(bins, user).unwrap();
     let endpoint = instance.endpoint("postgres", "postgres");
     instance

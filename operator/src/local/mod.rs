@@ -5,11 +5,14 @@
 //! and `pg_basebackup` run in their own sessions, so the driver can be killed at any moment: a
 //! rerun reads `recovery.json`, finds them by pid and continues.
 
+pub(crate) mod dir;
 pub(crate) mod validate;
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use crate::postgres::{
     self, Endpoint, Instance, LocalPublished, PgBinaries, Reached, Switchover, SwitchoverTimeouts,
 };
 use crate::process::{self, OsUser, ProcState};
+use dir::{Ancestors, Dir, FileId, WalkError};
 use ir_fuse::is_fuse_mount;
 
 /// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
@@ -133,11 +137,28 @@ const STATE_TMP_FILE: &str = "recovery.json.tmp";
 
 /// Settings given again when a recorded recovery is run again; `None` keeps what the workdir
 /// records, so that a default never overwrites a choice made on the first run.
+///
+/// What the mount, the instances and the target were made with is the recovery's identity and
+/// must match what the workdir records when given. Policies, the login and the engine's waits
+/// may change between runs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rerun {
-    /// Must match the recorded port when given.
+    pub repo: Option<String>,
+    /// `latest` matches the backup pinned at validation.
+    pub backup: Option<String>,
+    pub target_pgdata: Option<PathBuf>,
+    pub pg_user: Option<String>,
+    pub listen_addresses: Option<String>,
+    pub pg_bindir: Option<PathBuf>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// `Some(true)` when `--s3-allow-http` is given.
+    pub s3_allow_http: Option<bool>,
+    /// The running mount was started with it.
+    pub read_deadline_secs: Option<u64>,
+    /// Checked once, at validation.
+    pub cache_min_free_bytes: Option<u64>,
     pub published_port: Option<u16>,
-    /// Must match the recorded port when given.
     pub target_port: Option<u16>,
     /// Policies may change between runs (approve, reschedule, retry settings).
     pub switchover: Option<SwitchoverPolicy>,
@@ -146,16 +167,79 @@ pub struct Rerun {
     /// The login may change, so that a rerun can correct an AuthenticationFailed.
     pub db_user: Option<String>,
     pub db_name: Option<String>,
+    /// Waits of the engine, used from the next start or switchover on.
+    pub start_timeout_secs: Option<u64>,
+    pub catch_up_timeout_secs: Option<u64>,
 }
 
 impl Rerun {
     fn apply(self, spec: &mut LocalSpec) -> Result<(), LocalError> {
-        if let Some(port) = self.published_port {
-            differs("--published-port", spec.published_port, port)?;
-        }
-        if let Some(port) = self.target_port {
-            differs("--target-port", spec.target_port, port)?;
-        }
+        let text = |s: &String| s.clone();
+        let path = |p: &PathBuf| p.display().to_string();
+        let unset = |s: Option<String>| s.unwrap_or_else(|| "not given".into());
+        let repo = &spec.repo;
+        unchanged("--repo", &repo.url, self.repo, text)?;
+        unchanged(
+            "--backup",
+            &spec.backup,
+            self.backup.filter(|b| b != "latest"),
+            text,
+        )?;
+        unchanged(
+            "--target-pgdata",
+            &spec.target_pgdata,
+            self.target_pgdata,
+            path,
+        )?;
+        unchanged("--pg-user", &spec.pg_user, self.pg_user, text)?;
+        let listen = self.listen_addresses;
+        unchanged("--listen-addresses", &spec.listen_addresses, listen, text)?;
+        let bindir = |p: &Option<PathBuf>| unset(p.as_ref().map(path));
+        unchanged(
+            "--pg-bindir",
+            &spec.pg_bindir,
+            self.pg_bindir.map(Some),
+            bindir,
+        )?;
+        let given = |s: &Option<String>| unset(s.clone());
+        unchanged(
+            "--s3-endpoint",
+            &repo.s3_endpoint,
+            self.s3_endpoint.map(Some),
+            given,
+        )?;
+        unchanged(
+            "--s3-region",
+            &repo.s3_region,
+            self.s3_region.map(Some),
+            given,
+        )?;
+        let allow_http = repo.allow_http.unwrap_or(false);
+        unchanged(
+            "--s3-allow-http",
+            &allow_http,
+            self.s3_allow_http,
+            bool::to_string,
+        )?;
+        let deadline = self.read_deadline_secs;
+        unchanged(
+            "--read-deadline",
+            &repo.read_deadline_secs,
+            deadline,
+            u64::to_string,
+        )?;
+        let cache = self.cache_min_free_bytes;
+        unchanged("--cache-min-free", &spec.cache_min_free_bytes, cache, |b| {
+            format!("{b} bytes")
+        })?;
+        let port = u16::to_string;
+        unchanged(
+            "--published-port",
+            &spec.published_port,
+            self.published_port,
+            port,
+        )?;
+        unchanged("--target-port", &spec.target_port, self.target_port, port)?;
         if let Some(switchover) = self.switchover {
             spec.switchover = switchover;
         }
@@ -170,6 +254,12 @@ impl Rerun {
         }
         if let Some(db_name) = self.db_name {
             spec.db_name = db_name;
+        }
+        if let Some(secs) = self.start_timeout_secs {
+            spec.start_timeout_secs = secs;
+        }
+        if let Some(secs) = self.catch_up_timeout_secs {
+            spec.catch_up_timeout_secs = secs;
         }
         Ok(())
     }
@@ -187,6 +277,10 @@ struct Resources {
     target_pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     base_backup_pid: Option<u32>,
+    /// The target directory made (or found empty) at validation: `--target-pgdata` must lead
+    /// to it, and nowhere else, whenever root empties it or hands it to PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_id: Option<FileId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     first_query_at: Option<Timestamp>,
     /// A switchover was attempted: the published instance may have been left read-only.
@@ -256,11 +350,35 @@ impl Workdir {
         }
     }
 
+    /// The workdir, opened: a directory of the user running irctl on a path no other user can
+    /// change (root reads its state and acts on it); `None` when it does not exist yet.
+    fn open_root(&self) -> Result<Option<Dir>, LocalError> {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let refuse = |why: String| LocalError::Invalid {
+            reason: "WorkdirUnsafe".into(),
+            message: format!("--workdir {}: {why}", self.root.display()),
+        };
+        let dir = match Dir::open(&self.root, Ancestors::OwnedBy(me)) {
+            Ok(dir) => dir,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(WalkError::Io(path, source)) => return Err(LocalError::Io { path, source }),
+            Err(e) => return Err(refuse(e.to_string())),
+        };
+        let owner = dir.owner().map_err(io_err(&self.root))?;
+        if owner != me {
+            return Err(refuse(format!(
+                "belongs to uid {owner}, not to the user running irctl: run irctl as its owner"
+            )));
+        }
+        Ok(Some(dir))
+    }
+
     fn save(&self, state: &LocalState) -> Result<(), LocalError> {
         let path = self.state_file();
         let tmp = self.root.join(STATE_TMP_FILE);
         let json = serde_json::to_vec_pretty(state).expect("state serialises");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut f = private_file(&tmp).map_err(io_err(&tmp))?;
         f.write_all(&json).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err(&path))
@@ -279,6 +397,7 @@ impl Workdir {
     }
 
     fn require_recovery(&self) -> Result<(), LocalError> {
+        self.open_root()?;
         if !self.state_file().exists() {
             return Err(LocalError::NoRecovery(self.root.clone()));
         }
@@ -287,8 +406,15 @@ impl Workdir {
 
     fn write_request(&self, path: &Path, token: &str) -> Result<(), LocalError> {
         let dir = self.requests_dir();
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        std::fs::write(path, token).map_err(io_err(path))
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io_err(&dir)(e));
+            }
+            _ => {}
+        }
+        private_file(path)
+            .and_then(|mut f| f.write_all(token.as_bytes()))
+            .map_err(io_err(path))
     }
 
     /// The pending requests: switchover approved, and the latest manual retry token.
@@ -314,6 +440,8 @@ impl Workdir {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(&path))?;
         // SAFETY: flock on a descriptor we own; released when the process exits.
@@ -322,6 +450,21 @@ impl Workdir {
         }
         Ok(f)
     }
+}
+
+/// Creates or truncates `path` for writing, readable by its owner alone; never through a link.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // O_CREAT leaves an existing file's mode as it was.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
 }
 
 /// Requests other commands leave in the workdir for a running (or the next) `irctl recover`.
@@ -356,19 +499,16 @@ pub struct LocalRecovery {
 
 impl LocalRecovery {
     /// A new recovery of `spec` in `workdir` (nothing is created before validation passes), or
-    /// the one already recorded there, changed by `rerun`. A recorded one must not be
-    /// contradicted by `spec`.
+    /// the one already recorded there, changed by `rerun` (which must not contradict it).
     pub fn open(
         workdir: Workdir,
         spec: Option<LocalSpec>,
         rerun: Rerun,
         mount_program: PathBuf,
     ) -> Result<Self, LocalError> {
+        workdir.open_root()?;
         let (state, persisted, lock) = match workdir.load()? {
             Some(mut state) => {
-                if let Some(spec) = spec {
-                    check_same(&state.spec, &spec)?;
-                }
                 rerun.apply(&mut state.spec)?;
                 let lock = workdir.lock()?;
                 (state, true, Some(lock))
@@ -433,6 +573,10 @@ impl LocalRecovery {
         stop: Arc<AtomicBool>,
         report: &mut dyn FnMut(Report<'_>),
     ) -> Result<(), LocalError> {
+        if self.persisted {
+            let status = &self.state.status;
+            self.lay_out(status.backup.is_some() && status.phase != Phase::Completed)?;
+        }
         if self.state.status.phase == Phase::Failed && self.persisted {
             // Running again after a failure is a manual retry.
             self.workdir.request_retry()?;
@@ -544,7 +688,10 @@ impl LocalRecovery {
                 // cache.
                 self.state.spec.backup = info.id.clone();
                 self.persist()?;
-                self.create_workdir()?;
+                self.lay_out(true)?;
+                if let Err(failure) = self.make_target() {
+                    return Ok(Step::Failed(failure));
+                }
                 Ok(Step::Ready(info))
             }
             // A recovery that waits for its repository exists: `irctl status` and `irctl retry`
@@ -564,24 +711,154 @@ impl LocalRecovery {
             return Ok(());
         }
         let root = &self.workdir.root;
-        std::fs::create_dir_all(root).map_err(io_err(root))?;
-        // PostgreSQL, as the unprivileged user, needs to reach the mount and its sockets (whose
-        // directory `Instance::start` makes).
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
-            .map_err(io_err(root))?;
+        if let Some(parent) = root.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(root) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_err(root)(e)),
+            _ => {}
+        }
+        let dir = self.open_root()?;
+        self.access().pass(&dir).map_err(io_err(root))?;
         self.workdir.save(&self.state)?;
         self._lock = Some(self.workdir.lock()?);
         self.persisted = true;
         Ok(())
     }
 
-    fn create_workdir(&self) -> Result<(), LocalError> {
-        let w = &self.workdir;
-        for dir in [&w.mountpoint(), &w.cache(), &w.logs(), &w.requests_dir()] {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    fn open_root(&self) -> Result<Dir, LocalError> {
+        self.workdir
+            .open_root()?
+            .ok_or_else(|| LocalError::NoRecovery(self.workdir.root.clone()))
+    }
+
+    fn access(&self) -> Access {
+        Access::new(&self.pg_user)
+    }
+
+    /// Makes the workdir's directories (`create`), or gives those there the modes and owners
+    /// they must have (a workdir of an older irctl had them open to everyone).
+    fn lay_out(&self, create: bool) -> Result<(), LocalError> {
+        let access = self.access();
+        let root = self.open_root()?;
+        access.pass(&root).map_err(io_err(&self.workdir.root))?;
+        let sub = |parent: &Dir, name: &str| -> Result<Option<Dir>, LocalError> {
+            let name = OsStr::new(name);
+            let found = if create {
+                parent.make_dir(name, 0o700)
+            } else {
+                parent.open_dir(name)
+            };
+            match found {
+                Ok(dir) => Ok(Some(dir)),
+                Err(e) if !create && e.is_not_found() => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        };
+        if create {
+            // Never chmodded: once mounted, the backup's own root shows here.
+            root.mkdir(OsStr::new("mnt"), 0o700)?;
+        }
+        for name in ["ircache", "logs", "requests", "run"] {
+            if let Some(dir) = sub(&root, name)? {
+                dir.set_mode(0o700).map_err(io_err(dir.path()))?;
+                // PostgreSQL makes its sockets there.
+                if name == "run" && process::is_root() {
+                    let user = &self.pg_user;
+                    dir.set_owner(Some(user.uid), Some(user.gid))
+                        .map_err(io_err(dir.path()))?;
+                }
+            }
+        }
+        if let Some(conf) = sub(&root, "conf")? {
+            access.pass(&conf).map_err(io_err(conf.path()))?;
+            for name in [Which::Published.name(), Which::Target.name()] {
+                if let Some(dir) = sub(&conf, name)? {
+                    access.pass(&dir).map_err(io_err(dir.path()))?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Writes `instance`'s configuration files into its directory of `conf`.
+    fn write_config(&self, instance: &Instance, which: Which) -> Result<(), LocalError> {
+        let access = self.access();
+        let conf = self.open_root()?.make_dir(OsStr::new("conf"), 0o700)?;
+        access.pass(&conf).map_err(io_err(conf.path()))?;
+        let dir = conf.make_dir(OsStr::new(which.name()), 0o700)?;
+        access.pass(&dir).map_err(io_err(dir.path()))?;
+        let users = self.engine_users();
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        for (name, text) in instance.config_files(&users, &self.state.spec.db_user) {
+            let path = dir.path().join(name);
+            let mut f = dir
+                .create_file(OsStr::new(name), access.conf_mode())
+                .map_err(io_err(&path))?;
+            if let Some(gid) = access.group {
+                std::os::unix::fs::fchown(&f, None, Some(gid)).map_err(io_err(&path))?;
+            }
+            f.write_all(text.as_bytes()).map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the target directory (or takes the empty one validation found), PostgreSQL's
+    /// alone, and records which directory it is.
+    fn make_target(&mut self) -> Result<(), Failure> {
+        let target = &self.state.spec.target_pgdata;
+        let unsafe_target = |e: &dyn std::fmt::Display| {
+            Failure::permanent(
+                "TargetUnsafe",
+                format!("--target-pgdata {}: {e}", target.display()),
+            )
+        };
+        let (parent, name) =
+            Dir::open_parent(target, Ancestors::Any).map_err(|e| unsafe_target(&e))?;
+        let dir = parent
+            .make_dir(&name, 0o700)
+            .map_err(|e| unsafe_target(&e))?;
+        self.own_target(&dir).map_err(|e| unsafe_target(&e))?;
+        let id = dir.id().map_err(|e| unsafe_target(&e))?;
+        self.state.resources.target_id = Some(id);
+        Ok(())
+    }
+
+    fn own_target(&self, dir: &Dir) -> std::io::Result<()> {
+        dir.set_mode(0o700)?;
+        if process::is_root() {
+            dir.set_owner(Some(self.pg_user.uid), Some(self.pg_user.gid))?;
+        }
+        Ok(())
+    }
+
+    /// The target directory, opened: `--target-pgdata` must still lead, without a symbolic
+    /// link, to the directory recorded at validation.
+    fn target_dir(&mut self) -> Result<Dir, Failure> {
+        let target = &self.state.spec.target_pgdata;
+        let replaced = |why: String| {
+            Failure::permanent(
+                "TargetReplaced",
+                format!(
+                    "--target-pgdata {}: {why}; it is no longer the directory this recovery \
+                     made, and nothing was changed in what it leads to now",
+                    target.display()
+                ),
+            )
+        };
+        let dir = Dir::open(target, Ancestors::Any).map_err(|e| replaced(e.to_string()))?;
+        let id = dir.id().map_err(|e| replaced(e.to_string()))?;
+        match self.state.resources.target_id {
+            Some(recorded) if recorded != id => Err(replaced(
+                "another directory is there now (moved or replaced since validation)".into(),
+            )),
+            Some(_) => Ok(dir),
+            // Recorded by an older irctl: the directory there now is taken as the one.
+            None => {
+                self.state.resources.target_id = Some(id);
+                Ok(dir)
+            }
+        }
     }
 
     fn bins(&mut self) -> Result<PgBinaries, Failure> {
@@ -738,6 +1015,12 @@ impl LocalRecovery {
             Ok(b) => b,
             Err(f) => return Ok(Err(f)),
         };
+        // Its postmaster.pid too must be read from the directory this recovery made.
+        if let Which::Target = which
+            && let Err(f) = self.target_dir()
+        {
+            return Ok(Err(f));
+        }
         let endpoint = self.endpoint(instance);
         let timeout = Duration::from_secs(self.state.spec.start_timeout_secs);
         let recorded = match which {
@@ -750,12 +1033,8 @@ impl LocalRecovery {
         let pid = match running {
             Some(pid) => pid,
             None => {
-                let users = self.engine_users();
-                let users: Vec<&str> = users.iter().map(String::as_str).collect();
-                let started = instance
-                    .write_config(&users, &self.state.spec.db_user)
-                    .and_then(|()| instance.start(&bins, &self.pg_user));
-                match started {
+                self.write_config(instance, which)?;
+                match instance.start(&bins, &self.pg_user) {
                     Ok(pid) => pid,
                     Err(e) => return Ok(Err(Failure::permanent("StartFailed", e.to_string()))),
                 }
@@ -889,9 +1168,18 @@ impl LocalRecovery {
                 None => Standby::Connecting,
             });
         }
-        // Start (over): the target was empty at validation, so anything in it is ours.
-        clear_dir(&target).map_err(io_err(&target))?;
-        process::create_owned_dir(&target, 0o700, &self.pg_user).map_err(io_err(&target))?;
+        // Start (over): the target was empty at validation, so anything in it is ours. Root
+        // empties and owns it through the handle, and hands on its path only while that path
+        // still leads to it.
+        let dir = match self.target_dir() {
+            Ok(dir) => dir,
+            Err(f) => return Ok(Standby::Failed(f)),
+        };
+        dir.clear().map_err(io_err(&target))?;
+        self.own_target(&dir).map_err(io_err(&target))?;
+        if let Err(f) = self.target_dir() {
+            return Ok(Standby::Failed(f));
+        }
         let log = self.workdir.logs().join("basebackup.log");
         match postgres::start_base_backup(&bins, &published, &target, &self.pg_user, &log) {
             Ok(pid) => {
@@ -1054,49 +1342,77 @@ enum Which {
     Target,
 }
 
-/// A recorded recovery may be resumed with the same arguments, or with none.
-/// The recovery's identity (repository, backup, target) cannot change in a workdir.
-fn check_same(recorded: &LocalSpec, given: &LocalSpec) -> Result<(), LocalError> {
-    differs("--repo", &recorded.repo.url, &given.repo.url)?;
-    if given.backup != "latest" {
-        differs("--backup", &recorded.backup, &given.backup)?;
-    }
-    differs(
-        "--target-pgdata",
-        &recorded.target_pgdata.display().to_string(),
-        &given.target_pgdata.display().to_string(),
-    )
-}
-
-fn differs<T: PartialEq + std::fmt::Display>(
-    flag: &str,
-    recorded: T,
-    given: T,
-) -> Result<(), LocalError> {
-    if recorded == given {
-        return Ok(());
-    }
-    Err(LocalError::Conflict(format!(
-        "{flag} {given} differs from the recovery recorded in the workdir ({recorded}); \
-         use another --workdir for another recovery"
-    )))
-}
-
-fn clear_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            for entry in entries {
-                let path = entry?.path();
-                if path.is_dir() && !path.is_symlink() {
-                    std::fs::remove_dir_all(&path)?;
-                } else {
-                    std::fs::remove_file(&path)?;
-                }
-            }
-            Ok(())
+impl Which {
+    /// Its directory in `conf`.
+    fn name(self) -> &'static str {
+        match self {
+            Which::Published => "published",
+            Which::Target => "target",
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    }
+}
+
+/// Who may enter the workdir. Run as root for another `--pg-user`, the workdir and its `conf`
+/// directories are root's with mode 0710 and that user's group: PostgreSQL passes through to
+/// its data directory on the mount, its socket directory `run` (its own, 0700) and its
+/// configuration (0640, which it cannot change). Mode 0711 would do for PostgreSQL too, but
+/// would let every user look up names it guesses. All else is its owner's alone: directories
+/// 0700, files 0600. Run as the pg user, everything is that user's alone.
+#[derive(Debug, Clone, Copy)]
+struct Access {
+    /// The group PostgreSQL runs with, when it is not the user running irctl.
+    group: Option<u32>,
+}
+
+impl Access {
+    fn new(pg_user: &OsUser) -> Access {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        Access {
+            group: (me == 0 && pg_user.uid != 0).then_some(pg_user.gid),
+        }
+    }
+
+    /// Makes `dir` one PostgreSQL may pass through, and no one else.
+    fn pass(&self, dir: &Dir) -> std::io::Result<()> {
+        match self.group {
+            Some(gid) => {
+                dir.set_owner(None, Some(gid))?;
+                dir.set_mode(0o710)
+            }
+            None => dir.set_mode(0o700),
+        }
+    }
+
+    fn conf_mode(&self) -> u32 {
+        if self.group.is_some() { 0o640 } else { 0o600 }
+    }
+}
+
+impl From<WalkError> for LocalError {
+    fn from(e: WalkError) -> Self {
+        match e {
+            WalkError::Io(path, source) => LocalError::Io { path, source },
+            other => LocalError::Conflict(other.to_string()),
+        }
+    }
+}
+
+/// Refuses a `given` value of `flag` other than the `recorded` one.
+fn unchanged<T: PartialEq>(
+    flag: &str,
+    recorded: &T,
+    given: Option<T>,
+    show: impl Fn(&T) -> String,
+) -> Result<(), LocalError> {
+    match given {
+        Some(given) if given != *recorded => Err(LocalError::Conflict(format!(
+            "{flag} {} differs from the recovery recorded in the workdir ({}); it cannot \
+             change on a rerun: leave it out, or use another --workdir for another recovery",
+            show(&given),
+            show(recorded)
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -1104,14 +1420,173 @@ fn clear_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn recorded() -> LocalSpec {
+        LocalSpec {
+            repo: RepoSpec {
+                url: "s3://bucket/prefix".into(),
+                s3_endpoint: Some("http://127.0.0.1:9000".into()),
+                s3_region: None,
+                allow_http: Some(true),
+                read_deadline_secs: 30,
+            },
+            backup: "20260101T000000Z-abcd".into(),
+            target_pgdata: "/srv/pg/main".into(),
+            published_port: 5433,
+            target_port: 5434,
+            listen_addresses: "localhost".into(),
+            pg_user: "postgres".into(),
+            db_user: "postgres".into(),
+            db_name: "postgres".into(),
+            pg_bindir: None,
+            switchover: SwitchoverPolicy::default(),
+            retry: RetryPolicy::default(),
+            cache_min_free_bytes: 1 << 30,
+            start_timeout_secs: 600,
+            catch_up_timeout_secs: 60,
+        }
+    }
+
     #[test]
-    fn clear_dir_empties_but_keeps_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("base/1")).unwrap();
-        std::fs::write(dir.path().join("PG_VERSION"), "15").unwrap();
-        clear_dir(dir.path()).unwrap();
-        assert!(dir.path().is_dir());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        clear_dir(&dir.path().join("absent")).unwrap();
+    fn a_rerun_may_not_change_what_the_recovery_was_made_with() {
+        let cases: Vec<(&str, Rerun, &str, &str)> = vec![
+            (
+                "--repo",
+                Rerun {
+                    repo: Some("s3://other".into()),
+                    ..Default::default()
+                },
+                "s3://other",
+                "s3://bucket/prefix",
+            ),
+            (
+                "--backup",
+                Rerun {
+                    backup: Some("20260202T000000Z-ef01".into()),
+                    ..Default::default()
+                },
+                "20260202T000000Z-ef01",
+                "20260101T000000Z-abcd",
+            ),
+            (
+                "--target-pgdata",
+                Rerun {
+                    target_pgdata: Some("/srv/other".into()),
+                    ..Default::default()
+                },
+                "/srv/other",
+                "/srv/pg/main",
+            ),
+            (
+                "--pg-user",
+                Rerun {
+                    pg_user: Some("alice".into()),
+                    ..Default::default()
+                },
+                "alice",
+                "postgres",
+            ),
+            (
+                "--listen-addresses",
+                Rerun {
+                    listen_addresses: Some("*".into()),
+                    ..Default::default()
+                },
+                "*",
+                "localhost",
+            ),
+            (
+                "--pg-bindir",
+                Rerun {
+                    pg_bindir: Some("/opt/pg/bin".into()),
+                    ..Default::default()
+                },
+                "/opt/pg/bin",
+                "not given",
+            ),
+            (
+                "--s3-endpoint",
+                Rerun {
+                    s3_endpoint: Some("http://evil:9000".into()),
+                    ..Default::default()
+                },
+                "http://evil:9000",
+                "http://127.0.0.1:9000",
+            ),
+            (
+                "--s3-region",
+                Rerun {
+                    s3_region: Some("eu-west-1".into()),
+                    ..Default::default()
+                },
+                "eu-west-1",
+                "not given",
+            ),
+            (
+                "--read-deadline",
+                Rerun {
+                    read_deadline_secs: Some(5),
+                    ..Default::default()
+                },
+                "5",
+                "30",
+            ),
+            (
+                "--cache-min-free",
+                Rerun {
+                    cache_min_free_bytes: Some(1),
+                    ..Default::default()
+                },
+                "1 bytes",
+                "1073741824 bytes",
+            ),
+            (
+                "--published-port",
+                Rerun {
+                    published_port: Some(6000),
+                    ..Default::default()
+                },
+                "6000",
+                "5433",
+            ),
+        ];
+        for (flag, rerun, given, was) in cases {
+            let mut spec = recorded();
+            let err = rerun.apply(&mut spec).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{flag} {given} differs"))
+                    && err.contains(&format!("({was})")),
+                "{err}"
+            );
+            assert_eq!(spec, recorded(), "{flag}: the recorded spec changed");
+        }
+    }
+
+    #[test]
+    fn a_rerun_may_repeat_the_identity_and_change_policies_and_waits() {
+        let mut spec = recorded();
+        let rerun = Rerun {
+            repo: Some("s3://bucket/prefix".into()),
+            backup: Some("latest".into()),
+            target_pgdata: Some("/srv/pg/main/".into()),
+            s3_allow_http: Some(true),
+            read_deadline_secs: Some(30),
+            retry_limit: Some(3),
+            db_user: Some("admin".into()),
+            start_timeout_secs: Some(1200),
+            catch_up_timeout_secs: Some(5),
+            ..Default::default()
+        };
+        rerun.apply(&mut spec).unwrap();
+        let expected = LocalSpec {
+            retry: RetryPolicy {
+                limit: 3,
+                ..RetryPolicy::default()
+            },
+            db_user: "admin".into(),
+            start_timeout_secs: 1200,
+            catch_up_timeout_secs: 5,
+            ..recorded()
+        };
+        assert_eq!(spec, expected);
     }
 }

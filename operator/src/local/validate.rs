@@ -7,6 +7,7 @@ use ir_api::recovery::BackupInfo;
 use ir_repository::{RepoError, Repository, StoreOptions};
 
 use super::LocalSpec;
+use super::dir::{Ancestors, Dir, WalkError};
 use crate::machine::Failure;
 use crate::postgres::PgBinaries;
 use crate::process::{self, OsUser};
@@ -145,36 +146,38 @@ fn check_target(target: &Path) -> Result<(), Failure> {
             format!("{flag} {}: must be an absolute path", target.display()),
         ));
     }
-    match std::fs::read_dir(target) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(Failure::permanent(
-                    "TargetNotEmpty",
-                    format!("{flag} {}: the directory is not empty", target.display()),
-                ));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let refuse = |reason: &str, why: &dyn std::fmt::Display| {
+        Failure::permanent(reason, format!("{flag} {}: {why}", target.display()))
+    };
+    // Root empties and chowns it later: a link would lead that elsewhere.
+    let link = |e: &WalkError| {
+        refuse(
+            "TargetUnsafe",
+            &format!("{e}; name the directory by its real path, without symbolic links"),
+        )
+    };
+    let (parent, name) = match Dir::open_parent(target, Ancestors::Any) {
+        Ok(found) => found,
+        Err(e @ WalkError::Symlink(_)) => return Err(link(&e)),
+        Err(e) if e.is_not_found() => {
             let parent = target.parent().unwrap_or(Path::new("/"));
-            if !parent.is_dir() {
-                return Err(Failure::permanent(
-                    "TargetMissing",
-                    format!(
-                        "{flag} {}: parent directory {} does not exist",
-                        target.display(),
-                        parent.display()
-                    ),
-                ));
-            }
-        }
-        Err(e) => {
-            return Err(Failure::permanent(
-                "TargetUnusable",
-                format!("{flag} {}: {e}", target.display()),
+            return Err(refuse(
+                "TargetMissing",
+                &format!("parent directory {} does not exist", parent.display()),
             ));
         }
+        Err(e) => return Err(refuse("TargetUnusable", &e)),
+    };
+    match parent.open_dir(&name) {
+        Ok(dir) => match dir.is_empty() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(refuse("TargetNotEmpty", &"the directory is not empty")),
+            Err(e) => Err(refuse("TargetUnusable", &e)),
+        },
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e @ WalkError::Symlink(_)) => Err(link(&e)),
+        Err(e) => Err(refuse("TargetUnusable", &e)),
     }
-    Ok(())
 }
 
 fn check_workdir(workdir: &Path) -> Result<(), Failure> {
@@ -299,6 +302,20 @@ mod tests {
         assert!(err.message.contains("--target-pgdata"), "{}", err.message);
         let err = check_target(&dir.path().join("a/b")).unwrap_err();
         assert_eq!(err.reason, "TargetMissing");
+        std::fs::remove_file(dir.path().join("PG_VERSION")).unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        for path in [dir.path().join("link"), dir.path().join("link/new")] {
+            let err = check_target(&path).unwrap_err();
+            assert_eq!(err.reason, "TargetUnsafe", "{}", err.message);
+            assert!(
+                err.message.contains("--target-pgdata") && err.message.contains("symbolic link"),
+                "{}",
+                err.message
+            );
+        }
+        assert!(check_target(&real.join("new")).is_ok());
         assert_eq!(
             check_target(Path::new("rel")).unwrap_err().reason,
             "InvalidSpec"
