@@ -1078,6 +1078,27 @@ async fn current_timeline(client: &Client) -> Result<u32, PgError> {
         .map_err(|_| PgError::Unexpected(format!("unexpected WAL file name {name:?}")))
 }
 
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub(crate) fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// `CREATE` or `ALTER` (`verb`) a login role for replication. Its password goes as a SCRAM
+/// verifier computed here: the plain password never reaches the server, its logs or
+/// `pg_stat_activity`, and the stored verifier is SCRAM whatever `password_encryption` says.
+pub fn replication_role_sql(verb: &str, user: &str, password: &str) -> String {
+    format!(
+        "{verb} ROLE {} WITH REPLICATION LOGIN PASSWORD {}",
+        quote_ident(user),
+        quote_literal(&postgres_protocol::password::scram_sha_256(
+            password.as_bytes()
+        ))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1122,6 +1143,37 @@ mod tests {
         server.start(&[]);
         server.psql("ALTER ROLE postgres PASSWORD 'right'");
         server
+    }
+
+    /// The replication role's password never reaches the server in clear: not in its statement
+    /// log, not in the catalog; the SCRAM verifier computed here logs the role in.
+    #[tokio::test]
+    async fn a_role_gets_a_scram_verifier_never_the_password() {
+        ir_e2e::require_root();
+        let root = ir_e2e::shared_tempdir();
+        let mut server = ir_e2e::pg::PgCluster::init(root.path());
+        std::fs::write(
+            server.datadir.join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        // md5 would be used for a plain password; the verifier is SCRAM whatever this says.
+        server.start(&["log_statement=all", "password_encryption=md5"]);
+        let secret = "plain-text-never-seen";
+        server.psql(&replication_role_sql("CREATE", "repl \"x\"", secret));
+        let stored = server.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'repl \"x\"'");
+        assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+        let login = tcp(server.port, "repl \"x\"", secret, "postgres");
+        assert!(
+            login.probe().await.unwrap().is_some(),
+            "the verifier logs the role in"
+        );
+        let log = std::fs::read_to_string(root.path().join("postgres.log")).unwrap();
+        assert!(log.contains("CREATE ROLE"), "statements are logged");
+        assert!(
+            !log.contains(secret),
+            "the password reached the server's log"
+        );
     }
 
     fn tcp(port: u16, user: &str, password: &str, dbname: &str) -> Endpoint {

@@ -21,7 +21,7 @@ use super::{Context, Error};
 use crate::machine::{self, Action, EventKind, Failure, Observed, Standby, Step, SwitchoverReport};
 use crate::postgres::{
     self, ControlData, Endpoint, Host, PgError, PublishedControl, Reached, Switchover,
-    SwitchoverError,
+    SwitchoverError, quote_ident, quote_literal,
 };
 
 /// Restarts of the base-backup container after which the copy counts as failed.
@@ -1228,12 +1228,10 @@ async fn ensure_replication_role(
         (Some(true), _) => Ok(()),
         (state, true) => {
             let verb = if state.is_some() { "ALTER" } else { "CREATE" };
-            let statement = format!(
-                "{verb} ROLE {} WITH REPLICATION LOGIN PASSWORD {}",
-                quote_ident(user),
-                quote_literal(password)
-            );
-            client.batch_execute(&statement).await.map_err(pg)
+            client
+                .batch_execute(&postgres::replication_role_sql(verb, user, password))
+                .await
+                .map_err(pg)
         }
         (_, false) => Err(Failure::permanent(
             "ReplicationRoleMissing",
@@ -1280,14 +1278,6 @@ async fn follow(
     )
     .await?;
     Ok(())
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 fn conninfo_value(value: &str) -> String {
