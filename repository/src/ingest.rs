@@ -951,8 +951,8 @@ fn decodes_to(stored: &[u8], plain: &[u8]) -> Result<(), String> {
     }
     SCRATCH.with_borrow_mut(|scratch| {
         if scratch.is_none() {
-            let decompressor = zstd::bulk::Decompressor::new()
-                .map_err(|e| format!("cannot decompress: {e}"))?;
+            let decompressor =
+                zstd::bulk::Decompressor::new().map_err(|e| format!("cannot decompress: {e}"))?;
             *scratch = Some((decompressor, Vec::new()));
         }
         let (decompressor, buf) = scratch.as_mut().expect("made above");
@@ -968,7 +968,6 @@ fn decodes_to(stored: &[u8], plain: &[u8]) -> Result<(), String> {
         }
     })
 }
-
 
 #[cfg(test)]
 mod tests {
