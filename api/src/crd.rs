@@ -25,6 +25,9 @@ pub const NODE_LABEL: &str = "instantrecovery.dev/node";
 pub const AGENT_FINALIZER: &str = "instantrecovery.dev/agent";
 /// Finalizer of the operator on an InstantRecovery: tear down in order first.
 pub const OPERATOR_FINALIZER: &str = "instantrecovery.dev/operator";
+/// Annotation of an InstantRecovery a manual retry sets (any new value starts a new round of
+/// attempts).
+pub const RETRY_ANNOTATION: &str = "instantrecovery.dev/retry";
 /// Node annotation the agent refreshes: RFC 3339 time of its last heartbeat. A node without a
 /// recent one has no working agent.
 pub const AGENT_HEARTBEAT_ANNOTATION: &str = "instantrecovery.dev/agent-heartbeat";

@@ -10,8 +10,8 @@ mod repo_cmd;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
+use ir_cli::local::MOUNT_EXIT_TRANSIENT;
 use ir_cli::output::one_line;
-use ir_operator::local::MOUNT_EXIT_TRANSIENT;
 use ir_repository::RepoError;
 use tracing_subscriber::EnvFilter;
 

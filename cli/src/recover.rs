@@ -10,9 +10,9 @@ use anyhow::Context;
 use clap::Args;
 use ir_api::GoDuration;
 use ir_api::recovery::{Phase, RecoveryStatus, RetryPolicy, SwitchoverMode, SwitchoverPolicy};
+use ir_cli::local::{LocalRecovery, LocalSpec, LocalState, Report, Rerun, Workdir};
 use ir_cli::output::{Output, print_json};
 use ir_cli::status_view::{StatusView, progress_text};
-use ir_operator::local::{LocalRecovery, LocalSpec, LocalState, Report, Rerun, Workdir};
 use ir_repository::size::parse_size;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
@@ -150,7 +150,7 @@ impl RecoverArgs {
             pg_user: self
                 .pg_user
                 .clone()
-                .unwrap_or_else(ir_operator::process::default_pg_user),
+                .unwrap_or_else(ir_engine::process::default_pg_user),
             db_user: self.db_user.clone().unwrap_or_else(|| "postgres".into()),
             db_name: self.db_name.clone().unwrap_or_else(|| "postgres".into()),
             pg_bindir: self.pg_bindir.clone(),

@@ -51,9 +51,9 @@ impl StoreArgs {
 
 impl StoreArgs {
     /// The repository as the recovery engine records it.
-    pub fn repo_spec(&self, url: &str) -> ir_operator::local::RepoSpec {
+    pub fn repo_spec(&self, url: &str) -> ir_cli::local::RepoSpec {
         let options = self.store_options();
-        ir_operator::local::RepoSpec {
+        ir_cli::local::RepoSpec {
             url: url.to_owned(),
             s3_endpoint: options.s3_endpoint,
             s3_region: options.s3_region,

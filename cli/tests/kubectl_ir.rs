@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use ir_api::crd::RETRY_ANNOTATION;
 use ir_api::crd::{BackupRepository, InstantRecovery};
 use ir_e2e::cluster::ControlPlane;
-use ir_operator::k8s::recovery::RETRY_ANNOTATION;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};

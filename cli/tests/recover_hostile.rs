@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::irctl_run;
 use common::recovery::{Recovery, assert_switched_over, sample_setup};
 use ir_e2e::pg::pg_user;
-use ir_operator::process::OsUser;
+use ir_engine::process::OsUser;
 
 const TIMEOUT: Duration = Duration::from_secs(240);
 

@@ -246,7 +246,7 @@ fn run_as_postgres_it_mounts_as_postgres_and_clears_a_dead_mount_on_rerun() {
     // SAFETY: SIGKILL of the mount process the recovery started.
     unsafe { libc::kill(mount as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ir_operator::process::is_alive(mount) {
+    while ir_engine::process::is_alive(mount) {
         assert!(Instant::now() < deadline, "mount process {mount} lives on");
         std::thread::sleep(Duration::from_millis(20));
     }

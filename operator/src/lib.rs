@@ -1,8 +1,5 @@
-//! The instant-recovery engine: the recovery state machine ([`machine`]), PostgreSQL control
-//! ([`postgres`]) and the drivers that carry out the machine's actions ([`local`] for one host).
+//! The Kubernetes driver of the instant-recovery engine: the InstantRecovery and
+//! BackupRepository controllers run by the `ir-operator` binary. The engine itself (state
+//! machine, PostgreSQL control) is `ir-engine`.
 
 pub mod k8s;
-pub mod local;
-pub mod machine;
-pub mod postgres;
-pub mod process;

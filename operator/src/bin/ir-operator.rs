@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use ir_api::GoDuration;
+use ir_engine::postgres::SwitchoverTimeouts;
 use ir_operator::k8s::leader::LeaseConfig;
 use ir_operator::k8s::metrics::Metrics;
 use ir_operator::k8s::{self, OperatorPeer, Settings, resources::PostgresUser};
-use ir_operator::postgres::SwitchoverTimeouts;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {

@@ -18,8 +18,10 @@ use tokio_postgres::Client as PgClient;
 use super::recovery::publish;
 use super::resources::{self, POSTGRES_PORT, PRIMARY_LABEL, PublishedMount};
 use super::{Context, Error};
-use crate::machine::{self, Action, EventKind, Failure, Observed, Standby, Step, SwitchoverReport};
-use crate::postgres::{
+use ir_engine::machine::{
+    self, Action, EventKind, Failure, Observed, Standby, Step, SwitchoverReport,
+};
+use ir_engine::postgres::{
     self, ControlData, Endpoint, Host, PgError, PublishedControl, Reached, Switchover,
     SwitchoverError, quote_ident, quote_literal,
 };
@@ -155,7 +157,7 @@ impl<'a> Driver<'a> {
         )
         .await
         .map_err(about_repository)?;
-        let backup = crate::local::validate::find_backup(&repo.spec.url, &options, &spec.backup.id)
+        let backup = ir_engine::backup::find_backup(&repo.spec.url, &options, &spec.backup.id)
             .await
             .map_err(about_repository)?;
         self.credentials().await?;

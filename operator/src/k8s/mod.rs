@@ -32,8 +32,8 @@ use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::machine::Failure;
-use crate::postgres::{PgError, SwitchoverTimeouts};
+use ir_engine::machine::Failure;
+use ir_engine::postgres::{PgError, SwitchoverTimeouts};
 use leader::{Elector, LeaderError, LeaseConfig};
 use metrics::Metrics;
 use resources::PostgresUser;

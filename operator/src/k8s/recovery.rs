@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ir_api::crd::{InstantRecovery, OPERATOR_FINALIZER, RecoveryMount};
+use ir_api::crd::{InstantRecovery, OPERATOR_FINALIZER, RETRY_ANNOTATION, RecoveryMount};
 use ir_api::recovery::{Phase, RecoveryStatus};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
@@ -24,10 +24,7 @@ use tracing::Instrument;
 use super::driver::{Driver, delete};
 use super::resources;
 use super::{Context, Error, FIELD_MANAGER};
-use crate::machine::{self, Decision, EventKind, Observed, Policy};
-
-/// Annotation a manual retry sets (any new value starts a new round of attempts).
-pub const RETRY_ANNOTATION: &str = "instantrecovery.dev/retry";
+use ir_engine::machine::{self, Decision, EventKind, Observed, Policy};
 
 /// The span of everything done for one recovery: its log lines carry its namespace and name
 /// (as `object`: JSON log lines already use `name` for the span's own name).

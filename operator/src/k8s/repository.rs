@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use tracing::Instrument;
 
 use super::{Context, Error, FIELD_MANAGER};
-use crate::machine::Failure;
+use ir_engine::machine::Failure;
 
 /// How many backups the status lists, newest first.
 const LISTED: usize = 10;
@@ -103,12 +103,12 @@ async fn check(
     let options = super::store_options(&ctx.client, namespace, &repo.spec, &ctx.settings).await?;
     let opened = Repository::open(&repo.spec.url, &options)
         .await
-        .map_err(crate::local::validate::repo_failure)
+        .map_err(ir_engine::backup::repo_failure)
         .map_err(super::naming_repository_field)?;
     let list = opened
         .list_backups()
         .await
-        .map_err(crate::local::validate::repo_failure)?;
+        .map_err(ir_engine::backup::repo_failure)?;
     for invalid in &list.invalid {
         tracing::warn!(repository = %repo.spec.url, backup = %invalid.id, reason = %invalid.reason, "invalid backup manifest; left out");
     }

@@ -3,11 +3,11 @@
 use std::fmt;
 
 use anyhow::{Context, bail};
+use ir_api::crd::RETRY_ANNOTATION;
 use ir_api::crd::{BackupRepository, InstantRecovery};
 use ir_api::recovery::{ConditionType, Phase, RecoveryStatus, SwitchoverMode, SwitchoverPolicy};
 use ir_cli::output::{Output, print_json};
 use ir_cli::status_view::StatusView;
-use ir_operator::k8s::recovery::RETRY_ANNOTATION;
 use ir_repository::size::format_size;
 use jiff::Timestamp;
 use kube::api::{Patch, PatchParams};

@@ -4,13 +4,13 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::Path;
 
 use ir_api::recovery::BackupInfo;
-use ir_repository::{RepoError, Repository, StoreOptions};
 
 use super::LocalSpec;
 use super::dir::{Ancestors, Dir, WalkError};
-use crate::machine::Failure;
-use crate::postgres::PgBinaries;
-use crate::process::{self, OsUser};
+use ir_engine::backup::find_backup;
+use ir_engine::machine::Failure;
+use ir_engine::postgres::PgBinaries;
+use ir_engine::process::{self, OsUser};
 
 /// Room the target needs beyond the backup's size: WAL written while syncing, plus slack.
 const TARGET_HEADROOM: f64 = 1.1;
@@ -97,45 +97,6 @@ pub(super) async fn validate(
         pg_major,
         size_bytes,
     })
-}
-
-/// Opens the repository and reads the backup's manifest (`latest` resolved).
-pub(crate) async fn find_backup(
-    url: &str,
-    options: &StoreOptions,
-    id_or_latest: &str,
-) -> Result<BackupInfo, Failure> {
-    let repo = Repository::open(url, options).await.map_err(repo_failure)?;
-    let id = repo
-        .resolve_backup(id_or_latest)
-        .await
-        .map_err(repo_failure)?;
-    let manifest = repo.load_manifest(&id).await.map_err(repo_failure)?;
-    let pg_major: u32 = manifest.pg_version.trim().parse().map_err(|_| {
-        Failure::permanent(
-            "UnsupportedBackup",
-            format!(
-                "backup {id}: unrecognised PostgreSQL version {:?}",
-                manifest.pg_version
-            ),
-        )
-    })?;
-    Ok(BackupInfo {
-        id,
-        pg_major,
-        size_bytes: manifest.entries.iter().map(|e| e.size).sum(),
-    })
-}
-
-/// The node agent's classification, so that a repository fault reads the same wherever it
-/// shows.
-pub(crate) fn repo_failure(e: RepoError) -> Failure {
-    let failure = ir_fuse::agent::plan::repo_failure(&e);
-    Failure {
-        transient: failure.transient,
-        reason: failure.reason.to_owned(),
-        message: failure.message,
-    }
 }
 
 fn check_target(target: &Path) -> Result<(), Failure> {
@@ -360,20 +321,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(same_file_system(&dir.path().join("a/b"), dir.path()));
         assert!(!same_file_system(dir.path(), Path::new("/proc")));
-    }
-
-    #[test]
-    fn repository_faults_read_as_the_agent_reports_them() {
-        let url = "file:///srv/repo".to_owned();
-        let f = repo_failure(RepoError::NotARepository { url: url.clone() });
-        assert_eq!((f.reason.as_str(), f.transient), ("NotARepository", false));
-        assert!(f.message.contains(&url), "{}", f.message);
-        let f = repo_failure(RepoError::UnsupportedFormat {
-            url,
-            found: 9,
-            supported: 1,
-        });
-        assert_eq!(f.reason, "UnsupportedRepositoryFormat");
     }
 
     #[test]

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use ir_e2e::pg::{PgCluster, pg_user};
 use ir_e2e::{free_port, require_root, shared_tempdir};
-use ir_operator::postgres::{
+use ir_engine::postgres::{
     self, ControlData, Endpoint, Instance, LocalPublished, PgBinaries, PgError, PublishedControl,
     Reached, Switchover, SwitchoverError, SwitchoverOutcome, SwitchoverTimeouts,
 };
-use ir_operator::process::{self, OsUser};
+use ir_engine::process::{self, OsUser};
 
 const STANDBY: &str = "instant-recovery-target";
 

@@ -57,7 +57,7 @@ impl PgError {
         }
     }
 
-    pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+    pub fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let what = what.into();
         move |source| PgError::Db {
             what,
@@ -1002,11 +1002,7 @@ fn fail(stage: &'static str, reached: Reached, source: PgError) -> SwitchoverErr
 
 /// Runs one `ALTER SYSTEM` statement and reloads the configuration. Two calls: ALTER SYSTEM
 /// refuses to run in a (multi-statement) transaction block.
-pub(crate) async fn alter_system(
-    client: &Client,
-    statement: &str,
-    what: &str,
-) -> Result<(), PgError> {
+pub async fn alter_system(client: &Client, statement: &str, what: &str) -> Result<(), PgError> {
     client
         .batch_execute(statement)
         .await
@@ -1049,7 +1045,7 @@ pub async fn set_read_only(client: &Client, on: bool) -> Result<(), PgError> {
     }
 }
 
-pub(crate) async fn in_recovery(client: &Client) -> Result<bool, PgError> {
+pub async fn in_recovery(client: &Client) -> Result<bool, PgError> {
     Ok(client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
@@ -1078,11 +1074,11 @@ async fn current_timeline(client: &Client) -> Result<u32, PgError> {
         .map_err(|_| PgError::Unexpected(format!("unexpected WAL file name {name:?}")))
 }
 
-pub(crate) fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-pub(crate) fn quote_literal(value: &str) -> String {
+pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 

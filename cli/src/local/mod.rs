@@ -24,14 +24,14 @@ use ir_repository::StoreOptions;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::machine::{
+use dir::{Ancestors, Dir, FileId, WalkError};
+use ir_engine::machine::{
     self, Action, Decision, Event, Failure, Observed, Policy, Standby, Step, SwitchoverReport,
 };
-use crate::postgres::{
+use ir_engine::postgres::{
     self, Endpoint, Instance, LocalPublished, PgBinaries, Reached, Switchover, SwitchoverTimeouts,
 };
-use crate::process::{self, OsUser, ProcState};
-use dir::{Ancestors, Dir, FileId, WalkError};
+use ir_engine::process::{self, OsUser, ProcState};
 use ir_fuse::is_fuse_mount;
 
 /// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).

@@ -1,0 +1,65 @@
+//! Finding the backup to recover: the repository opened, `latest` resolved, the manifest read,
+//! and every repository fault turned into a [`Failure`] that reads the same in both drivers.
+
+use ir_api::recovery::BackupInfo;
+use ir_repository::{RepoError, Repository, StoreOptions};
+
+use crate::machine::Failure;
+
+/// Opens the repository and reads the backup's manifest (`latest` resolved).
+pub async fn find_backup(
+    url: &str,
+    options: &StoreOptions,
+    id_or_latest: &str,
+) -> Result<BackupInfo, Failure> {
+    let repo = Repository::open(url, options).await.map_err(repo_failure)?;
+    let id = repo
+        .resolve_backup(id_or_latest)
+        .await
+        .map_err(repo_failure)?;
+    let manifest = repo.load_manifest(&id).await.map_err(repo_failure)?;
+    let pg_major: u32 = manifest.pg_version.trim().parse().map_err(|_| {
+        Failure::permanent(
+            "UnsupportedBackup",
+            format!(
+                "backup {id}: unrecognised PostgreSQL version {:?}",
+                manifest.pg_version
+            ),
+        )
+    })?;
+    Ok(BackupInfo {
+        id,
+        pg_major,
+        size_bytes: manifest.entries.iter().map(|e| e.size).sum(),
+    })
+}
+
+/// The node agent's classification, so that a repository fault reads the same wherever it
+/// shows.
+pub fn repo_failure(e: RepoError) -> Failure {
+    let failure = ir_fuse::agent::plan::repo_failure(&e);
+    Failure {
+        transient: failure.transient,
+        reason: failure.reason.to_owned(),
+        message: failure.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_faults_read_as_the_agent_reports_them() {
+        let url = "file:///srv/repo".to_owned();
+        let f = repo_failure(RepoError::NotARepository { url: url.clone() });
+        assert_eq!((f.reason.as_str(), f.transient), ("NotARepository", false));
+        assert!(f.message.contains(&url), "{}", f.message);
+        let f = repo_failure(RepoError::UnsupportedFormat {
+            url,
+            found: 9,
+            supported: 1,
+        });
+        assert_eq!(f.reason, "UnsupportedRepositoryFormat");
+    }
+}

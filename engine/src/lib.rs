@@ -1,0 +1,9 @@
+//! The instant-recovery engine, shared by both drivers (`irctl recover` on one host, the
+//! operator on Kubernetes): the recovery state machine ([`machine`]), finding the backup to
+//! recover ([`backup`]), PostgreSQL control ([`postgres`]) and the processes it runs
+//! ([`process`]).
+
+pub mod backup;
+pub mod machine;
+pub mod postgres;
+pub mod process;
