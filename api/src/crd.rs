@@ -36,6 +36,13 @@ pub const CACHE_FREE_ANNOTATION: &str = "instantrecovery.dev/cache-free-bytes";
 /// Node label the chart's agent DaemonSet selects by default: the nodes that serve recoveries.
 pub const RECOVERY_NODE_LABEL: &str = "instantrecovery.dev/recovery-node";
 
+fn mount_reason_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    crate::reason::reason_schema(
+        "CamelCase cause of a failure; `transient` says whether a retry may succeed.",
+        true,
+    )
+}
+
 /// CEL rule of a repository: an S3 repository names a credentials Secret, or opts in to the
 /// operator's and agents' own credentials.
 const S3_CREDENTIALS_RULE: &str = "!self.url.startsWith('s3://') || has(self.credentialsSecret) || (has(self.s3) && has(self.s3.useAmbientCredentials) && self.s3.useAmbientCredentials)";
@@ -357,8 +364,9 @@ pub struct RecoveryMountStatus {
     /// Free bytes on the node's IRCache file system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_free_bytes: Option<u64>,
-    /// CamelCase cause of a failure; `transient` says whether a retry may succeed.
+    // CamelCase cause of a failure; the schema lists every reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "mount_reason_schema")]
     pub reason: Option<String>,
     /// What failed, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]

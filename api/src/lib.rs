@@ -5,9 +5,13 @@
 //! descriptions, so they speak to users.
 
 mod duration;
+mod failure;
 mod quantity;
+pub mod reason;
 pub mod recovery;
 
 pub use duration::{DURATION_PATTERN, DurationError, GoDuration};
+pub use failure::Failure;
 pub use quantity::quantity_bytes;
+pub use reason::Reason;
 pub mod crd;

@@ -188,7 +188,8 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub type_: ConditionType,
     pub status: ConditionStatus,
-    /// CamelCase word a program can match on.
+    // CamelCase word a program can match on; the schema lists every reason.
+    #[schemars(schema_with = "condition_reason_schema")]
     pub reason: String,
     /// What happened, for people.
     #[serde(default)]
@@ -295,13 +296,26 @@ pub struct Timings {
     pub completed_at: Option<Timestamp>,
 }
 
+fn condition_reason_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    crate::reason::reason_schema("CamelCase word a program can match on.", false)
+}
+
+fn status_reason_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    crate::reason::reason_schema(
+        "CamelCase cause of the current phase (a failure reason while Waiting or Failed).",
+        true,
+    )
+}
+
 /// Everything the recovery engine knows about one recovery; the engine's only memory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryStatus {
     pub phase: Phase,
-    /// CamelCase cause of the current phase (a failure reason while Waiting or Failed).
+    // CamelCase cause of the current phase (a failure reason while Waiting or Failed); the
+    // schema lists every reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "status_reason_schema")]
     pub reason: Option<String>,
     /// What happened, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]

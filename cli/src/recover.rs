@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use ir_api::GoDuration;
+use ir_api::Reason;
 use ir_api::recovery::{Phase, RecoveryStatus, RetryPolicy, SwitchoverMode, SwitchoverPolicy};
 use ir_cli::local::{LocalRecovery, LocalSpec, LocalState, Report, Rerun, Workdir};
 use ir_cli::output::{Output, print_json};
@@ -304,7 +305,7 @@ impl Printer {
             Phase::Syncing => progress_text(status),
             Phase::ReadyForSwitchover => {
                 let mut text = progress_text(status);
-                if status.reason.as_deref() == Some("AwaitingApproval") {
+                if status.reason.as_deref() == Some(Reason::AwaitingApproval.as_str()) {
                     text.push_str(&format!(
                         "; approve with `irctl switchover --workdir {}`",
                         self.workdir

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use ir_api::Reason;
 use ir_api::recovery::{ConditionStatus, Phase, RecoveryStatus};
 use ir_repository::size::format_size;
 
@@ -90,7 +91,9 @@ impl StatusView<'_> {
     fn next_step(&self) -> Option<String> {
         let status = self.status;
         match status.phase {
-            Phase::ReadyForSwitchover if status.reason.as_deref() == Some("AwaitingApproval") => {
+            Phase::ReadyForSwitchover
+                if status.reason.as_deref() == Some(Reason::AwaitingApproval.as_str()) =>
+            {
                 Some(format!(
                     "approve the switchover with `{}`",
                     self.switchover_command

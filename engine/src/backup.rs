@@ -1,10 +1,11 @@
 //! Finding the backup to recover: the repository opened, `latest` resolved, the manifest read,
-//! and every repository fault turned into a [`Failure`] that reads the same in both drivers.
+//! and every repository fault turned into a [`Failure`] that reads the same in both drivers
+//! and in the node agent.
 
 use ir_api::recovery::BackupInfo;
-use ir_repository::{RepoError, Repository, StoreOptions};
+use ir_repository::{Repository, StoreOptions};
 
-use crate::machine::Failure;
+use ir_api::{Failure, Reason};
 
 /// Opens the repository and reads the backup's manifest (`latest` resolved).
 pub async fn find_backup(
@@ -12,15 +13,17 @@ pub async fn find_backup(
     options: &StoreOptions,
     id_or_latest: &str,
 ) -> Result<BackupInfo, Failure> {
-    let repo = Repository::open(url, options).await.map_err(repo_failure)?;
+    let repo = Repository::open(url, options)
+        .await
+        .map_err(Failure::from)?;
     let id = repo
         .resolve_backup(id_or_latest)
         .await
-        .map_err(repo_failure)?;
-    let manifest = repo.load_manifest(&id).await.map_err(repo_failure)?;
+        .map_err(Failure::from)?;
+    let manifest = repo.load_manifest(&id).await.map_err(Failure::from)?;
     let pg_major: u32 = manifest.pg_version.trim().parse().map_err(|_| {
-        Failure::permanent(
-            "UnsupportedBackup",
+        Failure::new(
+            Reason::UnsupportedBackup,
             format!(
                 "backup {id}: unrecognised PostgreSQL version {:?}",
                 manifest.pg_version
@@ -34,28 +37,18 @@ pub async fn find_backup(
     })
 }
 
-/// The node agent's classification, so that a repository fault reads the same wherever it
-/// shows.
-pub fn repo_failure(e: RepoError) -> Failure {
-    let failure = ir_fuse::agent::plan::repo_failure(&e);
-    Failure {
-        transient: failure.transient,
-        reason: failure.reason.to_owned(),
-        message: failure.message,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ir_repository::RepoError;
 
     #[test]
     fn repository_faults_read_as_the_agent_reports_them() {
         let url = "file:///srv/repo".to_owned();
-        let f = repo_failure(RepoError::NotARepository { url: url.clone() });
+        let f = Failure::from(RepoError::NotARepository { url: url.clone() });
         assert_eq!((f.reason.as_str(), f.transient), ("NotARepository", false));
         assert!(f.message.contains(&url), "{}", f.message);
-        let f = repo_failure(RepoError::UnsupportedFormat {
+        let f = Failure::from(RepoError::UnsupportedFormat {
             url,
             found: 9,
             supported: 1,

@@ -29,47 +29,7 @@ pub struct Policy {
     pub retry: RetryPolicy,
 }
 
-/// The switchover failed once the standby may have been promoted: the published instance stays
-/// stopped, and the retry resumes the switchover rather than publishing again.
-pub const PROMOTION_UNCONFIRMED: &str = "PromotionUnconfirmed";
-
-/// Why a step failed. Transient failures are retried; permanent ones fail the recovery at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub transient: bool,
-    /// CamelCase, stable: programs and docs match on it.
-    pub reason: String,
-    pub message: String,
-}
-
-impl Failure {
-    /// A [`PROMOTION_UNCONFIRMED`] failure: `why` the published instance must stay stopped.
-    pub fn promotion_unconfirmed(message: &str, why: &str) -> Self {
-        Self::transient(
-            PROMOTION_UNCONFIRMED,
-            format!(
-                "{message}; the published instance stays stopped: {why}; the retry resumes the \
-                 switchover"
-            ),
-        )
-    }
-
-    pub fn transient(reason: &str, message: impl Into<String>) -> Self {
-        Failure {
-            transient: true,
-            reason: reason.to_owned(),
-            message: message.into(),
-        }
-    }
-
-    pub fn permanent(reason: &str, message: impl Into<String>) -> Self {
-        Failure {
-            transient: false,
-            reason: reason.to_owned(),
-            message: message.into(),
-        }
-    }
-}
+pub use ir_api::{Failure, Reason};
 
 /// What the driver knows about one part of the recovery.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -167,7 +127,7 @@ pub enum EventKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub kind: EventKind,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -244,15 +204,18 @@ impl Part {
     }
 
     /// Reason and message of its condition while it is ready.
-    fn ready_reason(self) -> (&'static str, &'static str) {
+    fn ready_reason(self) -> (Reason, &'static str) {
         match self {
             Part::Mount => (
-                "Mounted",
+                Reason::Mounted,
                 "the backup is mounted read-write over its IRCache",
             ),
-            Part::Published => ("Published", "PostgreSQL serves the backup from the mount"),
+            Part::Published => (
+                Reason::Published,
+                "PostgreSQL serves the backup from the mount",
+            ),
             Part::Standby => (
-                "StandbyStreaming",
+                Reason::StandbyStreaming,
                 "the standby holds a full copy and streams WAL from the published instance",
             ),
         }
@@ -280,8 +243,8 @@ impl Part {
 
 /// Scheduled without a time could never switch over.
 fn switchover_time_missing() -> Failure {
-    Failure::permanent(
-        "SwitchoverTimeMissing",
+    Failure::new(
+        Reason::SwitchoverTimeMissing,
         "switchover.mode is Scheduled but switchover.at is not set: give the time (RFC 3339) \
          of the switchover",
     )
@@ -305,7 +268,7 @@ impl Machine<'_> {
                 self.status().timings.started_at = Some(self.now);
                 self.enter(
                     Phase::Validating,
-                    "Started",
+                    Reason::Started,
                     "checking the backup and the host",
                 );
             }
@@ -322,11 +285,11 @@ impl Machine<'_> {
     }
 
     /// Moves to `phase`, asks for what it ensures, and tells about it.
-    fn enter(&mut self, phase: Phase, reason: &str, message: &str) {
+    fn enter(&mut self, phase: Phase, reason: Reason, message: &str) {
         let from = self.d.status.phase;
         let status = self.status();
         status.phase = phase;
-        status.reason = Some(reason.to_owned());
+        status.reason = Some(reason.to_string());
         status.message = Some(message.to_owned());
         if !matches!(phase, Phase::Waiting | Phase::Failed) {
             status.resume_phase = None;
@@ -337,7 +300,7 @@ impl Machine<'_> {
             } else {
                 EventKind::Normal
             },
-            reason: reason.to_owned(),
+            reason,
             message: format!("{from} -> {phase}: {message}"),
         });
         self.keep(phase);
@@ -353,10 +316,16 @@ impl Machine<'_> {
     }
 
     /// A step made progress: the next failure starts a fresh count.
-    fn advance(&mut self, phase: Phase, condition: ConditionType, reason: &str, message: &str) {
+    fn advance(&mut self, phase: Phase, condition: ConditionType, reason: Reason, message: &str) {
         let now = self.now;
         let status = self.status();
-        status.set_condition(condition, ConditionStatus::True, reason, message, now);
+        status.set_condition(
+            condition,
+            ConditionStatus::True,
+            reason.as_str(),
+            message,
+            now,
+        );
         status.retry.attempt = 0;
         status.retry.next_attempt_at = None;
         self.enter(phase, reason, message);
@@ -374,7 +343,9 @@ impl Machine<'_> {
         // Unless the standby may have been promoted: then only the switchover may go on, since
         // the published instance must not run again.
         let resume = match interrupted {
-            Phase::SwitchingOver if failure.reason == PROMOTION_UNCONFIRMED => Phase::SwitchingOver,
+            Phase::SwitchingOver if failure.reason == Reason::PromotionUnconfirmed => {
+                Phase::SwitchingOver
+            }
             Phase::SwitchingOver => Phase::ReadyForSwitchover,
             other => other,
         };
@@ -387,14 +358,14 @@ impl Machine<'_> {
         status.set_condition(
             component,
             ConditionStatus::False,
-            &failure.reason,
+            failure.reason.as_str(),
             &failure.message,
             now,
         );
         status.resume_phase = Some(resume);
         status.retry.last_error = Some(format!("{}: {}", failure.reason, failure.message));
         if !failure.transient {
-            self.enter(Phase::Failed, &failure.reason, &failure.message);
+            self.enter(Phase::Failed, failure.reason, &failure.message);
             self.d.requeue_after = None;
             return;
         }
@@ -405,7 +376,7 @@ impl Machine<'_> {
                 "{} (gave up after {limit} retries; a manual retry starts a new round)",
                 failure.message
             );
-            self.enter(Phase::Failed, "RetriesExhausted", &message);
+            self.enter(Phase::Failed, Reason::RetriesExhausted, &message);
             self.d.requeue_after = None;
             return;
         }
@@ -417,7 +388,7 @@ impl Machine<'_> {
             failure.message,
             next.strftime("%Y-%m-%dT%H:%M:%SZ")
         );
-        self.enter(Phase::Waiting, &failure.reason, &message);
+        self.enter(Phase::Waiting, failure.reason, &message);
         self.d.requeue_after = Some(interval.0);
     }
 
@@ -439,7 +410,7 @@ impl Machine<'_> {
                 status.set_condition(
                     part.condition(),
                     ConditionStatus::True,
-                    reason,
+                    reason.as_str(),
                     message,
                     now,
                 );
@@ -464,7 +435,7 @@ impl Machine<'_> {
                 self.advance(
                     Phase::Mounting,
                     ConditionType::Validated,
-                    "BackupValid",
+                    Reason::BackupValid,
                     &message,
                 );
             }
@@ -588,7 +559,7 @@ impl Machine<'_> {
                 self.status().progress.lag_bytes = None;
                 self.keep(Phase::ReadyForSwitchover);
                 self.set_reason(
-                    "StandbyNotStreaming",
+                    Reason::StandbyNotStreaming,
                     "the standby holds a full copy but does not stream (it starts or \
                      reconnects); the switchover waits until it does",
                 );
@@ -605,7 +576,7 @@ impl Machine<'_> {
             SwitchoverMode::Manual if !policy.approved => {
                 self.keep(Phase::ReadyForSwitchover);
                 self.set_reason(
-                    "AwaitingApproval",
+                    Reason::AwaitingApproval,
                     "waiting for the switchover to be approved",
                 );
                 return;
@@ -621,7 +592,7 @@ impl Machine<'_> {
                     let until = self.now.duration_until(at).unsigned_abs();
                     self.d.requeue_after = Some(until.min(PROGRESS_POLL));
                     let message = format!("switchover scheduled at {at}");
-                    self.set_reason("AwaitingSchedule", &message);
+                    self.set_reason(Reason::AwaitingSchedule, &message);
                     return;
                 }
                 Some(_) => Some("the scheduled time has passed"),
@@ -642,13 +613,13 @@ impl Machine<'_> {
                 None => waiting,
             };
             self.keep(Phase::ReadyForSwitchover);
-            self.set_reason("CatchingUp", &message);
+            self.set_reason(Reason::CatchingUp, &message);
             return;
         }
         self.status().timings.switchover_started_at = Some(self.now);
         self.enter(
             Phase::SwitchingOver,
-            "SwitchoverStarted",
+            Reason::SwitchoverStarted,
             "making the published instance read-only and promoting the standby",
         );
     }
@@ -664,16 +635,16 @@ impl Machine<'_> {
         status.set_condition(
             ConditionType::Synced,
             ConditionStatus::False,
-            "StandbyNotStreaming",
+            Reason::StandbyNotStreaming.as_str(),
             MESSAGE,
             now,
         );
-        self.enter(Phase::Syncing, "StandbyNotStreaming", MESSAGE);
+        self.enter(Phase::Syncing, Reason::StandbyNotStreaming, MESSAGE);
     }
 
-    fn set_reason(&mut self, reason: &str, message: &str) {
+    fn set_reason(&mut self, reason: Reason, message: &str) {
         let status = self.status();
-        status.reason = Some(reason.to_owned());
+        status.reason = Some(reason.to_string());
         status.message = Some(message.to_owned());
     }
 
@@ -691,7 +662,7 @@ impl Machine<'_> {
                 self.advance(
                     Phase::Completed,
                     ConditionType::SwitchedOver,
-                    "Promoted",
+                    Reason::Promoted,
                     &message,
                 );
             }
@@ -706,7 +677,7 @@ impl Machine<'_> {
                 if self.d.status.timings.completed_at.is_none() {
                     self.status().timings.completed_at = Some(self.now);
                     self.set_reason(
-                        "Completed",
+                        Reason::Completed,
                         "the target runs as the primary; the mount and IRCache are gone",
                     );
                 }
@@ -718,7 +689,7 @@ impl Machine<'_> {
                 let message = format!("cleanup failed, will retry: {}", f.message);
                 self.keep(Phase::Completed);
                 self.d.requeue_after = Some(self.policy.retry.interval.0);
-                self.set_reason("CleanupFailed", &message);
+                self.set_reason(Reason::CleanupFailed, &message);
             }
             Step::Unknown | Step::InProgress => self.keep(Phase::Completed),
         }
@@ -737,7 +708,7 @@ impl Machine<'_> {
         );
         self.status().retry.next_attempt_at = None;
         // Failures observed before this attempt are stale: act first, judge on the next look.
-        self.enter(resume, "Retrying", &message);
+        self.enter(resume, Reason::Retrying, &message);
     }
 
     /// Applies a new manual retry request to a stopped (Waiting or Failed) recovery; returns
@@ -759,7 +730,7 @@ impl Machine<'_> {
         let resume = status.resume_phase.unwrap_or(Phase::Validating);
         self.enter(
             resume,
-            "ManualRetry",
+            Reason::ManualRetry,
             "a manual retry started a new round of attempts",
         );
         true
@@ -786,7 +757,7 @@ impl Machine<'_> {
             status.set_condition(
                 ConditionType::Ready,
                 ConditionStatus::True,
-                "Completed",
+                Reason::Completed.as_str(),
                 "the target runs as the primary",
                 now,
             );

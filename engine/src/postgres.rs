@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ir_api::Reason;
 use jiff::Timestamp;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
@@ -147,16 +148,11 @@ fn parse_major(version: &str) -> Option<u32> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Rejection {
-    /// CamelCase status reason.
-    pub reason: &'static str,
+    /// [`Reason::AuthenticationFailed`] or [`Reason::DatabaseMissing`].
+    pub reason: Reason,
     /// The server's words.
     pub message: String,
 }
-
-/// [`Rejection::reason`] of a wrong user or password.
-pub const AUTHENTICATION_FAILED: &str = "AuthenticationFailed";
-/// [`Rejection::reason`] of a database the server does not have.
-pub const DATABASE_MISSING: &str = "DatabaseMissing";
 
 /// Sorts out a failed connection attempt to a server that may still be coming up: `None` when
 /// trying again may succeed (refused, not listening yet, starting up, too many connections),
@@ -168,9 +164,9 @@ pub fn rejection(e: &tokio_postgres::Error) -> Option<Rejection> {
         || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
     {
         // 28000 also covers a role that does not exist and a missing pg_hba.conf line.
-        AUTHENTICATION_FAILED
+        Reason::AuthenticationFailed
     } else if *code == SqlState::UNDEFINED_DATABASE {
-        DATABASE_MISSING
+        Reason::DatabaseMissing
     } else {
         return None;
     };

@@ -25,6 +25,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use dir::{Ancestors, Dir, FileId, WalkError};
+use ir_api::Reason;
 use ir_engine::machine::{
     self, Action, Decision, Event, Failure, Observed, Policy, Standby, Step, SwitchoverReport,
 };
@@ -356,7 +357,7 @@ impl Workdir {
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
         let refuse = |why: String| LocalError::Invalid {
-            reason: "WorkdirUnsafe".into(),
+            reason: Reason::WorkdirUnsafe.to_string(),
             message: format!("--workdir {}: {why}", self.root.display()),
         };
         let dir = match Dir::open(&self.root, Ancestors::OwnedBy(me)) {
@@ -524,7 +525,7 @@ impl LocalRecovery {
             }
         };
         let pg_user = OsUser::by_name(&state.spec.pg_user).ok_or_else(|| LocalError::Invalid {
-            reason: "UnknownUser".into(),
+            reason: Reason::UnknownUser.to_string(),
             message: format!("--pg-user: no such OS user {:?}", state.spec.pg_user),
         })?;
         Ok(LocalRecovery {
@@ -808,8 +809,8 @@ impl LocalRecovery {
     fn make_target(&mut self) -> Result<(), Failure> {
         let target = &self.state.spec.target_pgdata;
         let unsafe_target = |e: &dyn std::fmt::Display| {
-            Failure::permanent(
-                "TargetUnsafe",
+            Failure::new(
+                Reason::TargetUnsafe,
                 format!("--target-pgdata {}: {e}", target.display()),
             )
         };
@@ -837,8 +838,8 @@ impl LocalRecovery {
     fn target_dir(&mut self) -> Result<Dir, Failure> {
         let target = &self.state.spec.target_pgdata;
         let replaced = |why: String| {
-            Failure::permanent(
-                "TargetReplaced",
+            Failure::new(
+                Reason::TargetReplaced,
                 format!(
                     "--target-pgdata {}: {why}; it is no longer the directory this recovery \
                      made, and nothing was changed in what it leads to now",
@@ -867,7 +868,7 @@ impl LocalRecovery {
         }
         let major = self.state.status.backup.as_ref().map_or(0, |b| b.pg_major);
         let bins = PgBinaries::find(major, self.state.spec.pg_bindir.as_deref())
-            .map_err(|e| Failure::permanent("PostgresBinariesMissing", e.to_string()))?;
+            .map_err(|e| Failure::new(Reason::PostgresBinariesMissing, e.to_string()))?;
         self.bins = Some(bins.clone());
         Ok(bins)
     }
@@ -942,14 +943,14 @@ impl LocalRecovery {
                     None => format!("irctl mount exited: {tail}"),
                 };
                 return Ok(Step::Failed(if code == Some(MOUNT_EXIT_TRANSIENT) {
-                    Failure::transient("RepositoryUnavailable", message)
+                    Failure::new(Reason::RepositoryUnavailable, message)
                 } else {
-                    Failure::permanent("MountFailed", message)
+                    Failure::new(Reason::MountFailed, message)
                 }));
             }
             if Instant::now() >= deadline {
-                return Ok(Step::Failed(Failure::transient(
-                    "MountTimeout",
+                return Ok(Step::Failed(Failure::new(
+                    Reason::MountTimeout,
                     format!(
                         "the backup was not mounted at {} within 60 s",
                         mountpoint.display()
@@ -1036,7 +1037,7 @@ impl LocalRecovery {
                 self.write_config(instance, which)?;
                 match instance.start(&bins, &self.pg_user) {
                     Ok(pid) => pid,
-                    Err(e) => return Ok(Err(Failure::permanent("StartFailed", e.to_string()))),
+                    Err(e) => return Ok(Err(Failure::new(Reason::StartFailed, e.to_string()))),
                 }
             }
         };
@@ -1048,9 +1049,9 @@ impl LocalRecovery {
         Ok(match instance.wait_ready(&endpoint, pid, timeout).await {
             Ok(at) => Ok(at),
             Err(e @ postgres::PgError::Timeout { .. }) => {
-                Err(Failure::transient("StartTimeout", e.to_string()))
+                Err(Failure::new(Reason::StartTimeout, e.to_string()))
             }
-            Err(postgres::PgError::Rejected(rejection)) => Err(Failure::permanent(
+            Err(postgres::PgError::Rejected(rejection)) => Err(Failure::new(
                 rejection.reason,
                 format!(
                     "--db-user {} --db-name {}: {}",
@@ -1060,9 +1061,9 @@ impl LocalRecovery {
             Err(e) => {
                 // Through a lost mount PostgreSQL cannot start: that is the mount's failure.
                 if !is_fuse_mount(&self.workdir.mountpoint()) {
-                    Err(Failure::transient("MountLost", e.to_string()))
+                    Err(Failure::new(Reason::MountLost, e.to_string()))
                 } else {
-                    Err(Failure::permanent("StartFailed", e.to_string()))
+                    Err(Failure::new(Reason::StartFailed, e.to_string()))
                 }
             }
         })
@@ -1079,8 +1080,8 @@ impl LocalRecovery {
             && self.state.status.phase != Phase::SwitchingOver
             && let Err(e) = self.serve_writes_again(&instance).await
         {
-            return Ok(Step::Failed(Failure::transient(
-                "ReadWriteRestoreFailed",
+            return Ok(Step::Failed(Failure::new(
+                Reason::ReadWriteRestoreFailed,
                 e,
             )));
         }
@@ -1134,8 +1135,8 @@ impl LocalRecovery {
             self.state.resources.base_backup_pid = None;
             if !postgres::base_backup_complete(&target) {
                 let log = self.workdir.logs().join("basebackup.log");
-                return Ok(Standby::Failed(Failure::transient(
-                    "BaseBackupFailed",
+                return Ok(Standby::Failed(Failure::new(
+                    Reason::BaseBackupFailed,
                     format!(
                         "pg_basebackup did not finish: {}",
                         process::log_tail(&log, 1000)
@@ -1189,8 +1190,8 @@ impl LocalRecovery {
                     total_bytes: 0,
                 })
             }
-            Err(e) => Ok(Standby::Failed(Failure::permanent(
-                "BaseBackupFailed",
+            Err(e) => Ok(Standby::Failed(Failure::new(
+                Reason::BaseBackupFailed,
                 e.to_string(),
             ))),
         }
@@ -1262,15 +1263,15 @@ impl LocalRecovery {
                 }
                 // Not promoted: serve again now rather than only at the retry.
                 let restart = self.restart_published(&published).await?;
-                Ok(Step::Failed(Failure::transient(
-                    "SwitchoverFailed",
+                Ok(Step::Failed(Failure::new(
+                    Reason::SwitchoverFailed,
                     format!("{e}; {restart}"),
                 )))
             }
             // Nothing stopped: the published instance still serves; the retry switches over
             // from the start.
-            Err(e) => Ok(Step::Failed(Failure::transient(
-                "SwitchoverFailed",
+            Err(e) => Ok(Step::Failed(Failure::new(
+                Reason::SwitchoverFailed,
                 e.to_string(),
             ))),
         }
@@ -1299,7 +1300,7 @@ impl LocalRecovery {
     async fn cleanup(&mut self) -> Step {
         match self.try_cleanup().await {
             Ok(()) => Step::Ready(()),
-            Err(e) => Step::Failed(Failure::transient("CleanupFailed", e.to_string())),
+            Err(e) => Step::Failed(Failure::new(Reason::CleanupFailed, e.to_string())),
         }
     }
 

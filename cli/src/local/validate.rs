@@ -7,6 +7,7 @@ use ir_api::recovery::BackupInfo;
 
 use super::LocalSpec;
 use super::dir::{Ancestors, Dir, WalkError};
+use ir_api::Reason;
 use ir_engine::backup::find_backup;
 use ir_engine::machine::Failure;
 use ir_engine::postgres::PgBinaries;
@@ -23,8 +24,8 @@ pub(super) async fn validate(
     resuming: bool,
 ) -> Result<BackupInfo, Failure> {
     let user = OsUser::by_name(&spec.pg_user).ok_or_else(|| {
-        Failure::permanent(
-            "UnknownUser",
+        Failure::new(
+            Reason::UnknownUser,
             format!("--pg-user: no such OS user {:?}", spec.pg_user),
         )
     })?;
@@ -33,8 +34,8 @@ pub(super) async fn validate(
         let same_user = me.as_ref().is_some_and(|me| me.uid == user.uid);
         let me = me.map_or_else(|| "an unknown user".to_owned(), |me| me.name);
         if !same_user {
-            return Err(Failure::permanent(
-                "NotPermitted",
+            return Err(Failure::new(
+                Reason::NotPermitted,
                 format!(
                     "--pg-user {}: irctl runs as {me}, which can run PostgreSQL only as itself: \
                      run irctl as root, or as {} (or leave --pg-user out)",
@@ -43,15 +44,15 @@ pub(super) async fn validate(
             ));
         }
         if let Some(why) = ir_fuse::mount::unprivileged_mount_unsupported() {
-            return Err(Failure::permanent(
-                "NotPermitted",
+            return Err(Failure::new(
+                Reason::NotPermitted,
                 format!("mounting the backup as {me}: {why}; or run irctl as root"),
             ));
         }
     }
     if user.uid == 0 {
-        return Err(Failure::permanent(
-            "NotPermitted",
+        return Err(Failure::new(
+            Reason::NotPermitted,
             "--pg-user root: PostgreSQL refuses to run as root; name an unprivileged user",
         ));
     }
@@ -60,8 +61,8 @@ pub(super) async fn validate(
         check_workdir(workdir)?;
     }
     if spec.published_port == spec.target_port {
-        return Err(Failure::permanent(
-            "PortConflict",
+        return Err(Failure::new(
+            Reason::PortConflict,
             format!(
                 "--published-port and --target-port are both {}",
                 spec.target_port
@@ -78,7 +79,7 @@ pub(super) async fn validate(
     let backup = find_backup(&spec.repo.url, &spec.repo.store_options(), &spec.backup).await?;
     let (id, pg_major, size_bytes) = (backup.id, backup.pg_major, backup.size_bytes);
     PgBinaries::find(pg_major, spec.pg_bindir.as_deref())
-        .map_err(|e| Failure::permanent("PostgresBinariesMissing", e.to_string()))?;
+        .map_err(|e| Failure::new(Reason::PostgresBinariesMissing, e.to_string()))?;
 
     let need_target = (size_bytes as f64 * TARGET_HEADROOM) as u64 + TARGET_EXTRA_BYTES;
     let need_cache = spec.cache_min_free_bytes;
@@ -102,18 +103,18 @@ pub(super) async fn validate(
 fn check_target(target: &Path) -> Result<(), Failure> {
     let flag = "--target-pgdata";
     if !target.is_absolute() {
-        return Err(Failure::permanent(
-            "InvalidSpec",
+        return Err(Failure::new(
+            Reason::InvalidSpec,
             format!("{flag} {}: must be an absolute path", target.display()),
         ));
     }
-    let refuse = |reason: &str, why: &dyn std::fmt::Display| {
-        Failure::permanent(reason, format!("{flag} {}: {why}", target.display()))
+    let refuse = |reason: Reason, why: &dyn std::fmt::Display| {
+        Failure::new(reason, format!("{flag} {}: {why}", target.display()))
     };
     // Root empties and chowns it later: a link would lead that elsewhere.
     let link = |e: &WalkError| {
         refuse(
-            "TargetUnsafe",
+            Reason::TargetUnsafe,
             &format!("{e}; name the directory by its real path, without symbolic links"),
         )
     };
@@ -123,29 +124,32 @@ fn check_target(target: &Path) -> Result<(), Failure> {
         Err(e) if e.is_not_found() => {
             let parent = target.parent().unwrap_or(Path::new("/"));
             return Err(refuse(
-                "TargetMissing",
+                Reason::TargetMissing,
                 &format!("parent directory {} does not exist", parent.display()),
             ));
         }
-        Err(e) => return Err(refuse("TargetUnusable", &e)),
+        Err(e) => return Err(refuse(Reason::TargetUnusable, &e)),
     };
     match parent.open_dir(&name) {
         Ok(dir) => match dir.is_empty() {
             Ok(true) => Ok(()),
-            Ok(false) => Err(refuse("TargetNotEmpty", &"the directory is not empty")),
-            Err(e) => Err(refuse("TargetUnusable", &e)),
+            Ok(false) => Err(refuse(
+                Reason::TargetNotEmpty,
+                &"the directory is not empty",
+            )),
+            Err(e) => Err(refuse(Reason::TargetUnusable, &e)),
         },
         Err(e) if e.is_not_found() => Ok(()),
         Err(e @ WalkError::Symlink(_)) => Err(link(&e)),
-        Err(e) => Err(refuse("TargetUnusable", &e)),
+        Err(e) => Err(refuse(Reason::TargetUnusable, &e)),
     }
 }
 
 fn check_workdir(workdir: &Path) -> Result<(), Failure> {
     let flag = "--workdir";
     if !workdir.is_absolute() {
-        return Err(Failure::permanent(
-            "InvalidSpec",
+        return Err(Failure::new(
+            Reason::InvalidSpec,
             format!("{flag} {}: must be an absolute path", workdir.display()),
         ));
     }
@@ -155,8 +159,8 @@ fn check_workdir(workdir: &Path) -> Result<(), Failure> {
             .flatten()
             .any(|e| e.file_name() != super::STATE_TMP_FILE)
     {
-        return Err(Failure::permanent(
-            "WorkdirNotEmpty",
+        return Err(Failure::new(
+            Reason::WorkdirNotEmpty,
             format!(
                 "{flag} {}: the directory holds other files and no recovery",
                 workdir.display()
@@ -206,8 +210,8 @@ fn check_port_free(flag: &str, port: u16, listen_addresses: &str) -> Result<(), 
         if let Err(e) = TcpListener::bind(address)
             && e.kind() == std::io::ErrorKind::AddrInUse
         {
-            return Err(Failure::permanent(
-                "PortInUse",
+            return Err(Failure::new(
+                Reason::PortInUse,
                 format!("{flag} {port}: the port is in use on {}", address.ip()),
             ));
         }
@@ -229,11 +233,14 @@ pub(super) fn free_bytes(path: &Path) -> std::io::Result<u64> {
 
 fn check_space(flag: &str, path: &Path, need: u64) -> Result<(), Failure> {
     let free = free_bytes(path).map_err(|e| {
-        Failure::permanent("InvalidSpec", format!("{flag} {}: {e}", path.display()))
+        Failure::new(
+            Reason::InvalidSpec,
+            format!("{flag} {}: {e}", path.display()),
+        )
     })?;
     if free < need {
-        return Err(Failure::permanent(
-            "InsufficientSpace",
+        return Err(Failure::new(
+            Reason::InsufficientSpace,
             format!(
                 "{flag} {}: {} MiB free, {} MiB needed",
                 path.display(),

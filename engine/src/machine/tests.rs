@@ -1,5 +1,6 @@
 use super::*;
 use ir_api::GoDuration;
+use ir_api::Reason;
 
 fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -23,11 +24,14 @@ fn status_in(phase: Phase) -> RecoveryStatus {
 }
 
 fn transient() -> Failure {
-    Failure::transient("RepositoryUnavailable", "s3://b/p: connection refused")
+    Failure::new(
+        Reason::RepositoryUnavailable,
+        "s3://b/p: connection refused",
+    )
 }
 
 fn permanent() -> Failure {
-    Failure::permanent("BackupNotFound", "backup x is not in the repository")
+    Failure::new(Reason::BackupNotFound, "backup x is not in the repository")
 }
 
 fn streaming(lag_bytes: u64) -> Observed {
@@ -269,7 +273,7 @@ fn transitions() {
             "publish refused",
             Publishing,
             Observed {
-                published: Step::Failed(Failure::permanent("PublishFailed", "bad setting")),
+                published: Step::Failed(Failure::new(Reason::StartFailed, "bad setting")),
                 ..mounted()
             },
             Failed,
@@ -310,7 +314,7 @@ fn transitions() {
             "base backup failed",
             Syncing,
             Observed {
-                standby: Standby::Failed(Failure::transient("BaseBackupFailed", "x")),
+                standby: Standby::Failed(Failure::new(Reason::BaseBackupFailed, "x")),
                 ..published()
             },
             Waiting,
@@ -321,7 +325,7 @@ fn transitions() {
             "replication refused",
             Syncing,
             Observed {
-                standby: Standby::Failed(Failure::permanent("ReplicationRoleMissing", "x")),
+                standby: Standby::Failed(Failure::new(Reason::ReplicationRoleMissing, "x")),
                 ..published()
             },
             Failed,
@@ -333,7 +337,7 @@ fn transitions() {
             "published instance died while syncing",
             Syncing,
             Observed {
-                published: Step::Failed(Failure::transient("PublishedInstanceDown", "x")),
+                published: Step::Failed(Failure::new(Reason::PublishedInstanceExited, "x")),
                 ..mounted()
             },
             Waiting,
@@ -521,7 +525,7 @@ fn transitions() {
             "standby lost before switchover",
             ReadyForSwitchover,
             Observed {
-                standby: Standby::Failed(Failure::transient("StandbyDown", "x")),
+                standby: Standby::Failed(Failure::new(Reason::PostgresUnavailable, "x")),
                 ..published()
             },
             Waiting,
@@ -532,7 +536,7 @@ fn transitions() {
             "mount lost before switchover",
             ReadyForSwitchover,
             Observed {
-                mount: Step::Failed(Failure::transient("MountLost", "x")),
+                mount: Step::Failed(Failure::new(Reason::MountLost, "x")),
                 ..streaming(0)
             },
             Waiting,
@@ -544,13 +548,13 @@ fn transitions() {
             "published instance died before switchover",
             ReadyForSwitchover,
             Observed {
-                published: Step::Failed(Failure::transient("PublishedInstanceDown", "x")),
+                published: Step::Failed(Failure::new(Reason::PublishedInstanceExited, "x")),
                 ..streaming(0)
             },
             Waiting,
             NOTHING,
         )
-        .reason("PublishedInstanceDown")
+        .reason("PublishedInstanceExited")
         .resume(ReadyForSwitchover),
         case(
             "switching over",
@@ -579,7 +583,7 @@ fn transitions() {
             "switchover timed out",
             SwitchingOver,
             Observed {
-                switchover: Step::Failed(Failure::transient("SwitchoverTimeout", "x")),
+                switchover: Step::Failed(Failure::new(Reason::SwitchoverFailed, "x")),
                 ..streaming(0)
             },
             Waiting,
@@ -590,19 +594,19 @@ fn transitions() {
             "switchover refused",
             SwitchingOver,
             Observed {
-                switchover: Step::Failed(Failure::permanent("SwitchoverFailed", "x")),
+                switchover: Step::Failed(Failure::new(Reason::AuthenticationFailed, "x")),
                 ..streaming(0)
             },
             Failed,
             NOTHING,
         )
-        .reason("SwitchoverFailed")
+        .reason("AuthenticationFailed")
         .resume(ReadyForSwitchover),
         case(
             "switchover failed once the standby may have been promoted",
             SwitchingOver,
             Observed {
-                switchover: Step::Failed(Failure::transient(PROMOTION_UNCONFIRMED, "x")),
+                switchover: Step::Failed(Failure::new(Reason::PromotionUnconfirmed, "x")),
                 ..streaming(0)
             },
             Waiting,
@@ -631,7 +635,7 @@ fn transitions() {
             "cleanup failed",
             Completed,
             Observed {
-                cleanup: Step::Failed(Failure::transient("UnmountFailed", "busy")),
+                cleanup: Step::Failed(Failure::new(Reason::CleanupFailed, "busy")),
                 ..Default::default()
             },
             Completed,
@@ -958,7 +962,7 @@ fn an_approved_switchover_that_failed_runs_again_under_the_same_approval() {
     let mut policy = policy_with(SwitchoverMode::Manual);
     policy.switchover.approved = true;
     let failed = Observed {
-        switchover: Step::Failed(Failure::transient("SwitchoverFailed", "catch-up timed out")),
+        switchover: Step::Failed(Failure::new(Reason::SwitchoverFailed, "catch-up timed out")),
         ..streaming(0)
     };
     let d = reconcile(&policy, &status_in(Phase::SwitchingOver), &failed, t(60));
@@ -1024,7 +1028,7 @@ fn a_standby_that_stops_streaming_is_synced_again() {
 fn a_switchover_that_may_have_promoted_is_retried_without_publishing_again() {
     let policy = policy_with(SwitchoverMode::Manual);
     let failed = Observed {
-        switchover: Step::Failed(Failure::transient(PROMOTION_UNCONFIRMED, "pg_promote")),
+        switchover: Step::Failed(Failure::new(Reason::PromotionUnconfirmed, "pg_promote")),
         ..Default::default()
     };
     let d = reconcile(&policy, &status_in(Phase::SwitchingOver), &failed, t(60));
@@ -1222,31 +1226,31 @@ fn conditions_turn_true_again_once_a_failed_part_is_back() {
             "mount lost while syncing",
             Syncing,
             ConditionType::Mounted,
-            |o| o.mount = Step::Failed(Failure::transient("MountLost", "x")),
+            |o| o.mount = Step::Failed(Failure::new(Reason::MountLost, "x")),
         ),
         (
             "published instance died while syncing",
             Syncing,
             ConditionType::Published,
-            |o| o.published = Step::Failed(Failure::transient("PublishedInstanceDown", "x")),
+            |o| o.published = Step::Failed(Failure::new(Reason::PublishedInstanceExited, "x")),
         ),
         (
             "mount lost before switchover",
             ReadyForSwitchover,
             ConditionType::Mounted,
-            |o| o.mount = Step::Failed(Failure::transient("MountLost", "x")),
+            |o| o.mount = Step::Failed(Failure::new(Reason::MountLost, "x")),
         ),
         (
             "published instance died before switchover",
             ReadyForSwitchover,
             ConditionType::Published,
-            |o| o.published = Step::Failed(Failure::transient("PublishedInstanceDown", "x")),
+            |o| o.published = Step::Failed(Failure::new(Reason::PublishedInstanceExited, "x")),
         ),
         (
             "standby lost before switchover",
             ReadyForSwitchover,
             ConditionType::Synced,
-            |o| o.standby = Standby::Failed(Failure::transient("StandbyDown", "x")),
+            |o| o.standby = Standby::Failed(Failure::new(Reason::PostgresUnavailable, "x")),
         ),
     ];
     for (name, phase, condition, break_part) in cases {

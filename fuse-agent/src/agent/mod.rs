@@ -38,7 +38,8 @@ use tokio::runtime::Handle;
 use tracing::Instrument;
 
 use crate::{MountError, MountOptions, Mounted, clear_stale_mount, is_fuse_mount, mount_backup};
-use plan::{CacheFigures, Decision, Failure, LocalMount};
+use ir_api::{Failure, Reason};
+use plan::{CacheFigures, Decision, LocalMount};
 
 /// Field manager of everything the agent writes.
 pub const FIELD_MANAGER: &str = "instant-recovery-agent";
@@ -381,7 +382,7 @@ impl Agent {
                 Ok(Action::requeue(REFRESH))
             }
             Err(failure) => {
-                tracing::warn!(mount = %target.key, attempt, reason = failure.reason, transient = failure.transient, "{}", failure.message);
+                tracing::warn!(mount = %target.key, attempt, reason = %failure.reason, transient = failure.transient, "{}", failure.message);
                 let status = plan::failed_status(
                     attempt,
                     &failure,
@@ -430,10 +431,10 @@ impl Agent {
         .await;
         let (repo, manifest) = match opened {
             Ok(Ok(found)) => found,
-            Ok(Err(e)) => return Ok(Err(plan::repo_failure(&e).naming("spec.repository"))),
+            Ok(Err(e)) => return Ok(Err(Failure::from(&e).naming("spec.repository"))),
             Err(_) => {
-                return Ok(Err(Failure::transient(
-                    "RepositoryUnavailable",
+                return Ok(Err(Failure::new(
+                    Reason::RepositoryUnavailable,
                     format!(
                         "repository {url} did not answer within {} (spec.repository.readDeadline)",
                         spec.repository.read_deadline
@@ -447,8 +448,8 @@ impl Agent {
             return Ok(Err(failure));
         }
         if let Err(e) = prepare_mount_point(&target.mount_path) {
-            return Ok(Err(Failure::permanent(
-                "MountPointError",
+            return Ok(Err(Failure::new(
+                Reason::MountPointError,
                 format!("mount point {}: {e}", target.mount_path.display()),
             )));
         }
@@ -471,8 +472,8 @@ impl Agent {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let what = format!("Secret {namespace}/{name} (spec.repository.credentialsSecret)");
         let Some(secret) = secrets.get_opt(name).await? else {
-            return Ok(Err(Failure::permanent(
-                "InvalidCredentialsSecret",
+            return Ok(Err(Failure::new(
+                Reason::InvalidCredentialsSecret,
                 format!("{what} not found"),
             )));
         };
@@ -481,12 +482,12 @@ impl Agent {
             // A trailing newline is a common slip when the Secret is made by hand.
             match bytes.map(|b| std::str::from_utf8(&b.0).map(str::trim)) {
                 Some(Ok(text)) if !text.is_empty() => Ok(text.to_owned()),
-                Some(Err(_)) => Err(Failure::permanent(
-                    "InvalidCredentialsSecret",
+                Some(Err(_)) => Err(Failure::new(
+                    Reason::InvalidCredentialsSecret,
                     format!("{what}: {key} is not UTF-8 text"),
                 )),
-                _ => Err(Failure::permanent(
-                    "InvalidCredentialsSecret",
+                _ => Err(Failure::new(
+                    Reason::InvalidCredentialsSecret,
                     format!("{what} has no {key}"),
                 )),
             }
@@ -507,16 +508,16 @@ impl Agent {
         cache_dir: &Path,
     ) -> Result<Result<(), Failure>, AgentError> {
         let Some(limit) = ir_api::quantity_bytes(size_limit) else {
-            return Ok(Err(Failure::permanent(
-                "InvalidSizeLimit",
+            return Ok(Err(Failure::new(
+                Reason::InvalidSizeLimit,
                 format!("spec.sizeLimit {size_limit:?} is not a quantity of bytes"),
             )));
         };
         let figures = self.cache_figures(cache_dir).await?;
         let free = figures.free_bytes.unwrap_or(0);
         if free.saturating_add(figures.used_bytes) < limit {
-            return Ok(Err(Failure::permanent(
-                "CacheTooSmall",
+            return Ok(Err(Failure::new(
+                Reason::CacheTooSmall,
                 format!(
                     "spec.sizeLimit is {size_limit} but the IRCache file system of node {} ({}) has {free} bytes free",
                     self.config.node_name,

@@ -3,7 +3,7 @@
 //! classified.
 
 use ir_api::crd::{BackupRepositorySpec, MountPhase, RecoveryMountStatus};
-use ir_repository::RepoError;
+use ir_api::{Failure, Reason};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -54,55 +54,6 @@ pub fn decide(
     }
 }
 
-/// Why an attempt failed, as the status reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// CamelCase cause.
-    pub reason: &'static str,
-    pub message: String,
-    /// Whether a new attempt may succeed without a change to the spec.
-    pub transient: bool,
-}
-
-impl Failure {
-    pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
-        Failure {
-            reason,
-            message: message.into(),
-            transient: false,
-        }
-    }
-
-    pub fn transient(reason: &'static str, message: impl Into<String>) -> Self {
-        Failure {
-            reason,
-            message: message.into(),
-            transient: true,
-        }
-    }
-
-    /// The failure with the repository field it is about in front of its message: `spec` is
-    /// where the repository's settings are (`spec` of a BackupRepository, `spec.repository` of
-    /// a RecoveryMount). Failures about no one field are left as they are.
-    pub fn naming(mut self, spec: &str) -> Self {
-        let field = match self.reason {
-            PATH_NOT_ALLOWED => "url",
-            CREDENTIALS_REQUIRED => "credentialsSecret",
-            AMBIENT_CREDENTIALS_NOT_ALLOWED => "s3.useAmbientCredentials",
-            _ => return self,
-        };
-        self.message = format!("{spec}.{field}: {}", self.message);
-        self
-    }
-}
-
-/// A `file://` repository outside the directories the installation allows.
-pub const PATH_NOT_ALLOWED: &str = "RepositoryPathNotAllowed";
-/// An S3 repository without a credentials Secret that did not opt in to ambient credentials.
-pub const CREDENTIALS_REQUIRED: &str = "CredentialsRequired";
-/// An S3 repository that opted in to ambient credentials where the installation lends none.
-pub const AMBIENT_CREDENTIALS_NOT_ALLOWED: &str = "AmbientCredentialsNotAllowed";
-
 /// Whether the repository is to be read with the process's own S3 credentials: only an `s3://`
 /// repository without a credentials Secret that opts in (`s3.useAmbientCredentials`), where the
 /// process allows it (`allowed`). Any other S3 repository without a Secret is refused, so that
@@ -120,8 +71,8 @@ pub fn ambient_credentials(
         .as_ref()
         .is_some_and(|s3| s3.use_ambient_credentials);
     if !opted_in {
-        return Err(Failure::permanent(
-            CREDENTIALS_REQUIRED,
+        return Err(Failure::new(
+            Reason::CredentialsRequired,
             format!(
                 "{} needs a credentials Secret (keys AWS_ACCESS_KEY_ID and \
                  AWS_SECRET_ACCESS_KEY); to read it with the installation's own credentials \
@@ -131,8 +82,8 @@ pub fn ambient_credentials(
         ));
     }
     if !allowed {
-        return Err(Failure::permanent(
-            AMBIENT_CREDENTIALS_NOT_ALLOWED,
+        return Err(Failure::new(
+            Reason::AmbientCredentialsNotAllowed,
             format!(
                 "{} asks for the installation's own S3 credentials, which this installation \
                  does not lend (chart value repositories.allowAmbientCredentials, flag \
@@ -144,34 +95,15 @@ pub fn ambient_credentials(
     Ok(true)
 }
 
-/// A repository error while opening it or reading the backup's manifest. The operator reports
-/// its own repository errors through this too.
-pub fn repo_failure(e: &RepoError) -> Failure {
-    if e.is_transient() {
-        return Failure::transient("RepositoryUnavailable", e.to_string());
-    }
-    let reason = match e {
-        RepoError::BackupNotFound { .. } | RepoError::NoBackups { .. } => "BackupNotFound",
-        RepoError::InvalidObject { .. } | RepoError::InvalidManifest { .. } => "CorruptManifest",
-        RepoError::NotARepository { .. } => "NotARepository",
-        RepoError::UnsupportedFormat { .. } => "UnsupportedRepositoryFormat",
-        RepoError::InvalidUrl { .. } | RepoError::InvalidBackupId { .. } => "InvalidSpec",
-        RepoError::PathNotAllowed { .. } => PATH_NOT_ALLOWED,
-        RepoError::NoCredentials { .. } => CREDENTIALS_REQUIRED,
-        _ => "RepositoryError",
-    };
-    Failure::permanent(reason, e.to_string())
-}
-
 pub fn mount_failure(e: &MountError) -> Failure {
     match e {
         // Another process still holds the IRCache (an agent on its way out): it lets go soon.
-        MountError::CacheBusy(_) => Failure::transient("CacheBusy", e.to_string()),
+        MountError::CacheBusy(_) => Failure::new(Reason::CacheBusy, e.to_string()),
         MountError::Cache(..) | MountError::Fs(_) => {
-            Failure::permanent("CacheError", e.to_string())
+            Failure::new(Reason::CacheError, e.to_string())
         }
-        MountError::MountPoint(..) => Failure::permanent("MountPointError", e.to_string()),
-        MountError::Fuse(..) => Failure::permanent("FuseUnavailable", e.to_string()),
+        MountError::MountPoint(..) => Failure::new(Reason::MountPointError, e.to_string()),
+        MountError::Fuse(..) => Failure::new(Reason::FuseUnavailable, e.to_string()),
     }
 }
 
@@ -224,7 +156,7 @@ pub fn pending_status(
         cache_free_bytes: cache.free_bytes,
         conditions: vec![mounted_condition(
             false,
-            "Mounting",
+            Reason::Mounting.as_str(),
             format!("mounting at {mount_path}"),
             previous,
             now,
@@ -253,7 +185,7 @@ pub fn mounted_status(
         cache_free_bytes: cache.free_bytes,
         conditions: vec![mounted_condition(
             true,
-            "Mounted",
+            Reason::Mounted.as_str(),
             format!("mounted at {mount_path}"),
             previous,
             now,
@@ -274,12 +206,12 @@ pub fn failed_status(
         attempt,
         cache_used_bytes: cache.used_bytes,
         cache_free_bytes: cache.free_bytes,
-        reason: Some(failure.reason.to_owned()),
+        reason: Some(failure.reason.to_string()),
         message: Some(failure.message.clone()),
         transient: failure.transient,
         conditions: vec![mounted_condition(
             false,
-            failure.reason,
+            failure.reason.as_str(),
             failure.message.clone(),
             previous,
             now,
@@ -291,7 +223,6 @@ pub fn failed_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn status(phase: MountPhase, attempt: u32) -> RecoveryMountStatus {
         RecoveryMountStatus {
@@ -346,119 +277,6 @@ mod tests {
     }
 
     #[test]
-    fn repository_errors_are_classified() {
-        let missing = RepoError::BackupNotFound {
-            id: "20240101-000000-abcd".into(),
-            url: "file:///repo".into(),
-        };
-        let f = repo_failure(&missing);
-        assert_eq!((f.reason, f.transient), ("BackupNotFound", false));
-        assert!(f.message.contains("20240101-000000-abcd"), "{}", f.message);
-
-        let corrupt = RepoError::InvalidObject {
-            url: "file:///repo".into(),
-            path: "backups/x.json.zst".into(),
-            reason: "bad zstd".into(),
-        };
-        let f = repo_failure(&corrupt);
-        assert_eq!((f.reason, f.transient), ("CorruptManifest", false));
-        assert!(f.message.contains("backups/x.json.zst"), "{}", f.message);
-
-        let down = RepoError::Unavailable {
-            id: ir_repository::ChunkId::of(b"x"),
-            url: "s3://b".into(),
-            waited: Duration::from_secs(30),
-            last: "connection refused".into(),
-        };
-        let f = repo_failure(&down);
-        assert_eq!((f.reason, f.transient), ("RepositoryUnavailable", true));
-
-        let url = || "s3://bucket/repo".to_owned();
-        let cases = [
-            (
-                RepoError::NotARepository { url: url() },
-                "NotARepository",
-                false,
-            ),
-            (
-                RepoError::UnsupportedFormat {
-                    url: url(),
-                    found: 2,
-                    supported: 1,
-                },
-                "UnsupportedRepositoryFormat",
-                false,
-            ),
-            (
-                RepoError::NoBackups {
-                    url: url(),
-                    invalid: 0,
-                },
-                "BackupNotFound",
-                false,
-            ),
-            (
-                RepoError::InvalidUrl {
-                    url: "nope://".into(),
-                    reason: "unknown scheme".into(),
-                },
-                "InvalidSpec",
-                false,
-            ),
-            (
-                RepoError::InvalidBackupId { id: "a/b".into() },
-                "InvalidSpec",
-                false,
-            ),
-            (
-                RepoError::MissingChunk {
-                    id: ir_repository::ChunkId::of(b"y"),
-                    url: url(),
-                },
-                "RepositoryError",
-                false,
-            ),
-        ];
-        for (error, reason, transient) in cases {
-            let f = repo_failure(&error);
-            assert_eq!((f.reason, f.transient), (reason, transient), "{error}");
-            assert_eq!(f.message, error.to_string());
-        }
-    }
-
-    #[test]
-    fn repositories_out_of_bounds_are_refused_naming_the_field() {
-        let f = repo_failure(&RepoError::PathNotAllowed {
-            url: "file:///etc".into(),
-            reason: "file:// repositories are allowed only under /srv/repos".into(),
-        })
-        .naming("spec.repository");
-        assert_eq!((f.reason, f.transient), ("RepositoryPathNotAllowed", false));
-        assert!(
-            f.message.starts_with("spec.repository.url: ") && f.message.contains("/srv/repos"),
-            "{}",
-            f.message
-        );
-        let f = repo_failure(&RepoError::NoCredentials {
-            url: "s3://b/p".into(),
-        })
-        .naming("spec");
-        assert_eq!((f.reason, f.transient), ("CredentialsRequired", false));
-        assert!(
-            f.message.starts_with("spec.credentialsSecret: "),
-            "{}",
-            f.message
-        );
-        // Other failures name no repository field.
-        let f = repo_failure(&RepoError::NoBackups {
-            url: "s3://b".into(),
-            invalid: 0,
-        })
-        .naming("spec");
-        assert!(!f.message.starts_with("spec"), "{}", f.message);
-    }
-
-    #[test]
     fn s3_without_a_secret_needs_the_opt_in_and_the_installations_consent() {
         let repo = |json| serde_json::from_value::<BackupRepositorySpec>(json).unwrap();
         let bare = repo(serde_json::json!({"url": "s3://bucket/prefix"}));
@@ -470,7 +288,10 @@ mod tests {
         let f = ambient_credentials(&bare, false, true)
             .unwrap_err()
             .naming("spec");
-        assert_eq!((f.reason, f.transient), ("CredentialsRequired", false));
+        assert_eq!(
+            (f.reason, f.transient),
+            (Reason::CredentialsRequired, false)
+        );
         assert!(
             f.message
                 .starts_with("spec.credentialsSecret: s3://bucket/prefix"),
@@ -500,7 +321,7 @@ mod tests {
         assert!(mount_failure(&busy).transient);
         let fuse = MountError::Fuse("/m".into(), std::io::Error::from_raw_os_error(libc::ENODEV));
         let f = mount_failure(&fuse);
-        assert_eq!((f.reason, f.transient), ("FuseUnavailable", false));
+        assert_eq!((f.reason, f.transient), (Reason::FuseUnavailable, false));
     }
 
     #[test]
@@ -530,7 +351,7 @@ mod tests {
         let refreshed = mounted_status(1, "/m/ns-a", t1, 8192, cache, Some(&mounted), t2);
         assert_eq!(refreshed.conditions[0].last_transition_time, Time(t1));
 
-        let failure = Failure::transient("RepositoryUnavailable", "s3://b did not answer");
+        let failure = Failure::new(Reason::RepositoryUnavailable, "s3://b did not answer");
         let failed = failed_status(2, &failure, cache, Some(&mounted), t2);
         assert_eq!(failed.phase, MountPhase::Failed);
         assert_eq!(failed.attempt, 2);

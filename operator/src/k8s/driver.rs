@@ -18,6 +18,7 @@ use tokio_postgres::Client as PgClient;
 use super::recovery::publish;
 use super::resources::{self, POSTGRES_PORT, PRIMARY_LABEL, PublishedMount};
 use super::{Context, Error};
+use ir_api::Reason;
 use ir_engine::machine::{
     self, Action, EventKind, Failure, Observed, Standby, Step, SwitchoverReport,
 };
@@ -52,7 +53,7 @@ pub(super) struct Driver<'a> {
 
 /// A Kubernetes call that failed while observing: the cluster may answer later.
 fn kube_failure(what: &str, e: kube::Error) -> Failure {
-    Failure::transient("KubernetesUnavailable", format!("{what}: {e}"))
+    Failure::new(Reason::KubernetesUnavailable, format!("{what}: {e}"))
 }
 
 impl<'a> Driver<'a> {
@@ -117,8 +118,8 @@ impl<'a> Driver<'a> {
         let name = &self.ir.spec.backup.repository_ref.name;
         match self.api::<BackupRepository>().get_opt(name).await {
             Ok(Some(repo)) => Ok(repo),
-            Ok(None) => Err(Failure::transient(
-                "RepositoryNotFound",
+            Ok(None) => Err(Failure::new(
+                Reason::RepositoryNotFound,
                 format!(
                     "spec.backup.repositoryRef: BackupRepository {}/{name} does not exist",
                     self.namespace
@@ -175,8 +176,8 @@ impl<'a> Driver<'a> {
         if let Some(major) = resources::image_major(&image)
             && major != backup.pg_major
         {
-            return Err(Failure::permanent(
-                "ImageMismatch",
+            return Err(Failure::new(
+                Reason::ImageMismatch,
                 format!(
                     "spec.postgres.image: {image} runs PostgreSQL {major}, but backup {} is \
                      PostgreSQL {}",
@@ -186,14 +187,14 @@ impl<'a> Driver<'a> {
         }
         if let Some(size) = &spec.target.size {
             let bytes = ir_api::quantity_bytes(&size.0).ok_or_else(|| {
-                Failure::permanent(
-                    "InvalidSpec",
+                Failure::new(
+                    Reason::InvalidSpec,
                     format!("spec.target.size: {:?} is not a quantity", size.0),
                 )
             })?;
             if bytes < backup.size_bytes {
-                return Err(Failure::permanent(
-                    "TargetTooSmall",
+                return Err(Failure::new(
+                    Reason::TargetTooSmall,
                     format!(
                         "spec.target.size: {} is smaller than backup {} ({} bytes)",
                         size.0, backup.id, backup.size_bytes
@@ -242,8 +243,8 @@ impl<'a> Driver<'a> {
         let nodes: Api<Node> = Api::all(self.ctx.client.clone());
         let needed = match &self.ir.spec.cache.size_limit {
             Some(q) => ir_api::quantity_bytes(&q.0).ok_or_else(|| {
-                Failure::permanent(
-                    "InvalidSpec",
+                Failure::new(
+                    Reason::InvalidSpec,
                     format!("spec.cache.sizeLimit: {:?} is not a quantity", q.0),
                 )
             })?,
@@ -264,14 +265,14 @@ impl<'a> Driver<'a> {
                 .await
                 .map_err(|e| kube_failure("reading the node", e))?
                 .ok_or_else(|| {
-                    Failure::transient(
-                        "NodeNotFound",
+                    Failure::new(
+                        Reason::NodeNotFound,
                         format!("spec.nodeName: node {name} does not exist"),
                     )
                 })?;
             let free = agent(&node).ok_or_else(|| {
-                Failure::transient(
-                    "AgentUnavailable",
+                Failure::new(
+                    Reason::AgentUnavailable,
                     format!(
                         "spec.nodeName: node {name} has no running instant-recovery agent \
                          (no heartbeat within {:?})",
@@ -280,8 +281,8 @@ impl<'a> Driver<'a> {
                 )
             })?;
             if free < needed {
-                return Err(Failure::transient(
-                    "InsufficientCacheSpace",
+                return Err(Failure::new(
+                    Reason::InsufficientCacheSpace,
                     format!(
                         "spec.cache.sizeLimit: node {name} has {free} bytes free for the IRCache, \
                          {needed} needed"
@@ -304,12 +305,12 @@ impl<'a> Driver<'a> {
             .max();
         match best {
             Some((_, name)) => Ok(name),
-            None if with_agent == 0 => Err(Failure::transient(
-                "AgentUnavailable",
+            None if with_agent == 0 => Err(Failure::new(
+                Reason::AgentUnavailable,
                 "no node runs an instant-recovery agent (is the DaemonSet installed?)",
             )),
-            None => Err(Failure::transient(
-                "InsufficientCacheSpace",
+            None => Err(Failure::new(
+                Reason::InsufficientCacheSpace,
                 format!(
                     "spec.cache.sizeLimit: no node with an agent has {needed} bytes free for the \
                      IRCache"
@@ -326,8 +327,8 @@ impl<'a> Driver<'a> {
             Some(mount) => mount,
             None => {
                 let Some(backup) = &self.status.backup else {
-                    return Ok(Step::Failed(Failure::permanent(
-                        "NotValidated",
+                    return Ok(Step::Failed(Failure::new(
+                        Reason::NotValidated,
                         "the recovery has no validated backup",
                     )));
                 };
@@ -378,15 +379,18 @@ impl<'a> Driver<'a> {
                     .await?;
                 Step::InProgress
             }
-            MountPhase::Failed => Step::Failed(Failure {
-                transient: status.transient,
-                reason: status.reason.unwrap_or_else(|| "MountFailed".to_owned()),
-                message: format!(
+            MountPhase::Failed => Step::Failed(Failure::relayed(
+                status
+                    .reason
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(Reason::MountFailed),
+                status.transient,
+                format!(
                     "node {}: {}",
                     mount.spec.node_name,
                     status.message.unwrap_or_default()
                 ),
-            }),
+            )),
         };
         Ok(step)
     }
@@ -409,8 +413,8 @@ impl<'a> Driver<'a> {
             {
                 Ok(())
             }
-            _ => Err(Failure::transient(
-                "AgentUnavailable",
+            _ => Err(Failure::new(
+                Reason::AgentUnavailable,
                 format!("the instant-recovery agent on node {node} stopped reporting"),
             )),
         }
@@ -465,8 +469,8 @@ impl<'a> Driver<'a> {
             return Ok(Step::InProgress);
         };
         if let Err(why) = check_mount_path(mount, &host_path) {
-            return Ok(Step::Failed(Failure::permanent(
-                "MountPathInvalid",
+            return Ok(Step::Failed(Failure::new(
+                Reason::MountPathInvalid,
                 format!(
                     "RecoveryMount {}/{}: status.mountPath {host_path:?} {why}",
                     self.namespace, self.name
@@ -512,7 +516,7 @@ impl<'a> Driver<'a> {
             // The agent mounted again: files PostgreSQL had open are gone with the old session.
             tracing::info!(pod = %pod_name, "the mount was renewed: restarting the published instance");
             self.publish_note(
-                "MountRenewed",
+                Reason::MountRenewed,
                 "the agent mounted the backup again; restarting the published instance (crash \
                  recovery from the IRCache)",
             )
@@ -629,8 +633,8 @@ impl<'a> Driver<'a> {
                 t.message.map(|m| format!(": {m}")).unwrap_or_default()
             )
         });
-        Ok(Step::Failed(Failure::transient(
-            "PublishedInstanceExited",
+        Ok(Step::Failed(Failure::new(
+            Reason::PublishedInstanceExited,
             format!(
                 "PostgreSQL in Pod {name} exited{detail}; see `kubectl logs {name}`; a retry \
                  starts it again"
@@ -638,13 +642,13 @@ impl<'a> Driver<'a> {
         )))
     }
 
-    async fn publish_note(&self, reason: &str, message: &str) {
+    async fn publish_note(&self, reason: Reason, message: &str) {
         publish(
             self.ctx,
             self.ir,
             &machine::Event {
                 kind: EventKind::Normal,
-                reason: reason.to_owned(),
+                reason,
                 message: message.to_owned(),
             },
         )
@@ -767,8 +771,8 @@ impl<'a> Driver<'a> {
                 return Ok(Standby::Absent);
             }
             if restarts >= BASE_BACKUP_RESTARTS {
-                return Ok(Standby::Failed(Failure::transient(
-                    "BaseBackupFailed",
+                return Ok(Standby::Failed(Failure::new(
+                    Reason::BaseBackupFailed,
                     format!(
                         "pg_basebackup in Pod {target} failed {restarts} times; see `kubectl logs \
                          {target} -c base-backup`"
@@ -833,8 +837,8 @@ impl<'a> Driver<'a> {
                     STOPPED_EARLIER,
                 )));
             }
-            return Ok(Step::Failed(Failure::transient(
-                "StandbyUnavailable",
+            return Ok(Step::Failed(Failure::new(
+                Reason::StandbyUnavailable,
                 message,
             )));
         };
@@ -894,7 +898,7 @@ impl<'a> Driver<'a> {
         let message = e.to_string();
         match e.reached {
             Reached::BeforeStop if self.api::<Pod>().get_opt(published).await?.is_some() => {
-                return Ok(Failure::transient("SwitchoverFailed", message));
+                return Ok(Failure::new(Reason::SwitchoverFailed, message));
             }
             Reached::BeforeStop => {
                 return Ok(Failure::promotion_unconfirmed(&message, STOPPED_EARLIER));
@@ -919,8 +923,8 @@ impl<'a> Driver<'a> {
             ));
         }
         let restart = self.restart_published().await?;
-        Ok(Failure::transient(
-            "SwitchoverFailed",
+        Ok(Failure::new(
+            Reason::SwitchoverFailed,
             format!("{message}; {restart}"),
         ))
     }
@@ -957,7 +961,7 @@ impl<'a> Driver<'a> {
             ));
         }
         self.publish_note(
-            "PublishedRestarted",
+            Reason::PublishedRestarted,
             "the switchover failed before the promotion: the published instance serves again",
         )
         .await;
@@ -1028,8 +1032,8 @@ impl<'a> Driver<'a> {
         };
         Ok(match dropped {
             Ok(()) => Step::Ready(()),
-            Err(e) => Step::Failed(Failure::transient(
-                "PostgresUnavailable",
+            Err(e) => Step::Failed(Failure::new(
+                Reason::PostgresUnavailable,
                 postgres::describe(&e),
             )),
         })
@@ -1143,7 +1147,7 @@ fn first_query_failure(
     credentials_secret: &str,
     backup: &str,
 ) -> Failure {
-    let message = if rejection.reason == postgres::DATABASE_MISSING {
+    let message = if rejection.reason == Reason::DatabaseMissing {
         format!(
             "spec.backup: backup {backup} has no database {OPERATOR_DATABASE:?}, which the \
              operator always connects to (the name is not configurable): {}",
@@ -1156,7 +1160,7 @@ fn first_query_failure(
             rejection.message
         )
     };
-    Failure::permanent(rejection.reason, message)
+    Failure::new(rejection.reason, message)
 }
 
 /// A container that cannot start for a reason a wait will not fix soon (bad image, missing
@@ -1179,8 +1183,8 @@ fn waiting_failure(pod: &Pod) -> Option<Failure> {
                     | "CreateContainerConfigError"
             ) || (is_main && reason == "CrashLoopBackOff"))
         {
-            return Some(Failure::transient(
-                "PodCannotStart",
+            return Some(Failure::new(
+                Reason::PodCannotStart,
                 format!(
                     "Pod {}: container {} {reason}: {}",
                     pod.name_any(),
@@ -1217,7 +1221,7 @@ async fn ensure_replication_role(
     generated: bool,
 ) -> Result<(), Failure> {
     let pg = |e: tokio_postgres::Error| {
-        Failure::transient("PostgresUnavailable", postgres::describe(&e))
+        Failure::new(Reason::PostgresUnavailable, postgres::describe(&e))
     };
     let row = client
         .query_opt(
@@ -1235,8 +1239,8 @@ async fn ensure_replication_role(
                 .await
                 .map_err(pg)
         }
-        (_, false) => Err(Failure::permanent(
-            "ReplicationRoleMissing",
+        (_, false) => Err(Failure::new(
+            Reason::ReplicationRoleMissing,
             format!(
                 "spec.postgres.replicationSecret: role {user:?} does not exist in the backup or \
                  cannot log in for replication"
@@ -1461,7 +1465,7 @@ mod tests {
         };
         let f = first_query_failure(
             rejected(
-                postgres::DATABASE_MISSING,
+                Reason::DatabaseMissing,
                 "database \"postgres\" does not exist",
             ),
             "shop",
@@ -1478,7 +1482,7 @@ mod tests {
 
         let f = first_query_failure(
             rejected(
-                postgres::AUTHENTICATION_FAILED,
+                Reason::AuthenticationFailed,
                 "password authentication failed for user \"postgres\"",
             ),
             "shop",

@@ -32,6 +32,7 @@ use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use ir_api::Reason;
 use ir_engine::machine::Failure;
 use ir_engine::postgres::{PgError, SwitchoverTimeouts};
 use leader::{Elector, LeaderError, LeaseConfig};
@@ -326,14 +327,14 @@ pub async fn read_secret(
     let secret = match secrets.get_opt(name).await {
         Ok(Some(secret)) => secret,
         Ok(None) => {
-            return Err(Failure::transient(
-                "SecretNotFound",
+            return Err(Failure::new(
+                Reason::SecretNotFound,
                 format!("{field}: Secret {namespace}/{name} does not exist"),
             ));
         }
         Err(e) => {
-            return Err(Failure::transient(
-                "KubernetesUnavailable",
+            return Err(Failure::new(
+                Reason::KubernetesUnavailable,
                 format!("reading Secret {namespace}/{name}: {e}"),
             ));
         }
@@ -341,8 +342,8 @@ pub async fn read_secret(
     keys.iter()
         .map(|key| {
             secret_value(&secret, key).ok_or_else(|| {
-                Failure::permanent(
-                    "SecretKeyMissing",
+                Failure::new(
+                    Reason::SecretKeyMissing,
                     format!("{field}: Secret {namespace}/{name} has no key {key:?}"),
                 )
             })
@@ -353,10 +354,10 @@ pub async fn read_secret(
 /// The failure of a repository check with the BackupRepository field it is about in front of
 /// its message (`spec.url` of a path outside the file roots, `spec.credentialsSecret`...).
 pub fn naming_repository_field(failure: Failure) -> Failure {
-    let field = match failure.reason.as_str() {
-        plan::PATH_NOT_ALLOWED => "spec.url",
-        plan::CREDENTIALS_REQUIRED => "spec.credentialsSecret",
-        plan::AMBIENT_CREDENTIALS_NOT_ALLOWED => "spec.s3.useAmbientCredentials",
+    let field = match failure.reason {
+        Reason::RepositoryPathNotAllowed => "spec.url",
+        Reason::CredentialsRequired => "spec.credentialsSecret",
+        Reason::AmbientCredentialsNotAllowed => "spec.s3.useAmbientCredentials",
         _ => return failure,
     };
     if failure.message.starts_with(field) {

@@ -168,7 +168,7 @@ pub(super) async fn publish(ctx: &Context, ir: &InstantRecovery, event: &machine
             EventKind::Normal => EventType::Normal,
             EventKind::Warning => EventType::Warning,
         },
-        reason: event.reason.clone(),
+        reason: event.reason.to_string(),
         note: Some(event.message.chars().take(1000).collect()),
         action: "Reconcile".to_owned(),
         secondary: None,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ir_api::Reason;
 use ir_api::crd::{BackupRepository, ListedBackup};
 use ir_api::recovery::BackupInfo;
 use ir_repository::Repository;
@@ -44,11 +45,11 @@ async fn check_and_report(repo: &BackupRepository, ctx: &Context) -> Result<Acti
     let (status, reason, message, backups) = match checked {
         Ok(backups) => (
             "True",
-            "Listed".to_owned(),
+            Reason::Listed.to_string(),
             format!("{} backups", backups.len()),
             Some(backups),
         ),
-        Err(f) => ("False", f.reason, f.message, None),
+        Err(f) => ("False", f.reason.to_string(), f.message, None),
     };
     // `Ready` mirrors `Reachable` for tools that only read `Ready`.
     let conditions = ["Reachable", "Ready"].map(|type_| {
@@ -103,12 +104,9 @@ async fn check(
     let options = super::store_options(&ctx.client, namespace, &repo.spec, &ctx.settings).await?;
     let opened = Repository::open(&repo.spec.url, &options)
         .await
-        .map_err(ir_engine::backup::repo_failure)
+        .map_err(ir_api::Failure::from)
         .map_err(super::naming_repository_field)?;
-    let list = opened
-        .list_backups()
-        .await
-        .map_err(ir_engine::backup::repo_failure)?;
+    let list = opened.list_backups().await.map_err(ir_api::Failure::from)?;
     for invalid in &list.invalid {
         tracing::warn!(repository = %repo.spec.url, backup = %invalid.id, reason = %invalid.reason, "invalid backup manifest; left out");
     }
