@@ -361,9 +361,24 @@ impl Instance {
 
     /// The running postmaster's pid, from `postmaster.pid`.
     pub fn running_pid(&self) -> Option<u32> {
+        self.postmaster_pid().filter(|pid| process::is_alive(*pid))
+    }
+
+    /// Removes `postmaster.pid` of a postmaster that died but was never reaped (a zombie whose
+    /// parent is gone, where nothing adopts orphans): PostgreSQL's own lock check would take it
+    /// for a live server forever.
+    pub fn remove_stale_lock(&self) -> Result<(), PgError> {
+        let path = self.datadir.join("postmaster.pid");
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PgError::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The pid `postmaster.pid` names, whether that process still runs or not.
+    pub fn postmaster_pid(&self) -> Option<u32> {
         let text = std::fs::read_to_string(self.datadir.join("postmaster.pid")).ok()?;
-        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-        process::is_alive(pid).then_some(pid)
+        text.lines().next()?.trim().parse().ok()
     }
 
     /// Waits until the instance answers a query; returns when it first did. Fails at once when

@@ -208,13 +208,23 @@ pub async fn kill_group(pid: u32) -> std::io::Result<()> {
             return Err(e);
         }
     }
+    wait_reaped(pid, Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Waits until `pid` is reaped, not only dead: until then it keeps its pid, which PostgreSQL's
+/// lock file check takes for a live postmaster. False on timeout.
+pub async fn wait_reaped(pid: u32, timeout: Duration) -> bool {
     // Running or a zombie, a process has its /proc entry until it is reaped.
     let proc_entry = PathBuf::from(format!("/proc/{pid}"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proc_entry.exists() && Instant::now() < deadline {
+    let deadline = Instant::now() + timeout;
+    while proc_entry.exists() {
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
+    true
 }
 
 /// The last `max` bytes of a log, for error messages.

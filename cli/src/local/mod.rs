@@ -37,6 +37,8 @@ use ir_fuse::is_fuse_mount;
 
 /// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
 pub const MOUNT_EXIT_TRANSIENT: i32 = 75;
+/// How long a postmaster that died by itself may take to be reaped before a new one starts.
+const STALE_POSTMASTER_WAIT: Duration = Duration::from_secs(10);
 /// `cluster_name` of the standby: the application name it streams under.
 const STANDBY_NAME: &str = "instant-recovery-target";
 
@@ -1034,6 +1036,17 @@ impl LocalRecovery {
         let pid = match running {
             Some(pid) => pid,
             None => {
+                // A postmaster that just died by itself (its mount went away under it) keeps
+                // its pid until it is reaped, and the new one would refuse to start over it.
+                if let Some(stale) = instance.postmaster_pid()
+                    && !process::wait_reaped(stale, STALE_POSTMASTER_WAIT).await
+                {
+                    tracing::warn!(
+                        pid = stale,
+                        "a dead postmaster was never reaped; removing its lock file"
+                    );
+                    instance.remove_stale_lock()?;
+                }
                 self.write_config(instance, which)?;
                 match instance.start(&bins, &self.pg_user) {
                     Ok(pid) => pid,
