@@ -26,7 +26,6 @@ use ir_repository::{BackupManifest, ChunkId, Entry, EntryKind};
 use crate::blockmap::{BLOCK_SIZE, BlockMap};
 use crate::error::{FsError, FsResult};
 use crate::meta::{Batch, Binding, InodeRecord, MetaStore, NodeKind};
-use crate::source::ChunkSource;
 use crate::stats::MountStats;
 
 pub const ROOT_INO: u64 = 1;
@@ -100,6 +99,18 @@ pub struct CacheOptions {
     /// Where the cache counts its ENOSPC refusals.
     pub stats: Arc<MountStats>,
 }
+
+/// Where the base content of a backup comes from. The filesystem only sees this trait, so its
+/// logic can be tested against an in-memory source.
+pub trait ChunkSource: Send + Sync {
+    /// The plain bytes of chunk `id`, `len` bytes long, checked against its hash.
+    fn fetch(&self, id: &ChunkId, len: usize) -> Result<Bytes, FetchError>;
+    /// Starts fetching chunks likely to be read soon; returns at once.
+    fn prefetch(&self, chunks: &[(ChunkId, usize)]);
+}
+
+/// Why a chunk could not be had (shared by every reader waiting on the same fetch).
+pub type FetchError = Arc<dyn std::error::Error + Send + Sync>;
 
 struct NodeState {
     rec: InodeRecord,
@@ -1777,7 +1788,6 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::source::FetchError;
     use ir_repository::EntryPath;
 
     const CS: u64 = 64 * 1024;
