@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::space::Room;
-use super::{Attr, DirEntry, IrFs, Node, NodeState, ROOT_INO, now};
+use super::{Attr, DirEntry, IrFs, Namespace, Node, NodeState, ROOT_INO, now};
 use crate::blockmap::BlockMap;
 use crate::error::{FsError, FsResult};
 use crate::meta::{Batch, InodeRecord, NodeKind};
@@ -234,15 +234,8 @@ impl IrFs {
         let ino = *dir.get(name.as_bytes()).ok_or(FsError::NotFound)?;
         let node = ns.nodes.get(&ino).cloned().ok_or(FsError::NotFound)?;
         let parent_node = ns.nodes.get(&parent).cloned().ok_or(FsError::NotFound)?;
-        let is_dir = node.st.read().expect("node lock").rec.kind == NodeKind::Dir;
-        match (want_dir, is_dir) {
-            (true, false) => return Err(FsError::NotDir),
-            (false, true) => return Err(FsError::IsDir),
-            (true, true) if ns.children.get(&ino).is_some_and(|c| !c.is_empty()) => {
-                return Err(FsError::NotEmpty);
-            }
-            _ => {}
-        }
+        let is_dir = node.is_dir();
+        ns.removable(ino, is_dir, want_dir)?;
         let (purge, undo) = Self::drop_link(&node);
         let gone = purge || is_dir;
         let parent_times = touch(&parent_node);
@@ -321,7 +314,7 @@ impl IrFs {
             return Ok(());
         }
         let node = ns.nodes.get(&ino).cloned().ok_or(FsError::NotFound)?;
-        let is_dir = node.st.read().expect("node lock").rec.kind == NodeKind::Dir;
+        let is_dir = node.is_dir();
         if is_dir {
             // A directory may not move below itself.
             let mut p = newparent;
@@ -341,15 +334,8 @@ impl IrFs {
                 return Err(FsError::Exists);
             }
             let old_node = ns.nodes.get(&old).cloned().ok_or(FsError::NotFound)?;
-            let old_is_dir = old_node.st.read().expect("node lock").rec.kind == NodeKind::Dir;
-            match (is_dir, old_is_dir) {
-                (true, false) => return Err(FsError::NotDir),
-                (false, true) => return Err(FsError::IsDir),
-                (true, true) if ns.children.get(&old).is_some_and(|c| !c.is_empty()) => {
-                    return Err(FsError::NotEmpty);
-                }
-                _ => {}
-            }
+            let old_is_dir = old_node.is_dir();
+            ns.removable(old, old_is_dir, is_dir)?;
             let (purge, undo) = Self::drop_link(&old_node);
             victim = Some((old_node.clone(), purge || old_is_dir, undo));
         }
@@ -416,6 +402,27 @@ impl IrFs {
             self.space.freed();
         }
         Ok(())
+    }
+}
+
+impl Namespace {
+    /// Refuses to remove entry `ino` (a directory if `is_dir`) where a directory (`want_dir`) or
+    /// a non-directory is asked for, and a directory that is not empty.
+    fn removable(&self, ino: u64, is_dir: bool, want_dir: bool) -> FsResult<()> {
+        match (want_dir, is_dir) {
+            (true, false) => Err(FsError::NotDir),
+            (false, true) => Err(FsError::IsDir),
+            (true, true) if self.children.get(&ino).is_some_and(|c| !c.is_empty()) => {
+                Err(FsError::NotEmpty)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Node {
+    fn is_dir(&self) -> bool {
+        self.st.read().expect("node lock").rec.kind == NodeKind::Dir
     }
 }
 
