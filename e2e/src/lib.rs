@@ -9,6 +9,7 @@ pub mod installation;
 pub mod kubelet;
 pub mod pg;
 pub mod s3;
+pub mod tmpfs;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -97,6 +98,19 @@ pub(crate) fn random_hex(bytes: usize) -> String {
         .and_then(|mut f| f.read_exact(&mut buf))
         .expect("read /dev/urandom");
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `len` pseudo-random bytes (xorshift) that do not compress away; the same for the same `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// Mount points at or below `root`, from /proc/self/mountinfo.

@@ -14,8 +14,8 @@ pub mod source;
 pub mod stats;
 
 pub use error::{FsError, FsResult};
-pub use fs::{CacheOptions, IrFs};
+pub use fs::{CacheOptions, ChunkSource, IrFs};
 pub use mount::{
     MountError, MountOptions, Mounted, clear_stale_mount, is_fuse_mount, mount_backup,
 };
-pub use source::{ChunkSource, RepoSource, SourceConfig};
+pub use source::{RepoSource, SourceConfig};

@@ -18,20 +18,9 @@ use lru::LruCache;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+pub use crate::fs::{ChunkSource, FetchError};
 use crate::fs::{private_dir, tighten};
 use crate::stats::MountStats;
-
-/// Where the base content of a backup comes from. The filesystem only sees this trait, so its
-/// logic can be tested against an in-memory source.
-pub trait ChunkSource: Send + Sync {
-    /// The plain bytes of chunk `id`, `len` bytes long, checked against its hash.
-    fn fetch(&self, id: &ChunkId, len: usize) -> Result<Bytes, FetchError>;
-    /// Starts fetching chunks likely to be read soon; returns at once.
-    fn prefetch(&self, chunks: &[(ChunkId, usize)]);
-}
-
-/// Why a chunk could not be had (shared by every reader waiting on the same fetch).
-pub type FetchError = Arc<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Clone)]
 pub struct SourceConfig {

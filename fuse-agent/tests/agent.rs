@@ -19,6 +19,7 @@ use ir_api::crd::{
     S3Spec,
 };
 use ir_e2e::cluster::ControlPlane;
+use ir_e2e::pattern;
 use ir_repository::{Progress, Repository, StoreOptions};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Node, Secret};
@@ -65,19 +66,6 @@ subjects:
     namespace: ir-system
 "#;
 
-/// Pseudo-random bytes that do not compress away.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A cleanly shut down pg_control: system identifier, state 1 (shut down), checkpoint, timeline.
 fn pg_control() -> Vec<u8> {
     let mut b = vec![0u8; 8192];
@@ -92,7 +80,7 @@ fn backup_files() -> BTreeMap<&'static str, Vec<u8>> {
     BTreeMap::from([
         ("PG_VERSION", b"16\n".to_vec()),
         ("global/pg_control", pg_control()),
-        ("base/1/1259", noise(300_000, 1)),
+        ("base/1/1259", pattern(300_000, 1)),
         ("postgresql.conf", b"shared_buffers = 128MB\n".to_vec()),
     ])
 }
@@ -377,7 +365,7 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
         let meta = std::fs::metadata(mount_path.join(path)).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (UID, GID), "{path}");
     }
-    let written = noise(100_000, 7);
+    let written = pattern(100_000, 7);
     let mut new_file = std::fs::File::create(mount_path.join("base/1/new")).unwrap();
     new_file.write_all(&written).unwrap();
     new_file.sync_all().unwrap();
@@ -448,7 +436,7 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     let second_mounted_at = status.mounted_at.unwrap();
     let mut expected_relation = backup_files()["base/1/1259"].clone();
     expected_relation[..overwrite.len()].copy_from_slice(&overwrite);
-    let unsynced = noise(5000, 11);
+    let unsynced = pattern(5000, 11);
     let unsynced_at = 200_000;
     expected_relation[unsynced_at..unsynced_at + unsynced.len()].copy_from_slice(&unsynced);
     let file = std::fs::OpenOptions::new()
@@ -457,7 +445,7 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
         .unwrap();
     file.write_all_at(&unsynced, unsynced_at as u64).unwrap();
     drop(file);
-    let open_data = noise(70_000, 13);
+    let open_data = pattern(70_000, 13);
     let mut open_file = std::fs::File::create(mount_path.join("base/1/open")).unwrap();
     open_file.write_all(&open_data).unwrap();
     let exit = agent.terminate();

@@ -2,10 +2,8 @@
 //! without a remount, and every file of a cache is its owner's alone.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -14,25 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ir_e2e::s3::S3Server;
-use ir_e2e::{require_fuse, shared_tempdir};
+use ir_e2e::tmpfs::Tmpfs;
+use ir_e2e::{pattern, require_fuse, shared_tempdir};
 use ir_fuse::{MountOptions, Mounted, mount_backup};
 use ir_repository::{BackupManifest, Progress, Repository, S3Credentials, StoreOptions};
 
 /// The user a local attacker would be.
 const NOBODY: u32 = 65534;
-
-/// Pseudo-random bytes that do not compress away.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A cleanly shut down pg_control: system identifier, state 1 (shut down), checkpoint, timeline.
 fn pg_control() -> Vec<u8> {
@@ -50,7 +36,7 @@ async fn backup(dir: &Path, url: &str, opts: &StoreOptions) -> (Repository, Back
     let files = BTreeMap::from([
         ("PG_VERSION", b"16\n".to_vec()),
         ("global/pg_control", pg_control()),
-        ("base/1/1259", noise(300_000, 1)),
+        ("base/1/1259", pattern(300_000, 1)),
     ]);
     for (path, content) in files {
         let path = data.join(path);
@@ -109,47 +95,6 @@ fn logs() -> Arc<Mutex<Vec<u8>>> {
     .clone()
 }
 
-/// A tmpfs of `size` mounted at `dir` while this lives: a disk that really fills up.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(dir).unwrap();
-        let c = |s: &[u8]| CString::new(s).unwrap();
-        let (tmpfs, target, data) = (
-            c(b"tmpfs"),
-            c(dir.as_os_str().as_bytes()),
-            c(format!("size={size}").as_bytes()),
-        );
-        // SAFETY: valid C strings for the duration of the call.
-        let ret = unsafe {
-            libc::mount(
-                tmpfs.as_ptr(),
-                target.as_ptr(),
-                tmpfs.as_ptr(),
-                0,
-                data.as_ptr().cast(),
-            )
-        };
-        assert_eq!(
-            ret,
-            0,
-            "mount a tmpfs at {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let target = CString::new(self.0.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid C string; MNT_DETACH only detaches.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 #[track_caller]
 fn assert_enospc<T: std::fmt::Debug>(result: std::io::Result<T>, what: &str) {
     let err = result.expect_err(&format!("{what} on a full cache disk"));
@@ -173,15 +118,15 @@ fn full_cache_disk_is_enospc_where_it_applies_and_heals_without_remount() {
     fs::create_dir(&mnt).unwrap();
     let mounted = mount(repo.clone(), manifest.clone(), &cache, &mnt);
 
-    let kept = noise(100_000, 5);
+    let kept = pattern(100_000, 5);
     let keep = File::create(mnt.join("keep")).unwrap();
     keep.write_all_at(&kept, 0).unwrap();
     keep.sync_all().unwrap();
     // Together these free less than the headroom a full disk needs to take writes again.
     for (name, len) in [("old", 64 << 10), ("victim", 64 << 10), ("gone", 128 << 10)] {
-        fs::write(mnt.join(name), noise(len, len as u64)).unwrap();
+        fs::write(mnt.join(name), pattern(len, len as u64)).unwrap();
     }
-    fs::write(mnt.join("long"), noise(512 << 10, 9)).unwrap();
+    fs::write(mnt.join("long"), pattern(512 << 10, 9)).unwrap();
     fs::create_dir(mnt.join("empty")).unwrap();
     // Another program's file on the same disk; deleting it is how room comes back.
     let outside = disk.join("outside");
@@ -251,7 +196,7 @@ fn full_cache_disk_is_enospc_where_it_applies_and_heals_without_remount() {
     assert_eq!(fs::read(mnt.join("keep")).unwrap(), want);
     assert_eq!(
         fs::read(mnt.join("victim")).unwrap(),
-        noise(64 << 10, 64 << 10)
+        pattern(64 << 10, 64 << 10)
     );
     assert_eq!(fs::metadata(mnt.join("long")).unwrap().len(), 8192);
     assert!(mnt.join("after").is_dir());
@@ -323,7 +268,7 @@ fn cache_files_are_their_owners_alone_whatever_the_umask() {
     // Remote reads fill the chunk cache; writes fill the IRCache.
     assert_eq!(
         fs::read(mnt.join("base/1/1259")).unwrap(),
-        noise(300_000, 1)
+        pattern(300_000, 1)
     );
     let rel = File::options()
         .write(true)
