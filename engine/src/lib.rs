@@ -1,9 +1,10 @@
 //! The instant-recovery engine, shared by both drivers (`irctl recover` on one host, the
-//! operator on Kubernetes): the recovery state machine ([`machine`]), finding the backup to
-//! recover ([`backup`]), PostgreSQL control ([`postgres`]) and the processes it runs
-//! ([`process`]).
+//! operator on Kubernetes): the recovery state machine ([`machine`]), the round that drives it
+//! through a [`round::Driver`] ([`round`]), finding the backup to recover ([`backup`]),
+//! PostgreSQL control ([`postgres`]) and the processes it runs ([`process`]).
 
 pub mod backup;
 pub mod machine;
 pub mod postgres;
 pub mod process;
+pub mod round;

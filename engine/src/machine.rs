@@ -115,6 +115,12 @@ pub enum Action {
     Switchover,
     /// Stop using the mount: unmount, drop the IRCache.
     Cleanup,
+    /// Start the published instance again, writable, after a switchover stopped it and failed
+    /// before any promotion. Asked by the round ([`crate::round`]), never planned.
+    RestartPublished,
+    /// Throw the standby's copy away and copy again from the published instance. Asked by the
+    /// round, never planned.
+    RestartCopy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,12 +27,13 @@ use serde::{Deserialize, Serialize};
 use dir::{Ancestors, Dir, FileId, WalkError};
 use ir_api::Reason;
 use ir_engine::machine::{
-    self, Action, Decision, Event, Failure, Observed, Policy, Standby, Step, SwitchoverReport,
+    Action, Decision, Event, Failure, Policy, Standby, Step, SwitchoverReport,
 };
 use ir_engine::postgres::{
-    self, Endpoint, Instance, LocalPublished, PgBinaries, Reached, Switchover, SwitchoverTimeouts,
+    self, Endpoint, Instance, LocalPublished, PgBinaries, Switchover, SwitchoverTimeouts,
 };
 use ir_engine::process::{self, OsUser, ProcState};
+use ir_engine::round::{self, CopyAttempt, Driver, Found, Interruption, RoundInfo};
 use ir_fuse::is_fuse_mount;
 
 /// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
@@ -280,6 +281,9 @@ struct Resources {
     target_pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     base_backup_pid: Option<u32>,
+    /// Why the last copy failed, until the engine has it made again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base_backup_failure: Option<String>,
     /// The target directory made (or found empty) at validation: `--target-pgdata` must lead
     /// to it, and nowhere else, whenever root empties it or hands it to PostgreSQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -477,6 +481,44 @@ struct Requests {
     retry: Option<String>,
 }
 
+/// The local driver for one run: the recovery and where its reports go.
+struct Session<'a> {
+    recovery: &'a mut LocalRecovery,
+    report: &'a mut (dyn FnMut(Report<'_>) + Send),
+}
+
+impl Driver for Session<'_> {
+    type Error = LocalError;
+
+    async fn requests(&mut self) -> Result<round::Requests, LocalError> {
+        let pending = self.recovery.workdir.pending_requests();
+        Ok(round::Requests {
+            retry: pending.retry,
+            approved: pending.approved,
+        })
+    }
+
+    async fn execute(&mut self, action: Action, _: RoundInfo<'_>) -> Result<Found, LocalError> {
+        self.recovery.execute(action).await
+    }
+
+    async fn persist(&mut self, status: &RecoveryStatus) -> Result<(), LocalError> {
+        let recovery = &mut *self.recovery;
+        recovery.state.status = status.clone();
+        if recovery.persisted {
+            recovery.workdir.save(&recovery.state)?;
+        }
+        Ok(())
+    }
+
+    async fn report(&mut self, events: &[Event], status: &RecoveryStatus) {
+        for event in events {
+            (self.report)(Report::Event(event, status));
+        }
+        (self.report)(Report::Status(status));
+    }
+}
+
 /// What the driver reports while it runs.
 #[derive(Debug, Clone)]
 pub enum Report<'a> {
@@ -495,7 +537,6 @@ pub struct LocalRecovery {
     /// The `irctl` binary, which runs the mount.
     mount_program: PathBuf,
     pg_user: OsUser,
-    observed: Observed,
     bins: Option<PgBinaries>,
     _lock: Option<File>,
 }
@@ -536,7 +577,6 @@ impl LocalRecovery {
             persisted,
             mount_program,
             pg_user,
-            observed: Observed::default(),
             bins: None,
             _lock: lock,
         })
@@ -569,12 +609,12 @@ impl LocalRecovery {
         )
     }
 
-    /// Runs the recovery until it completes, fails, or `stop` is set (between steps: a step
+    /// Runs the recovery until it completes, fails, or `stop` is set (between rounds: a step
     /// such as the switchover is never abandoned halfway).
     pub async fn run(
         &mut self,
         stop: Arc<AtomicBool>,
-        report: &mut dyn FnMut(Report<'_>),
+        report: &mut (dyn FnMut(Report<'_>) + Send),
     ) -> Result<(), LocalError> {
         if self.persisted {
             let status = &self.state.status;
@@ -585,31 +625,32 @@ impl LocalRecovery {
             self.workdir.request_retry()?;
         }
         loop {
-            let decision = self.reconcile();
-            self.state.status = decision.status.clone();
-            if self.persisted {
-                self.workdir.save(&self.state)?;
-            }
-            for event in &decision.events {
-                report(Report::Event(event, &self.state.status));
-            }
-            report(Report::Status(&self.state.status));
-            match self.state.status.phase {
+            let spec = &self.state.spec;
+            let policy = Policy {
+                switchover: spec.switchover.clone(),
+                retry: spec.retry.clone(),
+            };
+            let status = self.state.status.clone();
+            let round = round::round(
+                &mut Session {
+                    recovery: self,
+                    report: &mut *report,
+                },
+                &policy,
+                &status,
+                Timestamp::now,
+            )
+            .await?;
+            match round.decision.status.phase {
                 Phase::Failed => return Err(self.failure()),
-                Phase::Completed if decision.requeue_after.is_none() => return Ok(()),
+                Phase::Completed if round.decision.requeue_after.is_none() => return Ok(()),
                 _ => {}
-            }
-            for action in &decision.actions {
-                if !self.execute(*action).await? {
-                    break;
-                }
             }
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            // Look again at once when what the actions found moves the recovery on.
-            if self.reconcile().status.phase == self.state.status.phase {
-                self.pause(&decision, &stop).await;
+            if !round.moved_on {
+                self.pause(&round.decision, &stop).await;
             }
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -627,23 +668,6 @@ impl LocalRecovery {
         } else {
             LocalError::Invalid { reason, message }
         }
-    }
-
-    fn reconcile(&mut self) -> Decision {
-        let spec = &self.state.spec;
-        let mut policy = Policy {
-            switchover: spec.switchover.clone(),
-            retry: spec.retry.clone(),
-        };
-        let requests = self.workdir.pending_requests();
-        policy.switchover.approved |= requests.approved;
-        self.observed.manual_retry = requests.retry;
-        machine::reconcile(
-            &policy,
-            &self.state.status,
-            &self.observed,
-            Timestamp::now(),
-        )
     }
 
     /// Sleeps until the requested requeue, waking early for a stop or a new request.
@@ -666,20 +690,22 @@ impl LocalRecovery {
         }
     }
 
-    /// Carries out one action; false when later actions of this round would be pointless.
-    async fn execute(&mut self, action: Action) -> Result<bool, LocalError> {
-        match action {
-            Action::Validate => self.observed.validation = self.validate().await?,
-            Action::EnsureMount => self.observed.mount = self.ensure_mount().await?,
-            Action::EnsurePublished => self.observed.published = self.ensure_published().await?,
-            Action::EnsureStandby => self.observed.standby = self.ensure_standby().await?,
-            Action::Switchover => self.observed.switchover = self.switchover().await?,
-            Action::Cleanup => self.observed.cleanup = self.cleanup().await,
-        }
+    /// Carries out one action and says what it found.
+    async fn execute(&mut self, action: Action) -> Result<Found, LocalError> {
+        let found = match action {
+            Action::Validate => Found::Validation(self.validate().await?),
+            Action::EnsureMount => Found::Mount(self.ensure_mount().await?),
+            Action::EnsurePublished => Found::Published(self.ensure_published().await?),
+            Action::EnsureStandby => self.ensure_standby().await?,
+            Action::Switchover => self.switchover().await?,
+            Action::Cleanup => Found::Cleanup(self.cleanup().await),
+            Action::RestartPublished => Found::Restarted(self.restart_published().await?),
+            Action::RestartCopy => Found::Standby(self.copy_again().await?),
+        };
         if self.persisted {
             self.workdir.save(&self.state)?;
         }
-        Ok(self.observed.round_continues_after(action))
+        Ok(found)
     }
 
     async fn validate(&mut self) -> Result<Step<ir_api::recovery::BackupInfo>, LocalError> {
@@ -1119,13 +1145,12 @@ impl LocalRecovery {
 
     // ---- standby ----
 
-    async fn ensure_standby(&mut self) -> Result<Standby, LocalError> {
+    async fn ensure_standby(&mut self) -> Result<Found, LocalError> {
         let target = self.state.spec.target_pgdata.clone();
         let published = self.endpoint(&self.published_instance());
-        let bins = match self.bins() {
-            Ok(b) => b,
-            Err(f) => return Ok(Standby::Failed(f)),
-        };
+        if let Err(f) = self.bins() {
+            return Ok(Found::Standby(Standby::Failed(f)));
+        }
         if let Some(pid) = self.state.resources.base_backup_pid {
             if let ProcState::Running = process::poll(pid) {
                 let progress = match published.connect().await {
@@ -1140,27 +1165,28 @@ impl LocalRecovery {
                 let last = &self.state.status.progress;
                 let (copied_bytes, total_bytes) =
                     progress.unwrap_or((last.copied_bytes, last.total_bytes));
-                return Ok(Standby::Copying {
-                    copied_bytes,
-                    total_bytes,
-                });
+                return Ok(Found::Copy(self.copy_attempt(copied_bytes, total_bytes)));
             }
             self.state.resources.base_backup_pid = None;
             if !postgres::base_backup_complete(&target) {
                 let log = self.workdir.logs().join("basebackup.log");
-                return Ok(Standby::Failed(Failure::new(
-                    Reason::BaseBackupFailed,
-                    format!(
-                        "pg_basebackup did not finish: {}",
-                        process::log_tail(&log, 1000)
-                    ),
-                )));
+                self.state.resources.base_backup_failure = Some(format!(
+                    "pg_basebackup did not finish: {}",
+                    process::log_tail(&log, 1000)
+                ));
             }
+        }
+        if self.state.resources.base_backup_failure.is_some() {
+            // Kept until the engine decides to copy again (on a retry).
+            let last = &self.state.status.progress;
+            return Ok(Found::Copy(
+                self.copy_attempt(last.copied_bytes, last.total_bytes),
+            ));
         }
         if postgres::base_backup_complete(&target) {
             let instance = self.target_instance();
             if let Err(f) = self.ensure_running(&instance, Which::Target).await? {
-                return Ok(Standby::Failed(f));
+                return Ok(Found::Standby(Standby::Failed(f)));
             }
             // A standby just started connects within moments: wait for that rather than a poll.
             let mut lag = None;
@@ -1176,15 +1202,50 @@ impl LocalRecovery {
                     }
                 }
             }
-            return Ok(match lag {
+            return Ok(Found::Standby(match lag {
                 Some(lag_bytes) => Standby::Streaming { lag_bytes },
                 // Connecting to the published instance: the copy is done, streaming not yet.
                 None => Standby::Connecting,
-            });
+            }));
         }
-        // Start (over): the target was empty at validation, so anything in it is ours. Root
-        // empties and owns it through the handle, and hands on its path only while that path
-        // still leads to it.
+        Ok(Found::Standby(self.start_copy().await?))
+    }
+
+    /// The copy as the engine judges it: a local `pg_basebackup` is not restarted by anyone, so
+    /// one failure fails it.
+    fn copy_attempt(&self, copied_bytes: u64, total_bytes: u64) -> CopyAttempt {
+        let failure = self.state.resources.base_backup_failure.clone();
+        CopyAttempt {
+            copied_bytes,
+            total_bytes,
+            failures: u32::from(failure.is_some()),
+            gives_up_after: 1,
+            source_moved: false,
+            failure_detail: failure.unwrap_or_default(),
+        }
+    }
+
+    /// Throws a failed copy away and starts another.
+    async fn copy_again(&mut self) -> Result<Standby, LocalError> {
+        if let Some(pid) = self.state.resources.base_backup_pid.take() {
+            process::kill_group(pid)
+                .await
+                .map_err(io_err(&self.state.spec.target_pgdata))?;
+        }
+        self.state.resources.base_backup_failure = None;
+        self.start_copy().await
+    }
+
+    /// Starts `pg_basebackup` into the target. The target was empty at validation, so anything
+    /// in it is ours: root empties and owns it through the handle, and hands on its path only
+    /// while that path still leads to it.
+    async fn start_copy(&mut self) -> Result<Standby, LocalError> {
+        let target = self.state.spec.target_pgdata.clone();
+        let published = self.endpoint(&self.published_instance());
+        let bins = match self.bins() {
+            Ok(b) => b,
+            Err(f) => return Ok(Standby::Failed(f)),
+        };
         let dir = match self.target_dir() {
             Ok(dir) => dir,
             Err(f) => return Ok(Standby::Failed(f)),
@@ -1212,15 +1273,15 @@ impl LocalRecovery {
 
     // ---- switchover ----
 
-    async fn switchover(&mut self) -> Result<Step<SwitchoverReport>, LocalError> {
+    async fn switchover(&mut self) -> Result<Found, LocalError> {
         if let Some(ms) = self.state.resources.switchover_downtime_ms {
-            return Ok(Step::Ready(SwitchoverReport {
+            return Ok(Found::Switchover(Step::Ready(SwitchoverReport {
                 downtime: Duration::from_millis(ms),
-            }));
+            })));
         }
         let bins = match self.bins() {
             Ok(b) => b,
-            Err(f) => return Ok(Step::Failed(f)),
+            Err(f) => return Ok(Found::Switchover(Step::Failed(f))),
         };
         self.state.resources.switchover_attempted = true;
         self.workdir.save(&self.state)?;
@@ -1253,59 +1314,42 @@ impl LocalRecovery {
                 self.state.resources.switchover_downtime_ms =
                     Some(outcome.downtime.as_millis() as u64);
                 self.state.resources.switchover_attempted = false;
-                Ok(Step::Ready(SwitchoverReport {
+                Ok(Found::Switchover(Step::Ready(SwitchoverReport {
                     downtime: outcome.downtime,
-                }))
+                })))
             }
-            Err(e) if e.reached == Reached::MaybePromoted => {
-                Ok(Step::Failed(Failure::promotion_unconfirmed(
-                    &e.to_string(),
-                    "the standby may have been promoted",
-                )))
-            }
-            Err(e) if e.reached == Reached::Stopped => {
-                let in_recovery = match standby_endpoint.connect().await {
+            Err(e) => {
+                let standby_in_recovery = match standby_endpoint.connect().await {
                     Ok(client) => postgres::in_recovery(&client).await.ok(),
                     Err(_) => None,
                 };
-                if in_recovery == Some(false) {
-                    return Ok(Step::Failed(Failure::promotion_unconfirmed(
-                        &e.to_string(),
-                        "the standby is no longer in recovery",
-                    )));
-                }
-                // Not promoted: serve again now rather than only at the retry.
-                let restart = self.restart_published(&published).await?;
-                Ok(Step::Failed(Failure::new(
-                    Reason::SwitchoverFailed,
-                    format!("{e}; {restart}"),
-                )))
+                Ok(Found::SwitchoverInterrupted(Interruption {
+                    failure: Failure::new(Reason::SwitchoverFailed, e.to_string()),
+                    reached: e.reached,
+                    published_present: published.running_pid().is_some(),
+                    standby_in_recovery,
+                }))
             }
-            // Nothing stopped: the published instance still serves; the retry switches over
-            // from the start.
-            Err(e) => Ok(Step::Failed(Failure::new(
-                Reason::SwitchoverFailed,
-                e.to_string(),
-            ))),
         }
     }
 
-    /// Starts the published instance again after a switchover stopped it, writable; says how
-    /// that went.
-    async fn restart_published(&mut self, published: &Instance) -> Result<String, LocalError> {
-        if let Err(f) = self.ensure_running(published, Which::Published).await? {
-            return Ok(format!(
+    /// Starts the published instance again after a switchover stopped it, writable; says why
+    /// not when it does not serve again.
+    async fn restart_published(&mut self) -> Result<Result<(), String>, LocalError> {
+        let published = self.published_instance();
+        if let Err(f) = self.ensure_running(&published, Which::Published).await? {
+            return Ok(Err(format!(
                 "the published instance did not start again: {}",
                 f.message
-            ));
+            )));
         }
-        if let Err(e) = self.serve_writes_again(published).await {
-            return Ok(format!(
+        if let Err(e) = self.serve_writes_again(&published).await {
+            return Ok(Err(format!(
                 "the published instance serves again, read-only: {e}"
-            ));
+            )));
         }
         self.workdir.save(&self.state)?;
-        Ok("the published instance serves again".to_owned())
+        Ok(Ok(()))
     }
 
     // ---- cleanup ----

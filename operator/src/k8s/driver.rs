@@ -15,20 +15,20 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use tokio_postgres::Client as PgClient;
 
-use super::recovery::publish;
+use super::recovery::{publish, write_status};
 use super::resources::{self, POSTGRES_PORT, PRIMARY_LABEL, PublishedMount};
 use super::{Context, Error};
 use ir_api::Reason;
-use ir_engine::machine::{
-    self, Action, EventKind, Failure, Observed, Standby, Step, SwitchoverReport,
-};
+use ir_api::crd::RETRY_ANNOTATION;
+use ir_engine::machine::{self, Action, EventKind, Failure, Standby, Step, SwitchoverReport};
 use ir_engine::postgres::{
-    self, ControlData, Endpoint, Host, PgError, PublishedControl, Reached, Switchover,
-    SwitchoverError, quote_ident, quote_literal,
+    self, ControlData, Endpoint, Host, PgError, PublishedControl, Reached, Switchover, quote_ident,
+    quote_literal,
 };
+use ir_engine::round::{self, CopyAttempt, Found, Interruption, Requests, RoundInfo};
 
 /// Restarts of the base-backup container after which the copy counts as failed.
-const BASE_BACKUP_RESTARTS: i32 = 3;
+const BASE_BACKUP_RESTARTS: u32 = 3;
 
 /// The database the operator connects to: every cluster has it, so its name is not configurable.
 const OPERATOR_DATABASE: &str = "postgres";
@@ -39,16 +39,54 @@ pub(super) struct Driver<'a> {
     ir: &'a InstantRecovery,
     namespace: String,
     name: String,
-    /// The status the actions were planned from.
-    status: &'a RecoveryStatus,
+    /// The status the actions of this round were planned from.
+    status: RecoveryStatus,
     /// The machine has just left Waiting: failed parts get a fresh attempt.
     retrying: bool,
-    observed: Observed,
+    /// The status as last written to the cluster.
+    written: RecoveryStatus,
     mount: Option<RecoveryMount>,
     published_ip: Option<String>,
     published_client: Option<PgClient>,
     /// Something is about to change (a Pod starting, a copy running): look again soon.
-    requeue_soon: bool,
+    pub(super) requeue_soon: bool,
+}
+
+impl round::Driver for Driver<'_> {
+    type Error = Error;
+
+    async fn requests(&mut self) -> Result<Requests, Error> {
+        Ok(Requests {
+            retry: self.ir.annotations().get(RETRY_ANNOTATION).cloned(),
+            // Approval is part of the spec's policy.
+            approved: false,
+        })
+    }
+
+    async fn execute(&mut self, action: Action, round: RoundInfo<'_>) -> Result<Found, Error> {
+        self.status = round.status.clone();
+        self.retrying = round.retrying;
+        self.found(action).await
+    }
+
+    async fn persist(&mut self, status: &RecoveryStatus) -> Result<(), Error> {
+        let mut status = status.clone();
+        status.observed_generation = self.ir.metadata.generation;
+        if status != self.written {
+            write_status(self.ctx, self.ir, &status).await?;
+            self.ctx
+                .metrics
+                .timings_reached(&self.written.timings, &status.timings);
+            self.written = status;
+        }
+        Ok(())
+    }
+
+    async fn report(&mut self, events: &[machine::Event], _: &RecoveryStatus) {
+        for event in events {
+            publish(self.ctx, self.ir, event).await;
+        }
+    }
 }
 
 /// A Kubernetes call that failed while observing: the cluster may answer later.
@@ -57,34 +95,21 @@ fn kube_failure(what: &str, e: kube::Error) -> Failure {
 }
 
 impl<'a> Driver<'a> {
-    pub(super) fn new(
-        ctx: &'a Context,
-        ir: &'a InstantRecovery,
-        status: &'a RecoveryStatus,
-        retrying: bool,
-        manual_retry: Option<String>,
-    ) -> Driver<'a> {
+    /// The driver of one reconcile of `ir`, whose status in the cluster is `written`.
+    pub(super) fn new(ctx: &'a Context, ir: &'a InstantRecovery, written: RecoveryStatus) -> Self {
         Driver {
             ctx,
             ir,
             namespace: ir.namespace().unwrap_or_default(),
             name: ir.name_any(),
-            status,
-            retrying,
-            observed: Observed {
-                manual_retry,
-                ..Default::default()
-            },
+            status: written.clone(),
+            retrying: false,
+            written,
             mount: None,
             published_ip: None,
             published_client: None,
             requeue_soon: false,
         }
-    }
-
-    /// What the actions observed, and whether to look again soon.
-    pub(super) fn finish(self) -> (Observed, bool) {
-        (self.observed, self.requeue_soon)
     }
 
     fn api<K>(&self) -> Api<K>
@@ -94,22 +119,24 @@ impl<'a> Driver<'a> {
         Api::namespaced(self.ctx.client.clone(), &self.namespace)
     }
 
-    /// Returns false when the actions after this one would be pointless now.
-    pub(super) async fn execute(&mut self, action: Action) -> Result<bool, Error> {
-        match action {
-            Action::Validate => {
-                self.observed.validation = match self.validate().await {
-                    Ok(info) => Step::Ready(info),
-                    Err(f) => Step::Failed(f),
-                };
+    async fn found(&mut self, action: Action) -> Result<Found, Error> {
+        Ok(match action {
+            Action::Validate => Found::Validation(match self.validate().await {
+                Ok(info) => Step::Ready(info),
+                Err(f) => Step::Failed(f),
+            }),
+            Action::EnsureMount => Found::Mount(self.ensure_mount().await?),
+            Action::EnsurePublished => Found::Published(self.ensure_published().await?),
+            Action::EnsureStandby => self.ensure_standby().await?,
+            Action::Switchover => self.switchover().await?,
+            Action::Cleanup => Found::Cleanup(self.cleanup().await?),
+            Action::RestartPublished => Found::Restarted(self.restart_published().await?),
+            Action::RestartCopy => {
+                delete(&self.api::<Pod>(), &resources::target_name(&self.name)).await?;
+                self.requeue_soon = true;
+                Found::Standby(Standby::Absent)
             }
-            Action::EnsureMount => self.observed.mount = self.ensure_mount().await?,
-            Action::EnsurePublished => self.observed.published = self.ensure_published().await?,
-            Action::EnsureStandby => self.observed.standby = self.ensure_standby().await?,
-            Action::Switchover => self.observed.switchover = self.switchover().await?,
-            Action::Cleanup => self.observed.cleanup = self.cleanup().await?,
-        }
-        Ok(self.observed.round_continues_after(action))
+        })
     }
 
     // ---- validate ----
@@ -680,16 +707,16 @@ impl<'a> Driver<'a> {
         Ok(values.map(|v| (v[0].clone(), v[1].clone(), generated)))
     }
 
-    async fn ensure_standby(&mut self) -> Result<Standby, Error> {
+    async fn ensure_standby(&mut self) -> Result<Found, Error> {
         let (Some(published_ip), Some(published)) =
             (self.published_ip.clone(), self.published_client.take())
         else {
             // Nothing to copy from or to ask: the published instance is not ready.
-            return Ok(Standby::Unknown);
+            return Ok(Found::Standby(Standby::Unknown));
         };
         let (repl_user, repl_password, generated) = match self.replication_credentials().await? {
             Ok(credentials) => credentials,
-            Err(f) => return Ok(Standby::Failed(f)),
+            Err(f) => return Ok(Found::Standby(Standby::Failed(f))),
         };
         if let Err(f) =
             ensure_replication_role(&published, &repl_user, &repl_password, generated).await
@@ -699,9 +726,9 @@ impl<'a> Driver<'a> {
                 // own check reports that, and the standby was not looked at. Failing the standby
                 // would wait for the retry interval instead of replacing the published Pod.
                 self.requeue_soon = true;
-                return Ok(Standby::Unknown);
+                return Ok(Found::Standby(Standby::Unknown));
             }
-            return Ok(Standby::Failed(f));
+            return Ok(Found::Standby(Standby::Failed(f)));
         }
         let backup_bytes = self.status.backup.as_ref().map_or(0, |b| b.size_bytes);
         let size = self
@@ -739,14 +766,14 @@ impl<'a> Driver<'a> {
                 Err(e) => return Err(e.into()),
             }
             self.requeue_soon = true;
-            return Ok(Standby::Absent);
+            return Ok(Found::Standby(Standby::Absent));
         };
         if pod.metadata.deletion_timestamp.is_some() {
             self.requeue_soon = true;
-            return Ok(Standby::Absent);
+            return Ok(Found::Standby(Standby::Absent));
         }
         if let Some(f) = waiting_failure(&pod) {
-            return Ok(Standby::Failed(f));
+            return Ok(Found::Standby(Standby::Failed(f)));
         }
         let status = pod.status.clone().unwrap_or_default();
         let init = status
@@ -762,40 +789,31 @@ impl<'a> Driver<'a> {
         if !copied {
             let restarts = init.as_ref().map_or(0, |s| s.restart_count);
             let copying_from = init_env(&pod, resources::SOURCE_HOST_ENV);
-            if copying_from.as_deref() != Some(published_ip.as_str())
-                || (self.retrying && restarts > 0)
-            {
-                // The published instance moved (new Pod IP) or a retry: copy again from it.
-                delete(&pods, &target).await?;
-                self.requeue_soon = true;
-                return Ok(Standby::Absent);
-            }
-            if restarts >= BASE_BACKUP_RESTARTS {
-                return Ok(Standby::Failed(Failure::new(
-                    Reason::BaseBackupFailed,
-                    format!(
-                        "pg_basebackup in Pod {target} failed {restarts} times; see `kubectl logs \
-                         {target} -c base-backup`"
-                    ),
-                )));
-            }
             self.requeue_soon = true;
             let (copied_bytes, total_bytes) = postgres::base_backup_progress(&published)
                 .await
                 .ok()
                 .flatten()
                 .unwrap_or((0, 0));
-            return Ok(Standby::Copying {
+            return Ok(Found::Copy(CopyAttempt {
                 copied_bytes,
                 total_bytes,
-            });
+                failures: u32::try_from(restarts).unwrap_or(0),
+                // The kubelet restarts the copy container by itself.
+                gives_up_after: BASE_BACKUP_RESTARTS,
+                source_moved: copying_from.as_deref() != Some(published_ip.as_str()),
+                failure_detail: format!(
+                    "pg_basebackup in Pod {target} failed {restarts} times; see `kubectl logs \
+                     {target} -c base-backup`"
+                ),
+            }));
         }
         let Some(ip) = status
             .pod_ip
             .filter(|ip| !ip.is_empty() && status.phase.as_deref() == Some("Running"))
         else {
             self.requeue_soon = true;
-            return Ok(Standby::Connecting);
+            return Ok(Found::Standby(Standby::Connecting));
         };
         let app = resources::standby_application_name(&self.name);
         let lag = postgres::replication_lag(&published, &app).await?;
@@ -808,10 +826,10 @@ impl<'a> Driver<'a> {
             }
             self.requeue_soon = true;
         }
-        Ok(match lag {
+        Ok(Found::Standby(match lag {
             Some(lag_bytes) => Standby::Streaming { lag_bytes },
             None => Standby::Connecting,
-        })
+        }))
     }
 
     // ---- switchover ----
@@ -826,21 +844,19 @@ impl<'a> Driver<'a> {
             .filter(|ip| !ip.is_empty()))
     }
 
-    async fn switchover(&mut self) -> Result<Step<SwitchoverReport>, Error> {
+    async fn switchover(&mut self) -> Result<Found, Error> {
         let target = resources::target_name(&self.name);
         let published_name = resources::published_pod_name(&self.name);
         let Some(standby_ip) = self.pod_ip(&target).await? else {
-            let message = format!("Pod {target} has no IP");
-            if self.api::<Pod>().get_opt(&published_name).await?.is_none() {
-                return Ok(Step::Failed(Failure::promotion_unconfirmed(
-                    &message,
-                    STOPPED_EARLIER,
-                )));
-            }
-            return Ok(Step::Failed(Failure::new(
-                Reason::StandbyUnavailable,
-                message,
-            )));
+            return Ok(Found::SwitchoverInterrupted(Interruption {
+                failure: Failure::new(
+                    Reason::StandbyUnavailable,
+                    format!("Pod {target} has no IP"),
+                ),
+                reached: Reached::BeforeStop,
+                published_present: self.api::<Pod>().get_opt(&published_name).await?.is_some(),
+                standby_in_recovery: None,
+            }));
         };
         let published_ip = self.pod_ip(&published_name).await?.unwrap_or_default();
         let (published_endpoint, standby_endpoint) = match (
@@ -848,7 +864,7 @@ impl<'a> Driver<'a> {
             self.endpoint(&standby_ip).await,
         ) {
             (Ok(p), Ok(s)) => (p, s),
-            (Err(f), _) | (_, Err(f)) => return Ok(Step::Failed(f)),
+            (Err(f), _) | (_, Err(f)) => return Ok(Found::Switchover(Step::Failed(f))),
         };
         let control = PodPublished {
             pods: self.api::<Pod>(),
@@ -871,84 +887,47 @@ impl<'a> Driver<'a> {
                     "switched over"
                 );
                 self.label_primary(&target).await?;
-                Ok(Step::Ready(SwitchoverReport {
+                Ok(Found::Switchover(Step::Ready(SwitchoverReport {
                     downtime: outcome.downtime,
-                }))
+                })))
             }
             Err(e) => {
-                let failure = self
-                    .switchover_failed(e, &control.name, &standby_endpoint)
-                    .await?;
-                Ok(Step::Failed(failure))
+                // The standby gets the last word on whether it was promoted.
+                let standby_in_recovery = match standby_endpoint.connect().await {
+                    Ok(client) => postgres::in_recovery(&client).await.ok(),
+                    Err(_) => None,
+                };
+                Ok(Found::SwitchoverInterrupted(Interruption {
+                    failure: Failure::new(Reason::SwitchoverFailed, e.to_string()),
+                    reached: e.reached,
+                    published_present: self.api::<Pod>().get_opt(&control.name).await?.is_some(),
+                    standby_in_recovery,
+                }))
             }
         }
     }
 
-    /// What a failed switchover leaves. A stop of the published instance by this attempt, before
-    /// any promotion, is undone at once: the published instance starts again on its mount
-    /// (recovering from its clean shutdown) and serves until the retry. Once the standby may
-    /// have been promoted, the published instance stays stopped, since two primaries must never
-    /// be, and the retry resumes the switchover.
-    async fn switchover_failed(
-        &mut self,
-        e: SwitchoverError,
-        published: &str,
-        standby: &Endpoint,
-    ) -> Result<Failure, Error> {
-        let message = e.to_string();
-        match e.reached {
-            Reached::BeforeStop if self.api::<Pod>().get_opt(published).await?.is_some() => {
-                return Ok(Failure::new(Reason::SwitchoverFailed, message));
-            }
-            Reached::BeforeStop => {
-                return Ok(Failure::promotion_unconfirmed(&message, STOPPED_EARLIER));
-            }
-            Reached::MaybePromoted => {
-                return Ok(Failure::promotion_unconfirmed(
-                    &message,
-                    "the standby may have been promoted",
-                ));
-            }
-            Reached::Stopped => {}
-        }
-        // No attempt asked the standby to promote; it gets the last word all the same.
-        let in_recovery = match standby.connect().await {
-            Ok(client) => postgres::in_recovery(&client).await.ok(),
-            Err(_) => None,
-        };
-        if in_recovery == Some(false) {
-            return Ok(Failure::promotion_unconfirmed(
-                &message,
-                "the standby is no longer in recovery",
-            ));
-        }
-        let restart = self.restart_published().await?;
-        Ok(Failure::new(
-            Reason::SwitchoverFailed,
-            format!("{message}; {restart}"),
-        ))
-    }
-
-    /// Starts the published instance again after a stop, writable; says how that went.
-    async fn restart_published(&mut self) -> Result<String, Error> {
+    /// Starts the published instance again after a switchover stopped it, writable; says why
+    /// not when it does not serve again.
+    async fn restart_published(&mut self) -> Result<Result<(), String>, Error> {
         self.mount = self.api::<RecoveryMount>().get_opt(&self.name).await?;
         let deadline = std::time::Instant::now() + self.ctx.settings.switchover.stop;
         loop {
             match self.ensure_published().await? {
                 Step::Ready(_) => break,
                 Step::Failed(f) => {
-                    return Ok(format!(
+                    return Ok(Err(format!(
                         "the published instance did not start again: {}",
                         f.message
-                    ));
+                    )));
                 }
                 Step::InProgress | Step::Unknown => {}
             }
             if std::time::Instant::now() >= deadline {
-                return Ok(format!(
+                return Ok(Err(format!(
                     "the published instance was not serving again within {:?}",
                     self.ctx.settings.switchover.stop
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -956,16 +935,11 @@ impl<'a> Driver<'a> {
         if let Some(published) = self.published_client.take()
             && let Err(e) = postgres::set_read_only(&published, false).await
         {
-            return Ok(format!(
+            return Ok(Err(format!(
                 "the published instance serves again, read-only: {e}"
-            ));
+            )));
         }
-        self.publish_note(
-            Reason::PublishedRestarted,
-            "the switchover failed before the promotion: the published instance serves again",
-        )
-        .await;
-        Ok("the published instance serves again".to_owned())
+        Ok(Ok(()))
     }
 
     /// Points the Service at `pod`.
@@ -1091,11 +1065,6 @@ impl PublishedControl for PodPublished {
     }
 }
 
-/// Why the published instance stays stopped when a switchover attempt finds it so.
-const STOPPED_EARLIER: &str =
-    "an earlier attempt stopped it and may have asked the standby to promote";
-
-/// A failed switchover after which the standby may be a primary.
 /// Deletes an object; gone already is fine.
 pub(super) async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
 where

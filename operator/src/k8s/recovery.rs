@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ir_api::crd::{InstantRecovery, OPERATOR_FINALIZER, RETRY_ANNOTATION, RecoveryMount};
+use ir_api::crd::{InstantRecovery, OPERATOR_FINALIZER, RecoveryMount};
 use ir_api::recovery::{Phase, RecoveryStatus};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
@@ -24,7 +24,8 @@ use tracing::Instrument;
 use super::driver::{Driver, delete};
 use super::resources;
 use super::{Context, Error, FIELD_MANAGER};
-use ir_engine::machine::{self, Decision, EventKind, Observed, Policy};
+use ir_engine::machine::{self, Decision, EventKind, Policy};
+use ir_engine::round;
 
 /// The span of everything done for one recovery: its log lines carry its namespace and name
 /// (as `object`: JSON log lines already use `name` for the span's own name).
@@ -98,37 +99,12 @@ async fn apply(ir: &InstantRecovery, ctx: &Context) -> Result<Requeue, Error> {
         switchover: ir.spec.switchover.clone(),
         retry: ir.spec.retry.clone(),
     };
-    let manual_retry = ir.annotations().get(RETRY_ANNOTATION).cloned();
-    // What the current phase ensures (and a manual retry or a due retry applied).
-    let plan = machine::reconcile(
-        &policy,
-        &before,
-        &Observed {
-            manual_retry: manual_retry.clone(),
-            ..Default::default()
-        },
-        Timestamp::now(),
-    );
-    let retrying = matches!(before.phase, Phase::Waiting | Phase::Failed)
-        && !matches!(plan.status.phase, Phase::Waiting | Phase::Failed);
-    let mut driver = Driver::new(ctx, ir, &plan.status, retrying, manual_retry);
-    for action in &plan.actions {
-        if !driver.execute(*action).await? {
-            break;
-        }
-    }
-    let (observed, requeue_soon) = driver.finish();
-    let mut decision = machine::reconcile(&policy, &plan.status, &observed, Timestamp::now());
-    decision.status.observed_generation = ir.metadata.generation;
-    for event in plan.events.iter().chain(&decision.events) {
-        publish(ctx, ir, event).await;
-    }
-    if decision.status != before {
-        write_status(ctx, ir, &decision.status).await?;
-        ctx.metrics
-            .timings_reached(&before.timings, &decision.status.timings);
-    }
-    Ok(requeue(&decision, requeue_soon))
+    let mut driver = Driver::new(ctx, ir, before.clone());
+    let round = round::round(&mut driver, &policy, &before, Timestamp::now).await?;
+    Ok(requeue(
+        &round.decision,
+        driver.requeue_soon || round.moved_on,
+    ))
 }
 
 fn requeue(decision: &Decision, soon: bool) -> Requeue {
@@ -141,7 +117,7 @@ fn requeue(decision: &Decision, soon: bool) -> Requeue {
     }
 }
 
-async fn write_status(
+pub(super) async fn write_status(
     ctx: &Context,
     ir: &InstantRecovery,
     status: &RecoveryStatus,
