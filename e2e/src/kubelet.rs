@@ -3,6 +3,10 @@
 //! node so that the operator's real Pods (PostgreSQL on a FUSE mount, a standby built with
 //! `pg_basebackup`) run, as plain local processes. It is not a kubelet and isolates nothing.
 //!
+//! One file of far more than 800 lines on purpose: the stand-in is one piece that goes whole
+//! once the end-to-end tests run a real kubelet with containerd; splitting it first would be
+//! work thrown away.
+//!
 //! What it emulates:
 //! - the Node: registered with a Ready condition, capacity, label `kubernetes.io/hostname` and
 //!   address 127.0.0.1; its Ready heartbeat (`lastHeartbeatTime`) is kept fresh. Node
