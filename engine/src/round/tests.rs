@@ -1,6 +1,6 @@
 //! The round function driven by a test double of a driver ([`World`]): a scripted world that
 //! answers every action, perfectly unless a test scripted otherwise, and records what the round
-//! asked of it. The machine itself has its table tests in `machine/tests.rs`.
+//! asked of it. The machine itself has its table tests in `machine/tests/`.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
