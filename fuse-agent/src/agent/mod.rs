@@ -25,7 +25,7 @@ use ir_api::crd::{
     AGENT_FINALIZER, AGENT_HEARTBEAT_ANNOTATION, BackupRepositorySpec, CACHE_FREE_ANNOTATION,
     NODE_LABEL, RecoveryMount, RecoveryMountStatus,
 };
-use ir_repository::{RepoError, Repository, S3Credentials, StoreOptions};
+use ir_repository::{Credentials, RepoError, RepoLocation, Repository, S3Credentials};
 use jiff::{Timestamp, Unit};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, Patch, PatchParams};
@@ -418,13 +418,13 @@ impl Agent {
                 Err(failure) => return Ok(Err(failure)),
             },
         };
-        let options = match store_options(&spec.repository, credentials, &self.config) {
-            Ok(options) => options,
+        let location = match store_options(&spec.repository, credentials, &self.config) {
+            Ok(location) => location,
             Err(failure) => return Ok(Err(failure)),
         };
         let url = spec.repository.url.as_str();
-        let opened = tokio::time::timeout(options.read_deadline, async {
-            let repo = Repository::open(url, &options).await?;
+        let opened = tokio::time::timeout(location.read_deadline, async {
+            let repo = Repository::open(&location).await?;
             let manifest = repo.load_manifest(&spec.backup_id).await?;
             Ok::<_, RepoError>((repo, manifest))
         })
@@ -631,7 +631,7 @@ pub fn store_options(
     spec: &BackupRepositorySpec,
     credentials: Option<S3Credentials>,
     config: &AgentConfig,
-) -> Result<StoreOptions, Failure> {
+) -> Result<RepoLocation, Failure> {
     let s3 = spec.s3.clone().unwrap_or_default();
     let ambient = plan::ambient_credentials(
         spec,
@@ -639,12 +639,16 @@ pub fn store_options(
         config.allow_ambient_credentials,
     )
     .map_err(|f| f.naming("spec.repository"))?;
-    Ok(StoreOptions {
+    Ok(RepoLocation {
+        url: spec.url.clone(),
         s3_endpoint: s3.endpoint,
         s3_region: s3.region,
         allow_http: Some(s3.allow_http),
-        s3_credentials: credentials,
-        ambient_credentials: ambient,
+        credentials: match (credentials, ambient) {
+            (Some(keys), _) => Credentials::Keys(keys),
+            (None, true) => Credentials::Ambient,
+            (None, false) => Credentials::None,
+        },
         file_roots: Some(config.file_roots.clone()),
         read_deadline: spec.read_deadline.0,
     })

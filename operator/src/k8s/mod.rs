@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use ir_api::crd::{BackupRepository, BackupRepositorySpec, InstantRecovery, RecoveryMount};
 use ir_fuse::agent::plan;
-use ir_repository::{S3Credentials, StoreOptions};
+use ir_repository::{Credentials, RepoLocation, S3Credentials};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::Controller;
@@ -372,12 +372,12 @@ pub fn naming_repository_field(failure: Failure) -> Failure {
 /// How to open a BackupRepository's storage, credentials included: the operator's own S3
 /// credentials only for a repository that opts in where the installation allows it, `file://`
 /// only inside the installation's file roots.
-pub async fn store_options(
+pub async fn repository_location(
     client: &Client,
     namespace: &str,
     spec: &BackupRepositorySpec,
     settings: &Settings,
-) -> Result<StoreOptions, Failure> {
+) -> Result<RepoLocation, Failure> {
     let s3 = spec.s3.clone().unwrap_or_default();
     let ambient = plan::ambient_credentials(
         spec,
@@ -406,12 +406,16 @@ pub async fn store_options(
         }
         None => None,
     };
-    Ok(StoreOptions {
+    Ok(RepoLocation {
+        url: spec.url.clone(),
         s3_endpoint: s3.endpoint,
         s3_region: s3.region,
         allow_http: s3.allow_http.then_some(true),
-        s3_credentials,
-        ambient_credentials: ambient,
+        credentials: match (s3_credentials, ambient) {
+            (Some(keys), _) => Credentials::Keys(keys),
+            (None, true) => Credentials::Ambient,
+            (None, false) => Credentials::None,
+        },
         file_roots: Some(settings.file_roots.clone()),
         read_deadline: spec.read_deadline.0,
     })
