@@ -6,12 +6,14 @@
 
 mod duration;
 mod failure;
+pub mod location;
 mod quantity;
 pub mod reason;
 pub mod recovery;
 
 pub use duration::{DURATION_PATTERN, DurationError, GoDuration};
 pub use failure::Failure;
+pub use location::{DEFAULT_FILE_ROOT, RepositoryPolicy, RepositoryPolicyArgs};
 pub use quantity::quantity_bytes;
 pub use reason::Reason;
 pub mod crd;

@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Args;
-use ir_repository::{Repository, StoreOptions};
+use ir_cli::local::RepoSpec;
+use ir_repository::{DEFAULT_READ_DEADLINE, RepoLocation, Repository};
 
 #[derive(Debug, Args)]
 pub struct RepoArgs {
@@ -31,50 +32,118 @@ pub struct StoreArgs {
     pub read_deadline: Option<u64>,
 }
 
-const DEFAULT_READ_DEADLINE_SECS: u64 = 30;
-
 impl StoreArgs {
-    pub fn store_options(&self) -> StoreOptions {
-        StoreOptions {
+    /// The repository at `url` as these flags name it, which is also what `irctl recover`
+    /// records; [`RepoSpec::location`] says how it is reached.
+    pub fn repo_spec(&self, url: &str) -> RepoSpec {
+        RepoSpec {
+            url: url.to_owned(),
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
             // Unset leaves the choice to AWS_ALLOW_HTTP.
             allow_http: self.s3_allow_http.then_some(true),
-            s3_credentials: None,
-            // A command line runs with its user's own AWS settings.
-            ambient_credentials: true,
-            file_roots: None,
-            read_deadline: std::time::Duration::from_secs(self.read_deadline_secs()),
+            read_deadline_secs: self
+                .read_deadline
+                .unwrap_or(DEFAULT_READ_DEADLINE.as_secs()),
         }
-    }
-}
-
-impl StoreArgs {
-    /// The repository as the recovery engine records it.
-    pub fn repo_spec(&self, url: &str) -> ir_cli::local::RepoSpec {
-        let options = self.store_options();
-        ir_cli::local::RepoSpec {
-            url: url.to_owned(),
-            s3_endpoint: options.s3_endpoint,
-            s3_region: options.s3_region,
-            allow_http: options.allow_http,
-            read_deadline_secs: self.read_deadline_secs(),
-        }
-    }
-
-    fn read_deadline_secs(&self) -> u64 {
-        self.read_deadline.unwrap_or(DEFAULT_READ_DEADLINE_SECS)
     }
 }
 
 impl RepoArgs {
-    pub fn store_options(&self) -> StoreOptions {
-        self.store.store_options()
+    pub fn location(&self) -> RepoLocation {
+        self.store.repo_spec(&self.repo).location()
     }
 
     pub async fn open(&self) -> anyhow::Result<Repository> {
-        Repository::open(&self.repo, &self.store_options())
-            .await
-            .context("--repo")
+        Repository::open(&self.location()).await.context("--repo")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use ir_repository::Credentials;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        repo: RepoArgs,
+    }
+
+    fn location(flags: &[&str]) -> RepoLocation {
+        let args = ["irctl", "--repo", "s3://bucket/prefix"]
+            .iter()
+            .chain(flags);
+        Command::try_parse_from(args).unwrap().repo.location()
+    }
+
+    #[test]
+    fn flags_name_the_repository_and_the_users_own_credentials_reach_it() {
+        let given = location(&[
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-region",
+            "eu-west-1",
+            "--s3-allow-http",
+            "--read-deadline",
+            "5",
+        ]);
+        assert_eq!(
+            given,
+            RepoLocation {
+                url: "s3://bucket/prefix".into(),
+                s3_endpoint: Some("http://127.0.0.1:9000".into()),
+                s3_region: Some("eu-west-1".into()),
+                allow_http: Some(true),
+                credentials: Credentials::Ambient,
+                file_roots: None,
+                read_deadline: Duration::from_secs(5),
+            }
+        );
+        // Left out: AWS_ALLOW_HTTP, AWS_ENDPOINT_URL and AWS_REGION decide; the default wait.
+        assert_eq!(
+            location(&[]),
+            RepoLocation {
+                credentials: Credentials::Ambient,
+                ..RepoLocation::new("s3://bucket/prefix")
+            }
+        );
+    }
+
+    #[test]
+    fn the_recorded_repository_is_reached_as_the_flags_named_it() {
+        let flags = ["--s3-endpoint", "http://127.0.0.1:9000", "--s3-allow-http"];
+        let args = ["irctl", "--repo", "s3://bucket/prefix"]
+            .iter()
+            .chain(&flags);
+        let repo = Command::try_parse_from(args).unwrap().repo;
+        let spec = repo.store.repo_spec(&repo.repo);
+        // The form recovery.json holds: workdirs written before still load.
+        let recorded = serde_json::json!({
+            "url": "s3://bucket/prefix",
+            "s3Endpoint": "http://127.0.0.1:9000",
+            "allowHttp": true,
+            "readDeadlineSecs": 30,
+        });
+        assert_eq!(serde_json::to_value(&spec).unwrap(), recorded);
+        let loaded: RepoSpec = serde_json::from_value(recorded).unwrap();
+        assert_eq!(loaded.location(), repo.location());
+
+        let bare: RepoSpec = serde_json::from_value(serde_json::json!({
+            "url": "/srv/repo", "readDeadlineSecs": 7,
+        }))
+        .unwrap();
+        assert_eq!(
+            bare.location(),
+            RepoLocation {
+                credentials: Credentials::Ambient,
+                read_deadline: Duration::from_secs(7),
+                ..RepoLocation::new("/srv/repo")
+            }
+        );
     }
 }

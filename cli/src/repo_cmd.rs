@@ -77,10 +77,9 @@ fn parse_chunk_size(s: &str) -> Result<u64, String> {
 pub async fn run(cmd: RepoCommand) -> anyhow::Result<()> {
     match cmd {
         RepoCommand::Init(args) => {
-            let repo =
-                Repository::init(&args.repo.repo, args.chunk_size, &args.repo.store_options())
-                    .await
-                    .context("repo init")?;
+            let repo = Repository::init(&args.repo.location(), args.chunk_size)
+                .await
+                .context("repo init")?;
             println!(
                 "created repository {} (chunk size {})",
                 repo.url(),

@@ -3,19 +3,16 @@
 //! and in the node agent.
 
 use ir_api::recovery::BackupInfo;
-use ir_repository::{Repository, StoreOptions};
+use ir_repository::{RepoLocation, Repository};
 
 use ir_api::{Failure, Reason};
 
 /// Opens the repository and reads the backup's manifest (`latest` resolved).
 pub async fn find_backup(
-    url: &str,
-    options: &StoreOptions,
+    location: &RepoLocation,
     id_or_latest: &str,
 ) -> Result<BackupInfo, Failure> {
-    let repo = Repository::open(url, options)
-        .await
-        .map_err(Failure::from)?;
+    let repo = Repository::open(location).await.map_err(Failure::from)?;
     let id = repo
         .resolve_backup(id_or_latest)
         .await

@@ -20,7 +20,7 @@ use ir_api::crd::{
 };
 use ir_e2e::cluster::ControlPlane;
 use ir_e2e::pattern;
-use ir_repository::{Progress, Repository, StoreOptions};
+use ir_repository::{Progress, RepoLocation, Repository};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -105,7 +105,7 @@ async fn make_marked_backup(dir: &Path, marker: &[u8]) -> (String, String) {
         std::fs::write(&p, content).unwrap();
     }
     let url = format!("file://{}", dir.join("repo").display());
-    let repo = Repository::init(&url, 64 * 1024, &StoreOptions::default())
+    let repo = Repository::init(&RepoLocation::new(&url), 64 * 1024)
         .await
         .expect("init repository");
     let manifest = repo

@@ -15,7 +15,9 @@ use ir_e2e::s3::S3Server;
 use ir_e2e::tmpfs::Tmpfs;
 use ir_e2e::{pattern, require_fuse, shared_tempdir};
 use ir_fuse::{MountOptions, Mounted, mount_backup};
-use ir_repository::{BackupManifest, Progress, Repository, S3Credentials, StoreOptions};
+use ir_repository::{
+    BackupManifest, Credentials, Progress, RepoLocation, Repository, S3Credentials,
+};
 
 /// The user a local attacker would be.
 const NOBODY: u32 = 65534;
@@ -30,8 +32,8 @@ fn pg_control() -> Vec<u8> {
     b
 }
 
-/// A repository at `url` with one backup of a small data directory written under `dir`.
-async fn backup(dir: &Path, url: &str, opts: &StoreOptions) -> (Repository, BackupManifest) {
+/// A repository at `location` with one backup of a small data directory written under `dir`.
+async fn backup(dir: &Path, location: &RepoLocation) -> (Repository, BackupManifest) {
     let data = dir.join("data");
     let files = BTreeMap::from([
         ("PG_VERSION", b"16\n".to_vec()),
@@ -43,7 +45,7 @@ async fn backup(dir: &Path, url: &str, opts: &StoreOptions) -> (Repository, Back
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, content).unwrap();
     }
-    let repo = Repository::init(url, 64 * 1024, opts)
+    let repo = Repository::init(location, 64 * 1024)
         .await
         .expect("init repository");
     let manifest = repo
@@ -107,10 +109,9 @@ fn full_cache_disk_is_enospc_where_it_applies_and_heals_without_remount() {
     let logs = logs();
     let tmp = shared_tempdir();
     let url = format!("file://{}", tmp.path().join("repo").display());
-    let (repo, manifest) =
-        RUNTIME
-            .get_or_init(runtime)
-            .block_on(backup(tmp.path(), &url, &StoreOptions::default()));
+    let (repo, manifest) = RUNTIME
+        .get_or_init(runtime)
+        .block_on(backup(tmp.path(), &RepoLocation::new(url)));
     let disk = tmp.path().join("disk");
     let _tmpfs = Tmpfs::mount(&disk, "16m");
     let cache = disk.join("cache");
@@ -238,20 +239,19 @@ fn cache_files_are_their_owners_alone_whatever_the_umask() {
     let tmp = shared_tempdir();
     let mut s3 = S3Server::start();
     let env: BTreeMap<_, _> = s3.env().into_iter().collect();
-    let opts = StoreOptions {
+    let location = RepoLocation {
         s3_endpoint: Some(s3.endpoint()),
         s3_region: Some("us-east-1".into()),
         allow_http: Some(true),
-        s3_credentials: Some(S3Credentials {
+        credentials: Credentials::Keys(S3Credentials {
             access_key_id: env["AWS_ACCESS_KEY_ID"].clone(),
             secret_access_key: env["AWS_SECRET_ACCESS_KEY"].clone(),
         }),
-        ..StoreOptions::default()
+        ..RepoLocation::new(s3.url("isolation"))
     };
-    let (repo, manifest) =
-        RUNTIME
-            .get_or_init(runtime)
-            .block_on(backup(tmp.path(), &s3.url("isolation"), &opts));
+    let (repo, manifest) = RUNTIME
+        .get_or_init(runtime)
+        .block_on(backup(tmp.path(), &location));
     // A cache as older versions left it: open to every local user.
     let cache = tmp.path().join("cache");
     fs::create_dir_all(cache.join("chunks")).unwrap();

@@ -9,6 +9,7 @@ mod conninfo;
 pub mod error;
 mod gc;
 mod ingest;
+mod location;
 pub mod manifest;
 mod pgmeta;
 mod random;
@@ -21,6 +22,7 @@ mod verify;
 pub use error::RepoError;
 pub use gc::GcReport;
 pub use ingest::{Checkpoint, Progress, ProgressSnapshot, RepairReport, Source};
+pub use location::{Credentials, DEFAULT_READ_DEADLINE, RepoLocation, S3Credentials};
 pub use manifest::{
     BackupManifest, ChunkId, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES, ManifestError,
     RepoConfig,
@@ -28,5 +30,4 @@ pub use manifest::{
 pub use pgmeta::{format_lsn, parse_lsn};
 pub use repo::{BackupList, InvalidBackup, Repository};
 pub use restore::RestoreOwner;
-pub use store::{S3Credentials, StoreOptions};
 pub use verify::{ChunkUse, DamagedChunk, DamagedSharedChunk, RepoVerifyReport, VerifyReport};

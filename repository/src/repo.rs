@@ -10,9 +10,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use time::OffsetDateTime;
 
 use crate::error::{RepoError, summarize_store_error};
+use crate::location::RepoLocation;
 use crate::manifest::{BackupManifest, ChunkId, FORMAT_VERSION, RepoConfig, is_backup_id};
 use crate::size::validate_chunk_size;
-use crate::store::{OpenedStore, StoreOptions, open_store};
+use crate::store::{OpenedStore, open_store};
 use serde::Serialize;
 
 pub(crate) const CONFIG_PATH: &str = "ir-repo.json";
@@ -49,7 +50,8 @@ struct Inner {
     store: Arc<dyn ObjectStore>,
     local: bool,
     config: RepoConfig,
-    opts: StoreOptions,
+    /// Total retry budget for one chunk read.
+    read_deadline: Duration,
 }
 
 impl std::fmt::Debug for Repository {
@@ -78,26 +80,22 @@ fn check_backup_id(id: &str) -> Result<(), RepoError> {
 }
 
 impl Repository {
-    fn assemble(opened: OpenedStore, config: RepoConfig, opts: &StoreOptions) -> Repository {
+    fn assemble(opened: OpenedStore, config: RepoConfig, location: &RepoLocation) -> Repository {
         Repository {
             inner: Arc::new(Inner {
                 url: opened.url,
                 store: opened.store,
                 local: opened.local,
                 config,
-                opts: opts.clone(),
+                read_deadline: location.read_deadline,
             }),
         }
     }
 
     /// Creates a repository. Refuses if `ir-repo.json` already exists.
-    pub async fn init(
-        url: &str,
-        chunk_size: u64,
-        opts: &StoreOptions,
-    ) -> Result<Repository, RepoError> {
+    pub async fn init(location: &RepoLocation, chunk_size: u64) -> Result<Repository, RepoError> {
         validate_chunk_size(chunk_size)?;
-        let opened = open_store(url, opts, true)?;
+        let opened = open_store(location, true)?;
         let config = RepoConfig {
             format_version: FORMAT_VERSION,
             chunk_size,
@@ -106,7 +104,7 @@ impl Repository {
             created: OffsetDateTime::now_utc(),
             repository_id: Some(crate::random::hex_id()),
         };
-        let repo = Repository::assemble(opened, config, opts);
+        let repo = Repository::assemble(opened, config, location);
         let path = Path::from(CONFIG_PATH);
         match repo.inner.store.head(&path).await {
             Ok(_) => return Err(repo.already_exists()),
@@ -141,8 +139,8 @@ impl Repository {
     }
 
     /// Opens an existing repository.
-    pub async fn open(url: &str, opts: &StoreOptions) -> Result<Repository, RepoError> {
-        let opened = open_store(url, opts, false)?;
+    pub async fn open(location: &RepoLocation) -> Result<Repository, RepoError> {
+        let opened = open_store(location, false)?;
         let path = Path::from(CONFIG_PATH);
         let not_repo = || RepoError::NotARepository {
             url: opened.url.clone(),
@@ -192,7 +190,7 @@ impl Repository {
             )));
         }
         validate_chunk_size(config.chunk_size).map_err(|e| invalid(e.to_string()))?;
-        Ok(Repository::assemble(opened, config, opts))
+        Ok(Repository::assemble(opened, config, location))
     }
 
     pub fn url(&self) -> &str {
@@ -374,7 +372,7 @@ impl Repository {
     /// Fetches, decompresses and checks one chunk (see the crate docs for the retry policy).
     pub async fn read_chunk(&self, id: &ChunkId, expected_len: usize) -> Result<Bytes, RepoError> {
         let start = Instant::now();
-        let deadline = self.inner.opts.read_deadline;
+        let deadline = self.inner.read_deadline;
         let mut backoff = Duration::from_millis(100);
         loop {
             // Each attempt gets what is left of the budget, so a hung request cannot outlive it.
@@ -484,7 +482,7 @@ mod tests {
     async fn temp_repo() -> (tempfile::TempDir, Repository) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("repo").display());
-        let repo = Repository::init(&url, 64 * 1024, &StoreOptions::default())
+        let repo = Repository::init(&RepoLocation::new(&url), 64 * 1024)
             .await
             .unwrap();
         (dir, repo)
@@ -504,12 +502,12 @@ mod tests {
     async fn init_then_open() {
         let (dir, repo) = temp_repo().await;
         assert!(repo.is_local());
-        let again = Repository::init(repo.url(), 1 << 20, &StoreOptions::default()).await;
+        let again = Repository::init(&RepoLocation::new(repo.url()), 1 << 20).await;
         assert!(
             matches!(again, Err(RepoError::AlreadyExists { .. })),
             "{again:?}"
         );
-        let opened = Repository::open(repo.url(), &StoreOptions::default())
+        let opened = Repository::open(&RepoLocation::new(repo.url()))
             .await
             .unwrap();
         assert_eq!(opened.config(), repo.config());
@@ -535,7 +533,7 @@ mod tests {
         );
 
         let nothing = format!("file://{}", dir.path().join("nothing").display());
-        let err = Repository::open(&nothing, &StoreOptions::default()).await;
+        let err = Repository::open(&RepoLocation::new(&nothing)).await;
         assert!(
             matches!(err, Err(RepoError::NotARepository { .. })),
             "{err:?}"
@@ -593,7 +591,7 @@ mod tests {
         let (_b, two) = temp_repo().await;
         assert_ne!(one.identity(), two.identity());
         assert_eq!(one.identity().len(), 32);
-        let reopened = Repository::open(one.url(), &StoreOptions::default())
+        let reopened = Repository::open(&RepoLocation::new(one.url()))
             .await
             .unwrap();
         assert_eq!(reopened.identity(), one.identity());
@@ -609,7 +607,7 @@ mod tests {
             text.replace("\"format_version\": 1", "\"format_version\": 99"),
         )
         .unwrap();
-        let err = Repository::open(repo.url(), &StoreOptions::default()).await;
+        let err = Repository::open(&RepoLocation::new(repo.url())).await;
         assert!(
             matches!(err, Err(RepoError::UnsupportedFormat { found: 99, .. })),
             "{err:?}"
@@ -618,16 +616,15 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_urls_and_sizes() {
-        let opts = StoreOptions::default();
         for url in ["ftp://x/y", "file://relative", "not a url"] {
-            let err = Repository::open(url, &opts).await;
+            let err = Repository::open(&RepoLocation::new(url)).await;
             assert!(
                 matches!(err, Err(RepoError::InvalidUrl { .. })),
                 "{url}: {err:?}"
             );
         }
         let dir = tempfile::tempdir().unwrap();
-        let err = Repository::init(dir.path().to_str().unwrap(), 1000, &opts).await;
+        let err = Repository::init(&RepoLocation::new(dir.path().to_str().unwrap()), 1000).await;
         assert!(
             matches!(err, Err(RepoError::InvalidChunkSize { .. })),
             "{err:?}"
@@ -676,14 +673,14 @@ mod tests {
             std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
             std::env::set_var("AWS_REGION", "us-east-1");
         }
-        let opts = StoreOptions {
+        let location = RepoLocation {
             s3_endpoint: Some(endpoint),
             allow_http: Some(true),
-            ambient_credentials: true,
+            credentials: crate::location::Credentials::Ambient,
             read_deadline,
-            ..StoreOptions::default()
+            ..RepoLocation::new("s3://bucket/prefix")
         };
-        let opened = open_store("s3://bucket/prefix", &opts, false).unwrap();
+        let opened = open_store(&location, false).unwrap();
         assert!(!opened.local);
         Repository {
             inner: Arc::new(Inner {
@@ -698,7 +695,7 @@ mod tests {
                     created: OffsetDateTime::UNIX_EPOCH,
                     repository_id: None,
                 },
-                opts,
+                read_deadline,
             }),
         }
     }

@@ -281,8 +281,8 @@ fn set_attrs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::location::RepoLocation;
     use crate::manifest::{Entry, EntryPath, FORMAT_VERSION};
-    use crate::store::StoreOptions;
 
     fn entry(path: &str, kind: EntryKind) -> Entry {
         let size = match &kind {
@@ -356,7 +356,7 @@ mod tests {
     async fn a_hostile_manifest_writes_nothing_outside() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("repo").display());
-        let repo = Repository::init(&url, 64 * 1024, &StoreOptions::default())
+        let repo = Repository::init(&RepoLocation::new(&url), 64 * 1024)
             .await
             .unwrap();
         let outside = dir.path().join("outside");
@@ -422,7 +422,7 @@ mod tests {
     async fn set_id_bits_are_dropped_from_files() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("repo").display());
-        let repo = Repository::init(&url, 64 * 1024, &StoreOptions::default())
+        let repo = Repository::init(&RepoLocation::new(&url), 64 * 1024)
             .await
             .unwrap();
         let target = dir.path().join("t");

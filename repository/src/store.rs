@@ -10,56 +10,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 
 use crate::error::RepoError;
-
-/// How to reach the store.
-///
-/// With `ambient_credentials`, S3 settings not given here come from the process's environment
-/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, instance
-/// credentials...), as a command line user expects. Without it, nothing comes from the
-/// environment: an S3 repository needs `s3_credentials`, so that a component serving many
-/// users (the operator, a node agent) never lends them its own identity by accident.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    pub s3_endpoint: Option<String>,
-    pub s3_region: Option<String>,
-    pub allow_http: Option<bool>,
-    /// Access key pair; in a cluster it comes from a Secret, so one process can hold several.
-    pub s3_credentials: Option<S3Credentials>,
-    /// Whether the process's own S3 settings and credentials may be used (see above).
-    pub ambient_credentials: bool,
-    /// `file://` repositories are allowed only inside these directories; `None` allows any.
-    pub file_roots: Option<Vec<PathBuf>>,
-    /// Total retry budget for one chunk read before it fails as unavailable.
-    pub read_deadline: Duration,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            s3_endpoint: None,
-            s3_region: None,
-            allow_http: None,
-            s3_credentials: None,
-            ambient_credentials: false,
-            file_roots: None,
-            read_deadline: Duration::from_secs(30),
-        }
-    }
-}
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct S3Credentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-}
-
-impl std::fmt::Debug for S3Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Credentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
-}
+use crate::location::{Credentials, RepoLocation};
 
 pub(crate) struct OpenedStore {
     /// Normalised URL, used in messages.
@@ -69,11 +20,8 @@ pub(crate) struct OpenedStore {
 }
 
 /// `create` makes the directory of a `file://` repository (used by `init`).
-pub(crate) fn open_store(
-    url: &str,
-    opts: &StoreOptions,
-    create: bool,
-) -> Result<OpenedStore, RepoError> {
+pub(crate) fn open_store(location: &RepoLocation, create: bool) -> Result<OpenedStore, RepoError> {
+    let url = location.url.as_str();
     let invalid = |reason: &str| RepoError::InvalidUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -89,7 +37,7 @@ pub(crate) fn open_store(
             let path = parsed
                 .to_file_path()
                 .map_err(|_| invalid("expected file:///absolute/path"))?;
-            if let Some(roots) = &opts.file_roots {
+            if let Some(roots) = &location.file_roots {
                 check_file_root(&path, roots, create).map_err(|reason| {
                     RepoError::PathNotAllowed {
                         url: parsed.to_string(),
@@ -120,14 +68,16 @@ pub(crate) fn open_store(
                 .host_str()
                 .filter(|b| !b.is_empty())
                 .ok_or_else(|| invalid("expected s3://bucket/prefix"))?;
-            let builder = match (&opts.s3_credentials, opts.ambient_credentials) {
-                (None, false) => {
+            let builder = match &location.credentials {
+                Credentials::None => {
                     return Err(RepoError::NoCredentials {
                         url: format!("s3://{bucket}{}", parsed.path().trim_end_matches('/')),
                     });
                 }
-                (Some(_), false) => AmazonS3Builder::new(),
-                (_, true) => AmazonS3Builder::from_env(),
+                Credentials::Keys(keys) => AmazonS3Builder::new()
+                    .with_access_key_id(&keys.access_key_id)
+                    .with_secret_access_key(&keys.secret_access_key),
+                Credentials::Ambient => AmazonS3Builder::from_env(),
             };
             let mut builder = builder
                 .with_bucket_name(bucket)
@@ -142,19 +92,14 @@ pub(crate) fn open_store(
                     retry_timeout: Duration::from_secs(60),
                     ..Default::default()
                 });
-            if let Some(endpoint) = &opts.s3_endpoint {
+            if let Some(endpoint) = &location.s3_endpoint {
                 builder = builder.with_endpoint(endpoint);
             }
-            if let Some(region) = &opts.s3_region {
+            if let Some(region) = &location.s3_region {
                 builder = builder.with_region(region);
             }
-            if let Some(allow) = opts.allow_http {
+            if let Some(allow) = location.allow_http {
                 builder = builder.with_allow_http(allow);
-            }
-            if let Some(credentials) = &opts.s3_credentials {
-                builder = builder
-                    .with_access_key_id(&credentials.access_key_id)
-                    .with_secret_access_key(&credentials.secret_access_key);
             }
             let s3 = builder.build().map_err(|e| invalid(&e.to_string()))?;
             let prefix = parsed.path().trim_matches('/');
@@ -237,6 +182,7 @@ fn check_file_root(path: &Path, roots: &[PathBuf], create: bool) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::location::S3Credentials;
 
     #[test]
     fn file_roots_hold_paths_and_symlinks_in() {
@@ -271,20 +217,18 @@ mod tests {
 
     #[test]
     fn s3_without_credentials_needs_an_opt_in() {
-        let opts = StoreOptions::default();
-        let err = open_store("s3://bucket/prefix", &opts, false)
-            .err()
-            .unwrap();
+        let bare = RepoLocation::new("s3://bucket/prefix");
+        let err = open_store(&bare, false).err().unwrap();
         assert!(matches!(err, RepoError::NoCredentials { .. }), "{err:?}");
         assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
-        let keys = StoreOptions {
-            s3_credentials: Some(S3Credentials {
+        let keys = RepoLocation {
+            credentials: Credentials::Keys(S3Credentials {
                 access_key_id: "a".into(),
                 secret_access_key: "b".into(),
             }),
             s3_region: Some("us-east-1".into()),
-            ..StoreOptions::default()
+            ..bare
         };
-        assert!(open_store("s3://bucket/prefix", &keys, false).is_ok());
+        assert!(open_store(&keys, false).is_ok());
     }
 }

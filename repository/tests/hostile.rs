@@ -539,7 +539,7 @@ proptest! {
             let dir = tempfile::tempdir().unwrap();
             let repo = temp_repo(dir.path()).await;
             if let Ok(m) = repo.ingest_tar(std::io::Cursor::new(tar), Arc::new(Progress::default())).await {
-                let again: Repository = Repository::open(repo.url(), &Default::default()).await.unwrap();
+                let again: Repository = Repository::open(&ir_repository::RepoLocation::new(repo.url())).await.unwrap();
                 assert_eq!(again.load_manifest(&m.id).await.unwrap(), m);
             }
         });
@@ -551,17 +551,17 @@ proptest! {
 #[tokio::test]
 async fn s3_error_bodies_are_left_out_of_messages() {
     let s3 = ir_e2e::s3::S3Server::start();
-    let opts = ir_repository::StoreOptions {
+    let location = ir_repository::RepoLocation {
         s3_endpoint: Some(s3.endpoint()),
         s3_region: Some("us-east-1".into()),
         allow_http: Some(true),
-        s3_credentials: Some(ir_repository::S3Credentials {
+        credentials: ir_repository::Credentials::Keys(ir_repository::S3Credentials {
             access_key_id: "nobody".into(),
             secret_access_key: "wrong-secret".into(),
         }),
-        ..Default::default()
+        ..ir_repository::RepoLocation::new(s3.url("repo"))
     };
-    let err = Repository::open(&s3.url("repo"), &opts).await.unwrap_err();
+    let err = Repository::open(&location).await.unwrap_err();
     let msg = err.to_string();
     assert!(!msg.contains('<') && !msg.contains('\n'), "{msg}");
     assert!(

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ir_api::recovery::{Phase, RecoveryStatus, RetryPolicy, SwitchoverPolicy};
-use ir_repository::StoreOptions;
+use ir_repository::{Credentials, RepoLocation};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +78,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
     }
 }
 
-/// Where the backup is.
+/// Where the backup is, as the command line names a repository (its flags, `irctl repo`,
+/// `backup` and `mount` alike) and `irctl recover` records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RepoSpec {
@@ -93,14 +94,15 @@ pub struct RepoSpec {
 }
 
 impl RepoSpec {
-    pub fn store_options(&self) -> StoreOptions {
-        StoreOptions {
+    /// How the command line reaches the repository: with its user's own AWS settings and
+    /// credentials, anywhere on the file system.
+    pub fn location(&self) -> RepoLocation {
+        RepoLocation {
+            url: self.url.clone(),
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),
             allow_http: self.allow_http,
-            s3_credentials: None,
-            // `irctl recover` runs with its user's own AWS settings.
-            ambient_credentials: true,
+            credentials: Credentials::Ambient,
             file_roots: None,
             read_deadline: Duration::from_secs(self.read_deadline_secs),
         }

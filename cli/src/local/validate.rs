@@ -76,7 +76,7 @@ pub(super) async fn validate(
         check_port_free(flag, port, &spec.listen_addresses)?;
     }
 
-    let backup = find_backup(&spec.repo.url, &spec.repo.store_options(), &spec.backup).await?;
+    let backup = find_backup(&spec.repo.location(), &spec.backup).await?;
     let (id, pg_major, size_bytes) = (backup.id, backup.pg_major, backup.size_bytes);
     PgBinaries::find(pg_major, spec.pg_bindir.as_deref())
         .map_err(|e| Failure::new(Reason::PostgresBinariesMissing, e.to_string()))?;

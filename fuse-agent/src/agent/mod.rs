@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ir_api::crd::{
-    AGENT_FINALIZER, AGENT_HEARTBEAT_ANNOTATION, BackupRepositorySpec, CACHE_FREE_ANNOTATION,
-    NODE_LABEL, RecoveryMount, RecoveryMountStatus,
+    AGENT_FINALIZER, AGENT_HEARTBEAT_ANNOTATION, CACHE_FREE_ANNOTATION, NODE_LABEL, RecoveryMount,
+    RecoveryMountStatus,
 };
-use ir_repository::{RepoError, Repository, S3Credentials, StoreOptions};
+use ir_repository::{RepoError, Repository, S3Credentials};
 use jiff::{Timestamp, Unit};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::{Api, Patch, PatchParams};
@@ -38,7 +38,7 @@ use tokio::runtime::Handle;
 use tracing::Instrument;
 
 use crate::{MountError, MountOptions, Mounted, clear_stale_mount, is_fuse_mount, mount_backup};
-use ir_api::{Failure, Reason};
+use ir_api::{Failure, Reason, RepositoryPolicy};
 use plan::{CacheFigures, Decision, LocalMount};
 
 /// Field manager of everything the agent writes.
@@ -64,12 +64,9 @@ pub struct AgentConfig {
     pub mount_root: PathBuf,
     /// IRCaches go to `<cache_root>/ircache/<RecoveryMount uid>`.
     pub cache_root: PathBuf,
-    /// `file://` repositories must lie inside one of these directories; none: `file://` is
-    /// refused.
-    pub file_roots: Vec<PathBuf>,
-    /// Whether a repository may opt in to this process's own S3 credentials
-    /// (`s3.useAmbientCredentials`).
-    pub allow_ambient_credentials: bool,
+    /// Where `file://` repositories may lie, and whether a repository may opt in to this
+    /// process's own S3 credentials.
+    pub repositories: RepositoryPolicy,
     /// Only the RecoveryMounts of these namespaces; all when empty.
     pub namespaces: Vec<String>,
 }
@@ -180,8 +177,8 @@ impl Agent {
             node = %agent.config.node_name,
             mount_root = %agent.config.mount_root.display(),
             cache_root = %agent.config.cache_root.display(),
-            file_roots = ?agent.config.file_roots,
-            allow_ambient_credentials = agent.config.allow_ambient_credentials,
+            file_roots = ?agent.config.repositories.file_roots,
+            allow_ambient_credentials = agent.config.repositories.allow_ambient_credentials,
             namespaces = ?agent.config.namespaces,
             "agent started"
         );
@@ -418,13 +415,17 @@ impl Agent {
                 Err(failure) => return Ok(Err(failure)),
             },
         };
-        let options = match store_options(&spec.repository, credentials, &self.config) {
-            Ok(options) => options,
+        let repositories = &self.config.repositories;
+        let location = match spec
+            .repository
+            .location(credentials, repositories, "spec.repository")
+        {
+            Ok(location) => location,
             Err(failure) => return Ok(Err(failure)),
         };
         let url = spec.repository.url.as_str();
-        let opened = tokio::time::timeout(options.read_deadline, async {
-            let repo = Repository::open(url, &options).await?;
+        let opened = tokio::time::timeout(location.read_deadline, async {
+            let repo = Repository::open(&location).await?;
             let manifest = repo.load_manifest(&spec.backup_id).await?;
             Ok::<_, RepoError>((repo, manifest))
         })
@@ -590,64 +591,6 @@ fn remove(path: &Path, remove: impl FnOnce(&Path) -> io::Result<()>) -> Result<(
 fn prepare_mount_point(path: &Path) -> io::Result<()> {
     clear_stale_mount(path)?;
     std::fs::create_dir_all(path)
-}
-
-/// Default of `--file-roots` for the operator and the agent: the chart's
-/// `repositories.fileRoots` default, inside the agent's default cache root.
-pub const DEFAULT_FILE_ROOT: &str = "/var/lib/instant-recovery/repositories";
-
-/// The directories of `--file-roots` (a comma-separated list; empty items are left out, so that
-/// an empty value allows no `file://` repository at all). Each must be an absolute path
-/// without `.` or `..`.
-pub fn parse_file_roots(values: &[String]) -> Result<Vec<PathBuf>, String> {
-    values
-        .iter()
-        .map(|v| v.trim())
-        .filter(|v| !v.is_empty())
-        .map(|v| {
-            let path = PathBuf::from(v);
-            let plain = path.components().all(|c| {
-                matches!(
-                    c,
-                    std::path::Component::RootDir | std::path::Component::Normal(_)
-                )
-            });
-            if path.is_absolute() && plain {
-                Ok(path)
-            } else {
-                Err(format!(
-                    "--file-roots: {v:?} is not an absolute path without '.' or '..'"
-                ))
-            }
-        })
-        .collect()
-}
-
-/// How to reach the RecoveryMount's repository: all from its spec and Secret. The agent's own
-/// S3 settings and credentials only for a repository that opts in to them
-/// (`s3.useAmbientCredentials`), where the agent allows it; `file://` only inside the agent's
-/// file roots.
-pub fn store_options(
-    spec: &BackupRepositorySpec,
-    credentials: Option<S3Credentials>,
-    config: &AgentConfig,
-) -> Result<StoreOptions, Failure> {
-    let s3 = spec.s3.clone().unwrap_or_default();
-    let ambient = plan::ambient_credentials(
-        spec,
-        credentials.is_some(),
-        config.allow_ambient_credentials,
-    )
-    .map_err(|f| f.naming("spec.repository"))?;
-    Ok(StoreOptions {
-        s3_endpoint: s3.endpoint,
-        s3_region: s3.region,
-        allow_http: Some(s3.allow_http),
-        s3_credentials: credentials,
-        ambient_credentials: ambient,
-        file_roots: Some(config.file_roots.clone()),
-        read_deadline: spec.read_deadline.0,
-    })
 }
 
 async fn write_status(

@@ -2,7 +2,7 @@
 //! says and what this process holds, the status that answers it, and how failures are
 //! classified.
 
-use ir_api::crd::{BackupRepositorySpec, MountPhase, RecoveryMountStatus};
+use ir_api::crd::{MountPhase, RecoveryMountStatus};
 use ir_api::{Failure, Reason};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -52,47 +52,6 @@ pub fn decide(
             _ => Decision::Mount,
         },
     }
-}
-
-/// Whether the repository is to be read with the process's own S3 credentials: only an `s3://`
-/// repository without a credentials Secret that opts in (`s3.useAmbientCredentials`), where the
-/// process allows it (`allowed`). Any other S3 repository without a Secret is refused, so that
-/// a repository never borrows the operator's or an agent's identity by default.
-pub fn ambient_credentials(
-    spec: &BackupRepositorySpec,
-    has_secret: bool,
-    allowed: bool,
-) -> Result<bool, Failure> {
-    if !spec.url.starts_with("s3://") || has_secret {
-        return Ok(false);
-    }
-    let opted_in = spec
-        .s3
-        .as_ref()
-        .is_some_and(|s3| s3.use_ambient_credentials);
-    if !opted_in {
-        return Err(Failure::new(
-            Reason::CredentialsRequired,
-            format!(
-                "{} needs a credentials Secret (keys AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY); to read it with the installation's own credentials \
-                 instead, set s3.useAmbientCredentials: true where the installation allows it",
-                spec.url
-            ),
-        ));
-    }
-    if !allowed {
-        return Err(Failure::new(
-            Reason::AmbientCredentialsNotAllowed,
-            format!(
-                "{} asks for the installation's own S3 credentials, which this installation \
-                 does not lend (chart value repositories.allowAmbientCredentials, flag \
-                 --allow-ambient-credentials); name a credentials Secret instead",
-                spec.url
-            ),
-        ));
-    }
-    Ok(true)
 }
 
 pub fn mount_failure(e: &MountError) -> Failure {
@@ -274,45 +233,6 @@ mod tests {
         assert_eq!(decide(1, Some(&mounted), LocalMount::Dead), Decision::Mount);
         let failed = status(MountPhase::Failed, 1);
         assert_eq!(decide(1, Some(&failed), LocalMount::Dead), Decision::Mount);
-    }
-
-    #[test]
-    fn s3_without_a_secret_needs_the_opt_in_and_the_installations_consent() {
-        let repo = |json| serde_json::from_value::<BackupRepositorySpec>(json).unwrap();
-        let bare = repo(serde_json::json!({"url": "s3://bucket/prefix"}));
-        let opted = repo(serde_json::json!({
-            "url": "s3://bucket/prefix", "s3": {"useAmbientCredentials": true}
-        }));
-        let file = repo(serde_json::json!({"url": "file:///srv/repos/a"}));
-
-        let f = ambient_credentials(&bare, false, true)
-            .unwrap_err()
-            .naming("spec");
-        assert_eq!(
-            (f.reason, f.transient),
-            (Reason::CredentialsRequired, false)
-        );
-        assert!(
-            f.message
-                .starts_with("spec.credentialsSecret: s3://bucket/prefix"),
-            "{}",
-            f.message
-        );
-        let f = ambient_credentials(&opted, false, false)
-            .unwrap_err()
-            .naming("spec.repository");
-        assert_eq!(f.reason, "AmbientCredentialsNotAllowed");
-        assert!(
-            f.message
-                .starts_with("spec.repository.s3.useAmbientCredentials: "),
-            "{}",
-            f.message
-        );
-        assert_eq!(ambient_credentials(&opted, false, true), Ok(true));
-        // A Secret is used as it is, nothing from the environment.
-        assert_eq!(ambient_credentials(&bare, true, true), Ok(false));
-        assert_eq!(ambient_credentials(&opted, true, true), Ok(false));
-        assert_eq!(ambient_credentials(&file, false, false), Ok(false));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use ir_api::RepositoryPolicyArgs;
 use ir_fuse::agent::{Agent, AgentConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -30,19 +31,8 @@ struct Args {
         default_value = "/var/lib/instant-recovery"
     )]
     cache_root: PathBuf,
-    /// The only directories `file://` repositories may lie in (comma-separated); an empty
-    /// value refuses every `file://` repository.
-    #[arg(
-        long,
-        env = "IR_FILE_ROOTS",
-        value_delimiter = ',',
-        default_value = ir_fuse::agent::DEFAULT_FILE_ROOT
-    )]
-    file_roots: Vec<String>,
-    /// Let a repository that opts in (`s3.useAmbientCredentials`) be read with this process's
-    /// own S3 credentials (environment, instance profile, workload identity).
-    #[arg(long, env = "IR_ALLOW_AMBIENT_CREDENTIALS")]
-    allow_ambient_credentials: bool,
+    #[command(flatten)]
+    repositories: RepositoryPolicyArgs,
     /// Only the RecoveryMounts of these namespaces (comma-separated; default: all).
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
@@ -75,8 +65,7 @@ fn init_tracing(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
-    let file_roots =
-        ir_fuse::agent::parse_file_roots(&args.file_roots).map_err(anyhow::Error::msg)?;
+    let repositories = args.repositories.policy().map_err(anyhow::Error::msg)?;
     let mut namespaces: Vec<String> = args
         .watch_namespaces
         .iter()
@@ -106,8 +95,7 @@ async fn main() -> anyhow::Result<()> {
             node_name: args.node_name,
             mount_root: args.mount_root,
             cache_root: args.cache_root,
-            file_roots,
-            allow_ambient_credentials: args.allow_ambient_credentials,
+            repositories,
             namespaces,
         },
     )?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use ir_api::GoDuration;
+use ir_api::{GoDuration, RepositoryPolicyArgs};
 use ir_engine::postgres::SwitchoverTimeouts;
 use ir_operator::k8s::leader::LeaseConfig;
 use ir_operator::k8s::metrics::Metrics;
@@ -29,19 +29,8 @@ struct Args {
     /// needs rights in these namespaces only (Roles), and cluster-wide only to read Nodes.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
-    /// The only directories `file://` repositories may lie in (comma-separated); an empty
-    /// value refuses every `file://` repository.
-    #[arg(
-        long,
-        env = "IR_FILE_ROOTS",
-        value_delimiter = ',',
-        default_value = ir_fuse::agent::DEFAULT_FILE_ROOT
-    )]
-    file_roots: Vec<String>,
-    /// Let a repository that opts in (`s3.useAmbientCredentials`) be read with this process's
-    /// own S3 credentials (environment, instance profile, workload identity).
-    #[arg(long, env = "IR_ALLOW_AMBIENT_CREDENTIALS")]
-    allow_ambient_credentials: bool,
+    #[command(flatten)]
+    repositories: RepositoryPolicyArgs,
     /// Write a NetworkPolicy `<name>-postgres` for each recovery: only the operator, the
     /// recovery's own Pods and its `spec.network.clients` reach PostgreSQL.
     #[arg(long, env = "IR_NETWORK_POLICY")]
@@ -133,8 +122,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     namespaces.sort();
     namespaces.dedup();
-    let file_roots =
-        ir_fuse::agent::parse_file_roots(&args.file_roots).map_err(anyhow::Error::msg)?;
+    let repositories = args.repositories.policy().map_err(anyhow::Error::msg)?;
     let network_policy = match (args.network_policy, args.operator_namespace) {
         (false, _) => None,
         (true, None) => anyhow::bail!("--network-policy needs --operator-namespace"),
@@ -155,8 +143,7 @@ async fn main() -> anyhow::Result<()> {
         },
         repository_poll: args.repository_poll.0.max(Duration::from_secs(1)),
         namespaces,
-        file_roots,
-        allow_ambient_credentials: args.allow_ambient_credentials,
+        repositories,
         network_policy,
     };
     let instance = std::env::var("POD_NAME")

@@ -177,7 +177,7 @@ impl<'a> Driver<'a> {
                 ..f
             }
         };
-        let options = super::store_options(
+        let location = super::repository_location(
             &self.ctx.client,
             &self.namespace,
             &repo.spec,
@@ -185,7 +185,7 @@ impl<'a> Driver<'a> {
         )
         .await
         .map_err(about_repository)?;
-        let backup = ir_engine::backup::find_backup(&repo.spec.url, &options, &spec.backup.id)
+        let backup = ir_engine::backup::find_backup(&location, &spec.backup.id)
             .await
             .map_err(about_repository)?;
         self.credentials().await?;

@@ -14,14 +14,12 @@ pub mod resources;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use ir_api::crd::{BackupRepository, BackupRepositorySpec, InstantRecovery, RecoveryMount};
-use ir_fuse::agent::plan;
-use ir_repository::{S3Credentials, StoreOptions};
+use ir_repository::{RepoLocation, S3Credentials};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::Controller;
@@ -32,7 +30,7 @@ use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use ir_api::Reason;
+use ir_api::{Reason, RepositoryPolicy};
 use ir_engine::machine::Failure;
 use ir_engine::postgres::{PgError, SwitchoverTimeouts};
 use leader::{Elector, LeaderError, LeaseConfig};
@@ -68,12 +66,9 @@ pub struct Settings {
     pub repository_poll: Duration,
     /// Only these namespaces; all when empty.
     pub namespaces: Vec<String>,
-    /// `file://` repositories must lie inside one of these directories; none: `file://` is
-    /// refused.
-    pub file_roots: Vec<PathBuf>,
-    /// Whether a repository may opt in to the operator's own S3 credentials
-    /// (`s3.useAmbientCredentials`).
-    pub allow_ambient_credentials: bool,
+    /// Where `file://` repositories may lie, and whether a repository may opt in to the
+    /// operator's own S3 credentials.
+    pub repositories: RepositoryPolicy,
     /// Write a NetworkPolicy for each recovery's Pods, admitting the operator's Pods named here.
     pub network_policy: Option<OperatorPeer>,
 }
@@ -93,8 +88,7 @@ impl Default for Settings {
             switchover: SwitchoverTimeouts::default(),
             repository_poll: Duration::from_secs(300),
             namespaces: Vec::new(),
-            file_roots: vec![PathBuf::from(ir_fuse::agent::DEFAULT_FILE_ROOT)],
-            allow_ambient_credentials: false,
+            repositories: RepositoryPolicy::default(),
             network_policy: None,
         }
     }
@@ -369,27 +363,15 @@ pub fn naming_repository_field(failure: Failure) -> Failure {
     }
 }
 
-/// How to open a BackupRepository's storage, credentials included: the operator's own S3
-/// credentials only for a repository that opts in where the installation allows it, `file://`
-/// only inside the installation's file roots.
-pub async fn store_options(
+/// Where a BackupRepository is and how to reach it, the key pair of its credentials Secret
+/// included (see [`BackupRepositorySpec::location`]).
+pub async fn repository_location(
     client: &Client,
     namespace: &str,
     spec: &BackupRepositorySpec,
     settings: &Settings,
-) -> Result<StoreOptions, Failure> {
-    let s3 = spec.s3.clone().unwrap_or_default();
-    let ambient = plan::ambient_credentials(
-        spec,
-        spec.credentials_secret.is_some(),
-        settings.allow_ambient_credentials,
-    )
-    .map_err(|f| Failure {
-        transient: f.transient,
-        reason: f.reason.to_owned(),
-        message: f.naming("spec").message,
-    })?;
-    let s3_credentials = match &spec.credentials_secret {
+) -> Result<RepoLocation, Failure> {
+    let credentials = match &spec.credentials_secret {
         Some(secret) => {
             let values = read_secret(
                 client,
@@ -406,13 +388,5 @@ pub async fn store_options(
         }
         None => None,
     };
-    Ok(StoreOptions {
-        s3_endpoint: s3.endpoint,
-        s3_region: s3.region,
-        allow_http: s3.allow_http.then_some(true),
-        s3_credentials,
-        ambient_credentials: ambient,
-        file_roots: Some(settings.file_roots.clone()),
-        read_deadline: spec.read_deadline.0,
-    })
+    spec.location(credentials, &settings.repositories, "spec")
 }

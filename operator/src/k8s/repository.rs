@@ -101,8 +101,9 @@ async fn check(
     namespace: &str,
     repo: &BackupRepository,
 ) -> Result<Vec<ListedBackup>, Failure> {
-    let options = super::store_options(&ctx.client, namespace, &repo.spec, &ctx.settings).await?;
-    let opened = Repository::open(&repo.spec.url, &options)
+    let location =
+        super::repository_location(&ctx.client, namespace, &repo.spec, &ctx.settings).await?;
+    let opened = Repository::open(&location)
         .await
         .map_err(ir_api::Failure::from)
         .map_err(super::naming_repository_field)?;

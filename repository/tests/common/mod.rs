@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ir_repository::{BackupManifest, Entry, EntryKind, Repository, StoreOptions};
+use ir_repository::{BackupManifest, Entry, EntryKind, RepoLocation, Repository};
 
 pub const CHUNK: u64 = 64 * 1024;
 
 pub async fn temp_repo(dir: &Path) -> Repository {
     let url = format!("file://{}", dir.join("repo").display());
-    Repository::init(&url, CHUNK, &StoreOptions::default())
+    Repository::init(&RepoLocation::new(url), CHUNK)
         .await
         .expect("init repository")
 }

@@ -1,0 +1,80 @@
+//! Where a repository is and how to reach its storage.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long one chunk read retries an unreachable repository when nothing else is said.
+pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Where a repository is and how to reach it: what [`Repository::open`] and
+/// [`Repository::init`] take. Each source of it builds one in one place: the command line's
+/// flags and what `irctl recover` records (`irctl`), a BackupRepository's spec with the
+/// installation's policy (`ir-api`, for the operator and the node agent alike).
+///
+/// [`Repository::open`]: crate::Repository::open
+/// [`Repository::init`]: crate::Repository::init
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoLocation {
+    /// `file:///absolute/path` (or `/absolute/path`) or `s3://bucket/prefix`.
+    pub url: String,
+    /// S3 endpoint URL, for S3-compatible servers.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// Plain http to the S3 endpoint. `None` leaves it to `AWS_ALLOW_HTTP` with
+    /// [`Credentials::Ambient`], and off otherwise.
+    pub allow_http: Option<bool>,
+    pub credentials: Credentials,
+    /// `file://` repositories are allowed only inside these directories; `None` allows any.
+    pub file_roots: Option<Vec<PathBuf>>,
+    /// Total retry budget for one chunk read before it fails as unavailable.
+    pub read_deadline: Duration,
+}
+
+impl RepoLocation {
+    /// The repository at `url`: no S3 settings, no credentials, any `file://` path, the
+    /// default read deadline.
+    pub fn new(url: impl Into<String>) -> RepoLocation {
+        RepoLocation {
+            url: url.into(),
+            s3_endpoint: None,
+            s3_region: None,
+            allow_http: None,
+            credentials: Credentials::None,
+            file_roots: None,
+            read_deadline: DEFAULT_READ_DEADLINE,
+        }
+    }
+}
+
+/// Whose credentials read an S3 repository (a `file://` one needs none).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Credentials {
+    /// None: an `s3://` repository is refused ([`RepoError::NoCredentials`]).
+    ///
+    /// [`RepoError::NoCredentials`]: crate::RepoError::NoCredentials
+    #[default]
+    None,
+    /// The process's own: S3 settings not given in the [`RepoLocation`] come from its
+    /// environment too (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ENDPOINT_URL`, instance credentials...), as a command line user expects. A
+    /// component serving many users (the operator, a node agent) lends them only to a
+    /// repository that asks where the installation allows it, never by accident.
+    Ambient,
+    /// This access key pair, and nothing from the environment; in a cluster it comes from a
+    /// Secret, so that one process can hold several.
+    Keys(S3Credentials),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
