@@ -116,7 +116,7 @@ pub enum Action {
     /// Stop using the mount: unmount, drop the IRCache.
     Cleanup,
     /// Start the published instance again, writable, after a switchover stopped it and failed
-    /// before any promotion. Asked by the round ([`crate::round`]), never planned.
+    /// before any promotion. Asked by the round, never planned.
     RestartPublished,
     /// Throw the standby's copy away and copy again from the published instance. Asked by the
     /// round, never planned.

@@ -8,7 +8,6 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod meta;
-pub mod metrics;
 pub mod mount;
 pub mod source;
 pub mod stats;

@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use crate::metrics::LatencyHistogram;
+use ir_telemetry::LatencyHistogram;
 
 /// The FUSE requests whose latency is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -99,9 +99,9 @@ async fn main() -> anyhow::Result<()> {
             namespaces,
         },
     )?;
-    let metrics = ir_fuse::metrics::serve(
+    let metrics = ir_telemetry::serve(
         args.metrics_address,
-        ir_fuse::metrics::Endpoint {
+        ir_telemetry::Endpoint {
             registry: agent.metrics(),
             ready: Box::new(|| true),
         },

@@ -94,9 +94,9 @@ async fn main() -> anyhow::Result<()> {
     let (metrics, registry) = Metrics::new();
     let connected = Arc::new(AtomicBool::new(false));
     let ready = connected.clone();
-    let address = ir_fuse::metrics::serve(
+    let address = ir_telemetry::serve(
         args.metrics_address,
-        ir_fuse::metrics::Endpoint {
+        ir_telemetry::Endpoint {
             registry,
             ready: Box::new(move || ready.load(Ordering::Relaxed)),
         },

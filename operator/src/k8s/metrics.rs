@@ -187,7 +187,7 @@ impl Collector for RecoveriesByPhase {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ir_fuse::metrics::render;
+    use ir_telemetry::render;
 
     #[test]
     fn phases_are_listed_in_declaration_order() {

@@ -1,5 +1,5 @@
-//! Prometheus metrics shared by the agent and the operator: the HTTP endpoint (`/metrics`,
-//! `/healthz`, `/readyz`) and a lock-free latency histogram for hot paths.
+//! Telemetry shared by the node agent and the operator: the HTTP endpoint of their metrics and
+//! health (`/metrics`, `/healthz`, `/readyz`) and a lock-free latency histogram for hot paths.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
