@@ -10,6 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::repo_args::RepoArgs;
 
+/// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
+pub const MOUNT_EXIT_TRANSIENT: i32 = 75;
+
 #[derive(Debug, Args)]
 pub struct MountArgs {
     #[command(flatten)]

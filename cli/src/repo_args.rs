@@ -1,9 +1,12 @@
-//! Where the repository is: the flags every repository command takes.
+//! Where the repository is: the flags every repository command takes, and the [`RepoSpec`]
+//! they name (which `irctl recover` records).
+
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use ir_cli::local::RepoSpec;
-use ir_repository::{DEFAULT_READ_DEADLINE, RepoLocation, Repository};
+use ir_repository::{Credentials, DEFAULT_READ_DEADLINE, RepoLocation, Repository};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Args)]
 pub struct RepoArgs {
@@ -59,12 +62,40 @@ impl RepoArgs {
     }
 }
 
+/// Where the backup is, as the command line names a repository (its flags, `irctl repo`,
+/// `backup` and `mount` alike) and `irctl recover` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoSpec {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+    pub read_deadline_secs: u64,
+}
+
+impl RepoSpec {
+    /// How the command line reaches the repository: with its user's own AWS settings and
+    /// credentials, anywhere on the file system.
+    pub fn location(&self) -> RepoLocation {
+        RepoLocation {
+            url: self.url.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            allow_http: self.allow_http,
+            credentials: Credentials::Ambient,
+            file_roots: None,
+            read_deadline: Duration::from_secs(self.read_deadline_secs),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use clap::Parser;
-    use ir_repository::Credentials;
 
     use super::*;
 

@@ -35,10 +35,12 @@ use ir_engine::round::{self, Driver, Found, RoundInfo};
 use jiff::Timestamp;
 
 pub use error::LocalError;
-pub use mount::MOUNT_EXIT_TRANSIENT;
 pub use recovery::LocalRecovery;
-pub use spec::{LocalSpec, RepoSpec, Rerun};
+pub use spec::{LocalSpec, Rerun};
 pub use workdir::{LocalState, Workdir};
+
+pub use crate::mount::MOUNT_EXIT_TRANSIENT;
+pub use crate::repo_args::RepoSpec;
 
 /// The local driver for one run: the recovery and where its reports go.
 struct Session<'a> {

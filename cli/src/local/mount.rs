@@ -10,9 +10,7 @@ use ir_fuse::is_fuse_mount;
 
 use super::error::{LocalError, io_err};
 use super::recovery::LocalRecovery;
-
-/// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
-pub const MOUNT_EXIT_TRANSIENT: i32 = 75;
+use crate::mount::MOUNT_EXIT_TRANSIENT;
 
 impl LocalRecovery {
     pub(super) async fn ensure_mount(&mut self) -> Result<Step, LocalError> {

@@ -1,45 +1,13 @@
-//! What a local recovery was asked to do ([`LocalSpec`]), where its backup is ([`RepoSpec`]),
-//! and which settings a rerun may change ([`Rerun`]).
+//! What a local recovery was asked to do ([`LocalSpec`]) and which settings a rerun may change
+//! ([`Rerun`]).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use ir_api::recovery::{RetryPolicy, SwitchoverPolicy};
-use ir_repository::{Credentials, RepoLocation};
 use serde::{Deserialize, Serialize};
 
 use super::error::LocalError;
-
-/// Where the backup is, as the command line names a repository (its flags, `irctl repo`,
-/// `backup` and `mount` alike) and `irctl recover` records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RepoSpec {
-    pub url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s3_endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s3_region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow_http: Option<bool>,
-    pub read_deadline_secs: u64,
-}
-
-impl RepoSpec {
-    /// How the command line reaches the repository: with its user's own AWS settings and
-    /// credentials, anywhere on the file system.
-    pub fn location(&self) -> RepoLocation {
-        RepoLocation {
-            url: self.url.clone(),
-            s3_endpoint: self.s3_endpoint.clone(),
-            s3_region: self.s3_region.clone(),
-            allow_http: self.allow_http,
-            credentials: Credentials::Ambient,
-            file_roots: None,
-            read_deadline: Duration::from_secs(self.read_deadline_secs),
-        }
-    }
-}
+use crate::repo_args::RepoSpec;
 
 /// What `irctl recover` was asked to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
