@@ -1,6 +1,7 @@
-//! Where the repository is: the flags every repository command takes, and the [`RepoSpec`]
-//! they name (which `irctl recover` records).
+//! Where the repository is: the flags every repository command takes, the [`RepoSpec`] they
+//! name (which `irctl recover` records), and the same flags made again from it.
 
+use std::ffi::{OsStr, OsString};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -91,6 +92,34 @@ impl RepoSpec {
             read_deadline: Duration::from_secs(self.read_deadline_secs),
         }
     }
+
+    /// The flags that name this repository, as [`RepoArgs`] reads them back: what
+    /// [`StoreArgs::repo_spec`] made from them. `allow_http` is given when true only: left out,
+    /// AWS_ALLOW_HTTP decides, as it did when the flag was not given.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args = vec![
+            flag("--repo", &self.url),
+            flag("--read-deadline", self.read_deadline_secs.to_string()),
+        ];
+        if let Some(endpoint) = &self.s3_endpoint {
+            args.push(flag("--s3-endpoint", endpoint));
+        }
+        if let Some(region) = &self.s3_region {
+            args.push(flag("--s3-region", region));
+        }
+        if self.allow_http == Some(true) {
+            args.push("--s3-allow-http".into());
+        }
+        args
+    }
+}
+
+/// `--name=value`: one argument, so that a value starting with `-` is not taken for a flag.
+pub(crate) fn flag(name: &str, value: impl AsRef<OsStr>) -> OsString {
+    let mut arg = OsString::from(name);
+    arg.push("=");
+    arg.push(value);
+    arg
 }
 
 #[cfg(test)]

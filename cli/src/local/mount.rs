@@ -10,7 +10,7 @@ use ir_fuse::is_fuse_mount;
 
 use super::error::{LocalError, io_err};
 use super::recovery::LocalRecovery;
-use crate::mount::MOUNT_EXIT_TRANSIENT;
+use crate::mount::{self, MOUNT_EXIT_TRANSIENT};
 
 impl LocalRecovery {
     pub(super) async fn ensure_mount(&mut self) -> Result<Step, LocalError> {
@@ -44,23 +44,16 @@ impl LocalRecovery {
             .as_ref()
             .map_or(&spec.backup, |b| &b.id);
         let mut c = Command::new(&self.mount_program);
-        c.arg("mount")
-            .args(["--repo", &spec.repo.url, "--backup", backup])
-            .arg("--cache")
-            .arg(self.workdir.cache())
-            .args(["--uid", &self.pg_user.uid.to_string()])
-            .args(["--gid", &self.pg_user.gid.to_string()])
-            .args(["--read-deadline", &spec.repo.read_deadline_secs.to_string()]);
-        if let Some(endpoint) = &spec.repo.s3_endpoint {
-            c.args(["--s3-endpoint", endpoint]);
-        }
-        if let Some(region) = &spec.repo.s3_region {
-            c.args(["--s3-region", region]);
-        }
-        if spec.repo.allow_http == Some(true) {
-            c.arg("--s3-allow-http");
-        }
-        c.arg(&mountpoint);
+        let user = &self.pg_user;
+        let cache = self.workdir.cache();
+        c.arg("mount").args(mount::command_line(
+            &spec.repo,
+            backup,
+            &cache,
+            user.uid,
+            user.gid,
+            &mountpoint,
+        ));
         let log = self.workdir.logs().join("mount.log");
         let me = OsUser::current().unwrap_or_else(|| self.pg_user.clone());
         let pid = process::spawn_detached(c, &me, &log).map_err(io_err(&self.mount_program))?;
