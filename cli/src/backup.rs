@@ -13,7 +13,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
 use crate::progress::ProgressLine;
-use crate::repo_args::RepoArgs;
+use ir_cli::repo_args::RepoArgs;
 
 /// Read buffer for tar input: tar headers are 512 bytes, reads should not be.
 const TAR_BUFFER: usize = 1 << 20;

@@ -1,16 +1,14 @@
 //! `irctl`: manage backup repositories and bring backups online.
 
 mod backup;
-mod mount;
 mod progress;
 mod recover;
-mod repo_args;
 mod repo_cmd;
 
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
-use ir_cli::local::MOUNT_EXIT_TRANSIENT;
+use ir_cli::mount::{self, MOUNT_EXIT_TRANSIENT};
 use ir_cli::output::one_line;
 use ir_repository::RepoError;
 use tracing_subscriber::EnvFilter;

@@ -1,6 +1,10 @@
-//! `irctl mount`: serve a backup read-write through FUSE, writes going to an IRCache.
+//! `irctl mount`: serve a backup read-write through FUSE, writes going to an IRCache. Its
+//! arguments are parsed here ([`MountArgs`]), and made here for the mount the local driver
+//! starts ([`command_line`]).
+
+use std::ffi::OsString;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -8,7 +12,10 @@ use clap::Args;
 use ir_fuse::{MountOptions, mount_backup};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::repo_args::RepoArgs;
+use crate::repo_args::{RepoArgs, RepoSpec, flag};
+
+/// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
+pub const MOUNT_EXIT_TRANSIENT: i32 = 75;
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -38,6 +45,30 @@ pub struct MountArgs {
     pub readahead_chunks: usize,
     /// Where to mount: an existing empty directory.
     pub mountpoint: PathBuf,
+}
+
+/// The arguments of `irctl mount` (after `mount`) that serve `backup` of `repo` at
+/// `mountpoint`, owned by `uid` and `gid`, writes going to `cache`; the other flags keep their
+/// defaults. [`MountArgs`] reads them back as these values.
+pub fn command_line(
+    repo: &RepoSpec,
+    backup: &str,
+    cache: &Path,
+    uid: u32,
+    gid: u32,
+    mountpoint: &Path,
+) -> Vec<OsString> {
+    let mut args = repo.args();
+    args.extend([
+        flag("--backup", backup),
+        flag("--cache", cache),
+        flag("--uid", uid.to_string()),
+        flag("--gid", gid.to_string()),
+        // Whatever its name, the mount point is not a flag.
+        "--".into(),
+        mountpoint.into(),
+    ]);
+    args
 }
 
 pub async fn run(args: MountArgs) -> anyhow::Result<()> {
@@ -75,4 +106,50 @@ pub async fn run(args: MountArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || mounted.unmount(Duration::from_secs(10))).await??;
     eprintln!("unmounted {}", args.mountpoint.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Mount {
+        #[command(flatten)]
+        args: MountArgs,
+    }
+
+    #[test]
+    fn the_command_line_made_for_a_mount_reads_back_as_what_it_was_made_of() {
+        let s3 = RepoSpec {
+            url: "s3://bucket/prefix".into(),
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            s3_region: Some("eu-west-1".into()),
+            allow_http: Some(true),
+            read_deadline_secs: 5,
+        };
+        let file = RepoSpec {
+            url: "/srv/repo".into(),
+            s3_endpoint: None,
+            s3_region: None,
+            allow_http: None,
+            read_deadline_secs: 30,
+        };
+        // A workdir given as a relative path may start with `-`.
+        for (repo, workdir) in [(s3, "/var/lib/ir/wd"), (file, "-wd")] {
+            let cache = Path::new(workdir).join("ircache");
+            let mountpoint = Path::new(workdir).join("mnt");
+            let made = command_line(&repo, "20260101T000000Z-abcd", &cache, 70, 71, &mountpoint);
+            let argv = std::iter::once(OsString::from("mount")).chain(made);
+            let read = Mount::try_parse_from(argv).unwrap().args;
+            assert_eq!(read.repo.store.repo_spec(&read.repo.repo), repo);
+            assert_eq!(read.backup, "20260101T000000Z-abcd");
+            assert_eq!(read.cache, cache);
+            assert_eq!((read.uid, read.gid), (Some(70), Some(71)));
+            assert_eq!(read.mountpoint, mountpoint);
+            let defaults = (read.threads, read.memory_cache_mib, read.readahead_chunks);
+            assert_eq!(defaults, (4, 256, 8));
+        }
+    }
 }

@@ -18,7 +18,7 @@ use ir_repository::size::parse_size;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::repo_args::StoreArgs;
+use ir_cli::repo_args::StoreArgs;
 
 #[derive(Debug, Args)]
 #[command(after_help = RERUN_HELP)]

@@ -1,9 +1,13 @@
-//! Where the repository is: the flags every repository command takes.
+//! Where the repository is: the flags every repository command takes, the [`RepoSpec`] they
+//! name (which `irctl recover` records), and the same flags made again from it.
+
+use std::ffi::{OsStr, OsString};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use ir_cli::local::RepoSpec;
-use ir_repository::{DEFAULT_READ_DEADLINE, RepoLocation, Repository};
+use ir_repository::{Credentials, DEFAULT_READ_DEADLINE, RepoLocation, Repository};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Args)]
 pub struct RepoArgs {
@@ -59,12 +63,68 @@ impl RepoArgs {
     }
 }
 
+/// Where the backup is, as the command line names a repository (its flags, `irctl repo`,
+/// `backup` and `mount` alike) and `irctl recover` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoSpec {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+    pub read_deadline_secs: u64,
+}
+
+impl RepoSpec {
+    /// How the command line reaches the repository: with its user's own AWS settings and
+    /// credentials, anywhere on the file system.
+    pub fn location(&self) -> RepoLocation {
+        RepoLocation {
+            url: self.url.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            allow_http: self.allow_http,
+            credentials: Credentials::Ambient,
+            file_roots: None,
+            read_deadline: Duration::from_secs(self.read_deadline_secs),
+        }
+    }
+
+    /// The flags that name this repository, as [`RepoArgs`] reads them back: what
+    /// [`StoreArgs::repo_spec`] made from them. `allow_http` is given when true only: left out,
+    /// AWS_ALLOW_HTTP decides, as it did when the flag was not given.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args = vec![
+            flag("--repo", &self.url),
+            flag("--read-deadline", self.read_deadline_secs.to_string()),
+        ];
+        if let Some(endpoint) = &self.s3_endpoint {
+            args.push(flag("--s3-endpoint", endpoint));
+        }
+        if let Some(region) = &self.s3_region {
+            args.push(flag("--s3-region", region));
+        }
+        if self.allow_http == Some(true) {
+            args.push("--s3-allow-http".into());
+        }
+        args
+    }
+}
+
+/// `--name=value`: one argument, so that a value starting with `-` is not taken for a flag.
+pub(crate) fn flag(name: &str, value: impl AsRef<OsStr>) -> OsString {
+    let mut arg = OsString::from(name);
+    arg.push("=");
+    arg.push(value);
+    arg
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use clap::Parser;
-    use ir_repository::Credentials;
 
     use super::*;
 

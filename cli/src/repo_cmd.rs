@@ -11,7 +11,7 @@ use ir_repository::{Progress, Repository, manifest::DEFAULT_CHUNK_SIZE};
 
 use crate::backup::{SourceArgs, warn_invalid};
 use crate::progress::ProgressLine;
-use crate::repo_args::RepoArgs;
+use ir_cli::repo_args::RepoArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {

@@ -5,8 +5,9 @@ use std::path::Path;
 
 use ir_api::recovery::BackupInfo;
 
-use super::LocalSpec;
 use super::dir::{Ancestors, Dir, WalkError};
+use super::spec::LocalSpec;
+use super::workdir::STATE_TMP_FILE;
 use ir_api::Reason;
 use ir_engine::backup::find_backup;
 use ir_engine::machine::Failure;
@@ -155,9 +156,7 @@ fn check_workdir(workdir: &Path) -> Result<(), Failure> {
     }
     // A state file half written by a command killed at once is no recovery yet.
     if let Ok(entries) = std::fs::read_dir(workdir)
-        && entries
-            .flatten()
-            .any(|e| e.file_name() != super::STATE_TMP_FILE)
+        && entries.flatten().any(|e| e.file_name() != STATE_TMP_FILE)
     {
         return Err(Failure::new(
             Reason::WorkdirNotEmpty,
@@ -294,7 +293,7 @@ mod tests {
     fn workdir_must_be_empty_but_for_a_half_written_state() {
         let dir = tempfile::tempdir().unwrap();
         assert!(check_workdir(dir.path()).is_ok());
-        std::fs::write(dir.path().join(super::super::STATE_TMP_FILE), "{").unwrap();
+        std::fs::write(dir.path().join(STATE_TMP_FILE), "{").unwrap();
         assert!(check_workdir(dir.path()).is_ok());
         std::fs::create_dir(dir.path().join("mnt")).unwrap();
         assert_eq!(

@@ -1,0 +1,200 @@
+//! The two PostgreSQL instances: the published one on the mount and the target (the standby,
+//! then production); their configuration files, starting them, and serving writes again after
+//! a switchover that did not complete.
+
+use std::ffi::OsStr;
+use std::io::Write as _;
+use std::time::Duration;
+
+use ir_api::Reason;
+use ir_api::recovery::Phase;
+use ir_engine::machine::{Failure, Step};
+use ir_engine::postgres::{self, Endpoint, Instance};
+use ir_engine::process::{self, OsUser};
+use ir_fuse::is_fuse_mount;
+use jiff::Timestamp;
+
+use super::error::{LocalError, io_err};
+use super::recovery::LocalRecovery;
+use super::workdir::Which;
+
+/// How long a postmaster that died by itself may take to be reaped before a new one starts.
+const STALE_POSTMASTER_WAIT: Duration = Duration::from_secs(10);
+/// `cluster_name` of the standby: the application name it streams under.
+pub(super) const STANDBY_NAME: &str = "instant-recovery-target";
+
+impl LocalRecovery {
+    pub(super) fn published_instance(&self) -> Instance {
+        let spec = &self.state.spec;
+        Instance {
+            datadir: self.workdir.mountpoint(),
+            conf_dir: self.workdir.conf("published"),
+            socket_dir: self.workdir.sockets(),
+            port: spec.published_port,
+            listen_addresses: spec.listen_addresses.clone(),
+            log: self.workdir.logs().join("published.log"),
+            settings: vec![
+                // Its WAL continues the original's timeline: never into the original's archive.
+                ("archive_mode".into(), "off".into()),
+                ("cluster_name".into(), "instant-recovery-published".into()),
+            ],
+        }
+    }
+
+    pub(super) fn target_instance(&self) -> Instance {
+        let spec = &self.state.spec;
+        Instance {
+            datadir: spec.target_pgdata.clone(),
+            conf_dir: self.workdir.conf("target"),
+            socket_dir: self.workdir.sockets(),
+            port: spec.target_port,
+            listen_addresses: spec.listen_addresses.clone(),
+            log: self.workdir.logs().join("target.log"),
+            settings: vec![
+                ("cluster_name".into(), STANDBY_NAME.into()),
+                ("hot_standby".into(), "on".into()),
+            ],
+        }
+    }
+
+    pub(super) fn endpoint(&self, instance: &Instance) -> Endpoint {
+        instance.endpoint(&self.state.spec.db_user, &self.state.spec.db_name)
+    }
+
+    fn engine_users(&self) -> Vec<String> {
+        let mut users = vec![self.pg_user.name.clone()];
+        users.extend(OsUser::current().map(|u| u.name));
+        users
+    }
+
+    /// Writes `instance`'s configuration files into its directory of `conf`.
+    fn write_config(&self, instance: &Instance, which: Which) -> Result<(), LocalError> {
+        let access = self.access();
+        let conf = self.open_root()?.make_dir(OsStr::new("conf"), 0o700)?;
+        access.pass(&conf).map_err(io_err(conf.path()))?;
+        let dir = conf.make_dir(OsStr::new(which.name()), 0o700)?;
+        access.pass(&dir).map_err(io_err(dir.path()))?;
+        let users = self.engine_users();
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        for (name, text) in instance.config_files(&users, &self.state.spec.db_user) {
+            let path = dir.path().join(name);
+            let mut f = dir
+                .create_file(OsStr::new(name), access.conf_mode())
+                .map_err(io_err(&path))?;
+            if let Some(gid) = access.group {
+                std::os::unix::fs::fchown(&f, None, Some(gid)).map_err(io_err(&path))?;
+            }
+            f.write_all(text.as_bytes()).map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Starts `instance` unless it runs, and waits until it answers.
+    pub(super) async fn ensure_running(
+        &mut self,
+        instance: &Instance,
+        which: Which,
+    ) -> Result<Result<Timestamp, Failure>, LocalError> {
+        let bins = match self.bins() {
+            Ok(b) => b,
+            Err(f) => return Ok(Err(f)),
+        };
+        // Its postmaster.pid too must be read from the directory this recovery made.
+        if let Which::Target = which
+            && let Err(f) = self.target_dir()
+        {
+            return Ok(Err(f));
+        }
+        let endpoint = self.endpoint(instance);
+        let timeout = Duration::from_secs(self.state.spec.start_timeout_secs);
+        let recorded = match which {
+            Which::Published => &mut self.state.resources.published_pid,
+            Which::Target => &mut self.state.resources.target_pid,
+        };
+        let running = recorded
+            .filter(|pid| process::is_alive(*pid))
+            .or_else(|| instance.running_pid());
+        let pid = match running {
+            Some(pid) => pid,
+            None => {
+                // A postmaster that just died by itself (its mount went away under it) keeps
+                // its pid until it is reaped, and the new one would refuse to start over it.
+                if let Some(stale) = instance.postmaster_pid()
+                    && !process::wait_reaped(stale, STALE_POSTMASTER_WAIT).await
+                {
+                    tracing::warn!(
+                        pid = stale,
+                        "a dead postmaster was never reaped; removing its lock file"
+                    );
+                    instance.remove_stale_lock()?;
+                }
+                self.write_config(instance, which)?;
+                match instance.start(&bins, &self.pg_user) {
+                    Ok(pid) => pid,
+                    Err(e) => return Ok(Err(Failure::new(Reason::StartFailed, e.to_string()))),
+                }
+            }
+        };
+        match which {
+            Which::Published => self.state.resources.published_pid = Some(pid),
+            Which::Target => self.state.resources.target_pid = Some(pid),
+        }
+        self.workdir.save(&self.state)?;
+        Ok(match instance.wait_ready(&endpoint, pid, timeout).await {
+            Ok(at) => Ok(at),
+            Err(e @ postgres::PgError::Timeout { .. }) => {
+                Err(Failure::new(Reason::StartTimeout, e.to_string()))
+            }
+            Err(postgres::PgError::Rejected(rejection)) => Err(Failure::new(
+                rejection.reason,
+                format!(
+                    "--db-user {} --db-name {}: {}",
+                    endpoint.user, endpoint.dbname, rejection.message
+                ),
+            )),
+            Err(e) => {
+                // Through a lost mount PostgreSQL cannot start: that is the mount's failure.
+                if !is_fuse_mount(&self.workdir.mountpoint()) {
+                    Err(Failure::new(Reason::MountLost, e.to_string()))
+                } else {
+                    Err(Failure::new(Reason::StartFailed, e.to_string()))
+                }
+            }
+        })
+    }
+
+    pub(super) async fn ensure_published(&mut self) -> Result<Step<Timestamp>, LocalError> {
+        let instance = self.published_instance();
+        let ready_at = match self.ensure_running(&instance, Which::Published).await? {
+            Ok(at) => at,
+            Err(f) => return Ok(Step::Failed(f)),
+        };
+        // A switchover that did not complete may have left it read-only: serve writes again.
+        if self.state.resources.switchover_attempted
+            && self.state.status.phase != Phase::SwitchingOver
+            && let Err(e) = self.serve_writes_again(&instance).await
+        {
+            return Ok(Step::Failed(Failure::new(
+                Reason::ReadWriteRestoreFailed,
+                e,
+            )));
+        }
+        let first = *self.state.resources.first_query_at.get_or_insert(ready_at);
+        Ok(Step::Ready(first))
+    }
+
+    /// A switchover that did not complete left `instance` read-only in its configuration,
+    /// which a restart keeps: serve writes again.
+    pub(super) async fn serve_writes_again(&mut self, instance: &Instance) -> Result<(), String> {
+        let client = self
+            .endpoint(instance)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        postgres::set_read_only(&client, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.state.resources.switchover_attempted = false;
+        Ok(())
+    }
+}
