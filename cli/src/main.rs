@@ -1,6 +1,7 @@
 //! `irctl`: manage backup repositories and bring backups online.
 
 mod backup;
+mod mount_cmd;
 mod progress;
 mod recover;
 mod repo_cmd;
@@ -71,7 +72,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Repo(cmd) => repo_cmd::run(cmd).await,
         Command::Backup(cmd) => backup::run(cmd).await,
-        Command::Mount(args) => mount::run(args).await,
+        Command::Mount(args) => mount_cmd::run(args).await,
         Command::Recover(args) => recover::recover(*args).await,
         Command::Switchover(args) => recover::switchover(args),
         Command::Retry(args) => recover::retry(args),

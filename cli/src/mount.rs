@@ -1,16 +1,10 @@
-//! `irctl mount`: serve a backup read-write through FUSE, writes going to an IRCache. Its
-//! arguments are parsed here ([`MountArgs`]), and made here for the mount the local driver
-//! starts ([`command_line`]).
+//! `irctl mount`'s arguments: parsed here ([`MountArgs`]), and made here for the mount the
+//! local driver starts ([`command_line`]). The command itself runs in the binary.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
-use ir_fuse::{MountOptions, mount_backup};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::repo_args::{RepoArgs, RepoSpec, flag};
 
@@ -69,43 +63,6 @@ pub fn command_line(
         mountpoint.into(),
     ]);
     args
-}
-
-pub async fn run(args: MountArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let repo = args.repo.open().await?;
-    let id = repo.resolve_backup(&args.backup).await?;
-    let manifest = repo.load_manifest(&id).await?;
-    let mut opts = MountOptions::new(args.mountpoint.clone(), args.cache.clone());
-    opts.uid = args.uid;
-    opts.gid = args.gid;
-    opts.threads = args.threads;
-    opts.memory_cache_bytes = args.memory_cache_mib << 20;
-    opts.readahead_chunks = args.readahead_chunks;
-
-    let runtime = tokio::runtime::Handle::current();
-    let mounted = tokio::task::spawn_blocking(move || mount_backup(repo, manifest, &opts, runtime))
-        .await?
-        .with_context(|| format!("mounting backup {id} at {}", args.mountpoint.display()))?;
-    // Handlers first: whoever waits for the line below may signal us at once.
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    println!(
-        "mounted backup {id} at {} (cache {}) in {} ms",
-        args.mountpoint.display(),
-        args.cache.display(),
-        started.elapsed().as_millis()
-    );
-    std::io::stdout().flush()?;
-
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("unmounting");
-    tokio::task::spawn_blocking(move || mounted.unmount(Duration::from_secs(10))).await??;
-    eprintln!("unmounted {}", args.mountpoint.display());
-    Ok(())
 }
 
 #[cfg(test)]

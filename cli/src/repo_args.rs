@@ -4,9 +4,8 @@
 use std::ffi::{OsStr, OsString};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use ir_repository::{Credentials, DEFAULT_READ_DEADLINE, RepoLocation, Repository};
+use ir_repository::{Credentials, DEFAULT_READ_DEADLINE, RepoError, RepoLocation, Repository};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Args)]
@@ -58,8 +57,8 @@ impl RepoArgs {
         self.store.repo_spec(&self.repo).location()
     }
 
-    pub async fn open(&self) -> anyhow::Result<Repository> {
-        Repository::open(&self.location()).await.context("--repo")
+    pub async fn open(&self) -> Result<Repository, RepoError> {
+        Repository::open(&self.location()).await
     }
 }
 

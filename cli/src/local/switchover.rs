@@ -59,10 +59,7 @@ impl LocalRecovery {
                 })))
             }
             Err(e) => {
-                let standby_in_recovery = match standby_endpoint.connect().await {
-                    Ok(client) => postgres::in_recovery(&client).await.ok(),
-                    Err(_) => None,
-                };
+                let standby_in_recovery = postgres::answers_in_recovery(&standby_endpoint).await;
                 Ok(Found::SwitchoverInterrupted(Interruption {
                     failure: Failure::new(Reason::SwitchoverFailed, e.to_string()),
                     reached: e.reached,

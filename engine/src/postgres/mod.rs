@@ -24,7 +24,8 @@ pub use basebackup::{
 pub use binaries::{ControlData, PgBinaries, control_data};
 pub use instance::Instance;
 pub use sql::{
-    alter_system, in_recovery, quote_ident, quote_literal, replication_role_sql, set_read_only,
+    alter_system, answers_in_recovery, in_recovery, quote_ident, quote_literal,
+    replication_role_sql, set_read_only,
 };
 pub use switchover::{
     LocalPublished, PublishedControl, Reached, Switchover, SwitchoverError, SwitchoverOutcome,

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::PgError;
+use super::{Endpoint, PgError};
 
 pub(super) async fn lsn(client: &Client, query: &str, what: &str) -> Result<u64, PgError> {
     let row = client
@@ -68,6 +68,14 @@ pub async fn in_recovery(client: &Client) -> Result<bool, PgError> {
         .await
         .map_err(PgError::db("pg_is_in_recovery()"))?
         .get(0))
+}
+
+/// What the instance at `endpoint` answers when asked whether it is in recovery; `None` when it
+/// cannot be asked. After a failed switchover the standby gets the last word on whether it was
+/// promoted.
+pub async fn answers_in_recovery(endpoint: &Endpoint) -> Option<bool> {
+    let client = endpoint.connect().await.ok()?;
+    in_recovery(&client).await.ok()
 }
 
 /// The timeline of the instance's latest checkpoint (restartpoint on a standby).
