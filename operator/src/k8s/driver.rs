@@ -15,7 +15,8 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use tokio_postgres::Client as PgClient;
 
-use super::recovery::{publish, write_status};
+use super::objects::{delete, ensure};
+use super::report::{publish, write_status};
 use super::resources::{self, POSTGRES_PORT, PRIMARY_LABEL, PublishedMount};
 use super::{Context, Error};
 use ir_api::Reason;
@@ -449,26 +450,6 @@ impl<'a> Driver<'a> {
 
     // ---- publish ----
 
-    async fn ensure_object<K>(&self, object: K) -> Result<K, Error>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::Serialize
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let api = self.api::<K>();
-        let name = object.meta().name.clone().unwrap_or_default();
-        if let Some(existing) = api.get_opt(&name).await? {
-            return Ok(existing);
-        }
-        match api.create(&PostParams::default(), &object).await {
-            Ok(created) => Ok(created),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(&name).await?),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     fn image(&self) -> String {
         let major = self.status.backup.as_ref().map_or(0, |b| b.pg_major);
         resources::postgres_image(self.ir, major)
@@ -508,8 +489,8 @@ impl<'a> Driver<'a> {
         let node = mount.spec.node_name.clone();
         // Who may reach PostgreSQL, before there is one.
         self.ensure_network_policy().await?;
-        self.ensure_object(resources::config_map(self.ir)).await?;
-        self.ensure_object(resources::service(self.ir)).await?;
+        ensure(&self.api(), resources::config_map(self.ir)).await?;
+        ensure(&self.api(), resources::service(self.ir)).await?;
         let pods = self.api::<Pod>();
         let pod_name = resources::published_pod_name(&self.name);
         let Some(pod) = pods.get_opt(&pod_name).await? else {
@@ -601,7 +582,7 @@ impl<'a> Driver<'a> {
             return Ok(());
         };
         let wanted = resources::network_policy(self.ir, operator);
-        let existing = self.ensure_object(wanted.clone()).await?;
+        let existing = ensure(&self.api(), wanted.clone()).await?;
         if existing.spec != wanted.spec {
             let name = resources::network_policy_name(&self.name);
             let patch = serde_json::json!({
@@ -693,8 +674,11 @@ impl<'a> Driver<'a> {
             None => (resources::replication_secret_name(&self.name), true),
         };
         if generated {
-            self.ensure_object(resources::replication_secret(self.ir, &random_password()))
-                .await?;
+            ensure(
+                &self.api(),
+                resources::replication_secret(self.ir, &random_password()),
+            )
+            .await?;
         }
         let values = super::read_secret(
             &self.ctx.client,
@@ -738,8 +722,7 @@ impl<'a> Driver<'a> {
             .size
             .clone()
             .unwrap_or_else(|| resources::default_target_size(backup_bytes));
-        self.ensure_object(resources::target_pvc(self.ir, size))
-            .await?;
+        ensure(&self.api(), resources::target_pvc(self.ir, size)).await?;
         let pods = self.api::<Pod>();
         let target = resources::target_name(&self.name);
         let secret = self
@@ -1062,18 +1045,6 @@ impl PublishedControl for PodPublished {
 
     fn final_checkpoint(&self) -> Result<Option<ControlData>, PgError> {
         Ok(None)
-    }
-}
-
-/// Deletes an object; gone already is fine.
-pub(super) async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 

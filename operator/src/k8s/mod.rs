@@ -8,7 +8,9 @@
 mod driver;
 pub mod leader;
 pub mod metrics;
+mod objects;
 pub mod recovery;
+mod report;
 pub mod repository;
 pub mod resources;
 
