@@ -4,7 +4,7 @@
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Resource};
 
-use super::Error;
+use super::context::Error;
 
 /// The object named as `object` is: the one in the cluster, created from `object` when missing.
 pub(super) async fn ensure<K>(api: &Api<K>, object: K) -> Result<K, Error>

@@ -19,11 +19,11 @@ use kube::runtime::finalizer::{self, Event as Finalize};
 use kube::{Api, ResourceExt};
 use tracing::Instrument;
 
+use super::context::{Context, Error};
 use super::driver::Driver;
 use super::objects::delete;
 use super::report::key;
 use super::resources;
-use super::{Context, Error};
 use ir_engine::machine::{Decision, Policy};
 use ir_engine::round;
 

@@ -7,7 +7,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::context::{Context, Error, FIELD_MANAGER};
 use ir_engine::machine::{self, EventKind};
 
 /// The recovery as its log lines and backoff name it.

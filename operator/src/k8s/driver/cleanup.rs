@@ -9,8 +9,9 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Patch, PatchParams};
 
 use super::Driver;
+use crate::k8s::context::Error;
 use crate::k8s::objects::delete;
-use crate::k8s::{Error, resources};
+use crate::k8s::resources;
 
 impl Driver<'_> {
     pub(super) async fn cleanup(&mut self) -> Result<Step, Error> {

@@ -7,8 +7,8 @@ use ir_engine::machine::Failure;
 use ir_engine::postgres::{Endpoint, Host};
 
 use super::Driver;
-use crate::k8s::read_secret;
 use crate::k8s::resources::POSTGRES_PORT;
+use crate::k8s::secrets::read_secret;
 
 /// The database the operator connects to: every cluster has it, so its name is not configurable.
 pub(super) const OPERATOR_DATABASE: &str = "postgres";

@@ -20,8 +20,8 @@ use ir_api::recovery::RecoveryStatus;
 use kube::{Api, Resource, ResourceExt};
 use tokio_postgres::Client as PgClient;
 
+use super::context::{Context, Error};
 use super::report;
-use super::{Context, Error};
 use ir_engine::machine::{self, Action, Step};
 use ir_engine::round::{self, Found, Requests, RoundInfo};
 

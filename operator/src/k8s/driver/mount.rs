@@ -11,7 +11,8 @@ use kube::{Api, ResourceExt};
 
 use super::Driver;
 use super::dereference::kube_failure;
-use crate::k8s::{Error, resources};
+use crate::k8s::context::Error;
+use crate::k8s::resources;
 
 impl Driver<'_> {
     pub(super) async fn ensure_mount(&mut self) -> Result<Step, Error> {

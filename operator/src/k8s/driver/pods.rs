@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 
 use super::Driver;
-use crate::k8s::Error;
+use crate::k8s::context::Error;
 use crate::k8s::resources::{self, PRIMARY_LABEL};
 
 impl Driver<'_> {

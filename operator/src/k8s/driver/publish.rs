@@ -17,9 +17,10 @@ use kube::{Api, ResourceExt};
 use super::Driver;
 use super::dereference::OPERATOR_DATABASE;
 use super::pods::waiting_failure;
+use crate::k8s::context::{Error, FIELD_MANAGER};
 use crate::k8s::objects::{delete, ensure};
+use crate::k8s::report;
 use crate::k8s::resources::{self, PublishedMount};
-use crate::k8s::{Error, FIELD_MANAGER, report};
 
 impl Driver<'_> {
     pub(super) async fn ensure_published(&mut self) -> Result<Step<Timestamp>, Error> {

@@ -12,9 +12,10 @@ use tokio_postgres::Client as PgClient;
 
 use super::Driver;
 use super::pods::waiting_failure;
+use crate::k8s::context::Error;
 use crate::k8s::objects::{delete, ensure};
 use crate::k8s::resources::{self, POSTGRES_PORT};
-use crate::k8s::{Error, read_secret};
+use crate::k8s::secrets::read_secret;
 
 /// Restarts of the base-backup container after which the copy counts as failed.
 const BASE_BACKUP_RESTARTS: u32 = 3;

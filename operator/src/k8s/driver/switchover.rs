@@ -13,7 +13,8 @@ use kube::Api;
 use kube::api::DeleteParams;
 
 use super::Driver;
-use crate::k8s::{Error, resources};
+use crate::k8s::context::Error;
+use crate::k8s::resources;
 
 impl Driver<'_> {
     pub(super) async fn switchover(&mut self) -> Result<Found, Error> {

@@ -9,8 +9,9 @@ use ir_engine::machine::Failure;
 use kube::ResourceExt;
 
 use super::Driver;
+use crate::k8s::location::{naming_repository_field, repository_location};
 use crate::k8s::resources;
-use crate::k8s::{naming_repository_field, read_secret, repository_location};
+use crate::k8s::secrets::read_secret;
 
 impl Driver<'_> {
     pub(super) async fn validate(&self) -> Result<BackupInfo, Failure> {
