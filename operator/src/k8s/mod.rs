@@ -5,136 +5,39 @@
 //! kubelet runs PostgreSQL in Pods, and the operator reaches PostgreSQL over TCP at the Pod IPs
 //! as the superuser named by `spec.postgres.credentialsSecret`.
 
+mod context;
 mod driver;
 pub mod leader;
+mod location;
 pub mod metrics;
+mod objects;
 pub mod recovery;
+mod report;
 pub mod repository;
 pub mod resources;
+mod secrets;
 
-use std::collections::{BTreeMap, HashMap};
+pub use context::{Context, Error, FIELD_MANAGER, Settings};
+pub use location::{naming_repository_field, repository_location};
+pub use resources::OperatorPeer;
+pub use secrets::{read_secret, secret_value};
+
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use futures::StreamExt;
-use ir_api::crd::{BackupRepository, BackupRepositorySpec, InstantRecovery, RecoveryMount};
-use ir_repository::{RepoLocation, S3Credentials};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use ir_api::crd::{BackupRepository, InstantRecovery, RecoveryMount};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use ir_api::{Reason, RepositoryPolicy};
-use ir_engine::machine::Failure;
-use ir_engine::postgres::{PgError, SwitchoverTimeouts};
 use leader::{Elector, LeaderError, LeaseConfig};
 use metrics::Metrics;
-use resources::PostgresUser;
-
-/// Field manager of everything the operator applies.
-pub const FIELD_MANAGER: &str = "instant-recovery-operator";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("teardown is waiting for {0}")]
-    TeardownPending(String),
-    #[error(transparent)]
-    Postgres(#[from] PgError),
-    #[error("{0}")]
-    Serialize(#[from] serde_json::Error),
-}
-
-/// How the operator runs; the defaults suit the official `postgres` images.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub postgres_user: PostgresUser,
-    /// A node's agent counts as alive while its heartbeat is younger than this; a published
-    /// instance that exited gets this long for its agent to come back before it counts as failed.
-    pub agent_timeout: Duration,
-    pub switchover: SwitchoverTimeouts,
-    /// How often BackupRepositories are checked.
-    pub repository_poll: Duration,
-    /// Only these namespaces; all when empty.
-    pub namespaces: Vec<String>,
-    /// Where `file://` repositories may lie, and whether a repository may opt in to the
-    /// operator's own S3 credentials.
-    pub repositories: RepositoryPolicy,
-    /// Write a NetworkPolicy for each recovery's Pods, admitting the operator's Pods named here.
-    pub network_policy: Option<OperatorPeer>,
-}
-
-/// The operator's Pods, as a NetworkPolicy peer: its namespace and the labels of its Pods.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorPeer {
-    pub namespace: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            postgres_user: PostgresUser { uid: 999, gid: 999 },
-            agent_timeout: Duration::from_secs(90),
-            switchover: SwitchoverTimeouts::default(),
-            repository_poll: Duration::from_secs(300),
-            namespaces: Vec::new(),
-            repositories: RepositoryPolicy::default(),
-            network_policy: None,
-        }
-    }
-}
-
-pub struct Context {
-    pub client: Client,
-    pub settings: Settings,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    /// Consecutive reconcile errors per object, for the error backoff.
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-impl Context {
-    pub fn new(
-        client: Client,
-        settings: Settings,
-        instance: String,
-        metrics: Arc<Metrics>,
-    ) -> Context {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.to_owned(),
-            instance: Some(instance),
-        };
-        Context {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            settings,
-            metrics,
-            failures: Mutex::default(),
-        }
-    }
-
-    /// Exponential backoff from 1 s to 5 min over consecutive errors of one object.
-    fn backoff(&self, key: &str) -> Duration {
-        let mut failures = self.failures.lock().expect("backoff map");
-        let n = failures.entry(key.to_owned()).or_default();
-        *n = n.saturating_add(1);
-        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
-    }
-
-    fn succeeded(&self, key: &str) {
-        self.failures.lock().expect("backoff map").remove(key);
-    }
-}
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -294,99 +197,4 @@ fn scope_controllers(
         tokio::join!(recoveries, repositories);
     };
     (store, work)
-}
-
-/// A key of a Secret, from `data` or `stringData`.
-pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
-    if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
-        return String::from_utf8(value.0.clone()).ok();
-    }
-    secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .cloned()
-}
-
-/// Reads `keys` of Secret `name`: a missing Secret may still come (transient), a missing key
-/// will not (permanent). `field` names the spec field in messages.
-pub async fn read_secret(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    keys: &[&str],
-    field: &str,
-) -> Result<Vec<String>, Failure> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = match secrets.get_opt(name).await {
-        Ok(Some(secret)) => secret,
-        Ok(None) => {
-            return Err(Failure::new(
-                Reason::SecretNotFound,
-                format!("{field}: Secret {namespace}/{name} does not exist"),
-            ));
-        }
-        Err(e) => {
-            return Err(Failure::new(
-                Reason::KubernetesUnavailable,
-                format!("reading Secret {namespace}/{name}: {e}"),
-            ));
-        }
-    };
-    keys.iter()
-        .map(|key| {
-            secret_value(&secret, key).ok_or_else(|| {
-                Failure::new(
-                    Reason::SecretKeyMissing,
-                    format!("{field}: Secret {namespace}/{name} has no key {key:?}"),
-                )
-            })
-        })
-        .collect()
-}
-
-/// The failure of a repository check with the BackupRepository field it is about in front of
-/// its message (`spec.url` of a path outside the file roots, `spec.credentialsSecret`...).
-pub fn naming_repository_field(failure: Failure) -> Failure {
-    let field = match failure.reason {
-        Reason::RepositoryPathNotAllowed => "spec.url",
-        Reason::CredentialsRequired => "spec.credentialsSecret",
-        Reason::AmbientCredentialsNotAllowed => "spec.s3.useAmbientCredentials",
-        _ => return failure,
-    };
-    if failure.message.starts_with(field) {
-        return failure;
-    }
-    Failure {
-        message: format!("{field}: {}", failure.message),
-        ..failure
-    }
-}
-
-/// Where a BackupRepository is and how to reach it, the key pair of its credentials Secret
-/// included (see [`BackupRepositorySpec::location`]).
-pub async fn repository_location(
-    client: &Client,
-    namespace: &str,
-    spec: &BackupRepositorySpec,
-    settings: &Settings,
-) -> Result<RepoLocation, Failure> {
-    let credentials = match &spec.credentials_secret {
-        Some(secret) => {
-            let values = read_secret(
-                client,
-                namespace,
-                &secret.name,
-                &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
-                "spec.credentialsSecret",
-            )
-            .await?;
-            Some(S3Credentials {
-                access_key_id: values[0].clone(),
-                secret_access_key: values[1].clone(),
-            })
-        }
-        None => None,
-    };
-    spec.location(credentials, &settings.repositories, "spec")
 }

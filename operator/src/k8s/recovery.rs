@@ -10,21 +10,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ir_api::crd::{InstantRecovery, OPERATOR_FINALIZER, RecoveryMount};
-use ir_api::recovery::{Phase, RecoveryStatus};
+use ir_api::recovery::Phase;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{self, Event as Finalize};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tracing::Instrument;
 
-use super::driver::{Driver, delete};
+use super::context::{Context, Error};
+use super::driver::Driver;
+use super::objects::delete;
+use super::report::key;
 use super::resources;
-use super::{Context, Error, FIELD_MANAGER};
-use ir_engine::machine::{self, Decision, EventKind, Policy};
+use ir_engine::machine::{Decision, Policy};
 use ir_engine::round;
 
 /// The span of everything done for one recovery: its log lines carry its namespace and name
@@ -85,14 +85,6 @@ pub fn error_policy(ir: Arc<InstantRecovery>, error: &Error, ctx: Arc<Context>) 
     }
 }
 
-fn key(ir: &InstantRecovery) -> String {
-    format!(
-        "InstantRecovery/{}/{}",
-        ir.namespace().unwrap_or_default(),
-        ir.name_any()
-    )
-}
-
 async fn apply(ir: &InstantRecovery, ctx: &Context) -> Result<Requeue, Error> {
     let before = ir.status.clone().unwrap_or_default();
     let policy = Policy {
@@ -114,44 +106,6 @@ fn requeue(decision: &Decision, soon: bool) -> Requeue {
         Some(after) => Requeue::requeue(after),
         None if soon => Requeue::requeue(poll),
         None => Requeue::await_change(),
-    }
-}
-
-pub(super) async fn write_status(
-    ctx: &Context,
-    ir: &InstantRecovery,
-    status: &RecoveryStatus,
-) -> Result<(), Error> {
-    let api: Api<InstantRecovery> =
-        Api::namespaced(ctx.client.clone(), &ir.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": "instantrecovery.dev/v1alpha1",
-        "kind": "InstantRecovery",
-        "status": status,
-    });
-    api.patch_status(
-        &ir.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn publish(ctx: &Context, ir: &InstantRecovery, event: &machine::Event) {
-    let kube_event = KubeEvent {
-        type_: match event.kind {
-            EventKind::Normal => EventType::Normal,
-            EventKind::Warning => EventType::Warning,
-        },
-        reason: event.reason.to_string(),
-        note: Some(event.message.chars().take(1000).collect()),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    tracing::info!(recovery = %key(ir), reason = %event.reason, "{}", event.message);
-    if let Err(e) = ctx.recorder.publish(&kube_event, &ir.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not publish an event");
     }
 }
 

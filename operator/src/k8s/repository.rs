@@ -14,7 +14,8 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use tracing::Instrument;
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::context::{Context, Error, FIELD_MANAGER};
+use super::location::{naming_repository_field, repository_location};
 use ir_engine::machine::Failure;
 
 /// How many backups the status lists, newest first.
@@ -101,12 +102,11 @@ async fn check(
     namespace: &str,
     repo: &BackupRepository,
 ) -> Result<Vec<ListedBackup>, Failure> {
-    let location =
-        super::repository_location(&ctx.client, namespace, &repo.spec, &ctx.settings).await?;
+    let location = repository_location(&ctx.client, namespace, &repo.spec, &ctx.settings).await?;
     let opened = Repository::open(&location)
         .await
         .map_err(ir_api::Failure::from)
-        .map_err(super::naming_repository_field)?;
+        .map_err(naming_repository_field)?;
     let list = opened.list_backups().await.map_err(ir_api::Failure::from)?;
     for invalid in &list.invalid {
         tracing::warn!(repository = %repo.spec.url, backup = %invalid.id, reason = %invalid.reason, "invalid backup manifest; left out");

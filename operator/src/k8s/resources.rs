@@ -62,6 +62,13 @@ pub struct PostgresUser {
     pub gid: u32,
 }
 
+/// The operator's Pods, as a NetworkPolicy peer: its namespace and the labels of its Pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorPeer {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 pub fn published_pod_name(recovery: &str) -> String {
     format!("{recovery}-published")
 }
@@ -241,7 +248,7 @@ pub fn service(ir: &InstantRecovery) -> Service {
 /// recovery's own Pods (the standby copies from and streams from the published instance), and
 /// `spec.network.clients`, by default every Pod of the recovery's namespace. Only ingress is
 /// restricted. The kubelet's probes come from the node, which a NetworkPolicy always admits.
-pub fn network_policy(ir: &InstantRecovery, operator: &super::OperatorPeer) -> NetworkPolicy {
+pub fn network_policy(ir: &InstantRecovery, operator: &OperatorPeer) -> NetworkPolicy {
     let name = recovery_name(ir);
     let own_pods = BTreeMap::from([(RECOVERY_LABEL.to_owned(), name.to_owned())]);
     let mut from = vec![

@@ -232,8 +232,8 @@ fn both_pods_run_without_capabilities_privilege_escalation_or_root() {
     }
 }
 
-fn operator_peer() -> crate::k8s::OperatorPeer {
-    crate::k8s::OperatorPeer {
+fn operator_peer() -> OperatorPeer {
+    OperatorPeer {
         namespace: "ir-system".into(),
         labels: BTreeMap::from([
             ("app.kubernetes.io/name".into(), "instant-recovery".into()),
