@@ -66,10 +66,7 @@ impl Driver<'_> {
             }
             Err(e) => {
                 // The standby gets the last word on whether it was promoted.
-                let standby_in_recovery = match standby_endpoint.connect().await {
-                    Ok(client) => postgres::in_recovery(&client).await.ok(),
-                    Err(_) => None,
-                };
+                let standby_in_recovery = postgres::answers_in_recovery(&standby_endpoint).await;
                 Ok(Found::SwitchoverInterrupted(Interruption {
                     failure: Failure::new(Reason::SwitchoverFailed, e.to_string()),
                     reached: e.reached,
