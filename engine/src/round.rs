@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use crate::machine::{
     self, Action, Decision, Event, EventKind, Observed, Policy, Standby, Step, SwitchoverReport,
 };
-use crate::postgres::Reached;
+use crate::postgres::{self, Endpoint, Reached, SwitchoverError};
 
 /// What waits for the recovery besides its spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,6 +83,23 @@ pub struct Interruption {
     /// What the standby answered when asked whether it is still in recovery; `None` when it
     /// could not be asked.
     pub standby_in_recovery: Option<bool>,
+}
+
+impl Interruption {
+    /// The facts once a switchover failed after it began; the standby gets the last word on
+    /// whether it was promoted.
+    pub async fn after(
+        error: &SwitchoverError,
+        standby: &Endpoint,
+        published_present: bool,
+    ) -> Self {
+        Interruption {
+            failure: Failure::new(Reason::SwitchoverFailed, error.to_string()),
+            reached: error.reached,
+            published_present,
+            standby_in_recovery: postgres::answers_in_recovery(standby).await,
+        }
+    }
 }
 
 /// The driver's side of a round: it looks and acts; the engine decides.

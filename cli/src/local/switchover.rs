@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use ir_api::Reason;
-use ir_engine::machine::{Failure, Step, SwitchoverReport};
-use ir_engine::postgres::{self, LocalPublished, Switchover, SwitchoverTimeouts};
+use ir_engine::machine::{Step, SwitchoverReport};
+use ir_engine::postgres::{LocalPublished, Switchover, SwitchoverTimeouts};
 use ir_engine::round::{Found, Interruption};
 
 use super::error::LocalError;
@@ -58,15 +57,9 @@ impl LocalRecovery {
                     downtime: outcome.downtime,
                 })))
             }
-            Err(e) => {
-                let standby_in_recovery = postgres::answers_in_recovery(&standby_endpoint).await;
-                Ok(Found::SwitchoverInterrupted(Interruption {
-                    failure: Failure::new(Reason::SwitchoverFailed, e.to_string()),
-                    reached: e.reached,
-                    published_present: published.running_pid().is_some(),
-                    standby_in_recovery,
-                }))
-            }
+            Err(e) => Ok(Found::SwitchoverInterrupted(
+                Interruption::after(&e, &standby_endpoint, published.running_pid().is_some()).await,
+            )),
         }
     }
 

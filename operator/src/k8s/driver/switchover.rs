@@ -65,14 +65,10 @@ impl Driver<'_> {
                 })))
             }
             Err(e) => {
-                // The standby gets the last word on whether it was promoted.
-                let standby_in_recovery = postgres::answers_in_recovery(&standby_endpoint).await;
-                Ok(Found::SwitchoverInterrupted(Interruption {
-                    failure: Failure::new(Reason::SwitchoverFailed, e.to_string()),
-                    reached: e.reached,
-                    published_present: self.api::<Pod>().get_opt(&control.name).await?.is_some(),
-                    standby_in_recovery,
-                }))
+                let published_present = self.api::<Pod>().get_opt(&control.name).await?.is_some();
+                Ok(Found::SwitchoverInterrupted(
+                    Interruption::after(&e, &standby_endpoint, published_present).await,
+                ))
             }
         }
     }
