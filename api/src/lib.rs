@@ -7,6 +7,7 @@
 mod duration;
 mod failure;
 pub mod location;
+pub mod point_in_time;
 mod quantity;
 pub mod reason;
 pub mod recovery;

@@ -86,6 +86,13 @@ reasons! {
     CredentialsRequired: Permanent, "An s3:// repository without a credentials Secret that does not opt in to ambient credentials.";
     AmbientCredentialsNotAllowed: Permanent, "An s3:// repository opts in to ambient credentials, which the installation does not lend.";
     InvalidSpec: Permanent, "A value the schema let through but that cannot work.";
+    // Point in time.
+    Replaying: Progress, "The published instance replays WAL from the repository up to the point in time.";
+    TargetReached: Progress, "The published instance reached the point in time and was promoted.";
+    PointInTimeBeforeBackup: Permanent, "The point in time lies before the consistency point of the backup (or of every backup).";
+    PointInTimeNotArchived: Transient, "The point in time lies after the end of the WAL archived in the repository.";
+    WalSegmentMissing: Permanent, "A WAL segment between the backup and the point in time is missing from the repository.";
+    PointInTimeUnreached: Permanent, "PostgreSQL replayed all the WAL there is without reaching the point in time.";
     ImageMismatch: Permanent, "spec.postgres.image runs another PostgreSQL major version than the backup's.";
     TargetTooSmall: Permanent, "spec.target.size is smaller than the backup.";
     NodeNotFound: Transient, "spec.nodeName names no node.";

@@ -158,13 +158,16 @@ pub enum ConditionType {
     Ready,
     Reconciling,
     Stalled,
+    /// Only for a recovery to a point in time: True once the published instance reached it.
+    PointInTime,
 }
 
 impl ConditionType {
-    pub const ALL: [ConditionType; 8] = [
+    pub const ALL: [ConditionType; 9] = [
         ConditionType::Validated,
         ConditionType::Mounted,
         ConditionType::Published,
+        ConditionType::PointInTime,
         ConditionType::Synced,
         ConditionType::SwitchedOver,
         ConditionType::Ready,
@@ -339,6 +342,10 @@ pub struct RecoveryStatus {
     pub retry: RetryStatus,
     #[serde(default)]
     pub timings: Timings,
+    /// Only for a recovery to a point in time: the target, the backup's recoverable window and
+    /// the replay's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<crate::point_in_time::PointInTimeStatus>,
 }
 
 impl RecoveryStatus {

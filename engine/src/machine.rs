@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use ir_api::point_in_time::PointInTimeStatus;
 use ir_api::recovery::{
     BackupInfo, ConditionStatus, ConditionType, Phase, RecoveryStatus, RetryPolicy, SwitchoverMode,
     SwitchoverPolicy,
@@ -86,6 +87,9 @@ pub struct Observed {
     /// A manual retry request (any token; a new token starts a new round once the recovery is
     /// Waiting or Failed).
     pub manual_retry: Option<String>,
+    /// A recovery to a point in time: the target and window once validated, then the replay's
+    /// progress while publishing.
+    pub point_in_time: Option<PointInTimeStatus>,
 }
 
 impl Observed {
@@ -431,6 +435,7 @@ impl Machine<'_> {
             self.fail(ConditionType::Validated, &switchover_time_missing());
             return;
         }
+        self.note_point_in_time();
         match &self.observed.validation {
             Step::Ready(info) => {
                 let message = format!(
@@ -462,9 +467,11 @@ impl Machine<'_> {
         if self.check_parts(&[Part::Mount]) {
             return;
         }
+        self.note_point_in_time();
         match &self.observed.published {
             Step::Ready(first_query_at) => {
                 let first_query_at = *first_query_at;
+                self.point_in_time_condition(true);
                 let status = self.status();
                 status.timings.published_at = Some(first_query_at);
                 status.timings.time_to_first_query_ms = status
@@ -475,8 +482,61 @@ impl Machine<'_> {
                 self.part_done(Phase::Syncing, Part::Published);
             }
             Step::Failed(f) => self.fail(ConditionType::Published, &f.clone()),
-            Step::Unknown | Step::InProgress => self.keep(Phase::Publishing),
+            Step::Unknown | Step::InProgress => {
+                self.point_in_time_condition(false);
+                self.keep(Phase::Publishing)
+            }
         }
+    }
+
+    /// Takes over what the driver observed of a recovery to a point in time; a window seen at
+    /// validation stays.
+    fn note_point_in_time(&mut self) {
+        let Some(observed) = self.observed.point_in_time.clone() else {
+            return;
+        };
+        let status = self.status();
+        let window = status.point_in_time.take().and_then(|p| p.window);
+        status.point_in_time = Some(PointInTimeStatus {
+            window: observed.window.or(window),
+            ..observed
+        });
+    }
+
+    /// The PointInTime condition of a recovery to a point in time: reached once the published
+    /// instance answers as a primary, replaying until then.
+    fn point_in_time_condition(&mut self, reached: bool) {
+        let now = self.now;
+        let status = self.status();
+        let Some(p) = &status.point_in_time else {
+            return;
+        };
+        let (condition, reason, message) = if reached {
+            let at = p.reached_at.unwrap_or(now);
+            (
+                ConditionStatus::True,
+                Reason::TargetReached,
+                format!("reached {} at {at}", p.target),
+            )
+        } else {
+            let progress = match (&p.replayed_lsn, &p.end_lsn) {
+                (Some(replayed), Some(end)) => format!(": replayed {replayed} of {end}"),
+                (Some(replayed), None) => format!(": replayed {replayed}"),
+                _ => String::new(),
+            };
+            (
+                ConditionStatus::False,
+                Reason::Replaying,
+                format!("replaying WAL up to {}{progress}", p.target),
+            )
+        };
+        status.set_condition(
+            ConditionType::PointInTime,
+            condition,
+            reason.as_str(),
+            message,
+            now,
+        );
     }
 
     fn syncing(&mut self) {

@@ -203,6 +203,11 @@ fn assert_all_conditions_true(status: &RecoveryStatus, case: &str) {
                     "{case}: {c:?} is gone at the end"
                 )
             }
+            ConditionType::PointInTime => assert_eq!(
+                status.condition(c),
+                None,
+                "{case}: no point in time was asked for"
+            ),
             _ => assert!(
                 status.is_true(c),
                 "{case}: {c:?} is true at the end: {:?}",

@@ -81,3 +81,109 @@ fn sync_progress_and_rate() {
     assert_eq!(d.status.progress.copied_bytes, 1000);
     assert_eq!(d.status.timings.synced_at, Some(t(18)));
 }
+
+#[test]
+fn replay_to_a_point_in_time_is_reported_until_reached() {
+    use ir_api::point_in_time::{PointInTimeStatus, RecoverableWindow};
+    let window = RecoverableWindow {
+        earliest: t(-100),
+        earliest_lsn: "0/2000100".into(),
+        latest: Some(t(-10)),
+        latest_lsn: "0/9000000".into(),
+        first_missing_segment: None,
+    };
+    let validated = Observed {
+        validation: Step::Ready(info()),
+        point_in_time: Some(PointInTimeStatus {
+            target: "restore point \"before\"".into(),
+            window: Some(window.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let d = reconcile(
+        &Policy::default(),
+        &status_in(Phase::Validating),
+        &validated,
+        t(1),
+    );
+    assert_eq!(d.status.phase, Phase::Mounting);
+    assert_eq!(
+        d.status.point_in_time.as_ref().unwrap().window,
+        Some(window.clone())
+    );
+
+    let mut publishing = d.status;
+    publishing.phase = Phase::Publishing;
+    let replaying = |replayed: &str| Observed {
+        mount: Step::Ready(()),
+        published: Step::InProgress,
+        point_in_time: Some(PointInTimeStatus {
+            target: "restore point \"before\"".into(),
+            replayed_lsn: Some(replayed.into()),
+            end_lsn: Some("0/9000000".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let d = reconcile(
+        &Policy::default(),
+        &publishing,
+        &replaying("0/5000000"),
+        t(2),
+    );
+    assert_eq!(d.status.phase, Phase::Publishing);
+    let p = d.status.point_in_time.as_ref().unwrap();
+    assert_eq!(
+        p.window,
+        Some(window),
+        "the window seen at validation stays"
+    );
+    assert_eq!(p.replayed_lsn.as_deref(), Some("0/5000000"));
+    let c = d.status.condition(ConditionType::PointInTime).unwrap();
+    assert_eq!(
+        (c.status, c.reason.as_str()),
+        (ConditionStatus::False, "Replaying")
+    );
+    assert!(
+        c.message.contains("replayed 0/5000000 of 0/9000000"),
+        "{}",
+        c.message
+    );
+
+    let reached = Observed {
+        published: Step::Ready(t(3)),
+        point_in_time: Some(PointInTimeStatus {
+            target: "restore point \"before\"".into(),
+            replayed_lsn: Some("0/7000028".into()),
+            reached_at: Some(t(3)),
+            ..Default::default()
+        }),
+        ..replaying("0/7000028")
+    };
+    let d = reconcile(&Policy::default(), &d.status, &reached, t(4));
+    assert_eq!(d.status.phase, Phase::Syncing);
+    let c = d.status.condition(ConditionType::PointInTime).unwrap();
+    assert_eq!(
+        (c.status, c.reason.as_str()),
+        (ConditionStatus::True, "TargetReached")
+    );
+    assert_eq!(d.status.timings.published_at, Some(t(3)));
+}
+
+#[test]
+fn no_point_in_time_condition_without_a_point_in_time() {
+    let publishing = Observed {
+        mount: Step::Ready(()),
+        published: Step::InProgress,
+        ..Default::default()
+    };
+    let d = reconcile(
+        &Policy::default(),
+        &status_in(Phase::Publishing),
+        &publishing,
+        t(2),
+    );
+    assert_eq!(d.status.condition(ConditionType::PointInTime), None);
+    assert_eq!(d.status.point_in_time, None);
+}
