@@ -6,5 +6,6 @@
 pub mod local;
 pub mod mount;
 pub mod output;
+pub mod point_in_time;
 pub mod repo_args;
 pub mod status_view;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use crate::point_in_time::TargetArgs;
 use crate::repo_args::{RepoArgs, RepoSpec, flag};
 
 /// Exit code of `irctl mount` when the repository could not be reached (EX_TEMPFAIL).
@@ -37,6 +38,11 @@ pub struct MountArgs {
     /// Chunks read ahead on sequential reads.
     #[arg(long, default_value_t = 8)]
     pub readahead_chunks: usize,
+    /// With a target: PostgreSQL started on the mount replays the repository's WAL up to it
+    /// (`recovery.signal` and `postgresql.auto.conf` are written on the mount), then promotes.
+    /// With `--backup latest`, the newest backup that ends before the target.
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Where to mount: an existing empty directory.
     pub mountpoint: PathBuf,
 }

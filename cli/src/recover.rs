@@ -18,6 +18,7 @@ use ir_repository::size::parse_size;
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
+use ir_cli::point_in_time::TargetArgs;
 use ir_cli::repo_args::StoreArgs;
 
 #[derive(Debug, Args)]
@@ -93,6 +94,8 @@ pub struct RecoverArgs {
     #[arg(long)]
     pub catch_up_timeout: Option<u64>,
     #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
 }
 
@@ -100,7 +103,9 @@ const RERUN_HELP: &str = "On a rerun (the workdir records a recovery) a flag lef
 what the workdir records. Given again, the flags the recovery was made with must repeat the \
 recorded value, or the rerun is refused: --repo, --backup (`latest` matches), --target-pgdata, \
 --published-port, --target-port, --listen-addresses, --pg-user, --pg-bindir, --s3-endpoint, \
---s3-region, --s3-allow-http, --read-deadline, --cache-min-free. These may change: \
+--s3-region, --s3-allow-http, --read-deadline, --cache-min-free, --target-time, --target-lsn, \
+--target-xid, --target-name, --target-immediate, --target-inclusive, --target-timeline. These \
+may change: \
 --switchover, --retry-limit, --retry-interval, --db-user, --db-name, --start-timeout, \
 --catch-up-timeout.";
 
@@ -133,14 +138,20 @@ fn parse_switchover(text: &str) -> Result<SwitchoverPolicy, String> {
 impl RecoverArgs {
     /// The spec of a new recovery, when enough was given to start one.
     fn spec(&self) -> Option<LocalSpec> {
-        let (Some(repo), Some(backup), Some(target)) =
-            (&self.repo, &self.backup, &self.target_pgdata)
+        let point_in_time = self.target.point_in_time();
+        // With a target, `latest` is the newest backup that ends before it.
+        let backup = self
+            .backup
+            .clone()
+            .or_else(|| point_in_time.as_ref().map(|_| "latest".to_owned()));
+        let (Some(repo), Some(backup), Some(target)) = (&self.repo, backup, &self.target_pgdata)
         else {
             return None;
         };
         Some(LocalSpec {
+            point_in_time,
             repo: self.store.repo_spec(repo),
-            backup: backup.clone(),
+            backup,
             target_pgdata: target.clone(),
             published_port: self.published_port.unwrap_or(DEFAULT_PUBLISHED_PORT),
             target_port: self.target_port.unwrap_or(DEFAULT_TARGET_PORT),
@@ -194,6 +205,7 @@ impl RecoverArgs {
             db_name: self.db_name.clone(),
             start_timeout_secs: self.start_timeout,
             catch_up_timeout_secs: self.catch_up_timeout,
+            point_in_time: self.target.point_in_time(),
         }
     }
 }

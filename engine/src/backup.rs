@@ -2,8 +2,11 @@
 //! and every repository fault turned into a [`Failure`] that reads the same in both drivers
 //! and in the node agent.
 
+use ir_api::point_in_time::{PointInTime, PointInTimeStatus, RecoverableWindow, Target};
 use ir_api::recovery::BackupInfo;
-use ir_repository::{RepoLocation, Repository};
+use ir_repository::wal::Window;
+use ir_repository::{BackupManifest, RepoLocation, Repository, format_lsn, parse_lsn};
+use jiff::Timestamp;
 
 use ir_api::{Failure, Reason};
 
@@ -18,19 +21,175 @@ pub async fn find_backup(
         .await
         .map_err(Failure::from)?;
     let manifest = repo.load_manifest(&id).await.map_err(Failure::from)?;
+    backup_info(&manifest)
+}
+
+fn backup_info(manifest: &BackupManifest) -> Result<BackupInfo, Failure> {
     let pg_major: u32 = manifest.pg_version.trim().parse().map_err(|_| {
         Failure::new(
             Reason::UnsupportedBackup,
             format!(
-                "backup {id}: unrecognised PostgreSQL version {:?}",
-                manifest.pg_version
+                "backup {}: unrecognised PostgreSQL version {:?}",
+                manifest.id, manifest.pg_version
             ),
         )
     })?;
     Ok(BackupInfo {
-        id,
+        id: manifest.id.clone(),
         pg_major,
         size_bytes: manifest.entries.iter().map(|e| e.size).sum(),
+    })
+}
+
+/// Finds the backup to recover to `point` from: the one named, or for `latest` the newest that
+/// ends before the target; checks the target against the WAL the repository holds for it.
+pub async fn find_backup_for(
+    location: &RepoLocation,
+    id_or_latest: &str,
+    point: &PointInTime,
+) -> Result<(BackupInfo, PointInTimeStatus), Failure> {
+    let target = point
+        .target()
+        .map_err(|e| Failure::new(Reason::InvalidSpec, format!("point in time: {e}")))?;
+    let repo = Repository::open(location).await.map_err(Failure::from)?;
+    let manifest = if id_or_latest == "latest" {
+        let list = repo.list_backups().await.map_err(Failure::from)?;
+        choose_backup(&list.backups, &target)?.clone()
+    } else {
+        let id = repo
+            .resolve_backup(id_or_latest)
+            .await
+            .map_err(Failure::from)?;
+        repo.load_manifest(&id).await.map_err(Failure::from)?
+    };
+    let info = backup_info(&manifest)?;
+    let sysid: u64 = manifest.system_identifier.parse().map_err(|_| {
+        Failure::new(
+            Reason::UnsupportedBackup,
+            format!(
+                "backup {}: system identifier {:?} is not a number",
+                manifest.id, manifest.system_identifier
+            ),
+        )
+    })?;
+    let listing = repo
+        .wal(sysid)
+        .list()
+        .await
+        .map_err(|e| Failure::new(Reason::RepositoryError, format!("listing the WAL: {e}")))?;
+    let window = recoverable_window(&listing.window(&manifest));
+    check_target(&target, &manifest.id, &window)?;
+    let end_lsn = match target {
+        Target::Lsn(lsn) => format_lsn(lsn),
+        _ => window.latest_lsn.clone(),
+    };
+    Ok((
+        info,
+        PointInTimeStatus {
+            target: target.to_string(),
+            window: Some(window),
+            end_lsn: Some(end_lsn),
+            ..Default::default()
+        },
+    ))
+}
+
+fn timestamp(t: time::OffsetDateTime) -> Timestamp {
+    i64::try_from(t.unix_timestamp_nanos())
+        .ok()
+        .and_then(|ns| Timestamp::from_nanosecond(ns as i128).ok())
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn recoverable_window(w: &Window) -> RecoverableWindow {
+    RecoverableWindow {
+        earliest: timestamp(w.earliest),
+        earliest_lsn: format_lsn(w.start_lsn),
+        latest: w.latest.map(timestamp),
+        latest_lsn: format_lsn(w.end_lsn),
+        first_missing_segment: w.first_missing.clone(),
+    }
+}
+
+/// Where a backup becomes consistent: nothing before it can be recovered from it.
+fn consistent_lsn(m: &BackupManifest) -> u64 {
+    m.stop_lsn
+        .as_deref()
+        .or(Some(&m.start_lsn))
+        .and_then(parse_lsn)
+        .unwrap_or(0)
+}
+
+/// The newest backup that ends before `target` (`backups` oldest first); for a transaction or
+/// a restore point, which only replay can place, the newest.
+fn choose_backup<'a>(
+    backups: &'a [BackupManifest],
+    target: &Target,
+) -> Result<&'a BackupManifest, Failure> {
+    let newest = backups
+        .last()
+        .ok_or_else(|| Failure::new(Reason::BackupNotFound, "the repository holds no backup"))?;
+    let before = |ends_before: &dyn Fn(&BackupManifest) -> bool| {
+        backups
+            .iter()
+            .rev()
+            .find(|m| ends_before(m))
+            .ok_or_else(|| {
+                let oldest = &backups[0];
+                Failure::new(
+                    Reason::PointInTimeBeforeBackup,
+                    format!(
+                        "{target} lies before the end of the oldest backup, {} ({}, {})",
+                        oldest.id,
+                        oldest.created,
+                        format_lsn(consistent_lsn(oldest))
+                    ),
+                )
+            })
+    };
+    match target {
+        Target::Time(t) => before(&|m| timestamp(m.created) <= *t),
+        Target::Lsn(lsn) => before(&|m| consistent_lsn(m) <= *lsn),
+        Target::Xid(_) | Target::Name(_) | Target::Immediate => Ok(newest),
+    }
+}
+
+/// Refuses a target the backup's window cannot reach, naming the window, or the missing
+/// segment when a gap cuts the window short.
+fn check_target(target: &Target, id: &str, window: &RecoverableWindow) -> Result<(), Failure> {
+    let before = match target {
+        Target::Time(t) => *t < window.earliest,
+        Target::Lsn(lsn) => *lsn < parse_lsn(&window.earliest_lsn).unwrap_or(0),
+        Target::Xid(_) | Target::Name(_) | Target::Immediate => false,
+    };
+    if before {
+        return Err(Failure::new(
+            Reason::PointInTimeBeforeBackup,
+            format!("{target} lies before backup {id} is consistent; it can recover {window}"),
+        ));
+    }
+    let after = match target {
+        Target::Time(t) => window.latest.is_none_or(|latest| *t > latest),
+        Target::Lsn(lsn) => *lsn > parse_lsn(&window.latest_lsn).unwrap_or(0),
+        Target::Xid(_) | Target::Name(_) | Target::Immediate => false,
+    };
+    if !after {
+        return Ok(());
+    }
+    Err(match &window.first_missing_segment {
+        Some(segment) => Failure::new(
+            Reason::WalSegmentMissing,
+            format!(
+                "{target} lies beyond WAL segment {segment}, which the repository lacks; \
+                 backup {id} can recover {window}"
+            ),
+        ),
+        None => Failure::new(
+            Reason::PointInTimeNotArchived,
+            format!(
+                "{target} lies after the end of the archived WAL; backup {id} can recover {window}"
+            ),
+        ),
     })
 }
 
@@ -38,6 +197,94 @@ pub async fn find_backup(
 mod tests {
     use super::*;
     use ir_repository::RepoError;
+
+    fn backup(id: &str, created_secs: i64, stop_lsn: &str) -> BackupManifest {
+        BackupManifest {
+            format_version: ir_repository::manifest::FORMAT_VERSION,
+            id: id.into(),
+            created: time::OffsetDateTime::from_unix_timestamp(created_secs).unwrap(),
+            pg_version: "15".into(),
+            system_identifier: "7".into(),
+            start_lsn: "0/1000028".into(),
+            stop_lsn: Some(stop_lsn.into()),
+            timeline: 1,
+            total_size: 0,
+            chunk_size: 64 * 1024,
+            root_mode: 0o700,
+            root_uid: 26,
+            root_gid: 26,
+            entries: vec![],
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn the_newest_backup_that_ends_before_the_target_is_chosen() {
+        let backups = [
+            backup("a", 1000, "0/2000100"),
+            backup("b", 2000, "0/5000100"),
+        ];
+        let chosen = |t: Target| choose_backup(&backups, &t).map(|m| m.id.clone());
+        assert_eq!(chosen(Target::Time(at(1500))).unwrap(), "a");
+        assert_eq!(chosen(Target::Time(at(2000))).unwrap(), "b");
+        assert_eq!(chosen(Target::Lsn(0x4000000)).unwrap(), "a");
+        assert_eq!(chosen(Target::Lsn(0x5000100)).unwrap(), "b");
+        assert_eq!(chosen(Target::Name("before".into())).unwrap(), "b");
+        let f = chosen(Target::Time(at(999))).unwrap_err();
+        assert_eq!(f.reason, Reason::PointInTimeBeforeBackup);
+        assert!(f.message.contains("oldest backup, a"), "{}", f.message);
+        let f = choose_backup(&[], &Target::Immediate).unwrap_err();
+        assert_eq!(f.reason, Reason::BackupNotFound);
+    }
+
+    #[test]
+    fn a_target_outside_the_window_is_refused_naming_it() {
+        let window = RecoverableWindow {
+            earliest: at(1000),
+            earliest_lsn: "0/2000100".into(),
+            latest: Some(at(5000)),
+            latest_lsn: "0/9000000".into(),
+            first_missing_segment: None,
+        };
+        let check = |t: Target, w: &RecoverableWindow| check_target(&t, "b", w);
+        assert!(check(Target::Time(at(3000)), &window).is_ok());
+        assert!(check(Target::Lsn(0x9000000), &window).is_ok());
+        assert!(check(Target::Xid(900), &window).is_ok());
+        for early in [Target::Time(at(999)), Target::Lsn(0x2000000)] {
+            let f = check(early, &window).unwrap_err();
+            assert_eq!(f.reason, Reason::PointInTimeBeforeBackup);
+            assert!(
+                f.message.contains("0/9000000"),
+                "names the window: {}",
+                f.message
+            );
+        }
+        for late in [Target::Time(at(5001)), Target::Lsn(0x9000001)] {
+            let f = check(late, &window).unwrap_err();
+            assert_eq!(f.reason, Reason::PointInTimeNotArchived, "{}", f.message);
+        }
+        let gap = RecoverableWindow {
+            first_missing_segment: Some("000000010000000000000009".into()),
+            ..window.clone()
+        };
+        let f = check(Target::Time(at(6000)), &gap).unwrap_err();
+        assert_eq!(f.reason, Reason::WalSegmentMissing);
+        assert!(
+            f.message.contains("000000010000000000000009"),
+            "{}",
+            f.message
+        );
+        let nothing_archived = RecoverableWindow {
+            latest: None,
+            latest_lsn: "0/2000100".into(),
+            ..window
+        };
+        let f = check(Target::Time(at(1001)), &nothing_archived).unwrap_err();
+        assert_eq!(f.reason, Reason::PointInTimeNotArchived);
+    }
 
     #[test]
     fn repository_faults_read_as_the_agent_reports_them() {

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 
+use ir_api::point_in_time::PointInTimeStatus;
 use ir_api::recovery::{BackupInfo, Phase, RecoveryStatus};
 use ir_api::{Failure, Reason};
 use jiff::Timestamp;
@@ -51,6 +52,9 @@ pub enum Found {
     Cleanup(Step),
     /// [`Action::RestartPublished`]: it serves again, or why not (a phrase).
     Restarted(Result<(), String>),
+    /// A validation or a publish of a recovery to a point in time, with the target, the window
+    /// and the replay's progress.
+    ToPoint(Box<Found>, PointInTimeStatus),
 }
 
 /// A standby copy in progress or failed, as the driver sees it.
@@ -240,6 +244,16 @@ async fn record<D: Driver + Send>(
         }
         Found::Cleanup(step) => observed.cleanup = step,
         Found::Restarted(_) => {}
+        Found::ToPoint(found, point) => {
+            observed.point_in_time = Some(point);
+            match *found {
+                Found::Validation(step) => observed.validation = step,
+                Found::Published(step) => observed.published = step,
+                other => {
+                    unreachable!("a point in time comes with validation or publishing: {other:?}")
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -7,16 +7,20 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use ir_api::Reason;
+use ir_api::point_in_time::PointInTimeStatus;
 use ir_api::recovery::Phase;
 use ir_engine::machine::{Failure, Step};
 use ir_engine::postgres::{self, Endpoint, Instance};
 use ir_engine::process::{self, OsUser};
+use ir_engine::round::Found;
 use ir_fuse::is_fuse_mount;
+use ir_repository::format_lsn;
 use jiff::Timestamp;
 
 use super::error::{LocalError, io_err};
 use super::recovery::LocalRecovery;
 use super::workdir::Which;
+use crate::point_in_time;
 
 /// How long a postmaster that died by itself may take to be reaped before a new one starts.
 const STALE_POSTMASTER_WAIT: Duration = Duration::from_secs(10);
@@ -26,6 +30,18 @@ pub(super) const STANDBY_NAME: &str = "instant-recovery-target";
 impl LocalRecovery {
     pub(super) fn published_instance(&self) -> Instance {
         let spec = &self.state.spec;
+        let mut settings = vec![
+            // Its WAL continues the original's timeline: never into the original's archive.
+            ("archive_mode".into(), "off".into()),
+            ("cluster_name".into(), "instant-recovery-published".into()),
+        ];
+        if let Some(point) = &spec.point_in_time {
+            settings.extend(point_in_time::settings(
+                point,
+                &self.mount_program,
+                &spec.repo,
+            ));
+        }
         Instance {
             datadir: self.workdir.mountpoint(),
             conf_dir: self.workdir.conf("published"),
@@ -33,11 +49,7 @@ impl LocalRecovery {
             port: spec.published_port,
             listen_addresses: spec.listen_addresses.clone(),
             log: self.workdir.logs().join("published.log"),
-            settings: vec![
-                // Its WAL continues the original's timeline: never into the original's archive.
-                ("archive_mode".into(), "off".into()),
-                ("cluster_name".into(), "instant-recovery-published".into()),
-            ],
+            settings,
         }
     }
 
@@ -152,6 +164,9 @@ impl LocalRecovery {
                     endpoint.user, endpoint.dbname, rejection.message
                 ),
             )),
+            Err(e) if point_in_time::ended_short(&e.to_string()) => {
+                Err(Failure::new(Reason::PointInTimeUnreached, e.to_string()))
+            }
             Err(e) => {
                 // Through a lost mount PostgreSQL cannot start: that is the mount's failure.
                 if !is_fuse_mount(&self.workdir.mountpoint()) {
@@ -163,7 +178,93 @@ impl LocalRecovery {
         })
     }
 
-    pub(super) async fn ensure_published(&mut self) -> Result<Step<Timestamp>, LocalError> {
+    /// The published instance serving: started, its point in time reached if one was asked.
+    pub(super) async fn ensure_published(&mut self) -> Result<Found, LocalError> {
+        let Some(point) = self.state.status.point_in_time.clone() else {
+            let step = match self.published_serving().await? {
+                Step::Ready(at) => {
+                    Step::Ready(*self.state.resources.first_query_at.get_or_insert(at))
+                }
+                other => other,
+            };
+            return Ok(Found::Published(step));
+        };
+        let instance = self.published_instance();
+        if let Some(failure) = self.replay_ended_short(&instance) {
+            return Ok(Found::ToPoint(
+                Box::new(Found::Published(Step::Failed(failure))),
+                point,
+            ));
+        }
+        if !self.state.resources.recovery_signal_written {
+            point_in_time::signal_recovery(
+                &instance.datadir,
+                process::is_root().then_some((self.pg_user.uid, self.pg_user.gid)),
+            )
+            .map_err(io_err(&instance.datadir))?;
+            self.state.resources.recovery_signal_written = true;
+            self.workdir.save(&self.state)?;
+        }
+        let step = self.published_serving().await?;
+        let mut progress = PointInTimeStatus {
+            replayed_lsn: None,
+            ..point
+        };
+        let step = match step {
+            Step::Ready(_) if let Some(first) = self.state.resources.first_query_at => {
+                progress.reached_at = Some(first);
+                Step::Ready(first)
+            }
+            Step::Ready(_) => {
+                // It answers while it replays (hot standby): serving means promoted.
+                let client = self.endpoint(&instance).connect().await;
+                match client.map(|c| async move { postgres::replay_position(&c).await }) {
+                    Ok(position) => match position.await {
+                        Ok(Some(replayed)) => {
+                            progress.replayed_lsn = Some(format_lsn(replayed));
+                            Step::InProgress
+                        }
+                        Ok(None) => {
+                            let at = Timestamp::now();
+                            self.state.resources.first_query_at = Some(at);
+                            progress.reached_at = Some(at);
+                            Step::Ready(at)
+                        }
+                        Err(_) => Step::InProgress,
+                    },
+                    Err(_) => Step::InProgress,
+                }
+            }
+            other => other,
+        };
+        Ok(Found::ToPoint(Box::new(Found::Published(step)), progress))
+    }
+
+    /// A replay that ended before its target leaves this line in the published instance's log
+    /// and the postmaster gone; starting it again would only replay the same WAL again.
+    fn replay_ended_short(&self, instance: &Instance) -> Option<Failure> {
+        let pid = self.state.resources.published_pid?;
+        if process::is_alive(pid) || self.state.resources.first_query_at.is_some() {
+            return None;
+        }
+        let log = process::log_tail(&instance.log, 4000);
+        point_in_time::ended_short(&log).then(|| {
+            Failure::new(
+                Reason::PointInTimeUnreached,
+                format!(
+                    "PostgreSQL replayed all the WAL the repository holds without reaching {}; \
+                     its log ends with:\n{log}",
+                    self.state
+                        .status
+                        .point_in_time
+                        .as_ref()
+                        .map_or("the target", |p| p.target.as_str())
+                ),
+            )
+        })
+    }
+
+    async fn published_serving(&mut self) -> Result<Step<Timestamp>, LocalError> {
         let instance = self.published_instance();
         let ready_at = match self.ensure_running(&instance, Which::Published).await? {
             Ok(at) => at,
@@ -179,8 +280,7 @@ impl LocalRecovery {
                 e,
             )));
         }
-        let first = *self.state.resources.first_query_at.get_or_insert(ready_at);
-        Ok(Step::Ready(first))
+        Ok(Step::Ready(ready_at))
     }
 
     /// A switchover that did not complete left `instance` read-only in its configuration,

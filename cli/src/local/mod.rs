@@ -175,9 +175,9 @@ impl LocalRecovery {
     /// Carries out one action and says what it found.
     async fn execute(&mut self, action: Action) -> Result<Found, LocalError> {
         let found = match action {
-            Action::Validate => Found::Validation(self.validate().await?),
+            Action::Validate => self.validate().await?,
             Action::EnsureMount => Found::Mount(self.ensure_mount().await?),
-            Action::EnsurePublished => Found::Published(self.ensure_published().await?),
+            Action::EnsurePublished => self.ensure_published().await?,
             Action::EnsureStandby => self.ensure_standby().await?,
             Action::Switchover => self.switchover().await?,
             Action::Cleanup => Found::Cleanup(self.cleanup().await),
@@ -190,28 +190,32 @@ impl LocalRecovery {
         Ok(found)
     }
 
-    async fn validate(&mut self) -> Result<Step<ir_api::recovery::BackupInfo>, LocalError> {
+    async fn validate(&mut self) -> Result<Found, LocalError> {
         let checked =
             validate::validate(&self.state.spec, &self.workdir.root, self.persisted).await;
-        match checked {
-            Ok(info) => {
+        Ok(match checked {
+            Ok((info, point_in_time)) => {
                 // The pinned backup, not `latest`: a rerun must not switch backups under the
                 // cache.
                 self.state.spec.backup = info.id.clone();
                 self.persist()?;
                 self.lay_out(true)?;
-                if let Err(failure) = self.make_target() {
-                    return Ok(Step::Failed(failure));
+                let step = match self.make_target() {
+                    Err(failure) => Step::Failed(failure),
+                    Ok(()) => Step::Ready(info),
+                };
+                match point_in_time {
+                    Some(point) => Found::ToPoint(Box::new(Found::Validation(step)), point),
+                    None => Found::Validation(step),
                 }
-                Ok(Step::Ready(info))
             }
             // A recovery that waits for its repository exists: `irctl status` and `irctl retry`
             // need its workdir. Only a permanent refusal creates nothing.
             Err(failure) if failure.transient => {
                 self.persist()?;
-                Ok(Step::Failed(failure))
+                Found::Validation(Step::Failed(failure))
             }
-            Err(failure) => Ok(Step::Failed(failure)),
-        }
+            Err(failure) => Found::Validation(Step::Failed(failure)),
+        })
     }
 }

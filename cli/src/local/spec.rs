@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use ir_api::point_in_time::PointInTime;
 use ir_api::recovery::{RetryPolicy, SwitchoverPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,9 @@ pub struct LocalSpec {
     pub start_timeout_secs: u64,
     /// Time allowed for the standby to replay the last LSN during the switchover.
     pub catch_up_timeout_secs: u64,
+    /// Recover to this point: the published instance replays the repository's WAL up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<PointInTime>,
 }
 
 /// Settings given again when a recorded recovery is run again; `None` keeps what the workdir
@@ -73,6 +77,8 @@ pub struct Rerun {
     /// Waits of the engine, used from the next start or switchover on.
     pub start_timeout_secs: Option<u64>,
     pub catch_up_timeout_secs: Option<u64>,
+    /// The point in time (`--target-*`), which the mount's cache was made for.
+    pub point_in_time: Option<PointInTime>,
 }
 
 impl Rerun {
@@ -143,6 +149,12 @@ impl Rerun {
             port,
         )?;
         unchanged("--target-port", &spec.target_port, self.target_port, port)?;
+        unchanged(
+            "--target-time/--target-lsn/--target-xid/--target-name/--target-immediate",
+            &spec.point_in_time,
+            self.point_in_time.map(Some),
+            |p| format!("{p:?}"),
+        )?;
         if let Some(switchover) = self.switchover {
             spec.switchover = switchover;
         }
@@ -213,6 +225,7 @@ mod tests {
             cache_min_free_bytes: 1 << 30,
             start_timeout_secs: 600,
             catch_up_timeout_secs: 60,
+            point_in_time: None,
         }
     }
 

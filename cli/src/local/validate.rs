@@ -3,13 +3,14 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::Path;
 
+use ir_api::point_in_time::PointInTimeStatus;
 use ir_api::recovery::BackupInfo;
 
 use super::dir::{Ancestors, Dir, WalkError};
 use super::spec::LocalSpec;
 use super::workdir::STATE_TMP_FILE;
 use ir_api::Reason;
-use ir_engine::backup::find_backup;
+use ir_engine::backup::{find_backup, find_backup_for};
 use ir_engine::machine::Failure;
 use ir_engine::postgres::PgBinaries;
 use ir_engine::process::{self, OsUser};
@@ -23,7 +24,7 @@ pub(super) async fn validate(
     spec: &LocalSpec,
     workdir: &Path,
     resuming: bool,
-) -> Result<BackupInfo, Failure> {
+) -> Result<(BackupInfo, Option<PointInTimeStatus>), Failure> {
     let user = OsUser::by_name(&spec.pg_user).ok_or_else(|| {
         Failure::new(
             Reason::UnknownUser,
@@ -77,7 +78,14 @@ pub(super) async fn validate(
         check_port_free(flag, port, &spec.listen_addresses)?;
     }
 
-    let backup = find_backup(&spec.repo.location(), &spec.backup).await?;
+    let location = spec.repo.location();
+    let (backup, point_in_time) = match &spec.point_in_time {
+        Some(point) => {
+            let (backup, status) = find_backup_for(&location, &spec.backup, point).await?;
+            (backup, Some(status))
+        }
+        None => (find_backup(&location, &spec.backup).await?, None),
+    };
     let (id, pg_major, size_bytes) = (backup.id, backup.pg_major, backup.size_bytes);
     PgBinaries::find(pg_major, spec.pg_bindir.as_deref())
         .map_err(|e| Failure::new(Reason::PostgresBinariesMissing, e.to_string()))?;
@@ -94,11 +102,12 @@ pub(super) async fn validate(
         check_space("--target-pgdata", &spec.target_pgdata, need_target)?;
         check_space("--workdir (IRCache)", workdir, need_cache)?;
     }
-    Ok(BackupInfo {
+    let info = BackupInfo {
         id,
         pg_major,
         size_bytes,
-    })
+    };
+    Ok((info, point_in_time))
 }
 
 fn check_target(target: &Path) -> Result<(), Failure> {

@@ -46,6 +46,10 @@ pub(super) struct Resources {
     pub(super) switchover_attempted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) switchover_downtime_ms: Option<u64>,
+    /// A recovery to a point in time: `recovery.signal` was put on the mount (PostgreSQL
+    /// removes it once it promoted at the target; it must never come back).
+    #[serde(default)]
+    pub(super) recovery_signal_written: bool,
 }
 
 /// `recovery.json`.

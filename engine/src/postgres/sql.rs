@@ -70,6 +70,30 @@ pub async fn in_recovery(client: &Client) -> Result<bool, PgError> {
         .get(0))
 }
 
+/// Where an instance replaying WAL stands: `Some(replayed LSN)` while it is still in recovery,
+/// `None` once it was promoted.
+pub async fn replay_position(client: &Client) -> Result<Option<u64>, PgError> {
+    let what = "pg_last_wal_replay_lsn()";
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text",
+            &[],
+        )
+        .await
+        .map_err(PgError::db(what))?;
+    if !row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    // Nothing replayed yet reads as the start.
+    let text: Option<String> = row.get(1);
+    match text {
+        None => Ok(Some(0)),
+        Some(text) => ir_repository::parse_lsn(&text)
+            .map(Some)
+            .ok_or_else(|| PgError::Unexpected(format!("{what}: unexpected LSN {text:?}"))),
+    }
+}
+
 /// What the instance at `endpoint` answers when asked whether it is in recovery; `None` when it
 /// cannot be asked. After a failed switchover the standby gets the last word on whether it was
 /// promoted.

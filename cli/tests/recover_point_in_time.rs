@@ -1,0 +1,271 @@
+//! `irctl recover --target-*` on real PostgreSQL: a source archives its WAL into the repository
+//! with `irctl wal push`; rows are inserted, a point taken (time, LSN, xid, restore point), a
+//! table dropped. Recovering to each point brings the table back with every row committed
+//! before it and none after; targets the repository cannot reach are refused at validation.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::irctl_ok;
+use common::recovery::Recovery;
+use ir_e2e::pg::{PgCluster, pg_user};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The source's history, and the points in it.
+struct History {
+    _root: tempfile::TempDir,
+    root: PathBuf,
+    repo: String,
+    repo_dir: PathBuf,
+    /// Committed after the backup: rows 101..=200, then row 201 in transaction `xid`.
+    xid: String,
+    /// `pg_create_restore_point('before_drop')`, after row 201.
+    restore_point_lsn: String,
+    /// A time after the restore point and before the drop.
+    time: String,
+}
+
+fn chown_tree_to_pg(path: &Path) {
+    let (uid, gid) = pg_user();
+    let status = std::process::Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}")])
+        .arg(path)
+        .status()
+        .expect("run chown");
+    assert!(status.success(), "chown -R {}", path.display());
+}
+
+fn history() -> History {
+    ir_e2e::require_root();
+    ir_e2e::require_fuse();
+    let tmp = ir_e2e::shared_tempdir();
+    let root = tmp.path().to_owned();
+    let repo_dir = root.join("repo");
+    let repo = format!("file://{}", repo_dir.display());
+    irctl_ok(&["repo", "init", "--repo", &repo], &[]);
+    // archive_command runs as PostgreSQL's user.
+    chown_tree_to_pg(&repo_dir);
+
+    let mut source = PgCluster::init(&root.join("source"));
+    let push = format!(
+        "archive_command={} wal push --repo {repo} %p",
+        env!("CARGO_BIN_EXE_irctl")
+    );
+    source.start(&["archive_mode=on", &push]);
+    source.psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)");
+    let id = common::backup_from_pg(&repo, &source.conninfo(), &[]);
+    source.psql("INSERT INTO t SELECT generate_series(101, 200)");
+    let xid = source.psql("INSERT INTO t VALUES (201) RETURNING txid_current()");
+    let restore_point_lsn = source.psql("SELECT pg_create_restore_point('before_drop')");
+    std::thread::sleep(Duration::from_millis(1100));
+    let time = source
+        .psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1100));
+    source.psql("DROP TABLE t");
+    // Two segments after the points, so that losing the one that holds them is a gap.
+    source.psql("SELECT pg_switch_wal()");
+    source.psql("CREATE TABLE after_drop(x int); INSERT INTO after_drop VALUES (1)");
+    let last = source.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    source.psql("SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while source.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
+        assert!(
+            Instant::now() < deadline,
+            "{last} not archived: {}",
+            source.psql("SELECT * FROM pg_stat_archiver")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    source.stop();
+
+    // The window is shown per backup.
+    let show: serde_json::Value = serde_json::from_str(&irctl_ok(
+        &["backup", "show", &id, "--repo", &repo, "--output", "json"],
+        &[],
+    ))
+    .expect("backup show JSON");
+    assert!(
+        show.to_string().contains(&restore_point_lsn[..2]),
+        "backup show has the recoverable window: {show}"
+    );
+    History {
+        _root: tmp,
+        root,
+        repo,
+        repo_dir,
+        xid,
+        restore_point_lsn,
+        time,
+    }
+}
+
+impl History {
+    fn recovery(&self, name: &str) -> Recovery {
+        let root = self.root.join(name);
+        std::fs::create_dir(&root).unwrap();
+        Recovery::new(&root, &self.repo, "latest", &[])
+    }
+}
+
+/// The published instance of `r`, once it reached its point: the rows committed before it.
+fn published_rows(r: &mut Recovery) -> String {
+    let status = r.wait_phase("ReadyForSwitchover", RUN_TIMEOUT);
+    let condition = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PointInTime")
+        .cloned()
+        .expect("PointInTime condition");
+    assert_eq!(condition["status"], "True", "{condition}");
+    assert_eq!(condition["reason"], "TargetReached");
+    assert!(
+        status["pointInTime"]["window"]["latestLsn"].is_string(),
+        "{status}"
+    );
+    assert_eq!(r.published("SELECT to_regclass('after_drop') IS NULL"), "t");
+    r.published("SELECT count(*) || ':' || max(id) FROM t")
+}
+
+#[test]
+fn recovery_to_a_restore_point_brings_back_the_dropped_table_to_the_end() {
+    let h = history();
+    let mut r = h.recovery("by-name");
+    r.run_to_completion(&["--target-name", "before_drop"], RUN_TIMEOUT);
+    assert_eq!(
+        r.target("SELECT count(*) || ':' || max(id) FROM t"),
+        "201:201"
+    );
+    assert_eq!(r.target("SELECT to_regclass('after_drop') IS NULL"), "t");
+    assert_eq!(r.target("SELECT pg_is_in_recovery()"), "f");
+    r.target("INSERT INTO t VALUES (202)");
+    let status = r.status();
+    assert_eq!(status["phase"], "Completed");
+    assert!(
+        status["timings"]["timeToFirstQueryMs"].as_u64().is_some(),
+        "{status}"
+    );
+}
+
+#[test]
+fn recovery_to_a_time_an_lsn_and_a_transaction() {
+    let h = history();
+    let cases: [(&str, Vec<&str>, &str); 4] = [
+        ("by-time", vec!["--target-time", &h.time], "201:201"),
+        (
+            "by-lsn",
+            vec!["--target-lsn", &h.restore_point_lsn],
+            "201:201",
+        ),
+        ("by-xid", vec!["--target-xid", &h.xid], "201:201"),
+        (
+            "by-xid-exclusive",
+            vec!["--target-xid", &h.xid, "--target-inclusive", "false"],
+            "200:200",
+        ),
+    ];
+    for (name, flags, rows) in cases {
+        let mut r = h.recovery(name);
+        r.spawn(&[&flags[..], &["--switchover", "manual"]].concat());
+        assert_eq!(published_rows(&mut r), rows, "{name}");
+        r.kill();
+    }
+}
+
+#[test]
+fn postgres_started_by_hand_on_a_mount_with_a_target_replays_to_it() {
+    let h = history();
+    let (uid, gid) = pg_user();
+    let mnt = h.root.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ir_e2e::pg::chown_to_pg(&mnt);
+    let owner = [
+        "--uid".to_owned(),
+        uid.to_string(),
+        "--gid".to_owned(),
+        gid.to_string(),
+        "--target-name".to_owned(),
+        "before_drop".to_owned(),
+    ];
+    let owner: Vec<&str> = owner.iter().map(String::as_str).collect();
+    let mount = common::MountProcess::start_with_args(
+        &h.repo,
+        "latest",
+        &h.root.join("cache"),
+        &mnt,
+        &owner,
+        &[],
+    );
+    let mut pg = PgCluster::on_existing(&mnt, &h.root);
+    pg.start(&[]);
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while pg.psql("SELECT pg_is_in_recovery()") == "t" {
+        assert!(Instant::now() < deadline, "never promoted at the target");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pg.psql("SELECT count(*) || ':' || max(id) FROM t"), "201:201");
+    assert_eq!(pg.psql("SELECT to_regclass('after_drop') IS NULL"), "t");
+    pg.stop();
+    mount.stop();
+}
+
+#[test]
+fn targets_the_repository_cannot_reach_are_refused_at_validation() {
+    let h = history();
+
+    let mut r = h.recovery("too-late");
+    let tomorrow = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+    r.spawn(&["--target-time", &tomorrow.to_string()]);
+    let status = r.wait_phase("Waiting", RUN_TIMEOUT);
+    assert_eq!(status["reason"], "PointInTimeNotArchived", "{status}");
+    assert!(
+        status["message"].as_str().unwrap().contains("can recover"),
+        "names the window: {status}"
+    );
+    r.kill();
+
+    let mut r = h.recovery("too-early");
+    r.spawn(&["--target-time", "2001-01-01T00:00:00Z"]);
+    let exit = r.wait_exit(RUN_TIMEOUT);
+    assert!(!exit.success());
+    assert!(
+        r.output().contains("PointInTimeBeforeBackup"),
+        "{}",
+        r.output()
+    );
+
+    // A segment between the backup and the point, deleted from the repository.
+    let segment = h.segment_holding(&h.restore_point_lsn);
+    let mut r = h.recovery("gap");
+    r.spawn(&["--target-time", &h.time]);
+    let exit = r.wait_exit(RUN_TIMEOUT);
+    assert!(!exit.success());
+    let out = r.output();
+    assert!(out.contains("WalSegmentMissing"), "{out}");
+    assert!(out.contains(&segment), "names the segment {segment}: {out}");
+}
+
+impl History {
+    /// Deletes the stored WAL segment that holds `lsn` (timeline 1, 16 MiB segments) and
+    /// returns its name.
+    fn segment_holding(&self, lsn: &str) -> String {
+        let lsn = ir_repository::parse_lsn(lsn).unwrap();
+        let name = format!("00000001{:08X}{:08X}", lsn >> 32, (lsn & 0xFFFF_FFFF) >> 24);
+        let mut stack = vec![self.repo_dir.join("wal")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if entry.file_name().to_string_lossy().starts_with(&name) {
+                    std::fs::remove_file(&path).unwrap();
+                    return name;
+                }
+            }
+        }
+        panic!("no stored segment {name} under {}", self.repo_dir.display());
+    }
+}
