@@ -31,4 +31,3 @@ pub use pgmeta::{format_lsn, parse_lsn};
 pub use repo::{BackupList, InvalidBackup, Repository};
 pub use restore::RestoreOwner;
 pub use verify::{ChunkUse, DamagedChunk, DamagedSharedChunk, RepoVerifyReport, VerifyReport};
-pub mod wal;
