@@ -391,8 +391,9 @@ impl WalArchive<'_> {
             .collect())
     }
 
-    /// The segment size, from the object header of the first stored segment that has a
-    /// plausible one (one small read; [`WalArchive::verify`] checks every segment's length).
+    /// The segment size, from the object header of the first stored segment (or partial
+    /// segment) that has a plausible one: one small read; [`WalArchive::verify`] checks every
+    /// segment's length.
     async fn probe_segment_size(&self, segments: &[WalFileName]) -> Result<Option<u64>, WalError> {
         for file in segments.iter().take(SIZE_PROBES) {
             let path = self.path(file);
@@ -439,14 +440,15 @@ impl WalArchive<'_> {
         &self,
         objects: &[(Listed, object_store::ObjectMeta)],
     ) -> Result<WalListing, WalError> {
+        // Complete segments first: partial ones are only there after a promotion.
         let mut segment_files: Vec<WalFileName> = objects
             .iter()
             .filter_map(|(l, _)| match l {
-                Listed::File(f @ WalFileName::Segment(_)) => Some(*f),
+                Listed::File(f) if f.segment().is_some() => Some(*f),
                 _ => None,
             })
             .collect();
-        segment_files.sort();
+        segment_files.sort_by_key(|f| (matches!(f, WalFileName::Partial(_)), *f));
         let segment_size = self.probe_segment_size(&segment_files).await?;
         let mut listing = WalListing {
             system_identifier: self.system_identifier,
@@ -570,6 +572,7 @@ impl WalArchive<'_> {
                 Err(e) => return Err(e),
             }
         }
+        damaged.sort_by(|a, b| a.name.cmp(&b.name));
         report.damaged.extend(damaged);
         Ok(report)
     }
