@@ -449,3 +449,65 @@ fn fetch_fails_fatally_unless_the_file_is_not_archived() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A 16 MiB segment of system 42 as PostgreSQL writes its first page, with `fill` after it.
+fn hand_made_segment(name: &str, fill: u8) -> Vec<u8> {
+    let mut b = vec![fill; 16 << 20];
+    b[..40].fill(0);
+    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    b[2..4].copy_from_slice(&0x0006u16.to_le_bytes());
+    b[4..8].copy_from_slice(&u32::from_str_radix(&name[..8], 16).unwrap().to_le_bytes());
+    b[8..16].copy_from_slice(&(segno(name) << 24).to_le_bytes());
+    b[24..32].copy_from_slice(&42u64.to_le_bytes());
+    b[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    b
+}
+
+#[test]
+fn an_s3_repository_archives_as_a_file_one_does() {
+    let s3 = ir_e2e::s3::S3Server::start();
+    let env = s3.env();
+    let repo = s3.url("wal-archive");
+    irctl_ok(&["repo", "init", "--repo", &repo], &env);
+    let tmp = shared_tempdir();
+    let run = |args: &[&str]| irctl_run(args, &env);
+    let names = ["000000010000000000000003", "000000010000000000000005"];
+    for name in names {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, hand_made_segment(name, 1)).unwrap();
+        let push = ["wal", "push", "--repo", &repo, path.to_str().unwrap()];
+        assert!(run(&push).status.success());
+        assert!(run(&push).status.success(), "a repeated push succeeds");
+    }
+    let path = tmp.path().join(names[0]);
+    std::fs::write(&path, hand_made_segment(names[0], 2)).unwrap();
+    let out = run(&["wal", "push", "--repo", &repo, path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(names[0]));
+
+    let dest = tmp.path().join("fetched");
+    let fetch = |name: &str| {
+        let args = [
+            "wal",
+            "fetch",
+            "--repo",
+            &repo,
+            "--system-identifier",
+            "42",
+            name,
+        ];
+        run(&[&args[..], &[dest.to_str().unwrap()]].concat())
+    };
+    assert!(fetch(names[0]).status.success());
+    assert!(std::fs::read(&dest).unwrap() == hand_made_segment(names[0], 1));
+    assert_eq!(fetch("000000010000000000000004").status.code(), Some(1));
+    let out = run(&["wal", "verify", "--repo", &repo, "--output", "json"]);
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["objects_checked"], 2);
+    assert_eq!(
+        report[0]["gaps"][0]["first_missing"],
+        "000000010000000000000004"
+    );
+}
