@@ -208,11 +208,7 @@ impl WalArchive<'_> {
 
     /// Where `file` is stored. Built only from a parsed name, so it stays inside `wal/<sysid>/`.
     fn path(&self, file: &WalFileName) -> Path {
-        let dir = match file {
-            WalFileName::History { .. } => HISTORY_DIR.to_string(),
-            other => format!("{:08X}", other.timeline()),
-        };
-        Path::from(format!("{}/{dir}/{file}{SUFFIX}", self.root()))
+        Path::from(format!("{}/{}/{file}{SUFFIX}", self.root(), dir_of(file)))
     }
 
     /// What a listed object path under this archive names.
@@ -230,11 +226,7 @@ impl WalArchive<'_> {
         else {
             return Listed::Stray;
         };
-        let expected_dir = match parsed {
-            WalFileName::History { .. } => HISTORY_DIR.to_string(),
-            other => format!("{:08X}", other.timeline()),
-        };
-        if dir == expected_dir {
+        if dir == dir_of(&parsed) {
             Listed::File(parsed)
         } else {
             Listed::Stray
@@ -632,6 +624,14 @@ impl WalArchive<'_> {
             report.bytes_removed += stored.stored_size;
         }
         Ok(report)
+    }
+}
+
+/// The directory of a file under `wal/<sysid>/`: its timeline's, or the history files'.
+fn dir_of(file: &WalFileName) -> String {
+    match file {
+        WalFileName::History { .. } => HISTORY_DIR.to_string(),
+        other => format!("{:08X}", other.timeline()),
     }
 }
 
