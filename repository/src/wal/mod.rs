@@ -247,11 +247,8 @@ impl WalArchive<'_> {
             }
         })?;
         let path = self.path(&file);
-        let plain = bytes.to_vec();
-        let (stored, hash) = tokio::task::spawn_blocking(move || object::encode(&plain))
-            .await
-            .map_err(|e| RepoError::io(path.to_string(), std::io::Error::other(e)))?
-            .map_err(|e| RepoError::io(path.to_string(), e))?;
+        let (stored, hash) =
+            cpu_bound(|| object::encode(bytes)).map_err(|e| RepoError::io(path.to_string(), e))?;
         let payload = PutPayload::from(stored);
         // A second round only when the stored object vanished in between (a prune).
         for _ in 0..2 {
@@ -624,6 +621,17 @@ impl WalArchive<'_> {
             report.bytes_removed += stored.stored_size;
         }
         Ok(report)
+    }
+}
+
+/// Runs `work`, tens of milliseconds of CPU on borrowed bytes, off the runtime's other tasks
+/// where the runtime can do without this thread meanwhile (copying a segment to hand it to the
+/// blocking pool would cost more than it saves); a single-threaded runtime runs it in place.
+fn cpu_bound<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 

@@ -17,8 +17,11 @@ pub(crate) const HEADER_LEN: usize = 48;
 /// zstd's fastest level: WAL archiving runs once per segment on the database server, where
 /// CPU time is the database's, and level 1 already shrinks WAL several fold.
 const ZSTD_LEVEL: i32 = 1;
-/// Below this the hash is not worth a thread of its own.
-const PARALLEL_HASH_MIN: usize = 1 << 20;
+/// From this size on (every segment) the hash runs on a thread of its own and zstd compresses
+/// with two: archiving is on the critical path of a busy server's WAL, and a segment takes
+/// tens of milliseconds of CPU to compress.
+const PARALLEL_MIN: usize = 1 << 20;
+const ZSTD_WORKERS: u32 = 2;
 
 /// The largest object a file of at most `max_plain` bytes can be stored as: what a read takes
 /// before it looks inside.
@@ -34,10 +37,15 @@ pub(crate) fn encode(plain: &[u8]) -> std::io::Result<(Vec<u8>, [u8; 32])> {
         out.resize(HEADER_LEN, 0);
         let mut cursor = Cursor::new(out);
         cursor.set_position(HEADER_LEN as u64);
-        zstd::bulk::Compressor::new(ZSTD_LEVEL)?.compress_to_buffer(plain, &mut cursor)?;
+        let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if plain.len() >= PARALLEL_MIN && cores > 1 {
+            compressor.multithread(ZSTD_WORKERS)?;
+        }
+        compressor.compress_to_buffer(plain, &mut cursor)?;
         Ok(cursor.into_inner())
     };
-    let (out, hash) = if plain.len() >= PARALLEL_HASH_MIN {
+    let (out, hash) = if plain.len() >= PARALLEL_MIN {
         std::thread::scope(|s| {
             let hasher = s.spawn(|| blake3::hash(plain));
             let out = compress();
