@@ -6,9 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::temp_repo;
+use common::{fuzz_cases, temp_repo};
 use ir_repository::wal::{Gap, PushOutcome, WalError};
 use ir_repository::{BackupManifest, Repository};
+use proptest::prelude::*;
 
 const SYSID: u64 = 7_311_234_567_890_123_456;
 const SEG: u64 = 1 << 20;
@@ -443,4 +444,65 @@ async fn a_listing_survives_a_damaged_first_segment() {
     assert_eq!(listing.segment_size, None);
     assert_eq!(listing.unreadable.len(), 3);
     assert!(listing.gaps().is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: fuzz_cases(64),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Byte edits and cuts of stored objects: a fetch gives the pushed bytes back or says the
+    /// object is damaged, never panics, never returns other bytes; a listing still answers.
+    #[test]
+    fn damaged_objects_never_pass_for_wal(
+        history in any::<bool>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = temp_repo(dir.path()).await;
+            let wal = repo.wal(SYSID);
+            let (name, bytes) = if history {
+                ("00000003.history".to_string(), b"1\t0/3000158\tx\n2\t0/5000000\ty\n".to_vec())
+            } else {
+                segment(1, 4, SYSID, 3)
+            };
+            wal.push(&name, &bytes).await.unwrap();
+            let rel = if history {
+                format!("history/{name}.zst")
+            } else {
+                format!("00000001/{name}.zst")
+            };
+            let path = object_path(dir.path(), SYSID, &rel);
+            let mut stored = std::fs::read(&path).unwrap();
+            for (at, byte) in &edits {
+                let i = at.index(stored.len());
+                stored[i] = *byte;
+            }
+            if let Some(cut) = cut {
+                stored.truncate(cut.index(stored.len()));
+            }
+            std::fs::write(&path, &stored).unwrap();
+            match wal.fetch(&name).await {
+                Ok(back) => prop_assert_eq!(back, bytes),
+                Err(WalError::Corrupt { .. }) => {}
+                Err(e) => prop_assert!(false, "{e:?}"),
+            }
+            prop_assert!(wal.list().await.is_ok());
+            prop_assert!(wal.verify().await.is_ok());
+            Ok(())
+        })?;
+    }
+
+    /// Any text as a name: refused, or a name that prints as given.
+    #[test]
+    fn names_parse_or_are_refused(name in "[0-9A-Fa-f./x]{0,40}") {
+        if let Ok(parsed) = ir_repository::wal::WalFileName::parse(&name) {
+            prop_assert_eq!(parsed.to_string(), name);
+        }
+    }
 }
