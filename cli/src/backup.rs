@@ -245,7 +245,12 @@ fn recoverable_to(s: &Summary) -> String {
         return "-".to_string();
     };
     match &w.latest {
-        Some(latest) => format!("{} @ {}", w.end_lsn, latest.replace('T', " ")),
+        // To the second, as the CREATED column.
+        Some(latest) => format!(
+            "{} @ {}",
+            w.end_lsn,
+            latest.get(..19).unwrap_or(latest).replace('T', " ")
+        ),
         None => "-".to_string(),
     }
 }
