@@ -1,5 +1,6 @@
 //! `irctl backup`: create, list, show and verify backups.
 
+use std::collections::HashMap;
 use std::io::{BufReader, IsTerminal};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,11 +9,15 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use ir_cli::output::{Output, print_json};
 use ir_repository::size::format_size;
-use ir_repository::{BackupManifest, Checkpoint, EntryKind, InvalidBackup, Progress, RestoreOwner};
+use ir_repository::wal::WalListing;
+use ir_repository::{
+    BackupManifest, Checkpoint, EntryKind, InvalidBackup, Progress, Repository, RestoreOwner,
+};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 
 use crate::progress::ProgressLine;
+use crate::wal_cmd::WalOfBackup;
 use ir_cli::repo_args::RepoArgs;
 
 /// Read buffer for tar input: tar headers are 512 bytes, reads should not be.
@@ -169,6 +174,9 @@ struct Summary<'a> {
     chunk_size: u64,
     files: usize,
     stored_chunks: usize,
+    /// The WAL the backup needs to be consistent, and what it can be recovered to with the
+    /// archived WAL (`irctl wal push`); `null` when its system's archive cannot be listed.
+    wal: Option<WalOfBackup>,
 }
 
 impl<'a> Summary<'a> {
@@ -194,7 +202,56 @@ impl<'a> Summary<'a> {
             chunk_size: m.chunk_size,
             files: chunk_lists().count(),
             stored_chunks: stored.len(),
+            wal: None,
         }
+    }
+
+    fn with_wal(mut self, listings: &HashMap<String, WalListing>, m: &BackupManifest) -> Self {
+        self.wal = listings
+            .get(&m.system_identifier)
+            .map(|l| WalOfBackup::of(l, m));
+        self
+    }
+}
+
+/// The WAL archive of each system the backups are of, by system identifier as manifests write
+/// it. An archive that cannot be listed is left out with a warning: the backups are still
+/// listed.
+async fn wal_listings(
+    repo: &Repository,
+    backups: &[BackupManifest],
+) -> HashMap<String, WalListing> {
+    let mut listings = HashMap::new();
+    for m in backups {
+        if listings.contains_key(&m.system_identifier) {
+            continue;
+        }
+        let Ok(system) = m.system_identifier.parse::<u64>() else {
+            continue;
+        };
+        match repo.wal(system).list().await {
+            Ok(l) => {
+                listings.insert(m.system_identifier.clone(), l);
+            }
+            Err(e) => eprintln!("irctl: the WAL archive of system {system} cannot be listed: {e}"),
+        }
+    }
+    listings
+}
+
+/// `0/3000100 @ 2026-11-25 07:04:00` for a window reaching past the backup, `-` otherwise.
+fn recoverable_to(s: &Summary) -> String {
+    let Some(w) = s.wal.as_ref().map(|w| &w.recovery_window) else {
+        return "-".to_string();
+    };
+    match &w.latest {
+        // To the second, as the CREATED column.
+        Some(latest) => format!(
+            "{} @ {}",
+            w.end_lsn,
+            latest.get(..19).unwrap_or(latest).replace('T', " ")
+        ),
+        None => "-".to_string(),
     }
 }
 
@@ -206,26 +263,31 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
             let list = repo.list_backups().await?;
             warn_invalid(&list.invalid);
             let backups = list.backups;
-            let summaries: Vec<Summary> = backups.iter().map(Summary::of).collect();
+            let listings = wal_listings(&repo, &backups).await;
+            let summaries: Vec<Summary> = backups
+                .iter()
+                .map(|m| Summary::of(m).with_wal(&listings, m))
+                .collect();
             if args.output == Output::Json {
                 return Ok(print_json(&summaries)?);
             }
             println!(
-                "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12}",
-                "ID", "CREATED", "PG", "SIZE", "FILES", "START LSN", "STOP LSN"
+                "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12} {:<12}",
+                "ID", "CREATED", "PG", "SIZE", "FILES", "START LSN", "STOP LSN", "RECOVERABLE TO"
             );
             let short =
                 time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
             for (s, m) in summaries.iter().zip(&backups) {
                 println!(
-                    "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12}",
+                    "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12} {:<12}",
                     s.id,
                     m.created.format(short).unwrap_or_default(),
                     s.pg_version,
                     format_size(s.total_size),
                     s.files,
                     s.start_lsn,
-                    s.stop_lsn.unwrap_or("-")
+                    s.stop_lsn.unwrap_or("-"),
+                    recoverable_to(s)
                 );
             }
             Ok(())
@@ -234,10 +296,21 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
             let repo = args.repo.open().await?;
             let id = repo.resolve_backup(&args.id).await?;
             let m = repo.load_manifest(&id).await?;
+            let listings = wal_listings(&repo, std::slice::from_ref(&m)).await;
+            let s = Summary::of(&m).with_wal(&listings, &m);
             if args.output == Output::Json {
-                return Ok(print_json(&m)?);
+                /// The manifest as stored, and what the WAL archive makes of it.
+                #[derive(Serialize)]
+                struct Shown<'a> {
+                    #[serde(flatten)]
+                    manifest: &'a BackupManifest,
+                    wal: Option<WalOfBackup>,
+                }
+                return Ok(print_json(&Shown {
+                    manifest: &m,
+                    wal: s.wal,
+                })?);
             }
-            let s = Summary::of(&m);
             println!("id:                {}", s.id);
             println!("created:           {}", s.created);
             println!("PostgreSQL:        {}", s.pg_version);
@@ -258,6 +331,9 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
                 format_size(s.chunk_size)
             );
             println!("repository:        {}", repo.url());
+            if let Some(wal) = &s.wal {
+                print_wal(&s, wal);
+            }
             Ok(())
         }
         BackupCommand::Restore(args) => {
@@ -324,6 +400,37 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The WAL lines of `backup show`.
+fn print_wal(s: &Summary, wal: &WalOfBackup) {
+    let w = &wal.recovery_window;
+    let segment =
+        |name: &Option<String>| name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default();
+    println!(
+        "WAL needed:        {}{} .. {}{}",
+        s.start_lsn,
+        segment(&wal.start_segment),
+        s.stop_lsn.unwrap_or(s.start_lsn),
+        segment(if s.stop_lsn.is_some() {
+            &wal.stop_segment
+        } else {
+            &wal.start_segment
+        })
+    );
+    match &w.latest {
+        Some(latest) => println!(
+            "recoverable:       {} .. {} (LSN {} .. {}, timeline {})",
+            w.earliest, latest, w.start_lsn, w.end_lsn, w.timeline
+        ),
+        None => println!(
+            "recoverable:       to its consistency point {} only: no WAL past it is archived",
+            w.start_lsn
+        ),
+    }
+    if let Some(missing) = &w.first_missing {
+        println!("first missing WAL: {missing}");
     }
 }
 

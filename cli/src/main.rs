@@ -5,6 +5,7 @@ mod mount_cmd;
 mod progress;
 mod recover;
 mod repo_cmd;
+mod wal_cmd;
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ use clap::{ArgAction, Parser, Subcommand};
 use ir_cli::mount::{self, MOUNT_EXIT_TRANSIENT};
 use ir_cli::output::one_line;
 use ir_repository::RepoError;
+use ir_repository::wal::WalError;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -47,6 +49,10 @@ enum Command {
     Retry(recover::WorkdirArgs),
     /// Show a recovery's phase, conditions, progress, retries and timings.
     Status(recover::StatusArgs),
+    /// Archive WAL into the repository and restore it from there (PostgreSQL's
+    /// archive_command and restore_command), list, verify and prune it.
+    #[command(subcommand)]
+    Wal(wal_cmd::WalCommand),
 }
 
 fn init_tracing(verbose: u8) {
@@ -67,7 +73,19 @@ fn init_tracing(verbose: u8) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let restore_command = wal_cmd::is_fetch(&args);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // A mistyped restore_command must stop recovery, not read as "not archived".
+            if restore_command && e.use_stderr() {
+                return ExitCode::from(wal_cmd::FETCH_EXIT_FATAL);
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Repo(cmd) => repo_cmd::run(cmd).await,
@@ -77,15 +95,21 @@ async fn main() -> ExitCode {
         Command::Switchover(args) => recover::switchover(args),
         Command::Retry(args) => recover::retry(args),
         Command::Status(args) => recover::status(args),
+        Command::Wal(cmd) => wal_cmd::run(cmd).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("irctl: {}", one_line(e.as_ref()));
-            let transient = e
-                .chain()
-                .filter_map(|c| c.downcast_ref::<RepoError>())
-                .any(RepoError::is_transient);
+            if restore_command {
+                return ExitCode::from(wal_cmd::fetch_exit_code(&e));
+            }
+            let transient = e.chain().any(|c| {
+                c.downcast_ref::<RepoError>()
+                    .is_some_and(RepoError::is_transient)
+                    || c.downcast_ref::<WalError>()
+                        .is_some_and(WalError::is_transient)
+            });
             if transient {
                 // Worth retrying later: the recovery engine waits and retries on this code.
                 ExitCode::from(MOUNT_EXIT_TRANSIENT as u8)

@@ -2,8 +2,9 @@
 //! ingest from PostgreSQL, verification and garbage collection.
 //!
 //! Layout: `ir-repo.json` (config), `backups/<id>.json.zst` (manifests, zstd JSON),
-//! `chunks/<aa>/<blake3>` (zstd chunks named by the hash of their plain bytes) and
-//! `ingests/<id>` (markers of ingests in progress).
+//! `chunks/<aa>/<blake3>` (zstd chunks named by the hash of their plain bytes),
+//! `ingests/<id>` (markers of ingests in progress) and `wal/<sysid>/...` (archived WAL, see
+//! [`wal`]).
 
 mod conninfo;
 pub mod error;
@@ -18,6 +19,7 @@ mod restore;
 pub mod size;
 mod store;
 mod verify;
+pub mod wal;
 
 pub use error::RepoError;
 pub use gc::GcReport;

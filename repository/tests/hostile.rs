@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{CHUNK, temp_repo};
+use common::{CHUNK, fuzz_cases, temp_repo};
 use ir_repository::{
     BackupManifest, ChunkId, MAX_MANIFEST_BYTES, Progress, RepoError, Repository, RestoreOwner,
 };
@@ -448,13 +448,6 @@ fn replace_scalar(v: &mut Value, n: &mut usize, with: &Value) -> bool {
             false
         }
     }
-}
-
-fn fuzz_cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 proptest! {

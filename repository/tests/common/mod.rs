@@ -170,3 +170,11 @@ pub fn cluster_dir(parent: &Path) -> PathBuf {
 pub fn cluster_tar() -> Vec<u8> {
     tar_of(&cluster_files(), &label_and_manifest())
 }
+
+/// Cases per property test: `default`, or `PROPTEST_CASES` for longer runs.
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
