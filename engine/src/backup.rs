@@ -4,7 +4,7 @@
 
 use ir_api::point_in_time::{PointInTime, PointInTimeStatus, RecoverableWindow, Target};
 use ir_api::recovery::BackupInfo;
-use ir_repository::wal::Window;
+use ir_repository::wal::{WalError, Window};
 use ir_repository::{BackupManifest, RepoLocation, Repository, format_lsn, parse_lsn};
 use jiff::Timestamp;
 
@@ -72,12 +72,16 @@ pub async fn find_backup_for(
             ),
         )
     })?;
-    let listing = repo
-        .wal(sysid)
-        .list()
-        .await
-        .map_err(|e| Failure::new(Reason::RepositoryError, format!("listing the WAL: {e}")))?;
-    let window = recoverable_window(&listing.window(&manifest));
+    let listing = repo.wal(sysid).list().await.map_err(|e| match e {
+        WalError::Repo(e) => Failure::from(e),
+        e => Failure::new(Reason::RepositoryError, format!("listing the WAL: {e}")),
+    })?;
+    let window = listing.window(&manifest);
+    // The segment after the window is missing; it is a gap when WAL beyond it is archived.
+    let gap = listing.gaps().into_iter().any(|g| {
+        g.timeline == window.timeline && Some(&g.first_missing) == window.first_missing.as_ref()
+    });
+    let window = recoverable_window(&window, gap);
     check_target(&target, &manifest.id, &window)?;
     let end_lsn = match target {
         Target::Lsn(lsn) => format_lsn(lsn),
@@ -101,13 +105,13 @@ fn timestamp(t: time::OffsetDateTime) -> Timestamp {
         .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-fn recoverable_window(w: &Window) -> RecoverableWindow {
+fn recoverable_window(w: &Window, gap: bool) -> RecoverableWindow {
     RecoverableWindow {
         earliest: timestamp(w.earliest),
         earliest_lsn: format_lsn(w.start_lsn),
         latest: w.latest.map(timestamp),
         latest_lsn: format_lsn(w.end_lsn),
-        first_missing_segment: w.first_missing.clone(),
+        first_missing_segment: w.first_missing.clone().filter(|_| gap),
     }
 }
 
