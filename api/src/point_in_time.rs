@@ -130,7 +130,11 @@ impl PointInTime {
     /// reached. `restore_command` is the driver's.
     pub fn settings(&self) -> Result<Vec<(String, String)>, PointInTimeError> {
         let mut settings = vec![match self.target()? {
-            Target::Time(t) => ("recovery_target_time".to_owned(), t.to_string()),
+            // PostgreSQL's own form: it refuses some RFC 3339 spellings.
+            Target::Time(t) => (
+                "recovery_target_time".to_owned(),
+                t.strftime("%Y-%m-%d %H:%M:%S%.f+00").to_string(),
+            ),
             Target::Lsn(lsn) => ("recovery_target_lsn".to_owned(), format_lsn(lsn)),
             Target::Xid(xid) => ("recovery_target_xid".to_owned(), xid.to_string()),
             Target::Name(name) => ("recovery_target_name".to_owned(), name),
@@ -290,7 +294,13 @@ mod tests {
             inclusive: Some(false),
             ..Default::default()
         });
-        assert_eq!(s[0], ("recovery_target_time".into(), at.to_string()));
+        assert_eq!(
+            s[0],
+            (
+                "recovery_target_time".into(),
+                "2026-12-04 14:02:00+00".into()
+            )
+        );
         assert!(s.contains(&("recovery_target_inclusive".into(), "false".into())));
         assert!(s.contains(&("recovery_target_timeline".into(), "latest".into())));
         assert!(s.contains(&("recovery_target_action".into(), "promote".into())));
