@@ -48,6 +48,18 @@ impl fmt::Display for StatusView<'_> {
             );
             field(f, "backup", &backup)?;
         }
+        if let Some(p) = &status.point_in_time {
+            let state = match (p.reached_at, &p.replayed_lsn, &p.end_lsn) {
+                (Some(at), _, _) => format!("reached at {at}"),
+                (None, Some(replayed), Some(end)) => format!("replayed {replayed} of {end}"),
+                (None, Some(replayed), None) => format!("replayed {replayed}"),
+                (None, None, _) => "not replaying yet".to_owned(),
+            };
+            field(f, "to", &format!("{}: {state}", p.target))?;
+            if let Some(window) = &p.window {
+                field(f, "window", &window.to_string())?;
+            }
+        }
         if status.progress.total_bytes > 0 || status.progress.lag_bytes.is_some() {
             field(f, "progress", &progress_with_bar(status))?;
         }

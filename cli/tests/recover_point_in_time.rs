@@ -147,6 +147,15 @@ fn recovery_to_a_restore_point_brings_back_the_dropped_table_to_the_end() {
     r.target("INSERT INTO t VALUES (202)");
     let status = r.status();
     assert_eq!(status["phase"], "Completed");
+    let text = common::irctl_ok(
+        &["status", "--workdir", &r.workdir.display().to_string()],
+        &[],
+    );
+    assert!(
+        text.contains("to:          restore point \"before_drop\": reached at"),
+        "{text}"
+    );
+    assert!(text.contains("window:"), "{text}");
     assert!(
         status["timings"]["timeToFirstQueryMs"].as_u64().is_some(),
         "{status}"
