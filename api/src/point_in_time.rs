@@ -171,6 +171,7 @@ pub struct RecoverableWindow {
     /// The backup's consistency point: nothing earlier can be recovered from it.
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub earliest: Timestamp,
+    /// The backup's consistency point as a WAL location.
     pub earliest_lsn: String,
     /// When the last WAL segment archived without a gap after the backup was archived: an
     /// upper bound of the last commit it holds. Absent when no WAL after the backup is
