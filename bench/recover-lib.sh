@@ -3,8 +3,11 @@
 # at a time, with its workdir in $RW and its target data directory in $RT.
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-RW=$BENCH_DIR/recover-work
-RT=$BENCH_DIR/recover-target
+# irctl recover wants a workdir no other user can swap: not below $BENCH_DIR, which belongs to
+# postgres, but in a directory of root's next to it.
+RECOVER_DIR=$BENCH_DIR-recover
+RW=$RECOVER_DIR/work
+RT=$RECOVER_DIR/target
 REC_OUT=$BENCH_DIR/recover.out
 REC_PID=
 
@@ -23,11 +26,13 @@ except Exception:
 phase() { status_get 's["phase"]'; }
 timing() { status_get "s[\"timings\"].get(\"$1\")"; }
 
-# recover_start POLICY PUBLISHED_PORT TARGET_PORT: `irctl recover` of $REPO/$ID in the background.
+# recover_start POLICY PUBLISHED_PORT TARGET_PORT [ARG...]: `irctl recover` of $REPO/$ID in the
+# background, with the further arguments (e.g. a --target-*).
 recover_start() {
   recover_clean
+  mkdir -p "$RECOVER_DIR"; chown root:root "$RECOVER_DIR"; chmod 755 "$RECOVER_DIR"
   "$IRCTL" recover --repo "${REPO:?}" --backup "${ID:?}" --workdir "$RW" --target-pgdata "$RT" \
-    --switchover "$1" --published-port "$2" --target-port "$3" --retry-limit 0 \
+    --switchover "$1" --published-port "$2" --target-port "$3" --retry-limit 0 "${@:4}" \
     > "$REC_OUT" 2>&1 &
   REC_PID=$!
 }
