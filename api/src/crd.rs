@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::GoDuration;
+use crate::point_in_time::{PointInTime, RecoverableWindow};
 use crate::recovery::{RecoveryStatus, RetryPolicy, SwitchoverPolicy};
 
 pub const GROUP: &str = "instantrecovery.dev";
@@ -43,6 +44,9 @@ fn mount_reason_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     )
 }
 
+/// CEL rule of a point in time: exactly one target.
+const ONE_TARGET: &str = "[has(self.time), has(self.lsn), has(self.xid), has(self.name), has(self.immediate) && self.immediate].filter(t, t).size() == 1";
+
 /// CEL rule of a repository: an S3 repository names a credentials Secret, or opts in to the
 /// operator's and agents' own credentials.
 const S3_CREDENTIALS_RULE: &str = "!self.url.startsWith('s3://') || has(self.credentialsSecret) || (has(self.s3) && has(self.s3.useAmbientCredentials) && self.s3.useAmbientCredentials)";
@@ -50,6 +54,7 @@ const S3_CREDENTIALS_RULE: &str = "!self.url.startsWith('s3://') || has(self.cre
 /// What to recover and how: the backup, the node it is served from, the production storage its
 /// data moves to, and when to switch over.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.pointInTime) == has(oldSelf.pointInTime)").message("spec.pointInTime cannot be added or removed once the recovery exists"))]
 #[kube(
     group = "instantrecovery.dev",
     version = "v1alpha1",
@@ -84,6 +89,14 @@ pub struct InstantRecoverySpec {
     pub switchover: SwitchoverPolicy,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Recover to a point in time: the published instance replays the repository's WAL up to
+    /// the target, then promotes; sync and switchover go on from there. With `backup.id:
+    /// latest` the newest backup that ends before the target is chosen. It cannot change once
+    /// the recovery exists.
+    #[x_kube(validation = Rule::new(ONE_TARGET).message("spec.pointInTime: give exactly one of time, lsn, xid, name or immediate"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.pointInTime cannot change once the recovery exists"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<PointInTime>,
     /// What stays after the switchover; by default nothing but the target.
     #[serde(default)]
     pub retain: RetainSpec,
@@ -285,6 +298,10 @@ pub struct ListedBackup {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub created_at: Option<jiff::Timestamp>,
+    /// What the backup can be recovered to (`spec.pointInTime` of a recovery), from the WAL
+    /// the repository holds for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recoverable_window: Option<RecoverableWindow>,
 }
 
 /// The backup to mount, on which node, for which file owner.

@@ -22,12 +22,15 @@ pub struct PointInTime {
     pub time: Option<Timestamp>,
     /// Replay up to this write-ahead log location (`X/Y`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"))]
     pub lsn: Option<String>,
     /// Replay up to the commit of this transaction id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3))]
     pub xid: Option<u64>,
     /// Replay up to the restore point of this name (`pg_create_restore_point`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub name: Option<String>,
     /// Stop as soon as the backup is consistent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -37,6 +40,7 @@ pub struct PointInTime {
     pub inclusive: Option<bool>,
     /// The timeline to follow: `latest` (the default), `current`, or a timeline number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(latest|current|[1-9][0-9]*)$"))]
     pub timeline: Option<String>,
 }
 

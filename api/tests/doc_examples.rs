@@ -227,6 +227,22 @@ fn the_schema_check_refuses_what_the_api_server_refuses() {
             serde_json::json!({"postgres": {"credentialsSecret": {"name": ""}}}),
             "spec.postgres.credentialsSecret.name: length",
         ),
+        (
+            serde_json::json!({"pointInTime": {"name": "a", "lsn": "0/3000000"}}),
+            "spec.pointInTime: give exactly one of",
+        ),
+        (
+            serde_json::json!({"pointInTime": {"immediate": false}}),
+            "spec.pointInTime: give exactly one of",
+        ),
+        (
+            serde_json::json!({"pointInTime": {"lsn": "3000000"}}),
+            "spec.pointInTime.lsn",
+        ),
+        (
+            serde_json::json!({"pointInTime": {"immediate": true, "timeline": "01"}}),
+            "spec.pointInTime.timeline",
+        ),
     ] {
         let mut spec = minimal.clone();
         for (key, value) in change.as_object().unwrap() {
@@ -509,6 +525,17 @@ fn matches_pattern(pattern: &str, text: &str) -> bool {
     match pattern {
         "^(latest|[A-Za-z0-9-]+)$" | "^[A-Za-z0-9-]+$" => id(text),
         "^([0-9]+(ms|s|m|h))+$" => text.parse::<ir_api::GoDuration>().is_ok(),
+        "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$" => text.split_once('/').is_some_and(|(hi, lo)| {
+            [hi, lo]
+                .iter()
+                .all(|h| (1..=8).contains(&h.len()) && h.chars().all(|c| c.is_ascii_hexdigit()))
+        }),
+        "^(latest|current|[1-9][0-9]*)$" => {
+            matches!(text, "latest" | "current")
+                || (!text.starts_with('0')
+                    && !text.is_empty()
+                    && text.chars().all(|c| c.is_ascii_digit()))
+        }
         other => panic!("no check for pattern {other}: add one to matches_pattern"),
     }
 }
@@ -521,7 +548,15 @@ fn cel(rule: &str, value: &Value) -> bool {
         other => other.to_string(),
     };
     match rule {
-        "self == oldSelf" => true,
+        "self == oldSelf" | "has(self.pointInTime) == has(oldSelf.pointInTime)" => true,
+        "[has(self.time), has(self.lsn), has(self.xid), has(self.name), has(self.immediate) && self.immediate].filter(t, t).size() == 1" =>
+        {
+            let given = ["time", "lsn", "xid", "name"]
+                .iter()
+                .filter(|k| value.get(**k).is_some())
+                .count();
+            given + usize::from(value["immediate"] == Value::Bool(true)) == 1
+        }
         "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))" => {
             ir_api::quantity_bytes(&text()).is_some_and(|bytes| bytes > 0)
         }

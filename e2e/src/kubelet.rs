@@ -32,7 +32,8 @@
 //!   statuses (container ID `kubelet-stand-in://<pid>`, the pid of the process group leader);
 //!   readiness from tcpSocket or exec readiness probes, else from the process running;
 //!   restarts with a short backoff (0.5 s doubling to 8 s) under restartPolicy
-//!   Always/OnFailure;
+//!   Always/OnFailure; a failed container's termination message under
+//!   `terminationMessagePolicy: FallbackToLogsOnError` (the end of its log);
 //! - graceful deletion: the image's stop signal (SIGINT for `postgres` images, as the official
 //!   image's STOPSIGNAL; SIGTERM otherwise; `lifecycle.stopSignal` wins) to the main process,
 //!   SIGKILL to its process group after the grace period, then the Pod is deleted with grace
@@ -402,6 +403,24 @@ fn spawn(
         child,
         pid,
     })
+}
+
+/// The last `lines` lines of `text`, cut to its last `bytes` bytes (at a character boundary).
+fn log_tail(text: &str, lines: usize, bytes: usize) -> String {
+    let trimmed = text.trim_end_matches('\n');
+    let start = trimmed
+        .rmatch_indices('\n')
+        .nth(lines.saturating_sub(1))
+        .map_or(0, |(i, _)| i + 1);
+    let mut tail = &trimmed[start..];
+    while tail.len() > bytes {
+        let mut cut = tail.len() - bytes;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = &tail[cut..];
+    }
+    tail.to_owned()
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
@@ -2336,6 +2355,16 @@ impl Supervisor {
 
     /// What is needed to start the container now (env and files may have changed since the
     /// last start, as with a kubelet).
+    /// A failed container's termination message: with `FallbackToLogsOnError`, the end of
+    /// its log, as a kubelet takes it (the last 80 lines, at most 2 KiB).
+    fn termination_message(&self, log: &Path) -> Option<String> {
+        if self.container.termination_message_policy.as_deref() != Some("FallbackToLogsOnError") {
+            return None;
+        }
+        let text = std::fs::read(log).ok()?;
+        Some(log_tail(&String::from_utf8_lossy(&text), 80, 2048))
+    }
+
     async fn prepare(&self) -> Result<Prepared, StartError> {
         let c = &self.container;
         let pod = &self.sandbox.pod;
@@ -2470,7 +2499,8 @@ impl Supervisor {
                 Err(e) => Err(e.to_string()),
             };
             let (code, reason, message) = match outcome {
-                Ok(code) => (code, if code == 0 { "Completed" } else { "Error" }, None),
+                Ok(0) => (0, "Completed", None),
+                Ok(code) => (code, "Error", self.termination_message(&log)),
                 Err(message) => {
                     append_log(&log, &format!("kubelet stand-in: cannot start: {message}"));
                     (128, "StartError", Some(message))
@@ -2649,6 +2679,17 @@ mod tests {
         // A host path that contains a mount path is not rewritten twice.
         let nested = vec![("/var/tmp".to_string(), "/var/tmp/work/v".to_string())];
         assert_eq!(rewrite_paths("/var/tmp/x", &nested), "/var/tmp/work/v/x");
+    }
+
+    #[test]
+    fn a_termination_message_is_the_end_of_the_log() {
+        let log: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        let tail = log_tail(&log, 80, 2048);
+        assert!(tail.starts_with("line 21\n"), "{tail}");
+        assert!(tail.ends_with("line 100"), "{tail}");
+        assert_eq!(log_tail(&log, 80, 8), "line 100");
+        assert_eq!(log_tail("é", 80, 1), "");
+        assert_eq!(log_tail("", 80, 2048), "");
     }
 
     #[test]

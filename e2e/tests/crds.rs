@@ -329,6 +329,63 @@ async fn bad_manifests_are_refused_naming_the_field() {
             &["spec.backup.repositoryRef", "Required"],
         ),
         (
+            "point in time with two targets",
+            with(
+                ir("a"),
+                "/spec/pointInTime",
+                Some(json!({"name": "before", "xid": 700})),
+            ),
+            &[
+                "spec.pointInTime",
+                "exactly one of time, lsn, xid, name or immediate",
+            ],
+        ),
+        (
+            "point in time without a target",
+            with(
+                ir("a"),
+                "/spec/pointInTime",
+                Some(json!({"inclusive": false, "immediate": false})),
+            ),
+            &["spec.pointInTime", "exactly one of"],
+        ),
+        (
+            "point in time at a malformed LSN",
+            with(
+                ir("a"),
+                "/spec/pointInTime",
+                Some(json!({"lsn": "0x3000000"})),
+            ),
+            &["spec.pointInTime.lsn"],
+        ),
+        (
+            "point in time at a time without a zone",
+            with(
+                ir("a"),
+                "/spec/pointInTime",
+                Some(json!({"time": "2026-12-04 14:02"})),
+            ),
+            &["spec.pointInTime.time"],
+        ),
+        (
+            "point in time on timeline 0",
+            with(
+                ir("a"),
+                "/spec/pointInTime",
+                Some(json!({"immediate": true, "timeline": "0"})),
+            ),
+            &["spec.pointInTime.timeline"],
+        ),
+        (
+            "restore point name longer than PostgreSQL's",
+            with(
+                ir("a"),
+                "/spec/pointInTime",
+                Some(json!({"name": "x".repeat(64)})),
+            ),
+            &["spec.pointInTime.name"],
+        ),
+        (
             "empty repositoryRef name",
             with(ir("a"), "/spec/backup/repositoryRef/name", Some(json!(""))),
             &["spec.backup.repositoryRef.name"],
@@ -541,6 +598,44 @@ async fn the_backup_of_a_recovery_cannot_change() {
             "{what}: {err}"
         );
     }
+    // Nor the point in time it recovers to, once there.
+    let at_point = with(
+        recovery("to-point"),
+        "/spec/pointInTime",
+        Some(json!({"name": "before"})),
+    );
+    apply(&plane, &at_point).await.unwrap();
+    for (what, value, words) in [
+        (
+            "another target",
+            Some(json!({"name": "after"})),
+            "spec.pointInTime cannot change once the recovery exists",
+        ),
+        (
+            "no target",
+            None,
+            "spec.pointInTime cannot be added or removed once the recovery exists",
+        ),
+    ] {
+        let err = apply(&plane, &with(at_point.clone(), "/spec/pointInTime", value))
+            .await
+            .expect_err(what);
+        assert!(err.to_string().contains(words), "{what}: {err}");
+    }
+    let err = apply(
+        &plane,
+        &with(
+            recovery("orders"),
+            "/spec/pointInTime",
+            Some(json!({"immediate": true})),
+        ),
+    )
+    .await
+    .expect_err("a point in time added");
+    assert!(
+        err.to_string().contains("cannot be added or removed"),
+        "{err}"
+    );
     // The rest of the spec may change, e.g. approving a manual switchover.
     let manual = with(
         recovery("orders"),

@@ -4,7 +4,10 @@
 
 use ir_api::point_in_time::{PointInTime, PointInTimeStatus, RecoverableWindow, Target};
 use ir_api::recovery::BackupInfo;
-use ir_repository::wal::{WalError, Window};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use ir_repository::wal::{WalError, WalListing, Window};
 use ir_repository::{BackupManifest, RepoLocation, Repository, format_lsn, parse_lsn};
 use jiff::Timestamp;
 
@@ -63,25 +66,9 @@ pub async fn find_backup_for(
         repo.load_manifest(&id).await.map_err(Failure::from)?
     };
     let info = backup_info(&manifest)?;
-    let sysid: u64 = manifest.system_identifier.parse().map_err(|_| {
-        Failure::new(
-            Reason::UnsupportedBackup,
-            format!(
-                "backup {}: system identifier {:?} is not a number",
-                manifest.id, manifest.system_identifier
-            ),
-        )
-    })?;
-    let listing = repo.wal(sysid).list().await.map_err(|e| match e {
-        WalError::Repo(e) => Failure::from(e),
-        e => Failure::new(Reason::RepositoryError, format!("listing the WAL: {e}")),
-    })?;
-    let window = listing.window(&manifest);
-    // The segment after the window is missing; it is a gap when WAL beyond it is archived.
-    let gap = listing.gaps().into_iter().any(|g| {
-        g.timeline == window.timeline && Some(&g.first_missing) == window.first_missing.as_ref()
-    });
-    let window = recoverable_window(&window, gap);
+    let sysid = system_identifier(&manifest)?;
+    let listing = repo.wal(sysid).list().await.map_err(wal_failure)?;
+    let window = window_of(&listing, &manifest);
     check_target(&target, &manifest.id, &window)?;
     let end_lsn = match target {
         Target::Lsn(lsn) => format_lsn(lsn),
@@ -96,6 +83,63 @@ pub async fn find_backup_for(
             ..Default::default()
         },
     ))
+}
+
+fn system_identifier(manifest: &BackupManifest) -> Result<u64, Failure> {
+    manifest.system_identifier.parse().map_err(|_| {
+        Failure::new(
+            Reason::UnsupportedBackup,
+            format!(
+                "backup {}: system identifier {:?} is not a number",
+                manifest.id, manifest.system_identifier
+            ),
+        )
+    })
+}
+
+fn wal_failure(e: WalError) -> Failure {
+    match e {
+        WalError::Repo(e) => Failure::from(e),
+        e => Failure::new(Reason::RepositoryError, format!("listing the WAL: {e}")),
+    }
+}
+
+/// What `manifest`'s backup can be recovered to from the WAL of `listing`.
+fn window_of(listing: &WalListing, manifest: &BackupManifest) -> RecoverableWindow {
+    let window = listing.window(manifest);
+    // The segment after the window is missing; it is a gap when WAL beyond it is archived.
+    let gap = listing.gaps().into_iter().any(|g| {
+        g.timeline == window.timeline && Some(&g.first_missing) == window.first_missing.as_ref()
+    });
+    recoverable_window(&window, gap)
+}
+
+/// The recoverable window of each of `backups`, listing the WAL of each system once; `None`
+/// for a backup whose WAL could not be listed.
+pub async fn recoverable_windows(
+    repo: &Repository,
+    backups: &[BackupManifest],
+) -> Vec<Option<RecoverableWindow>> {
+    let mut listings: HashMap<u64, Option<WalListing>> = HashMap::new();
+    let mut windows = Vec::with_capacity(backups.len());
+    for manifest in backups {
+        let Ok(sysid) = system_identifier(manifest) else {
+            windows.push(None);
+            continue;
+        };
+        let listing = match listings.entry(sysid) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => {
+                let listing = repo.wal(sysid).list().await;
+                if let Err(e) = &listing {
+                    tracing::warn!(system_identifier = sysid, error = %e, "listing the WAL failed");
+                }
+                new.insert(listing.ok())
+            }
+        };
+        windows.push(listing.as_ref().map(|l| window_of(l, manifest)));
+    }
+    windows
 }
 
 fn timestamp(t: time::OffsetDateTime) -> Timestamp {

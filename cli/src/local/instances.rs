@@ -164,7 +164,7 @@ impl LocalRecovery {
                     endpoint.user, endpoint.dbname, rejection.message
                 ),
             )),
-            Err(e) if point_in_time::ended_short(&e.to_string()) => {
+            Err(e) if ir_engine::point_in_time::ended_short(&e.to_string()) => {
                 Err(Failure::new(Reason::PointInTimeUnreached, e.to_string()))
             }
             Err(e) => {
@@ -248,7 +248,7 @@ impl LocalRecovery {
             return None;
         }
         let log = process::log_tail(&instance.log, 4000);
-        point_in_time::ended_short(&log).then(|| {
+        ir_engine::point_in_time::ended_short(&log).then(|| {
             Failure::new(
                 Reason::PointInTimeUnreached,
                 format!(

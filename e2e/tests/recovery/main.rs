@@ -24,6 +24,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 mod completion;
 mod faults;
 mod namespaced;
+mod point_in_time;
 mod refusals;
 
 const FLOW: Duration = Duration::from_secs(240);

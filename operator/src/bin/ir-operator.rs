@@ -11,7 +11,9 @@ use ir_api::{GoDuration, RepositoryPolicyArgs};
 use ir_engine::postgres::SwitchoverTimeouts;
 use ir_operator::k8s::leader::LeaseConfig;
 use ir_operator::k8s::metrics::Metrics;
-use ir_operator::k8s::{self, OperatorPeer, Settings, resources::PostgresUser};
+use ir_operator::k8s::{
+    self, DEFAULT_TOOLS_IMAGE, OperatorPeer, Settings, resources::PostgresUser,
+};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -53,6 +55,10 @@ struct Args {
     postgres_uid: u32,
     #[arg(long, env = "IR_POSTGRES_GID", default_value_t = 999)]
     postgres_gid: u32,
+    /// Image with irctl (the operator's own): a published instance that replays to a point in
+    /// time fetches the repository's WAL with the irctl an init container copies from it.
+    #[arg(long, env = "IR_TOOLS_IMAGE", default_value = DEFAULT_TOOLS_IMAGE)]
+    tools_image: String,
     /// A node agent counts as gone after this long without a heartbeat.
     #[arg(long, env = "IR_AGENT_TIMEOUT", default_value = "90s")]
     agent_timeout: GoDuration,
@@ -145,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
         namespaces,
         repositories,
         network_policy,
+        tools_image: args.tools_image,
     };
     let instance = std::env::var("POD_NAME")
         .or_else(|_| {

@@ -47,7 +47,15 @@ pub struct Settings {
     pub repositories: RepositoryPolicy,
     /// Write a NetworkPolicy for each recovery's Pods, admitting the operator's Pods named here.
     pub network_policy: Option<OperatorPeer>,
+    /// The image whose irctl a published instance replaying to a point in time fetches WAL with.
+    pub tools_image: String,
 }
+
+/// The tools image of this release: the operator's own.
+pub const DEFAULT_TOOLS_IMAGE: &str = concat!(
+    "ghcr.io/instant-recovery/instant-recovery:",
+    env!("CARGO_PKG_VERSION")
+);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -59,6 +67,7 @@ impl Default for Settings {
             namespaces: Vec::new(),
             repositories: RepositoryPolicy::default(),
             network_policy: None,
+            tools_image: DEFAULT_TOOLS_IMAGE.to_owned(),
         }
     }
 }

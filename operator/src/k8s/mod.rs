@@ -17,7 +17,7 @@ pub mod repository;
 pub mod resources;
 mod secrets;
 
-pub use context::{Context, Error, FIELD_MANAGER, Settings};
+pub use context::{Context, DEFAULT_TOOLS_IMAGE, Error, FIELD_MANAGER, Settings};
 pub use location::{naming_repository_field, repository_location};
 pub use resources::OperatorPeer;
 pub use secrets::{read_secret, secret_value};

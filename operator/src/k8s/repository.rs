@@ -1,4 +1,5 @@
-//! BackupRepository: checks that the repository answers and lists its recent backups in status.
+//! BackupRepository: checks that the repository answers and lists its recent backups in status,
+//! each with the window it can be recovered to from the archived WAL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,11 +45,11 @@ async fn check_and_report(repo: &BackupRepository, ctx: &Context) -> Result<Acti
     let checked = check(ctx, &namespace, repo).await;
     let before = repo.status.clone().unwrap_or_default();
     let (status, reason, message, backups) = match checked {
-        Ok(backups) => (
+        Ok((count, backups)) => (
             "True",
             Reason::Listed.to_string(),
-            format!("{} backups", backups.len()),
-            Some(backups),
+            format!("{count} backups"),
+            Some((count, backups)),
         ),
         Err(f) => ("False", f.reason.to_string(), f.message, None),
     };
@@ -71,9 +72,9 @@ async fn check_and_report(repo: &BackupRepository, ctx: &Context) -> Result<Acti
     let mut new_status = before.clone();
     new_status.observed_generation = repo.metadata.generation;
     new_status.conditions = conditions.into();
-    if let Some(backups) = backups {
-        new_status.backup_count = backups.len() as u32;
-        new_status.backups = backups.into_iter().take(LISTED).collect();
+    if let Some((count, backups)) = backups {
+        new_status.backup_count = count as u32;
+        new_status.backups = backups;
     }
     if new_status != before {
         let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -101,7 +102,7 @@ async fn check(
     ctx: &Context,
     namespace: &str,
     repo: &BackupRepository,
-) -> Result<Vec<ListedBackup>, Failure> {
+) -> Result<(usize, Vec<ListedBackup>), Failure> {
     let location = repository_location(&ctx.client, namespace, &repo.spec, &ctx.settings).await?;
     let opened = Repository::open(&location)
         .await
@@ -111,19 +112,24 @@ async fn check(
     for invalid in &list.invalid {
         tracing::warn!(repository = %repo.spec.url, backup = %invalid.id, reason = %invalid.reason, "invalid backup manifest; left out");
     }
-    Ok(list
-        .backups
+    // Only the listed ones get a window: each lists WAL, once per system.
+    let count = list.backups.len();
+    let listed: Vec<_> = list.backups.into_iter().rev().take(LISTED).collect();
+    let windows = ir_engine::backup::recoverable_windows(&opened, &listed).await;
+    let listed = listed
         .into_iter()
-        .rev()
-        .map(|m| ListedBackup {
+        .zip(windows)
+        .map(|(m, recoverable_window)| ListedBackup {
             created_at: Timestamp::from_nanosecond(m.created.unix_timestamp_nanos()).ok(),
             info: BackupInfo {
                 pg_major: m.pg_version.trim().parse().unwrap_or_default(),
                 size_bytes: m.entries.iter().map(|e| e.size).sum(),
                 id: m.id,
             },
+            recoverable_window,
         })
-        .collect())
+        .collect();
+    Ok((count, listed))
 }
 
 fn key(repo: &BackupRepository) -> String {

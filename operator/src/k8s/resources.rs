@@ -13,6 +13,7 @@ use ir_api::crd::{
     BackupRepositorySpec, InstantRecovery, NODE_LABEL, RECOVERY_NODE_LABEL, RecoveryMount,
     RecoveryMountSpec,
 };
+use ir_api::point_in_time::PointInTime;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PersistentVolumeClaim,
@@ -320,10 +321,24 @@ pub fn target_pvc(ir: &InstantRecovery, size: Quantity) -> PersistentVolumeClaim
 }
 
 /// Runs PostgreSQL on `$1` with the data directory's postgresql.conf, or the fallback when the
-/// backup has none; `exec` so that the stop signal reaches the postmaster.
-const POSTGRES_SCRIPT: &str = "pgdata=\"$1\"; shift; conf=\"$pgdata/postgresql.conf\"; \
+/// backup has none; `exec` so that the stop signal reaches the postmaster. With
+/// [`RECOVERY_SIGNAL_ENV`] set, first puts `recovery.signal` in the data directory, once: the
+/// marker [`RECOVERY_REQUESTED`] (written after the signal is durable) keeps a Pod started
+/// after the promotion from replaying again.
+const POSTGRES_SCRIPT: &str = "set -e; pgdata=\"$1\"; shift; conf=\"$pgdata/postgresql.conf\"; \
+if [ -n \"$IR_RECOVERY_SIGNAL\" ] && [ ! -e \"$pgdata/instant-recovery.recovery-requested\" ]; then \
+echo \"$IR_RECOVERY_SIGNAL\" > \"$pgdata/recovery.signal\"; sync \"$pgdata/recovery.signal\"; \
+: > \"$pgdata/instant-recovery.recovery-requested\"; sync \"$pgdata/instant-recovery.recovery-requested\"; fi; \
 [ -f \"$conf\" ] || conf=/etc/instant-recovery/postgresql.conf; \
 exec postgres -D \"$pgdata\" -c config_file=\"$conf\" \"$@\"";
+
+/// Set in the published Pod of a recovery to a point in time: the text of its `recovery.signal`.
+const RECOVERY_SIGNAL_ENV: &str = "IR_RECOVERY_SIGNAL";
+/// Where the published Pod's init container puts irctl for `restore_command`.
+const TOOLS_DIR: &str = "/var/lib/instant-recovery/tools";
+/// Copies irctl from the tools image into the Pod (the PostgreSQL image has none).
+const COPY_IRCTL_SCRIPT: &str =
+    "set -e; cp \"$(command -v irctl)\" /var/lib/instant-recovery/tools/irctl";
 
 fn postgres_container(
     image: &str,
@@ -332,6 +347,7 @@ fn postgres_container(
     settings: &[(&str, String)],
     resources: Option<ResourceRequirements>,
     mounts: Vec<VolumeMount>,
+    env: Vec<EnvVar>,
 ) -> Container {
     let mut args = vec!["postgres".to_owned(), datadir.to_owned()];
     let base = [
@@ -353,7 +369,11 @@ fn postgres_container(
             POSTGRES_SCRIPT.to_owned(),
         ]),
         args: Some(args),
-        env: Some(vec![field_env("POD_IP", "status.podIP")]),
+        env: Some(
+            std::iter::once(field_env("POD_IP", "status.podIP"))
+                .chain(env)
+                .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("postgres".to_owned()),
             container_port: POSTGRES_PORT.into(),
@@ -485,13 +505,94 @@ pub struct PublishedMount<'a> {
     pub mounted_at: &'a str,
 }
 
+/// What the published Pod of a recovery to a point in time needs to replay the repository's WAL.
+pub struct Replay<'a> {
+    /// The image whose irctl runs `restore_command` (the operator's own).
+    pub tools_image: &'a str,
+    pub point: &'a PointInTime,
+    pub repository: &'a BackupRepositorySpec,
+}
+
+impl Replay<'_> {
+    /// `irctl wal fetch` with the flags that name the repository.
+    fn fetch_command(&self) -> Vec<String> {
+        let repo = self.repository;
+        let mut words = vec![
+            format!("{TOOLS_DIR}/irctl"),
+            "wal".to_owned(),
+            "fetch".to_owned(),
+            format!("--repo={}", repo.url),
+            format!("--read-deadline={}", repo.read_deadline.0.as_secs().max(1)),
+        ];
+        if let Some(s3) = &repo.s3 {
+            if let Some(endpoint) = &s3.endpoint {
+                words.push(format!("--s3-endpoint={endpoint}"));
+            }
+            if let Some(region) = &s3.region {
+                words.push(format!("--s3-region={region}"));
+            }
+            if s3.allow_http {
+                words.push("--s3-allow-http".to_owned());
+            }
+        }
+        words
+    }
+
+    /// The repository's credentials, as irctl reads them from its environment.
+    fn credentials(&self) -> Vec<EnvVar> {
+        let Some(secret) = &self.repository.credentials_secret else {
+            return Vec::new();
+        };
+        let mut env: Vec<EnvVar> = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+            .into_iter()
+            .map(|key| secret_env(key, &secret.name, key))
+            .collect();
+        if self
+            .repository
+            .s3
+            .as_ref()
+            .is_none_or(|s3| s3.region.is_none())
+        {
+            env.push(EnvVar {
+                name: "AWS_REGION".to_owned(),
+                value: Some("us-east-1".to_owned()),
+                ..Default::default()
+            });
+        }
+        env
+    }
+
+    /// The repository's directory for a file:// repository, which every node has at the same
+    /// place (read-only: the published instance only fetches).
+    fn file_repository(&self) -> Option<(Volume, VolumeMount)> {
+        let path = self.repository.url.strip_prefix("file://")?;
+        Some((
+            Volume {
+                name: "repository".to_owned(),
+                host_path: Some(HostPathVolumeSource {
+                    path: path.to_owned(),
+                    type_: Some("Directory".to_owned()),
+                }),
+                ..Default::default()
+            },
+            VolumeMount {
+                read_only: Some(true),
+                ..mount("repository", path)
+            },
+        ))
+    }
+}
+
 /// PostgreSQL on the mount, pinned to the mount's node. It is not restarted in place: when it
-/// exits the operator decides (a new mount session needs a new Pod anyway).
+/// exits the operator decides (a new mount session needs a new Pod anyway). To a point in time
+/// (`replay`), it replays the repository's WAL through irctl, copied in by an init container
+/// from the operator's image, and promotes at the target.
 pub fn published_pod(
     ir: &InstantRecovery,
     image: &str,
     user: PostgresUser,
     mount_point: &PublishedMount<'_>,
+    replay: Option<&Replay<'_>>,
 ) -> Pod {
     let name = recovery_name(ir);
     let mut metadata = meta(ir, published_pod_name(name), Some("published"));
@@ -507,11 +608,81 @@ pub fn published_pod(
         mount_propagation: Some("HostToContainer".to_owned()),
         ..mount("data", DATA_DIR)
     };
-    let settings = [
+    let mut settings = vec![
         // Its WAL continues the original's timeline: never into the original's archive.
-        ("archive_mode", "off".to_owned()),
-        ("cluster_name", format!("{name}-published")),
+        ("archive_mode".to_owned(), "off".to_owned()),
+        ("cluster_name".to_owned(), format!("{name}-published")),
     ];
+    let mut mounts = vec![
+        data_mount,
+        mount("config", CONFIG_DIR),
+        mount("run", SOCKET_DIR),
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "data".to_owned(),
+            host_path: Some(HostPathVolumeSource {
+                path: mount_point.host_path.to_owned(),
+                type_: Some("Directory".to_owned()),
+            }),
+            ..Default::default()
+        },
+        config_volume(ir),
+        socket_volume(),
+    ];
+    let mut env = Vec::new();
+    let mut init_containers = None;
+    if let Some(replay) = replay {
+        settings.extend(ir_engine::point_in_time::recovery_settings(
+            replay.point,
+            &replay.fetch_command(),
+        ));
+        env.push(EnvVar {
+            name: RECOVERY_SIGNAL_ENV.to_owned(),
+            value: Some(
+                "# instant-recovery: replay to the point in time, then promote.".to_owned(),
+            ),
+            ..Default::default()
+        });
+        env.extend(replay.credentials());
+        volumes.push(Volume {
+            name: "tools".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        mounts.push(mount("tools", TOOLS_DIR));
+        if let Some((volume, repository_mount)) = replay.file_repository() {
+            volumes.push(volume);
+            mounts.push(repository_mount);
+        }
+        init_containers = Some(vec![Container {
+            name: "tools".to_owned(),
+            image: Some(replay.tools_image.to_owned()),
+            command: Some(vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                COPY_IRCTL_SCRIPT.to_owned(),
+            ]),
+            volume_mounts: Some(vec![mount("tools", TOOLS_DIR)]),
+            security_context: Some(container_security_context(user)),
+            ..Default::default()
+        }]);
+    }
+    let settings: Vec<(&str, String)> = settings
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect();
+    let mut postgres = postgres_container(
+        image,
+        user,
+        DATA_DIR,
+        &settings,
+        ir.spec.postgres.resources.clone(),
+        mounts,
+        env,
+    );
+    // A replay that ends short says so in its last lines, which the operator reads from here.
+    postgres.termination_message_policy = Some("FallbackToLogsOnError".to_owned());
     Pod {
         metadata,
         spec: Some(PodSpec {
@@ -520,30 +691,9 @@ pub fn published_pod(
             termination_grace_period_seconds: Some(60),
             security_context: Some(security_context(user)),
             tolerations: Some(vec![recovery_node_toleration()]),
-            containers: vec![postgres_container(
-                image,
-                user,
-                DATA_DIR,
-                &settings,
-                ir.spec.postgres.resources.clone(),
-                vec![
-                    data_mount,
-                    mount("config", CONFIG_DIR),
-                    mount("run", SOCKET_DIR),
-                ],
-            )],
-            volumes: Some(vec![
-                Volume {
-                    name: "data".to_owned(),
-                    host_path: Some(HostPathVolumeSource {
-                        path: mount_point.host_path.to_owned(),
-                        type_: Some("Directory".to_owned()),
-                    }),
-                    ..Default::default()
-                },
-                config_volume(ir),
-                socket_volume(),
-            ]),
+            init_containers,
+            containers: vec![postgres],
+            volumes: Some(volumes),
             ..Default::default()
         }),
         ..Default::default()
@@ -616,6 +766,7 @@ pub fn target_pod(
                 &settings,
                 ir.spec.target.resources.clone(),
                 mounts(),
+                Vec::new(),
             )],
             volumes: Some(vec![
                 Volume {

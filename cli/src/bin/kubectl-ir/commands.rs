@@ -2,9 +2,10 @@
 
 use std::fmt;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use ir_api::crd::RETRY_ANNOTATION;
-use ir_api::crd::{BackupRepository, InstantRecovery};
+use ir_api::crd::{BackupRepository, BackupRepositoryStatus, InstantRecovery};
+use ir_api::point_in_time::RecoverableWindow;
 use ir_api::recovery::{ConditionType, Phase, RecoveryStatus, SwitchoverMode, SwitchoverPolicy};
 use ir_cli::output::{Output, print_json};
 use ir_cli::status_view::StatusView;
@@ -254,12 +255,35 @@ struct BackupsOutput<'a> {
     backups: Vec<BackupRow<'a>>,
 }
 
-pub async fn backups(at: &Namespace, repository: &str, output: Output) -> anyhow::Result<()> {
+/// The status of a BackupRepository the operator has checked.
+async fn checked_repository(
+    at: &Namespace,
+    repository: &str,
+) -> anyhow::Result<BackupRepositoryStatus> {
     let named = at.named("backuprepository", repository);
     let repo: BackupRepository = at.get(&named).await?;
-    let Some(status) = repo.status else {
-        bail!("{named} has no status yet: the operator has not checked it");
-    };
+    repo.status
+        .ok_or_else(|| anyhow!("{named} has no status yet: the operator has not checked it"))
+}
+
+/// Says on stderr that the status is older than the last check, which failed.
+fn warn_if_unreachable(at: &Namespace, repository: &str, status: &BackupRepositoryStatus) {
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reachable" && c.status != "True")
+    {
+        eprintln!(
+            "warning: {} was not reachable at the last check ({}: {}); the list is from an earlier one",
+            at.named("backuprepository", repository),
+            c.reason,
+            c.message
+        );
+    }
+}
+
+pub async fn backups(at: &Namespace, repository: &str, output: Output) -> anyhow::Result<()> {
+    let status = checked_repository(at, repository).await?;
     let rows: Vec<BackupRow> = status
         .backups
         .iter()
@@ -278,16 +302,7 @@ pub async fn backups(at: &Namespace, repository: &str, output: Output) -> anyhow
             backups: rows,
         })?);
     }
-    if let Some(c) = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Reachable" && c.status != "True")
-    {
-        eprintln!(
-            "warning: {named} was not reachable at the last check ({}: {}); the list is from an earlier one",
-            c.reason, c.message
-        );
-    }
+    warn_if_unreachable(at, repository, &status);
     println!("{:<22} {:<20} {:<4} {:>10}", "ID", "CREATED", "PG", "SIZE");
     for row in &rows {
         let created = row.created.map_or("-".to_owned(), |t| {
@@ -306,6 +321,71 @@ pub async fn backups(at: &Namespace, repository: &str, output: Output) -> anyhow
             "(the {} most recent of {} backups)",
             rows.len(),
             status.backup_count
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WindowRow<'a> {
+    backup: &'a str,
+    /// Absent when the operator could not list the backup's WAL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recoverable_window: Option<&'a RecoverableWindow>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WindowOutput<'a> {
+    namespace: &'a str,
+    repository: &'a str,
+    backups: Vec<WindowRow<'a>>,
+}
+
+/// A moment of a window for people: `2026-11-25 10:15:02 (0/3000100)`.
+fn window_end(at: Option<Timestamp>, lsn: &str) -> String {
+    match at {
+        Some(t) => format!("{} ({lsn})", t.strftime("%Y-%m-%d %H:%M:%S")),
+        None => format!("- ({lsn})"),
+    }
+}
+
+/// What each listed backup can be recovered to (`spec.pointInTime`), newest first.
+pub async fn window(at: &Namespace, repository: &str, output: Output) -> anyhow::Result<()> {
+    let status = checked_repository(at, repository).await?;
+    let rows: Vec<WindowRow> = status
+        .backups
+        .iter()
+        .map(|b| WindowRow {
+            backup: &b.info.id,
+            recoverable_window: b.recoverable_window.as_ref(),
+        })
+        .collect();
+    if output == Output::Json {
+        return Ok(print_json(&WindowOutput {
+            namespace: &at.namespace,
+            repository,
+            backups: rows,
+        })?);
+    }
+    warn_if_unreachable(at, repository, &status);
+    println!("{:<22} {:<34} {:<34} NOTE", "BACKUP", "FROM", "TO");
+    for row in &rows {
+        let Some(w) = row.recoverable_window else {
+            println!("{:<22} {:<34} {:<34} WAL not listed", row.backup, "-", "-");
+            continue;
+        };
+        let note = match (&w.first_missing_segment, w.latest) {
+            (Some(segment), _) => format!("WAL segment {segment} missing"),
+            (None, None) => "no WAL archived after the backup".to_owned(),
+            (None, Some(_)) => String::new(),
+        };
+        println!(
+            "{:<22} {:<34} {:<34} {note}",
+            row.backup,
+            window_end(Some(w.earliest), &w.earliest_lsn),
+            window_end(w.latest, &w.latest_lsn),
         );
     }
     Ok(())

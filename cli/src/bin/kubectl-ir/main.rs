@@ -60,6 +60,15 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Show what each backup of a BackupRepository can be recovered to (`spec.pointInTime`):
+    /// from its consistency point to the end of the WAL archived without a gap after it.
+    Window {
+        /// Name of the BackupRepository.
+        repository: String,
+        /// For people (text) or programs (json).
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 /// A client for the chosen kubeconfig and context, and the namespace to work in.
@@ -99,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backups { repository, output } => {
             commands::backups(&at, &repository, output).await
         }
+        Command::Window { repository, output } => commands::window(&at, &repository, output).await,
     }
 }
 

@@ -40,6 +40,8 @@ pub(super) struct Driver<'a> {
     mount: Option<RecoveryMount>,
     published_ip: Option<String>,
     published_client: Option<PgClient>,
+    /// Where the published instance has replayed to, while it replays to a point in time.
+    replayed_lsn: Option<u64>,
     /// Something is about to change (a Pod starting, a copy running): look again soon.
     pub(super) requeue_soon: bool,
 }
@@ -95,6 +97,7 @@ impl<'a> Driver<'a> {
             mount: None,
             published_ip: None,
             published_client: None,
+            replayed_lsn: None,
             requeue_soon: false,
         }
     }
@@ -108,12 +111,15 @@ impl<'a> Driver<'a> {
 
     async fn found(&mut self, action: Action) -> Result<Found, Error> {
         Ok(match action {
-            Action::Validate => Found::Validation(match self.validate().await {
-                Ok(info) => Step::Ready(info),
-                Err(f) => Step::Failed(f),
-            }),
+            Action::Validate => match self.validate().await {
+                Ok((info, None)) => Found::Validation(Step::Ready(info)),
+                Ok((info, Some(point))) => {
+                    Found::ToPoint(Box::new(Found::Validation(Step::Ready(info))), point)
+                }
+                Err(f) => Found::Validation(Step::Failed(f)),
+            },
             Action::EnsureMount => Found::Mount(self.ensure_mount().await?),
-            Action::EnsurePublished => Found::Published(self.ensure_published().await?),
+            Action::EnsurePublished => self.published().await?,
             Action::EnsureStandby => self.ensure_standby().await?,
             Action::Switchover => self.switchover().await?,
             Action::Cleanup => Found::Cleanup(self.cleanup().await?),

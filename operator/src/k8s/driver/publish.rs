@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use ir_api::Reason;
 use ir_api::crd::RecoveryMount;
+use ir_api::point_in_time::PointInTimeStatus;
 use ir_engine::machine::{self, EventKind, Failure, Step};
 use ir_engine::postgres;
+use ir_engine::round::Found;
+use ir_repository::format_lsn;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -20,9 +23,27 @@ use super::pods::waiting_failure;
 use crate::k8s::context::{Error, FIELD_MANAGER};
 use crate::k8s::objects::{delete, ensure};
 use crate::k8s::report;
-use crate::k8s::resources::{self, PublishedMount};
+use crate::k8s::resources::{self, PublishedMount, Replay};
 
 impl Driver<'_> {
+    /// The published instance serving; for a recovery to a point in time, with the replay's
+    /// progress, and serving only once promoted at the target.
+    pub(super) async fn published(&mut self) -> Result<Found, Error> {
+        let step = self.ensure_published().await?;
+        let Some(point) = self.status.point_in_time.clone() else {
+            return Ok(Found::Published(step));
+        };
+        let progress = PointInTimeStatus {
+            replayed_lsn: self.replayed_lsn.map(format_lsn),
+            reached_at: match &step {
+                Step::Ready(first_query_at) => point.reached_at.or(Some(*first_query_at)),
+                _ => point.reached_at,
+            },
+            ..point
+        };
+        Ok(Found::ToPoint(Box::new(Found::Published(step)), progress))
+    }
+
     pub(super) async fn ensure_published(&mut self) -> Result<Step<Timestamp>, Error> {
         let Some(mount) = &self.mount else {
             return Ok(Step::InProgress);
@@ -51,6 +72,24 @@ impl Driver<'_> {
         let pods = self.api::<Pod>();
         let pod_name = resources::published_pod_name(&self.name);
         let Some(pod) = pods.get_opt(&pod_name).await? else {
+            let repository = match &self.ir.spec.point_in_time {
+                Some(_) => match self.repository().await {
+                    Ok(repo) => Some(repo.spec),
+                    Err(f) => return Ok(Step::Failed(f)),
+                },
+                None => None,
+            };
+            let replay = self
+                .ir
+                .spec
+                .point_in_time
+                .as_ref()
+                .zip(repository.as_ref())
+                .map(|(point, repository)| Replay {
+                    tools_image: &self.ctx.settings.tools_image,
+                    point,
+                    repository,
+                });
             let pod = resources::published_pod(
                 self.ir,
                 &self.image(),
@@ -60,6 +99,7 @@ impl Driver<'_> {
                     host_path: &host_path,
                     mounted_at: &mounted_at,
                 },
+                replay.as_ref(),
             );
             self.requeue_soon = true;
             match pods.create(&PostParams::default(), &pod).await {
@@ -116,6 +156,23 @@ impl Driver<'_> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             match endpoint.probe().await {
+                Ok(Some(client)) if self.ir.spec.point_in_time.is_some() => {
+                    // It answers while it replays (hot standby): serving means promoted.
+                    match postgres::replay_position(&client).await {
+                        Ok(Some(replayed)) => {
+                            self.replayed_lsn = Some(replayed);
+                            self.requeue_soon = true;
+                            return Ok(Step::InProgress);
+                        }
+                        Ok(None) => {
+                            let answered = Timestamp::now();
+                            self.published_ip = Some(ip);
+                            self.published_client = Some(client);
+                            return Ok(Step::Ready(answered));
+                        }
+                        Err(_) => {}
+                    }
+                }
                 Ok(Some(client)) => {
                     let answered = Timestamp::now();
                     self.published_ip = Some(ip);
@@ -179,6 +236,24 @@ impl Driver<'_> {
             .and_then(|c| c.first())
             .and_then(|c| c.state.as_ref())
             .and_then(|s| s.terminated.clone());
+        let last_lines = terminated
+            .as_ref()
+            .and_then(|t| t.message.as_deref())
+            .unwrap_or_default();
+        if ir_engine::point_in_time::ended_short(last_lines) {
+            let target = self
+                .status
+                .point_in_time
+                .as_ref()
+                .map_or("the target", |p| p.target.as_str());
+            return Ok(Step::Failed(Failure::new(
+                Reason::PointInTimeUnreached,
+                format!(
+                    "spec.pointInTime: PostgreSQL in Pod {name} replayed all the WAL the \
+                     repository holds without reaching {target}; its log ends with:\n{last_lines}"
+                ),
+            )));
+        }
         let finished = terminated
             .as_ref()
             .and_then(|t| t.finished_at.as_ref())

@@ -4,6 +4,7 @@
 
 use ir_api::Reason;
 use ir_api::crd::RecoveryMount;
+use ir_api::point_in_time::PointInTimeStatus;
 use ir_api::recovery::BackupInfo;
 use ir_engine::machine::Failure;
 use kube::ResourceExt;
@@ -14,7 +15,10 @@ use crate::k8s::resources;
 use crate::k8s::secrets::read_secret;
 
 impl Driver<'_> {
-    pub(super) async fn validate(&self) -> Result<BackupInfo, Failure> {
+    /// The backup to recover, and for a recovery to a point in time its target and window.
+    pub(super) async fn validate(
+        &self,
+    ) -> Result<(BackupInfo, Option<PointInTimeStatus>), Failure> {
         let spec = &self.ir.spec;
         let repo = self.repository().await?;
         // A fault of the repository's own spec (a path outside the file roots, no credentials)
@@ -43,9 +47,30 @@ impl Driver<'_> {
         )
         .await
         .map_err(about_repository)?;
-        let backup = ir_engine::backup::find_backup(&location, &spec.backup.id)
-            .await
-            .map_err(about_repository)?;
+        let (backup, point_in_time) = match &spec.point_in_time {
+            None => (
+                ir_engine::backup::find_backup(&location, &spec.backup.id)
+                    .await
+                    .map_err(about_repository)?,
+                None,
+            ),
+            Some(point) => {
+                let (backup, status) =
+                    ir_engine::backup::find_backup_for(&location, &spec.backup.id, point)
+                        .await
+                        .map_err(|f| {
+                            if is_about_the_target(&f) {
+                                Failure {
+                                    message: format!("spec.pointInTime: {}", f.message),
+                                    ..f
+                                }
+                            } else {
+                                about_repository(f)
+                            }
+                        })?;
+                (backup, Some(status))
+            }
+        };
         self.credentials().await?;
         if let Some(secret) = &spec.postgres.replication_secret {
             read_secret(
@@ -97,6 +122,18 @@ impl Driver<'_> {
         {
             self.choose_node().await?;
         }
-        Ok(backup)
+        Ok((backup, point_in_time))
     }
+}
+
+/// A failure of the target itself (outside the window, WAL missing), which names the field
+/// `spec.pointInTime`.
+fn is_about_the_target(f: &Failure) -> bool {
+    matches!(
+        f.reason,
+        Reason::PointInTimeBeforeBackup
+            | Reason::PointInTimeNotArchived
+            | Reason::WalSegmentMissing
+            | Reason::InvalidSpec
+    )
 }

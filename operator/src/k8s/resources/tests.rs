@@ -27,6 +27,7 @@ fn published(ir: &InstantRecovery, mounted_at: &str) -> Pod {
             host_path: "/run/media/instant-recovery/5a7c1e2f-mount-uid",
             mounted_at,
         },
+        None,
     )
 }
 
@@ -362,4 +363,141 @@ fn the_published_pod_tolerates_the_recovery_node_taint() {
     assert!(tolerations.iter().any(|t| {
         t.key.as_deref() == Some(RECOVERY_NODE_LABEL) && t.operator.as_deref() == Some("Exists")
     }));
+}
+
+#[test]
+fn a_published_pod_to_a_point_in_time_fetches_wal_with_the_repository_credentials() {
+    let ir = recovery();
+    let repository: BackupRepositorySpec = serde_json::from_value(serde_json::json!({
+        "url": "s3://backups/shop",
+        "s3": {"endpoint": "http://minio:9000", "allowHttp": true},
+        "credentialsSecret": {"name": "s3-creds"}
+    }))
+    .unwrap();
+    let point = PointInTime {
+        name: Some("before-drop".into()),
+        ..Default::default()
+    };
+    let replay = Replay {
+        tools_image: "ghcr.io/instant-recovery/instant-recovery:9.9.9",
+        point: &point,
+        repository: &repository,
+    };
+    let pod = published_pod(
+        &ir,
+        "postgres:15",
+        USER,
+        &PublishedMount {
+            node: "node-a",
+            host_path: "/run/media/instant-recovery/5a7c1e2f-mount-uid",
+            mounted_at: "t1",
+        },
+        Some(&replay),
+    );
+    let spec = pod.spec.unwrap();
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.image.as_deref(), Some(replay.tools_image));
+    assert!(init.command.as_ref().unwrap()[2].contains("command -v irctl"));
+    let postgres = &spec.containers[0];
+    let args = postgres.args.as_ref().unwrap();
+    let setting = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {args:?}"))
+            .to_owned()
+    };
+    assert_eq!(
+        setting("restore_command"),
+        "'/var/lib/instant-recovery/tools/irctl' 'wal' 'fetch' '--repo=s3://backups/shop' \
+         '--read-deadline=30' '--s3-endpoint=http://minio:9000' '--s3-allow-http' %f %p"
+    );
+    assert_eq!(setting("recovery_target_name"), "before-drop");
+    assert_eq!(setting("recovery_target_action"), "promote");
+    assert_eq!(setting("archive_mode"), "off");
+    let env: Vec<_> = postgres.env.as_ref().unwrap().iter().collect();
+    let secret_of = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|s| (s.name.clone(), s.key.clone()))
+    };
+    assert_eq!(
+        secret_of("AWS_ACCESS_KEY_ID"),
+        Some(("s3-creds".into(), "AWS_ACCESS_KEY_ID".into()))
+    );
+    assert_eq!(
+        secret_of("AWS_SECRET_ACCESS_KEY"),
+        Some(("s3-creds".into(), "AWS_SECRET_ACCESS_KEY".into()))
+    );
+    assert!(env.iter().any(|e| e.name == "IR_RECOVERY_SIGNAL"));
+    assert_eq!(
+        postgres.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
+    // irctl reaches the PostgreSQL container through an emptyDir; no hostPath but the mount's.
+    let volumes = spec.volumes.unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.name == "tools" && v.empty_dir.is_some())
+    );
+    assert_eq!(volumes.iter().filter(|v| v.host_path.is_some()).count(), 1);
+
+    // A file:// repository is read through its directory, read-only.
+    let repository: BackupRepositorySpec =
+        serde_json::from_value(serde_json::json!({"url": "file:///srv/backups"})).unwrap();
+    let replay = Replay {
+        repository: &repository,
+        ..replay
+    };
+    let pod = published_pod(
+        &ir,
+        "postgres:15",
+        USER,
+        &PublishedMount {
+            node: "node-a",
+            host_path: "/run/media/instant-recovery/5a7c1e2f-mount-uid",
+            mounted_at: "t1",
+        },
+        Some(&replay),
+    );
+    let spec = pod.spec.unwrap();
+    let mount = spec.containers[0]
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "repository")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/srv/backups", Some(true))
+    );
+    assert!(
+        !spec.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name.starts_with("AWS_"))
+    );
+}
+
+#[test]
+fn a_published_pod_of_a_whole_backup_replays_nothing() {
+    let pod = published(&recovery(), "t1");
+    let spec = pod.spec.unwrap();
+    assert!(spec.init_containers.is_none());
+    let args = spec.containers[0].args.as_ref().unwrap();
+    assert!(!args.iter().any(|a| a.starts_with("restore_command=")));
+    assert!(
+        !spec.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "IR_RECOVERY_SIGNAL")
+    );
 }
