@@ -131,7 +131,7 @@ mod tests {
         let settings = settings(&point, Path::new("/usr/bin/irctl"), &repo);
         let command = &settings[0].1;
         assert!(
-            command.starts_with("'/usr/bin/irctl' 'wal' 'fetch' '--repo' 'file:///srv/repo'"),
+            command.starts_with("'/usr/bin/irctl' 'wal' 'fetch' '--repo=file:///srv/repo' "),
             "{command}"
         );
     }
