@@ -286,3 +286,72 @@ impl History {
         panic!("no stored segment {name} under {}", self.repo_dir.display());
     }
 }
+
+/// Waits until `source` archived the segment it writes now, after switching to the next.
+fn archive_current_segment(source: &mut PgCluster) {
+    let last = source.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    source.psql("SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while source.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
+        assert!(
+            Instant::now() < deadline,
+            "{last} not archived: {}",
+            source.psql("SELECT * FROM pg_stat_archiver")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn recovery_follows_the_timeline_the_source_took_after_the_backup() {
+    ir_e2e::require_root();
+    ir_e2e::require_fuse();
+    let tmp = ir_e2e::shared_tempdir();
+    let root = tmp.path().to_owned();
+    let repo_dir = root.join("repo");
+    let repo = format!("file://{}", repo_dir.display());
+    irctl_ok(&["repo", "init", "--repo", &repo], &[]);
+    chown_tree_to_pg(&repo_dir);
+    let irctl = env!("CARGO_BIN_EXE_irctl");
+    let mut source = PgCluster::init(&root.join("source"));
+    let push = format!("archive_command={irctl} wal push --repo {repo} %p");
+    source.start(&["archive_mode=on", &push]);
+    source.psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)");
+    common::backup_from_pg(&repo, &source.conninfo(), &[]);
+    source.psql("INSERT INTO t SELECT generate_series(101, 200)");
+    archive_current_segment(&mut source);
+    source.stop();
+
+    // The source recovers from the archive by itself and goes on, on timeline 2.
+    let signal = root.join("source/data/recovery.signal");
+    std::fs::write(&signal, "").unwrap();
+    ir_e2e::pg::chown_to_pg(&signal);
+    let fetch = format!("restore_command={irctl} wal fetch --repo {repo} %f %p");
+    source.start(&["archive_mode=on", &push, &fetch]);
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while source.psql("SELECT pg_is_in_recovery()") == "t" {
+        assert!(Instant::now() < deadline, "the source never promoted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let segment = source.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    assert!(segment.starts_with("00000002"), "{segment}");
+    source.psql("INSERT INTO t SELECT generate_series(201, 300)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let time = source
+        .psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1100));
+    source.psql("DROP TABLE t");
+    archive_current_segment(&mut source);
+    source.stop();
+
+    // A time on timeline 2 lies inside the window of the backup taken on timeline 1.
+    let workdir = root.join("to-timeline-2");
+    std::fs::create_dir(&workdir).unwrap();
+    let mut r = Recovery::new(&workdir, &repo, "latest", &[]);
+    r.run_to_completion(&["--target-time", &time], RUN_TIMEOUT);
+    assert_eq!(
+        r.target("SELECT count(*) || ':' || max(id) FROM t"),
+        "300:300"
+    );
+    assert_eq!(r.target("SELECT pg_is_in_recovery()"), "f");
+}

@@ -42,6 +42,10 @@ pub struct WalListing {
     pub timelines: BTreeMap<u32, TimelineWal>,
     /// Timelines whose history file is stored.
     pub history: BTreeSet<u32>,
+    /// What the readable history files say: per timeline, its ancestors oldest first, each with
+    /// the LSN where the next timeline branched off it.
+    #[serde(skip)]
+    pub ancestors: BTreeMap<u32, Vec<(u32, u64)>>,
     /// Stored objects whose name is no WAL file's, or which sit under another timeline's
     /// directory, by path; and segments that could not be placed because no segment could be
     /// read to learn the segment size.
@@ -80,8 +84,10 @@ pub struct Gap {
 impl WalListing {
     /// What `backup` can be recovered to: from its consistency point (`stop_lsn`, or `start_lsn`
     /// when absent; at the earliest its creation time) to the end of the WAL archived
-    /// contiguously from its start segment on its timeline. A backup of another system, or
-    /// whose LSNs do not parse, gets the window of no archived WAL.
+    /// contiguously from its start segment, across the timelines that branched off the backup's
+    /// after it, up to the latest one (as PostgreSQL follows `recovery_target_timeline =
+    /// latest`). A backup of another system, or whose LSNs do not parse, gets the window of no
+    /// archived WAL.
     pub fn window(&self, backup: &BackupManifest) -> Window {
         let start = crate::parse_lsn(&backup.start_lsn).unwrap_or(0);
         let consistent = backup
@@ -100,27 +106,55 @@ impl WalListing {
         let Some(size) = self.segment_size else {
             return window;
         };
-        let first = start / size;
-        let mut next = first;
+        let mut next = start / size;
         let mut latest = None;
         let ours = backup.system_identifier == self.system_identifier.to_string();
-        if let Some(tl) = self.timelines.get(&backup.timeline).filter(|_| ours) {
-            for (&segno, stored) in tl.segments.range(first..) {
-                if segno != next {
-                    break;
+        let mut timeline = backup.timeline;
+        for (tli, branched_at) in self.path_from(backup.timeline, consistent) {
+            // The segment of the branch point is read from the new timeline.
+            let until = branched_at.map_or(u64::MAX, |lsn| lsn / size);
+            if let Some(tl) = self.timelines.get(&tli).filter(|_| ours) {
+                for (&segno, stored) in tl.segments.range(next..until) {
+                    if segno != next {
+                        break;
+                    }
+                    latest = latest.max(Some(stored.archived));
+                    next += 1;
                 }
-                latest = latest.max(Some(stored.archived));
-                next += 1;
+            }
+            timeline = tli;
+            if next < until {
+                break;
             }
         }
-        window.first_missing =
-            Some(SegmentName::from_segno(backup.timeline, next, size).to_string());
+        window.timeline = timeline;
+        window.first_missing = Some(SegmentName::from_segno(timeline, next, size).to_string());
         let end = next.saturating_mul(size);
         if end > consistent {
             window.end_lsn = end;
             window.latest = latest;
         }
         window
+    }
+
+    /// The timelines recovery from `timeline` at `from` goes through, each with where the next
+    /// one branched off it (none for the last): to the newest timeline whose history passes
+    /// through `timeline` after `from`.
+    fn path_from(&self, timeline: u32, from: u64) -> Vec<(u32, Option<u64>)> {
+        let newest = self.ancestors.iter().rev().find_map(|(&tli, ancestors)| {
+            let i = ancestors
+                .iter()
+                .position(|&(t, branched_at)| t == timeline && branched_at >= from)?;
+            Some((tli, &ancestors[i..]))
+        });
+        match newest {
+            Some((tli, ancestors)) => ancestors
+                .iter()
+                .map(|&(t, at)| (t, Some(at)))
+                .chain([(tli, None)])
+                .collect(),
+            None => vec![(timeline, None)],
+        }
     }
 
     /// Per timeline, the runs of segments missing between the first and the last stored.
@@ -153,12 +187,41 @@ impl WalListing {
     }
 }
 
+/// A timeline history file's lines (`<parent timeline> <LSN> <reason>`, `#` comments): the
+/// ancestors oldest first, each with the LSN where the next timeline branched off it. Timelines
+/// must rise and LSNs must not fall.
+pub fn parse_history(text: &str) -> Result<Vec<(u32, u64)>, String> {
+    let mut ancestors: Vec<(u32, u64)> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(tli), Some(lsn)) = (fields.next(), fields.next()) else {
+            return Err(format!("line {line:?} has no timeline and LSN"));
+        };
+        let tli: u32 = tli
+            .parse()
+            .map_err(|_| format!("line {line:?}: {tli:?} is not a timeline"))?;
+        let lsn =
+            crate::parse_lsn(lsn).ok_or_else(|| format!("line {line:?}: {lsn:?} is not an LSN"))?;
+        if let Some(&(last_tli, last_lsn)) = ancestors.last()
+            && (tli <= last_tli || lsn < last_lsn)
+        {
+            return Err(format!("line {line:?} does not follow the line before it"));
+        }
+        ancestors.push((tli, lsn));
+    }
+    Ok(ancestors)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
 
-    const MIB16: u64 = 16 << 20;
+    pub(super) const MIB16: u64 = 16 << 20;
 
     fn stored(name: &str, minute: u8) -> StoredWal {
         StoredWal {
@@ -169,7 +232,7 @@ mod tests {
     }
 
     /// A listing of system 42, 16 MiB segments, holding `segnos` of timeline `tli`.
-    fn listing(tli: u32, segnos: &[u64]) -> WalListing {
+    pub(super) fn listing(tli: u32, segnos: &[u64]) -> WalListing {
         let mut tl = TimelineWal::default();
         for (i, &n) in segnos.iter().enumerate() {
             let name = SegmentName::from_segno(tli, n, MIB16).to_string();
@@ -180,11 +243,12 @@ mod tests {
             segment_size: Some(MIB16),
             timelines: BTreeMap::from([(tli, tl)]),
             history: BTreeSet::new(),
+            ancestors: BTreeMap::new(),
             unreadable: Vec::new(),
         }
     }
 
-    fn backup(start: &str, stop: Option<&str>, tli: u32) -> BackupManifest {
+    pub(super) fn backup(start: &str, stop: Option<&str>, tli: u32) -> BackupManifest {
         BackupManifest {
             format_version: 1,
             id: "20261125T063512Z-3fa2".into(),
@@ -273,5 +337,67 @@ mod tests {
                 last_missing: "000000030000000100000003".into(),
             }]
         );
+    }
+}
+
+#[cfg(test)]
+mod timeline_tests {
+    use super::tests::{MIB16, backup, listing};
+    use super::*;
+
+    #[test]
+    fn history_files_are_parsed_strictly() {
+        let text = "1\t0/5000100\tno recovery target specified\n\n# c\n2\t0/9000000\tbefore x\n";
+        assert_eq!(
+            parse_history(text),
+            Ok(vec![(1, 0x5000100), (2, 0x9000000)])
+        );
+        for bad in [
+            "1",
+            "x\t0/1\tr",
+            "1\tzz\tr",
+            "2\t0/5\tr\n1\t0/6\tr",
+            "1\t0/6\tr\n2\t0/5\tr",
+        ] {
+            assert!(parse_history(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Timeline 1 segments 3..=5, branched at 0/5000100 into timeline 2 (segments 5..=7).
+    fn branched() -> WalListing {
+        let mut l = listing(1, &[3, 4, 5]);
+        let two = listing(2, &[5, 6, 7]);
+        l.timelines.extend(two.timelines);
+        l.history.insert(2);
+        l.ancestors.insert(2, vec![(1, 0x5000100)]);
+        l
+    }
+
+    #[test]
+    fn the_window_follows_a_timeline_that_branched_after_the_backup() {
+        let w = branched().window(&backup("0/3000028", Some("0/3000100"), 1));
+        assert_eq!(w.timeline, 2);
+        assert_eq!(w.end_lsn, 8 * MIB16);
+        assert_eq!(w.first_missing.as_deref(), Some("000000020000000000000008"));
+    }
+
+    #[test]
+    fn a_gap_before_the_branch_stops_the_window_on_the_old_timeline() {
+        let mut l = branched();
+        l.timelines.get_mut(&1).unwrap().segments.remove(&4);
+        let w = l.window(&backup("0/3000028", Some("0/3000100"), 1));
+        assert_eq!(w.timeline, 1);
+        assert_eq!(w.end_lsn, 4 * MIB16);
+        assert_eq!(w.first_missing.as_deref(), Some("000000010000000000000004"));
+    }
+
+    #[test]
+    fn a_timeline_that_branched_before_the_backup_is_not_followed() {
+        let mut l = branched();
+        l.ancestors.insert(2, vec![(1, 0x2000000)]);
+        let w = l.window(&backup("0/3000028", Some("0/3000100"), 1));
+        assert_eq!(w.timeline, 1);
+        // Segment 6 of timeline 1 was never archived: the old timeline ends there.
+        assert_eq!(w.end_lsn, 6 * MIB16);
     }
 }

@@ -30,7 +30,7 @@ use crate::error::RepoError;
 use crate::manifest::BackupManifest;
 use crate::repo::Repository;
 
-pub use listing::{Gap, StoredWal, TimelineWal, WalListing, Window};
+pub use listing::{Gap, StoredWal, TimelineWal, WalListing, Window, parse_history};
 pub use name::{SegmentName, WalFileName};
 pub use segment::{MAX_SEGMENT_SIZE, MAX_SMALL_FILE, MIN_SEGMENT_SIZE, SegmentHeader};
 
@@ -444,6 +444,7 @@ impl WalArchive<'_> {
             segment_size,
             timelines: Default::default(),
             history: Default::default(),
+            ancestors: Default::default(),
             unreadable: Vec::new(),
         };
         for (listed, meta) in objects {
@@ -492,6 +493,21 @@ impl WalArchive<'_> {
         }
         for tl in listing.timelines.values_mut() {
             tl.backup_files.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        // Where the timelines branched: a history file that cannot be read or parsed only
+        // leaves its timeline out of the windows (verify reports the damage).
+        for &timeline in &listing.history {
+            let file = WalFileName::History { timeline };
+            match self.fetch_file(&file.to_string(), &file).await {
+                Ok(bytes) => match parse_history(&String::from_utf8_lossy(&bytes)) {
+                    Ok(ancestors) => {
+                        listing.ancestors.insert(timeline, ancestors);
+                    }
+                    Err(e) => tracing::warn!(timeline, error = %e, "unparsable timeline history"),
+                },
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => tracing::warn!(timeline, error = %e, "unreadable timeline history"),
+            }
         }
         listing.unreadable.sort();
         Ok(listing)
