@@ -2,9 +2,10 @@
 //! mount run in their own sessions, so a killed or interrupted `irctl recover` leaves them
 //! running and a rerun picks them up by pid.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -212,6 +213,28 @@ pub async fn kill_group(pid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The processes running `program` (their first argument, as [`spawn_detached`] was given it)
+/// with `args` among their arguments, one after the other. A recovery killed between starting
+/// a process and recording its pid leaves one nobody tracks; this finds it by what it does.
+pub fn running_with_args(program: &Path, args: &[&OsStr]) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let argv: Vec<&OsStr> = cmdline.split(|&b| b == 0).map(OsStr::from_bytes).collect();
+            argv.first() == Some(&program.as_os_str())
+                && (args.is_empty() || argv.windows(args.len()).any(|w| w == args))
+                && is_alive(pid)
+        })
+        .collect()
+}
+
 /// Waits until `pid` is reaped, not only dead: until then it keeps its pid, which PostgreSQL's
 /// lock file check takes for a live postmaster. False on timeout.
 pub async fn wait_reaped(pid: u32, timeout: Duration) -> bool {
@@ -251,6 +274,33 @@ pub fn log_tail(log: &Path, max: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_nobody_tracks_is_found_by_its_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = OsUser::current().unwrap();
+        let marker = dir.path().join("marker");
+        let sleep = Path::new("/bin/sleep");
+        let mut c = Command::new(sleep);
+        c.arg("30").arg(&marker);
+        let pid = spawn_detached(c, &me, &dir.path().join("log")).unwrap();
+        // Until the child has executed sleep, its command line is still ours.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut found = Vec::new();
+        while found.is_empty() && Instant::now() < deadline {
+            found = running_with_args(sleep, &[OsStr::new("30"), marker.as_os_str()]);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(found, [pid]);
+        assert!(running_with_args(sleep, &[marker.as_os_str(), OsStr::new("30")]).is_empty());
+        assert!(running_with_args(Path::new("/bin/true"), &[marker.as_os_str()]).is_empty());
+        signal(pid, libc::SIGKILL).unwrap();
+        // Our child: reaped by the look that finds it gone.
+        while is_alive(pid) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(running_with_args(sleep, &[marker.as_os_str()]).is_empty());
+    }
 
     #[test]
     fn tracks_a_detached_child_until_it_exits() {

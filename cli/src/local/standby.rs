@@ -120,6 +120,12 @@ impl LocalRecovery {
             Ok(dir) => dir,
             Err(f) => return Ok(Standby::Failed(f)),
         };
+        // A copy started by an irctl killed before it recorded the pid still writes here.
+        let program = bins.path("pg_basebackup");
+        for stray in process::running_with_args(&program, &["--pgdata".as_ref(), target.as_ref()]) {
+            tracing::warn!(pid = stray, "stopping a pg_basebackup no recovery tracks");
+            process::kill_group(stray).await.map_err(io_err(&target))?;
+        }
         dir.clear().map_err(io_err(&target))?;
         self.own_target(&dir).map_err(io_err(&target))?;
         if let Err(f) = self.target_dir() {
@@ -129,6 +135,8 @@ impl LocalRecovery {
         match postgres::start_base_backup(&bins, &published, &target, &self.pg_user, &log) {
             Ok(pid) => {
                 self.state.resources.base_backup_pid = Some(pid);
+                // Recorded at once: a rerun adopts the copy instead of starting another.
+                self.workdir.save(&self.state)?;
                 Ok(Standby::Copying {
                     copied_bytes: 0,
                     total_bytes: 0,
