@@ -8,6 +8,7 @@ use std::process::Command;
 
 use ir_e2e::installation::{PASSWORD, workspace_binary};
 use ir_e2e::pg::{PgCluster, pg_user};
+use ir_e2e::s3::S3Server;
 
 use super::*;
 
@@ -16,9 +17,10 @@ use super::*;
 const IN_BACKUP: i64 = 100;
 const BEFORE_DROP: i64 = 250;
 
-fn irctl(args: &[&str]) -> String {
+fn irctl(args: &[&str], env: &[(String, String)]) -> String {
     let out = Command::new(workspace_binary("irctl"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run irctl");
     assert!(
@@ -29,14 +31,12 @@ fn irctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// A backup of a source that then archives rows up to [`BEFORE_DROP`], the restore point
-/// `before_drop`, a dropped table and a table made after the drop. Returns the repository URL
-/// and the backup id.
-fn archived_history(root: &Path) -> (String, String) {
+/// A file:// repository in the installation's file root, writable by PostgreSQL's user (who
+/// runs archive_command).
+fn file_repository(root: &Path) -> String {
     let repo_dir = root.join("repositories").join("pitr");
     let url = format!("file://{}", repo_dir.display());
-    irctl(&["repo", "init", "--repo", &url]);
-    // archive_command runs as PostgreSQL's user.
+    irctl(&["repo", "init", "--repo", &url], &[]);
     let (uid, gid) = pg_user();
     let chown = Command::new("chown")
         .args(["-R", &format!("{uid}:{gid}")])
@@ -44,10 +44,18 @@ fn archived_history(root: &Path) -> (String, String) {
         .status()
         .expect("run chown");
     assert!(chown.success());
+    url
+}
 
+/// A backup into repository `url` (reached with `env`) of a source that then archives rows up
+/// to [`BEFORE_DROP`], the restore point `before_drop`, a dropped table and a table made after
+/// the drop. Returns the backup id.
+fn archived_history(root: &Path, url: &str, env: &[(String, String)]) -> String {
     let mut source = PgCluster::init(&root.join("source"));
+    let env_words: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let push = format!(
-        "archive_command={} wal push --repo {url} %p",
+        "archive_command=env {} {} wal push --repo {url} %p",
+        env_words.join(" "),
         workspace_binary("irctl").display()
     );
     source.start(&["archive_mode=on", &push]);
@@ -55,14 +63,17 @@ fn archived_history(root: &Path) -> (String, String) {
     source.psql(&format!(
         "CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, {IN_BACKUP})"
     ));
-    let id = irctl(&[
-        "backup",
-        "create",
-        "--repo",
-        &url,
-        "--from-pg",
-        &source.conninfo(),
-    ]);
+    let id = irctl(
+        &[
+            "backup",
+            "create",
+            "--repo",
+            url,
+            "--from-pg",
+            &source.conninfo(),
+        ],
+        env,
+    );
     source.psql(&format!(
         "INSERT INTO t SELECT generate_series({}, {BEFORE_DROP})",
         IN_BACKUP + 1
@@ -82,7 +93,7 @@ fn archived_history(root: &Path) -> (String, String) {
         std::thread::sleep(Duration::from_millis(100));
     }
     source.stop();
-    (url, id)
+    id
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -90,7 +101,8 @@ async fn recovery_to_a_restore_point_replays_the_archived_wal_in_the_published_p
     // (A target beyond the archived WAL is refused first, in the same installation.)
     ir_e2e::require_root();
     let root = ir_e2e::shared_tempdir();
-    let (url, backup) = archived_history(root.path());
+    let url = file_repository(root.path());
+    let backup = archived_history(root.path(), &url, &[]);
     let fx = Installation::with_backup(root, url, backup.clone()).await;
 
     // The repository's status shows what the backup can be recovered to.
@@ -187,5 +199,69 @@ async fn recovery_to_a_restore_point_replays_the_archived_wal_in_the_published_p
     assert_eq!(
         query_one(&target_ip, "SELECT pg_is_in_recovery()").await,
         "f"
+    );
+}
+
+/// The same from an S3 repository: the published Pod fetches WAL with the BackupRepository's
+/// credentials Secret and S3 settings.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_to_a_restore_point_fetches_wal_from_s3_with_the_repositorys_credentials() {
+    ir_e2e::require_root();
+    let s3 = S3Server::start();
+    let root = ir_e2e::shared_tempdir();
+    let url = s3.url("pitr");
+    let env = s3.env();
+    irctl(&["repo", "init", "--repo", &url], &env);
+    let backup = archived_history(root.path(), &url, &env);
+    // The installation's own repository is not used here.
+    let unused = format!("file://{}/repositories/unused", root.path().display());
+    let fx = Installation::with_backup(root, unused, "unused".to_owned()).await;
+    let key = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    fx.plane
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s3-keys\n  namespace: {NAMESPACE}\n\
+             stringData:\n  AWS_ACCESS_KEY_ID: {}\n  AWS_SECRET_ACCESS_KEY: {}\n---\n\
+             apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\nmetadata:\n  \
+             name: wal-s3\n  namespace: {NAMESPACE}\nspec:\n  url: {url}\n  s3:\n    \
+             endpoint: {}\n    allowHttp: true\n  credentialsSecret:\n    name: s3-keys\n---\n\
+             apiVersion: instantrecovery.dev/v1alpha1\nkind: InstantRecovery\nmetadata:\n  \
+             name: from-s3\n  namespace: {NAMESPACE}\nspec:\n  backup:\n    repositoryRef:\n      \
+             name: wal-s3\n  postgres:\n    credentialsSecret:\n      name: db-superuser\n  \
+             switchover:\n    mode: Manual\n  pointInTime:\n    name: before_drop\n",
+            key("AWS_ACCESS_KEY_ID"),
+            key("AWS_SECRET_ACCESS_KEY"),
+            s3.endpoint(),
+        ))
+        .await
+        .expect("apply the S3 repository and the recovery");
+    let published = fx.wait_phase("from-s3", Phase::Syncing, FLOW).await;
+    let status = published.status.unwrap();
+    assert_eq!(status.backup.as_ref().unwrap().id, backup);
+    assert!(status.is_true(ConditionType::PointInTime), "{status:?}");
+    let published_ip = fx.pod_ip("from-s3-published", FLOW).await;
+    assert_eq!(
+        query_one(&published_ip, "SELECT count(*) || ':' || max(id) FROM t").await,
+        format!("{BEFORE_DROP}:{BEFORE_DROP}")
+    );
+    // The keys reached the Pod from the Secret, not written into its spec.
+    let pod = fx.pods().get("from-s3-published").await.unwrap();
+    let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+    let key_env = env
+        .iter()
+        .find(|e| e.name == "AWS_SECRET_ACCESS_KEY")
+        .expect("the secret key's variable");
+    assert_eq!(key_env.value, None);
+    assert_eq!(
+        key_env
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|r| r.name.as_str()),
+        Some("s3-keys")
     );
 }
