@@ -70,17 +70,7 @@ fn history() -> History {
     // Two segments after the points, so that losing the one that holds them is a gap.
     source.psql("SELECT pg_switch_wal()");
     source.psql("CREATE TABLE after_drop(x int); INSERT INTO after_drop VALUES (1)");
-    let last = source.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    source.psql("SELECT pg_switch_wal()");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while source.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
-        assert!(
-            Instant::now() < deadline,
-            "{last} not archived: {}",
-            source.psql("SELECT * FROM pg_stat_archiver")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    source.archive_current_segment();
     source.stop();
 
     // The window is shown per backup.
@@ -287,21 +277,6 @@ impl History {
     }
 }
 
-/// Waits until `source` archived the segment it writes now, after switching to the next.
-fn archive_current_segment(source: &mut PgCluster) {
-    let last = source.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    source.psql("SELECT pg_switch_wal()");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while source.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
-        assert!(
-            Instant::now() < deadline,
-            "{last} not archived: {}",
-            source.psql("SELECT * FROM pg_stat_archiver")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn recovery_follows_the_timeline_the_source_took_after_the_backup() {
     ir_e2e::require_root();
@@ -319,7 +294,7 @@ fn recovery_follows_the_timeline_the_source_took_after_the_backup() {
     source.psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)");
     common::backup_from_pg(&repo, &source.conninfo(), &[]);
     source.psql("INSERT INTO t SELECT generate_series(101, 200)");
-    archive_current_segment(&mut source);
+    source.archive_current_segment();
     source.stop();
 
     // The source recovers from the archive by itself and goes on, on timeline 2.
@@ -341,7 +316,7 @@ fn recovery_follows_the_timeline_the_source_took_after_the_backup() {
         .psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
     std::thread::sleep(Duration::from_millis(1100));
     source.psql("DROP TABLE t");
-    archive_current_segment(&mut source);
+    source.archive_current_segment();
     source.stop();
 
     // A time on timeline 2 lies inside the window of the backup taken on timeline 1.

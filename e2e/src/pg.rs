@@ -294,6 +294,22 @@ impl PgCluster {
             .unwrap_or_else(|e| panic!("psql {sql:?} on port {}: {e}", self.port))
     }
 
+    /// Switches to the next WAL segment and waits (up to a minute) until `archive_command` has
+    /// archived the one written until then.
+    pub fn archive_current_segment(&self) {
+        let last = self.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        self.psql("SELECT pg_switch_wal()");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last {
+            assert!(
+                Instant::now() < deadline,
+                "{last} not archived: {}",
+                self.psql("SELECT * FROM pg_stat_archiver")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `pgbench args... postgres`; panics on failure, returns its output.
     pub fn pgbench(&self, args: &[&str]) -> String {
         check(

@@ -18,6 +18,10 @@ pub(crate) fn recovery() -> InstantRecovery {
 const USER: PostgresUser = PostgresUser { uid: 999, gid: 998 };
 
 fn published(ir: &InstantRecovery, mounted_at: &str) -> Pod {
+    published_replaying(ir, mounted_at, None)
+}
+
+fn published_replaying(ir: &InstantRecovery, mounted_at: &str, replay: Option<&Replay>) -> Pod {
     published_pod(
         ir,
         "postgres:15",
@@ -27,7 +31,7 @@ fn published(ir: &InstantRecovery, mounted_at: &str) -> Pod {
             host_path: "/run/media/instant-recovery/5a7c1e2f-mount-uid",
             mounted_at,
         },
-        None,
+        replay,
     )
 }
 
@@ -383,17 +387,7 @@ fn a_published_pod_to_a_point_in_time_fetches_wal_with_the_repository_credential
         point: &point,
         repository: &repository,
     };
-    let pod = published_pod(
-        &ir,
-        "postgres:15",
-        USER,
-        &PublishedMount {
-            node: "node-a",
-            host_path: "/run/media/instant-recovery/5a7c1e2f-mount-uid",
-            mounted_at: "t1",
-        },
-        Some(&replay),
-    );
+    let pod = published_replaying(&ir, "t1", Some(&replay));
     let spec = pod.spec.unwrap();
     let init = &spec.init_containers.as_ref().unwrap()[0];
     assert_eq!(init.image.as_deref(), Some(replay.tools_image));
@@ -451,17 +445,7 @@ fn a_published_pod_to_a_point_in_time_fetches_wal_with_the_repository_credential
         repository: &repository,
         ..replay
     };
-    let pod = published_pod(
-        &ir,
-        "postgres:15",
-        USER,
-        &PublishedMount {
-            node: "node-a",
-            host_path: "/run/media/instant-recovery/5a7c1e2f-mount-uid",
-            mounted_at: "t1",
-        },
-        Some(&replay),
-    );
+    let pod = published_replaying(&ir, "t1", Some(&replay));
     let spec = pod.spec.unwrap();
     let mount = spec.containers[0]
         .volume_mounts
