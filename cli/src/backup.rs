@@ -35,6 +35,11 @@ pub enum BackupCommand {
     Verify(ShowArgs),
     /// Restore a backup in full to a local directory (the classic, slow way to recover).
     Restore(RestoreArgs),
+    /// Delete one backup, unless a running mount holds a lease on it.
+    Delete(crate::retention_cmd::DeleteArgs),
+    /// Delete the backups a retention policy does not keep (restic's --keep-* rules); backups
+    /// in use are skipped.
+    Prune(crate::retention_cmd::PruneArgs),
 }
 
 #[derive(Debug, Args)]
@@ -258,6 +263,8 @@ fn recoverable_to(s: &Summary) -> String {
 pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
     match cmd {
         BackupCommand::Create(args) => create(args).await,
+        BackupCommand::Delete(args) => crate::retention_cmd::delete(args).await,
+        BackupCommand::Prune(args) => crate::retention_cmd::prune(args).await,
         BackupCommand::List(args) => {
             let repo = args.repo.open().await?;
             let list = repo.list_backups().await?;

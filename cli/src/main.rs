@@ -5,6 +5,7 @@ mod mount_cmd;
 mod progress;
 mod recover;
 mod repo_cmd;
+mod retention_cmd;
 mod wal_cmd;
 
 use std::process::ExitCode;

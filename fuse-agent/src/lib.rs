@@ -7,6 +7,7 @@ pub mod blockmap;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+mod lease;
 pub mod meta;
 pub mod mount;
 pub mod source;

@@ -13,6 +13,8 @@ use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use ir_repository::{BackupManifest, Repository};
 use tokio::runtime::Handle;
 
+use crate::lease::BackupLease;
+
 use crate::error::FsError;
 use crate::fs::{CacheOptions, IrFs, private_dir, tighten};
 use crate::fuse::FuseAdapter;
@@ -70,6 +72,7 @@ pub struct Mounted {
     fs: Arc<IrFs>,
     stats: Arc<MountStats>,
     mountpoint: PathBuf,
+    lease: Option<Box<BackupLease>>,
     _lock: File,
 }
 
@@ -117,6 +120,9 @@ impl Mounted {
             );
         }
         self.fs.flush_all()?;
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
         Ok(())
     }
 }
@@ -280,6 +286,7 @@ pub fn mount_backup(
     }
     raise_fd_limit();
 
+    let leased = (repo.clone(), manifest.id.clone(), runtime.clone());
     let disk = (!repo.is_local()).then(|| (opts.cache_dir.join("chunks"), opts.disk_cache_bytes));
     let repository = repo.url().to_string();
     let repository_id = repo.identity().to_string();
@@ -335,6 +342,12 @@ pub fn mount_backup(
         fs,
         stats,
         mountpoint: opts.mountpoint.clone(),
+        lease: Some(Box::new(BackupLease::take(
+            leased.0,
+            &leased.1,
+            &opts.cache_dir,
+            leased.2,
+        ))),
         _lock: lock,
     })
 }

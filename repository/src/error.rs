@@ -43,6 +43,16 @@ pub enum RepoError {
     #[error("backup {id} not found in {url}")]
     BackupNotFound { id: String, url: String },
 
+    #[error("backup {id} is in use: {holder} holds a lease on it until {expires}")]
+    BackupLeased {
+        id: String,
+        holder: String,
+        expires: time::OffsetDateTime,
+    },
+
+    #[error("invalid lease holder {holder:?}: letters, digits, '-', '_' and '.' only")]
+    InvalidLeaseHolder { holder: String },
+
     #[error("repository {url} has no backups{}", if *invalid > 0 { format!(" but {invalid} invalid ones (see `irctl backup list`)") } else { String::new() })]
     NoBackups { url: String, invalid: usize },
 

@@ -3,8 +3,8 @@
 //!
 //! Layout: `ir-repo.json` (config), `backups/<id>.json.zst` (manifests, zstd JSON),
 //! `chunks/<aa>/<blake3>` (zstd chunks named by the hash of their plain bytes),
-//! `ingests/<id>` (markers of ingests in progress) and `wal/<sysid>/...` (archived WAL, see
-//! [`wal`]).
+//! `ingests/<id>` (markers of ingests in progress), `leases/<id>/<holder>.json` (backups in use)
+//! and `wal/<sysid>/...` (archived WAL, see [`wal`]).
 
 mod conninfo;
 pub mod error;
@@ -16,6 +16,7 @@ mod pgmeta;
 mod random;
 mod repo;
 mod restore;
+mod retention;
 pub mod size;
 mod store;
 mod verify;
@@ -32,4 +33,5 @@ pub use manifest::{
 pub use pgmeta::{format_lsn, parse_lsn};
 pub use repo::{BackupList, InvalidBackup, Repository};
 pub use restore::RestoreOwner;
+pub use retention::{Lease, MAX_LEASE_TTL, RetentionPolicy, Verdict, decide};
 pub use verify::{ChunkUse, DamagedChunk, DamagedSharedChunk, RepoVerifyReport, VerifyReport};
