@@ -228,9 +228,24 @@ fn postgresql_archives_to_the_repository_and_recovers_from_it() {
     assert_eq!(listed[0]["timelines"][0]["first"], start_segment.as_str());
     assert_eq!(listed[0]["timelines"][0]["last"], last.as_str());
     irctl_ok(&["wal", "verify", "--repo", &repo], &[]);
-    // The window of the backup is what it was.
+    // The window of the backup reaches as far as it did. Since the recovered server's history
+    // file says timeline 2 branched off where timeline 1's archive ends, the window now goes
+    // on there: the next segment recovery needs is timeline 2's.
     let after = json(&["backup", "show", &id, "--repo", &repo, "--output", "json"]);
-    assert_eq!(after["wal"]["recovery_window"], *window);
+    let after = &after["wal"]["recovery_window"];
+    for field in ["earliest", "start_lsn", "end_lsn", "latest"] {
+        assert_eq!(
+            after[field], window[field],
+            "{field}: {after} against {window}"
+        );
+    }
+    assert_eq!(after["timeline"], 2, "{after}");
+    let missing_on_one = window["first_missing"].as_str().unwrap();
+    assert_eq!(
+        after["first_missing"].as_str().unwrap(),
+        format!("00000002{}", &missing_on_one[8..]),
+        "{after}"
+    );
     pg.stop();
 }
 
