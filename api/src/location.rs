@@ -98,19 +98,28 @@ impl BackupRepositorySpec {
         policy: &RepositoryPolicy,
         at: &str,
     ) -> Result<RepoLocation, Failure> {
-        let s3 = self.s3.clone().unwrap_or_default();
         let credentials = self
             .credentials(credentials, policy.allow_ambient_credentials)
             .map_err(|f| f.naming(at))?;
         Ok(RepoLocation {
+            credentials,
+            file_roots: Some(policy.file_roots.clone()),
+            ..self.address()
+        })
+    }
+
+    /// Where this repository is, as written: its URL, S3 settings and read deadline, without
+    /// credentials or file roots (those are the reading process's to bring).
+    pub fn address(&self) -> RepoLocation {
+        let s3 = self.s3.clone().unwrap_or_default();
+        RepoLocation {
             url: self.url.clone(),
             s3_endpoint: s3.endpoint,
             s3_region: s3.region,
             allow_http: Some(s3.allow_http),
-            credentials,
-            file_roots: Some(policy.file_roots.clone()),
             read_deadline: self.read_deadline.0,
-        })
+            ..RepoLocation::new(&self.url)
+        }
     }
 
     /// Whose credentials read the repository (see [`Self::location`]).

@@ -69,7 +69,7 @@ pub fn settings(point: &PointInTime, program: &Path, repo: &RepoSpec) -> Vec<(St
         "wal".into(),
         "fetch".into(),
     ];
-    fetch.extend(repo.args().iter().map(|a| a.to_string_lossy().into_owned()));
+    fetch.extend(repo.location().cli_args());
     ir_engine::point_in_time::recovery_settings(point, &fetch)
 }
 

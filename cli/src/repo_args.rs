@@ -93,23 +93,13 @@ impl RepoSpec {
     }
 
     /// The flags that name this repository, as [`RepoArgs`] reads them back: what
-    /// [`StoreArgs::repo_spec`] made from them. `allow_http` is given when true only: left out,
-    /// AWS_ALLOW_HTTP decides, as it did when the flag was not given.
+    /// [`StoreArgs::repo_spec`] made from them ([`RepoLocation::cli_args`]).
     pub fn args(&self) -> Vec<OsString> {
-        let mut args = vec![
-            flag("--repo", &self.url),
-            flag("--read-deadline", self.read_deadline_secs.to_string()),
-        ];
-        if let Some(endpoint) = &self.s3_endpoint {
-            args.push(flag("--s3-endpoint", endpoint));
-        }
-        if let Some(region) = &self.s3_region {
-            args.push(flag("--s3-region", region));
-        }
-        if self.allow_http == Some(true) {
-            args.push("--s3-allow-http".into());
-        }
-        args
+        self.location()
+            .cli_args()
+            .into_iter()
+            .map(OsString::from)
+            .collect()
     }
 }
 

@@ -38,16 +38,22 @@ fn chown_tree_to_pg(path: &Path) {
     assert!(status.success(), "chown -R {}", path.display());
 }
 
+/// A file:// repository in `root/repo` that PostgreSQL's user, who runs archive_command, may
+/// write to: its URL and directory.
+fn archiving_repository(root: &Path) -> (String, PathBuf) {
+    let repo_dir = root.join("repo");
+    let repo = format!("file://{}", repo_dir.display());
+    irctl_ok(&["repo", "init", "--repo", &repo], &[]);
+    chown_tree_to_pg(&repo_dir);
+    (repo, repo_dir)
+}
+
 fn history() -> History {
     ir_e2e::require_root();
     ir_e2e::require_fuse();
     let tmp = ir_e2e::shared_tempdir();
     let root = tmp.path().to_owned();
-    let repo_dir = root.join("repo");
-    let repo = format!("file://{}", repo_dir.display());
-    irctl_ok(&["repo", "init", "--repo", &repo], &[]);
-    // archive_command runs as PostgreSQL's user.
-    chown_tree_to_pg(&repo_dir);
+    let (repo, repo_dir) = archiving_repository(&root);
 
     let mut source = PgCluster::init(&root.join("source"));
     let push = format!(
@@ -283,10 +289,7 @@ fn recovery_follows_the_timeline_the_source_took_after_the_backup() {
     ir_e2e::require_fuse();
     let tmp = ir_e2e::shared_tempdir();
     let root = tmp.path().to_owned();
-    let repo_dir = root.join("repo");
-    let repo = format!("file://{}", repo_dir.display());
-    irctl_ok(&["repo", "init", "--repo", &repo], &[]);
-    chown_tree_to_pg(&repo_dir);
+    let (repo, _) = archiving_repository(&root);
     let irctl = env!("CARGO_BIN_EXE_irctl");
     let mut source = PgCluster::init(&root.join("source"));
     let push = format!("archive_command={irctl} wal push --repo {repo} %p");

@@ -13,11 +13,10 @@ use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use ir_repository::{BackupManifest, Repository};
 use tokio::runtime::Handle;
 
-use crate::lease::BackupLease;
-
 use crate::error::FsError;
 use crate::fs::{CacheOptions, IrFs, private_dir, tighten};
 use crate::fuse::FuseAdapter;
+use crate::lease::BackupLease;
 use crate::source::{RepoSource, SourceConfig};
 use crate::stats::MountStats;
 
@@ -286,7 +285,8 @@ pub fn mount_backup(
     }
     raise_fd_limit();
 
-    let leased = (repo.clone(), manifest.id.clone(), runtime.clone());
+    let lease_repo = repo.clone();
+    let lease_runtime = runtime.clone();
     let disk = (!repo.is_local()).then(|| (opts.cache_dir.join("chunks"), opts.disk_cache_bytes));
     let repository = repo.url().to_string();
     let repository_id = repo.identity().to_string();
@@ -337,17 +337,18 @@ pub fn mount_backup(
         &config,
     )
     .map_err(|e| MountError::Fuse(opts.mountpoint.clone(), e))?;
+    let lease = BackupLease::take(
+        lease_repo,
+        &fs.manifest().id,
+        &opts.cache_dir,
+        lease_runtime,
+    );
     Ok(Mounted {
         session: Some(session),
         fs,
         stats,
         mountpoint: opts.mountpoint.clone(),
-        lease: Some(Box::new(BackupLease::take(
-            leased.0,
-            &leased.1,
-            &opts.cache_dir,
-            leased.2,
-        ))),
+        lease: Some(Box::new(lease)),
         _lock: lock,
     })
 }

@@ -44,6 +44,30 @@ impl RepoLocation {
             read_deadline: DEFAULT_READ_DEADLINE,
         }
     }
+
+    /// The `irctl` flags that name this repository (`--repo`, `--read-deadline` in whole
+    /// seconds, rounded up, and the S3 settings), each `--name=value` as one argument so that a
+    /// value starting with `-` is not taken for a flag. `--s3-allow-http` only when plain http
+    /// is asked for: left out, `AWS_ALLOW_HTTP` decides. Credentials and file roots are not
+    /// flags: the process that runs irctl brings its own.
+    pub fn cli_args(&self) -> Vec<String> {
+        let deadline =
+            self.read_deadline.as_secs() + u64::from(self.read_deadline.subsec_nanos() > 0);
+        let mut args = vec![
+            format!("--repo={}", self.url),
+            format!("--read-deadline={deadline}"),
+        ];
+        if let Some(endpoint) = &self.s3_endpoint {
+            args.push(format!("--s3-endpoint={endpoint}"));
+        }
+        if let Some(region) = &self.s3_region {
+            args.push(format!("--s3-region={region}"));
+        }
+        if self.allow_http == Some(true) {
+            args.push("--s3-allow-http".to_owned());
+        }
+        args
+    }
 }
 
 /// Whose credentials read an S3 repository (a `file://` one needs none).
@@ -76,5 +100,39 @@ impl std::fmt::Debug for S3Credentials {
         f.debug_struct("S3Credentials")
             .field("access_key_id", &self.access_key_id)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_name_the_repository_with_the_deadline_in_whole_seconds() {
+        let mut at = RepoLocation::new("s3://b/p");
+        at.read_deadline = Duration::from_millis(1500);
+        at.s3_endpoint = Some("-http://odd".into());
+        at.allow_http = Some(false);
+        assert_eq!(
+            at.cli_args(),
+            [
+                "--repo=s3://b/p",
+                "--read-deadline=2",
+                "--s3-endpoint=-http://odd"
+            ]
+        );
+        at.read_deadline = Duration::from_secs(30);
+        at.s3_region = Some("eu-west-1".into());
+        at.allow_http = Some(true);
+        assert_eq!(
+            at.cli_args(),
+            [
+                "--repo=s3://b/p",
+                "--read-deadline=30",
+                "--s3-endpoint=-http://odd",
+                "--s3-region=eu-west-1",
+                "--s3-allow-http"
+            ]
+        );
     }
 }

@@ -72,7 +72,7 @@ pub(crate) fn manifest_path(id: &str) -> Path {
     Path::from(format!("{BACKUPS_DIR}/{id}{MANIFEST_SUFFIX}"))
 }
 
-fn check_backup_id(id: &str) -> Result<(), RepoError> {
+pub(crate) fn check_backup_id(id: &str) -> Result<(), RepoError> {
     if !is_backup_id(id) {
         return Err(RepoError::InvalidBackupId { id: id.to_string() });
     }

@@ -15,12 +15,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::RepoError;
-use crate::manifest::is_backup_id;
-use crate::repo::{Repository, manifest_path};
+use crate::repo::{Repository, check_backup_id, manifest_path};
 
 const LEASES_DIR: &str = "leases";
 /// A lease file is small; anything larger is not one.
-const MAX_LEASE_BYTES: usize = 4096;
+const MAX_LEASE_BYTES: u64 = 4096;
 
 /// Which backups to keep; a backup any rule keeps is kept. At least one rule must be given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -129,13 +128,14 @@ fn lease_path(id: &str, holder: &str) -> Path {
 }
 
 impl Repository {
-    /// Takes or refreshes `holder`'s lease on backup `id` for `ttl` from now.
+    /// Takes or refreshes `holder`'s lease on backup `id` for `ttl` from now, at most
+    /// [`MAX_LEASE_TTL`].
     pub async fn take_lease(&self, id: &str, holder: &str, ttl: Duration) -> Result<(), RepoError> {
-        self.check_id(id)?;
+        check_backup_id(id)?;
         check_holder(holder)?;
         let lease = Lease {
             holder: holder.to_string(),
-            expires: OffsetDateTime::now_utc() + ttl,
+            expires: OffsetDateTime::now_utc() + ttl.min(MAX_LEASE_TTL),
         };
         let path = lease_path(id, holder);
         let body = serde_json::to_vec(&lease).expect("a lease serialises");
@@ -148,7 +148,7 @@ impl Repository {
 
     /// Gives `holder`'s lease on `id` up; one that is not there is no error.
     pub async fn release_lease(&self, id: &str, holder: &str) -> Result<(), RepoError> {
-        self.check_id(id)?;
+        check_backup_id(id)?;
         check_holder(holder)?;
         let path = lease_path(id, holder);
         match self.store().delete(&path).await {
@@ -157,11 +157,13 @@ impl Repository {
         }
     }
 
-    /// The leases on backup `id` that have not expired. An unreadable lease file counts as a
-    /// lease until its object is older than the longest lease anyone takes: a damaged lease
-    /// must not let a backup in use be deleted.
+    /// The leases on backup `id` that have not expired. A lease object is untrusted: one too
+    /// large to be a lease is not read, and no lease counts for longer than
+    /// [`MAX_LEASE_TTL`] after it was written, so neither a far-future expiry nor damage holds
+    /// a backup for ever. An unreadable one counts as held for that long: damage must not let
+    /// a backup in use be deleted.
     pub async fn active_leases(&self, id: &str) -> Result<Vec<Lease>, RepoError> {
-        self.check_id(id)?;
+        check_backup_id(id)?;
         let prefix = Path::from(format!("{LEASES_DIR}/{id}"));
         let metas: Vec<_> = self
             .store()
@@ -172,32 +174,34 @@ impl Repository {
         let now = OffsetDateTime::now_utc();
         let mut active = Vec::new();
         for meta in metas {
-            let body = match self.store().get(&meta.location).await {
-                Ok(got) => got.bytes().await,
-                Err(e) => Err(e),
-            };
-            let body = match body {
-                Ok(b) => b,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(self.store_err(&meta.location, e)),
-            };
-            let parsed = (body.len() <= MAX_LEASE_BYTES)
-                .then(|| serde_json::from_slice::<Lease>(&body).ok())
-                .flatten();
-            match parsed {
-                Some(lease) if lease.expires > now => active.push(lease),
-                Some(_) => {}
-                None => {
-                    let written =
-                        OffsetDateTime::from_unix_timestamp(meta.last_modified.timestamp())
-                            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-                    if now - written < MAX_LEASE_TTL {
-                        active.push(Lease {
-                            holder: format!("{} (unreadable)", meta.location),
-                            expires: written + MAX_LEASE_TTL,
-                        });
-                    }
+            let written = OffsetDateTime::from_unix_timestamp(meta.last_modified.timestamp())
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            let latest_expiry = written + MAX_LEASE_TTL;
+            let parsed = if meta.size <= MAX_LEASE_BYTES {
+                let body = match self.store().get(&meta.location).await {
+                    Ok(got) => got.bytes().await,
+                    Err(e) => Err(e),
+                };
+                match body {
+                    Ok(b) => serde_json::from_slice::<Lease>(&b).ok(),
+                    Err(object_store::Error::NotFound { .. }) => continue,
+                    Err(e) => return Err(self.store_err(&meta.location, e)),
                 }
+            } else {
+                None
+            };
+            let lease = match parsed {
+                Some(lease) => Lease {
+                    expires: lease.expires.min(latest_expiry),
+                    ..lease
+                },
+                None => Lease {
+                    holder: format!("{} (unreadable)", meta.location),
+                    expires: latest_expiry,
+                },
+            };
+            if lease.expires > now {
+                active.push(lease);
             }
         }
         active.sort_by(|a, b| a.holder.cmp(&b.holder));
@@ -207,9 +211,19 @@ impl Repository {
     /// Deletes backup `id` (its manifest: chunks go with the next `gc`), unless a lease holds
     /// it. The chunks it alone used stay until [`Repository::gc`].
     pub async fn delete_backup(&self, id: &str) -> Result<(), RepoError> {
-        self.check_id(id)?;
-        // Only an existing, readable backup is deleted: a typo is an error, not a no-op.
-        self.manifest_object(id).await?;
+        check_backup_id(id)?;
+        // Only an existing backup is deleted: a typo is an error, not a no-op.
+        let path = manifest_path(id);
+        match self.store().head(&path).await {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(RepoError::BackupNotFound {
+                    id: id.to_string(),
+                    url: self.url().to_string(),
+                });
+            }
+            Err(e) => return Err(self.store_err(&path, e)),
+        }
         let leases = self.active_leases(id).await?;
         if let Some(lease) = leases.first() {
             return Err(RepoError::BackupLeased {
@@ -218,18 +232,9 @@ impl Repository {
                 expires: lease.expires,
             });
         }
-        let path = manifest_path(id);
         match self.store().delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.store_err(&path, e)),
-        }
-    }
-
-    fn check_id(&self, id: &str) -> Result<(), RepoError> {
-        if is_backup_id(id) {
-            Ok(())
-        } else {
-            Err(RepoError::InvalidBackupId { id: id.to_string() })
         }
     }
 }

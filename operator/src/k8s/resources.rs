@@ -516,25 +516,12 @@ pub struct Replay<'a> {
 impl Replay<'_> {
     /// `irctl wal fetch` with the flags that name the repository.
     fn fetch_command(&self) -> Vec<String> {
-        let repo = self.repository;
         let mut words = vec![
             format!("{TOOLS_DIR}/irctl"),
             "wal".to_owned(),
             "fetch".to_owned(),
-            format!("--repo={}", repo.url),
-            format!("--read-deadline={}", repo.read_deadline.0.as_secs().max(1)),
         ];
-        if let Some(s3) = &repo.s3 {
-            if let Some(endpoint) = &s3.endpoint {
-                words.push(format!("--s3-endpoint={endpoint}"));
-            }
-            if let Some(region) = &s3.region {
-                words.push(format!("--s3-region={region}"));
-            }
-            if s3.allow_http {
-                words.push("--s3-allow-http".to_owned());
-            }
-        }
+        words.extend(self.repository.address().cli_args());
         words
     }
 

@@ -111,8 +111,10 @@ impl WalListing {
         let ours = backup.system_identifier == self.system_identifier.to_string();
         let mut timeline = backup.timeline;
         for (tli, branched_at) in self.path_from(backup.timeline, consistent) {
-            // The segment of the branch point is read from the new timeline.
-            let until = branched_at.map_or(u64::MAX, |lsn| lsn / size);
+            // The segment of the branch point is read from the new timeline. Never below where
+            // the walk is: a manifest whose start lies after its stop must not turn the range
+            // around (a panic).
+            let until = branched_at.map_or(u64::MAX, |lsn| lsn / size).max(next);
             if let Some(tl) = self.timelines.get(&tli).filter(|_| ours) {
                 for (&segno, stored) in tl.segments.range(next..until) {
                     if segno != next {
@@ -187,10 +189,10 @@ impl WalListing {
     }
 }
 
-/// A timeline history file's lines (`<parent timeline> <LSN> <reason>`, `#` comments): the
-/// ancestors oldest first, each with the LSN where the next timeline branched off it. Timelines
-/// must rise and LSNs must not fall.
-pub fn parse_history(text: &str) -> Result<Vec<(u32, u64)>, String> {
+/// The history file of `timeline`, its lines `<parent timeline> <LSN> <reason>` (`#`
+/// comments): the ancestors oldest first, each with the LSN where the next timeline branched
+/// off it. Timelines must rise and stay below `timeline`, and LSNs must not fall.
+pub(super) fn parse_history(text: &str, timeline: u32) -> Result<Vec<(u32, u64)>, String> {
     let mut ancestors: Vec<(u32, u64)> = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -206,6 +208,11 @@ pub fn parse_history(text: &str) -> Result<Vec<(u32, u64)>, String> {
             .map_err(|_| format!("line {line:?}: {tli:?} is not a timeline"))?;
         let lsn =
             crate::parse_lsn(lsn).ok_or_else(|| format!("line {line:?}: {lsn:?} is not an LSN"))?;
+        if tli >= timeline {
+            return Err(format!(
+                "line {line:?}: timeline {tli} is not an ancestor of {timeline}"
+            ));
+        }
         if let Some(&(last_tli, last_lsn)) = ancestors.last()
             && (tli <= last_tli || lsn < last_lsn)
         {
@@ -349,7 +356,7 @@ mod timeline_tests {
     fn history_files_are_parsed_strictly() {
         let text = "1\t0/5000100\tno recovery target specified\n\n# c\n2\t0/9000000\tbefore x\n";
         assert_eq!(
-            parse_history(text),
+            parse_history(text, 3),
             Ok(vec![(1, 0x5000100), (2, 0x9000000)])
         );
         for bad in [
@@ -358,8 +365,10 @@ mod timeline_tests {
             "1\tzz\tr",
             "2\t0/5\tr\n1\t0/6\tr",
             "1\t0/6\tr\n2\t0/5\tr",
+            "3\t0/6\tr",
+            "1\t0/6\tr\n4\t0/7\tr",
         ] {
-            assert!(parse_history(bad).is_err(), "{bad:?}");
+            assert!(parse_history(bad, 3).is_err(), "{bad:?}");
         }
     }
 
@@ -389,6 +398,13 @@ mod timeline_tests {
         assert_eq!(w.timeline, 1);
         assert_eq!(w.end_lsn, 4 * MIB16);
         assert_eq!(w.first_missing.as_deref(), Some("000000010000000000000004"));
+    }
+
+    #[test]
+    fn a_backup_whose_start_lies_after_its_stop_gets_a_window_not_a_panic() {
+        // Manifests are validated before use; the window does not rely on it.
+        let w = branched().window(&backup("0/6000028", Some("0/5000100"), 1));
+        assert!(w.end_lsn >= 0x5000100, "{w:?}");
     }
 
     #[test]

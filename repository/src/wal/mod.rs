@@ -30,7 +30,8 @@ use crate::error::RepoError;
 use crate::manifest::BackupManifest;
 use crate::repo::Repository;
 
-pub use listing::{Gap, StoredWal, TimelineWal, WalListing, Window, parse_history};
+use listing::parse_history;
+pub use listing::{Gap, StoredWal, TimelineWal, WalListing, Window};
 pub use name::{SegmentName, WalFileName};
 pub use segment::{MAX_SEGMENT_SIZE, MAX_SMALL_FILE, MIN_SEGMENT_SIZE, SegmentHeader};
 
@@ -499,7 +500,7 @@ impl WalArchive<'_> {
         for &timeline in &listing.history {
             let file = WalFileName::History { timeline };
             match self.fetch_file(&file.to_string(), &file).await {
-                Ok(bytes) => match parse_history(&String::from_utf8_lossy(&bytes)) {
+                Ok(bytes) => match parse_history(&String::from_utf8_lossy(&bytes), timeline) {
                     Ok(ancestors) => {
                         listing.ancestors.insert(timeline, ancestors);
                     }
