@@ -216,6 +216,7 @@ pub async fn kill_group(pid: u32) -> std::io::Result<()> {
 /// The processes running `program` (their first argument, as [`spawn_detached`] was given it)
 /// with `args` among their arguments, one after the other. A recovery killed between starting
 /// a process and recording its pid leaves one nobody tracks; this finds it by what it does.
+/// A child it forked (`pg_basebackup`'s WAL streamer) has the same arguments and is found too.
 pub fn running_with_args(program: &Path, args: &[&OsStr]) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -280,26 +281,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let me = OsUser::current().unwrap();
         let marker = dir.path().join("marker");
-        let sleep = Path::new("/bin/sleep");
-        let mut c = Command::new(sleep);
-        c.arg("30").arg(&marker);
+        // tail -f runs until killed, without forking: one process with these arguments.
+        std::fs::write(&marker, b"").unwrap();
+        let tail = Path::new("/usr/bin/tail");
+        let follow = OsStr::new("-f");
+        let mut c = Command::new(tail);
+        c.arg(follow).arg(&marker);
         let pid = spawn_detached(c, &me, &dir.path().join("log")).unwrap();
-        // Until the child has executed sleep, its command line is still ours.
+        // Until the child has executed tail, its command line is still ours.
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut found = Vec::new();
         while found.is_empty() && Instant::now() < deadline {
-            found = running_with_args(sleep, &[OsStr::new("30"), marker.as_os_str()]);
+            assert!(is_alive(pid), "tail ended early");
+            found = running_with_args(tail, &[follow, marker.as_os_str()]);
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(found, [pid]);
-        assert!(running_with_args(sleep, &[marker.as_os_str(), OsStr::new("30")]).is_empty());
+        assert!(running_with_args(tail, &[marker.as_os_str(), follow]).is_empty());
         assert!(running_with_args(Path::new("/bin/true"), &[marker.as_os_str()]).is_empty());
         signal(pid, libc::SIGKILL).unwrap();
         // Our child: reaped by the look that finds it gone.
         while is_alive(pid) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(running_with_args(sleep, &[marker.as_os_str()]).is_empty());
+        assert!(running_with_args(tail, &[marker.as_os_str()]).is_empty());
     }
 
     #[test]
