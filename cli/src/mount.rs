@@ -58,7 +58,11 @@ pub fn command_line(
     gid: u32,
     mountpoint: &Path,
 ) -> Vec<OsString> {
-    let mut args = repo.args();
+    // As RepoArgs reads them back: what StoreArgs::repo_spec made from them.
+    let mut args: Vec<OsString> = (repo.location().cli_args())
+        .into_iter()
+        .map(OsString::from)
+        .collect();
     args.extend([
         flag("--backup", backup),
         flag("--cache", cache),

@@ -91,16 +91,6 @@ impl RepoSpec {
             read_deadline: Duration::from_secs(self.read_deadline_secs),
         }
     }
-
-    /// The flags that name this repository, as [`RepoArgs`] reads them back: what
-    /// [`StoreArgs::repo_spec`] made from them ([`RepoLocation::cli_args`]).
-    pub fn args(&self) -> Vec<OsString> {
-        self.location()
-            .cli_args()
-            .into_iter()
-            .map(OsString::from)
-            .collect()
-    }
 }
 
 /// `--name=value`: one argument, so that a value starting with `-` is not taken for a flag.

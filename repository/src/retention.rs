@@ -174,9 +174,7 @@ impl Repository {
         let now = OffsetDateTime::now_utc();
         let mut active = Vec::new();
         for meta in metas {
-            let written = OffsetDateTime::from_unix_timestamp(meta.last_modified.timestamp())
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            let latest_expiry = written + MAX_LEASE_TTL;
+            let latest_expiry = latest_expiry(meta.last_modified.timestamp());
             let parsed = if meta.size <= MAX_LEASE_BYTES {
                 let body = match self.store().get(&meta.location).await {
                     Ok(got) => got.bytes().await,
@@ -242,6 +240,15 @@ impl Repository {
 /// The longest lease a holder takes; an unreadable lease counts this long from its writing.
 pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 
+/// The latest a lease written at `written` (Unix seconds, as the store says) may count: the
+/// longest lease after it. The store's time is untrusted too: one out of range counts from the
+/// epoch, and one at the end of time does not overflow.
+fn latest_expiry(written: i64) -> OffsetDateTime {
+    let written =
+        OffsetDateTime::from_unix_timestamp(written).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    written.saturating_add(time::Duration::seconds(MAX_LEASE_TTL.as_secs() as i64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +268,19 @@ mod tests {
             .filter(|v| v.keep)
             .map(|v| (v.id.as_str(), v.reasons.join("+")))
             .collect()
+    }
+
+    #[test]
+    fn a_lease_counts_an_hour_from_a_store_time_even_at_the_ends_of_time() {
+        assert_eq!(
+            latest_expiry(1_800_000_000),
+            datetime!(2027-01-15 09:00 UTC)
+        );
+        // The last second time can hold: an hour on would overflow.
+        let end = latest_expiry(253_402_300_799);
+        assert!(end >= datetime!(9999-12-31 23:59:59 UTC), "{end}");
+        // Beyond what time can hold: counted from the epoch.
+        assert_eq!(latest_expiry(i64::MAX), datetime!(1970-01-01 01:00 UTC));
     }
 
     #[test]
