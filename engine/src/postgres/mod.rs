@@ -103,6 +103,24 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The server could not reach its own files: the storage under its data directory failed (a
+/// FUSE mount whose daemon died answers ECONNABORTED, a detached one ENOTCONN). The fault is the
+/// mount's, not the query's, and is reported by whoever watches the mount.
+pub fn storage_failed(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| storage_fault(db.code(), db.message()))
+}
+
+fn storage_fault(code: &SqlState, message: &str) -> bool {
+    // PostgreSQL maps errnos it has no class for to XX000, so the errno's text is what tells.
+    const MOUNT_ERRNOS: [&str; 3] = [
+        "Software caused connection abort",
+        "Transport endpoint is not connected",
+        "Input/output error",
+    ];
+    *code == SqlState::IO_ERROR || MOUNT_ERRNOS.iter().any(|text| message.ends_with(text))
+}
+
 /// The server turned a connection down for good: the credentials or the database name are
 /// wrong, and waiting will not change that.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -212,6 +230,28 @@ mod tests {
         server.start(&[]);
         server.psql("ALTER ROLE postgres PASSWORD 'right'");
         server
+    }
+
+    #[test]
+    fn an_error_from_a_dead_mount_is_a_storage_fault_and_others_are_not() {
+        let fault = |code: &SqlState, message: &str| storage_fault(code, message);
+        assert!(fault(
+            &SqlState::INTERNAL_ERROR,
+            "could not open file \"global/1260\": Software caused connection abort"
+        ));
+        assert!(fault(
+            &SqlState::INTERNAL_ERROR,
+            "could not read block 0 in file \"base/5/16384\": Transport endpoint is not connected"
+        ));
+        assert!(fault(&SqlState::IO_ERROR, "could not read block 7"));
+        assert!(!fault(
+            &SqlState::UNDEFINED_TABLE,
+            "relation \"Software caused connection abort\" does not exist"
+        ));
+        assert!(!fault(
+            &SqlState::QUERY_CANCELED,
+            "canceling statement due to user request"
+        ));
     }
 
     pub(super) fn tcp(port: u16, user: &str, password: &str, dbname: &str) -> Endpoint {

@@ -58,17 +58,21 @@ impl Driver<'_> {
             Ok(credentials) => credentials,
             Err(f) => return Ok(Found::Standby(Standby::Failed(f))),
         };
-        if let Err(f) =
-            ensure_replication_role(&published, &repl_user, &repl_password, generated).await
-        {
-            if published.is_closed() {
-                // The published instance went away under the query (its mount died, say): its
-                // own check reports that, and the standby was not looked at. Failing the standby
-                // would wait for the retry interval instead of replacing the published Pod.
+        match ensure_replication_role(&published, &repl_user, &repl_password, generated).await {
+            Ok(()) => {}
+            Err(RoleError::Query(e)) if published.is_closed() || postgres::storage_failed(&e) => {
+                // The published instance went away under the query, or its mount died under
+                // it: the mount's and the instance's own checks report that, and the standby
+                // was not looked at. Failing the standby would wait for the retry interval
+                // instead of renewing the mount and replacing the published Pod.
                 self.requeue_soon = true;
                 return Ok(Found::Standby(Standby::Unknown));
             }
-            return Ok(Found::Standby(Standby::Failed(f)));
+            Err(RoleError::Query(e)) => {
+                let f = Failure::new(Reason::PostgresUnavailable, postgres::describe(&e));
+                return Ok(Found::Standby(Standby::Failed(f)));
+            }
+            Err(RoleError::Missing(f)) => return Ok(Found::Standby(Standby::Failed(f))),
         }
         let backup_bytes = self.status.backup.as_ref().map_or(0, |b| b.size_bytes);
         let size = self
@@ -194,6 +198,11 @@ fn init_env(pod: &Pod, name: &str) -> Option<String> {
         .clone()
 }
 
+enum RoleError {
+    Query(tokio_postgres::Error),
+    Missing(Failure),
+}
+
 /// Creates (or repairs) the replication role of a generated Secret; a role of a given Secret
 /// must exist already.
 async fn ensure_replication_role(
@@ -201,17 +210,14 @@ async fn ensure_replication_role(
     user: &str,
     password: &str,
     generated: bool,
-) -> Result<(), Failure> {
-    let pg = |e: tokio_postgres::Error| {
-        Failure::new(Reason::PostgresUnavailable, postgres::describe(&e))
-    };
+) -> Result<(), RoleError> {
     let row = client
         .query_opt(
             "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = $1",
             &[&user],
         )
         .await
-        .map_err(pg)?;
+        .map_err(RoleError::Query)?;
     match (row.map(|r| r.get::<_, bool>(0)), generated) {
         (Some(true), _) => Ok(()),
         (state, true) => {
@@ -219,15 +225,15 @@ async fn ensure_replication_role(
             client
                 .batch_execute(&postgres::replication_role_sql(verb, user, password))
                 .await
-                .map_err(pg)
+                .map_err(RoleError::Query)
         }
-        (_, false) => Err(Failure::new(
+        (_, false) => Err(RoleError::Missing(Failure::new(
             Reason::ReplicationRoleMissing,
             format!(
                 "spec.postgres.replicationSecret: role {user:?} does not exist in the backup or \
                  cannot log in for replication"
             ),
-        )),
+        ))),
     }
 }
 
