@@ -73,6 +73,13 @@ reasons! {
     RetriesExhausted: Permanent, "The retries of the round are used up; retry.lastError has the last failure's reason.";
     CleanupFailed: Transient, "After the switchover, housekeeping failed (unmount, IRCache, replication role); retried, the recovery stays Completed.";
     MountRenewed: Progress, "The agent mounted the backup again; the published instance restarts and recovers from the IRCache.";
+    PublishReady: Progress, "Mode Publish: the backup serves from the mount; nothing is copied and no switchover follows.";
+    ModeChanged: Progress, "A Publish became a Recover: the recovery goes on from the published instance to sync and switchover.";
+    PublishExpired: Progress, "The publish's TTL ended: its instance, mount and IRCache are torn down.";
+    Unpublished: Progress, "The publish was ended on request: its instance, mount and IRCache are torn down.";
+    Aborted: Progress, "The recovery was aborted on request: its processes, mount, IRCache and partial target are torn down.";
+    AbortRefused: Progress, "An abort or unpublish came after the switchover began: the target may be the primary, so nothing was torn down.";
+    TeardownFailed: Transient, "Tearing down an unpublished or aborted recovery failed (a process, the mount, the IRCache); retried every retry interval.";
     PublishedRestarted: Progress, "A switchover failed after stopping the published instance and before any promotion; it serves again.";
     // Validation.
     RepositoryNotFound: Transient, "spec.backup.repositoryRef names no BackupRepository in the namespace.";

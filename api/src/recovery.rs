@@ -44,6 +44,37 @@ pub enum SwitchoverMode {
     Scheduled,
 }
 
+/// What a recovery is for. `Recover` brings the backup online and goes on to production storage
+/// and a switchover. `Publish` brings it online to look at (query it, export tables) and stops
+/// there, until its TTL ends or it is deleted; changing a Publish to Recover goes on from the
+/// published instance to sync and switchover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RecoveryMode {
+    #[default]
+    Recover,
+    Publish,
+}
+
+impl RecoveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryMode::Recover => "Recover",
+            RecoveryMode::Publish => "Publish",
+        }
+    }
+}
+
+/// How a published backup (mode Publish) ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishPolicy {
+    /// How long the backup stays published after it first answered a query (Go notation:
+    /// `30m`, `2h`); then it is torn down: the instance stops, the mount ends, the IRCache is
+    /// wiped. Unset: until deleted (or `irctl unpublish`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<GoDuration>,
+}
+
 /// How a step that failed for a transient reason (repository unreachable, a process that died)
 /// is retried before the recovery is marked Failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -108,10 +139,16 @@ pub enum Phase {
     Completed,
     Waiting,
     Failed,
+    /// Mode Publish: the backup serves from the mount and the recovery stops there.
+    Published,
+    /// A publish that ended (TTL or unpublish): everything it made is torn down.
+    Unpublished,
+    /// Given up on request (`irctl abort`): everything it made is torn down.
+    Aborted,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 13] = [
         Phase::Pending,
         Phase::Validating,
         Phase::Mounting,
@@ -122,6 +159,9 @@ impl Phase {
         Phase::Completed,
         Phase::Waiting,
         Phase::Failed,
+        Phase::Published,
+        Phase::Unpublished,
+        Phase::Aborted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -136,6 +176,9 @@ impl Phase {
             Phase::Completed => "Completed",
             Phase::Waiting => "Waiting",
             Phase::Failed => "Failed",
+            Phase::Published => "Published",
+            Phase::Unpublished => "Unpublished",
+            Phase::Aborted => "Aborted",
         }
     }
 }
@@ -297,6 +340,10 @@ pub struct Timings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub completed_at: Option<Timestamp>,
+    /// When an unpublished or aborted recovery had torn down all it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub ended_at: Option<Timestamp>,
 }
 
 fn condition_reason_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -346,6 +393,10 @@ pub struct RecoveryStatus {
     /// the replay's progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point_in_time: Option<crate::point_in_time::PointInTimeStatus>,
+    /// Mode Publish with a TTL: when the published backup is torn down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub expires_at: Option<Timestamp>,
 }
 
 impl RecoveryStatus {

@@ -3,6 +3,7 @@
 mod backup;
 mod mount_cmd;
 mod progress;
+mod publish;
 mod recover;
 mod repo_cmd;
 mod retention_cmd;
@@ -44,6 +45,16 @@ enum Command {
     /// Bring a backup online now and move it to production storage: mount, publish, sync,
     /// switch over. Resumable: run it again with the same workdir after an interruption.
     Recover(Box<recover::RecoverArgs>),
+    /// Bring a backup up only to look at it (query it, `irctl export` tables), with no copy
+    /// and no switchover; it serves until its TTL ends or `irctl unpublish`.
+    Publish(Box<publish::PublishArgs>),
+    /// End a publish: stop its instance, unmount, wipe the IRCache.
+    Unpublish(recover::WorkdirArgs),
+    /// Give a recovery up before its switchover: stop every process it started, unmount, wipe
+    /// the IRCache and remove the partial target. Refused once the switchover began.
+    Abort(recover::WorkdirArgs),
+    /// Dump tables of a published backup with pg_dump (the backup's major version).
+    Export(publish::ExportArgs),
     /// Approve the switchover of a recovery started with `--switchover manual`.
     Switchover(recover::WorkdirArgs),
     /// Start a new round of retries of a Waiting or Failed recovery.
@@ -93,6 +104,10 @@ async fn main() -> ExitCode {
         Command::Backup(cmd) => backup::run(cmd).await,
         Command::Mount(args) => mount_cmd::run(args).await,
         Command::Recover(args) => recover::recover(*args).await,
+        Command::Publish(args) => publish::publish(*args).await,
+        Command::Unpublish(args) => publish::unpublish(args).await,
+        Command::Abort(args) => publish::abort(args).await,
+        Command::Export(args) => publish::export(args).await,
         Command::Switchover(args) => recover::switchover(args),
         Command::Retry(args) => recover::retry(args),
         Command::Status(args) => recover::status(args),

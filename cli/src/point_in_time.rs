@@ -76,7 +76,27 @@ pub fn settings(point: &PointInTime, program: &Path, repo: &RepoSpec) -> Vec<(St
 /// Puts `recovery.signal` in the data directory (on the mount), owned by PostgreSQL's user
 /// (`owner`: uid and gid) when given.
 pub fn signal_recovery(datadir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
-    let path = datadir.join("recovery.signal");
+    signal(
+        datadir,
+        "recovery.signal",
+        "replay to the point in time, then promote",
+        owner,
+    )
+}
+
+/// Puts `standby.signal` in the data directory: PostgreSQL runs as a hot standby, which
+/// refuses every write (a read-only publish).
+pub fn signal_standby(datadir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    signal(datadir, "standby.signal", "read-only publish", owner)
+}
+
+fn signal(
+    datadir: &Path,
+    name: &str,
+    why: &str,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    let path = datadir.join(name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -87,7 +107,7 @@ pub fn signal_recovery(datadir: &Path, owner: Option<(u32, u32)>) -> std::io::Re
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
     }
-    f.write_all(b"# instant-recovery: replay to the point in time, then promote.\n")?;
+    f.write_all(format!("# instant-recovery: {why}.\n").as_bytes())?;
     f.sync_all()
 }
 

@@ -10,8 +10,10 @@ use anyhow::Context;
 use clap::Args;
 use ir_api::GoDuration;
 use ir_api::Reason;
-use ir_api::recovery::{Phase, RecoveryStatus, RetryPolicy, SwitchoverMode, SwitchoverPolicy};
-use ir_cli::local::{LocalRecovery, LocalSpec, LocalState, Report, Rerun, Workdir};
+use ir_api::recovery::{
+    Phase, RecoveryMode, RecoveryStatus, RetryPolicy, SwitchoverMode, SwitchoverPolicy,
+};
+use ir_cli::local::{Goal, LocalRecovery, LocalSpec, LocalState, Report, Rerun, Workdir};
 use ir_cli::output::{Output, print_json};
 use ir_cli::status_view::{StatusView, progress_text};
 use ir_repository::size::parse_size;
@@ -21,9 +23,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use ir_cli::point_in_time::TargetArgs;
 use ir_cli::repo_args::StoreArgs;
 
+/// What `irctl recover` and `irctl publish` both take: the workdir, the backup and how the
+/// published instance runs.
 #[derive(Debug, Args)]
-#[command(after_help = RERUN_HELP)]
-pub struct RecoverArgs {
+pub struct BringUpArgs {
     /// Working directory of this recovery: state, mount, IRCache, logs. Run the same command
     /// (or just `irctl recover --workdir DIR`) again to resume after an interruption. It must
     /// be yours, on a path only root and you can change; other users cannot enter it.
@@ -36,23 +39,10 @@ pub struct RecoverArgs {
     /// Backup id, or `latest` (on a rerun: the one pinned at the first run).
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
-    /// Data directory of the production copy: absent or empty, named by its real path (no
-    /// symbolic links). Fixed for the workdir's recovery.
-    #[arg(long, value_name = "DIR")]
-    pub target_pgdata: Option<PathBuf>,
-    /// `automatic` (as soon as the standby has caught up), `manual` (after `irctl switchover`),
-    /// or `at=RFC3339` (at that time, once caught up). Default: automatic, or on a rerun what
-    /// the workdir records.
-    #[arg(long, value_parser = parse_switchover)]
-    pub switchover: Option<SwitchoverPolicy>,
     /// Port of the published instance (on the mount). Default: 5433. Fixed for the workdir's
     /// recovery.
     #[arg(long)]
     pub published_port: Option<u16>,
-    /// Port of the standby, and of the primary it becomes. Default: 5434. Fixed for the
-    /// workdir's recovery.
-    #[arg(long)]
-    pub target_port: Option<u16>,
     /// `listen_addresses` of both instances. Default: localhost. Fixed for the workdir's
     /// recovery.
     #[arg(long)]
@@ -89,14 +79,35 @@ pub struct RecoverArgs {
     /// the workdir records.
     #[arg(long)]
     pub start_timeout: Option<u64>,
-    /// Seconds the standby may take to replay the last transaction during the switchover.
-    /// Default: 60, or on a rerun what the workdir records.
-    #[arg(long)]
-    pub catch_up_timeout: Option<u64>,
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = RERUN_HELP)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub common: BringUpArgs,
+    /// Data directory of the production copy: absent or empty, named by its real path (no
+    /// symbolic links). Fixed for the workdir's recovery; given to a workdir that holds a
+    /// publish, the publish goes on to a recovery into it.
+    #[arg(long, value_name = "DIR")]
+    pub target_pgdata: Option<PathBuf>,
+    /// `automatic` (as soon as the standby has caught up), `manual` (after `irctl switchover`),
+    /// or `at=RFC3339` (at that time, once caught up). Default: automatic, or on a rerun what
+    /// the workdir records.
+    #[arg(long, value_parser = parse_switchover)]
+    pub switchover: Option<SwitchoverPolicy>,
+    /// Port of the standby, and of the primary it becomes. Default: 5434. Fixed for the
+    /// workdir's recovery.
+    #[arg(long)]
+    pub target_port: Option<u16>,
+    /// Seconds the standby may take to replay the last transaction during the switchover.
+    /// Default: 60, or on a rerun what the workdir records.
+    #[arg(long)]
+    pub catch_up_timeout: Option<u64>,
 }
 
 const RERUN_HELP: &str = "On a rerun (the workdir records a recovery) a flag left out keeps \
@@ -135,26 +146,35 @@ fn parse_switchover(text: &str) -> Result<SwitchoverPolicy, String> {
     Ok(policy)
 }
 
-impl RecoverArgs {
-    /// The spec of a new recovery, when enough was given to start one.
-    fn spec(&self) -> Option<LocalSpec> {
+impl BringUpArgs {
+    /// The spec of a new recovery in `mode`, when enough was given to start one.
+    pub(crate) fn spec(
+        &self,
+        mode: RecoveryMode,
+        target_pgdata: Option<PathBuf>,
+    ) -> Option<LocalSpec> {
         let point_in_time = self.target.point_in_time();
         // With a target, `latest` is the newest backup that ends before it.
         let backup = self
             .backup
             .clone()
             .or_else(|| point_in_time.as_ref().map(|_| "latest".to_owned()));
-        let (Some(repo), Some(backup), Some(target)) = (&self.repo, backup, &self.target_pgdata)
-        else {
+        let (Some(repo), Some(backup)) = (&self.repo, backup) else {
             return None;
         };
+        if mode == RecoveryMode::Recover && target_pgdata.is_none() {
+            return None;
+        }
         Some(LocalSpec {
             point_in_time,
             repo: self.store.repo_spec(repo),
             backup,
-            target_pgdata: target.clone(),
+            mode,
+            publish_ttl: None,
+            read_only: false,
+            target_pgdata,
             published_port: self.published_port.unwrap_or(DEFAULT_PUBLISHED_PORT),
-            target_port: self.target_port.unwrap_or(DEFAULT_TARGET_PORT),
+            target_port: DEFAULT_TARGET_PORT,
             listen_addresses: self
                 .listen_addresses
                 .clone()
@@ -166,7 +186,7 @@ impl RecoverArgs {
             db_user: self.db_user.clone().unwrap_or_else(|| "postgres".into()),
             db_name: self.db_name.clone().unwrap_or_else(|| "postgres".into()),
             pg_bindir: self.pg_bindir.clone(),
-            switchover: self.switchover.clone().unwrap_or_default(),
+            switchover: SwitchoverPolicy::default(),
             retry: RetryPolicy {
                 limit: self.retry_limit.unwrap_or(RetryPolicy::DEFAULT_LIMIT),
                 interval: self
@@ -175,19 +195,17 @@ impl RecoverArgs {
             },
             cache_min_free_bytes: self.cache_min_free.unwrap_or(DEFAULT_CACHE_MIN_FREE),
             start_timeout_secs: self.start_timeout.unwrap_or(DEFAULT_START_TIMEOUT_SECS),
-            catch_up_timeout_secs: self
-                .catch_up_timeout
-                .unwrap_or(DEFAULT_CATCH_UP_TIMEOUT_SECS),
+            catch_up_timeout_secs: DEFAULT_CATCH_UP_TIMEOUT_SECS,
         })
     }
 
     /// What this run states about a recovery the workdir may already record.
-    fn rerun(&self) -> Rerun {
+    pub(crate) fn rerun(&self, mode: RecoveryMode) -> Rerun {
         let store = &self.store;
         Rerun {
+            mode: Some(mode),
             repo: self.repo.clone(),
             backup: self.backup.clone(),
-            target_pgdata: self.target_pgdata.clone(),
             pg_user: self.pg_user.clone(),
             listen_addresses: self.listen_addresses.clone(),
             pg_bindir: self.pg_bindir.clone(),
@@ -197,31 +215,107 @@ impl RecoverArgs {
             read_deadline_secs: store.read_deadline,
             cache_min_free_bytes: self.cache_min_free,
             published_port: self.published_port,
-            target_port: self.target_port,
-            switchover: self.switchover.clone(),
             retry_limit: self.retry_limit,
             retry_interval: self.retry_interval,
             db_user: self.db_user.clone(),
             db_name: self.db_name.clone(),
             start_timeout_secs: self.start_timeout,
-            catch_up_timeout_secs: self.catch_up_timeout,
             point_in_time: self.target.point_in_time(),
+            ..Default::default()
+        }
+    }
+}
+
+impl RecoverArgs {
+    fn spec(&self) -> Option<LocalSpec> {
+        let mut spec = (self.common).spec(RecoveryMode::Recover, self.target_pgdata.clone())?;
+        spec.switchover = self.switchover.clone().unwrap_or_default();
+        spec.target_port = self.target_port.unwrap_or(DEFAULT_TARGET_PORT);
+        if let Some(secs) = self.catch_up_timeout {
+            spec.catch_up_timeout_secs = secs;
+        }
+        Some(spec)
+    }
+
+    fn rerun(&self) -> Rerun {
+        Rerun {
+            target_pgdata: self.target_pgdata.clone(),
+            target_port: self.target_port,
+            switchover: self.switchover.clone(),
+            catch_up_timeout_secs: self.catch_up_timeout,
+            ..self.common.rerun(RecoveryMode::Recover)
         }
     }
 }
 
 pub async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
-    let workdir = Workdir::new(&args.workdir);
+    let dir = &args.common.workdir;
+    let workdir = Workdir::new(dir);
     let spec = args.spec();
-    if spec.is_none() && workdir.load()?.is_none() {
+    let recorded = workdir.load()?;
+    if spec.is_none() && recorded.is_none() {
         anyhow::bail!(
             "no recovery in {}: --repo, --backup and --target-pgdata are needed to start one",
-            args.workdir.display()
+            dir.display()
         );
     }
+    // A publish going on to a recovery: its keeper hands the workdir over.
+    let from_publish = recorded.is_some_and(|s| s.spec.mode == RecoveryMode::Publish);
+    if from_publish {
+        crate::publish::stop_keeper(&workdir).await?;
+    }
     let program = std::env::current_exe().context("locating the irctl binary")?;
-    let mut recovery = LocalRecovery::open(workdir, spec, args.rerun(), program)?;
+    let mut recovery = match LocalRecovery::open(workdir.clone(), spec, args.rerun(), program) {
+        Ok(recovery) => recovery,
+        Err(e) => {
+            if from_publish {
+                crate::publish::start_keeper(&workdir)?;
+            }
+            return Err(e.into());
+        }
+    };
 
+    run_printing(&mut recovery, Goal::End, dir).await?;
+    let status = recovery.status();
+    let target = recovery.spec().target_pgdata.as_deref().unwrap_or(dir);
+    match status.phase {
+        Phase::Aborted => anyhow::bail!(
+            "the recovery was aborted (irctl abort); {}",
+            recovery.torn_down().join("; ")
+        ),
+        Phase::Completed => println!(
+            "recovery complete: {} runs as the primary on port {}",
+            target.display(),
+            recovery.spec().target_port
+        ),
+        phase => println!(
+            "stopped in phase {phase}; run `irctl recover --workdir {}` to continue",
+            dir.display()
+        ),
+    }
+    Ok(())
+}
+
+/// Runs the driver until `goal` (or a SIGTERM or SIGINT, after the current step), printing
+/// phases and progress.
+pub(crate) async fn run_printing(
+    recovery: &mut LocalRecovery,
+    goal: Goal,
+    workdir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let stop = stop_on_signal()?;
+    let mut printer = Printer::new(
+        recovery.published_conninfo(),
+        workdir.display().to_string(),
+    );
+    recovery
+        .run(goal, stop, &mut |r| printer.report(r))
+        .await?;
+    Ok(())
+}
+
+/// A flag set by SIGTERM or SIGINT: the driver stops after the current step.
+fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -234,27 +328,7 @@ pub async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
         eprintln!("irctl: stopping after the current step; the running instances keep running");
         flag.store(true, Ordering::Relaxed);
     });
-
-    let conninfo = recovery.published_conninfo();
-    let workdir_text = args.workdir.display().to_string();
-    let mut printer = Printer::new(conninfo, workdir_text);
-    let result = recovery.run(stop.clone(), &mut |r| printer.report(r)).await;
-    result?;
-    let status = recovery.status();
-    if stop.load(Ordering::Relaxed) && status.phase != Phase::Completed {
-        println!(
-            "stopped in phase {}; run `irctl recover --workdir {}` to continue",
-            status.phase,
-            args.workdir.display()
-        );
-    } else {
-        println!(
-            "recovery complete: {} runs as the primary on port {}",
-            recovery.spec().target_pgdata.display(),
-            recovery.spec().target_port
-        );
-    }
-    Ok(())
+    Ok(stop)
 }
 
 /// Prints phases with their timing, and progress while syncing.
@@ -287,7 +361,8 @@ impl Printer {
             Report::Event(event, status) => {
                 self.line(&event.message);
                 self.last_progress = Some(Instant::now());
-                if status.phase == Phase::Syncing && self.last_phase != Some(Phase::Syncing) {
+                let serving = |p: Option<Phase>| matches!(p, Some(Phase::Syncing | Phase::Published));
+                if serving(Some(status.phase)) && !serving(self.last_phase) {
                     let ttfq = status
                         .timings
                         .time_to_first_query_ms
@@ -377,9 +452,13 @@ pub struct StatusArgs {
 #[serde(rename_all = "camelCase")]
 struct StatusOutput<'a> {
     workdir: &'a std::path::Path,
-    /// Whether an `irctl recover` is working on it now.
+    /// Whether an `irctl recover` (or a publish's keeper) is working on it now.
     running: bool,
-    target_pgdata: &'a std::path::Path,
+    mode: RecoveryMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_pgdata: Option<&'a std::path::Path>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    torn_down: &'a [String],
     published_port: u16,
     target_port: u16,
     #[serde(flatten)]
@@ -398,7 +477,9 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(print_json(&StatusOutput {
             workdir: dir,
             running,
-            target_pgdata: &state.spec.target_pgdata,
+            mode: state.spec.mode,
+            target_pgdata: state.spec.target_pgdata.as_deref(),
+            torn_down: &state.torn_down,
             published_port: state.spec.published_port,
             target_port: state.spec.target_port,
             status,
@@ -413,7 +494,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                     "{} ({})",
                     dir.display(),
                     if running {
-                        "irctl recover is running"
+                        "irctl is working on it"
                     } else {
                         "not running"
                     }
@@ -421,12 +502,20 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             ),
             (
                 "instances",
-                format!(
-                    "published on port {}, target {} on port {}",
-                    state.spec.published_port,
-                    state.spec.target_pgdata.display(),
-                    state.spec.target_port
-                ),
+                match &state.spec.target_pgdata {
+                    Some(target) => format!(
+                        "published on port {}, target {} on port {}",
+                        state.spec.published_port,
+                        target.display(),
+                        state.spec.target_port
+                    ),
+                    None => format!(
+                        "published on port {} (mode {}{})",
+                        state.spec.published_port,
+                        state.spec.mode.as_str(),
+                        if state.spec.read_only { ", read-only" } else { "" }
+                    ),
+                },
             ),
         ],
         status,

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use ir_api::point_in_time::PointInTimeStatus;
 use ir_api::recovery::{
-    BackupInfo, ConditionStatus, ConditionType, Phase, RecoveryStatus, RetryPolicy, SwitchoverMode,
-    SwitchoverPolicy,
+    BackupInfo, ConditionStatus, ConditionType, Phase, RecoveryMode, RecoveryStatus, RetryPolicy,
+    SwitchoverMode, SwitchoverPolicy,
 };
 use jiff::Timestamp;
 
@@ -22,12 +22,26 @@ use jiff::Timestamp;
 pub const STEP_POLL: Duration = Duration::from_secs(1);
 /// How often to refresh sync progress and lag.
 pub const PROGRESS_POLL: Duration = Duration::from_secs(2);
+/// How often to look at a published backup that only serves (mode Publish).
+pub const PUBLISHED_POLL: Duration = Duration::from_secs(10);
 
 /// The user's choices the machine needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     pub switchover: SwitchoverPolicy,
     pub retry: RetryPolicy,
+    pub mode: RecoveryMode,
+    /// Mode Publish: how long the backup stays published after its first query.
+    pub publish_ttl: Option<Duration>,
+}
+
+/// A request to give a recovery up and tear down what it made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndRequest {
+    /// End a publish (`irctl unpublish`).
+    Unpublish,
+    /// Give the recovery up, whatever its mode (`irctl abort`).
+    Abort,
 }
 
 pub use ir_api::{Failure, Reason};
@@ -84,6 +98,10 @@ pub struct Observed {
     pub switchover: Step<SwitchoverReport>,
     /// Unmount and drop the IRCache after the switchover.
     pub cleanup: Step,
+    /// Everything the recovery made torn down, after an unpublish, an expiry or an abort.
+    pub teardown: Step,
+    /// A pending request to end the recovery.
+    pub end: Option<EndRequest>,
     /// A manual retry request (any token; a new token starts a new round once the recovery is
     /// Waiting or Failed).
     pub manual_retry: Option<String>,
@@ -119,6 +137,9 @@ pub enum Action {
     Switchover,
     /// Stop using the mount: unmount, drop the IRCache.
     Cleanup,
+    /// Tear down everything the recovery made: stop its processes, unmount, drop the IRCache,
+    /// remove a target that was never promoted.
+    Teardown,
     /// Start the published instance again, writable, after a switchover stopped it and failed
     /// before any promotion. Asked by the round, never planned.
     RestartPublished,
@@ -168,7 +189,7 @@ pub fn reconcile(
             requeue_after: None,
         },
     };
-    if !m.manual_retry() {
+    if !m.end() && !m.manual_retry() {
         m.step();
     }
     m.update_summary();
@@ -187,6 +208,8 @@ fn ensure_actions(phase: Phase) -> &'static [Action] {
         }
         Phase::SwitchingOver => &[Switchover],
         Phase::Completed => &[Cleanup],
+        Phase::Published => &[EnsureMount, EnsurePublished],
+        Phase::Unpublished | Phase::Aborted => &[Teardown],
         Phase::Waiting | Phase::Failed => &[],
     }
 }
@@ -289,6 +312,8 @@ impl Machine<'_> {
             Phase::ReadyForSwitchover => self.ready_for_switchover(),
             Phase::SwitchingOver => self.switching_over(),
             Phase::Completed => self.completed(),
+            Phase::Published => self.published(),
+            Phase::Unpublished | Phase::Aborted => self.ended(),
             Phase::Waiting => self.waiting(),
             Phase::Failed => {}
         }
@@ -321,6 +346,7 @@ impl Machine<'_> {
         self.d.actions = ensure_actions(phase).to_vec();
         self.d.requeue_after = Some(match phase {
             Phase::Syncing | Phase::ReadyForSwitchover => PROGRESS_POLL,
+            Phase::Published => PUBLISHED_POLL,
             _ => STEP_POLL,
         });
     }
@@ -479,7 +505,13 @@ impl Machine<'_> {
                     .started_at
                     .and_then(|start| first_query_at.duration_since(start).try_into().ok())
                     .map(|d: Duration| d.as_millis() as u64);
-                self.part_done(Phase::Syncing, Part::Published);
+                match self.policy.mode {
+                    RecoveryMode::Recover => self.part_done(Phase::Syncing, Part::Published),
+                    RecoveryMode::Publish => {
+                        self.part_done(Phase::Published, Part::Published);
+                        self.published();
+                    }
+                }
             }
             Step::Failed(f) => self.fail(ConditionType::Published, &f.clone()),
             Step::Unknown | Step::InProgress => {
@@ -761,6 +793,115 @@ impl Machine<'_> {
         }
     }
 
+    /// Mode Publish: the backup serves until its TTL ends; a change to Recover goes on to sync.
+    fn published(&mut self) {
+        if self.check_parts(&[Part::Mount, Part::Published]) {
+            return;
+        }
+        if self.policy.mode == RecoveryMode::Recover {
+            self.status().expires_at = None;
+            self.enter(
+                Phase::Syncing,
+                Reason::ModeChanged,
+                "mode Recover: copying the published backup to production storage",
+            );
+            return;
+        }
+        let expires_at = self.policy.publish_ttl.and_then(|ttl| {
+            let published_at = self.d.status.timings.published_at.unwrap_or(self.now);
+            published_at.checked_add(ttl).ok()
+        });
+        self.status().expires_at = expires_at;
+        if let Some(at) = expires_at.filter(|at| *at <= self.now) {
+            let message = format!("the publish expired at {at}; tearing it down");
+            self.enter(Phase::Unpublished, Reason::PublishExpired, &message);
+            return;
+        }
+        self.keep(Phase::Published);
+        let message = match expires_at {
+            Some(at) => {
+                let until = self.now.duration_until(at).unsigned_abs();
+                self.d.requeue_after = Some(until.min(PUBLISHED_POLL));
+                format!("the backup serves from the mount until {at}")
+            }
+            None => "the backup serves from the mount until it is unpublished".to_owned(),
+        };
+        self.set_reason(Reason::PublishReady, &message);
+    }
+
+    /// Takes up a request to end the recovery; returns true when it did. After the switchover
+    /// began the target may be the primary: nothing is torn down then.
+    fn end(&mut self) -> bool {
+        let Some(request) = self.observed.end else {
+            return false;
+        };
+        let status = &self.d.status;
+        let resume = status.resume_phase;
+        let switching_over = match status.phase {
+            Phase::Unpublished | Phase::Aborted => return false,
+            Phase::SwitchingOver | Phase::Completed => true,
+            Phase::Waiting | Phase::Failed => resume == Some(Phase::SwitchingOver),
+            _ => false,
+        };
+        if switching_over {
+            self.d.events.push(Event {
+                kind: EventKind::Warning,
+                reason: Reason::AbortRefused,
+                message: format!(
+                    "refused to tear down in phase {}: the switchover began, the target may                      be the primary",
+                    status.phase
+                ),
+            });
+            return false;
+        }
+        let (phase, reason, message) = match request {
+            EndRequest::Unpublish => (
+                Phase::Unpublished,
+                Reason::Unpublished,
+                "unpublished on request; tearing down",
+            ),
+            EndRequest::Abort => (
+                Phase::Aborted,
+                Reason::Aborted,
+                "aborted on request; tearing down",
+            ),
+        };
+        let status = self.status();
+        status.expires_at = None;
+        status.retry.next_attempt_at = None;
+        self.enter(phase, reason, message);
+        true
+    }
+
+    /// Unpublished or Aborted: tear down until nothing is left.
+    fn ended(&mut self) {
+        let phase = self.d.status.phase;
+        match &self.observed.teardown {
+            Step::Ready(()) => {
+                if self.d.status.timings.ended_at.is_none() {
+                    self.status().timings.ended_at = Some(self.now);
+                    let reason = match phase {
+                        Phase::Aborted => Reason::Aborted,
+                        _ => Reason::Unpublished,
+                    };
+                    self.set_reason(
+                        reason,
+                        "torn down: no process, mount or IRCache is left",
+                    );
+                }
+                self.d.actions.clear();
+                self.d.requeue_after = None;
+            }
+            Step::Failed(f) => {
+                let message = format!("tearing down failed, will retry: {}", f.message);
+                self.keep(phase);
+                self.d.requeue_after = Some(self.policy.retry.interval.0);
+                self.set_reason(Reason::TeardownFailed, &message);
+            }
+            Step::Unknown | Step::InProgress => self.keep(phase),
+        }
+    }
+
     fn waiting(&mut self) {
         let next = self.d.status.retry.next_attempt_at.unwrap_or(self.now);
         if self.now < next {
@@ -803,7 +944,7 @@ impl Machine<'_> {
     }
 
     /// The summary conditions. `Ready` says whether the recovery reached its goal: the target
-    /// runs as the primary. kstatus (Flux, kpt, Config Sync) reads the abnormal-true pair:
+    /// runs as the primary (mode Publish: the backup serves). kstatus (Flux, kpt, Config Sync) reads the abnormal-true pair:
     /// `Reconciling` while the recovery works towards the goal (waiting for a retry included),
     /// `Stalled` once it failed and waits for a person; both absent at the goal.
     fn update_summary(&mut self) {
@@ -815,16 +956,25 @@ impl Machine<'_> {
             .unwrap_or_else(|| status.phase.to_string());
         let message = status.message.clone().unwrap_or_default();
         let (ready, abnormal) = match status.phase {
-            Phase::Completed if status.timings.completed_at.is_some() => (true, None),
-            Phase::Failed => (false, Some(ConditionType::Stalled)),
-            _ => (false, Some(ConditionType::Reconciling)),
+            Phase::Completed if status.timings.completed_at.is_some() => {
+                (Some((Reason::Completed, "the target runs as the primary")), None)
+            }
+            Phase::Published => (
+                Some((Reason::PublishReady, "the backup serves from the mount")),
+                None,
+            ),
+            Phase::Unpublished | Phase::Aborted if status.timings.ended_at.is_some() => {
+                (None, None)
+            }
+            Phase::Failed => (None, Some(ConditionType::Stalled)),
+            _ => (None, Some(ConditionType::Reconciling)),
         };
-        if ready {
+        if let Some((reason, message)) = ready {
             status.set_condition(
                 ConditionType::Ready,
                 ConditionStatus::True,
-                Reason::Completed.as_str(),
-                "the target runs as the primary",
+                reason.as_str(),
+                message,
                 now,
             );
         } else {

@@ -25,6 +25,8 @@ pub struct Requests {
     pub retry: Option<String>,
     /// The switchover was approved outside the policy (`irctl switchover`).
     pub approved: bool,
+    /// A request to end the recovery (`irctl unpublish`, `irctl abort`).
+    pub end: Option<machine::EndRequest>,
 }
 
 /// What a round tells the driver besides the action.
@@ -50,6 +52,7 @@ pub enum Found {
     /// The switchover failed after it began; the round decides what that leaves.
     SwitchoverInterrupted(Interruption),
     Cleanup(Step),
+    Teardown(Step),
     /// [`Action::RestartPublished`]: it serves again, or why not (a phrase).
     Restarted(Result<(), String>),
     /// A validation or a publish of a recovery to a point in time, with the target, the window
@@ -159,9 +162,12 @@ pub async fn round<D: Driver + Send>(
     policy.switchover.approved |= requests.approved;
     let mut observed = Observed {
         manual_retry: requests.retry,
+        end: requests.end,
         ..Default::default()
     };
     let plan = machine::reconcile(&policy, status, &observed, now());
+    // Taken up (or refused) by the plan: the judgement must not tell about it again.
+    observed.end = None;
     if plan.status != *status {
         driver.persist(&plan.status).await?;
     }
@@ -243,6 +249,7 @@ async fn record<D: Driver + Send>(
             })
         }
         Found::Cleanup(step) => observed.cleanup = step,
+        Found::Teardown(step) => observed.teardown = step,
         Found::Restarted(_) => {}
         Found::ToPoint(found, point) => {
             observed.point_in_time = Some(point);

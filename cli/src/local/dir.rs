@@ -257,6 +257,11 @@ impl Dir {
         Ok(())
     }
 
+    /// Removes the empty directory `name`.
+    pub(crate) fn remove_dir(&self, name: &OsStr) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.file, name, AtFlags::REMOVEDIR)?)
+    }
+
     /// Creates (or truncates) the file `name` with `mode` for writing; a symbolic link is
     /// refused.
     pub(crate) fn create_file(&self, name: &OsStr, mode: u32) -> io::Result<File> {

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ir_api::Reason;
@@ -35,6 +36,10 @@ impl LocalRecovery {
             ("archive_mode".into(), "off".into()),
             ("cluster_name".into(), "instant-recovery-published".into()),
         ];
+        if spec.read_only {
+            // Besides the hot standby's refusal: a session that asks is told it is read-only.
+            settings.push(("default_transaction_read_only".into(), "on".into()));
+        }
         if let Some(point) = &spec.point_in_time {
             settings.extend(point_in_time::settings(
                 point,
@@ -53,10 +58,11 @@ impl LocalRecovery {
         }
     }
 
-    pub(super) fn target_instance(&self) -> Instance {
+    /// The target's instance, in `datadir` ([`LocalRecovery::target_path`]).
+    pub(super) fn target_instance(&self, datadir: PathBuf) -> Instance {
         let spec = &self.state.spec;
         Instance {
-            datadir: spec.target_pgdata.clone(),
+            datadir,
             conf_dir: self.workdir.conf("target"),
             socket_dir: self.workdir.sockets(),
             port: spec.target_port,
@@ -181,6 +187,16 @@ impl LocalRecovery {
     /// The published instance serving: started, its point in time reached if one was asked.
     pub(super) async fn ensure_published(&mut self) -> Result<Found, LocalError> {
         let Some(point) = self.state.status.point_in_time.clone() else {
+            if self.state.spec.read_only && !self.state.resources.standby_signal_written {
+                let datadir = self.workdir.mountpoint();
+                point_in_time::signal_standby(
+                    &datadir,
+                    process::is_root().then_some((self.pg_user.uid, self.pg_user.gid)),
+                )
+                .map_err(io_err(&datadir))?;
+                self.state.resources.standby_signal_written = true;
+                self.workdir.save(&self.state)?;
+            }
             let step = match self.published_serving().await? {
                 Step::Ready(at) => {
                     Step::Ready(*self.state.resources.first_query_at.get_or_insert(at))

@@ -21,6 +21,7 @@ mod recovery;
 mod spec;
 mod standby;
 mod switchover;
+mod teardown;
 pub(crate) mod validate;
 mod workdir;
 
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ir_api::recovery::{Phase, RecoveryStatus};
+use ir_api::recovery::{Phase, RecoveryMode, RecoveryStatus};
 use ir_engine::machine::{Action, Decision, Event, Policy, Step};
 use ir_engine::process;
 use ir_engine::round::{self, Driver, Found, RoundInfo};
@@ -56,6 +57,7 @@ impl Driver for Session<'_> {
         Ok(round::Requests {
             retry: pending.retry,
             approved: pending.approved,
+            end: pending.end,
         })
     }
 
@@ -89,12 +91,22 @@ pub enum Report<'a> {
     Status(&'a RecoveryStatus),
 }
 
+/// Where a run of the driver stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// At rest: completed, or torn down after an unpublish, an expiry or an abort.
+    End,
+    /// As soon as a publish serves (`irctl publish` hands on to its keeper there).
+    Serving,
+}
+
 /// The run loop and the dispatch of actions.
 impl LocalRecovery {
-    /// Runs the recovery until it completes, fails, or `stop` is set (between rounds: a step
-    /// such as the switchover is never abandoned halfway).
+    /// Runs the recovery until it reaches `goal`, fails, or `stop` is set (between rounds: a
+    /// step such as the switchover is never abandoned halfway).
     pub async fn run(
         &mut self,
+        goal: Goal,
         stop: Arc<AtomicBool>,
         report: &mut (dyn FnMut(Report<'_>) + Send),
     ) -> Result<(), LocalError> {
@@ -102,7 +114,8 @@ impl LocalRecovery {
             let status = &self.state.status;
             self.lay_out(status.backup.is_some() && status.phase != Phase::Completed)?;
         }
-        if self.state.status.phase == Phase::Failed && self.persisted {
+        let ending = self.workdir.pending_requests().end.is_some();
+        if self.state.status.phase == Phase::Failed && self.persisted && !ending {
             // Running again after a failure is a manual retry.
             self.workdir.request_retry()?;
         }
@@ -111,8 +124,13 @@ impl LocalRecovery {
             let policy = Policy {
                 switchover: spec.switchover.clone(),
                 retry: spec.retry.clone(),
+                mode: spec.mode,
+                publish_ttl: (spec.mode == RecoveryMode::Publish)
+                    .then(|| spec.publish_ttl.map(|ttl| ttl.0))
+                    .flatten(),
             };
             let status = self.state.status.clone();
+            let end_requested = self.workdir.pending_requests().end.is_some();
             let round = round::round(
                 &mut Session {
                     recovery: self,
@@ -123,9 +141,17 @@ impl LocalRecovery {
                 Timestamp::now,
             )
             .await?;
+            if end_requested && self.persisted {
+                // Taken up or refused by this round's plan.
+                self.workdir.clear_end_request()?;
+            }
+            let at_rest = round.decision.requeue_after.is_none();
             match round.decision.status.phase {
                 Phase::Failed => return Err(self.failure()),
-                Phase::Completed if round.decision.requeue_after.is_none() => return Ok(()),
+                Phase::Completed | Phase::Unpublished | Phase::Aborted if at_rest => {
+                    return Ok(());
+                }
+                Phase::Published if goal == Goal::Serving => return Ok(()),
                 _ => {}
             }
             if stop.load(Ordering::Relaxed) {
@@ -181,6 +207,7 @@ impl LocalRecovery {
             Action::EnsureStandby => self.ensure_standby().await?,
             Action::Switchover => self.switchover().await?,
             Action::Cleanup => Found::Cleanup(self.cleanup().await),
+            Action::Teardown => Found::Teardown(self.teardown().await),
             Action::RestartPublished => Found::Restarted(self.restart_published().await?),
             Action::RestartCopy => Found::Standby(self.copy_again().await?),
         };

@@ -6,6 +6,8 @@ use std::fs::File;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 
+use ir_api::recovery::{Phase, RecoveryMode};
+
 use ir_api::Reason;
 use ir_api::recovery::RecoveryStatus;
 use ir_engine::machine::Failure;
@@ -15,6 +17,7 @@ use ir_engine::process::{self, OsUser};
 use super::dir::{Ancestors, Dir};
 use super::error::{LocalError, io_err};
 use super::spec::{LocalSpec, Rerun};
+use super::validate;
 use super::workdir::{Access, LocalState, Resources, Which, Workdir};
 
 /// One local recovery in progress.
@@ -42,8 +45,12 @@ impl LocalRecovery {
         workdir.open_root()?;
         let (state, persisted, lock) = match workdir.load()? {
             Some(mut state) => {
+                let was = state.spec.mode;
                 rerun.apply(&mut state.spec)?;
                 let lock = workdir.lock()?;
+                if was == RecoveryMode::Publish && state.spec.mode == RecoveryMode::Recover {
+                    Self::go_on_to_recover(&workdir, &mut state)?;
+                }
                 (state, true, Some(lock))
             }
             None => {
@@ -52,6 +59,7 @@ impl LocalRecovery {
                     spec,
                     status: RecoveryStatus::default(),
                     resources: Resources::default(),
+                    torn_down: Vec::new(),
                 };
                 (state, false, None)
             }
@@ -71,12 +79,35 @@ impl LocalRecovery {
         })
     }
 
+    /// A publish becomes a recovery: the target is checked and made now, as validation would
+    /// have; what was published goes on serving.
+    fn go_on_to_recover(workdir: &Workdir, state: &mut LocalState) -> Result<(), LocalError> {
+        let refuse = |f: Failure| LocalError::Invalid {
+            reason: f.reason.to_string(),
+            message: f.message,
+        };
+        let phase = state.status.phase;
+        if matches!(phase, Phase::Unpublished | Phase::Aborted) {
+            return Err(LocalError::Conflict(format!(
+                "the publish ended ({phase}): recover the backup with a new --workdir"
+            )));
+        }
+        let size = state.status.backup.as_ref().map_or(0, |b| b.size_bytes);
+        validate::check_new_target(&state.spec, &workdir.root, size).map_err(refuse)?;
+        Ok(())
+    }
+
     pub fn status(&self) -> &RecoveryStatus {
         &self.state.status
     }
 
     pub fn spec(&self) -> &LocalSpec {
         &self.state.spec
+    }
+
+    /// What tearing down did, once the recovery was unpublished or aborted.
+    pub fn torn_down(&self) -> &[String] {
+        &self.state.torn_down
     }
 
     /// The published instance's connection string for clients.
@@ -178,7 +209,8 @@ impl LocalRecovery {
     /// Makes the target directory (or takes the empty one validation found), PostgreSQL's
     /// alone, and records which directory it is.
     pub(super) fn make_target(&mut self) -> Result<(), Failure> {
-        let target = &self.state.spec.target_pgdata;
+        let target = self.target_path()?;
+        let target = &target;
         let unsafe_target = |e: &dyn std::fmt::Display| {
             Failure::new(
                 Reason::TargetUnsafe,
@@ -196,6 +228,17 @@ impl LocalRecovery {
         Ok(())
     }
 
+    /// The target's path; a publish has none.
+    pub(super) fn target_path(&self) -> Result<PathBuf, Failure> {
+        self.state.spec.target_pgdata.clone().ok_or_else(|| {
+            Failure::new(
+                Reason::InvalidSpec,
+                "a publish has no target: give --target-pgdata to irctl recover to go on to a \
+                 recovery",
+            )
+        })
+    }
+
     pub(super) fn own_target(&self, dir: &Dir) -> std::io::Result<()> {
         dir.set_mode(0o700)?;
         if process::is_root() {
@@ -207,7 +250,8 @@ impl LocalRecovery {
     /// The target directory, opened: `--target-pgdata` must still lead, without a symbolic
     /// link, to the directory recorded at validation.
     pub(super) fn target_dir(&mut self) -> Result<Dir, Failure> {
-        let target = &self.state.spec.target_pgdata;
+        let target = self.target_path()?;
+        let target = &target;
         let replaced = |why: String| {
             Failure::new(
                 Reason::TargetReplaced,

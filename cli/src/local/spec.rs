@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use ir_api::point_in_time::PointInTime;
-use ir_api::recovery::{RetryPolicy, SwitchoverPolicy};
+use ir_api::GoDuration;
+use ir_api::recovery::{RecoveryMode, RetryPolicy, SwitchoverPolicy};
 use serde::{Deserialize, Serialize};
 
 use super::error::LocalError;
@@ -17,7 +18,17 @@ pub struct LocalSpec {
     pub repo: RepoSpec,
     /// Backup id or `latest` (resolved once, at validation).
     pub backup: String,
-    pub target_pgdata: PathBuf,
+    /// What the recovery is for; a Publish has no target until it becomes a Recover.
+    #[serde(default)]
+    pub mode: RecoveryMode,
+    /// Mode Publish: how long the backup stays published after its first query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_ttl: Option<GoDuration>,
+    /// Mode Publish: the published instance runs as a hot standby that refuses every write.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_pgdata: Option<PathBuf>,
     pub published_port: u16,
     pub target_port: u16,
     /// `listen_addresses` of both instances.
@@ -79,10 +90,24 @@ pub struct Rerun {
     pub catch_up_timeout_secs: Option<u64>,
     /// The point in time (`--target-*`), which the mount's cache was made for.
     pub point_in_time: Option<PointInTime>,
+    /// The command's mode: `irctl recover` on a publish goes on to a recovery (with
+    /// `--target-pgdata`); `irctl publish` on a recovery is refused.
+    pub mode: Option<RecoveryMode>,
 }
 
 impl Rerun {
-    pub(super) fn apply(self, spec: &mut LocalSpec) -> Result<(), LocalError> {
+    pub(super) fn apply(mut self, spec: &mut LocalSpec) -> Result<(), LocalError> {
+        match (spec.mode, self.mode) {
+            (RecoveryMode::Publish, Some(RecoveryMode::Recover)) => self.go_on_to_recover(spec)?,
+            (RecoveryMode::Recover, Some(RecoveryMode::Publish)) => {
+                return Err(LocalError::Conflict(
+                    "the workdir holds a recovery, not a publish: use irctl recover or \
+                     irctl abort with it"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
         let text = |s: &String| s.clone();
         let path = |p: &PathBuf| p.display().to_string();
         let unset = |s: Option<String>| s.unwrap_or_else(|| "not given".into());
@@ -94,11 +119,12 @@ impl Rerun {
             self.backup.filter(|b| b != "latest"),
             text,
         )?;
+        let target = |p: &Option<PathBuf>| unset(p.as_ref().map(path));
         unchanged(
             "--target-pgdata",
             &spec.target_pgdata,
-            self.target_pgdata,
-            path,
+            self.target_pgdata.map(Some),
+            target,
         )?;
         unchanged("--pg-user", &spec.pg_user, self.pg_user, text)?;
         let listen = self.listen_addresses;
@@ -180,6 +206,33 @@ impl Rerun {
     }
 }
 
+impl Rerun {
+    /// A publish becomes a recovery: it takes the target given now.
+    fn go_on_to_recover(&mut self, spec: &mut LocalSpec) -> Result<(), LocalError> {
+        if spec.read_only {
+            return Err(LocalError::Conflict(
+                "the publish is read-only (--read-only), a hot standby that cannot be copied \
+                 and switched over: unpublish it and recover the backup anew"
+                    .into(),
+            ));
+        }
+        let target = self.target_pgdata.take().ok_or_else(|| {
+            LocalError::Conflict(
+                "the workdir holds a publish: give --target-pgdata to go on from it to a \
+                 recovery"
+                    .into(),
+            )
+        })?;
+        spec.target_pgdata = Some(target);
+        spec.mode = RecoveryMode::Recover;
+        spec.publish_ttl = None;
+        if let Some(port) = self.target_port.take() {
+            spec.target_port = port;
+        }
+        Ok(())
+    }
+}
+
 /// Refuses a `given` value of `flag` other than the `recorded` one.
 fn unchanged<T: PartialEq>(
     flag: &str,
@@ -212,7 +265,10 @@ mod tests {
                 read_deadline_secs: 30,
             },
             backup: "20260101T000000Z-abcd".into(),
-            target_pgdata: "/srv/pg/main".into(),
+            mode: RecoveryMode::Recover,
+            publish_ttl: None,
+            read_only: false,
+            target_pgdata: Some("/srv/pg/main".into()),
             published_port: 5433,
             target_port: 5434,
             listen_addresses: "localhost".into(),

@@ -16,7 +16,10 @@ use super::workdir::Which;
 
 impl LocalRecovery {
     pub(super) async fn ensure_standby(&mut self) -> Result<Found, LocalError> {
-        let target = self.state.spec.target_pgdata.clone();
+        let target = match self.target_path() {
+            Ok(target) => target,
+            Err(f) => return Ok(Found::Standby(Standby::Failed(f))),
+        };
         let published = self.endpoint(&self.published_instance());
         if let Err(f) = self.bins() {
             return Ok(Found::Standby(Standby::Failed(f)));
@@ -54,7 +57,7 @@ impl LocalRecovery {
             ));
         }
         if postgres::base_backup_complete(&target) {
-            let instance = self.target_instance();
+            let instance = self.target_instance(target);
             if let Err(f) = self.ensure_running(&instance, Which::Target).await? {
                 return Ok(Found::Standby(Standby::Failed(f)));
             }
@@ -100,7 +103,7 @@ impl LocalRecovery {
         if let Some(pid) = self.state.resources.base_backup_pid.take() {
             process::kill_group(pid)
                 .await
-                .map_err(io_err(&self.state.spec.target_pgdata))?;
+                .map_err(io_err(&self.workdir.logs().join("basebackup.log")))?;
         }
         self.state.resources.base_backup_failure = None;
         self.start_copy().await
@@ -110,7 +113,10 @@ impl LocalRecovery {
     /// in it is ours: root empties and owns it through the handle, and hands on its path only
     /// while that path still leads to it.
     async fn start_copy(&mut self) -> Result<Standby, LocalError> {
-        let target = self.state.spec.target_pgdata.clone();
+        let target = match self.target_path() {
+            Ok(target) => target,
+            Err(f) => return Ok(Standby::Failed(f)),
+        };
         let published = self.endpoint(&self.published_instance());
         let bins = match self.bins() {
             Ok(b) => b,

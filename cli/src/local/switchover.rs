@@ -18,15 +18,15 @@ impl LocalRecovery {
                 downtime: Duration::from_millis(ms),
             })));
         }
-        let bins = match self.bins() {
-            Ok(b) => b,
-            Err(f) => return Ok(Found::Switchover(Step::Failed(f))),
+        let (bins, target) = match (self.bins(), self.target_path()) {
+            (Ok(b), Ok(t)) => (b, t),
+            (Err(f), _) | (_, Err(f)) => return Ok(Found::Switchover(Step::Failed(f))),
         };
         self.state.resources.switchover_attempted = true;
         self.workdir.save(&self.state)?;
         let published = self.published_instance();
         let published_endpoint = self.endpoint(&published);
-        let standby_endpoint = self.endpoint(&self.target_instance());
+        let standby_endpoint = self.endpoint(&self.target_instance(target));
         let timeouts = SwitchoverTimeouts {
             catch_up: Duration::from_secs(self.state.spec.catch_up_timeout_secs),
             ..Default::default()

@@ -58,24 +58,15 @@ pub(super) async fn validate(
             "--pg-user root: PostgreSQL refuses to run as root; name an unprivileged user",
         ));
     }
-    check_target(&spec.target_pgdata)?;
+    if let Some(target) = &spec.target_pgdata {
+        check_target(target)?;
+    }
     if !resuming {
         check_workdir(workdir)?;
     }
-    if spec.published_port == spec.target_port {
-        return Err(Failure::new(
-            Reason::PortConflict,
-            format!(
-                "--published-port and --target-port are both {}",
-                spec.target_port
-            ),
-        ));
-    }
-    for (flag, port) in [
-        ("--published-port", spec.published_port),
-        ("--target-port", spec.target_port),
-    ] {
-        check_port_free(flag, port, &spec.listen_addresses)?;
+    check_port_free("--published-port", spec.published_port, &spec.listen_addresses)?;
+    if spec.target_pgdata.is_some() {
+        check_target_port(spec)?;
     }
 
     let location = spec.repo.location();
@@ -90,17 +81,10 @@ pub(super) async fn validate(
     PgBinaries::find(pg_major, spec.pg_bindir.as_deref())
         .map_err(|e| Failure::new(Reason::PostgresBinariesMissing, e.to_string()))?;
 
-    let need_target = (size_bytes as f64 * TARGET_HEADROOM) as u64 + TARGET_EXTRA_BYTES;
     let need_cache = spec.cache_min_free_bytes;
-    if same_file_system(&spec.target_pgdata, workdir) {
-        check_space(
-            "--target-pgdata and --workdir (IRCache), on one file system,",
-            &spec.target_pgdata,
-            need_target + need_cache,
-        )?;
-    } else {
-        check_space("--target-pgdata", &spec.target_pgdata, need_target)?;
-        check_space("--workdir (IRCache)", workdir, need_cache)?;
+    match &spec.target_pgdata {
+        Some(target) => check_target_space(target, size_bytes, Some(need_cache), workdir)?,
+        None => check_space("--workdir (IRCache)", workdir, need_cache)?,
     }
     let info = BackupInfo {
         id,
@@ -108,6 +92,54 @@ pub(super) async fn validate(
         size_bytes,
     };
     Ok((info, point_in_time))
+}
+
+/// A publish that goes on to a recovery: the target it takes now, its port and its room (the
+/// IRCache is in use already).
+pub(super) fn check_new_target(spec: &LocalSpec, workdir: &Path, size_bytes: u64) -> Result<(), Failure> {
+    let target = spec.target_pgdata.as_deref().ok_or_else(|| {
+        Failure::new(Reason::InvalidSpec, "--target-pgdata is needed for a recovery")
+    })?;
+    check_target(target)?;
+    check_target_port(spec)?;
+    check_target_space(target, size_bytes, None, workdir)
+}
+
+fn check_target_port(spec: &LocalSpec) -> Result<(), Failure> {
+    if spec.published_port == spec.target_port {
+        return Err(Failure::new(
+            Reason::PortConflict,
+            format!(
+                "--published-port and --target-port are both {}",
+                spec.target_port
+            ),
+        ));
+    }
+    check_port_free("--target-port", spec.target_port, &spec.listen_addresses)
+}
+
+/// Room for the copy of a backup of `size_bytes` in `target`, and for an IRCache that still
+/// needs `cache` bytes in `workdir` when one is to be made.
+fn check_target_space(
+    target: &Path,
+    size_bytes: u64,
+    cache: Option<u64>,
+    workdir: &Path,
+) -> Result<(), Failure> {
+    let need_target = (size_bytes as f64 * TARGET_HEADROOM) as u64 + TARGET_EXTRA_BYTES;
+    let Some(need_cache) = cache else {
+        return check_space("--target-pgdata", target, need_target);
+    };
+    if same_file_system(target, workdir) {
+        check_space(
+            "--target-pgdata and --workdir (IRCache), on one file system,",
+            target,
+            need_target + need_cache,
+        )
+    } else {
+        check_space("--target-pgdata", target, need_target)?;
+        check_space("--workdir (IRCache)", workdir, need_cache)
+    }
 }
 
 fn check_target(target: &Path) -> Result<(), Failure> {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ir_api::Reason;
 use ir_api::recovery::RecoveryStatus;
+use ir_engine::machine::EndRequest;
 use ir_engine::process::OsUser;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,9 @@ pub(super) struct Resources {
     /// removes it once it promoted at the target; it must never come back).
     #[serde(default)]
     pub(super) recovery_signal_written: bool,
+    /// A read-only publish: `standby.signal` was put on the mount.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) standby_signal_written: bool,
 }
 
 /// `recovery.json`.
@@ -60,6 +64,9 @@ pub struct LocalState {
     pub status: RecoveryStatus,
     #[serde(default)]
     pub(super) resources: Resources,
+    /// What tearing down an unpublished or aborted recovery did, one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub torn_down: Vec<String>,
 }
 
 /// The paths of a workdir.
@@ -98,6 +105,9 @@ impl Workdir {
     }
     fn retry_file(&self) -> PathBuf {
         self.requests_dir().join("retry")
+    }
+    fn end_file(&self) -> PathBuf {
+        self.requests_dir().join("end")
     }
 
     /// The recorded state, if a recovery was started here.
@@ -158,6 +168,25 @@ impl Workdir {
         self.write_request(&self.retry_file(), &Timestamp::now().to_string())
     }
 
+    /// Asks the running (or next) driver to end the recovery and tear it down.
+    pub fn request_end(&self, request: EndRequest) -> Result<(), LocalError> {
+        self.require_recovery()?;
+        let word = match request {
+            EndRequest::Unpublish => "unpublish",
+            EndRequest::Abort => "abort",
+        };
+        self.write_request(&self.end_file(), word)
+    }
+
+    /// Drops an end request the engine has taken up or refused.
+    pub(super) fn clear_end_request(&self) -> Result<(), LocalError> {
+        let path = self.end_file();
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
     fn require_recovery(&self) -> Result<(), LocalError> {
         self.open_root()?;
         if !self.state_file().exists() {
@@ -184,6 +213,11 @@ impl Workdir {
         Requests {
             approved: self.approval_file().exists(),
             retry: std::fs::read_to_string(self.retry_file()).ok(),
+            end: match std::fs::read_to_string(self.end_file()).as_deref() {
+                Ok("unpublish") => Some(EndRequest::Unpublish),
+                Ok("abort") => Some(EndRequest::Abort),
+                _ => None,
+            },
         }
     }
 
@@ -196,9 +230,21 @@ impl Workdir {
         }
     }
 
+    /// The pid of the process that holds the workdir, while one does.
+    pub fn holder(&self) -> Option<u32> {
+        if !self.is_running() {
+            return None;
+        }
+        std::fs::read_to_string(self.root.join("lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     pub(super) fn lock(&self) -> Result<File, LocalError> {
         let path = self.root.join("lock");
-        let f = OpenOptions::new()
+        let mut f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
@@ -210,6 +256,10 @@ impl Workdir {
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(LocalError::Busy(self.root.clone()));
         }
+        // Who holds it, for the commands that ask it to stop.
+        f.set_len(0)
+            .and_then(|()| write!(f, "{}", std::process::id()))
+            .map_err(io_err(&path))?;
         Ok(f)
     }
 }
@@ -234,6 +284,7 @@ fn private_file(path: &Path) -> std::io::Result<File> {
 pub(super) struct Requests {
     pub(super) approved: bool,
     pub(super) retry: Option<String>,
+    pub(super) end: Option<EndRequest>,
 }
 
 #[derive(Debug, Clone, Copy)]

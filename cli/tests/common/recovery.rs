@@ -96,6 +96,44 @@ impl Recovery {
         args
     }
 
+    /// The full `irctl publish` arguments, with `extra` flags.
+    pub fn publish_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec!["publish".into(), "--workdir".into()];
+        args.push(self.workdir.display().to_string());
+        args.extend(["--repo".into(), self.repo.clone()]);
+        args.extend(["--backup".into(), self.backup.clone()]);
+        args.extend(["--published-port".into(), self.published_port.to_string()]);
+        args.extend(["--cache-min-free".into(), "64MiB".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Runs `irctl publish` until the backup serves and its keeper took over; its output.
+    pub fn publish(&self, extra: &[&str]) -> String {
+        let args = self.publish_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = irctl_ok(&args, &self.envs);
+        eprintln!("publish| {out}");
+        out
+    }
+
+    /// Runs `irctl COMMAND --workdir DIR` (unpublish, abort) to its end.
+    pub fn workdir_command(&self, command: &str) -> std::process::Output {
+        let workdir = self.workdir.display().to_string();
+        let out = super::irctl_run(&[command, "--workdir", &workdir], &self.envs);
+        eprintln!(
+            "{command}| {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The process holding the workdir (a running irctl recover, a publish's keeper).
+    pub fn holder(&self) -> Option<u32> {
+        ir_cli::local::Workdir::new(&self.workdir).holder()
+    }
+
     /// Starts `irctl recover` in the background.
     pub fn spawn(&mut self, extra: &[&str]) {
         self.spawn_with(irctl(), extra);
@@ -336,6 +374,9 @@ fn kill_group(pid: u32) {
 impl Drop for Recovery {
     fn drop(&mut self) {
         self.kill();
+        if let Some(pid) = self.holder() {
+            kill_group(pid);
+        }
         for key in ["publishedPid", "targetPid", "baseBackupPid", "mountPid"] {
             if let Some(pid) = self.recorded_pid(key) {
                 kill_group(pid);

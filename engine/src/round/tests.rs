@@ -79,6 +79,7 @@ impl World {
                 downtime: Duration::from_millis(700),
             })),
             Action::Cleanup => Found::Cleanup(Step::Ready(())),
+            Action::Teardown => Found::Teardown(Step::Ready(())),
             Action::RestartPublished => Found::Restarted(Ok(())),
             Action::RestartCopy => {
                 self.copied = Some(0);
@@ -329,7 +330,7 @@ fn requests_reach_the_machine() {
     let mut world = World {
         requests: Requests {
             approved: true,
-            retry: None,
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -349,13 +350,41 @@ fn requests_reach_the_machine() {
     let mut world = World {
         requests: Requests {
             retry: Some("1".into()),
-            approved: false,
+            ..Default::default()
         },
         ..Default::default()
     };
     let round = run_round(&mut world, &Policy::default(), &failed, t(5));
     assert_eq!(world.executed, [(Action::EnsureMount, true)]);
     assert_eq!(round.decision.status.phase, Phase::Publishing);
+
+    // An abort tears down in the round that takes it up, and is told once.
+    let mut world = World {
+        requests: Requests {
+            end: Some(machine::EndRequest::Abort),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let round = run_round(&mut world, &Policy::default(), &status_in(Phase::Syncing), t(5));
+    assert_eq!(world.executed, [(Action::Teardown, false)]);
+    assert_eq!(round.decision.status.phase, Phase::Aborted);
+    assert_eq!(round.decision.status.timings.ended_at, Some(t(5)));
+    let aborted = |e: &&Event| e.reason == Reason::Aborted && e.message.contains("->");
+    assert_eq!(world.events.iter().filter(aborted).count(), 1, "{:?}", world.events);
+
+    // One refused after the switchover began is told once too, and nothing is torn down.
+    let mut world = World {
+        requests: Requests {
+            end: Some(machine::EndRequest::Abort),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    run_round(&mut world, &Policy::default(), &status_in(Phase::Completed), t(5));
+    assert_eq!(world.executed, [(Action::Cleanup, false)]);
+    let refused = |e: &&Event| e.reason == Reason::AbortRefused;
+    assert_eq!(world.events.iter().filter(refused).count(), 1, "{:?}", world.events);
 }
 
 fn interrupted(reached: Reached, published_present: bool, in_recovery: Option<bool>) -> Found {

@@ -8,6 +8,7 @@ use ir_api::Reason;
 mod conditions;
 mod phases;
 mod progress;
+mod publish;
 mod retries;
 mod switchover;
 
