@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::GoDuration;
 use crate::point_in_time::{PointInTime, RecoverableWindow};
-use crate::recovery::{RecoveryStatus, RetryPolicy, SwitchoverPolicy};
+use crate::recovery::{PublishPolicy, RecoveryMode, RecoveryStatus, RetryPolicy, SwitchoverPolicy};
 
 pub const GROUP: &str = "instantrecovery.dev";
 
@@ -29,6 +29,9 @@ pub const OPERATOR_FINALIZER: &str = "instantrecovery.dev/operator";
 /// Annotation of an InstantRecovery a manual retry sets (any new value starts a new round of
 /// attempts).
 pub const RETRY_ANNOTATION: &str = "instantrecovery.dev/retry";
+/// Annotation of an InstantRecovery that gives it up: before the switchover began everything it
+/// made is torn down and it ends Aborted; after, it is refused (a Warning Event says so).
+pub const ABORT_ANNOTATION: &str = "instantrecovery.dev/abort";
 /// Node annotation the agent refreshes: RFC 3339 time of its last heartbeat. A node without a
 /// recent one has no working agent.
 pub const AGENT_HEARTBEAT_ANNOTATION: &str = "instantrecovery.dev/agent-heartbeat";
@@ -72,6 +75,16 @@ const S3_CREDENTIALS_RULE: &str = "!self.url.startsWith('s3://') || has(self.cre
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InstantRecoverySpec {
+    /// `Recover` (the default) brings the backup online, copies it to the target and switches
+    /// over. `Publish` brings it online to look at (query it, dump tables) and stops at phase
+    /// Published until `publish.ttl` ends or the recovery is deleted. A Publish may change to
+    /// Recover, which goes on from the published instance to sync and switchover; not back.
+    #[x_kube(validation = Rule::new("self == oldSelf || (oldSelf == 'Publish' && self == 'Recover')").message("spec.mode may only change from Publish to Recover"))]
+    #[serde(default)]
+    pub mode: RecoveryMode,
+    /// How a Publish ends.
+    #[serde(default, skip_serializing_if = "PublishPolicy::is_default")]
+    pub publish: PublishPolicy,
     /// The backup to bring online. It cannot change once the recovery exists.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.backup cannot change once the recovery exists"))]
     pub backup: BackupSource,

@@ -75,6 +75,12 @@ pub struct PublishPolicy {
     pub ttl: Option<GoDuration>,
 }
 
+impl PublishPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == PublishPolicy::default()
+    }
+}
+
 /// How a step that failed for a transient reason (repository unreachable, a process that died)
 /// is retried before the recovery is marked Failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -400,6 +406,21 @@ pub struct RecoveryStatus {
 }
 
 impl RecoveryStatus {
+    /// The switchover began (and may have promoted the target): from here on the recovery is
+    /// never torn down.
+    pub fn switchover_began(&self) -> bool {
+        match self.phase {
+            Phase::SwitchingOver | Phase::Completed => true,
+            Phase::Waiting | Phase::Failed => self.resume_phase == Some(Phase::SwitchingOver),
+            _ => false,
+        }
+    }
+
+    /// The recovery was unpublished or aborted.
+    pub fn ended(&self) -> bool {
+        matches!(self.phase, Phase::Unpublished | Phase::Aborted)
+    }
+
     pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }

@@ -90,12 +90,7 @@ pub fn signal_standby(datadir: &Path, owner: Option<(u32, u32)>) -> std::io::Res
     signal(datadir, "standby.signal", "read-only publish", owner)
 }
 
-fn signal(
-    datadir: &Path,
-    name: &str,
-    why: &str,
-    owner: Option<(u32, u32)>,
-) -> std::io::Result<()> {
+fn signal(datadir: &Path, name: &str, why: &str, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     let path = datadir.join(name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)

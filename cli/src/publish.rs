@@ -40,6 +40,8 @@ pub struct PublishArgs {
     pub keep: bool,
 }
 
+/// How long a keeper may take to open the workdir and hold it.
+const KEEPER_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a keeper may take to finish its step and hand the workdir over.
 const KEEPER_STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long an unpublish or abort waits for the process that holds the workdir to tear down.
@@ -122,6 +124,26 @@ pub fn start_keeper(workdir: &Workdir) -> anyhow::Result<()> {
     let log = workdir.logs().join("keeper.log");
     let pid = process::spawn_detached(command, &me, &log)
         .with_context(|| format!("starting the publish's keeper (log {})", log.display()))?;
+    // Handed over once the keeper holds the workdir: a command right after this one must find
+    // it there, not a workdir nobody holds.
+    let deadline = Instant::now() + KEEPER_START_TIMEOUT;
+    while workdir.holder() != Some(pid) {
+        if let process::ProcState::Exited(code) = process::poll(pid) {
+            anyhow::bail!(
+                "the publish's keeper (pid {pid}) exited ({code:?}): {}",
+                process::log_tail(&log, 1000)
+            );
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the publish's keeper (pid {pid}) did not take {} over within {} s; see {}",
+                workdir.root.display(),
+                KEEPER_START_TIMEOUT.as_secs(),
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     tracing::info!(pid, "the publish's keeper runs");
     Ok(())
 }
@@ -167,9 +189,7 @@ async fn end(dir: &Path, request: EndRequest) -> anyhow::Result<()> {
         );
     }
     if let Some(why) = switched_over(&state) {
-        anyhow::bail!(
-            "refused: {why}; nothing was torn down (the target may be the primary)"
-        );
+        anyhow::bail!("refused: {why}; nothing was torn down (the target may be the primary)");
     }
     if !ended(&state) {
         workdir.request_end(request)?;
@@ -205,19 +225,15 @@ fn load(workdir: &Workdir) -> anyhow::Result<LocalState> {
 }
 
 fn ended(state: &LocalState) -> bool {
-    matches!(state.status.phase, Phase::Unpublished | Phase::Aborted)
-        && state.status.timings.ended_at.is_some()
+    state.status.ended() && state.status.timings.ended_at.is_some()
 }
 
 /// Why tearing down is refused: the switchover began.
 fn switched_over(state: &LocalState) -> Option<String> {
     let status = &state.status;
-    let began = match status.phase {
-        Phase::SwitchingOver | Phase::Completed => true,
-        Phase::Waiting | Phase::Failed => status.resume_phase == Some(Phase::SwitchingOver),
-        _ => false,
-    };
-    began.then(|| format!("the switchover began (phase {})", status.phase))
+    status
+        .switchover_began()
+        .then(|| format!("the switchover began (phase {})", status.phase))
 }
 
 /// Waits while the process holding the workdir takes the request up; false when none holds it
@@ -349,7 +365,10 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
             let mut written = 0u64;
             let mut told = Instant::now();
             loop {
-                let n = dump.read(&mut buf).await.context("reading pg_dump's output")?;
+                let n = dump
+                    .read(&mut buf)
+                    .await
+                    .context("reading pg_dump's output")?;
                 if n == 0 {
                     break;
                 }

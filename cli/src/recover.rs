@@ -304,13 +304,8 @@ pub(crate) async fn run_printing(
     workdir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let stop = stop_on_signal()?;
-    let mut printer = Printer::new(
-        recovery.published_conninfo(),
-        workdir.display().to_string(),
-    );
-    recovery
-        .run(goal, stop, &mut |r| printer.report(r))
-        .await?;
+    let mut printer = Printer::new(recovery.published_conninfo(), workdir.display().to_string());
+    recovery.run(goal, stop, &mut |r| printer.report(r)).await?;
     Ok(())
 }
 
@@ -361,7 +356,8 @@ impl Printer {
             Report::Event(event, status) => {
                 self.line(&event.message);
                 self.last_progress = Some(Instant::now());
-                let serving = |p: Option<Phase>| matches!(p, Some(Phase::Syncing | Phase::Published));
+                let serving =
+                    |p: Option<Phase>| matches!(p, Some(Phase::Syncing | Phase::Published));
                 if serving(Some(status.phase)) && !serving(self.last_phase) {
                     let ttfq = status
                         .timings
@@ -513,7 +509,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
                         "published on port {} (mode {}{})",
                         state.spec.published_port,
                         state.spec.mode.as_str(),
-                        if state.spec.read_only { ", read-only" } else { "" }
+                        if state.spec.read_only {
+                            ", read-only"
+                        } else {
+                            ""
+                        }
                     ),
                 },
             ),

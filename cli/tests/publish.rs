@@ -43,7 +43,10 @@ fn assert_nothing_left(r: &Recovery, before: &Started, phase: &str) -> Value {
     for (what, pid) in &before.pids {
         while Path::new(&format!("/proc/{pid}")).exists() {
             let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if state.rsplit_once(") ").is_some_and(|(_, s)| s.starts_with('Z')) {
+            if state
+                .rsplit_once(") ")
+                .is_some_and(|(_, s)| s.starts_with('Z'))
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "{what} (pid {pid}) still runs");
@@ -54,7 +57,10 @@ fn assert_nothing_left(r: &Recovery, before: &Started, phase: &str) -> Value {
     assert!(!ir_fuse::is_fuse_mount(&mnt), "the backup is still mounted");
     assert!(!mnt.exists(), "the mount point is left");
     assert!(!r.workdir.join("ircache").exists(), "the IRCache is left");
-    assert!(r.try_published("SELECT 1").is_err(), "the published instance still serves");
+    assert!(
+        r.try_published("SELECT 1").is_err(),
+        "the published instance still serves"
+    );
     assert_eq!(r.holder(), None, "a process still holds the workdir");
     let status = r.status();
     assert_eq!(status["phase"], phase, "{status}");
@@ -83,7 +89,13 @@ fn pg_restore(cluster: &PgCluster, dump: &Path) {
         .arg("--host")
         .arg(&cluster.socket)
         .args(["--port", &cluster.port.to_string()])
-        .args(["--username", "postgres", "--dbname", "postgres", "--exit-on-error"])
+        .args([
+            "--username",
+            "postgres",
+            "--dbname",
+            "postgres",
+            "--exit-on-error",
+        ])
         .arg(dump)
         .output()
         .expect("run pg_restore");
@@ -153,10 +165,7 @@ fn publish_export_and_unpublish_leave_a_dump_that_restores_and_nothing_else() {
     let status = assert_nothing_left(&r, &before, "Unpublished");
     assert_eq!(status["reason"], "Unpublished");
     // Exporting from what is gone is a clear error.
-    let out = irctl_run(
-        &["export", "--workdir", &workdir, "--output", "-"],
-        &[],
-    );
+    let out = irctl_run(&["export", "--workdir", &workdir, "--output", "-"], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not serve (phase Unpublished)"));
 }
@@ -176,7 +185,10 @@ fn an_expired_publish_is_torn_down_by_its_keeper() {
     }
     assert_nothing_left(&r, &before, "Unpublished");
     let log = std::fs::read_to_string(r.workdir.join("logs/keeper.log")).unwrap();
-    assert!(log.contains("Published -> Unpublished: the publish expired"), "{log}");
+    assert!(
+        log.contains("Published -> Unpublished: the publish expired"),
+        "{log}"
+    );
     // Ending what has ended says so and does nothing.
     let out = r.workdir_command("unpublish");
     assert!(out.status.success());
@@ -208,7 +220,10 @@ fn a_read_only_publish_refuses_writes_and_cannot_become_a_recovery() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while r.holder().is_none() {
-        assert!(Instant::now() < deadline, "the keeper was not started again");
+        assert!(
+            Instant::now() < deadline,
+            "the keeper was not started again"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(r.published("SELECT count(*) FROM marker"), "1");
@@ -234,7 +249,11 @@ fn a_publish_goes_on_to_a_recovery_and_keeps_what_was_written() {
     let status = r.status();
     assert_eq!(status["mode"], "Recover");
     assert!(status["expiresAt"].is_null(), "{status}");
-    assert!(r.output().contains("Published -> Syncing"), "{}", r.output());
+    assert!(
+        r.output().contains("Published -> Syncing"),
+        "{}",
+        r.output()
+    );
 }
 
 #[test]
@@ -251,12 +270,19 @@ fn abort_tears_a_recovery_down_before_its_switchover_and_is_refused_after() {
     assert!(out.status.success());
     let exit = r.wait_exit(RUN_TIMEOUT);
     assert!(!exit.success(), "an aborted irctl recover must not exit 0");
-    assert!(r.output().contains("ReadyForSwitchover -> Aborted"), "{}", r.output());
+    assert!(
+        r.output().contains("ReadyForSwitchover -> Aborted"),
+        "{}",
+        r.output()
+    );
     let status = assert_nothing_left(&r, &before, "Aborted");
     assert!(!r.target.exists(), "the partial target is left");
     let torn_down = status["tornDown"].to_string();
     assert!(torn_down.contains("stopped the standby"), "{torn_down}");
-    assert!(torn_down.contains("removed the partial target"), "{torn_down}");
+    assert!(
+        torn_down.contains("removed the partial target"),
+        "{torn_down}"
+    );
 
     // After a switchover nothing is torn down.
     let second = root.path().join("second");

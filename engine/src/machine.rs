@@ -813,6 +813,7 @@ impl Machine<'_> {
         });
         self.status().expires_at = expires_at;
         if let Some(at) = expires_at.filter(|at| *at <= self.now) {
+            self.status().expires_at = None;
             let message = format!("the publish expired at {at}; tearing it down");
             self.enter(Phase::Unpublished, Reason::PublishExpired, &message);
             return;
@@ -836,19 +837,16 @@ impl Machine<'_> {
             return false;
         };
         let status = &self.d.status;
-        let resume = status.resume_phase;
-        let switching_over = match status.phase {
-            Phase::Unpublished | Phase::Aborted => return false,
-            Phase::SwitchingOver | Phase::Completed => true,
-            Phase::Waiting | Phase::Failed => resume == Some(Phase::SwitchingOver),
-            _ => false,
-        };
-        if switching_over {
+        if status.ended() {
+            return false;
+        }
+        if status.switchover_began() {
             self.d.events.push(Event {
                 kind: EventKind::Warning,
                 reason: Reason::AbortRefused,
                 message: format!(
-                    "refused to tear down in phase {}: the switchover began, the target may                      be the primary",
+                    "refused to tear down in phase {}: the switchover began, the target may be the \
+                     primary",
                     status.phase
                 ),
             });
@@ -884,10 +882,7 @@ impl Machine<'_> {
                         Phase::Aborted => Reason::Aborted,
                         _ => Reason::Unpublished,
                     };
-                    self.set_reason(
-                        reason,
-                        "torn down: no process, mount or IRCache is left",
-                    );
+                    self.set_reason(reason, "torn down: no process, mount or IRCache is left");
                 }
                 self.d.actions.clear();
                 self.d.requeue_after = None;
@@ -956,9 +951,10 @@ impl Machine<'_> {
             .unwrap_or_else(|| status.phase.to_string());
         let message = status.message.clone().unwrap_or_default();
         let (ready, abnormal) = match status.phase {
-            Phase::Completed if status.timings.completed_at.is_some() => {
-                (Some((Reason::Completed, "the target runs as the primary")), None)
-            }
+            Phase::Completed if status.timings.completed_at.is_some() => (
+                Some((Reason::Completed, "the target runs as the primary")),
+                None,
+            ),
             Phase::Published => (
                 Some((Reason::PublishReady, "the backup serves from the mount")),
                 None,

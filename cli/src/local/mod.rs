@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ir_api::recovery::{Phase, RecoveryMode, RecoveryStatus};
+use ir_api::recovery::{Phase, RecoveryStatus};
 use ir_engine::machine::{Action, Decision, Event, Policy, Step};
 use ir_engine::process;
 use ir_engine::round::{self, Driver, Found, RoundInfo};
@@ -125,9 +125,7 @@ impl LocalRecovery {
                 switchover: spec.switchover.clone(),
                 retry: spec.retry.clone(),
                 mode: spec.mode,
-                publish_ttl: (spec.mode == RecoveryMode::Publish)
-                    .then(|| spec.publish_ttl.map(|ttl| ttl.0))
-                    .flatten(),
+                publish_ttl: spec.publish_ttl.map(|ttl| ttl.0),
             };
             let status = self.state.status.clone();
             let end_requested = self.workdir.pending_requests().end.is_some();
@@ -227,7 +225,12 @@ impl LocalRecovery {
                 self.state.spec.backup = info.id.clone();
                 self.persist()?;
                 self.lay_out(true)?;
-                let step = match self.make_target() {
+                // A publish has no target; one that goes on to a recovery makes it then.
+                let made = match self.state.spec.target_pgdata {
+                    Some(_) => self.make_target(),
+                    None => Ok(()),
+                };
+                let step = match made {
                     Err(failure) => Step::Failed(failure),
                     Ok(()) => Step::Ready(info),
                 };

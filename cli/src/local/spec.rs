@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use ir_api::point_in_time::PointInTime;
 use ir_api::GoDuration;
+use ir_api::point_in_time::PointInTime;
 use ir_api::recovery::{RecoveryMode, RetryPolicy, SwitchoverPolicy};
 use serde::{Deserialize, Serialize};
 

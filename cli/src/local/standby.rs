@@ -122,6 +122,13 @@ impl LocalRecovery {
             Ok(b) => b,
             Err(f) => return Ok(Standby::Failed(f)),
         };
+        if self.state.resources.target_id.is_none() {
+            // A publish that went on to a recovery: its target was checked then, made now.
+            if let Err(f) = self.make_target() {
+                return Ok(Standby::Failed(f));
+            }
+            self.workdir.save(&self.state)?;
+        }
         let dir = match self.target_dir() {
             Ok(dir) => dir,
             Err(f) => return Ok(Standby::Failed(f)),

@@ -74,7 +74,10 @@ impl LocalRecovery {
         for (dir, what) in [
             (self.workdir.cache(), "the IRCache"),
             (mountpoint, "the mount point"),
-            (self.workdir.conf("published"), "the published configuration"),
+            (
+                self.workdir.conf("published"),
+                "the published configuration",
+            ),
             (self.workdir.conf("target"), "the standby configuration"),
         ] {
             match std::fs::remove_dir_all(&dir) {
@@ -106,7 +109,9 @@ impl LocalRecovery {
         dir.clear().map_err(io_err(&path))?;
         let (parent, name) = Dir::open_parent(&path, Ancestors::Any)
             .map_err(|e| LocalError::Conflict(format!("{}: {e}", path.display())))?;
-        parent.remove_dir(OsStr::new(&name)).map_err(io_err(&path))?;
+        parent
+            .remove_dir(OsStr::new(&name))
+            .map_err(io_err(&path))?;
         self.state.resources.target_id = None;
         done.push(format!("removed the partial target {}", path.display()));
         Ok(())

@@ -64,7 +64,11 @@ pub(super) async fn validate(
     if !resuming {
         check_workdir(workdir)?;
     }
-    check_port_free("--published-port", spec.published_port, &spec.listen_addresses)?;
+    check_port_free(
+        "--published-port",
+        spec.published_port,
+        &spec.listen_addresses,
+    )?;
     if spec.target_pgdata.is_some() {
         check_target_port(spec)?;
     }
@@ -96,9 +100,16 @@ pub(super) async fn validate(
 
 /// A publish that goes on to a recovery: the target it takes now, its port and its room (the
 /// IRCache is in use already).
-pub(super) fn check_new_target(spec: &LocalSpec, workdir: &Path, size_bytes: u64) -> Result<(), Failure> {
+pub(super) fn check_new_target(
+    spec: &LocalSpec,
+    workdir: &Path,
+    size_bytes: u64,
+) -> Result<(), Failure> {
     let target = spec.target_pgdata.as_deref().ok_or_else(|| {
-        Failure::new(Reason::InvalidSpec, "--target-pgdata is needed for a recovery")
+        Failure::new(
+            Reason::InvalidSpec,
+            "--target-pgdata is needed for a recovery",
+        )
     })?;
     check_target(target)?;
     check_target_port(spec)?;

@@ -366,12 +366,22 @@ fn requests_reach_the_machine() {
         },
         ..Default::default()
     };
-    let round = run_round(&mut world, &Policy::default(), &status_in(Phase::Syncing), t(5));
+    let round = run_round(
+        &mut world,
+        &Policy::default(),
+        &status_in(Phase::Syncing),
+        t(5),
+    );
     assert_eq!(world.executed, [(Action::Teardown, false)]);
     assert_eq!(round.decision.status.phase, Phase::Aborted);
     assert_eq!(round.decision.status.timings.ended_at, Some(t(5)));
     let aborted = |e: &&Event| e.reason == Reason::Aborted && e.message.contains("->");
-    assert_eq!(world.events.iter().filter(aborted).count(), 1, "{:?}", world.events);
+    assert_eq!(
+        world.events.iter().filter(aborted).count(),
+        1,
+        "{:?}",
+        world.events
+    );
 
     // One refused after the switchover began is told once too, and nothing is torn down.
     let mut world = World {
@@ -381,10 +391,20 @@ fn requests_reach_the_machine() {
         },
         ..Default::default()
     };
-    run_round(&mut world, &Policy::default(), &status_in(Phase::Completed), t(5));
+    run_round(
+        &mut world,
+        &Policy::default(),
+        &status_in(Phase::Completed),
+        t(5),
+    );
     assert_eq!(world.executed, [(Action::Cleanup, false)]);
     let refused = |e: &&Event| e.reason == Reason::AbortRefused;
-    assert_eq!(world.events.iter().filter(refused).count(), 1, "{:?}", world.events);
+    assert_eq!(
+        world.events.iter().filter(refused).count(),
+        1,
+        "{:?}",
+        world.events
+    );
 }
 
 fn interrupted(reached: Reached, published_present: bool, in_recovery: Option<bool>) -> Found {

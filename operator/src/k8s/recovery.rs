@@ -90,6 +90,8 @@ async fn apply(ir: &InstantRecovery, ctx: &Context) -> Result<Requeue, Error> {
     let policy = Policy {
         switchover: ir.spec.switchover.clone(),
         retry: ir.spec.retry.clone(),
+        mode: ir.spec.mode,
+        publish_ttl: ir.spec.publish.ttl.map(|ttl| ttl.0),
     };
     let mut driver = Driver::new(ctx, ir, before.clone());
     let round = round::round(&mut driver, &policy, &before, Timestamp::now).await?;

@@ -3,10 +3,12 @@
 use std::fmt;
 
 use anyhow::{Context, anyhow, bail};
-use ir_api::crd::RETRY_ANNOTATION;
+use ir_api::crd::{ABORT_ANNOTATION, RETRY_ANNOTATION};
 use ir_api::crd::{BackupRepository, BackupRepositoryStatus, InstantRecovery};
 use ir_api::point_in_time::RecoverableWindow;
-use ir_api::recovery::{ConditionType, Phase, RecoveryStatus, SwitchoverMode, SwitchoverPolicy};
+use ir_api::recovery::{
+    ConditionType, Phase, RecoveryMode, RecoveryStatus, SwitchoverMode, SwitchoverPolicy,
+};
 use ir_cli::output::{Output, print_json};
 use ir_cli::status_view::StatusView;
 use ir_repository::size::format_size;
@@ -232,6 +234,45 @@ pub async fn retry(at: &Namespace, name: &str) -> anyhow::Result<()> {
         .and_then(|s| s.resume_phase)
         .unwrap_or(Phase::Validating);
     println!("retry of {named} requested; the operator resumes it in phase {resume}");
+    Ok(())
+}
+
+pub async fn abort(at: &Namespace, name: &str) -> anyhow::Result<()> {
+    let named = at.named("instantrecovery", name);
+    let (ir, _) = at
+        .update_recovery(&named, |ir| {
+            let status = ir.status.clone().unwrap_or_default();
+            if status.switchover_began() {
+                bail!(
+                    "{named} is {}: the switchover began, the target may be the primary",
+                    status.phase
+                );
+            }
+            Ok((!ir.annotations().contains_key(ABORT_ANNOTATION))
+                .then(|| json!({"metadata": {"annotations": {ABORT_ANNOTATION: "true"}}})))
+        })
+        .await?;
+    let phase = ir.status.map(|s| s.phase).unwrap_or_default();
+    println!(
+        "abort of {named} requested (phase now {phase}); the operator tears it down and it ends \
+         Aborted"
+    );
+    Ok(())
+}
+
+pub async fn recover(at: &Namespace, name: &str) -> anyhow::Result<()> {
+    let named = at.named("instantrecovery", name);
+    let (_, changed) = at
+        .update_recovery(&named, |ir| match ir.spec.mode {
+            RecoveryMode::Recover => Ok(None),
+            RecoveryMode::Publish => Ok(Some(json!({"spec": {"mode": "Recover"}}))),
+        })
+        .await?;
+    if changed {
+        println!("{named} goes on from the published backup to sync and switchover");
+    } else {
+        println!("{named} is a recovery already");
+    }
     Ok(())
 }
 

@@ -52,6 +52,18 @@ enum Command {
         /// Name of the InstantRecovery.
         name: String,
     },
+    /// Give a recovery up before its switchover: everything it made is torn down and it ends
+    /// Aborted. Refused once the switchover began.
+    Abort {
+        /// Name of the InstantRecovery.
+        name: String,
+    },
+    /// Turn a published backup (`spec.mode: Publish`) into a recovery: it goes on from the
+    /// published instance to sync and switchover.
+    Recover {
+        /// Name of the InstantRecovery.
+        name: String,
+    },
     /// List the backups a BackupRepository last saw.
     Backups {
         /// Name of the BackupRepository.
@@ -105,6 +117,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { name, output } => commands::status(&at, &name, output).await,
         Command::Switchover { name } => commands::switchover(&at, &name).await,
         Command::Retry { name } => commands::retry(&at, &name).await,
+        Command::Abort { name } => commands::abort(&at, &name).await,
+        Command::Recover { name } => commands::recover(&at, &name).await,
         Command::Backups { repository, output } => {
             commands::backups(&at, &repository, output).await
         }

@@ -3,7 +3,8 @@
 //!
 //! One job a module: [`validate`] the spec and what it names, [`mount`] the backup on a node
 //! (RecoveryMount), [`publish`] PostgreSQL on it (the published Pod), copy it to the target as a
-//! [`standby`], [`switchover`] to the target, and [`cleanup`] once it completed. All of them read
+//! [`standby`], [`switchover`] to the target, and [`cleanup`] once it completed, or [`teardown`] what an
+//! abort ends. All of them read
 //! what the spec refers to through [`dereference`] and look at Pods through [`pods`].
 
 mod cleanup;
@@ -13,16 +14,17 @@ mod pods;
 mod publish;
 mod standby;
 mod switchover;
+mod teardown;
 mod validate;
 
-use ir_api::crd::{InstantRecovery, RETRY_ANNOTATION, RecoveryMount};
+use ir_api::crd::{ABORT_ANNOTATION, InstantRecovery, RETRY_ANNOTATION, RecoveryMount};
 use ir_api::recovery::RecoveryStatus;
 use kube::{Api, Resource, ResourceExt};
 use tokio_postgres::Client as PgClient;
 
 use super::context::{Context, Error};
 use super::report;
-use ir_engine::machine::{self, Action, Step};
+use ir_engine::machine::{self, Action, EndRequest, Step};
 use ir_engine::round::{self, Found, Requests, RoundInfo};
 
 /// Carries out the machine's actions for one reconcile.
@@ -54,6 +56,11 @@ impl round::Driver for Driver<'_> {
             retry: self.ir.annotations().get(RETRY_ANNOTATION).cloned(),
             // Approval is part of the spec's policy.
             approved: false,
+            end: self
+                .ir
+                .annotations()
+                .contains_key(ABORT_ANNOTATION)
+                .then_some(EndRequest::Abort),
         })
     }
 
@@ -125,6 +132,7 @@ impl<'a> Driver<'a> {
             Action::Cleanup => Found::Cleanup(self.cleanup().await?),
             Action::RestartPublished => Found::Restarted(self.restart_published().await?),
             Action::RestartCopy => self.restart_copy().await?,
+            Action::Teardown => Found::Teardown(self.teardown().await?),
         })
     }
 }
