@@ -25,6 +25,7 @@ mod completion;
 mod faults;
 mod namespaced;
 mod point_in_time;
+mod publish;
 mod refusals;
 
 const FLOW: Duration = Duration::from_secs(240);
