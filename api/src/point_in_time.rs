@@ -172,14 +172,16 @@ impl fmt::Display for Target {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoverableWindow {
-    /// The backup's consistency point: nothing earlier can be recovered from it.
+    /// When the backup was consistent by (its ingest ended): nothing earlier can be recovered
+    /// from it.
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub earliest: Timestamp,
     /// The backup's consistency point as a WAL location.
     pub earliest_lsn: String,
-    /// When the last WAL segment archived without a gap after the backup was archived: an
-    /// upper bound of the last commit it holds. Absent when no WAL after the backup is
-    /// archived.
+    /// The latest time a recovery can reach. In a listing, when the last WAL segment archived
+    /// without a gap after the backup was archived (an upper bound); in a recovery's status,
+    /// when the last transaction in those segments ended, read from them at validation. Absent
+    /// when no WAL after the backup is archived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub latest: Option<Timestamp>,

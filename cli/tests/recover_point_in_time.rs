@@ -24,8 +24,10 @@ struct History {
     xid: String,
     /// `pg_create_restore_point('before_drop')`, after row 201.
     restore_point_lsn: String,
-    /// A time after the restore point and before the drop.
+    /// A time after the restore point and before row 1000 and the drop.
     time: String,
+    /// A second after the last commit archived, and before the segment holding it was archived.
+    after_last_commit: String,
 }
 
 fn chown_tree_to_pg(path: &Path) {
@@ -72,10 +74,18 @@ fn history() -> History {
     let time = source
         .psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
     std::thread::sleep(Duration::from_millis(1100));
+    // Committed after the time: a recovery to the time must not have it.
+    source.psql("INSERT INTO t VALUES (1000)");
     source.psql("DROP TABLE t");
     // Two segments after the points, so that losing the one that holds them is a gap.
     source.psql("SELECT pg_switch_wal()");
     source.psql("CREATE TABLE after_drop(x int); INSERT INTO after_drop VALUES (1)");
+    let after_last_commit = source.psql(
+        "SELECT to_char((now() + interval '1 second') AT TIME ZONE 'UTC', \
+         'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    // Archived well after the last commit: a time in between is never reached.
+    std::thread::sleep(Duration::from_millis(2500));
     source.archive_current_segment();
     source.stop();
 
@@ -98,6 +108,7 @@ fn history() -> History {
         xid,
         restore_point_lsn,
         time,
+        after_last_commit,
     }
 }
 
@@ -238,6 +249,21 @@ fn targets_the_repository_cannot_reach_are_refused_at_validation() {
     );
     r.kill();
 
+    // Before the last segment was archived, yet after its last transaction: replay would
+    // never stop there.
+    let mut r = h.recovery("after-the-last-commit");
+    r.spawn(&["--target-time", &h.after_last_commit]);
+    let status = r.wait_phase("Waiting", RUN_TIMEOUT);
+    assert_eq!(status["reason"], "PointInTimeNotArchived", "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("after the last transaction"),
+        "{status}"
+    );
+    r.kill();
+
     let mut r = h.recovery("too-early");
     r.spawn(&["--target-time", "2001-01-01T00:00:00Z"]);
     let exit = r.wait_exit(RUN_TIMEOUT);
@@ -318,6 +344,8 @@ fn recovery_follows_the_timeline_the_source_took_after_the_backup() {
     let time = source
         .psql("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
     std::thread::sleep(Duration::from_millis(1100));
+    // Committed after the time: a recovery to the time must not have it.
+    source.psql("INSERT INTO t VALUES (1000)");
     source.psql("DROP TABLE t");
     source.archive_current_segment();
     source.stop();

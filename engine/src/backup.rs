@@ -7,7 +7,7 @@ use ir_api::recovery::BackupInfo;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use ir_repository::wal::{WalError, WalListing, Window};
+use ir_repository::wal::{SegmentName, WalError, WalListing, Window};
 use ir_repository::{BackupManifest, RepoLocation, Repository, format_lsn, parse_lsn};
 use jiff::Timestamp;
 
@@ -68,7 +68,15 @@ pub async fn find_backup_for(
     let info = backup_info(&manifest)?;
     let sysid = system_identifier(&manifest)?;
     let listing = repo.wal(sysid).list().await.map_err(wal_failure)?;
-    let window = window_of(&listing, &manifest);
+    let mut window = window_of(&listing, &manifest);
+    if let Target::Time(t) = target
+        && window.latest.is_some_and(|latest| t <= latest)
+        && let Some(last) = last_transaction_end(&repo, sysid, &listing, &manifest).await
+    {
+        // The listing's latest is when the last segment was archived, later than its last
+        // transaction: a time in between would pass here and never be reached.
+        window.latest = Some(last);
+    }
     check_target(&target, &manifest.id, &window)?;
     let end_lsn = match target {
         Target::Lsn(lsn) => format_lsn(lsn),
@@ -102,6 +110,41 @@ fn wal_failure(e: WalError) -> Failure {
         WalError::Repo(e) => Failure::from(e),
         e => Failure::new(Reason::RepositoryError, format!("listing the WAL: {e}")),
     }
+}
+
+/// How many segments back from the end of a window its last transaction is looked for.
+const LAST_TRANSACTION_LOOKBACK: usize = 4;
+
+/// When the last transaction archived in `manifest`'s window ended: PostgreSQL stops a
+/// recovery to a time at the first commit or abort after it, so no later time can be reached.
+/// Read from the window's last segments; `None` when none of them holds one, or they cannot be
+/// read (the listing's archive time then stands).
+async fn last_transaction_end(
+    repo: &Repository,
+    sysid: u64,
+    listing: &WalListing,
+    manifest: &BackupManifest,
+) -> Option<Timestamp> {
+    let size = listing.segment_size?;
+    let window = listing.window(manifest);
+    window.latest?;
+    let last = window.end_lsn.checked_sub(1)? / size;
+    let first = window.start_lsn / size;
+    let wal = repo.wal(sysid);
+    for segno in (first..=last).rev().take(LAST_TRANSACTION_LOOKBACK) {
+        let name = SegmentName::from_segno(window.timeline, segno, size).to_string();
+        let bytes = match wal.fetch(&name).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(segment = %name, error = %e, "cannot read the end of the window");
+                return None;
+            }
+        };
+        if let Some(end) = ir_repository::wal::last_transaction_end(&bytes) {
+            return Some(timestamp(end));
+        }
+    }
+    None
 }
 
 /// What `manifest`'s backup can be recovered to from the WAL of `listing`.
@@ -189,14 +232,14 @@ fn choose_backup<'a>(
                     format!(
                         "{target} lies before the end of the oldest backup, {} ({}, {})",
                         oldest.id,
-                        oldest.created,
+                        oldest.consistent_by(),
                         format_lsn(consistent_lsn(oldest))
                     ),
                 )
             })
     };
     match target {
-        Target::Time(t) => before(&|m| timestamp(m.created) <= *t),
+        Target::Time(t) => before(&|m| timestamp(m.consistent_by()) <= *t),
         Target::Lsn(lsn) => before(&|m| consistent_lsn(m) <= *lsn),
         Target::Xid(_) | Target::Name(_) | Target::Immediate => Ok(newest),
     }
@@ -235,7 +278,8 @@ fn check_target(target: &Target, id: &str, window: &RecoverableWindow) -> Result
         None => Failure::new(
             Reason::PointInTimeNotArchived,
             format!(
-                "{target} lies after the end of the archived WAL; backup {id} can recover {window}"
+                "{target} lies after the last transaction in the archived WAL; backup {id} can \
+                 recover {window}"
             ),
         ),
     })
@@ -251,6 +295,7 @@ mod tests {
             format_version: ir_repository::manifest::FORMAT_VERSION,
             id: id.into(),
             created: time::OffsetDateTime::from_unix_timestamp(created_secs).unwrap(),
+            ended: None,
             pg_version: "15".into(),
             system_identifier: "7".into(),
             start_lsn: "0/1000028".into(),
@@ -286,6 +331,17 @@ mod tests {
         assert!(f.message.contains("oldest backup, a"), "{}", f.message);
         let f = choose_backup(&[], &Target::Immediate).unwrap_err();
         assert_eq!(f.reason, Reason::BackupNotFound);
+    }
+
+    #[test]
+    fn a_backup_counts_from_when_it_ended_not_when_it_started() {
+        let mut long = backup("b", 2000, "0/5000100");
+        long.ended = Some(time::OffsetDateTime::from_unix_timestamp(2600).unwrap());
+        let backups = [backup("a", 1000, "0/2000100"), long];
+        let chosen = |t: Target| choose_backup(&backups, &t).map(|m| m.id.clone());
+        // During b's run b is not consistent yet: a replays to it.
+        assert_eq!(chosen(Target::Time(at(2300))).unwrap(), "a");
+        assert_eq!(chosen(Target::Time(at(2600))).unwrap(), "b");
     }
 
     #[test]

@@ -138,6 +138,14 @@ pub struct BackupManifest {
     pub id: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created: OffsetDateTime,
+    /// When the ingest finished: the source's copy, and so the backup, had ended by then.
+    /// Absent in manifests written before it was recorded.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub ended: Option<OffsetDateTime>,
     /// Contents of `PG_VERSION`, e.g. `15`.
     pub pg_version: String,
     /// Database system identifier from `global/pg_control`, as a decimal string (it does not fit
@@ -159,6 +167,13 @@ pub struct BackupManifest {
 }
 
 impl BackupManifest {
+    /// No later than this the backup is consistent: a point in time from here on can be
+    /// recovered from it. For a backup whose ingest outlasted its copy (an import of an older
+    /// backup) this is later than the backup's true end: never too early.
+    pub fn consistent_by(&self) -> OffsetDateTime {
+        self.ended.unwrap_or(self.created)
+    }
+
     /// Number of chunks a file of `size` bytes has.
     pub fn chunk_count(&self, size: u64) -> u64 {
         size.div_ceil(self.chunk_size)
@@ -283,6 +298,7 @@ mod tests {
             format_version: FORMAT_VERSION,
             id: "20261125T063512Z-3fa2".to_string(),
             created: time::macros::datetime!(2026-11-25 06:35:12 UTC),
+            ended: None,
             pg_version: "15".to_string(),
             system_identifier: "7311234567890123456".to_string(),
             start_lsn: "0/2000028".to_string(),

@@ -545,6 +545,7 @@ mod tests {
             format_version: FORMAT_VERSION,
             id: id.into(),
             created,
+            ended: None,
             pg_version: "15".into(),
             system_identifier: "1".into(),
             start_lsn: "0/1".into(),

@@ -305,6 +305,7 @@ mod tests {
             format_version: FORMAT_VERSION,
             id: "20261125T063512Z-3fa2".into(),
             created: time::OffsetDateTime::UNIX_EPOCH,
+            ended: None,
             pg_version: "15".into(),
             system_identifier: "1".into(),
             start_lsn: "0/1".into(),

@@ -73,6 +73,7 @@ fn backup(start_lsn: &str, stop_lsn: &str, timeline: u32) -> BackupManifest {
         format_version: 1,
         id: "20261125T063512Z-3fa2".into(),
         created: time::macros::datetime!(2026-11-25 06:35:12 UTC),
+        ended: None,
         pg_version: "15".into(),
         system_identifier: SYSID.to_string(),
         start_lsn: start_lsn.into(),

@@ -109,6 +109,7 @@ pub(super) fn fixture() -> Fixture {
         format_version: 1,
         id: "20261125T000000Z-test".into(),
         created: OffsetDateTime::UNIX_EPOCH,
+        ended: None,
         pg_version: "15".into(),
         system_identifier: "42".into(),
         start_lsn: "0/2000028".into(),

@@ -246,6 +246,7 @@ impl Repository {
             format_version: FORMAT_VERSION,
             id: id.to_string(),
             created,
+            ended: Some(OffsetDateTime::now_utc()),
             pg_version: meta.pg_version,
             system_identifier: meta.system_identifier.to_string(),
             start_lsn: format_lsn(meta.start_lsn),

@@ -71,6 +71,9 @@ impl BackupManifest {
                 format!("{:?} is not a PostgreSQL version", self.pg_version),
             ));
         }
+        if self.ended.is_some_and(|ended| ended < self.created) {
+            return Err(bad("ended", "lies before created"));
+        }
         if self.system_identifier.parse::<u64>().is_err() {
             return Err(bad(
                 "system_identifier",
@@ -239,6 +242,7 @@ mod tests {
             format_version: FORMAT_VERSION,
             id: "20261125T063512Z-3fa2".into(),
             created: time::OffsetDateTime::UNIX_EPOCH,
+            ended: None,
             pg_version: "15".into(),
             system_identifier: "7311234567890123456".into(),
             start_lsn: "0/2000028".into(),

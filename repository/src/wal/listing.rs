@@ -83,7 +83,7 @@ pub struct Gap {
 
 impl WalListing {
     /// What `backup` can be recovered to: from its consistency point (`stop_lsn`, or `start_lsn`
-    /// when absent; at the earliest its creation time) to the end of the WAL archived
+    /// when absent; at the earliest the time it was consistent by, [`BackupManifest::consistent_by`]) to the end of the WAL archived
     /// contiguously from its start segment, across the timelines that branched off the backup's
     /// after it, up to the latest one (as PostgreSQL follows `recovery_target_timeline =
     /// latest`). A backup of another system, or whose LSNs do not parse, gets the window of no
@@ -98,7 +98,7 @@ impl WalListing {
         let mut window = Window {
             timeline: backup.timeline,
             start_lsn: consistent,
-            earliest: backup.created,
+            earliest: backup.consistent_by(),
             end_lsn: consistent,
             latest: None,
             first_missing: None,
@@ -260,6 +260,7 @@ mod tests {
             format_version: 1,
             id: "20261125T063512Z-3fa2".into(),
             created: datetime!(2026-11-25 06:35:12 UTC),
+            ended: None,
             pg_version: "15".into(),
             system_identifier: "42".into(),
             start_lsn: start.into(),

@@ -18,6 +18,7 @@
 mod listing;
 mod name;
 mod object;
+mod records;
 mod segment;
 
 use futures::{StreamExt, TryStreamExt};
@@ -33,6 +34,7 @@ use crate::repo::Repository;
 use listing::parse_history;
 pub use listing::{Gap, StoredWal, TimelineWal, WalListing, Window};
 pub use name::{SegmentName, WalFileName};
+pub use records::last_transaction_end;
 pub use segment::{MAX_SEGMENT_SIZE, MAX_SMALL_FILE, MIN_SEGMENT_SIZE, SegmentHeader};
 
 const WAL_DIR: &str = "wal";
