@@ -42,6 +42,29 @@ pub struct PointInTime {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(latest|current|[1-9][0-9]*)$"))]
     pub timeline: Option<String>,
+    /// What the published instance does at the target: `Promote` (the default) ends recovery
+    /// on a new timeline; `Pause` stops there, still in recovery and read-only, so that the
+    /// point can be looked at (mode Publish) without starting a timeline. Going on to a
+    /// recovery (mode Recover) resumes it, which promotes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<TargetAction>,
+}
+
+/// `recovery_target_action`, of the two a recovery can use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TargetAction {
+    #[default]
+    Promote,
+    Pause,
+}
+
+impl TargetAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+        }
+    }
 }
 
 /// The one target of a [`PointInTime`].
@@ -130,8 +153,8 @@ impl PointInTime {
         }
     }
 
-    /// PostgreSQL's recovery settings for this target; the instance promotes once it is
-    /// reached. `restore_command` is the driver's.
+    /// PostgreSQL's recovery settings for this target; the instance promotes (or pauses) once
+    /// it is reached. `restore_command` is the driver's.
     pub fn settings(&self) -> Result<Vec<(String, String)>, PointInTimeError> {
         let mut settings = vec![match self.target()? {
             // PostgreSQL's own form: it refuses some RFC 3339 spellings.
@@ -151,7 +174,10 @@ impl PointInTime {
             "recovery_target_timeline".into(),
             self.timeline.clone().unwrap_or_else(|| "latest".into()),
         ));
-        settings.push(("recovery_target_action".into(), "promote".into()));
+        settings.push((
+            "recovery_target_action".into(),
+            self.action.unwrap_or_default().as_str().into(),
+        ));
         Ok(settings)
     }
 }

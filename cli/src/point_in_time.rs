@@ -7,7 +7,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use clap::Args;
-use ir_api::point_in_time::PointInTime;
+use ir_api::point_in_time::{PointInTime, TargetAction};
 
 use crate::repo_args::RepoSpec;
 
@@ -39,6 +39,18 @@ pub struct TargetArgs {
     /// With a target: the timeline to follow, `latest` (the default), `current` or a number.
     #[arg(long, value_name = "TIMELINE", requires = "point_in_time")]
     pub target_timeline: Option<String>,
+    /// With a target: `promote` there (the default), or `pause` there, still in recovery and
+    /// read-only, to look at the point (irctl publish); going on to a recovery promotes it.
+    #[arg(long, value_name = "ACTION", requires = "point_in_time", value_parser = parse_action)]
+    pub target_action: Option<TargetAction>,
+}
+
+fn parse_action(s: &str) -> Result<TargetAction, String> {
+    match s {
+        "promote" => Ok(TargetAction::Promote),
+        "pause" => Ok(TargetAction::Pause),
+        _ => Err(format!("{s:?}: expected promote or pause")),
+    }
 }
 
 impl TargetArgs {
@@ -57,6 +69,7 @@ impl TargetArgs {
             immediate: self.target_immediate,
             inclusive: self.target_inclusive,
             timeline: self.target_timeline.clone(),
+            action: self.target_action,
         })
     }
 }

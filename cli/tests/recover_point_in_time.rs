@@ -170,6 +170,36 @@ fn recovery_to_a_restore_point_brings_back_the_dropped_table_to_the_end() {
 }
 
 #[test]
+fn a_publish_paused_at_a_restore_point_shows_it_then_goes_on_to_a_recovery() {
+    let h = history();
+    let r = h.recovery("paused");
+    r.publish(&["--target-name", "before_drop", "--target-action", "pause"]);
+    let status = r.status();
+    assert_eq!(status["phase"], "Published", "{status}");
+    // Held at the point, still in recovery: read-only, no new timeline.
+    assert_eq!(r.published("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(r.published("SELECT pg_is_wal_replay_paused()"), "t");
+    assert_eq!(r.published("SELECT count(*) || ':' || max(id) FROM t"), "201:201");
+    let refused = r.try_published("INSERT INTO t VALUES (5000)").unwrap_err();
+    assert!(refused.contains("read-only transaction"), "{refused}");
+
+    // Going on to a recovery promotes it at the point, then copies and switches over.
+    let mut r = r;
+    r.run_to_completion(&[], RUN_TIMEOUT);
+    assert!(r.output().contains("Published -> Syncing"), "{}", r.output());
+    assert_eq!(
+        r.target("SELECT count(*) || ':' || max(id) FROM t"),
+        "201:201"
+    );
+    assert_eq!(r.target("SELECT pg_is_in_recovery()"), "f");
+    // Promoted at the point (timeline 2), then switched over (timeline 3).
+    assert_eq!(
+        r.target("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "3"
+    );
+}
+
+#[test]
 fn recovery_to_a_time_an_lsn_and_a_transaction() {
     let h = history();
     let cases: [(&str, Vec<&str>, &str); 4] = [

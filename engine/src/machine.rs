@@ -799,6 +799,17 @@ impl Machine<'_> {
             return;
         }
         if self.policy.mode == RecoveryMode::Recover {
+            if !Part::Published.is_ready(self.observed) {
+                // A replay paused at its target is resumed first, which promotes it.
+                self.keep(Phase::Published);
+                self.set_reason(
+                    Reason::ModeChanged,
+                    "mode Recover: the published instance ends its recovery at the target \
+                     before the copy starts",
+                );
+                self.d.requeue_after = Some(STEP_POLL);
+                return;
+            }
             self.status().expires_at = None;
             self.enter(
                 Phase::Syncing,

@@ -1,8 +1,9 @@
 //! What makes PostgreSQL on a mounted backup replay the repository's WAL and promote at a
-//! point in time, the same for both drivers: the recovery settings with `restore_command`
+//! point in time, the same for both drivers: whether it holds at a paused target, the recovery settings with `restore_command`
 //! running `irctl wal fetch`, and the log line of a replay that ran out of WAL.
 
-use ir_api::point_in_time::PointInTime;
+use ir_api::point_in_time::{PointInTime, TargetAction};
+use ir_api::recovery::RecoveryMode;
 
 /// What PostgreSQL logs when the WAL ran out before the target (then it exits).
 const ENDED_SHORT: &str = "recovery ended before configured recovery target was reached";
@@ -27,6 +28,12 @@ pub fn recovery_settings(point: &PointInTime, fetch: &[String]) -> Vec<(String, 
 /// so that PostgreSQL replaces only the `%f` and `%p` it adds itself.
 fn restore_command_word(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''").replace('%', "%%"))
+}
+
+/// Whether the published instance stays paused at its target: its action is Pause and the
+/// recovery is a Publish. A Recover resumes it, which promotes it.
+pub fn holds_at_target(point: &PointInTime, mode: RecoveryMode) -> bool {
+    point.action == Some(TargetAction::Pause) && mode == RecoveryMode::Publish
 }
 
 /// Whether a log says the replay ended before its target.

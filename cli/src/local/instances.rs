@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ir_api::Reason;
-use ir_api::point_in_time::PointInTimeStatus;
+use ir_api::point_in_time::{PointInTimeStatus, TargetAction};
 use ir_api::recovery::Phase;
 use ir_engine::machine::{Failure, Step};
-use ir_engine::postgres::{self, Endpoint, Instance};
+use ir_engine::postgres::{self, Endpoint, Instance, Replay};
 use ir_engine::process::{self, OsUser};
 use ir_engine::round::Found;
 use ir_fuse::is_fuse_mount;
@@ -226,29 +226,46 @@ impl LocalRecovery {
             replayed_lsn: None,
             ..point
         };
+        let point_spec = self.state.spec.point_in_time.clone().unwrap_or_default();
+        let hold = ir_engine::point_in_time::holds_at_target(&point_spec, self.state.spec.mode);
+        let may_pause = point_spec.action == Some(TargetAction::Pause);
         let step = match step {
-            Step::Ready(_) if let Some(first) = self.state.resources.first_query_at => {
+            // Promoted, or held at the target: nothing more to ask.
+            Step::Ready(_)
+                if let Some(first) = self.state.resources.first_query_at
+                    && (hold || !may_pause || self.state.resources.promoted) =>
+            {
                 progress.reached_at = Some(first);
                 Step::Ready(first)
             }
             Step::Ready(_) => {
-                // It answers while it replays (hot standby): serving means promoted.
+                // It answers while it replays (hot standby): serving means promoted, or paused
+                // at the target when it is held there.
                 let client = self.endpoint(&instance).connect().await;
-                match client.map(|c| async move { postgres::replay_position(&c).await }) {
-                    Ok(position) => match position.await {
-                        Ok(Some(replayed)) => {
-                            progress.replayed_lsn = Some(format_lsn(replayed));
-                            Step::InProgress
+                let replay = match client {
+                    Ok(c) => postgres::replay_progress(&c, hold).await.ok(),
+                    Err(_) => None,
+                };
+                match replay {
+                    Some(Replay::Replaying(replayed)) => {
+                        progress.replayed_lsn = Some(format_lsn(replayed));
+                        Step::InProgress
+                    }
+                    Some(Replay::Paused(_)) | Some(Replay::Promoted) => {
+                        let promoted = replay == Some(Replay::Promoted);
+                        self.state.resources.promoted = promoted;
+                        let at = *self
+                            .state
+                            .resources
+                            .first_query_at
+                            .get_or_insert_with(Timestamp::now);
+                        if promoted {
+                            self.workdir.save(&self.state)?;
                         }
-                        Ok(None) => {
-                            let at = Timestamp::now();
-                            self.state.resources.first_query_at = Some(at);
-                            progress.reached_at = Some(at);
-                            Step::Ready(at)
-                        }
-                        Err(_) => Step::InProgress,
-                    },
-                    Err(_) => Step::InProgress,
+                        progress.reached_at = Some(at);
+                        Step::Ready(at)
+                    }
+                    None => Step::InProgress,
                 }
             }
             other => other,

@@ -51,6 +51,10 @@ pub(super) struct Resources {
     /// removes it once it promoted at the target; it must never come back).
     #[serde(default)]
     pub(super) recovery_signal_written: bool,
+    /// The published instance ended its recovery to a point in time (promoted), after it may
+    /// have been paused at the target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) promoted: bool,
     /// A read-only publish: `standby.signal` was put on the mount.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) standby_signal_written: bool,

@@ -94,6 +94,43 @@ pub async fn replay_position(client: &Client) -> Result<Option<u64>, PgError> {
     }
 }
 
+/// Where a recovery to a point in time stands on the published instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Still replaying; the LSN replayed so far.
+    Replaying(u64),
+    /// At the target, paused there (`recovery_target_action = pause`), read-only.
+    Paused(u64),
+    /// Recovery ended: a primary on a new timeline.
+    Promoted,
+}
+
+/// Where the published instance's replay stands. A replay paused at its target is resumed
+/// unless `hold` (a Publish that looks at the point): resuming a replay paused by
+/// `recovery_target_action` ends recovery, which promotes it.
+pub async fn replay_progress(client: &Client, hold: bool) -> Result<Replay, PgError> {
+    let what = "pg_is_wal_replay_paused()";
+    let Some(replayed) = replay_position(client).await? else {
+        return Ok(Replay::Promoted);
+    };
+    let paused: bool = client
+        .query_one("SELECT pg_is_wal_replay_paused()", &[])
+        .await
+        .map_err(PgError::db(what))?
+        .get(0);
+    if !paused {
+        return Ok(Replay::Replaying(replayed));
+    }
+    if hold {
+        return Ok(Replay::Paused(replayed));
+    }
+    client
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .map_err(PgError::db("pg_wal_replay_resume()"))?;
+    Ok(Replay::Replaying(replayed))
+}
+
 /// What the instance at `endpoint` answers when asked whether it is in recovery; `None` when it
 /// cannot be asked. After a failed switchover the standby gets the last word on whether it was
 /// promoted.

@@ -137,6 +137,21 @@ fn publish_transitions() {
             requeue_after: Some(PROGRESS_POLL),
         },
         Case {
+            name: "a change to Recover waits for a replay paused at its target to promote",
+            policy: Policy::default(),
+            status: published_status(),
+            observed: Observed {
+                published: Step::InProgress,
+                ..serving()
+            },
+            now: t(30),
+            phase_after: Published,
+            actions: &[Action::EnsureMount, Action::EnsurePublished],
+            reason: "ModeChanged",
+            expires_at: None,
+            requeue_after: Some(STEP_POLL),
+        },
+        Case {
             name: "a publish whose mount failed waits to retry it",
             policy: publish(Some(3600)),
             status: published_status(),

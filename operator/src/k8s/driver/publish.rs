@@ -8,7 +8,7 @@ use ir_api::Reason;
 use ir_api::crd::RecoveryMount;
 use ir_api::point_in_time::PointInTimeStatus;
 use ir_engine::machine::{self, EventKind, Failure, Step};
-use ir_engine::postgres;
+use ir_engine::{point_in_time, postgres};
 use ir_engine::round::Found;
 use ir_repository::format_lsn;
 use jiff::Timestamp;
@@ -156,15 +156,17 @@ impl Driver<'_> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             match endpoint.probe().await {
-                Ok(Some(client)) if self.ir.spec.point_in_time.is_some() => {
-                    // It answers while it replays (hot standby): serving means promoted.
-                    match postgres::replay_position(&client).await {
-                        Ok(Some(replayed)) => {
+                Ok(Some(client)) if let Some(point) = &self.ir.spec.point_in_time => {
+                    // It answers while it replays (hot standby): serving means promoted, or
+                    // paused at the target when it is held there.
+                    let hold = point_in_time::holds_at_target(point, self.ir.spec.mode);
+                    match postgres::replay_progress(&client, hold).await {
+                        Ok(postgres::Replay::Replaying(replayed)) => {
                             self.replayed_lsn = Some(replayed);
                             self.requeue_soon = true;
                             return Ok(Step::InProgress);
                         }
-                        Ok(None) => {
+                        Ok(postgres::Replay::Paused(_) | postgres::Replay::Promoted) => {
                             let answered = Timestamp::now();
                             self.published_ip = Some(ip);
                             self.published_client = Some(client);
