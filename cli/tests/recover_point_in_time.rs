@@ -179,14 +179,21 @@ fn a_publish_paused_at_a_restore_point_shows_it_then_goes_on_to_a_recovery() {
     // Held at the point, still in recovery: read-only, no new timeline.
     assert_eq!(r.published("SELECT pg_is_in_recovery()"), "t");
     assert_eq!(r.published("SELECT pg_is_wal_replay_paused()"), "t");
-    assert_eq!(r.published("SELECT count(*) || ':' || max(id) FROM t"), "201:201");
+    assert_eq!(
+        r.published("SELECT count(*) || ':' || max(id) FROM t"),
+        "201:201"
+    );
     let refused = r.try_published("INSERT INTO t VALUES (5000)").unwrap_err();
     assert!(refused.contains("read-only transaction"), "{refused}");
 
     // Going on to a recovery promotes it at the point, then copies and switches over.
     let mut r = r;
     r.run_to_completion(&[], RUN_TIMEOUT);
-    assert!(r.output().contains("Published -> Syncing"), "{}", r.output());
+    assert!(
+        r.output().contains("Published -> Syncing"),
+        "{}",
+        r.output()
+    );
     assert_eq!(
         r.target("SELECT count(*) || ':' || max(id) FROM t"),
         "201:201"
@@ -315,6 +322,19 @@ fn targets_the_repository_cannot_reach_are_refused_at_validation() {
     let out = r.output();
     assert!(out.contains("which the repository lacks"), "{out}");
     assert!(out.contains(&segment), "names the segment {segment}: {out}");
+
+    // A restore point only replay can place: the replay stops at the gap, which is named.
+    let mut r = h.recovery("gap-by-name");
+    r.spawn(&["--target-name", "before_drop"]);
+    let exit = r.wait_exit(RUN_TIMEOUT);
+    assert!(!exit.success());
+    let status = r.status();
+    assert_eq!(status["reason"], "WalSegmentMissing", "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains(&segment),
+        "names the segment {segment}: {message}"
+    );
 }
 
 impl History {

@@ -2,8 +2,9 @@
 //! point in time, the same for both drivers: whether it holds at a paused target, the recovery settings with `restore_command`
 //! running `irctl wal fetch`, and the log line of a replay that ran out of WAL.
 
-use ir_api::point_in_time::{PointInTime, TargetAction};
+use ir_api::point_in_time::{PointInTime, PointInTimeStatus, TargetAction};
 use ir_api::recovery::RecoveryMode;
+use ir_api::{Failure, Reason};
 
 /// What PostgreSQL logs when the WAL ran out before the target (then it exits).
 const ENDED_SHORT: &str = "recovery ended before configured recovery target was reached";
@@ -34,6 +35,33 @@ fn restore_command_word(word: &str) -> String {
 /// recovery is a Publish. A Recover resumes it, which promotes it.
 pub fn holds_at_target(point: &PointInTime, mode: RecoveryMode) -> bool {
     point.action == Some(TargetAction::Pause) && mode == RecoveryMode::Publish
+}
+
+/// The failure of a replay that ran out of WAL before its target: a segment missing from the
+/// window (WAL beyond it is archived) is named; otherwise the target is not in the WAL there
+/// is (a restore point name or a transaction it does not hold). `replayed` says who replayed,
+/// `log` is the end of its log.
+pub fn unreached(point: Option<&PointInTimeStatus>, replayed: &str, log: &str) -> Failure {
+    let target = point.map_or("the target", |p| p.target.as_str());
+    let missing = point
+        .and_then(|p| p.window.as_ref())
+        .and_then(|w| w.first_missing_segment.as_deref());
+    match missing {
+        Some(segment) => Failure::new(
+            Reason::WalSegmentMissing,
+            format!(
+                "{replayed} stopped at WAL segment {segment}, which the repository lacks, \
+                 without reaching {target}; its log ends with:\n{log}"
+            ),
+        ),
+        None => Failure::new(
+            Reason::PointInTimeUnreached,
+            format!(
+                "{replayed} replayed all the WAL the repository holds without reaching \
+                 {target}; its log ends with:\n{log}"
+            ),
+        ),
+    }
 }
 
 /// Whether a log says the replay ended before its target.

@@ -30,7 +30,10 @@ fn the_last_commit_and_abort_of_a_real_segment_are_found() {
     assert_eq!(segment, switched, "the commits stayed in one segment");
     server.psql("SELECT pg_switch_wal()");
     let last = last_transaction_end(&segment_file(&server, &segment)).expect("a commit");
-    assert!(before < last && last < committed, "{before} < {last} < {committed}");
+    assert!(
+        before < last && last < committed,
+        "{before} < {last} < {committed}"
+    );
 
     // An abort ends a transaction too. (Right after a switch the current LSN is the new
     // segment's first byte, which pg_walfile_name names the old segment by.)
@@ -42,7 +45,10 @@ fn the_last_commit_and_abort_of_a_real_segment_are_found() {
     let aborted = OffsetDateTime::now_utc();
     server.psql("SELECT pg_switch_wal()");
     let last = last_transaction_end(&segment_file(&server, &segment)).expect("an abort");
-    assert!(before_abort < last && last < aborted, "{before_abort} < {last} < {aborted}");
+    assert!(
+        before_abort < last && last < aborted,
+        "{before_abort} < {last} < {aborted}"
+    );
 
     // A segment with no transaction in it: a checkpoint record, then a switch.
     server.psql("CHECKPOINT");

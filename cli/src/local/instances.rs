@@ -171,7 +171,11 @@ impl LocalRecovery {
                 ),
             )),
             Err(e) if ir_engine::point_in_time::ended_short(&e.to_string()) => {
-                Err(Failure::new(Reason::PointInTimeUnreached, e.to_string()))
+                Err(ir_engine::point_in_time::unreached(
+                    self.state.status.point_in_time.as_ref(),
+                    "PostgreSQL",
+                    &e.to_string(),
+                ))
             }
             Err(e) => {
                 // Through a lost mount PostgreSQL cannot start: that is the mount's failure.
@@ -282,17 +286,10 @@ impl LocalRecovery {
         }
         let log = process::log_tail(&instance.log, 4000);
         ir_engine::point_in_time::ended_short(&log).then(|| {
-            Failure::new(
-                Reason::PointInTimeUnreached,
-                format!(
-                    "PostgreSQL replayed all the WAL the repository holds without reaching {}; \
-                     its log ends with:\n{log}",
-                    self.state
-                        .status
-                        .point_in_time
-                        .as_ref()
-                        .map_or("the target", |p| p.target.as_str())
-                ),
+            ir_engine::point_in_time::unreached(
+                self.state.status.point_in_time.as_ref(),
+                "PostgreSQL",
+                &log,
             )
         })
     }

@@ -24,9 +24,8 @@ pub use basebackup::{
 pub use binaries::{ControlData, PgBinaries, control_data};
 pub use instance::Instance;
 pub use sql::{
-    Replay, alter_system, answers_in_recovery, in_recovery, quote_ident, quote_literal, replay_position,
-    replay_progress,
-    replication_role_sql, set_read_only,
+    Replay, alter_system, answers_in_recovery, in_recovery, quote_ident, quote_literal,
+    replay_position, replay_progress, replication_role_sql, set_read_only,
 };
 pub use switchover::{
     LocalPublished, PublishedControl, Reached, Switchover, SwitchoverError, SwitchoverOutcome,

@@ -121,7 +121,9 @@ pub fn last_transaction_end(segment: &[u8]) -> Option<OffsetDateTime> {
         at += maxalign(total);
     }
     let micros = last?;
-    let secs = micros.div_euclid(1_000_000).checked_add(PG_EPOCH_UNIX_SECS)?;
+    let secs = micros
+        .div_euclid(1_000_000)
+        .checked_add(PG_EPOCH_UNIX_SECS)?;
     let nanos = micros.rem_euclid(1_000_000) * 1000;
     OffsetDateTime::from_unix_timestamp(secs)
         .ok()

@@ -8,8 +8,8 @@ use ir_api::Reason;
 use ir_api::crd::RecoveryMount;
 use ir_api::point_in_time::PointInTimeStatus;
 use ir_engine::machine::{self, EventKind, Failure, Step};
-use ir_engine::{point_in_time, postgres};
 use ir_engine::round::Found;
+use ir_engine::{point_in_time, postgres};
 use ir_repository::format_lsn;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
@@ -242,18 +242,11 @@ impl Driver<'_> {
             .as_ref()
             .and_then(|t| t.message.as_deref())
             .unwrap_or_default();
-        if ir_engine::point_in_time::ended_short(last_lines) {
-            let target = self
-                .status
-                .point_in_time
-                .as_ref()
-                .map_or("the target", |p| p.target.as_str());
-            return Ok(Step::Failed(Failure::new(
-                Reason::PointInTimeUnreached,
-                format!(
-                    "spec.pointInTime: PostgreSQL in Pod {name} replayed all the WAL the \
-                     repository holds without reaching {target}; its log ends with:\n{last_lines}"
-                ),
+        if point_in_time::ended_short(last_lines) {
+            return Ok(Step::Failed(point_in_time::unreached(
+                self.status.point_in_time.as_ref(),
+                &format!("spec.pointInTime: PostgreSQL in Pod {name}"),
+                last_lines,
             )));
         }
         let finished = terminated
