@@ -207,6 +207,61 @@ fn a_publish_paused_at_a_restore_point_shows_it_then_goes_on_to_a_recovery() {
 }
 
 #[test]
+fn a_restore_point_starts_from_the_newest_backup_before_it() {
+    ir_e2e::require_root();
+    ir_e2e::require_fuse();
+    let tmp = ir_e2e::shared_tempdir();
+    let root = tmp.path().to_owned();
+    let (repo, _) = archiving_repository(&root);
+    let mut source = PgCluster::init(&root.join("source"));
+    let push = format!(
+        "archive_command={} wal push --repo {repo} %p",
+        env!("CARGO_BIN_EXE_irctl")
+    );
+    source.start(&["archive_mode=on", &push]);
+    source.psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)");
+    let before = common::backup_from_pg(&repo, &source.conninfo(), &[]);
+    source.psql("INSERT INTO t SELECT generate_series(11, 20)");
+    source.psql("SELECT pg_create_restore_point('mid')");
+    source.psql("INSERT INTO t SELECT generate_series(21, 30)");
+    // The newest backup ends after the restore point: replay from it would never meet it.
+    let after = common::backup_from_pg(&repo, &source.conninfo(), &[]);
+    source.archive_current_segment();
+    source.stop();
+
+    let dir = root.join("by-name");
+    std::fs::create_dir(&dir).unwrap();
+    let mut r = Recovery::new(&dir, &repo, "latest", &[]);
+    r.spawn(&["--target-name", "mid", "--switchover", "manual"]);
+    let status = r.wait_phase("ReadyForSwitchover", RUN_TIMEOUT);
+    assert_eq!(
+        status["backup"]["id"],
+        before.as_str(),
+        "not {after}: {status}"
+    );
+    assert_eq!(
+        r.published("SELECT count(*) || ':' || max(id) FROM t"),
+        "20:20"
+    );
+    r.kill();
+
+    // A name the archive does not hold is left to replay, from the newest backup.
+    let dir = root.join("unknown-name");
+    std::fs::create_dir(&dir).unwrap();
+    let mut r = Recovery::new(&dir, &repo, "latest", &[]);
+    r.spawn(&["--target-name", "never-created"]);
+    let exit = r.wait_exit(RUN_TIMEOUT);
+    assert!(!exit.success());
+    assert_eq!(
+        r.status()["reason"],
+        "PointInTimeUnreached",
+        "{}",
+        r.status()
+    );
+    assert_eq!(r.status()["backup"]["id"], after.as_str());
+}
+
+#[test]
 fn recovery_to_a_time_an_lsn_and_a_transaction() {
     let h = history();
     let cases: [(&str, Vec<&str>, &str); 4] = [
@@ -323,9 +378,18 @@ fn targets_the_repository_cannot_reach_are_refused_at_validation() {
     assert!(out.contains("which the repository lacks"), "{out}");
     assert!(out.contains(&segment), "names the segment {segment}: {out}");
 
-    // A restore point only replay can place: the replay stops at the gap, which is named.
+    // A restore point is placed by the archive's index: refused at validation too.
     let mut r = h.recovery("gap-by-name");
     r.spawn(&["--target-name", "before_drop"]);
+    let exit = r.wait_exit(RUN_TIMEOUT);
+    assert!(!exit.success());
+    let out = r.output();
+    assert!(out.contains("which the repository lacks"), "{out}");
+    assert!(out.contains(&segment), "names the segment {segment}: {out}");
+
+    // A transaction only replay can place: the replay stops at the gap, which is named.
+    let mut r = h.recovery("gap-by-xid");
+    r.spawn(&["--target-xid", &h.xid]);
     let exit = r.wait_exit(RUN_TIMEOUT);
     assert!(!exit.success());
     let status = r.status();

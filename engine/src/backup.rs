@@ -55,20 +55,32 @@ pub async fn find_backup_for(
         .target()
         .map_err(|e| Failure::new(Reason::InvalidSpec, format!("point in time: {e}")))?;
     let repo = Repository::open(location).await.map_err(Failure::from)?;
-    let manifest = if id_or_latest == "latest" {
+    let (manifest, named) = if id_or_latest == "latest" {
         let list = repo.list_backups().await.map_err(Failure::from)?;
-        choose_backup(&list.backups, &target)?.clone()
+        let named = match list.backups.last() {
+            Some(newest) => restore_points(&repo, newest, &target).await?,
+            None => Vec::new(),
+        };
+        // A restore point the archive knows is placed like its LSN: the newest backup before
+        // the last one of that name (replay stops at the first one after the backup).
+        let placed = named.last().map_or(target.clone(), |&lsn| Target::Lsn(lsn));
+        (choose_backup(&list.backups, &placed)?.clone(), named)
     } else {
         let id = repo
             .resolve_backup(id_or_latest)
             .await
             .map_err(Failure::from)?;
-        repo.load_manifest(&id).await.map_err(Failure::from)?
+        let manifest = repo.load_manifest(&id).await.map_err(Failure::from)?;
+        let named = restore_points(&repo, &manifest, &target).await?;
+        (manifest, named)
     };
     let info = backup_info(&manifest)?;
     let sysid = system_identifier(&manifest)?;
     let listing = repo.wal(sysid).list().await.map_err(wal_failure)?;
     let mut window = window_of(&listing, &manifest);
+    if !named.is_empty() {
+        check_restore_point(&target, &named, &manifest, &window)?;
+    }
     if let Target::Time(t) = target
         && window.latest.is_some_and(|latest| t <= latest)
         && let Some(last) = last_transaction_end(&repo, sysid, &listing, &manifest).await
@@ -78,9 +90,13 @@ pub async fn find_backup_for(
         window.latest = Some(last);
     }
     check_target(&target, &manifest.id, &window)?;
+    let consistent = consistent_lsn(&manifest);
     let end_lsn = match target {
         Target::Lsn(lsn) => format_lsn(lsn),
-        _ => window.latest_lsn.clone(),
+        _ => match named.iter().find(|&&lsn| lsn >= consistent) {
+            Some(&lsn) => format_lsn(lsn),
+            None => window.latest_lsn.clone(),
+        },
     };
     Ok((
         info,
@@ -110,6 +126,51 @@ fn wal_failure(e: WalError) -> Failure {
         WalError::Repo(e) => Failure::from(e),
         e => Failure::new(Reason::RepositoryError, format!("listing the WAL: {e}")),
     }
+}
+
+/// The LSNs of the archived restore points named as `target` is (oldest first), from the
+/// index `irctl wal push` keeps for the system of `manifest`; empty for other targets, and
+/// for a name the index lacks (WAL archived before restore points were indexed: only replay
+/// can place it then).
+async fn restore_points(
+    repo: &Repository,
+    manifest: &BackupManifest,
+    target: &Target,
+) -> Result<Vec<u64>, Failure> {
+    let Target::Name(name) = target else {
+        return Ok(Vec::new());
+    };
+    let points = repo
+        .wal(system_identifier(manifest)?)
+        .restore_points_named(name)
+        .await
+        .map_err(wal_failure)?;
+    Ok(points.iter().filter_map(|p| p.lsn_value()).collect())
+}
+
+/// Checks a restore point target against the window, by the LSN of the first restore point of
+/// that name after the backup is consistent (where replay stops).
+fn check_restore_point(
+    target: &Target,
+    named: &[u64],
+    manifest: &BackupManifest,
+    window: &RecoverableWindow,
+) -> Result<(), Failure> {
+    let consistent = consistent_lsn(manifest);
+    let Some(&lsn) = named.iter().find(|&&lsn| lsn >= consistent) else {
+        return Err(Failure::new(
+            Reason::PointInTimeBeforeBackup,
+            format!(
+                "{target} lies before backup {} is consistent ({}); it can recover {window}",
+                manifest.id,
+                format_lsn(consistent)
+            ),
+        ));
+    };
+    check_target(&Target::Lsn(lsn), &manifest.id, window).map_err(|mut f| {
+        f.message = format!("{target} at {}: {}", format_lsn(lsn), f.message);
+        f
+    })
 }
 
 /// How many segments back from the end of a window its last transaction is looked for.
@@ -342,6 +403,29 @@ mod tests {
         // During b's run b is not consistent yet: a replays to it.
         assert_eq!(chosen(Target::Time(at(2300))).unwrap(), "a");
         assert_eq!(chosen(Target::Time(at(2600))).unwrap(), "b");
+    }
+
+    #[test]
+    fn a_restore_point_is_checked_by_the_first_of_its_name_after_the_backup() {
+        let b = backup("b", 2000, "0/5000100");
+        let window = RecoverableWindow {
+            earliest: at(2000),
+            earliest_lsn: "0/5000100".into(),
+            latest: Some(at(5000)),
+            latest_lsn: "0/9000000".into(),
+            first_missing_segment: None,
+        };
+        let name = Target::Name("rp".into());
+        assert!(check_restore_point(&name, &[0x3000000, 0x6000000], &b, &window).is_ok());
+        let f = check_restore_point(&name, &[0x3000000], &b, &window).unwrap_err();
+        assert_eq!(f.reason, Reason::PointInTimeBeforeBackup, "{}", f.message);
+        let f = check_restore_point(&name, &[0xA000000], &b, &window).unwrap_err();
+        assert_eq!(f.reason, Reason::PointInTimeNotArchived, "{}", f.message);
+        assert!(
+            f.message.starts_with("restore point \"rp\" at 0/A000000"),
+            "{}",
+            f.message
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ir_e2e::pg::PgCluster;
-use ir_repository::wal::last_transaction_end;
+use ir_repository::wal::{last_transaction_end, restore_points};
 use time::OffsetDateTime;
 
 fn segment_file(server: &PgCluster, name: &str) -> Vec<u8> {
@@ -48,6 +48,21 @@ fn the_last_commit_and_abort_of_a_real_segment_are_found() {
     assert!(
         before_abort < last && last < aborted,
         "{before_abort} < {last} < {aborted}"
+    );
+
+    // Restore points, by name and place.
+    let lsn = server.psql("SELECT pg_create_restore_point('before_upgrade')");
+    let segment = server.psql(&format!("SELECT pg_walfile_name('{lsn}')"));
+    server.psql("SELECT pg_create_restore_point('x')");
+    server.psql("SELECT pg_switch_wal()");
+    let points = restore_points(&segment_file(&server, &segment));
+    let names: Vec<&str> = points.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["before_upgrade", "x"]);
+    // pg_create_restore_point returns where the record ends; the index has where it starts.
+    let end = ir_repository::parse_lsn(&lsn).unwrap();
+    assert!(
+        points[0].lsn < end && end - points[0].lsn < 200,
+        "{points:?} {lsn}"
     );
 
     // A segment with no transaction in it: a checkpoint record, then a switch.

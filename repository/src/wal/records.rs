@@ -1,11 +1,12 @@
-//! Reading the records of one WAL segment, as far as a recovery to a time needs: when its last
-//! transaction ended. PostgreSQL stops a recovery to a time at the first commit or abort after
-//! it, so a time after the last one archived can never be reached.
+//! Reading the records of one WAL segment, as far as a recovery to a point needs: when its last
+//! transaction ended (PostgreSQL stops a recovery to a time at the first commit or abort after
+//! it, so a time after the last one archived can never be reached), and the restore points
+//! created in it (so that a recovery to a named one starts from the backup before it).
 //!
 //! The reader follows the record chain (`xl_prev`) from the first record that starts in the
 //! segment; it stops at the first record that does not link up, or that runs past the
-//! segment's end. Only records without block references are decoded (commits and aborts carry
-//! none), so the version-dependent block image headers are never read.
+//! segment's end. Only records without block references are decoded (commits, aborts and
+//! restore points carry none), so the version-dependent block image headers are never read.
 
 use time::OffsetDateTime;
 
@@ -14,7 +15,13 @@ const XLP_LONG_HEADER: u16 = 0x0002;
 const SHORT_HEADER: usize = 24;
 const LONG_HEADER: usize = 40;
 const RECORD_HEADER: usize = 24;
+const RM_XLOG_ID: u8 = 0;
 const RM_XACT_ID: u8 = 1;
+/// The info bits that say which record of its resource manager a record is.
+const XLR_INFO_MASK_OUT: u8 = 0xF0;
+const XLOG_RESTORE_POINT: u8 = 0x70;
+/// The size of a restore point's name field (`MAXFNAMELEN`).
+const MAXFNAMELEN: usize = 64;
 const XLOG_XACT_OPMASK: u8 = 0x70;
 /// Commit, abort, commit prepared, abort prepared: the records a time target stops at.
 const XACT_ENDS: [u8; 4] = [0x00, 0x20, 0x30, 0x40];
@@ -95,39 +102,103 @@ impl Stream {
     }
 }
 
-/// The time the last transaction (commit or abort) in `segment` ended; `None` when it holds
-/// none, or is not a segment this reader understands.
-pub fn last_transaction_end(segment: &[u8]) -> Option<OffsetDateTime> {
-    let stream = Stream::read(segment)?;
+/// Calls `each` with the LSN and bytes of every whole record that starts in `segment`, in
+/// order, while they link up; false when `segment` is not one this reader understands.
+fn each_record(segment: &[u8], mut each: impl FnMut(u64, &[u8])) -> bool {
+    let Some(stream) = Stream::read(segment) else {
+        return false;
+    };
     let bytes = &stream.bytes;
     let mut at = stream.first_record;
     let mut prev: Option<u64> = None;
-    let mut last = None;
     while at + RECORD_HEADER <= bytes.len() {
-        let total = usize::try_from(u32_at(bytes, at)?).ok()?;
+        let Some(total) = u32_at(bytes, at).and_then(|t| usize::try_from(t).ok()) else {
+            break;
+        };
         if total < RECORD_HEADER || at + total > bytes.len() {
             break;
         }
         let lsn = stream.lsn(at);
-        let xl_prev = u64_at(bytes, at + 8)?;
-        if prev.is_some_and(|p| p != xl_prev) {
+        if prev.is_some_and(|p| Some(p) != u64_at(bytes, at + 8)) {
             break;
         }
-        let record = &bytes[at..at + total];
-        if let Some(time) = transaction_end(record) {
-            last = Some(time);
-        }
+        each(lsn, &bytes[at..at + total]);
         prev = Some(lsn);
         at += maxalign(total);
     }
-    let micros = last?;
+    true
+}
+
+fn from_pg_time(micros: i64) -> Option<OffsetDateTime> {
     let secs = micros
         .div_euclid(1_000_000)
         .checked_add(PG_EPOCH_UNIX_SECS)?;
-    let nanos = micros.rem_euclid(1_000_000) * 1000;
+    let nanos = u32::try_from(micros.rem_euclid(1_000_000) * 1000).ok()?;
     OffsetDateTime::from_unix_timestamp(secs)
+        .ok()?
+        .replace_nanosecond(nanos)
         .ok()
-        .and_then(|t| t.replace_nanosecond(u32::try_from(nanos).ok()?).ok())
+}
+
+/// The time the last transaction (commit or abort) in `segment` ended; `None` when it holds
+/// none, or is not a segment this reader understands.
+pub fn last_transaction_end(segment: &[u8]) -> Option<OffsetDateTime> {
+    let mut last = None;
+    each_record(segment, |_, record| {
+        if let Some(time) = transaction_end(record) {
+            last = Some(time);
+        }
+    });
+    from_pg_time(last?)
+}
+
+/// A restore point (`pg_create_restore_point`) as its WAL record has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePointRecord {
+    pub name: String,
+    pub lsn: u64,
+    pub time: OffsetDateTime,
+}
+
+/// The restore points created in `segment`, in order.
+pub fn restore_points(segment: &[u8]) -> Vec<RestorePointRecord> {
+    let mut points = Vec::new();
+    each_record(segment, |lsn, record| {
+        if let Some((name, time)) = restore_point(record) {
+            points.push(RestorePointRecord { name, lsn, time });
+        }
+    });
+    points
+}
+
+/// The name and time of an `XLOG_RESTORE_POINT` record (`xl_restore_point`: the time, then
+/// the name in a NUL-padded `MAXFNAMELEN` field).
+fn restore_point(record: &[u8]) -> Option<(String, OffsetDateTime)> {
+    let (info, rmid) = (record[16], record[17]);
+    if rmid != RM_XLOG_ID || info & XLR_INFO_MASK_OUT != XLOG_RESTORE_POINT {
+        return None;
+    }
+    let main = main_data(record)?;
+    let time = from_pg_time(i64::from_le_bytes(main.get(..8)?.try_into().ok()?))?;
+    let field = main.get(8..8 + MAXFNAMELEN)?;
+    let name = &field[..field.iter().position(|&b| b == 0)?];
+    Some((std::str::from_utf8(name).ok()?.to_owned(), time))
+}
+
+/// The main data of a record without block references (the last bytes of the record).
+fn main_data(record: &[u8]) -> Option<&[u8]> {
+    let mut at = RECORD_HEADER;
+    let main_len = loop {
+        match *record.get(at)? {
+            BLOCK_ID_DATA_SHORT => break usize::from(*record.get(at + 1)?),
+            BLOCK_ID_DATA_LONG => break usize::try_from(u32_at(record, at + 1)?).ok()?,
+            BLOCK_ID_ORIGIN => at += 3,
+            BLOCK_ID_TOPLEVEL_XID => at += 5,
+            // A block reference: not a record of the kinds read here.
+            _ => return None,
+        }
+    };
+    record.get(record.len().checked_sub(main_len)?..)
 }
 
 /// The end time (PostgreSQL microseconds) of a commit or abort record.
@@ -136,19 +207,9 @@ fn transaction_end(record: &[u8]) -> Option<i64> {
     if rmid != RM_XACT_ID || !XACT_ENDS.contains(&(info & XLOG_XACT_OPMASK)) {
         return None;
     }
-    let mut at = RECORD_HEADER;
-    let main_len = loop {
-        match *record.get(at)? {
-            BLOCK_ID_DATA_SHORT => break usize::from(*record.get(at + 1)?),
-            BLOCK_ID_DATA_LONG => break usize::try_from(u32_at(record, at + 1)?).ok()?,
-            BLOCK_ID_ORIGIN => at += 3,
-            BLOCK_ID_TOPLEVEL_XID => at += 5,
-            // A block reference: not a record of the kind read here.
-            _ => return None,
-        }
-    };
-    let main = record.len().checked_sub(main_len)?;
-    i64::try_from(u64_at(record, main)?).ok()
+    Some(i64::from_le_bytes(
+        main_data(record)?.get(..8)?.try_into().ok()?,
+    ))
 }
 
 #[cfg(test)]
