@@ -244,6 +244,22 @@ async fn wal_listings(
     listings
 }
 
+/// `0/2000100 @ 2026-11-25 06:36:10`: where and when the backup is consistent by, `-` when
+/// nothing of its system is archived.
+fn recoverable_from(s: &Summary) -> String {
+    match s.wal.as_ref().map(|w| &w.recovery_window) {
+        Some(w) => format!(
+            "{} @ {}",
+            w.start_lsn,
+            w.earliest
+                .get(..19)
+                .unwrap_or(&w.earliest)
+                .replace('T', " ")
+        ),
+        None => "-".to_string(),
+    }
+}
+
 /// `0/3000100 @ 2026-11-25 07:04:00` for a window reaching past the backup, `-` otherwise.
 fn recoverable_to(s: &Summary) -> String {
     let Some(w) = s.wal.as_ref().map(|w| &w.recovery_window) else {
@@ -279,14 +295,22 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
                 return Ok(print_json(&summaries)?);
             }
             println!(
-                "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12} {:<12}",
-                "ID", "CREATED", "PG", "SIZE", "FILES", "START LSN", "STOP LSN", "RECOVERABLE TO"
+                "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12} {:<34} {:<12}",
+                "ID",
+                "CREATED",
+                "PG",
+                "SIZE",
+                "FILES",
+                "START LSN",
+                "STOP LSN",
+                "RECOVERABLE FROM",
+                "RECOVERABLE TO"
             );
             let short =
                 time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
             for (s, m) in summaries.iter().zip(&backups) {
                 println!(
-                    "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12} {:<12}",
+                    "{:<22} {:<20} {:<4} {:>10} {:>8} {:<12} {:<12} {:<34} {:<12}",
                     s.id,
                     m.created.format(short).unwrap_or_default(),
                     s.pg_version,
@@ -294,6 +318,7 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
                     s.files,
                     s.start_lsn,
                     s.stop_lsn.unwrap_or("-"),
+                    recoverable_from(s),
                     recoverable_to(s)
                 );
             }

@@ -464,6 +464,15 @@ fn recovery_follows_the_timeline_the_source_took_after_the_backup() {
     source.archive_current_segment();
     source.stop();
 
+    // Told to stay on the backup's timeline, the window ends where timeline 1 does.
+    let workdir = root.join("current-timeline");
+    std::fs::create_dir(&workdir).unwrap();
+    let mut r = Recovery::new(&workdir, &repo, "latest", &[]);
+    r.spawn(&["--target-time", &time, "--target-timeline", "current"]);
+    let status = r.wait_phase("Waiting", RUN_TIMEOUT);
+    assert_eq!(status["reason"], "PointInTimeNotArchived", "{status}");
+    r.kill();
+
     // A time on timeline 2 lies inside the window of the backup taken on timeline 1.
     let workdir = root.join("to-timeline-2");
     std::fs::create_dir(&workdir).unwrap();

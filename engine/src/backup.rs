@@ -77,13 +77,14 @@ pub async fn find_backup_for(
     let info = backup_info(&manifest)?;
     let sysid = system_identifier(&manifest)?;
     let listing = repo.wal(sysid).list().await.map_err(wal_failure)?;
-    let mut window = window_of(&listing, &manifest);
+    let follow = point.timeline.as_deref();
+    let mut window = window_of(&listing, &manifest, follow);
     if !named.is_empty() {
         check_restore_point(&target, &named, &manifest, &window)?;
     }
     if let Target::Time(t) = target
         && window.latest.is_some_and(|latest| t <= latest)
-        && let Some(last) = last_transaction_end(&repo, sysid, &listing, &manifest).await
+        && let Some(last) = last_transaction_end(&repo, sysid, &listing, &manifest, follow).await
     {
         // The listing's latest is when the last segment was archived, later than its last
         // transaction: a time in between would pass here and never be reached.
@@ -185,9 +186,10 @@ async fn last_transaction_end(
     sysid: u64,
     listing: &WalListing,
     manifest: &BackupManifest,
+    follow: Option<&str>,
 ) -> Option<Timestamp> {
     let size = listing.segment_size?;
-    let window = listing.window(manifest);
+    let window = listing.window_following(manifest, follow);
     window.latest?;
     let last = window.end_lsn.checked_sub(1)? / size;
     let first = window.start_lsn / size;
@@ -208,9 +210,14 @@ async fn last_transaction_end(
     None
 }
 
-/// What `manifest`'s backup can be recovered to from the WAL of `listing`.
-fn window_of(listing: &WalListing, manifest: &BackupManifest) -> RecoverableWindow {
-    let window = listing.window(manifest);
+/// What `manifest`'s backup can be recovered to from the WAL of `listing`, following the
+/// timeline `follow` (`recovery_target_timeline`; `None`: latest).
+fn window_of(
+    listing: &WalListing,
+    manifest: &BackupManifest,
+    follow: Option<&str>,
+) -> RecoverableWindow {
+    let window = listing.window_following(manifest, follow);
     // The segment after the window is missing; it is a gap when WAL beyond it is archived.
     let gap = listing.gaps().into_iter().any(|g| {
         g.timeline == window.timeline && Some(&g.first_missing) == window.first_missing.as_ref()
@@ -241,7 +248,7 @@ pub async fn recoverable_windows(
                 new.insert(listing.ok())
             }
         };
-        windows.push(listing.as_ref().map(|l| window_of(l, manifest)));
+        windows.push(listing.as_ref().map(|l| window_of(l, manifest, None)));
     }
     windows
 }

@@ -89,6 +89,14 @@ impl WalListing {
     /// latest`). A backup of another system, or whose LSNs do not parse, gets the window of no
     /// archived WAL.
     pub fn window(&self, backup: &BackupManifest) -> Window {
+        self.window_following(backup, None)
+    }
+
+    /// [`WalListing::window`] for a recovery that follows `follow` (its
+    /// `recovery_target_timeline`): `latest` (or `None`) as there, `current` the backup's own
+    /// timeline only, a number the timelines up to that one (only the backup's own when that
+    /// one does not descend from it).
+    pub fn window_following(&self, backup: &BackupManifest, follow: Option<&str>) -> Window {
         let start = crate::parse_lsn(&backup.start_lsn).unwrap_or(0);
         let consistent = backup
             .stop_lsn
@@ -110,7 +118,14 @@ impl WalListing {
         let mut latest = None;
         let ours = backup.system_identifier == self.system_identifier.to_string();
         let mut timeline = backup.timeline;
-        for (tli, branched_at) in self.path_from(backup.timeline, consistent) {
+        let path = match follow {
+            None | Some("latest") => self.path_from(backup.timeline, consistent),
+            Some(number) => match number.parse::<u32>() {
+                Ok(n) if n != backup.timeline => self.path_to(n, backup.timeline, consistent),
+                _ => vec![(backup.timeline, None)],
+            },
+        };
+        for (tli, branched_at) in path {
             // The segment of the branch point is read from the new timeline. Never below where
             // the walk is: a manifest whose start lies after its stop must not turn the range
             // around (a panic).
@@ -154,6 +169,25 @@ impl WalListing {
                 .iter()
                 .map(|&(t, at)| (t, Some(at)))
                 .chain([(tli, None)])
+                .collect(),
+            None => vec![(timeline, None)],
+        }
+    }
+
+    /// The timelines from `timeline` at `from` to `to`, as [`WalListing::path_from`] gives
+    /// them; only `timeline` when `to` does not branch off it after `from`.
+    fn path_to(&self, to: u32, timeline: u32, from: u64) -> Vec<(u32, Option<u64>)> {
+        let path = self.ancestors.get(&to).and_then(|ancestors| {
+            let i = ancestors
+                .iter()
+                .position(|&(t, branched_at)| t == timeline && branched_at >= from)?;
+            Some(&ancestors[i..])
+        });
+        match path {
+            Some(ancestors) => ancestors
+                .iter()
+                .map(|&(t, at)| (t, Some(at)))
+                .chain([(to, None)])
                 .collect(),
             None => vec![(timeline, None)],
         }
