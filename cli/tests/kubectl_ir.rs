@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use ir_api::crd::RETRY_ANNOTATION;
+use ir_api::crd::{ABORT_ANNOTATION, RETRY_ANNOTATION};
 use ir_api::crd::{BackupRepository, InstantRecovery};
+use ir_api::recovery::RecoveryMode;
 use ir_e2e::cluster::ControlPlane;
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -387,6 +388,40 @@ async fn switchover_retry_and_backups_act_on_the_stored_objects() {
     );
     let stderr = fx.fails(&["retry", "absent", "-n", NS]).await;
     assert_eq!(stderr, "error: instantrecovery demo/absent not found\n");
+
+    // abort: the annotation the operator tears down by, refused once the switchover began.
+    let text = fx.ok(&["abort", "syncing", "-n", NS]).await;
+    assert!(
+        text.contains("abort of instantrecovery demo/syncing requested"),
+        "{text}"
+    );
+    assert!(
+        api.get("syncing")
+            .await
+            .unwrap()
+            .annotations()
+            .contains_key(ABORT_ANNOTATION)
+    );
+    let stderr = fx.fails(&["abort", "done", "-n", NS]).await;
+    assert!(stderr.contains("the switchover began"), "{stderr}");
+    assert!(
+        !api.get("done")
+            .await
+            .unwrap()
+            .annotations()
+            .contains_key(ABORT_ANNOTATION)
+    );
+
+    // recover: a Publish goes on to a recovery, once.
+    fx.create("look", sample("published")).await;
+    let text = fx.ok(&["recover", "look", "-n", NS]).await;
+    assert!(text.contains("goes on from the published backup"), "{text}");
+    assert_eq!(
+        api.get("look").await.unwrap().spec.mode,
+        RecoveryMode::Recover
+    );
+    let text = fx.ok(&["recover", "look", "-n", NS]).await;
+    assert!(text.contains("is a recovery already"), "{text}");
 
     // backups: the repository's status, as the operator writes it.
     let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NS);

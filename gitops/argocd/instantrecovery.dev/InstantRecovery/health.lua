@@ -2,11 +2,13 @@
 -- Install it under resource.customizations.health.instantrecovery.dev_InstantRecovery in
 -- argocd-cm (docs/gitops.md).
 --
---   Healthy      Completed and Ready: the target runs as the primary.
+--   Healthy      Completed and Ready: the target runs as the primary; or a Publish that
+--                serves (Published), or was torn down once it ended (Unpublished).
 --   Suspended    waiting for a person or a time: a Manual switchover awaiting approval, or a
 --                Scheduled one before its time.
 --   Degraded     Failed, or Waiting: a step failed and is retried on its own, but it needs
---                watching (the repository is unreachable, a Pod died, ...).
+--                watching (the repository is unreachable, a Pod died, ...); or Aborted: given
+--                up before its switchover, nothing recovered.
 --   Progressing  every other phase, and any status older than the spec (observedGeneration
 --                behind metadata.generation).
 
@@ -56,6 +58,20 @@ if phase == "Completed" then
     hs.status = "Progressing"
     hs.message = "Completed: cleaning up"
   end
+elseif phase == "Published" then
+  hs.status = "Healthy"
+  hs.message = describe(status)
+elseif phase == "Unpublished" or phase == "Aborted" then
+  -- Torn down once timings.endedAt is set.
+  local ended = status.timings ~= nil and status.timings.endedAt ~= nil
+  if phase == "Aborted" and ended then
+    hs.status = "Degraded"
+  elseif ended then
+    hs.status = "Healthy"
+  else
+    hs.status = "Progressing"
+  end
+  hs.message = describe(status)
 elseif phase == "Failed" or phase == "Waiting" then
   -- Waiting's message says which retry comes when.
   hs.status = "Degraded"
