@@ -22,7 +22,7 @@ impl Machine<'_> {
                 status.set_condition(
                     part.condition(),
                     ConditionStatus::True,
-                    reason.as_str(),
+                    reason,
                     message,
                     now,
                 );
@@ -44,11 +44,6 @@ impl Machine<'_> {
     pub(super) fn update_summary(&mut self) {
         let now = self.now;
         let status = self.status();
-        let reason = status
-            .reason
-            .clone()
-            .unwrap_or_else(|| status.phase.to_string());
-        let message = status.message.clone().unwrap_or_default();
         let (ready, abnormal) = match status.phase {
             Phase::Completed if status.timings.completed_at.is_some() => (
                 Some((Reason::Completed, "the target runs as the primary")),
@@ -64,26 +59,21 @@ impl Machine<'_> {
             Phase::Failed => (None, Some(ConditionType::Stalled)),
             _ => (None, Some(ConditionType::Reconciling)),
         };
-        if let Some((reason, message)) = ready {
-            status.set_condition(
+        match ready {
+            Some((reason, message)) => status.set_condition(
                 ConditionType::Ready,
                 ConditionStatus::True,
-                reason.as_str(),
+                reason,
                 message,
                 now,
-            );
-        } else {
-            status.set_condition(
-                ConditionType::Ready,
-                ConditionStatus::False,
-                &reason,
-                message.clone(),
-                now,
-            );
+            ),
+            None => {
+                status.set_condition_as_status(ConditionType::Ready, ConditionStatus::False, now)
+            }
         }
         for type_ in [ConditionType::Reconciling, ConditionType::Stalled] {
             if abnormal == Some(type_) {
-                status.set_condition(type_, ConditionStatus::True, &reason, message.clone(), now);
+                status.set_condition_as_status(type_, ConditionStatus::True, now);
             } else {
                 status.remove_condition(type_);
             }

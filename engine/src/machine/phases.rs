@@ -115,7 +115,7 @@ impl Machine<'_> {
         status.set_condition(
             ConditionType::PointInTime,
             condition,
-            reason.as_str(),
+            reason,
             message,
             now,
         );

@@ -66,7 +66,7 @@ impl Machine<'_> {
         status.set_condition(
             condition,
             ConditionStatus::True,
-            reason.as_str(),
+            reason,
             message,
             now,
         );

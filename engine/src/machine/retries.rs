@@ -25,7 +25,7 @@ impl Machine<'_> {
         status.set_condition(
             component,
             ConditionStatus::False,
-            failure.reason.as_str(),
+            failure.reason,
             &failure.message,
             now,
         );

@@ -112,7 +112,7 @@ impl Machine<'_> {
         status.set_condition(
             ConditionType::Synced,
             ConditionStatus::False,
-            Reason::StandbyNotStreaming.as_str(),
+            Reason::StandbyNotStreaming,
             MESSAGE,
             now,
         );
