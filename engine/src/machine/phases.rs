@@ -112,13 +112,7 @@ impl Machine<'_> {
                 format!("replaying WAL up to {}{progress}", p.target),
             )
         };
-        status.set_condition(
-            ConditionType::PointInTime,
-            condition,
-            reason,
-            message,
-            now,
-        );
+        status.set_condition(ConditionType::PointInTime, condition, reason, message, now);
     }
 
     pub(super) fn syncing(&mut self) {

@@ -63,13 +63,7 @@ impl Machine<'_> {
     ) {
         let now = self.now;
         let status = self.status();
-        status.set_condition(
-            condition,
-            ConditionStatus::True,
-            reason,
-            message,
-            now,
-        );
+        status.set_condition(condition, ConditionStatus::True, reason, message, now);
         status.retry.attempt = 0;
         status.retry.next_attempt_at = None;
         self.enter(phase, reason, message);
