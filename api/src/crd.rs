@@ -47,6 +47,16 @@ fn mount_reason_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     )
 }
 
+/// Kubernetes' conditions, their `reason` listing every reason as `kubectl explain` shows it.
+fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    let reason = schema
+        .pointer_mut("/items/properties/reason")
+        .expect("metav1.Condition has a reason");
+    *reason = crate::reason::reason_schema("CamelCase word a program can match on.", false).into();
+    schema
+}
+
 /// CEL rule of a point in time: exactly one target.
 const ONE_TARGET: &str = "[has(self.time), has(self.lsn), has(self.xid), has(self.name), has(self.immediate) && self.immediate].filter(t, t).size() == 1";
 
@@ -292,6 +302,7 @@ pub struct BackupRepositoryStatus {
     /// `Reachable`: the repository answered the last check. `Ready` says the same for tools
     /// that read `Ready` (Argo CD, kstatus, `kubectl wait`).
     #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
     /// Number of backups in the repository.
     #[serde(default)]
@@ -406,6 +417,7 @@ pub struct RecoveryMountStatus {
     pub transient: bool,
     /// `Mounted`: the backup is mounted and served.
     #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
 }
 
@@ -477,5 +489,46 @@ mod tests {
         assert_eq!(spec.backup.id, "latest");
         assert_eq!(spec.retry, RetryPolicy::default());
         assert_eq!(spec.switchover, SwitchoverPolicy::default());
+    }
+
+    /// `kubectl explain` lists every reason under each `reason` of every status.
+    #[test]
+    fn every_status_reason_lists_the_reasons() {
+        fn reasons(schema: &serde_json::Value, path: String, found: &mut Vec<String>) {
+            let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) else {
+                if let Some(items) = schema.get("items") {
+                    reasons(items, format!("{path}[]"), found);
+                }
+                return;
+            };
+            for (name, property) in properties {
+                let path = format!("{path}.{name}");
+                if name == "reason" {
+                    let description = property["description"].as_str().unwrap_or_default();
+                    assert!(
+                        description.contains(&crate::reason::reasons_for_explain()),
+                        "{path} does not list the reasons"
+                    );
+                    found.push(path);
+                } else {
+                    reasons(property, path, found);
+                }
+            }
+        }
+        for crd in [
+            InstantRecovery::crd(),
+            BackupRepository::crd(),
+            RecoveryMount::crd(),
+        ] {
+            let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+            let status = &schema["openAPIV3Schema"]["properties"]["status"];
+            let mut found = Vec::new();
+            reasons(status, "status".into(), &mut found);
+            assert!(
+                found.contains(&"status.conditions[].reason".to_owned()),
+                "{}: {found:?}",
+                crd.spec.names.kind
+            );
+        }
     }
 }

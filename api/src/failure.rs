@@ -51,7 +51,8 @@ impl Failure {
 
     /// The failure with the repository field it is about in front of its message: `spec` is
     /// where the repository's settings are (`spec` of a BackupRepository, `spec.repository` of
-    /// a RecoveryMount). Failures about no one field are left as they are.
+    /// a RecoveryMount). Failures about no one field, or that name it already, are left as
+    /// they are.
     pub fn naming(mut self, spec: &str) -> Self {
         let field = match self.reason {
             Reason::RepositoryPathNotAllowed => "url",
@@ -59,7 +60,10 @@ impl Failure {
             Reason::AmbientCredentialsNotAllowed => "s3.useAmbientCredentials",
             _ => return self,
         };
-        self.message = format!("{spec}.{field}: {}", self.message);
+        let field = format!("{spec}.{field}");
+        if !self.message.starts_with(&field) {
+            self.message = format!("{field}: {}", self.message);
+        }
         self
     }
 }
@@ -218,6 +222,8 @@ mod tests {
             "{}",
             f.message
         );
+        let again = f.clone().naming("spec");
+        assert_eq!(again.message, f.message, "named once");
         // Other failures name no repository field.
         let f = Failure::from(&RepoError::NoBackups {
             url: "s3://b".into(),

@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::GoDuration;
+use crate::Reason;
 
 /// When the published instance hands over to the standby on production storage.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
@@ -435,11 +436,38 @@ impl RecoveryStatus {
         &mut self,
         type_: ConditionType,
         status: ConditionStatus,
-        reason: &str,
+        reason: Reason,
         message: impl Into<String>,
         now: Timestamp,
     ) {
-        let message = message.into();
+        self.put_condition(type_, status, reason.to_string(), message.into(), now);
+    }
+
+    /// Sets a condition to what the status itself says: its reason and message, or its phase
+    /// when it has no reason. A reason is kept as it reads, even one this version no longer
+    /// knows (a status written by an earlier one).
+    pub fn set_condition_as_status(
+        &mut self,
+        type_: ConditionType,
+        status: ConditionStatus,
+        now: Timestamp,
+    ) {
+        let reason = self
+            .reason
+            .clone()
+            .unwrap_or_else(|| self.phase.to_string());
+        let message = self.message.clone().unwrap_or_default();
+        self.put_condition(type_, status, reason, message, now);
+    }
+
+    fn put_condition(
+        &mut self,
+        type_: ConditionType,
+        status: ConditionStatus,
+        reason: String,
+        message: String,
+        now: Timestamp,
+    ) {
         let observed_generation = self.observed_generation;
         match self.conditions.iter_mut().find(|c| c.type_ == type_) {
             Some(c) => {
@@ -447,7 +475,7 @@ impl RecoveryStatus {
                     c.last_transition_time = now;
                 }
                 c.status = status;
-                c.reason = reason.to_owned();
+                c.reason = reason;
                 c.message = message;
                 c.observed_generation = observed_generation;
             }
@@ -455,7 +483,7 @@ impl RecoveryStatus {
                 self.conditions.push(Condition {
                     type_,
                     status,
-                    reason: reason.to_owned(),
+                    reason,
                     message,
                     last_transition_time: now,
                     observed_generation,
@@ -493,14 +521,14 @@ mod tests {
         status.set_condition(
             ConditionType::Ready,
             ConditionStatus::False,
-            "Syncing",
+            Reason::Started,
             "",
             t0,
         );
         status.set_condition(
             ConditionType::Ready,
             ConditionStatus::False,
-            "Waiting",
+            Reason::Retrying,
             "",
             t1,
         );
@@ -514,7 +542,7 @@ mod tests {
         status.set_condition(
             ConditionType::Ready,
             ConditionStatus::True,
-            "Completed",
+            Reason::Completed,
             "",
             t1,
         );
@@ -532,14 +560,14 @@ mod tests {
         status.set_condition(
             ConditionType::Ready,
             ConditionStatus::False,
-            "Pending",
+            Reason::Started,
             "",
             t0,
         );
         status.set_condition(
             ConditionType::Validated,
             ConditionStatus::True,
-            "Ok",
+            Reason::BackupValid,
             "",
             t0,
         );
@@ -559,7 +587,7 @@ mod tests {
         status.set_condition(
             ConditionType::Mounted,
             ConditionStatus::False,
-            "RepositoryUnavailable",
+            Reason::RepositoryUnavailable,
             "x",
             t0,
         );

@@ -1,6 +1,8 @@
 //! `irctl`: manage backup repositories and bring backups online.
 
 mod backup;
+mod bring_up;
+mod keeper;
 mod mount_cmd;
 mod progress;
 mod publish;
@@ -49,16 +51,16 @@ enum Command {
     /// and no switchover; it serves until its TTL ends or `irctl unpublish`.
     Publish(Box<publish::PublishArgs>),
     /// End a publish: stop its instance, unmount, wipe the IRCache.
-    Unpublish(recover::WorkdirArgs),
+    Unpublish(bring_up::WorkdirArgs),
     /// Give a recovery up before its switchover: stop every process it started, unmount, wipe
     /// the IRCache and remove the partial target. Refused once the switchover began.
-    Abort(recover::WorkdirArgs),
+    Abort(bring_up::WorkdirArgs),
     /// Dump tables of a published backup with pg_dump (the backup's major version).
     Export(publish::ExportArgs),
     /// Approve the switchover of a recovery started with `--switchover manual`.
-    Switchover(recover::WorkdirArgs),
+    Switchover(bring_up::WorkdirArgs),
     /// Start a new round of retries of a Waiting or Failed recovery.
-    Retry(recover::WorkdirArgs),
+    Retry(bring_up::WorkdirArgs),
     /// Show a recovery's phase, conditions, progress, retries and timings.
     Status(recover::StatusArgs),
     /// Archive WAL into the repository and restore it from there (PostgreSQL's

@@ -7,7 +7,7 @@
 //! --target-pgdata ...` stops the keeper and goes on from the publish to a recovery.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -17,10 +17,10 @@ use ir_api::recovery::{Phase, RecoveryMode};
 use ir_cli::local::{Goal, LocalRecovery, LocalState, Rerun, Workdir};
 use ir_engine::machine::EndRequest;
 use ir_engine::postgres::PgBinaries;
-use ir_engine::process::{self, OsUser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::recover::{BringUpArgs, WorkdirArgs, run_printing};
+use crate::bring_up::{BringUpArgs, WorkdirArgs, run_printing};
+use crate::keeper::start_keeper;
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {
@@ -40,10 +40,6 @@ pub struct PublishArgs {
     pub keep: bool,
 }
 
-/// How long a keeper may take to open the workdir and hold it.
-const KEEPER_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a keeper may take to finish its step and hand the workdir over.
-const KEEPER_STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long an unpublish or abort waits for the process that holds the workdir to tear down.
 const END_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -109,63 +105,6 @@ async fn keep(workdir: Workdir) -> anyhow::Result<()> {
     let program = std::env::current_exe().context("locating the irctl binary")?;
     let mut recovery = LocalRecovery::open(workdir.clone(), None, rerun, program)?;
     run_printing(&mut recovery, Goal::End, &workdir.root).await
-}
-
-/// Starts the keeper of the publish in `workdir`, in its own session.
-pub fn start_keeper(workdir: &Workdir) -> anyhow::Result<()> {
-    let program = std::env::current_exe().context("locating the irctl binary")?;
-    let mut command = Command::new(program);
-    command
-        .arg("publish")
-        .arg("--workdir")
-        .arg(&workdir.root)
-        .arg("--keep");
-    let me = OsUser::current().context("looking up the user running irctl")?;
-    let log = workdir.logs().join("keeper.log");
-    let pid = process::spawn_detached(command, &me, &log)
-        .with_context(|| format!("starting the publish's keeper (log {})", log.display()))?;
-    // Handed over once the keeper holds the workdir: a command right after this one must find
-    // it there, not a workdir nobody holds.
-    let deadline = Instant::now() + KEEPER_START_TIMEOUT;
-    while workdir.holder() != Some(pid) {
-        if let process::ProcState::Exited(code) = process::poll(pid) {
-            anyhow::bail!(
-                "the publish's keeper (pid {pid}) exited ({code:?}): {}",
-                process::log_tail(&log, 1000)
-            );
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!(
-                "the publish's keeper (pid {pid}) did not take {} over within {} s; see {}",
-                workdir.root.display(),
-                KEEPER_START_TIMEOUT.as_secs(),
-                log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    tracing::info!(pid, "the publish's keeper runs");
-    Ok(())
-}
-
-/// Stops the process that holds `workdir` (a publish's keeper) once it finished its step.
-pub async fn stop_keeper(workdir: &Workdir) -> anyhow::Result<()> {
-    let Some(pid) = workdir.holder() else {
-        return Ok(());
-    };
-    process::signal(pid, libc::SIGTERM)?;
-    let deadline = Instant::now() + KEEPER_STOP_TIMEOUT;
-    while workdir.is_running() {
-        if Instant::now() >= deadline {
-            anyhow::bail!(
-                "{}: the process holding it (pid {pid}) did not stop within {} s",
-                workdir.root.display(),
-                KEEPER_STOP_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 pub async fn unpublish(args: WorkdirArgs) -> anyhow::Result<()> {

@@ -218,7 +218,7 @@ mod tests {
         status.set_condition(
             ConditionType::Ready,
             ConditionStatus::False,
-            "Syncing",
+            Reason::Published,
             "copying",
             t0,
         );
@@ -235,7 +235,7 @@ mod tests {
             lines[4..],
             [
                 "conditions:",
-                "  Ready         False Syncing                copying"
+                "  Ready         False Published              copying"
             ]
         );
     }

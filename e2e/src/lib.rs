@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod helm;
+pub mod http;
 pub mod installation;
 pub mod kubelet;
 pub mod pg;

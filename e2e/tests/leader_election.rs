@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ir_api::recovery::Phase;
-use ir_e2e::installation::{Installation, SYSTEM_NAMESPACE, loopback, scrape, wait_http_ok};
+use ir_e2e::http::{loopback, scrape, wait_http_ok};
+use ir_e2e::installation::{Installation, SYSTEM_NAMESPACE};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 

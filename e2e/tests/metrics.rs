@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use ir_api::recovery::Phase;
-use ir_e2e::installation::{Exposition, Installation, http_get, query_one, scrape, wait_http_ok};
+use ir_e2e::http::{Exposition, http_get, scrape, wait_http_ok};
+use ir_e2e::installation::{Installation, query_one};
 
 const FLOW: Duration = Duration::from_secs(240);
 const RECOVERY: &str = "scraped";

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::manifest::ChunkId;
+use crate::chunk_id::ChunkId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {

@@ -9,9 +9,10 @@ use object_store::path::Path;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::chunk_id::ChunkId;
 use crate::error::RepoError;
 use crate::ingest::{MARKER_REFRESH, MARKERS_DIR};
-use crate::manifest::{ChunkId, EntryKind, decompress_bounded};
+use crate::manifest::{EntryKind, decompress_bounded};
 use crate::repo::{CHUNKS_DIR, InvalidBackup, Repository};
 
 const DELETE_CONCURRENCY: usize = 16;

@@ -6,11 +6,13 @@
 //! `ingests/<id>` (markers of ingests in progress), `leases/<id>/<holder>.json` (backups in use)
 //! and `wal/<sysid>/...` (archived WAL, see [`wal`]).
 
+mod chunk_id;
 mod conninfo;
 pub mod error;
 mod gc;
 mod ingest;
 mod location;
+mod lsn;
 pub mod manifest;
 mod pgmeta;
 mod random;
@@ -22,15 +24,15 @@ mod store;
 mod verify;
 pub mod wal;
 
+pub use chunk_id::{ChunkId, InvalidChunkId};
 pub use error::RepoError;
 pub use gc::GcReport;
 pub use ingest::{Checkpoint, Progress, ProgressSnapshot, RepairReport, Source};
 pub use location::{Credentials, DEFAULT_READ_DEADLINE, RepoLocation, S3Credentials};
+pub use lsn::{format_lsn, parse_lsn};
 pub use manifest::{
-    BackupManifest, ChunkId, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES, ManifestError,
-    RepoConfig,
+    BackupManifest, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES, ManifestError, RepoConfig,
 };
-pub use pgmeta::{format_lsn, parse_lsn};
 pub use repo::{BackupList, InvalidBackup, Repository};
 pub use restore::RestoreOwner;
 pub use retention::{Lease, MAX_LEASE_TTL, RetentionPolicy, Verdict, decide};

@@ -1,13 +1,12 @@
-//! The on-repository data model: repository config, backup manifests and chunk ids.
+//! The on-repository data model: repository config and backup manifests.
 
 mod path;
 mod validate;
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::chunk_id::ChunkId;
 
 pub use path::{EntryPath, InvalidPath};
 pub use validate::{MAX_ENTRIES, ManifestError};
@@ -37,58 +36,6 @@ pub struct RepoConfig {
     /// made before it existed have none; their URL stands in for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_id: Option<String>,
-}
-
-/// BLAKE3 hash of a chunk's plain bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkId(pub [u8; 32]);
-
-impl ChunkId {
-    pub fn of(data: &[u8]) -> Self {
-        ChunkId(*blake3::hash(data).as_bytes())
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for ChunkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChunkId({})", self.to_hex())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid chunk id {0:?}: expected 64 hex digits")]
-pub struct InvalidChunkId(pub String);
-
-impl FromStr for ChunkId {
-    type Err = InvalidChunkId;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| InvalidChunkId(s.to_string()))?;
-        Ok(ChunkId(out))
-    }
-}
-
-impl Serialize for ChunkId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for ChunkId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,6 +302,5 @@ mod tests {
         assert_eq!(m.chunk_count((3 << 20) + 1), 4);
         assert_eq!(m.chunk_len((3 << 20) + 1, 2), 1 << 20);
         assert_eq!(m.chunk_len((3 << 20) + 1, 3), 1);
-        assert!("zz".parse::<ChunkId>().is_err());
     }
 }

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::error::RepoError;
+use crate::lsn::parse_lsn;
 
 /// pg_control's DBState for a cluster stopped by a clean shutdown.
 const DB_SHUTDOWNED: u32 = 1;
@@ -20,18 +21,6 @@ pub(crate) struct PgMeta {
     pub start_lsn: u64,
     pub stop_lsn: Option<u64>,
     pub timeline: u32,
-}
-
-/// `X/Y` as PostgreSQL prints LSNs.
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn as u32)
-}
-
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    let hi = u32::from_str_radix(hi, 16).ok()?;
-    let lo = u32::from_str_radix(lo, 16).ok()?;
-    Some((u64::from(hi) << 32) | u64::from(lo))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -246,15 +235,6 @@ mod tests {
         b[32..40].copy_from_slice(&checkpoint.to_le_bytes());
         b[48..52].copy_from_slice(&tli.to_le_bytes());
         b
-    }
-
-    #[test]
-    fn lsn_round_trip() {
-        assert_eq!(parse_lsn("0/2000028"), Some(0x2000028));
-        assert_eq!(parse_lsn("1A/FF"), Some((0x1A << 32) | 0xFF));
-        assert_eq!(format_lsn((0x1A << 32) | 0xFF), "1A/FF");
-        assert_eq!(parse_lsn("nope"), None);
-        assert_eq!(parse_lsn("0/"), None);
     }
 
     #[test]

@@ -9,9 +9,10 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use time::OffsetDateTime;
 
+use crate::chunk_id::ChunkId;
 use crate::error::{RepoError, summarize_store_error};
 use crate::location::RepoLocation;
-use crate::manifest::{BackupManifest, ChunkId, FORMAT_VERSION, RepoConfig, is_backup_id};
+use crate::manifest::{BackupManifest, FORMAT_VERSION, RepoConfig, is_backup_id};
 use crate::size::validate_chunk_size;
 use crate::store::{OpenedStore, open_store};
 use serde::Serialize;

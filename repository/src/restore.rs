@@ -18,9 +18,10 @@ use std::sync::atomic::Ordering;
 use futures::{StreamExt, TryStreamExt};
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 
+use crate::chunk_id::ChunkId;
 use crate::error::RepoError;
 use crate::ingest::Progress;
-use crate::manifest::{BackupManifest, ChunkId, EntryKind};
+use crate::manifest::{BackupManifest, EntryKind};
 use crate::repo::Repository;
 
 /// Chunk downloads in flight during a restore.

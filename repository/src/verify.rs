@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::chunk_id::ChunkId;
 use crate::error::RepoError;
 use crate::ingest::Progress;
-use crate::manifest::{BackupManifest, ChunkId, EntryKind};
+use crate::manifest::{BackupManifest, EntryKind};
 use crate::repo::{InvalidBackup, Repository};
 
 const VERIFY_CONCURRENCY: usize = 8;

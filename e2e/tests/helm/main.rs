@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use ir_e2e::cluster::ControlPlane;
 use ir_e2e::helm::{self, Helm, Verdict};
-use ir_e2e::installation::{http_get, loopback, workspace_binary};
+use ir_e2e::http::{http_get, loopback};
+use ir_e2e::installation::workspace_binary;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container as ContainerSpec, Node, Service, ServiceAccount};

@@ -24,8 +24,8 @@ pub use basebackup::{
 pub use binaries::{ControlData, PgBinaries, control_data};
 pub use instance::Instance;
 pub use sql::{
-    Replay, alter_system, answers_in_recovery, in_recovery, quote_ident, quote_literal,
-    replay_position, replay_progress, replication_role_sql, set_read_only,
+    Primary, Replay, RoleError, alter_system, answers_in_recovery, drop_role,
+    ensure_replication_role, follow, in_recovery, replay_position, replay_progress, set_read_only,
 };
 pub use switchover::{
     LocalPublished, PublishedControl, Reached, Switchover, SwitchoverError, SwitchoverOutcome,
@@ -219,7 +219,7 @@ mod tests {
     use super::*;
 
     /// A real server with password authentication on TCP and `postgres`'s password `right`.
-    fn password_server(root: &Path) -> ir_e2e::pg::PgCluster {
+    pub(super) fn password_server(root: &Path) -> ir_e2e::pg::PgCluster {
         ir_e2e::require_root();
         let mut server = ir_e2e::pg::PgCluster::init(root);
         std::fs::write(

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::{Endpoint, PgError};
+use super::{Endpoint, PgError, describe};
 
 pub(super) async fn lsn(client: &Client, query: &str, what: &str) -> Result<u64, PgError> {
     let row = client
@@ -160,18 +160,23 @@ pub(super) async fn current_timeline(client: &Client) -> Result<u32, PgError> {
         .map_err(|_| PgError::Unexpected(format!("unexpected WAL file name {name:?}")))
 }
 
-pub fn quote_ident(name: &str) -> String {
+fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-pub fn quote_literal(value: &str) -> String {
+fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A value in a libpq keyword/value connection string.
+fn quote_conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// `CREATE` or `ALTER` (`verb`) a login role for replication. Its password goes as a SCRAM
 /// verifier computed here: the plain password never reaches the server, its logs or
 /// `pg_stat_activity`, and the stored verifier is SCRAM whatever `password_encryption` says.
-pub fn replication_role_sql(verb: &str, user: &str, password: &str) -> String {
+fn replication_role_sql(verb: &str, user: &str, password: &str) -> String {
     format!(
         "{verb} ROLE {} WITH REPLICATION LOGIN PASSWORD {}",
         quote_ident(user),
@@ -181,10 +186,188 @@ pub fn replication_role_sql(verb: &str, user: &str, password: &str) -> String {
     )
 }
 
+/// Why the replication role is not ready.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error("looking up the replication role: {}", describe(.0))]
+    Query(#[source] tokio_postgres::Error),
+    #[error("role {user:?} does not exist or cannot log in for replication")]
+    Missing { user: String },
+}
+
+/// Makes `user` a role that can log in for replication. With `manage` (its password is ours to
+/// set) it is created or repaired; otherwise it must be so already.
+pub async fn ensure_replication_role(
+    client: &Client,
+    user: &str,
+    password: &str,
+    manage: bool,
+) -> Result<(), RoleError> {
+    let row = client
+        .query_opt(
+            "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&user],
+        )
+        .await
+        .map_err(RoleError::Query)?;
+    match (row.map(|r| r.get::<_, bool>(0)), manage) {
+        (Some(true), _) => Ok(()),
+        (state, true) => {
+            let verb = if state.is_some() { "ALTER" } else { "CREATE" };
+            client
+                .batch_execute(&replication_role_sql(verb, user, password))
+                .await
+                .map_err(RoleError::Query)
+        }
+        (_, false) => Err(RoleError::Missing {
+            user: user.to_owned(),
+        }),
+    }
+}
+
+pub async fn drop_role(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(name)))
+        .await
+}
+
+/// Where a standby streams from.
+#[derive(Debug, Clone, Copy)]
+pub struct Primary<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub application_name: &'a str,
+}
+
+impl Primary<'_> {
+    fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user={} password={} application_name={}",
+            self.host,
+            self.port,
+            quote_conninfo_value(self.user),
+            quote_conninfo_value(self.password),
+            quote_conninfo_value(self.application_name)
+        )
+    }
+}
+
+/// Whether a standby's `primary_conninfo` names `host`.
+fn follows_host(conninfo: &str, host: &str) -> bool {
+    conninfo
+        .split_whitespace()
+        .any(|kv| kv == format!("host={host}"))
+}
+
+/// Points a standby at `primary` unless it streams from that host already (a primary's address
+/// changes when it moves).
+pub async fn follow(standby: &Client, primary: &Primary<'_>) -> Result<(), PgError> {
+    let current: String = standby
+        .query_one("SHOW primary_conninfo", &[])
+        .await
+        .map_err(PgError::db("SHOW primary_conninfo"))?
+        .get(0);
+    if follows_host(&current, primary.host) {
+        return Ok(());
+    }
+    alter_system(
+        standby,
+        &format!(
+            "ALTER SYSTEM SET primary_conninfo = {}",
+            quote_literal(&primary.conninfo())
+        ),
+        "setting primary_conninfo",
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::tests::tcp;
+    use super::super::tests::{password_server, tcp};
     use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident(r#"a "b""#), r#""a ""b""""#);
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_conninfo_value(r"a'b\c d"), r"'a\'b\\c d'");
+    }
+
+    #[test]
+    fn a_standby_follows_the_host_its_conninfo_names() {
+        let primary = Primary {
+            host: "10.0.0.7",
+            port: 5432,
+            user: "repl",
+            password: "p w'",
+            application_name: "x-target",
+        };
+        let conninfo = primary.conninfo();
+        assert_eq!(
+            conninfo,
+            r"host=10.0.0.7 port=5432 user='repl' password='p w\'' application_name='x-target'"
+        );
+        assert!(follows_host(&conninfo, "10.0.0.7"));
+        assert!(!follows_host(&conninfo, "10.0.0.70"));
+        assert!(!follows_host("", "10.0.0.7"));
+    }
+
+    /// A role of a generated Secret is created, then repaired once it cannot replicate; a role
+    /// of a given Secret is only checked.
+    #[tokio::test]
+    async fn the_replication_role_is_created_repaired_or_found_missing() {
+        let root = ir_e2e::shared_tempdir();
+        let server = password_server(root.path());
+        let client = tcp(server.port, "postgres", "right", "postgres")
+            .connect()
+            .await
+            .unwrap();
+        let can_replicate = |role: &str| {
+            server.psql(&format!(
+                "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = '{role}'"
+            ))
+        };
+
+        ensure_replication_role(&client, "repl", "first", true)
+            .await
+            .unwrap();
+        assert_eq!(can_replicate("repl"), "t");
+        let login = |password: &'static str| async move {
+            tcp(server.port, "repl", password, "postgres").probe().await
+        };
+        assert!(login("first").await.unwrap().is_some());
+
+        server.psql("ALTER ROLE repl NOREPLICATION");
+        ensure_replication_role(&client, "repl", "second", true)
+            .await
+            .unwrap();
+        assert_eq!(can_replicate("repl"), "t");
+        assert!(
+            login("second").await.unwrap().is_some(),
+            "the password was set again"
+        );
+        assert!(login("first").await.is_err());
+
+        // A given Secret's role is never created or changed.
+        ensure_replication_role(&client, "repl", "second", false)
+            .await
+            .unwrap();
+        let missing = ensure_replication_role(&client, "given", "x", false).await;
+        assert!(
+            matches!(&missing, Err(RoleError::Missing { user }) if user == "given"),
+            "{missing:?}"
+        );
+        assert_eq!(can_replicate("given"), "");
+        server.psql("ALTER ROLE repl NOLOGIN");
+        let cannot_login = ensure_replication_role(&client, "repl", "second", false).await;
+        assert!(matches!(cannot_login, Err(RoleError::Missing { .. })));
+
+        drop_role(&client, "repl").await.unwrap();
+        assert_eq!(can_replicate("repl"), "");
+        drop_role(&client, "repl").await.unwrap();
+    }
 
     /// The replication role's password never reaches the server in clear: not in its statement
     /// log, not in the catalog; the SCRAM verifier computed here logs the role in.

@@ -79,7 +79,7 @@ pub const MOUNTED_CONDITION: &str = "Mounted";
 /// `lastTransitionTime` moves only when the condition's status does.
 fn mounted_condition(
     mounted: bool,
-    reason: &str,
+    reason: Reason,
     message: String,
     previous: Option<&RecoveryMountStatus>,
     now: Timestamp,
@@ -92,7 +92,7 @@ fn mounted_condition(
     Condition {
         type_: MOUNTED_CONDITION.to_owned(),
         status: status.to_owned(),
-        reason: reason.to_owned(),
+        reason: reason.to_string(),
         message,
         last_transition_time: since,
         observed_generation: None,
@@ -115,7 +115,7 @@ pub fn pending_status(
         cache_free_bytes: cache.free_bytes,
         conditions: vec![mounted_condition(
             false,
-            Reason::Mounting.as_str(),
+            Reason::Mounting,
             format!("mounting at {mount_path}"),
             previous,
             now,
@@ -144,7 +144,7 @@ pub fn mounted_status(
         cache_free_bytes: cache.free_bytes,
         conditions: vec![mounted_condition(
             true,
-            Reason::Mounted.as_str(),
+            Reason::Mounted,
             format!("mounted at {mount_path}"),
             previous,
             now,
@@ -170,7 +170,7 @@ pub fn failed_status(
         transient: failure.transient,
         conditions: vec![mounted_condition(
             false,
-            failure.reason.as_str(),
+            failure.reason,
             failure.message.clone(),
             previous,
             now,

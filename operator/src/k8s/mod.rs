@@ -18,7 +18,7 @@ pub mod resources;
 mod secrets;
 
 pub use context::{Context, DEFAULT_TOOLS_IMAGE, Error, FIELD_MANAGER, Settings};
-pub use location::{naming_repository_field, repository_location};
+pub use location::repository_location;
 pub use resources::OperatorPeer;
 pub use secrets::{read_secret, secret_value};
 

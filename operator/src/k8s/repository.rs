@@ -16,7 +16,7 @@ use kube::{Api, ResourceExt};
 use tracing::Instrument;
 
 use super::context::{Context, Error, FIELD_MANAGER};
-use super::location::{naming_repository_field, repository_location};
+use super::location::repository_location;
 use ir_engine::machine::Failure;
 
 /// How many backups the status lists, newest first.
@@ -107,7 +107,7 @@ async fn check(
     let opened = Repository::open(&location)
         .await
         .map_err(ir_api::Failure::from)
-        .map_err(naming_repository_field)?;
+        .map_err(|f| f.naming("spec"))?;
     let list = opened.list_backups().await.map_err(ir_api::Failure::from)?;
     for invalid in &list.invalid {
         tracing::warn!(repository = %repo.spec.url, backup = %invalid.id, reason = %invalid.reason, "invalid backup manifest; left out");

@@ -26,9 +26,11 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 use tokio::sync::mpsc;
 
+use crate::chunk_id::ChunkId;
 use crate::error::RepoError;
-use crate::manifest::{BackupManifest, ChunkId, FORMAT_VERSION};
-use crate::pgmeta::{Captured, format_lsn};
+use crate::lsn::format_lsn;
+use crate::manifest::{BackupManifest, FORMAT_VERSION};
+use crate::pgmeta::Captured;
 use crate::repo::Repository;
 
 pub use source::{Checkpoint, Source};

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::source::Source;
 use super::{PendingChunk, Progress};
+use crate::chunk_id::ChunkId;
 use crate::error::RepoError;
-use crate::manifest::ChunkId;
 use crate::repo::{Repository, chunk_path};
 
 const ZSTD_LEVEL: i32 = 3;

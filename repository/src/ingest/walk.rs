@@ -10,8 +10,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::{PendingChunk, Progress};
+use crate::chunk_id::ChunkId;
 use crate::error::RepoError;
-use crate::manifest::{ChunkId, Entry, EntryKind, EntryPath};
+use crate::manifest::{Entry, EntryKind, EntryPath};
 use crate::pgmeta::{Captured, check_cold_copy, parse_pg_control};
 
 /// Root directory mode when the source does not carry one (what initdb creates).

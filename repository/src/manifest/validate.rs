@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::{BackupManifest, EntryKind, FORMAT_VERSION, is_backup_id};
-use crate::pgmeta::parse_lsn;
+use crate::lsn::parse_lsn;
 
 /// Entries one manifest may list: far more than any PostgreSQL data directory has, few enough
 /// that the checks and the IRCache's namespace stay in memory.
@@ -204,7 +204,8 @@ fn check_symlink_target(target: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{ChunkId, Entry, EntryPath};
+    use crate::chunk_id::ChunkId;
+    use crate::manifest::{Entry, EntryPath};
 
     const CS: u64 = 64 * 1024;
 

@@ -12,7 +12,7 @@ fn a_standby_that_stops_streaming_is_synced_again() {
     ready.set_condition(
         ConditionType::Synced,
         ConditionStatus::True,
-        "StandbyStreaming",
+        Reason::StandbyStreaming,
         "",
         t(1),
     );

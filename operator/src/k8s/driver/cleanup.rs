@@ -4,7 +4,7 @@
 use ir_api::Reason;
 use ir_api::crd::RecoveryMount;
 use ir_engine::machine::{Failure, Step};
-use ir_engine::postgres::{self, quote_ident};
+use ir_engine::postgres;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Patch, PatchParams};
 
@@ -57,12 +57,8 @@ impl Driver<'_> {
             Ok(endpoint) => endpoint,
             Err(f) => return Ok(Step::Failed(f)),
         };
-        let statement = format!(
-            "DROP ROLE IF EXISTS {}",
-            quote_ident(resources::GENERATED_REPLICATION_USER)
-        );
         let dropped = match endpoint.connect().await {
-            Ok(client) => client.batch_execute(&statement).await,
+            Ok(client) => postgres::drop_role(&client, resources::GENERATED_REPLICATION_USER).await,
             Err(e) => Err(e),
         };
         Ok(match dropped {

@@ -4,11 +4,10 @@
 
 use ir_api::Reason;
 use ir_engine::machine::{Failure, Standby};
-use ir_engine::postgres::{self, PgError, quote_literal};
+use ir_engine::postgres::{self, Primary, RoleError};
 use ir_engine::round::{CopyAttempt, Found};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
-use tokio_postgres::Client as PgClient;
 
 use super::Driver;
 use super::pods::waiting_failure;
@@ -58,7 +57,9 @@ impl Driver<'_> {
             Ok(credentials) => credentials,
             Err(f) => return Ok(Found::Standby(Standby::Failed(f))),
         };
-        match ensure_replication_role(&published, &repl_user, &repl_password, generated).await {
+        let role =
+            postgres::ensure_replication_role(&published, &repl_user, &repl_password, generated);
+        match role.await {
             Ok(()) => {}
             Err(RoleError::Query(e)) if published.is_closed() || postgres::storage_failed(&e) => {
                 // The published instance went away under the query, or its mount died under
@@ -72,7 +73,16 @@ impl Driver<'_> {
                 let f = Failure::new(Reason::PostgresUnavailable, postgres::describe(&e));
                 return Ok(Found::Standby(Standby::Failed(f)));
             }
-            Err(RoleError::Missing(f)) => return Ok(Found::Standby(Standby::Failed(f))),
+            Err(RoleError::Missing { user }) => {
+                let f = Failure::new(
+                    Reason::ReplicationRoleMissing,
+                    format!(
+                        "spec.postgres.replicationSecret: role {user:?} does not exist in the \
+                         backup or cannot log in for replication"
+                    ),
+                );
+                return Ok(Found::Standby(Standby::Failed(f)));
+            }
         }
         let backup_bytes = self.status.backup.as_ref().map_or(0, |b| b.size_bytes);
         let size = self
@@ -165,7 +175,14 @@ impl Driver<'_> {
             if let Ok(endpoint) = self.endpoint(&ip).await
                 && let Ok(standby) = endpoint.connect().await
             {
-                follow(&standby, &published_ip, &repl_user, &repl_password, &app).await?;
+                let primary = Primary {
+                    host: &published_ip,
+                    port: POSTGRES_PORT,
+                    user: &repl_user,
+                    password: &repl_password,
+                    application_name: &app,
+                };
+                postgres::follow(&standby, &primary).await?;
             }
             self.requeue_soon = true;
         }
@@ -196,86 +213,6 @@ fn init_env(pod: &Pod, name: &str) -> Option<String> {
         .find(|e| e.name == name)?
         .value
         .clone()
-}
-
-enum RoleError {
-    Query(tokio_postgres::Error),
-    Missing(Failure),
-}
-
-/// Creates (or repairs) the replication role of a generated Secret; a role of a given Secret
-/// must exist already.
-async fn ensure_replication_role(
-    client: &PgClient,
-    user: &str,
-    password: &str,
-    generated: bool,
-) -> Result<(), RoleError> {
-    let row = client
-        .query_opt(
-            "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = $1",
-            &[&user],
-        )
-        .await
-        .map_err(RoleError::Query)?;
-    match (row.map(|r| r.get::<_, bool>(0)), generated) {
-        (Some(true), _) => Ok(()),
-        (state, true) => {
-            let verb = if state.is_some() { "ALTER" } else { "CREATE" };
-            client
-                .batch_execute(&postgres::replication_role_sql(verb, user, password))
-                .await
-                .map_err(RoleError::Query)
-        }
-        (_, false) => Err(RoleError::Missing(Failure::new(
-            Reason::ReplicationRoleMissing,
-            format!(
-                "spec.postgres.replicationSecret: role {user:?} does not exist in the backup or \
-                 cannot log in for replication"
-            ),
-        ))),
-    }
-}
-
-/// Points a standby at the published instance (its IP changes when its Pod is replaced).
-async fn follow(
-    standby: &PgClient,
-    host: &str,
-    user: &str,
-    password: &str,
-    application_name: &str,
-) -> Result<(), Error> {
-    let current: String = standby
-        .query_one("SHOW primary_conninfo", &[])
-        .await
-        .map_err(PgError::db("SHOW primary_conninfo"))?
-        .get(0);
-    if current
-        .split_whitespace()
-        .any(|kv| kv == format!("host={host}"))
-    {
-        return Ok(());
-    }
-    let conninfo = format!(
-        "host={host} port={POSTGRES_PORT} user={} password={} application_name={}",
-        conninfo_value(user),
-        conninfo_value(password),
-        conninfo_value(application_name)
-    );
-    postgres::alter_system(
-        standby,
-        &format!(
-            "ALTER SYSTEM SET primary_conninfo = {}",
-            quote_literal(&conninfo)
-        ),
-        "setting primary_conninfo",
-    )
-    .await?;
-    Ok(())
-}
-
-fn conninfo_value(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 fn random_password() -> String {

@@ -10,7 +10,7 @@ use ir_engine::machine::Failure;
 use kube::ResourceExt;
 
 use super::Driver;
-use crate::k8s::location::{naming_repository_field, repository_location};
+use crate::k8s::location::repository_location;
 use crate::k8s::resources;
 use crate::k8s::secrets::read_secret;
 
@@ -24,7 +24,7 @@ impl Driver<'_> {
         // A fault of the repository's own spec (a path outside the file roots, no credentials)
         // is named as a field of the BackupRepository.
         let about_repository = |f: Failure| {
-            let f = naming_repository_field(f);
+            let f = f.naming("spec");
             let prefix = if f.message.starts_with("spec.") {
                 format!(
                     "spec.backup.repositoryRef: BackupRepository {}/{}: ",
