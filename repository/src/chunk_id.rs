@@ -5,11 +5,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// BLAKE3 hash of a chunk's plain bytes.
+/// BLAKE3 hash of a chunk's plain bytes, keyed in an encrypted repository
+/// ([`Repository::chunk_id`](crate::Repository::chunk_id)).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId(pub [u8; 32]);
 
 impl ChunkId {
+    /// The id of a chunk in an unencrypted repository.
     pub fn of(data: &[u8]) -> Self {
         ChunkId(*blake3::hash(data).as_bytes())
     }

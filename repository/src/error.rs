@@ -34,6 +34,28 @@ pub enum RepoError {
         supported: u32,
     },
 
+    #[error(
+        "repository {url} is encrypted: give its password in IR_REPO_PASSWORD or its key file \
+         with --key-file (IR_REPO_KEY_FILE)"
+    )]
+    KeyRequired { url: String },
+
+    #[error(
+        "the password or key file given does not open repository {url}: it is not this \
+         repository's key (or the wrapped key in its ir-repo.json was altered)"
+    )]
+    WrongKey { url: String },
+
+    #[error(
+        "repository {url} is not encrypted, yet a key was given (IR_REPO_PASSWORD or \
+         --key-file): unset it to use this repository, or make an encrypted one with \
+         `irctl repo init --encryption`"
+    )]
+    NotEncrypted { url: String },
+
+    #[error("invalid repository key: {reason}")]
+    InvalidKey { reason: String },
+
     #[error("invalid chunk size {size}: {reason}")]
     InvalidChunkSize { size: u64, reason: String },
 

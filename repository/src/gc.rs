@@ -13,7 +13,7 @@ use crate::chunk_id::ChunkId;
 use crate::error::RepoError;
 use crate::ingest::{MARKER_REFRESH, MARKERS_DIR};
 use crate::manifest::{EntryKind, decompress_bounded};
-use crate::repo::{CHUNKS_DIR, InvalidBackup, Repository};
+use crate::repo::{CHUNKS_DIR, InvalidBackup, Repository, manifest_path};
 
 const DELETE_CONCURRENCY: usize = 16;
 
@@ -109,7 +109,12 @@ impl Repository {
         }
         for invalid in &list.invalid {
             let body = self.manifest_object(&invalid.id).await?;
-            match tokio::task::spawn_blocking(move || scavenge_references(&body))
+            let (codec, path) = (self.codec().clone(), manifest_path(&invalid.id));
+            let scavenge = move || {
+                let body = codec.open(path.as_ref(), body).ok()?;
+                scavenge_references(&body)
+            };
+            match tokio::task::spawn_blocking(scavenge)
                 .await
                 .map_err(|e| RepoError::io("gc", std::io::Error::other(e)))?
             {
@@ -162,7 +167,7 @@ impl Repository {
 
 /// Every chunk id an invalid manifest still names, read leniently (any `chunks` list of
 /// strings anywhere): its chunks may be all that is left of that backup. `None` when it is not
-/// even zstd-compressed JSON.
+/// even zstd-compressed JSON (or, encrypted, does not decrypt).
 fn scavenge_references(compressed: &[u8]) -> Option<HashSet<ChunkId>> {
     let json = decompress_bounded(compressed).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&json).ok()?;

@@ -5,9 +5,14 @@
 //! `chunks/<aa>/<blake3>` (zstd chunks named by the hash of their plain bytes),
 //! `ingests/<id>` (markers of ingests in progress), `leases/<id>/<holder>.json` (backups in use)
 //! and `wal/<sysid>/...` (archived WAL, see [`wal`]).
+//!
+//! In an encrypted repository (`ir-repo.json` format version 2) chunks, manifests and WAL
+//! objects are sealed with XChaCha20-Poly1305 and chunks are named by a keyed BLAKE3 hash;
+//! the keys are wrapped in `ir-repo.json` by a password or key file ([`RepoKey`]).
 
 mod chunk_id;
 mod conninfo;
+mod crypto;
 pub mod error;
 mod gc;
 mod ingest;
@@ -25,10 +30,13 @@ mod verify;
 pub mod wal;
 
 pub use chunk_id::{ChunkId, InvalidChunkId};
+pub use crypto::{EncryptionConfig, KdfParams, WrappedKey};
 pub use error::RepoError;
 pub use gc::GcReport;
 pub use ingest::{Checkpoint, Progress, ProgressSnapshot, RepairReport, Source};
-pub use location::{Credentials, DEFAULT_READ_DEADLINE, RepoLocation, S3Credentials};
+pub use location::{
+    Credentials, DEFAULT_READ_DEADLINE, RepoKey, RepoLocation, S3Credentials, Secret,
+};
 pub use lsn::{format_lsn, parse_lsn};
 pub use manifest::{
     BackupManifest, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES, ManifestError, RepoConfig,

@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use zeroize::Zeroizing;
+
+use crate::error::RepoError;
+
 /// How long one chunk read retries an unreachable repository when nothing else is said.
 pub const DEFAULT_READ_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -28,6 +32,8 @@ pub struct RepoLocation {
     pub file_roots: Option<Vec<PathBuf>>,
     /// Total retry budget for one chunk read before it fails as unavailable.
     pub read_deadline: Duration,
+    /// What opens the repository if it is encrypted.
+    pub key: RepoKey,
 }
 
 impl RepoLocation {
@@ -42,14 +48,16 @@ impl RepoLocation {
             credentials: Credentials::None,
             file_roots: None,
             read_deadline: DEFAULT_READ_DEADLINE,
+            key: RepoKey::None,
         }
     }
 
     /// The `irctl` flags that name this repository (`--repo`, `--read-deadline` in whole
     /// seconds, rounded up, and the S3 settings), each `--name=value` as one argument so that a
     /// value starting with `-` is not taken for a flag. `--s3-allow-http` only when plain http
-    /// is asked for: left out, `AWS_ALLOW_HTTP` decides. Credentials and file roots are not
-    /// flags: the process that runs irctl brings its own.
+    /// is asked for: left out, `AWS_ALLOW_HTTP` decides. `--key-file` when the key is a file;
+    /// a password is never a flag (it would show in the process list): like credentials and
+    /// file roots, the process that runs irctl brings its own (`IR_REPO_PASSWORD`).
     pub fn cli_args(&self) -> Vec<String> {
         let deadline =
             self.read_deadline.as_secs() + u64::from(self.read_deadline.subsec_nanos() > 0);
@@ -66,7 +74,72 @@ impl RepoLocation {
         if self.allow_http == Some(true) {
             args.push("--s3-allow-http".to_owned());
         }
+        if let RepoKey::File(path) = &self.key {
+            args.push(format!("--key-file={}", path.to_string_lossy()));
+        }
         args
+    }
+}
+
+/// What opens an encrypted repository: a password or a key file, either of which unwraps
+/// the repository's keys (`irctl repo init --encryption`). The password itself and the key
+/// file's content never show in `Debug` output.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RepoKey {
+    /// No key: the repository must not be encrypted.
+    #[default]
+    None,
+    /// A password (`IR_REPO_PASSWORD` on the command line).
+    Password(Secret),
+    /// A file whose content is the key (`--key-file`), read when the repository is opened.
+    /// One trailing newline is not part of the key, so that a file holding a password
+    /// opens what that password opens.
+    File(PathBuf),
+}
+
+impl RepoKey {
+    /// The secret bytes, read from the key file if that is where they are.
+    pub(crate) fn secret(&self) -> Result<Option<Zeroizing<Vec<u8>>>, RepoError> {
+        let empty = |what: String| RepoError::InvalidKey {
+            reason: format!("{what} is empty"),
+        };
+        match self {
+            RepoKey::None => Ok(None),
+            RepoKey::Password(secret) if secret.0.is_empty() => Err(empty("the password".into())),
+            RepoKey::Password(secret) => Ok(Some(secret.0.clone())),
+            RepoKey::File(path) => {
+                let mut bytes =
+                    Zeroizing::new(std::fs::read(path).map_err(|e| RepoError::InvalidKey {
+                        reason: format!("cannot read key file {}: {e}", path.display()),
+                    })?);
+                if bytes.ends_with(b"\n") {
+                    bytes.pop();
+                    if bytes.ends_with(b"\r") {
+                        bytes.pop();
+                    }
+                }
+                if bytes.is_empty() {
+                    return Err(empty(format!("key file {}", path.display())));
+                }
+                Ok(Some(bytes))
+            }
+        }
+    }
+}
+
+/// Secret bytes, wiped from memory when dropped and never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(Zeroizing::new(bytes))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -134,5 +207,35 @@ mod tests {
                 "--s3-allow-http"
             ]
         );
+        // A key file travels as a flag, a password never does.
+        at.key = RepoKey::File("/etc/ir/key".into());
+        assert_eq!(at.cli_args().last().unwrap(), "--key-file=/etc/ir/key");
+        at.key = RepoKey::Password(Secret::new(b"hunter2".to_vec()));
+        assert!(!at.cli_args().concat().contains("hunter2"));
+        assert!(!format!("{at:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_key_file_holds_the_key_but_its_last_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        for (content, key) in [
+            (&b"pw\n"[..], &b"pw"[..]),
+            (b"pw\r\n", b"pw"),
+            (b"pw\n\n", b"pw\n"),
+            (b"\x00\xffbinary", b"\x00\xffbinary"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let got = RepoKey::File(path.clone()).secret().unwrap().unwrap();
+            assert_eq!(got.as_slice(), key);
+        }
+        std::fs::write(&path, "\n").unwrap();
+        let err = RepoKey::File(path.clone()).secret().unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let err = RepoKey::File(dir.path().join("absent"))
+            .secret()
+            .unwrap_err();
+        assert!(err.to_string().contains("absent"), "{err}");
+        assert!(RepoKey::None.secret().unwrap().is_none());
     }
 }

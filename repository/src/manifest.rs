@@ -7,12 +7,18 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::chunk_id::ChunkId;
+pub use crate::crypto::EncryptionConfig;
 
 pub use path::{EntryPath, InvalidPath};
 pub use validate::{MAX_ENTRIES, ManifestError};
 
 /// Version of the repository layout (`ir-repo.json`, manifests, chunk paths).
 pub const FORMAT_VERSION: u32 = 1;
+
+/// `ir-repo.json`'s `format_version` in an encrypted repository: the same layout with every
+/// chunk, manifest and WAL object sealed (see `crypto.rs`). Builds that predate encryption
+/// refuse it as a format they do not read rather than take ciphertext for zstd.
+pub const ENCRYPTED_FORMAT_VERSION: u32 = 2;
 
 /// Default chunk size. 1 MiB keeps a manifest small (one id per MiB: about 100 KiB of ids per
 /// 1.5 GB backup), makes one S3 GET large enough to amortise its latency, and is still small
@@ -25,7 +31,8 @@ pub struct RepoConfig {
     pub format_version: u32,
     /// Fixed chunk size in bytes for every backup of the repository.
     pub chunk_size: u64,
-    /// Hash over the plain chunk bytes; names the chunk object. Always `blake3`.
+    /// Hash over the plain chunk bytes; names the chunk object. Always `blake3` (keyed with
+    /// the repository's id key when it is encrypted).
     pub hash: String,
     /// Compression of chunk objects. Always `zstd`.
     pub compression: String,
@@ -36,6 +43,9 @@ pub struct RepoConfig {
     /// made before it existed have none; their URL stands in for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_id: Option<String>,
+    /// How the objects are encrypted, in an encrypted repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

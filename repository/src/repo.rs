@@ -10,9 +10,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use time::OffsetDateTime;
 
 use crate::chunk_id::ChunkId;
+use crate::crypto::{self, ObjectCodec, UnlockError};
 use crate::error::{RepoError, summarize_store_error};
 use crate::location::RepoLocation;
-use crate::manifest::{BackupManifest, FORMAT_VERSION, RepoConfig, is_backup_id};
+use crate::manifest::{
+    BackupManifest, ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, RepoConfig, is_backup_id,
+};
 use crate::size::validate_chunk_size;
 use crate::store::{OpenedStore, open_store};
 use serde::Serialize;
@@ -53,6 +56,8 @@ struct Inner {
     config: RepoConfig,
     /// Total retry budget for one chunk read.
     read_deadline: Duration,
+    /// Seals and opens chunks, manifests and WAL; names chunks.
+    codec: ObjectCodec,
 }
 
 impl std::fmt::Debug for Repository {
@@ -81,7 +86,12 @@ pub(crate) fn check_backup_id(id: &str) -> Result<(), RepoError> {
 }
 
 impl Repository {
-    fn assemble(opened: OpenedStore, config: RepoConfig, location: &RepoLocation) -> Repository {
+    fn assemble(
+        opened: OpenedStore,
+        config: RepoConfig,
+        codec: ObjectCodec,
+        location: &RepoLocation,
+    ) -> Repository {
         Repository {
             inner: Arc::new(Inner {
                 url: opened.url,
@@ -89,23 +99,74 @@ impl Repository {
                 local: opened.local,
                 config,
                 read_deadline: location.read_deadline,
+                codec,
             }),
         }
     }
 
-    /// Creates a repository. Refuses if `ir-repo.json` already exists.
+    /// Creates an unencrypted repository. Refuses if `ir-repo.json` already exists, and if
+    /// `location` carries a key (whoever gives one expects encryption).
     pub async fn init(location: &RepoLocation, chunk_size: u64) -> Result<Repository, RepoError> {
+        if location.key.secret()?.is_some() {
+            return Err(RepoError::InvalidKey {
+                reason: "a key was given (IR_REPO_PASSWORD or --key-file) for a repository \
+                         made without encryption (irctl repo init --encryption)"
+                    .to_string(),
+            });
+        }
+        Repository::create(location, chunk_size, None).await
+    }
+
+    /// Creates a repository whose chunks, manifests and WAL are encrypted with new keys,
+    /// which `location`'s key unwraps. Refuses if `ir-repo.json` already exists.
+    pub async fn init_encrypted(
+        location: &RepoLocation,
+        chunk_size: u64,
+    ) -> Result<Repository, RepoError> {
+        let secret = location
+            .key
+            .secret()?
+            .ok_or_else(|| RepoError::InvalidKey {
+                reason: "an encrypted repository needs a password (IR_REPO_PASSWORD) or a key \
+                     file (--key-file)"
+                    .to_string(),
+            })?;
+        Repository::create(location, chunk_size, Some(secret)).await
+    }
+
+    async fn create(
+        location: &RepoLocation,
+        chunk_size: u64,
+        secret: Option<zeroize::Zeroizing<Vec<u8>>>,
+    ) -> Result<Repository, RepoError> {
         validate_chunk_size(chunk_size)?;
         let opened = open_store(location, true)?;
+        let repository_id = crate::random::hex_id();
+        let (encryption, codec) = match secret {
+            Some(secret) => {
+                let id = repository_id.clone();
+                let (config, keys) =
+                    tokio::task::spawn_blocking(move || crypto::create(&secret, &id))
+                        .await
+                        .map_err(|e| RepoError::io("key derivation", std::io::Error::other(e)))?;
+                (Some(config), ObjectCodec::encrypted(keys))
+            }
+            None => (None, ObjectCodec::default()),
+        };
         let config = RepoConfig {
-            format_version: FORMAT_VERSION,
+            format_version: if encryption.is_some() {
+                ENCRYPTED_FORMAT_VERSION
+            } else {
+                FORMAT_VERSION
+            },
             chunk_size,
             hash: "blake3".to_string(),
             compression: "zstd".to_string(),
             created: OffsetDateTime::now_utc(),
-            repository_id: Some(crate::random::hex_id()),
+            repository_id: Some(repository_id),
+            encryption,
         };
-        let repo = Repository::assemble(opened, config, location);
+        let repo = Repository::assemble(opened, config, codec, location);
         let path = Path::from(CONFIG_PATH);
         match repo.inner.store.head(&path).await {
             Ok(_) => return Err(repo.already_exists()),
@@ -175,11 +236,11 @@ impl Repository {
             .get("format_version")
             .and_then(|v| v.as_u64())
             .ok_or_else(|| invalid("no format_version".to_string()))?;
-        if found != u64::from(FORMAT_VERSION) {
+        if found != u64::from(FORMAT_VERSION) && found != u64::from(ENCRYPTED_FORMAT_VERSION) {
             return Err(RepoError::UnsupportedFormat {
                 url: opened.url.clone(),
                 found: u32::try_from(found).unwrap_or(u32::MAX),
-                supported: FORMAT_VERSION,
+                supported: ENCRYPTED_FORMAT_VERSION,
             });
         }
         let config: RepoConfig =
@@ -191,7 +252,40 @@ impl Repository {
             )));
         }
         validate_chunk_size(config.chunk_size).map_err(|e| invalid(e.to_string()))?;
-        Ok(Repository::assemble(opened, config, location))
+        if (config.format_version == ENCRYPTED_FORMAT_VERSION) != config.encryption.is_some() {
+            return Err(invalid(format!(
+                "format version {} {} an encryption section",
+                config.format_version,
+                if config.encryption.is_some() {
+                    "does not take"
+                } else {
+                    "needs"
+                }
+            )));
+        }
+        // The key is checked here, before the caller can write anything.
+        let secret = location.key.secret()?;
+        let codec = match (&config.encryption, secret) {
+            (None, None) => ObjectCodec::default(),
+            (None, Some(_)) => return Err(RepoError::NotEncrypted { url: opened.url }),
+            (Some(_), None) => return Err(RepoError::KeyRequired { url: opened.url }),
+            (Some(encryption), Some(secret)) => {
+                let encryption = encryption.clone();
+                let id = config.repository_id.clone().unwrap_or_default();
+                let unlocked =
+                    tokio::task::spawn_blocking(move || crypto::unlock(&encryption, &secret, &id))
+                        .await
+                        .map_err(|e| RepoError::io("key derivation", std::io::Error::other(e)))?;
+                match unlocked {
+                    Ok(keys) => ObjectCodec::encrypted(keys),
+                    Err(UnlockError::WrongKey) => {
+                        return Err(RepoError::WrongKey { url: opened.url });
+                    }
+                    Err(UnlockError::Invalid(reason)) => return Err(invalid(reason)),
+                }
+            }
+        };
+        Ok(Repository::assemble(opened, config, codec, location))
     }
 
     pub fn url(&self) -> &str {
@@ -219,6 +313,21 @@ impl Repository {
 
     pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.inner.store
+    }
+
+    /// Whether chunks, manifests and WAL are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.codec.is_encrypted()
+    }
+
+    pub(crate) fn codec(&self) -> &ObjectCodec {
+        &self.inner.codec
+    }
+
+    /// The id of a chunk with these plain bytes in this repository: their BLAKE3 hash, keyed
+    /// with the repository's id key when it is encrypted.
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        self.inner.codec.chunk_id(data)
     }
 
     /// Ids of all stored manifests, sorted.
@@ -310,13 +419,18 @@ impl Repository {
         let body = self.manifest_object(id).await?;
         let url = self.inner.url.clone();
         let chunk_size = self.inner.config.chunk_size;
+        let codec = self.inner.codec.clone();
         let id = id.to_string();
         tokio::task::spawn_blocking(move || {
-            BackupManifest::decode(&body, &id, chunk_size).map_err(|e| RepoError::InvalidManifest {
-                id,
-                url,
-                reason: e.to_string(),
-            })
+            let invalid = |reason: String| RepoError::InvalidManifest {
+                id: id.clone(),
+                url: url.clone(),
+                reason,
+            };
+            let body = codec
+                .open(manifest_path(&id).as_ref(), body)
+                .map_err(invalid)?;
+            BackupManifest::decode(&body, &id, chunk_size).map_err(|e| invalid(e.to_string()))
         })
         .await
         .map_err(|e| RepoError::io("manifest decoding", std::io::Error::other(e)))?
@@ -327,14 +441,17 @@ impl Repository {
     pub(crate) async fn write_manifest(&self, m: &BackupManifest) -> Result<(), RepoError> {
         let path = manifest_path(&m.id);
         let manifest = m.clone();
-        let body = tokio::task::spawn_blocking(move || manifest.encode())
-            .await
-            .map_err(|e| RepoError::io(path.to_string(), std::io::Error::other(e)))?
-            .map_err(|e| RepoError::InvalidManifest {
-                id: m.id.clone(),
-                url: self.inner.url.clone(),
-                reason: e.to_string(),
-            })?;
+        let (codec, at) = (self.inner.codec.clone(), path.clone());
+        let body = tokio::task::spawn_blocking(move || {
+            manifest.encode().map(|zstd| codec.seal(at.as_ref(), zstd))
+        })
+        .await
+        .map_err(|e| RepoError::io(path.to_string(), std::io::Error::other(e)))?
+        .map_err(|e| RepoError::InvalidManifest {
+            id: m.id.clone(),
+            url: self.inner.url.clone(),
+            reason: e.to_string(),
+        })?;
         let exists = || RepoError::BackupExists {
             id: m.id.clone(),
             url: self.inner.url.clone(),
@@ -379,7 +496,7 @@ impl Repository {
             // Each attempt gets what is left of the budget, so a hung request cannot outlive it.
             let remaining = deadline.saturating_sub(start.elapsed());
             let last = match tokio::time::timeout(remaining, self.fetch_chunk(id)).await {
-                Ok(Ok(compressed)) => return self.decode_chunk(id, compressed, expected_len).await,
+                Ok(Ok(stored)) => return self.decode_chunk(id, stored, expected_len).await,
                 Ok(Err(e)) if e.is_transient() => e.to_string(),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => format!("no answer within {remaining:?}"),
@@ -415,20 +532,26 @@ impl Repository {
         }
     }
 
+    /// The plain bytes of a chunk from its stored object, checked against its id.
     pub(crate) async fn decode_chunk(
         &self,
         id: &ChunkId,
-        compressed: Bytes,
+        stored: Bytes,
         expected_len: usize,
     ) -> Result<Bytes, RepoError> {
         let id = *id;
         let url = self.inner.url.clone();
+        let codec = self.inner.codec.clone();
         tokio::task::spawn_blocking(move || {
             let corrupt = |reason: String| RepoError::CorruptChunk {
                 id,
                 url: url.clone(),
                 reason,
             };
+            let compressed = codec
+                .open(chunk_path(&id).as_ref(), stored)
+                .map_err(corrupt)?;
+            // The bound holds after decryption too: never more than the chunk's length.
             let plain = zstd::bulk::decompress(&compressed, expected_len)
                 .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
             if plain.len() != expected_len {
@@ -437,7 +560,7 @@ impl Repository {
                     plain.len()
                 )));
             }
-            if ChunkId::of(&plain) != id {
+            if codec.chunk_id(&plain) != id {
                 return Err(corrupt("content does not match its hash".to_string()));
             }
             Ok(Bytes::from(plain))
@@ -696,8 +819,10 @@ mod tests {
                     compression: "zstd".to_string(),
                     created: OffsetDateTime::UNIX_EPOCH,
                     repository_id: None,
+                    encryption: None,
                 },
                 read_deadline,
+                codec: ObjectCodec::default(),
             }),
         }
     }

@@ -206,6 +206,7 @@ impl Repository {
         let (tx, mut rx) = mpsc::channel(n);
         let walker = Walker {
             url: self.url().to_string(),
+            codec: self.codec().clone(),
             buf: vec![0; chunk_size as usize],
             tx,
             progress,

@@ -85,8 +85,11 @@ impl Repository {
     ) -> Result<(), RepoError> {
         let c = match self.fetch_chunk(&c.id).await {
             Ok(stored) => {
+                let codec = self.codec().clone();
                 let (c, verdict) = tokio::task::spawn_blocking(move || {
-                    let verdict = decodes_to(&stored, &c.data);
+                    let verdict = codec
+                        .open(chunk_path(&c.id).as_ref(), stored)
+                        .and_then(|compressed| decodes_to(&compressed, &c.data));
                     (c, verdict)
                 })
                 .await
@@ -122,21 +125,24 @@ impl Repository {
         }
     }
 
-    /// Compresses and writes a chunk, replacing whatever object has its name.
+    /// Compresses (and in an encrypted repository seals) and writes a chunk, replacing
+    /// whatever object has its name.
     pub(crate) async fn put_chunk(
         &self,
         c: PendingChunk,
         progress: &Progress,
     ) -> Result<(), RepoError> {
         let path = chunk_path(&c.id);
-        let compressed =
-            tokio::task::spawn_blocking(move || zstd::bulk::compress(&c.data, ZSTD_LEVEL))
-                .await
-                .map_err(|e| RepoError::io(path.to_string(), io::Error::other(e)))?
-                .map_err(|e| RepoError::io(path.to_string(), e))?;
-        let len = compressed.len() as u64;
+        let (codec, at) = (self.codec().clone(), path.clone());
+        let stored = tokio::task::spawn_blocking(move || {
+            zstd::bulk::compress(&c.data, ZSTD_LEVEL).map(|z| codec.seal(at.as_ref(), z))
+        })
+        .await
+        .map_err(|e| RepoError::io(path.to_string(), io::Error::other(e)))?
+        .map_err(|e| RepoError::io(path.to_string(), e))?;
+        let len = stored.len() as u64;
         self.store()
-            .put(&path, PutPayload::from(compressed))
+            .put(&path, PutPayload::from(stored))
             .await
             .map_err(|e| self.store_err(&path, e))?;
         Progress::add(&progress.chunks_new, 1);
@@ -145,7 +151,7 @@ impl Repository {
     }
 }
 
-/// Whether a stored chunk object decompresses to exactly `plain`. Equal bytes have equal hashes,
+/// Whether a stored chunk object (decrypted) decompresses to exactly `plain`. Equal bytes have equal hashes,
 /// so comparing them proves the object as hashing would, for less than half the work.
 /// The decompression context and buffer are kept per thread: a fresh megabyte per chunk costs
 /// as much in page faults as the decompression itself.

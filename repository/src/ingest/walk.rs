@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{PendingChunk, Progress};
 use crate::chunk_id::ChunkId;
+use crate::crypto::ObjectCodec;
 use crate::error::RepoError;
 use crate::manifest::{Entry, EntryKind, EntryPath};
 use crate::pgmeta::{Captured, check_cold_copy, parse_pg_control};
@@ -101,6 +102,8 @@ fn read_chunks(
 /// The source-walking side of an ingest (runs on a blocking thread).
 pub(super) struct Walker {
     pub(super) url: String,
+    /// Names the chunks as the repository does.
+    pub(super) codec: ObjectCodec,
     pub(super) buf: Vec<u8>,
     pub(super) tx: mpsc::Sender<PendingChunk>,
     pub(super) progress: Arc<Progress>,
@@ -222,7 +225,7 @@ impl Walker {
             Progress::add(&self.progress.chunks_zero, 1);
             return Ok(None);
         }
-        let id = ChunkId::of(data);
+        let id = self.codec.chunk_id(data);
         if self.seen.insert(id) {
             let pending = PendingChunk {
                 id,
@@ -429,6 +432,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(64);
         let w = Walker {
             url: "file:///test".to_string(),
+            codec: ObjectCodec::default(),
             buf: vec![0; chunk_size],
             tx,
             progress: Arc::new(Progress::default()),

@@ -12,7 +12,8 @@
 //! restore-points/<sysid>/<TTTTTTTT><LSN, 16 hex>.json     restore points found in segments
 //! ```
 //!
-//! Every object is a header (plain length and BLAKE3 hash) and a zstd frame (see `object.rs`).
+//! Every object is a header (plain length and BLAKE3 hash) and a zstd frame (see `object.rs`),
+//! sealed whole in an encrypted repository, with the object's path as associated data.
 //! Names are parsed before any path is built from them, and everything read back is checked:
 //! bounded decompression, the hash, and for segments the page header against the name.
 
@@ -276,8 +277,11 @@ impl WalArchive<'_> {
             self.index_restore_points(segment.timeline, bytes).await?;
         }
         let path = self.path(&file);
-        let (stored, hash) =
-            cpu_bound(|| object::encode(bytes)).map_err(|e| RepoError::io(path.to_string(), e))?;
+        let codec = self.repo.codec();
+        let (stored, hash) = cpu_bound(|| {
+            object::encode(bytes).map(|(stored, hash)| (codec.seal(path.as_ref(), stored), hash))
+        })
+        .map_err(|e| RepoError::io(path.to_string(), e))?;
         let payload = PutPayload::from(stored);
         // A second round only when the stored object vanished in between (a prune).
         for _ in 0..2 {
@@ -440,7 +444,10 @@ impl WalArchive<'_> {
             Err(e) => return Err(self.repo.store_err(&path, e).into()),
         };
         // Looked at before the body is read: a planted object may be of any size.
-        let limit = object::max_stored_len(max_plain);
+        let limit = self
+            .repo
+            .codec()
+            .max_stored(object::max_stored_len(max_plain));
         if got.meta.size > limit {
             return Err(corrupt(format!(
                 "{} bytes stored, more than the {limit} such a file can take",
@@ -452,7 +459,9 @@ impl WalArchive<'_> {
             .await
             .map_err(|e| self.repo.store_err(&path, e))?;
         let (file, system) = (*file, self.system_identifier);
+        let (codec, at) = (self.repo.codec().clone(), path.clone());
         tokio::task::spawn_blocking(move || {
+            let stored = codec.open(at.as_ref(), stored)?;
             let plain = object::decode(&stored, max_plain)?;
             check_content(&file, system, &plain)?;
             Ok(plain)
@@ -480,8 +489,19 @@ impl WalArchive<'_> {
 
     /// The segment size, from the object header of the first stored segment (or partial
     /// segment) that has a plausible one: one small read; [`WalArchive::verify`] checks every
-    /// segment's length.
+    /// segment's length. The header of an encrypted object is sealed with the rest: the first
+    /// segment that reads back whole says it.
     async fn probe_segment_size(&self, segments: &[WalFileName]) -> Result<Option<u64>, WalError> {
+        if self.repo.is_encrypted() {
+            for file in segments.iter().take(SIZE_PROBES) {
+                match self.fetch_file(&file.to_string(), file).await {
+                    Ok(plain) => return Ok(Some(plain.len() as u64)),
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => tracing::warn!(wal = %file, error = %e, "segment size not read"),
+                }
+            }
+            return Ok(None);
+        }
         for file in segments.iter().take(SIZE_PROBES) {
             let path = self.path(file);
             let head = match self
