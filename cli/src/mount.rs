@@ -95,6 +95,7 @@ mod tests {
             s3_region: Some("eu-west-1".into()),
             allow_http: Some(true),
             read_deadline_secs: 5,
+            key_file: Some("/etc/ir/key".into()),
         };
         let file = RepoSpec {
             url: "/srv/repo".into(),
@@ -102,6 +103,7 @@ mod tests {
             s3_region: None,
             allow_http: None,
             read_deadline_secs: 30,
+            key_file: None,
         };
         // A workdir given as a relative path may start with `-`.
         for (repo, workdir) in [(s3, "/var/lib/ir/wd"), (file, "-wd")] {

@@ -151,6 +151,7 @@ mod tests {
             s3_region: None,
             allow_http: None,
             read_deadline_secs: 30,
+            key_file: None,
         };
         let point = PointInTime {
             name: Some("before".into()),

@@ -2,10 +2,14 @@
 //! name (which `irctl recover` records), and the same flags made again from it.
 
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use ir_repository::{Credentials, DEFAULT_READ_DEADLINE, RepoError, RepoLocation, Repository};
+use ir_repository::{
+    Credentials, DEFAULT_READ_DEADLINE, RepoError, RepoKey, RepoLocation, Repository, Secret,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Args)]
@@ -33,7 +37,15 @@ pub struct StoreArgs {
     /// fails (EIO on a mount), in seconds. Default: 30.
     #[arg(long, value_name = "SECONDS")]
     pub read_deadline: Option<u64>,
+    /// Key file of an encrypted repository: its content (a passphrase or random bytes, one
+    /// trailing newline left out) is the key. Without it the key is the password in
+    /// IR_REPO_PASSWORD, which is never a flag (it would show in the process list).
+    #[arg(long, env = "IR_REPO_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
+
+/// The environment variable that holds an encrypted repository's password.
+pub const PASSWORD_ENV: &str = "IR_REPO_PASSWORD";
 
 impl StoreArgs {
     /// The repository at `url` as these flags name it, which is also what `irctl recover`
@@ -48,6 +60,11 @@ impl StoreArgs {
             read_deadline_secs: self
                 .read_deadline
                 .unwrap_or(DEFAULT_READ_DEADLINE.as_secs()),
+            // Absolute: the irctl processes this one starts may run elsewhere.
+            key_file: self
+                .key_file
+                .as_ref()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         }
     }
 }
@@ -75,12 +92,25 @@ pub struct RepoSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_http: Option<bool>,
     pub read_deadline_secs: u64,
+    /// The key file of an encrypted repository; a password is never recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl RepoSpec {
     /// How the command line reaches the repository: with its user's own AWS settings and
-    /// credentials, anywhere on the file system.
+    /// credentials, anywhere on the file system, and the key file, or else the password in
+    /// [`PASSWORD_ENV`] (an empty one is none).
     pub fn location(&self) -> RepoLocation {
+        let key = match &self.key_file {
+            Some(path) => RepoKey::File(path.clone()),
+            None => match std::env::var_os(PASSWORD_ENV) {
+                Some(password) if !password.is_empty() => {
+                    RepoKey::Password(Secret::new(password.into_vec()))
+                }
+                _ => RepoKey::None,
+            },
+        };
         RepoLocation {
             url: self.url.clone(),
             s3_endpoint: self.s3_endpoint.clone(),
@@ -89,6 +119,7 @@ impl RepoSpec {
             credentials: Credentials::Ambient,
             file_roots: None,
             read_deadline: Duration::from_secs(self.read_deadline_secs),
+            key,
         }
     }
 }
@@ -141,6 +172,7 @@ mod tests {
                 credentials: Credentials::Ambient,
                 file_roots: None,
                 read_deadline: Duration::from_secs(5),
+                key: RepoKey::None,
             }
         );
         // Left out: AWS_ALLOW_HTTP, AWS_ENDPOINT_URL and AWS_REGION decide; the default wait.
@@ -155,7 +187,13 @@ mod tests {
 
     #[test]
     fn the_recorded_repository_is_reached_as_the_flags_named_it() {
-        let flags = ["--s3-endpoint", "http://127.0.0.1:9000", "--s3-allow-http"];
+        let flags = [
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-allow-http",
+            "--key-file",
+            "/etc/ir/key",
+        ];
         let args = ["irctl", "--repo", "s3://bucket/prefix"]
             .iter()
             .chain(&flags);
@@ -167,10 +205,17 @@ mod tests {
             "s3Endpoint": "http://127.0.0.1:9000",
             "allowHttp": true,
             "readDeadlineSecs": 30,
+            "keyFile": "/etc/ir/key",
         });
         assert_eq!(serde_json::to_value(&spec).unwrap(), recorded);
         let loaded: RepoSpec = serde_json::from_value(recorded).unwrap();
         assert_eq!(loaded.location(), repo.location());
+        assert_eq!(loaded.location().key, RepoKey::File("/etc/ir/key".into()));
+        assert!(
+            loaded
+                .args()
+                .contains(&OsString::from("--key-file=/etc/ir/key"))
+        );
 
         let bare: RepoSpec = serde_json::from_value(serde_json::json!({
             "url": "/srv/repo", "readDeadlineSecs": 7,

@@ -52,6 +52,10 @@ pub struct InitArgs {
     /// Chunk size, a multiple of 8KiB between 64KiB and 64MiB (e.g. 4MiB, 512KiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_chunk_size, default_value_t = DEFAULT_CHUNK_SIZE)]
     chunk_size: u64,
+    /// Encrypt chunks, manifests and WAL with a key unwrapped by the password in
+    /// IR_REPO_PASSWORD or by --key-file; every command then needs one of them.
+    #[arg(long)]
+    encryption: bool,
 }
 
 #[derive(Debug, Args)]
@@ -77,11 +81,20 @@ fn parse_chunk_size(s: &str) -> Result<u64, String> {
 pub async fn run(cmd: RepoCommand) -> anyhow::Result<()> {
     match cmd {
         RepoCommand::Init(args) => {
-            let repo = Repository::init(&args.repo.location(), args.chunk_size)
-                .await
-                .context("repo init")?;
+            let location = args.repo.location();
+            let repo = if args.encryption {
+                Repository::init_encrypted(&location, args.chunk_size).await
+            } else {
+                Repository::init(&location, args.chunk_size).await
+            }
+            .context("repo init")?;
             println!(
-                "created repository {} (chunk size {})",
+                "created {}repository {} (chunk size {})",
+                if repo.is_encrypted() {
+                    "encrypted "
+                } else {
+                    ""
+                },
                 repo.url(),
                 format_size(repo.config().chunk_size)
             );

@@ -115,7 +115,7 @@ impl Inner {
 
     async fn load(&self, id: ChunkId, len: usize) -> Result<Bytes, Arc<RepoError>> {
         if let Some(disk) = &self.disk
-            && let Some(bytes) = disk.get(&id, len)
+            && let Some(bytes) = disk.get(&self.repo, &id, len)
         {
             self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(bytes);
@@ -207,10 +207,11 @@ impl DiskCache {
         })
     }
 
-    fn get(&self, id: &ChunkId, len: usize) -> Option<Bytes> {
+    /// A cached chunk of `repo`, checked against its id as `repo` names chunks.
+    fn get(&self, repo: &Repository, id: &ChunkId, len: usize) -> Option<Bytes> {
         let path = self.dir.join(id.to_hex());
         let data = fs::read(&path).ok()?;
-        if data.len() == len && ChunkId::of(&data) == *id {
+        if data.len() == len && repo.chunk_id(&data) == *id {
             Some(Bytes::from(data))
         } else {
             tracing::warn!(chunk = %id, path = %path.display(), "damaged chunk in the disk cache; fetching it again");

@@ -6,34 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fuzz_cases, temp_repo};
+use common::{SEG, SYSID, fuzz_cases, segment, temp_repo};
 use ir_repository::wal::{Gap, PushOutcome, WalError};
 use ir_repository::{BackupManifest, Repository};
 use proptest::prelude::*;
-
-const SYSID: u64 = 7_311_234_567_890_123_456;
-const SEG: u64 = 1 << 20;
-
-/// Segment `segno` of `timeline` as PostgreSQL 15 writes its first page, with `fill` after
-/// the header so that segments differ.
-fn segment(timeline: u32, segno: u64, sysid: u64, fill: u8) -> (String, Vec<u8>) {
-    let per_log = 0x1_0000_0000 / SEG;
-    let name = format!(
-        "{timeline:08X}{:08X}{:08X}",
-        segno / per_log,
-        segno % per_log
-    );
-    let mut b = vec![fill; SEG as usize];
-    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    b[2..4].copy_from_slice(&0x0006u16.to_le_bytes());
-    b[4..8].copy_from_slice(&timeline.to_le_bytes());
-    b[8..16].copy_from_slice(&(segno * SEG).to_le_bytes());
-    b[16..24].fill(0);
-    b[24..32].copy_from_slice(&sysid.to_le_bytes());
-    b[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
-    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    (name, b)
-}
 
 fn object_path(dir: &Path, sysid: u64, rel: &str) -> PathBuf {
     dir.join("repo/wal").join(sysid.to_string()).join(rel)
