@@ -208,6 +208,7 @@ mod tests {
                 credentials: Credentials::Keys(keys()),
                 file_roots: Some(vec!["/srv/repos".into()]),
                 read_deadline: Duration::from_secs(5),
+                key: ir_repository::RepoKey::None,
             })
         );
         let file = spec(serde_json::json!({"url": "file:///srv/repos/a"}));

@@ -213,8 +213,9 @@ mod tests {
         assert_eq!(loaded.location().key, RepoKey::File("/etc/ir/key".into()));
         assert!(
             loaded
-                .args()
-                .contains(&OsString::from("--key-file=/etc/ir/key"))
+                .location()
+                .cli_args()
+                .contains(&"--key-file=/etc/ir/key".to_owned())
         );
 
         let bare: RepoSpec = serde_json::from_value(serde_json::json!({

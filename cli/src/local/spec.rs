@@ -263,6 +263,7 @@ mod tests {
                 s3_region: None,
                 allow_http: Some(true),
                 read_deadline_secs: 30,
+                key_file: None,
             },
             backup: "20260101T000000Z-abcd".into(),
             mode: RecoveryMode::Recover,

@@ -340,6 +340,8 @@ impl WalArchive<'_> {
             ));
             let json = serde_json::to_vec(&entry)
                 .map_err(|e| RepoError::io(path.to_string(), e.into()))?;
+            // Names are the user's words: sealed like the WAL in an encrypted repository.
+            let json = self.repo.codec().seal(path.as_ref(), json);
             self.repo
                 .store()
                 .put(&path, PutPayload::from(json))
@@ -361,8 +363,9 @@ impl WalArchive<'_> {
             .await
             .map_err(|e| self.repo.store_err(&prefix, e))?;
         let mut found = Vec::new();
+        let limit = self.repo.codec().max_stored(MAX_RESTORE_POINT_ENTRY);
         for meta in metas {
-            if meta.size > MAX_RESTORE_POINT_ENTRY {
+            if meta.size > limit {
                 tracing::warn!(object = %meta.location, size = meta.size, "not a restore point entry");
                 continue;
             }
@@ -371,10 +374,17 @@ impl WalArchive<'_> {
                 Err(e) => Err(e),
             };
             let bytes = match bytes {
-                Ok(bytes) if bytes.len() as u64 <= MAX_RESTORE_POINT_ENTRY => bytes,
+                Ok(bytes) if bytes.len() as u64 <= limit => bytes,
                 Ok(_) => continue,
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(self.repo.store_err(&meta.location, e).into()),
+            };
+            let bytes = match self.repo.codec().open(meta.location.as_ref(), bytes) {
+                Ok(plain) => plain,
+                Err(e) => {
+                    tracing::warn!(object = %meta.location, error = %e, "restore point entry does not open");
+                    continue;
+                }
             };
             match serde_json::from_slice::<RestorePoint>(&bytes) {
                 Ok(point) if point.name == name && point.lsn_value().is_some() => found.push(point),
