@@ -37,6 +37,10 @@ fn write_marked_rows(pg: &PgCluster, round: u32) -> String {
         "insert into notes select g, '{MARKER}-{round}-' || md5(g::text) \
          from generate_series(1, 3000) g"
     ));
+    // A restore point's name is the user's words too (the index of restore points).
+    pg.psql(&format!(
+        "select pg_create_restore_point('{MARKER}-{round}')"
+    ));
     pg.psql("select pg_walfile_name(pg_switch_wal())")
 }
 
@@ -135,6 +139,12 @@ fn an_encrypted_repository_backs_up_archives_and_recovers_postgresql() {
     // Nothing in the repository holds the rows, in any file.
     let before = snapshot(&repo_dir);
     assert!(before.len() > 5);
+    assert!(
+        before
+            .keys()
+            .any(|p| p.to_string_lossy().contains("restore-points/")),
+        "the restore points are indexed"
+    );
     for (path, (bytes, _)) in &before {
         assert!(
             !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
