@@ -21,6 +21,7 @@ mod listing;
 mod name;
 mod object;
 mod records;
+mod restore_points;
 mod segment;
 
 use futures::{StreamExt, TryStreamExt};
@@ -37,12 +38,10 @@ use listing::parse_history;
 pub use listing::{Gap, StoredWal, TimelineWal, WalListing, Window};
 pub use name::{SegmentName, WalFileName};
 pub use records::{RestorePointRecord, last_transaction_end, restore_points};
+pub use restore_points::RestorePoint;
 pub use segment::{MAX_SEGMENT_SIZE, MAX_SMALL_FILE, MIN_SEGMENT_SIZE, SegmentHeader};
 
 const WAL_DIR: &str = "wal";
-const RESTORE_POINTS_DIR: &str = "restore-points";
-/// An index entry is a few dozen bytes: anything much larger is not one.
-const MAX_RESTORE_POINT_ENTRY: u64 = 4096;
 const HISTORY_DIR: &str = "history";
 const SUFFIX: &str = ".zst";
 /// Segment headers tried when listing before the segment size is called unknown.
@@ -131,23 +130,6 @@ pub struct DamagedWal {
     /// The WAL file's name, or the object's path when it has no valid one.
     pub name: String,
     pub reason: String,
-}
-
-/// A restore point of the index (`restore-points/<sysid>/`), as its WAL record had it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RestorePoint {
-    pub name: String,
-    /// `X/Y`: where its record is.
-    pub lsn: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub time: OffsetDateTime,
-    pub timeline: u32,
-}
-
-impl RestorePoint {
-    pub fn lsn_value(&self) -> Option<u64> {
-        crate::parse_lsn(&self.lsn)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -317,85 +299,6 @@ impl WalArchive<'_> {
         Err(WalError::Missing {
             name: name.to_string(),
         })
-    }
-
-    fn restore_points_root(&self) -> String {
-        format!("{RESTORE_POINTS_DIR}/{}", self.system_identifier)
-    }
-
-    /// Records the restore points created in segment `bytes` of `timeline`, so that a recovery
-    /// to one by name can start from the newest backup before it.
-    async fn index_restore_points(&self, timeline: u32, bytes: &[u8]) -> Result<(), WalError> {
-        for point in cpu_bound(|| restore_points(bytes)) {
-            let entry = RestorePoint {
-                name: point.name,
-                lsn: crate::format_lsn(point.lsn),
-                time: point.time,
-                timeline,
-            };
-            let path = Path::from(format!(
-                "{}/{timeline:08X}{:016X}.json",
-                self.restore_points_root(),
-                point.lsn
-            ));
-            let json = serde_json::to_vec(&entry)
-                .map_err(|e| RepoError::io(path.to_string(), e.into()))?;
-            // Names are the user's words: sealed like the WAL in an encrypted repository.
-            let json = self.repo.codec().seal(path.as_ref(), json);
-            self.repo
-                .store()
-                .put(&path, PutPayload::from(json))
-                .await
-                .map_err(|e| self.repo.store_err(&path, e))?;
-        }
-        Ok(())
-    }
-
-    /// The archived restore points named `name`, oldest first. Entries that are too large or
-    /// do not parse are left out (and logged): they are repository bytes, not trusted.
-    pub async fn restore_points_named(&self, name: &str) -> Result<Vec<RestorePoint>, WalError> {
-        let prefix = Path::from(self.restore_points_root());
-        let metas: Vec<object_store::ObjectMeta> = self
-            .repo
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.repo.store_err(&prefix, e))?;
-        let mut found = Vec::new();
-        let limit = self.repo.codec().max_stored(MAX_RESTORE_POINT_ENTRY);
-        for meta in metas {
-            if meta.size > limit {
-                tracing::warn!(object = %meta.location, size = meta.size, "not a restore point entry");
-                continue;
-            }
-            let bytes = match self.repo.store().get(&meta.location).await {
-                Ok(got) => got.bytes().await,
-                Err(e) => Err(e),
-            };
-            let bytes = match bytes {
-                Ok(bytes) if bytes.len() as u64 <= limit => bytes,
-                Ok(_) => continue,
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(self.repo.store_err(&meta.location, e).into()),
-            };
-            let bytes = match self.repo.codec().open(meta.location.as_ref(), bytes) {
-                Ok(plain) => plain,
-                Err(e) => {
-                    tracing::warn!(object = %meta.location, error = %e, "restore point entry does not open");
-                    continue;
-                }
-            };
-            match serde_json::from_slice::<RestorePoint>(&bytes) {
-                Ok(point) if point.name == name && point.lsn_value().is_some() => found.push(point),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(object = %meta.location, error = %e, "unreadable restore point entry")
-                }
-            }
-        }
-        found.sort_by_key(|p| p.lsn_value());
-        Ok(found)
     }
 
     /// Writes `payload` at `path` unless something is stored there; whether it wrote.
@@ -765,40 +668,13 @@ impl WalArchive<'_> {
             report.bytes_removed += stored.stored_size;
         }
         // The restore points in what was pruned can no longer be recovered to.
-        let cut = first_kept.saturating_mul(size);
-        let prefix = Path::from(self.restore_points_root());
-        let entries: Vec<object_store::ObjectMeta> = self
-            .repo
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.repo.store_err(&prefix, e))?;
-        for meta in entries {
-            let Some((tli, lsn)) = meta
-                .location
-                .filename()
-                .and_then(|f| f.strip_suffix(".json"))
-                .filter(|f| f.len() == 24)
-                .and_then(|f| {
-                    let tli = u32::from_str_radix(&f[..8], 16).ok()?;
-                    Some((tli, u64::from_str_radix(&f[8..], 16).ok()?))
-                })
-            else {
-                continue;
-            };
-            if tli > backup.timeline || lsn >= cut {
-                continue;
-            }
-            if !dry_run {
-                match self.repo.store().delete(&meta.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(self.repo.store_err(&meta.location, e).into()),
-                }
-            }
-            report.removed.push(meta.location.to_string());
-            report.bytes_removed += meta.size;
-        }
+        self.prune_restore_points(
+            backup.timeline,
+            first_kept.saturating_mul(size),
+            dry_run,
+            &mut report,
+        )
+        .await?;
         Ok(report)
     }
 }
