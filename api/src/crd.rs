@@ -26,6 +26,8 @@ pub const NODE_LABEL: &str = "instantrecovery.dev/node";
 pub const AGENT_FINALIZER: &str = "instantrecovery.dev/agent";
 /// Finalizer of the operator on an InstantRecovery: tear down in order first.
 pub const OPERATOR_FINALIZER: &str = "instantrecovery.dev/operator";
+/// The key of a BackupRepository's `encryptionSecret` that holds the repository's password.
+pub const ENCRYPTION_PASSWORD_KEY: &str = "password";
 /// Annotation of an InstantRecovery a manual retry sets (any new value starts a new round of
 /// attempts).
 pub const RETRY_ANNOTATION: &str = "instantrecovery.dev/retry";
@@ -259,6 +261,11 @@ pub struct BackupRepositorySpec {
     /// repository unless `s3.useAmbientCredentials` is true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<LocalRef>,
+    /// An encrypted repository (`irctl repo init --encryption`): the Secret whose key
+    /// `password` holds its password. The operator (to list and validate), the agents (to
+    /// mount) and the published Pods of recoveries to a point in time (to fetch WAL) read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_secret: Option<LocalRef>,
     /// How long one read may retry an unreachable repository before it fails.
     #[serde(default = "default_read_deadline")]
     pub read_deadline: GoDuration,

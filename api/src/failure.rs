@@ -58,6 +58,9 @@ impl Failure {
             Reason::RepositoryPathNotAllowed => "url",
             Reason::CredentialsRequired => "credentialsSecret",
             Reason::AmbientCredentialsNotAllowed => "s3.useAmbientCredentials",
+            Reason::KeyRequired | Reason::WrongKey | Reason::NotEncrypted | Reason::InvalidKey => {
+                "encryptionSecret"
+            }
             _ => return self,
         };
         let field = format!("{spec}.{field}");
@@ -87,6 +90,10 @@ impl From<&RepoError> for Failure {
             RepoError::InvalidUrl { .. } | RepoError::InvalidBackupId { .. } => Reason::InvalidSpec,
             RepoError::PathNotAllowed { .. } => Reason::RepositoryPathNotAllowed,
             RepoError::NoCredentials { .. } => Reason::CredentialsRequired,
+            RepoError::KeyRequired { .. } => Reason::KeyRequired,
+            RepoError::WrongKey { .. } => Reason::WrongKey,
+            RepoError::NotEncrypted { .. } => Reason::NotEncrypted,
+            RepoError::InvalidKey { .. } => Reason::InvalidKey,
             _ => Reason::RepositoryError,
         };
         Failure::new(reason, e.to_string())

@@ -3,7 +3,7 @@
 
 use std::path::{Component, PathBuf};
 
-use ir_repository::{Credentials, RepoLocation, S3Credentials};
+use ir_repository::{Credentials, RepoKey, RepoLocation, S3Credentials, Secret};
 
 use crate::crd::BackupRepositorySpec;
 use crate::{Failure, Reason};
@@ -92,18 +92,25 @@ impl BackupRepositorySpec {
     ///
     /// `at` is where this spec is in its object (`spec` of a BackupRepository,
     /// `spec.repository` of a RecoveryMount): a refusal names the field at fault from there.
+    ///
+    /// `password` is the one of `encryptionSecret`, read by the caller too.
     pub fn location(
         &self,
         credentials: Option<S3Credentials>,
+        password: Option<String>,
         policy: &RepositoryPolicy,
         at: &str,
     ) -> Result<RepoLocation, Failure> {
         let credentials = self
             .credentials(credentials, policy.allow_ambient_credentials)
             .map_err(|f| f.naming(at))?;
+        let key = password.map_or(RepoKey::None, |p| {
+            RepoKey::Password(Secret::new(p.into_bytes()))
+        });
         Ok(RepoLocation {
             credentials,
             file_roots: Some(policy.file_roots.clone()),
+            key,
             ..self.address()
         })
     }
@@ -199,7 +206,7 @@ mod tests {
             "readDeadline": "5s",
         }));
         assert_eq!(
-            s3.location(Some(keys()), &policy(false), "spec"),
+            s3.location(Some(keys()), None, &policy(false), "spec"),
             Ok(RepoLocation {
                 url: "s3://bucket/prefix".into(),
                 s3_endpoint: Some("https://s3.example".into()),
@@ -217,7 +224,7 @@ mod tests {
             ..policy(true)
         };
         assert_eq!(
-            file.location(None, &none, "spec"),
+            file.location(None, None, &none, "spec"),
             Ok(RepoLocation {
                 allow_http: Some(false),
                 file_roots: Some(Vec::new()),
@@ -238,7 +245,7 @@ mod tests {
         ] {
             let repo = spec(serde_json::json!({"url": "s3://bucket/prefix", "s3": s3.clone()}));
             for ambient in [true, false] {
-                let location = repo.location(Some(keys()), &policy(ambient), "spec");
+                let location = repo.location(Some(keys()), None, &policy(ambient), "spec");
                 assert_eq!(location.unwrap().allow_http, allowed, "{s3}");
             }
         }
@@ -252,7 +259,7 @@ mod tests {
         }));
         let file = spec(serde_json::json!({"url": "file:///srv/repos/a"}));
         let credentials = |repo: &BackupRepositorySpec, keys, allowed, at| {
-            repo.location(keys, &policy(allowed), at)
+            repo.location(keys, None, &policy(allowed), at)
                 .map(|location| location.credentials)
         };
 

@@ -113,6 +113,10 @@ reasons! {
     CorruptManifest: Permanent, "The backup's manifest (or ir-repo.json) is invalid: the repository is damaged or tampered with.";
     NotARepository: Permanent, "The URL holds no repository (no ir-repo.json).";
     UnsupportedRepositoryFormat: Permanent, "The repository has a format version this build does not read.";
+    KeyRequired: Permanent, "The repository is encrypted and no password was given (BackupRepository spec.encryptionSecret, IR_REPO_PASSWORD, --key-file).";
+    WrongKey: Permanent, "The password does not open the encrypted repository's key.";
+    NotEncrypted: Permanent, "A password was given for a repository that is not encrypted.";
+    InvalidKey: Permanent, "The password or key file is empty or cannot be read.";
     InvalidSizeLimit: Permanent, "The RecoveryMount's sizeLimit is not a quantity of bytes.";
     CacheTooSmall: Permanent, "The node's IRCache file system has less room than spec.cache.sizeLimit.";
     MountPointError: Permanent, "The agent could not prepare the mount point.";

@@ -44,8 +44,7 @@ pub struct StoreArgs {
     pub key_file: Option<PathBuf>,
 }
 
-/// The environment variable that holds an encrypted repository's password.
-pub const PASSWORD_ENV: &str = "IR_REPO_PASSWORD";
+pub use ir_repository::PASSWORD_ENV;
 
 impl StoreArgs {
     /// The repository at `url` as these flags name it, which is also what `irctl recover`

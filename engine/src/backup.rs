@@ -343,13 +343,17 @@ fn check_target(target: &Target, id: &str, window: &RecoverableWindow) -> Result
                  backup {id} can recover {window}"
             ),
         ),
-        None => Failure::new(
-            Reason::PointInTimeNotArchived,
-            format!(
-                "{target} lies after the last transaction in the archived WAL; backup {id} can \
-                 recover {window}"
-            ),
-        ),
+        None => {
+            // A time is reached only at a commit or abort after it.
+            let end = match target {
+                Target::Time(_) => "the last transaction in the archived WAL",
+                _ => "the end of the archived WAL",
+            };
+            Failure::new(
+                Reason::PointInTimeNotArchived,
+                format!("{target} lies after {end}; backup {id} can recover {window}"),
+            )
+        }
     })
 }
 

@@ -209,6 +209,7 @@ fn file_repository(url: &str) -> BackupRepositorySpec {
         url: url.to_owned(),
         s3: None,
         credentials_secret: None,
+        encryption_secret: None,
         read_deadline: GoDuration(Duration::from_secs(5)),
     }
 }
@@ -511,6 +512,7 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
         credentials_secret: Some(LocalRef {
             name: "s3-credentials".to_owned(),
         }),
+        encryption_secret: None,
         read_deadline: GoDuration(Duration::from_secs(3)),
     };
     rms.create(

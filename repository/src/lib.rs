@@ -35,7 +35,7 @@ pub use error::RepoError;
 pub use gc::GcReport;
 pub use ingest::{Checkpoint, Progress, ProgressSnapshot, RepairReport, Source};
 pub use location::{
-    Credentials, DEFAULT_READ_DEADLINE, RepoKey, RepoLocation, S3Credentials, Secret,
+    Credentials, DEFAULT_READ_DEADLINE, PASSWORD_ENV, RepoKey, RepoLocation, S3Credentials, Secret,
 };
 pub use lsn::{format_lsn, parse_lsn};
 pub use manifest::{

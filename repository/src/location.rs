@@ -81,6 +81,10 @@ impl RepoLocation {
     }
 }
 
+/// The environment variable the command line reads an encrypted repository's password from
+/// (never a flag: it would show in the process list).
+pub const PASSWORD_ENV: &str = "IR_REPO_PASSWORD";
+
 /// What opens an encrypted repository: a password or a key file, either of which unwraps
 /// the repository's keys (`irctl repo init --encryption`). The password itself and the key
 /// file's content never show in `Debug` output.

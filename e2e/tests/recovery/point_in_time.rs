@@ -255,3 +255,108 @@ async fn recovery_to_a_restore_point_fetches_wal_from_s3_with_the_repositorys_cr
         Some("s3-keys")
     );
 }
+
+/// From an encrypted repository: without its password the repository is refused naming
+/// `spec.encryptionSecret`, with a wrong one too; with the right one the operator lists it, the
+/// agent mounts the backup and the published Pod fetches the sealed WAL.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_from_an_encrypted_repository_reads_its_password_from_a_secret() {
+    ir_e2e::require_root();
+    let root = ir_e2e::shared_tempdir();
+    let repo_dir = root.path().join("repositories").join("sealed");
+    let url = format!("file://{}", repo_dir.display());
+    let password = "correct-horse-battery-staple";
+    let env = [("IR_REPO_PASSWORD".to_owned(), password.to_owned())];
+    irctl(&["repo", "init", "--repo", &url, "--encryption"], &env);
+    let (uid, gid) = pg_user();
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}")])
+        .arg(&repo_dir)
+        .status()
+        .expect("run chown");
+    assert!(chown.success());
+    let backup = archived_history(root.path(), &url, &env);
+    let fx = Installation::with_backup(root, url.clone(), backup.clone()).await;
+    let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NAMESPACE);
+    let reachable = |name: &'static str| {
+        let repos = repos.clone();
+        async move {
+            let deadline = Instant::now() + FLOW;
+            loop {
+                let repo = repos.get(name).await.unwrap();
+                let status = repo.status.unwrap_or_default();
+                if let Some(c) = status.conditions.iter().find(|c| c.type_ == "Reachable")
+                    && c.observed_generation == repo.metadata.generation
+                {
+                    return c.clone();
+                }
+                assert!(Instant::now() < deadline, "{name}: no Reachable condition");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    let refused = reachable("backups").await;
+    assert_eq!(refused.reason, "KeyRequired", "{refused:?}");
+    assert!(
+        refused.message.starts_with("spec.encryptionSecret: "),
+        "{refused:?}"
+    );
+
+    fx.plane
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: repo-key\n  namespace: {NAMESPACE}\n\
+             stringData:\n  password: {password}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata:\n  name: wrong-key\n  namespace: {NAMESPACE}\n\
+             stringData:\n  password: not the password\n---\n\
+             apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\nmetadata:\n  \
+             name: wrong\n  namespace: {NAMESPACE}\nspec:\n  url: {url}\n  encryptionSecret:\n    \
+             name: wrong-key\n"
+        ))
+        .await
+        .expect("apply the Secrets");
+    let wrong = reachable("wrong").await;
+    assert_eq!(wrong.reason, "WrongKey", "{wrong:?}");
+    repos
+        .patch(
+            "backups",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"encryptionSecret": {"name": "repo-key"}}})),
+        )
+        .await
+        .unwrap();
+    let listed = reachable("backups").await;
+    assert_eq!(listed.status, "True", "{listed:?}");
+
+    fx.plane
+        .apply_yaml(&recovery_yaml(
+            "sealed",
+            "latest",
+            "  postgres:\n    credentialsSecret:\n      name: db-superuser\n  target:\n    \
+             size: 1Gi\n  pointInTime:\n    name: before_drop\n",
+        ))
+        .await
+        .expect("apply the InstantRecovery");
+    fx.wait_phase("sealed", Phase::Syncing, FLOW).await;
+    // The password reached the published Pod from the Secret, not written into its spec.
+    let pod = fx.pods().get("sealed-published").await.unwrap();
+    let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+    let password_env = env
+        .iter()
+        .find(|e| e.name == "IR_REPO_PASSWORD")
+        .expect("the password's variable");
+    assert_eq!(password_env.value, None);
+    assert_eq!(
+        password_env
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .map(|r| r.name.as_str()),
+        Some("repo-key")
+    );
+    fx.wait_phase("sealed", Phase::Completed, FLOW).await;
+    let target_ip = fx.pod_ip("sealed-target", FLOW).await;
+    assert_eq!(
+        query_one(&target_ip, "SELECT count(*) FROM t").await,
+        BEFORE_DROP.to_string()
+    );
+}

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ir_api::crd::{
-    AGENT_FINALIZER, AGENT_HEARTBEAT_ANNOTATION, CACHE_FREE_ANNOTATION, NODE_LABEL, RecoveryMount,
-    RecoveryMountStatus,
+    AGENT_FINALIZER, AGENT_HEARTBEAT_ANNOTATION, CACHE_FREE_ANNOTATION, ENCRYPTION_PASSWORD_KEY,
+    NODE_LABEL, RecoveryMount, RecoveryMountStatus,
 };
 use ir_repository::{RepoError, Repository, S3Credentials};
 use jiff::{Timestamp, Unit};
@@ -415,14 +415,22 @@ impl Agent {
                 Err(failure) => return Ok(Err(failure)),
             },
         };
-        let repositories = &self.config.repositories;
-        let location = match spec
-            .repository
-            .location(credentials, repositories, "spec.repository")
-        {
-            Ok(location) => location,
-            Err(failure) => return Ok(Err(failure)),
+        let password = match &spec.repository.encryption_secret {
+            None => None,
+            Some(secret) => match self.password(&target.namespace, &secret.name).await? {
+                Ok(password) => Some(password),
+                Err(failure) => return Ok(Err(failure)),
+            },
         };
+        let repositories = &self.config.repositories;
+        let location =
+            match spec
+                .repository
+                .location(credentials, password, repositories, "spec.repository")
+            {
+                Ok(location) => location,
+                Err(failure) => return Ok(Err(failure)),
+            };
         let url = spec.repository.url.as_str();
         let opened = tokio::time::timeout(location.read_deadline, async {
             let repo = Repository::open(&location).await?;
@@ -499,6 +507,38 @@ impl Agent {
                 secret_access_key: value(SECRET_ACCESS_KEY)?,
             })
         }))
+    }
+
+    /// The password of an encrypted repository, byte for byte as the Secret holds it (as the
+    /// operator and the published Pod's `IR_REPO_PASSWORD` read it).
+    async fn password(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Result<String, Failure>, AgentError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("Secret {namespace}/{name} (spec.repository.encryptionSecret)");
+        let Some(secret) = secrets.get_opt(name).await? else {
+            return Ok(Err(Failure::new(
+                Reason::InvalidCredentialsSecret,
+                format!("{what} not found"),
+            )));
+        };
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(ENCRYPTION_PASSWORD_KEY));
+        Ok(match bytes.map(|b| String::from_utf8(b.0.clone())) {
+            Some(Ok(text)) if !text.is_empty() => Ok(text),
+            Some(Err(_)) => Err(Failure::new(
+                Reason::InvalidCredentialsSecret,
+                format!("{what}: {ENCRYPTION_PASSWORD_KEY} is not UTF-8 text"),
+            )),
+            _ => Err(Failure::new(
+                Reason::InvalidCredentialsSecret,
+                format!("{what} has no {ENCRYPTION_PASSWORD_KEY}"),
+            )),
+        })
     }
 
     /// The cache file system has room for `size_limit`, counting what this IRCache already

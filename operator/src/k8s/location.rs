@@ -1,6 +1,6 @@
 //! Where a BackupRepository is and how to reach it.
 
-use ir_api::crd::BackupRepositorySpec;
+use ir_api::crd::{BackupRepositorySpec, ENCRYPTION_PASSWORD_KEY};
 use ir_engine::machine::Failure;
 use ir_repository::{RepoLocation, S3Credentials};
 use kube::Client;
@@ -9,7 +9,7 @@ use super::context::Settings;
 use super::secrets::read_secret;
 
 /// Where a BackupRepository is and how to reach it, the key pair of its credentials Secret
-/// included (see [`BackupRepositorySpec::location`]).
+/// and the password of its encryption Secret included (see [`BackupRepositorySpec::location`]).
 pub async fn repository_location(
     client: &Client,
     namespace: &str,
@@ -33,5 +33,17 @@ pub async fn repository_location(
         }
         None => None,
     };
-    spec.location(credentials, &settings.repositories, "spec")
+    let password = match &spec.encryption_secret {
+        Some(secret) => read_secret(
+            client,
+            namespace,
+            &secret.name,
+            &[ENCRYPTION_PASSWORD_KEY],
+            "spec.encryptionSecret",
+        )
+        .await?
+        .pop(),
+        None => None,
+    };
+    spec.location(credentials, password, &settings.repositories, "spec")
 }

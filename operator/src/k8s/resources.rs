@@ -10,10 +10,11 @@
 use std::collections::BTreeMap;
 
 use ir_api::crd::{
-    BackupRepositorySpec, InstantRecovery, NODE_LABEL, RECOVERY_NODE_LABEL, RecoveryMount,
-    RecoveryMountSpec,
+    BackupRepositorySpec, ENCRYPTION_PASSWORD_KEY, InstantRecovery, NODE_LABEL,
+    RECOVERY_NODE_LABEL, RecoveryMount, RecoveryMountSpec,
 };
 use ir_api::point_in_time::PointInTime;
+use ir_repository::PASSWORD_ENV;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PersistentVolumeClaim,
@@ -525,14 +526,20 @@ impl Replay<'_> {
         words
     }
 
-    /// The repository's credentials, as irctl reads them from its environment.
+    /// The repository's credentials and password, as irctl reads them from its environment.
     fn credentials(&self) -> Vec<EnvVar> {
+        let password = self
+            .repository
+            .encryption_secret
+            .as_ref()
+            .map(|secret| secret_env(PASSWORD_ENV, &secret.name, ENCRYPTION_PASSWORD_KEY));
         let Some(secret) = &self.repository.credentials_secret else {
-            return Vec::new();
+            return password.into_iter().collect();
         };
         let mut env: Vec<EnvVar> = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
             .into_iter()
             .map(|key| secret_env(key, &secret.name, key))
+            .chain(password)
             .collect();
         if self
             .repository
