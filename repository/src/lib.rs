@@ -6,6 +6,7 @@
 //! `ingests/<id>` (markers of ingests in progress), `leases/<id>/<holder>.json` (backups in use)
 //! and `wal/<sysid>/...` (archived WAL, see [`wal`]).
 
+mod bounded;
 mod conninfo;
 pub mod error;
 mod gc;
@@ -27,8 +28,8 @@ pub use gc::GcReport;
 pub use ingest::{Checkpoint, Progress, ProgressSnapshot, RepairReport, Source};
 pub use location::{Credentials, DEFAULT_READ_DEADLINE, RepoLocation, S3Credentials};
 pub use manifest::{
-    BackupManifest, ChunkId, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES, ManifestError,
-    RepoConfig,
+    BackupManifest, ChunkId, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES,
+    MAX_MANIFEST_OBJECT_BYTES, ManifestError, RepoConfig,
 };
 pub use pgmeta::{format_lsn, parse_lsn};
 pub use repo::{BackupList, InvalidBackup, Repository};
