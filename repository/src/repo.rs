@@ -1,4 +1,5 @@
-//! The repository handle: config, manifests and chunk reads.
+//! The repository handle: config, manifests and chunk reads. Longer than most files for its
+//! tests: the stand-in S3 endpoints sit next to the retry, size and listing rules they drive.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
