@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use ir_cli::output::{Output, print_json};
 use ir_repository::size::{format_size, parse_size, validate_chunk_size};
-use ir_repository::{Progress, Repository, manifest::DEFAULT_CHUNK_SIZE};
+use ir_repository::{GcReport, Progress, Repository, manifest::DEFAULT_CHUNK_SIZE};
 
 use crate::backup::{SourceArgs, warn_invalid};
 use crate::progress::ProgressLine;
@@ -103,32 +103,19 @@ pub async fn run(cmd: RepoCommand) -> anyhow::Result<()> {
             let repo = args.repo.open().await?;
             let r = repo.gc(args.grace, args.dry_run).await.context("repo gc")?;
             if args.output == Output::Json {
-                return Ok(print_json(&r)?);
+                print_json(&r)?;
+            } else {
+                print_gc(&r);
             }
-            warn_invalid(&r.invalid_backups);
             if !r.unreadable_backups.is_empty() {
-                println!(
-                    "the chunks of {} cannot be told: nothing deleted; delete or repair those \
+                anyhow::bail!(
+                    "repository {}: the manifests of backups {} cannot be read, so which chunks \
+                     they need cannot be told and nothing was deleted; delete or repair those \
                      manifests first",
+                    repo.url(),
                     r.unreadable_backups.join(", ")
                 );
             }
-            if !r.ingests_running.is_empty() {
-                println!(
-                    "ingest in progress ({}): nothing deleted, run gc again once it is done",
-                    r.ingests_running.join(", ")
-                );
-            }
-            let verb = if r.dry_run { "would delete" } else { "deleted" };
-            println!(
-                "{} backups, {} chunks: {} referenced, {} unreferenced but recent, {verb} {} ({})",
-                r.backups,
-                r.chunks_total,
-                r.chunks_referenced,
-                r.chunks_recent,
-                r.chunks_deleted,
-                format_size(r.bytes_deleted)
-            );
         }
         RepoCommand::Verify(args) => {
             let repo = args.repo.open().await?;
@@ -204,4 +191,24 @@ pub async fn run(cmd: RepoCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_gc(r: &GcReport) {
+    warn_invalid(&r.invalid_backups);
+    if !r.ingests_running.is_empty() {
+        println!(
+            "ingest in progress ({}): nothing deleted, run gc again once it is done",
+            r.ingests_running.join(", ")
+        );
+    }
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{} backups, {} chunks: {} referenced, {} unreferenced but recent, {verb} {} ({})",
+        r.backups,
+        r.chunks_total,
+        r.chunks_referenced,
+        r.chunks_recent,
+        r.chunks_deleted,
+        format_size(r.bytes_deleted)
+    );
 }

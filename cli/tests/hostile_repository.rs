@@ -1,7 +1,8 @@
 //! `irctl` as root on a repository someone tampered with: a manifest with entries that climb
 //! out of the data directory, or lead through a symlink, is refused by every command with a
 //! message naming the backup and the field, other backups stay usable, and a restore touches
-//! nothing outside its target.
+//! nothing outside its target. Damaged chunks are named by `repo verify` and mended by `repo
+//! repair`; a manifest that cannot be read at all makes `repo gc` delete nothing and fail.
 
 mod common;
 
@@ -230,4 +231,86 @@ fn a_tampered_manifest_is_refused_everywhere_and_a_restore_stays_inside() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
     assert_eq!(tree(&outside, &restores), outside_before);
+}
+
+/// The chunk object files of a `file://` repository, by chunk id.
+fn chunk_files(repo_dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(repo_dir.join("chunks")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            out.push((f.file_name().to_string_lossy().into_owned(), f.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn verify_names_damaged_chunks_repair_mends_them_and_gc_refuses_an_unreadable_manifest() {
+    require_root();
+    let base = shared_tempdir();
+    let cluster = PgCluster::init(&base.path().join("source"));
+    let datadir = cluster.datadir.to_str().unwrap();
+    let repo_dir = base.path().join("repo");
+    let repo = format!("file://{}", repo_dir.display());
+    irctl_ok(&["repo", "init", "--repo", &repo], &[]);
+    irctl_ok(
+        &["backup", "create", "--repo", &repo, "--from-dir", datadir],
+        &[],
+    );
+    irctl_ok(&["repo", "verify", "--repo", &repo], &[]);
+
+    // One chunk overwritten with other bytes, one truncated, one gone.
+    let chunks = chunk_files(&repo_dir);
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    let damaged = [&chunks[0], &chunks[1], &chunks[2]];
+    std::fs::write(&damaged[0].1, b"not zstd at all").unwrap();
+    let bytes = std::fs::read(&damaged[1].1).unwrap();
+    std::fs::write(&damaged[1].1, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_file(&damaged[2].1).unwrap();
+    let out = irctl_run(&["repo", "verify", "--repo", &repo], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains("3 damaged chunks"), "{stderr}");
+    for (id, _) in damaged {
+        assert!(
+            stdout.contains(&format!("damaged: chunk {id}")),
+            "{id}: {stdout}"
+        );
+    }
+
+    irctl_ok(
+        &["repo", "repair", "--repo", &repo, "--from-dir", datadir],
+        &[],
+    );
+    irctl_ok(&["repo", "verify", "--repo", &repo], &[]);
+    assert_eq!(chunk_files(&repo_dir), chunks);
+
+    // A manifest that is not even zstd: gc deletes nothing, and says which backup stops it.
+    let orphan = repo_dir.join("chunks/00/00".to_string() + &"0".repeat(62));
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, zstd::bulk::compress(b"orphan", 3).unwrap()).unwrap();
+    let dead = "20261201T000000Z-dead";
+    std::fs::write(
+        repo_dir.join(format!("backups/{dead}.json.zst")),
+        b"garbage, not zstd",
+    )
+    .unwrap();
+    for args in [
+        vec!["repo", "gc", "--repo", &repo, "--grace", "0s"],
+        vec![
+            "repo", "gc", "--repo", &repo, "--grace", "0s", "--output", "json",
+        ],
+    ] {
+        let out = irctl_run(&args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(dead) && stderr.contains("nothing was deleted"),
+            "{args:?}: {stderr}"
+        );
+        assert!(orphan.exists(), "{args:?} deleted a chunk");
+    }
 }

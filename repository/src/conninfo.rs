@@ -3,6 +3,8 @@
 
 /// `conninfo` without its password, and the password. Both libpq forms are understood: keyword
 /// and value pairs (`host=db password='s e'`) and URIs (`postgresql://u:pw@db/x?password=pw`).
+/// A database name that is itself a connection string (libpq may expand one) is refused: a
+/// password inside it would stay in the arguments.
 pub(crate) fn take_password(conninfo: &str) -> Result<(String, Option<String>), String> {
     let trimmed = conninfo.trim_start();
     if let Some(rest) = trimmed
@@ -10,12 +12,15 @@ pub(crate) fn take_password(conninfo: &str) -> Result<(String, Option<String>), 
         .or_else(|| trimmed.strip_prefix("postgres://"))
     {
         let scheme = &trimmed[..trimmed.len() - rest.len()];
-        return Ok(take_from_uri(scheme, rest));
+        return take_from_uri(scheme, rest);
     }
     let pairs = parse_pairs(conninfo)?;
     let mut password = None;
     let mut kept = Vec::new();
     for (key, value) in pairs {
+        if key == "dbname" {
+            check_dbname(&value)?;
+        }
         if key == "password" {
             password = Some(value);
         } else {
@@ -28,9 +33,26 @@ pub(crate) fn take_password(conninfo: &str) -> Result<(String, Option<String>), 
     Ok((kept.join(" "), password))
 }
 
-fn take_from_uri(scheme: &str, rest: &str) -> (String, Option<String>) {
+/// What libpq takes for a connection string rather than a name (`recognized_connection_string`).
+fn check_dbname(dbname: &str) -> Result<(), String> {
+    if dbname.contains('=')
+        || dbname.starts_with("postgresql://")
+        || dbname.starts_with("postgres://")
+    {
+        return Err(
+            "the database name is itself a connection string: give its settings in the \
+             connection string directly"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+fn take_from_uri(scheme: &str, rest: &str) -> Result<(String, Option<String>), String> {
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
+    let path = tail.split('?').next().unwrap_or_default();
+    check_dbname(&percent_decode(path.strip_prefix('/').unwrap_or(path)))?;
     let mut password = None;
     let authority = match authority.rsplit_once('@') {
         Some((userinfo, hosts)) => match userinfo.split_once(':') {
@@ -54,6 +76,13 @@ fn take_from_uri(scheme: &str, rest: &str) -> (String, Option<String>) {
                     _ => true,
                 })
                 .collect();
+            for p in &params {
+                if let Some((k, v)) = p.split_once('=')
+                    && percent_decode(k) == "dbname"
+                {
+                    check_dbname(&percent_decode(v))?;
+                }
+            }
             if params.is_empty() {
                 path.to_string()
             } else {
@@ -62,7 +91,7 @@ fn take_from_uri(scheme: &str, rest: &str) -> (String, Option<String>) {
         }
         None => tail.to_string(),
     };
-    (format!("{scheme}{authority}{tail}"), password)
+    Ok((format!("{scheme}{authority}{tail}"), password))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -162,5 +191,24 @@ mod tests {
         assert_eq!(rest, "postgresql://u@db");
         let (rest, pw) = take_password("postgresql:///app?host=/tmp").unwrap();
         assert_eq!((rest.as_str(), pw), ("postgresql:///app?host=/tmp", None));
+    }
+
+    /// A password inside a database name that is a connection string would stay in the
+    /// arguments: refused in every place a database name can be given.
+    #[test]
+    fn a_dbname_that_is_a_connection_string_is_refused() {
+        for conninfo in [
+            "host=db dbname='host=db password=secret'",
+            "dbname=postgresql://u:secret@db/app",
+            "postgresql://db/host%3Ddb%20password%3Dsecret",
+            "postgresql://db/app?dbname=password%3Dsecret",
+            "postgres:///?dbname=postgresql://u:secret@db",
+        ] {
+            let err = take_password(conninfo).unwrap_err();
+            assert!(err.contains("connection string"), "{conninfo}: {err}");
+        }
+        let (rest, _) = take_password("dbname=app password=x").unwrap();
+        assert_eq!(rest, "dbname='app'");
+        assert!(take_password("postgresql://db/app?dbname=other").is_ok());
     }
 }

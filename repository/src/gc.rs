@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use crate::chunk_id::ChunkId;
 use crate::error::RepoError;
 use crate::ingest::{MARKER_REFRESH, MARKERS_DIR};
-use crate::manifest::{EntryKind, decompress_bounded};
-use crate::repo::{CHUNKS_DIR, InvalidBackup, Repository, manifest_path};
+use crate::manifest::EntryKind;
+use crate::repo::{CHUNKS_DIR, InvalidBackup, Repository};
 
 const DELETE_CONCURRENCY: usize = 16;
 
@@ -108,18 +108,14 @@ impl Repository {
             }
         }
         for invalid in &list.invalid {
-            let body = self.manifest_object(&invalid.id).await?;
-            let (codec, path) = (self.codec().clone(), manifest_path(&invalid.id));
-            let scavenge = move || {
-                let body = codec.open(path.as_ref(), body).ok()?;
-                scavenge_references(&body)
-            };
-            match tokio::task::spawn_blocking(scavenge)
-                .await
-                .map_err(|e| RepoError::io("gc", std::io::Error::other(e)))?
-            {
-                Some(ids) => referenced.extend(ids),
-                None => report.unreadable_backups.push(invalid.id.clone()),
+            let scavenged = self
+                .with_manifest_json(&invalid.id, |json| scavenge_references(&json.ok()?))
+                .await;
+            match scavenged {
+                Ok(Some(ids)) => referenced.extend(ids),
+                // Deleted since the listing: it needs none of its chunks any more.
+                Err(RepoError::BackupNotFound { .. }) => {}
+                Ok(None) | Err(_) => report.unreadable_backups.push(invalid.id.clone()),
             }
         }
         report.invalid_backups = list.invalid;
@@ -167,10 +163,9 @@ impl Repository {
 
 /// Every chunk id an invalid manifest still names, read leniently (any `chunks` list of
 /// strings anywhere): its chunks may be all that is left of that backup. `None` when it is not
-/// even zstd-compressed JSON (or, encrypted, does not decrypt).
-fn scavenge_references(compressed: &[u8]) -> Option<HashSet<ChunkId>> {
-    let json = decompress_bounded(compressed).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&json).ok()?;
+/// even JSON.
+fn scavenge_references(json: &[u8]) -> Option<HashSet<ChunkId>> {
+    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
     let mut ids = HashSet::new();
     let mut stack = vec![&value];
     while let Some(v) = stack.pop() {
@@ -212,9 +207,11 @@ mod tests {
         let json = format!(
             r#"{{"format_version":1,"chunk_size":0,"entries":[{{"path":"../x","type":"file","chunks":["{id}",null,"zz"]}}]}}"#
         );
-        let compressed = zstd::bulk::compress(json.as_bytes(), 3).unwrap();
-        assert_eq!(scavenge_references(&compressed), Some(HashSet::from([id])));
-        assert_eq!(scavenge_references(b"not zstd"), None);
+        assert_eq!(
+            scavenge_references(json.as_bytes()),
+            Some(HashSet::from([id]))
+        );
+        assert_eq!(scavenge_references(b"not json"), None);
     }
 
     #[test]

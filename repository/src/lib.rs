@@ -10,6 +10,7 @@
 //! objects are sealed with XChaCha20-Poly1305 and chunks are named by a keyed BLAKE3 hash;
 //! the keys are wrapped in `ir-repo.json` by a password or key file ([`RepoKey`]).
 
+mod bounded;
 mod chunk_id;
 mod conninfo;
 mod crypto;
@@ -39,7 +40,8 @@ pub use location::{
 };
 pub use lsn::{format_lsn, parse_lsn};
 pub use manifest::{
-    BackupManifest, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES, ManifestError, RepoConfig,
+    BackupManifest, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES, MAX_MANIFEST_OBJECT_BYTES,
+    ManifestError, RepoConfig,
 };
 pub use repo::{BackupList, InvalidBackup, Repository};
 pub use restore::RestoreOwner;

@@ -62,10 +62,21 @@ pub enum EntryKind {
     },
 }
 
-/// Largest decompressed manifest read: about four million chunk references, the manifest of a
-/// 4 TiB database at the default chunk size (256 TiB at 64 MiB chunks). An ingest that would
-/// write a larger one is refused, and a stored one is never decompressed past it.
-pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest decompressed manifest read: 64 MiB of JSON, about a million chunk references of 67
+/// bytes, the manifest of a database of some 950 GiB at the default chunk size (60 TiB at 64 MiB
+/// chunks). It is a quarter of the operator's default memory limit (see docs/security.md): an
+/// ingest that would write a larger one is refused, and a stored one is never decompressed past
+/// it.
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest stored (compressed) manifest object. Chunk references are hex, which zstd brings to
+/// about 54%: a manifest within [`MAX_MANIFEST_BYTES`] takes some 35 MiB.
+pub const MAX_MANIFEST_OBJECT_BYTES: u64 = 40 * 1024 * 1024;
+
+/// Largest zstd window of a manifest frame that does not declare its size: the one of level 19,
+/// the highest the zstd tool uses by default. Ours always declare it and are decoded in one pass,
+/// without a window.
+const MANIFEST_WINDOW_LOG_MAX: u32 = 23;
 
 /// Whether `id` has the form of a backup id (it names an object: letters, digits and `-` only).
 pub(crate) fn is_backup_id(id: &str) -> bool {
@@ -153,8 +164,20 @@ impl BackupManifest {
         expected_id: &str,
         repo_chunk_size: u64,
     ) -> Result<BackupManifest, ManifestError> {
-        let json = decompress_bounded(compressed)?;
-        let mut de = serde_json::Deserializer::from_slice(&json);
+        Self::from_json(
+            &decompress_bounded(compressed)?,
+            expected_id,
+            repo_chunk_size,
+        )
+    }
+
+    /// Parses and validates a manifest's decompressed JSON (see [`BackupManifest::decode`]).
+    pub(crate) fn from_json(
+        json: &[u8],
+        expected_id: &str,
+        repo_chunk_size: u64,
+    ) -> Result<BackupManifest, ManifestError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
         let m: BackupManifest = match serde_path_to_error::deserialize(&mut de) {
             Ok(m) => m,
             Err(e) => {
@@ -163,7 +186,7 @@ impl BackupManifest {
                 struct Version {
                     format_version: u32,
                 }
-                if let Ok(v) = serde_json::from_slice::<Version>(&json)
+                if let Ok(v) = serde_json::from_slice::<Version>(json)
                     && v.format_version != FORMAT_VERSION
                 {
                     return Err(ManifestError {
@@ -195,53 +218,111 @@ impl BackupManifest {
         Ok(m)
     }
 
-    /// The manifest as stored: zstd-compressed JSON. Refused past [`MAX_MANIFEST_BYTES`], which
-    /// no reader would accept.
+    /// The manifest as stored: zstd-compressed JSON. Refused past [`MAX_MANIFEST_BYTES`] or
+    /// [`MAX_MANIFEST_OBJECT_BYTES`], which no reader would accept.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, ManifestError> {
-        let json = serde_json::to_vec(self).map_err(|e| ManifestError {
-            field: "manifest".into(),
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_vec(self).map_err(|e| invalid(e.to_string()))?;
+        let too_large = |what: &str, size: usize, limit: u64| ManifestError {
+            field: "entries".into(),
+            reason: format!(
+                "the manifest would take {size} bytes {what}, more than the {limit} any reader \
+                 accepts: use a repository with a larger chunk size"
+            ),
+        };
         if json.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(ManifestError {
-                field: "entries".into(),
-                reason: format!(
-                    "the manifest would take {} bytes, more than the {MAX_MANIFEST_BYTES} any \
-                     reader accepts: use a repository with a larger chunk size",
-                    json.len()
-                ),
-            });
+            return Err(too_large("of JSON", json.len(), MAX_MANIFEST_BYTES));
         }
-        zstd::bulk::compress(&json, MANIFEST_ZSTD_LEVEL).map_err(|e| ManifestError {
-            field: "manifest".into(),
-            reason: format!("cannot compress: {e}"),
-        })
+        let compressed = zstd::bulk::compress(&json, MANIFEST_ZSTD_LEVEL)
+            .map_err(|e| invalid(format!("cannot compress: {e}")))?;
+        if compressed.len() as u64 > MAX_MANIFEST_OBJECT_BYTES {
+            return Err(too_large(
+                "compressed",
+                compressed.len(),
+                MAX_MANIFEST_OBJECT_BYTES,
+            ));
+        }
+        Ok(compressed)
     }
 }
 
 const MANIFEST_ZSTD_LEVEL: i32 = 9;
 
-/// Decompresses a stored manifest, never past [`MAX_MANIFEST_BYTES`] (a few kilobytes of zstd
-/// can claim gigabytes).
-pub(crate) fn decompress_bounded(compressed: &[u8]) -> Result<Vec<u8>, ManifestError> {
-    use std::io::Read;
-    let invalid = |reason: String| ManifestError {
+fn invalid(reason: String) -> ManifestError {
+    ManifestError {
         field: "manifest".into(),
         reason,
-    };
-    let decoder = zstd::stream::read::Decoder::with_buffer(compressed)
-        .map_err(|e| invalid(format!("cannot decompress: {e}")))?;
-    let mut json = Vec::new();
-    decoder
-        .take(MAX_MANIFEST_BYTES + 1)
-        .read_to_end(&mut json)
-        .map_err(|e| invalid(format!("cannot decompress: {e}")))?;
-    if json.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(invalid(format!(
-            "decompresses to more than {MAX_MANIFEST_BYTES} bytes"
-        )));
     }
-    Ok(json)
+}
+
+/// How many bytes decompressing a stored manifest may make: what its frame header declares, or
+/// [`MAX_MANIFEST_BYTES`] when it declares nothing.
+pub(crate) fn decompressed_limit(compressed: &[u8]) -> Result<u64, ManifestError> {
+    Ok(declared_size(compressed)?.unwrap_or(MAX_MANIFEST_BYTES))
+}
+
+/// The size a manifest's frame header declares. One past [`MAX_MANIFEST_BYTES`] is refused
+/// here, before anything is allocated (a few kilobytes of zstd can claim gigabytes).
+fn declared_size(compressed: &[u8]) -> Result<Option<u64>, ManifestError> {
+    match zstd::zstd_safe::get_frame_content_size(compressed) {
+        Ok(Some(declared)) if declared > MAX_MANIFEST_BYTES => Err(invalid(format!(
+            "declares {declared} bytes decompressed, more than the {MAX_MANIFEST_BYTES} a \
+             manifest may take"
+        ))),
+        Ok(declared) => Ok(declared),
+        Err(_) => Err(invalid("cannot decompress: not a zstd frame".into())),
+    }
+}
+
+/// Decompresses a stored manifest: a frame that declares its size in one pass into a buffer of
+/// that size, any other through a stream whose output never grows past [`MAX_MANIFEST_BYTES`].
+pub(crate) fn decompress_bounded(compressed: &[u8]) -> Result<Vec<u8>, ManifestError> {
+    let cannot = |e: std::io::Error| invalid(format!("cannot decompress: {e}"));
+    if let Some(declared) = declared_size(compressed)? {
+        let mut json = Vec::with_capacity(declared as usize);
+        let mut decompressor = zstd::bulk::Decompressor::new().map_err(cannot)?;
+        decompressor
+            .decompress_to_buffer(compressed, &mut json)
+            .map_err(|e| {
+                invalid(format!(
+                    "cannot decompress into the {declared} bytes it declares: {e}"
+                ))
+            })?;
+        return Ok(json);
+    }
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed).map_err(cannot)?;
+    decoder
+        .window_log_max(MANIFEST_WINDOW_LOG_MAX)
+        .map_err(cannot)?;
+    read_capped(decoder, MAX_MANIFEST_BYTES as usize)
+        .map_err(cannot)?
+        .ok_or_else(|| {
+            invalid(format!(
+                "decompresses to more than {MAX_MANIFEST_BYTES} bytes"
+            ))
+        })
+}
+
+/// Reads `r` to its end into a buffer whose capacity never passes `limit`; `None` when `r` has
+/// more than that.
+fn read_capped(mut r: impl std::io::Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(Some(out)),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if out.len() + n > limit {
+            return Ok(None);
+        }
+        if out.capacity() - out.len() < n {
+            let grown = (out.capacity() * 2).max(out.len() + n).min(limit);
+            out.reserve_exact(grown - out.len());
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
 }
 
 #[cfg(test)]

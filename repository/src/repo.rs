@@ -1,4 +1,5 @@
-//! The repository handle: config, manifests and chunk reads.
+//! The repository handle: config, manifests and chunk reads. Longer than most files for its
+//! tests: the stand-in S3 endpoints sit next to the retry, size and listing rules they drive.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,12 +10,14 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use time::OffsetDateTime;
 
+use crate::bounded::{Budget, Fetched, chunk_object_limit, get_bounded, manifest_json_permit};
 use crate::chunk_id::ChunkId;
 use crate::crypto::{self, ObjectCodec, UnlockError};
 use crate::error::{RepoError, summarize_store_error};
 use crate::location::RepoLocation;
 use crate::manifest::{
-    BackupManifest, ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, RepoConfig, is_backup_id,
+    BackupManifest, ENCRYPTED_FORMAT_VERSION, FORMAT_VERSION, MAX_MANIFEST_OBJECT_BYTES,
+    ManifestError, RepoConfig, decompress_bounded, decompressed_limit, is_backup_id,
 };
 use crate::size::validate_chunk_size;
 use crate::store::{OpenedStore, open_store};
@@ -24,8 +27,11 @@ pub(crate) const CONFIG_PATH: &str = "ir-repo.json";
 pub(crate) const BACKUPS_DIR: &str = "backups";
 pub(crate) const CHUNKS_DIR: &str = "chunks";
 const MANIFEST_SUFFIX: &str = ".json.zst";
-/// Parallel manifest loads when listing backups.
+/// Parallel manifest loads when listing backups: for the latency of a remote store. What they
+/// may hold in memory is bounded by bytes, in [`crate::bounded`].
 const LIST_CONCURRENCY: usize = 8;
+/// Largest `ir-repo.json`: a few hundred bytes of settings.
+const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// The backups of a repository, as [`Repository::list_backups`] finds them.
 #[derive(Debug, Clone, Default)]
@@ -207,12 +213,14 @@ impl Repository {
         let not_repo = || RepoError::NotARepository {
             url: opened.url.clone(),
         };
-        let body = match opened.store.get(&path).await {
-            Ok(r) => r.bytes().await,
-            Err(e) => Err(e),
+        let invalid = |reason: String| RepoError::InvalidObject {
+            url: opened.url.clone(),
+            path: CONFIG_PATH.to_string(),
+            reason,
         };
-        let body = match body {
-            Ok(b) => b,
+        let body = match get_bounded(&*opened.store, &path, MAX_CONFIG_BYTES, Budget::None).await {
+            Ok(Fetched::Body(b, _)) => b,
+            Ok(Fetched::TooLarge(reason)) => return Err(invalid(reason)),
             Err(object_store::Error::NotFound { .. }) => return Err(not_repo()),
             Err(source) => {
                 tracing::debug!(url = %opened.url, error = %source, "reading {CONFIG_PATH}");
@@ -223,11 +231,6 @@ impl Repository {
                     detail: summarize_store_error(&source),
                 });
             }
-        };
-        let invalid = |reason: String| RepoError::InvalidObject {
-            url: opened.url.clone(),
-            path: CONFIG_PATH.to_string(),
-            reason,
         };
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
@@ -350,8 +353,10 @@ impl Repository {
         Ok(ids)
     }
 
-    /// Every backup, oldest first, and apart the ones whose manifest is invalid: one bad
-    /// manifest never hides the others. Fails only when the storage does.
+    /// Every backup, oldest first, and apart the ones whose manifest is invalid or cannot be
+    /// read: one bad manifest never hides the others. Fails when listing the manifests does, or
+    /// when reading one fails for a transient reason (it may be the newest backup: `latest`
+    /// must not quietly mean an older one; the caller retries).
     pub async fn list_backups(&self) -> Result<BackupList, RepoError> {
         let ids = self.backup_ids().await?;
         let loaded: Vec<(String, Result<BackupManifest, RepoError>)> = futures::stream::iter(ids)
@@ -368,6 +373,12 @@ impl Repository {
                 Ok(m) => list.backups.push(m),
                 Err(RepoError::InvalidManifest { reason, .. }) => {
                     list.invalid.push(InvalidBackup { id, reason })
+                }
+                Err(e @ RepoError::Store { .. }) if !e.is_transient() => {
+                    list.invalid.push(InvalidBackup {
+                        id,
+                        reason: format!("cannot be read: {e}"),
+                    })
                 }
                 // Gone between the listing and the read: not a backup any more.
                 Err(RepoError::BackupNotFound { .. }) => {}
@@ -399,41 +410,71 @@ impl Repository {
         Ok(id_or_latest.to_string())
     }
 
-    /// The stored bytes of a manifest.
-    pub(crate) async fn manifest_object(&self, id: &str) -> Result<Bytes, RepoError> {
+    /// The stored bytes of a manifest, refused past [`MAX_MANIFEST_OBJECT_BYTES`], and the
+    /// share of the process's manifest budget they hold.
+    async fn manifest_object(
+        &self,
+        id: &str,
+    ) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'static>>), RepoError> {
         check_backup_id(id)?;
         let path = manifest_path(id);
-        let body = match self.inner.store.get(&path).await {
-            Ok(r) => r.bytes().await,
-            Err(e) => Err(e),
-        };
-        match body {
-            Ok(b) => Ok(b),
+        match get_bounded(
+            &*self.inner.store,
+            &path,
+            self.inner.codec.max_stored(MAX_MANIFEST_OBJECT_BYTES),
+            Budget::ManifestObjects,
+        )
+        .await
+        {
+            Ok(Fetched::Body(body, held)) => Ok((body, held)),
+            Ok(Fetched::TooLarge(reason)) => Err(RepoError::InvalidManifest {
+                id: id.to_string(),
+                url: self.inner.url.clone(),
+                reason: format!("{path}: {reason}"),
+            }),
             Err(object_store::Error::NotFound { .. }) => Err(self.not_found(id)),
             Err(e) => Err(self.store_err(&path, e)),
         }
     }
 
+    /// Backup `id`'s manifest decompressed, within the process's manifest budgets, and handed to
+    /// `use_json` on a blocking thread.
+    pub(crate) async fn with_manifest_json<T: Send + 'static>(
+        &self,
+        id: &str,
+        use_json: impl FnOnce(Result<Vec<u8>, ManifestError>) -> T + Send + 'static,
+    ) -> Result<T, RepoError> {
+        let (stored, _held) = self.manifest_object(id).await?;
+        // Sealed in an encrypted repository: opened (and authenticated) before zstd sees it.
+        let (codec, path) = (self.inner.codec.clone(), manifest_path(id));
+        let body = tokio::task::spawn_blocking(move || codec.open(path.as_ref(), stored))
+            .await
+            .map_err(|e| RepoError::io("manifest decoding", std::io::Error::other(e)))?
+            .map_err(|reason| RepoError::InvalidManifest {
+                id: id.to_string(),
+                url: self.inner.url.clone(),
+                reason,
+            })?;
+        // A refused header is refused again below, without needing any budget.
+        let _json = manifest_json_permit(decompressed_limit(&body).unwrap_or(0)).await;
+        tokio::task::spawn_blocking(move || use_json(decompress_bounded(&body)))
+            .await
+            .map_err(|e| RepoError::io("manifest decoding", std::io::Error::other(e)))
+    }
+
     /// Reads and validates backup `id`'s manifest (see [`BackupManifest::decode`]).
     pub async fn load_manifest(&self, id: &str) -> Result<BackupManifest, RepoError> {
-        let body = self.manifest_object(id).await?;
-        let url = self.inner.url.clone();
         let chunk_size = self.inner.config.chunk_size;
-        let codec = self.inner.codec.clone();
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || {
-            let invalid = |reason: String| RepoError::InvalidManifest {
-                id: id.clone(),
-                url: url.clone(),
-                reason,
-            };
-            let body = codec
-                .open(manifest_path(&id).as_ref(), body)
-                .map_err(invalid)?;
-            BackupManifest::decode(&body, &id, chunk_size).map_err(|e| invalid(e.to_string()))
+        let expected = id.to_string();
+        self.with_manifest_json(id, move |json| {
+            BackupManifest::from_json(&json?, &expected, chunk_size)
         })
-        .await
-        .map_err(|e| RepoError::io("manifest decoding", std::io::Error::other(e)))?
+        .await?
+        .map_err(|e| RepoError::InvalidManifest {
+            id: id.to_string(),
+            url: self.inner.url.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Writing the manifest is what makes a backup exist, so it is the last step of an ingest.
@@ -516,14 +557,21 @@ impl Repository {
         }
     }
 
+    /// The stored object of a chunk, refused as corrupt past what zstd can make of a chunk of
+    /// the repository's size.
     pub(crate) async fn fetch_chunk(&self, id: &ChunkId) -> Result<Bytes, RepoError> {
         let path = chunk_path(id);
-        let res = match self.inner.store.get(&path).await {
-            Ok(r) => r.bytes().await,
-            Err(e) => Err(e),
-        };
-        match res {
-            Ok(b) => Ok(b),
+        let limit = self
+            .inner
+            .codec
+            .max_stored(chunk_object_limit(self.inner.config.chunk_size));
+        match get_bounded(&*self.inner.store, &path, limit, Budget::None).await {
+            Ok(Fetched::Body(b, _)) => Ok(b),
+            Ok(Fetched::TooLarge(reason)) => Err(RepoError::CorruptChunk {
+                id: *id,
+                url: self.inner.url.clone(),
+                reason,
+            }),
             Err(object_store::Error::NotFound { .. }) => Err(RepoError::MissingChunk {
                 id: *id,
                 url: self.inner.url.clone(),
@@ -852,6 +900,95 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// One manifest the store refuses to hand out (403, which waiting will not mend) is listed
+    /// apart as unreadable, naming it; the other backups are listed as usual.
+    #[tokio::test]
+    async fn a_manifest_the_store_refuses_is_listed_as_unreadable() {
+        use std::io::{Read, Write};
+        let good = empty_backup("20261125T063512Z-0001", OffsetDateTime::UNIX_EPOCH);
+        let body = good.encode().unwrap();
+        let denied = "20261125T063512Z-0002";
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let size = body.len();
+        let good_id = good.id.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => req.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let (status, answer) = if line.contains("list-type=2") {
+                    let key = |id: &str| {
+                        format!(
+                            "<Contents><Key>prefix/backups/{id}.json.zst</Key>\
+                             <LastModified>2026-11-25T07:00:00.000Z</LastModified>\
+                             <ETag>\"1\"</ETag><Size>{size}</Size></Contents>"
+                        )
+                    };
+                    let xml = format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult>\
+                         <Name>bucket</Name><Prefix>prefix/backups/</Prefix>\
+                         <IsTruncated>false</IsTruncated>{}{}</ListBucketResult>",
+                        key(&good_id),
+                        key(denied)
+                    );
+                    ("200 OK", xml.into_bytes())
+                } else if line.contains(denied) {
+                    let xml = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code></Error>";
+                    ("403 Forbidden", xml.as_bytes().to_vec())
+                } else {
+                    ("200 OK", body.clone())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"1\"\r\n\
+                     Last-Modified: Wed, 25 Nov 2026 07:00:00 GMT\r\nConnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&answer);
+            }
+        });
+        let repo = s3_repo(url, Duration::from_secs(5));
+        let list = repo.list_backups().await.unwrap();
+        assert_eq!(list.backups, [good]);
+        assert_eq!(list.invalid.len(), 1, "{list:?}");
+        assert_eq!(list.invalid[0].id, denied);
+        assert!(
+            list.invalid[0].reason.contains("cannot be read")
+                && list.invalid[0].reason.contains("AccessDenied"),
+            "{list:?}"
+        );
+    }
+
+    /// A store that announces an object past what a chunk can be is refused from its size,
+    /// as corrupt (not retried as if the store were away).
+    #[tokio::test]
+    async fn an_oversized_remote_chunk_is_corrupt() {
+        let content = b"chunk".repeat(1000);
+        let id = ChunkId::of(&content);
+        let mut body = zstd::bulk::compress(&content, 3).unwrap();
+        body.resize(chunk_object_limit(64 * 1024) as usize + 1, 0);
+        let (url, seen) = flaky_s3(0, body);
+        let repo = s3_repo(url, Duration::from_secs(20));
+        let err = repo.read_chunk(&id, content.len()).await.unwrap_err();
+        assert!(
+            matches!(&err, RepoError::CorruptChunk { reason, .. } if reason.contains("more than the")),
+            "{err:?}"
+        );
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

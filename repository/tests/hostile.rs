@@ -1,6 +1,8 @@
 //! Hostile repository bytes. Every case of the corpus (`tests/corpus/manifests/*.json`: the
-//! manifest and the refusal it must get) and of the tar and chunk tables below names its
-//! refusal; the fuzz tests mutate the same seeds and demand that nothing panics.
+//! manifest and the refusal it must get), of `tests/corpus/tars` and of `tests/corpus/chunks`
+//! (each file's refusal in the `expect.json` beside it) names its refusal; the fuzz tests
+//! mutate the same seeds and demand that nothing panics, and keep what they find failing in
+//! `tests/hostile.proptest-regressions`.
 
 mod common;
 
@@ -9,13 +11,18 @@ use std::sync::Arc;
 
 use common::{CHUNK, fuzz_cases, temp_repo};
 use ir_repository::{
-    BackupManifest, ChunkId, MAX_MANIFEST_BYTES, Progress, RepoError, Repository, RestoreOwner,
+    BackupManifest, ChunkId, MAX_MANIFEST_BYTES, MAX_MANIFEST_OBJECT_BYTES, Progress, RepoError,
+    Repository, RestoreOwner,
 };
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use serde_json::Value;
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/manifests");
 const DEFAULT_ID: &str = "20261125T063512Z-3fa2";
+/// Failures the fuzz tests found, replayed first on every run (relative to the crate, where
+/// cargo runs its tests).
+const REGRESSIONS: &str = "tests/hostile.proptest-regressions";
 
 struct Case {
     name: String,
@@ -247,149 +254,176 @@ fn a_manifest_bomb_is_refused_at_the_limit() {
     }
 }
 
-/// Chunk objects that lie: each is refused as corrupt, never returned.
+/// A valid zstd frame of `blocks` run-length blocks of 128 KiB of spaces, declaring its size or
+/// not: 4 bytes a block, so a few kilobytes make gigabytes.
+fn rle_bomb(declare_size: bool, blocks: u32) -> Vec<u8> {
+    const BLOCK: u32 = 128 << 10;
+    let mut out = 0xFD2F_B528u32.to_le_bytes().to_vec();
+    if declare_size {
+        // Single segment, 8-byte content size.
+        out.push(0b1110_0000);
+        out.extend_from_slice(&(u64::from(blocks) * u64::from(BLOCK)).to_le_bytes());
+    } else {
+        // No content size; a 128 KiB window.
+        out.extend_from_slice(&[0, 7 << 3]);
+    }
+    for i in 0..blocks {
+        let last = u32::from(i + 1 == blocks);
+        out.extend_from_slice(&((BLOCK << 3) | (1 << 1) | last).to_le_bytes()[..3]);
+        out.push(b' ');
+    }
+    out
+}
+
+#[test]
+fn a_manifest_declaring_more_than_the_limit_is_refused_before_decompressing() {
+    let bomb = rle_bomb(true, 8192); // 1 GiB in 32 KiB
+    assert!(bomb.len() < 40 << 10);
+    let started = std::time::Instant::now();
+    let err = BackupManifest::decode(&bomb, DEFAULT_ID, CHUNK).unwrap_err();
+    assert!(
+        err.to_string().contains("declares 1073741824 bytes"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_millis(100));
+    // Declaring a size within the limit and holding more is refused as well.
+    let mut lying = rle_bomb(true, 2);
+    lying[5..13].copy_from_slice(&(128u64 << 10).to_le_bytes());
+    let err = BackupManifest::decode(&lying, DEFAULT_ID, CHUNK).unwrap_err();
+    assert!(err.to_string().contains("cannot decompress"), "{err}");
+}
+
+/// Both kinds of bomb, decoded in a child whose address space has room for one manifest at
+/// the limit and little more: a decoder that allocates what a frame declares, or grows its
+/// buffer past the limit, dies there.
+#[test]
+fn manifest_bombs_decode_within_a_memory_limit() {
+    const CHILD: &str = "IR_HOSTILE_RLIMIT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        let room = vm_kib * 1024 + MAX_MANIFEST_BYTES + (32 << 20);
+        let declared = rle_bomb(true, 8192);
+        let undeclared = rle_bomb(false, 8192);
+        rustix::process::setrlimit(
+            rustix::process::Resource::As,
+            rustix::process::Rlimit {
+                current: Some(room),
+                maximum: Some(room),
+            },
+        )
+        .unwrap();
+        let err = BackupManifest::decode(&declared, DEFAULT_ID, CHUNK).unwrap_err();
+        assert!(err.to_string().contains("declares"), "{err}");
+        let err = BackupManifest::decode(&undeclared, DEFAULT_ID, CHUNK).unwrap_err();
+        assert!(
+            err.to_string().contains("decompresses to more than"),
+            "{err}"
+        );
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "manifest_bombs_decode_within_a_memory_limit",
+            "--exact",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "{:?}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A manifest object larger than any manifest can be is refused from its size, naming the
+/// backup, and listed apart as invalid.
+#[tokio::test]
+async fn an_oversized_manifest_object_is_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = temp_repo(dir.path()).await;
+    let id = "20261125T063512Z-b16b";
+    let mut body = compress(b"{}");
+    body.resize(MAX_MANIFEST_OBJECT_BYTES as usize + 1, 0);
+    store_manifest(dir.path(), id, &body);
+    let err = repo.load_manifest(id).await.unwrap_err();
+    assert!(
+        matches!(err, RepoError::InvalidManifest { .. })
+            && err.to_string().contains(id)
+            && err.to_string().contains("bytes, more than the"),
+        "{err}"
+    );
+    let list = repo.list_backups().await.unwrap();
+    assert_eq!(list.invalid.len(), 1);
+    assert!(list.invalid[0].reason.contains("more than the"), "{list:?}");
+}
+
+/// Chunk objects that lie (`tests/corpus/chunks/*.zst`, each stored in place of the chunk of
+/// `"page"` x 2048): each is refused as corrupt, for its reason, never returned.
 #[tokio::test]
 async fn hostile_chunks_are_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let repo = temp_repo(dir.path()).await;
     let content = b"page".repeat(2048);
     let id = ChunkId::of(&content);
-    let mut bomb = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
-    std::io::Write::write_all(&mut bomb, &vec![0u8; 64 << 20]).unwrap();
-    let bomb = bomb.finish().unwrap();
-    let compressed = compress(&content);
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("garbage", b"not zstd at all".to_vec()),
-        ("empty", Vec::new()),
-        ("truncated", compressed[..compressed.len() / 2].to_vec()),
-        ("bomb", bomb),
-        ("other content", compress(&b"egap".repeat(2048))),
-        ("longer", compress(&b"page".repeat(2049))),
-    ];
     let path = dir.path().join("repo/chunks").join(&id.to_hex()[..2]);
     std::fs::create_dir_all(&path).unwrap();
-    for (name, bytes) in cases {
+    let cases = corpus_files("chunks", "zst");
+    assert!(cases.len() >= 7, "chunk corpus incomplete");
+    for (name, bytes, want) in cases {
         std::fs::write(path.join(id.to_hex()), bytes).unwrap();
         let err = repo.read_chunk(&id, content.len()).await.unwrap_err();
         assert!(
-            matches!(err, RepoError::CorruptChunk { .. }),
-            "{name}: {err:?}"
+            matches!(err, RepoError::CorruptChunk { .. }) && err.to_string().contains(&want),
+            "{name}: expected {want:?} in {err:?}"
         );
     }
 }
 
-/// A tar header with any name and link name, as a hostile writer would make it.
-fn raw_entry(out: &mut Vec<u8>, name: &[u8], kind: tar::EntryType, link: &[u8], data: &[u8]) {
-    let mut h = tar::Header::new_gnu();
-    h.as_old_mut().name[..name.len()].copy_from_slice(name);
-    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
-    h.set_entry_type(kind);
-    h.set_mode(0o600);
-    h.set_uid(26);
-    h.set_gid(26);
-    h.set_mtime(1_700_000_000);
-    h.set_size(data.len() as u64);
-    h.set_cksum();
-    out.extend_from_slice(h.as_bytes());
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
+/// The files of `tests/corpus/<kind>` ending in `.<ext>`, with the refusal each must get
+/// (`expect.json` names one for every file, and every file it names exists).
+fn corpus_files(kind: &str, ext: &str) -> Vec<(String, Vec<u8>, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(kind);
+    let expect: serde_json::Map<String, Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("expect.json")).unwrap()).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(&format!(".{ext}")))
+        .collect();
+    files.sort();
+    let named: Vec<&String> = expect.keys().collect();
+    assert_eq!(
+        files.iter().collect::<Vec<_>>(),
+        named,
+        "{kind}: expect.json and the files differ"
+    );
+    files
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.join(&name)).unwrap();
+            let want = expect[&name].as_str().unwrap().to_owned();
+            (name, bytes, want)
+        })
+        .collect()
 }
 
-fn finish_tar(mut out: Vec<u8>) -> Vec<u8> {
-    out.resize(out.len() + 1024, 0);
-    out
-}
-
-/// Tars that try to leave the data directory or confuse the reader, and their refusals.
-fn hostile_tars() -> Vec<(&'static str, Vec<u8>, &'static str)> {
-    use tar::EntryType::{Block, Char, Directory, Fifo, Link, Regular, Symlink};
-    let t = |entries: &[(&[u8], tar::EntryType, &[u8])]| {
-        let mut out = Vec::new();
-        for (name, kind, link) in entries {
-            let data: &[u8] = if *kind == Regular { b"x" } else { b"" };
-            raw_entry(&mut out, name, *kind, link, data);
-        }
-        finish_tar(out)
-    };
-    let mut long = Vec::new();
-    let long_name = format!("base/{}", "n".repeat(300));
-    let mut gnu = tar::Header::new_gnu();
-    gnu.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
-    gnu.set_entry_type(tar::EntryType::GNULongName);
-    gnu.set_size(long_name.len() as u64 + 1);
-    gnu.set_cksum();
-    long.extend_from_slice(gnu.as_bytes());
-    long.extend_from_slice(long_name.as_bytes());
-    long.push(0);
-    long.resize(long.len().div_ceil(512) * 512, 0);
-    raw_entry(&mut long, b"base/short", Regular, b"", b"x");
-    let mut truncated = Vec::new();
-    raw_entry(&mut truncated, b"PG_VERSION", Regular, b"", &[b'1'; 4000]);
-    truncated.truncate(1024);
-    vec![
-        (
-            "file below a symlink",
-            t(&[(b"lnk", Symlink, b"/elsewhere"), (b"lnk/f", Regular, b"")]),
-            "lnk is not a directory in the source",
-        ),
-        (
-            "directory below a symlink",
-            t(&[
-                (b"lnk", Symlink, b"/elsewhere"),
-                (b"lnk/d/", Directory, b""),
-            ]),
-            "lnk is not a directory in the source",
-        ),
-        (
-            "file below a file",
-            t(&[(b"a", Regular, b""), (b"a/b", Regular, b"")]),
-            "a is not a directory in the source",
-        ),
-        (
-            "symlink over a directory's children",
-            t(&[(b"a/b", Regular, b""), (b"a", Symlink, b"/etc")]),
-            "a is not a directory in the source",
-        ),
-        (
-            "absolute path",
-            t(&[(b"/abs/x", Regular, b"")]),
-            "absolute paths",
-        ),
-        ("parent path", t(&[(b"../x", Regular, b"")]), "'..'"),
-        (
-            "climbing path",
-            t(&[(b"base/../../x", Regular, b"")]),
-            "'..'",
-        ),
-        (
-            "hard link",
-            t(&[(b"h", Link, b"/etc/shadow")]),
-            "hard links",
-        ),
-        (
-            "character device",
-            t(&[(b"c", Char, b"")]),
-            "is not supported",
-        ),
-        ("block device", t(&[(b"b", Block, b"")]), "is not supported"),
-        ("fifo", t(&[(b"p", Fifo, b"")]), "is not supported"),
-        (
-            "twice the same file",
-            t(&[(b"f", Regular, b""), (b"./f", Regular, b"")]),
-            "appears twice",
-        ),
-        (
-            "name not UTF-8",
-            t(&[(b"f\xff", Regular, b"")]),
-            "not UTF-8",
-        ),
-        (
-            "name part too long",
-            finish_tar(long),
-            "longer than 255 bytes",
-        ),
-        ("truncated", truncated, "tar stream"),
-    ]
+/// Tars that try to leave the data directory or confuse the reader (`tests/corpus/tars`).
+fn hostile_tars() -> Vec<(String, Vec<u8>, String)> {
+    let tars = corpus_files("tars", "tar");
+    assert!(tars.len() >= 15, "tar corpus incomplete");
+    tars
 }
 
 #[tokio::test]
@@ -402,7 +436,7 @@ async fn hostile_tars_are_refused_naming_the_entry() {
             .await
             .unwrap_err();
         assert!(
-            err.to_string().contains(want),
+            err.to_string().contains(&want),
             "{name}: expected {want:?} in {err}"
         );
     }
@@ -453,7 +487,7 @@ fn replace_scalar(v: &mut Value, n: &mut usize, with: &Value) -> bool {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: fuzz_cases(512),
-        failure_persistence: None,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
         ..ProptestConfig::default()
     })]
 
@@ -509,7 +543,7 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: fuzz_cases(128),
-        failure_persistence: None,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
         ..ProptestConfig::default()
     })]
 

@@ -83,7 +83,7 @@ impl Repository {
         c: PendingChunk,
         progress: &Progress,
     ) -> Result<(), RepoError> {
-        let c = match self.fetch_chunk(&c.id).await {
+        let (c, damage) = match self.fetch_chunk(&c.id).await {
             Ok(stored) => {
                 let codec = self.codec().clone();
                 let (c, verdict) = tokio::task::spawn_blocking(move || {
@@ -99,16 +99,17 @@ impl Repository {
                         Progress::add(&progress.chunks_deduped, 1);
                         return Ok(());
                     }
-                    Err(reason) => {
-                        tracing::warn!(chunk = %c.id, url = %self.url(), %reason, "a stored chunk is damaged; writing it again");
-                        Progress::add(&progress.chunks_replaced, 1);
-                        c
-                    }
+                    Err(reason) => (c, Some(reason)),
                 }
             }
-            Err(RepoError::MissingChunk { .. }) => c,
+            Err(RepoError::MissingChunk { .. }) => (c, None),
+            Err(RepoError::CorruptChunk { reason, .. }) => (c, Some(reason)),
             Err(e) => return Err(e),
         };
+        if let Some(reason) = damage {
+            tracing::warn!(chunk = %c.id, url = %self.url(), %reason, "a stored chunk is damaged; writing it again");
+            Progress::add(&progress.chunks_replaced, 1);
+        }
         self.put_chunk(c, progress).await
     }
 
@@ -120,7 +121,7 @@ impl Repository {
                 Err(RepoError::CorruptChunk { .. }) => Ok(false),
                 Err(e) => Err(e),
             },
-            Err(RepoError::MissingChunk { .. }) => Ok(false),
+            Err(RepoError::MissingChunk { .. } | RepoError::CorruptChunk { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
