@@ -239,20 +239,25 @@ async fn recovery_to_a_restore_point_fetches_wal_from_s3_with_the_repositorys_cr
         format!("{BEFORE_DROP}:{BEFORE_DROP}")
     );
     // The keys reached the Pod from the Secret, not written into its spec.
-    let pod = fx.pods().get("from-s3-published").await.unwrap();
+    assert_env_from_secret(&fx, "from-s3-published", "AWS_SECRET_ACCESS_KEY", "s3-keys").await;
+}
+
+/// Variable `name` of Pod `pod`'s container comes from Secret `secret`, its value never written
+/// into the Pod's spec.
+async fn assert_env_from_secret(fx: &Installation, pod: &str, name: &str, secret: &str) {
+    let pod = fx.pods().get(pod).await.unwrap();
     let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
-    let key_env = env
+    let var = env
         .iter()
-        .find(|e| e.name == "AWS_SECRET_ACCESS_KEY")
-        .expect("the secret key's variable");
-    assert_eq!(key_env.value, None);
+        .find(|e| e.name == name)
+        .unwrap_or_else(|| panic!("no variable {name}"));
+    assert_eq!(var.value, None);
     assert_eq!(
-        key_env
-            .value_from
+        var.value_from
             .as_ref()
             .and_then(|v| v.secret_key_ref.as_ref())
             .map(|r| r.name.as_str()),
-        Some("s3-keys")
+        Some(secret)
     );
 }
 
@@ -338,21 +343,7 @@ async fn recovery_from_an_encrypted_repository_reads_its_password_from_a_secret(
         .expect("apply the InstantRecovery");
     fx.wait_phase("sealed", Phase::Syncing, FLOW).await;
     // The password reached the published Pod from the Secret, not written into its spec.
-    let pod = fx.pods().get("sealed-published").await.unwrap();
-    let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
-    let password_env = env
-        .iter()
-        .find(|e| e.name == "IR_REPO_PASSWORD")
-        .expect("the password's variable");
-    assert_eq!(password_env.value, None);
-    assert_eq!(
-        password_env
-            .value_from
-            .as_ref()
-            .and_then(|v| v.secret_key_ref.as_ref())
-            .map(|r| r.name.as_str()),
-        Some("repo-key")
-    );
+    assert_env_from_secret(&fx, "sealed-published", "IR_REPO_PASSWORD", "repo-key").await;
     fx.wait_phase("sealed", Phase::Completed, FLOW).await;
     let target_ip = fx.pod_ip("sealed-target", FLOW).await;
     assert_eq!(

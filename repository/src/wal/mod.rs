@@ -384,16 +384,20 @@ impl WalArchive<'_> {
         .map_err(corrupt)
     }
 
-    /// Every object stored for this system, as named, with its listing.
-    async fn objects(&self) -> Result<Vec<(Listed, object_store::ObjectMeta)>, WalError> {
-        let prefix = Path::from(self.root());
-        let metas: Vec<object_store::ObjectMeta> = self
-            .repo
+    /// The listing of every object under `prefix`.
+    async fn list_under(&self, prefix: String) -> Result<Vec<object_store::ObjectMeta>, WalError> {
+        let prefix = Path::from(prefix);
+        self.repo
             .store()
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(|e| self.repo.store_err(&prefix, e))?;
+            .map_err(|e| self.repo.store_err(&prefix, e).into())
+    }
+
+    /// Every object stored for this system, as named, with its listing.
+    async fn objects(&self) -> Result<Vec<(Listed, object_store::ObjectMeta)>, WalError> {
+        let metas = self.list_under(self.root()).await?;
         Ok(metas
             .into_iter()
             .map(|m| (self.parse_path(&m.location), m))

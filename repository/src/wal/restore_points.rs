@@ -3,7 +3,6 @@
 //! name starts from the newest backup before it. Entries are sealed like the WAL in an
 //! encrypted repository, and read back as untrusted bytes.
 
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
@@ -73,14 +72,7 @@ impl WalArchive<'_> {
     /// The archived restore points named `name`, oldest first. Entries that are too large or
     /// do not parse are left out (and logged): they are repository bytes, not trusted.
     pub async fn restore_points_named(&self, name: &str) -> Result<Vec<RestorePoint>, WalError> {
-        let prefix = Path::from(self.restore_points_root());
-        let metas: Vec<object_store::ObjectMeta> = self
-            .repo
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.repo.store_err(&prefix, e))?;
+        let metas = self.list_under(self.restore_points_root()).await?;
         let mut found = Vec::new();
         let limit = self.repo.codec().max_stored(MAX_RESTORE_POINT_ENTRY);
         for meta in metas {
@@ -126,14 +118,7 @@ impl WalArchive<'_> {
         dry_run: bool,
         report: &mut PruneReport,
     ) -> Result<(), WalError> {
-        let prefix = Path::from(self.restore_points_root());
-        let entries: Vec<object_store::ObjectMeta> = self
-            .repo
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.repo.store_err(&prefix, e))?;
+        let entries = self.list_under(self.restore_points_root()).await?;
         for meta in entries {
             let Some((tli, lsn)) = meta
                 .location
