@@ -478,35 +478,16 @@ impl Agent {
         namespace: &str,
         name: &str,
     ) -> Result<Result<S3Credentials, Failure>, AgentError> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let what = format!("Secret {namespace}/{name} (spec.repository.credentialsSecret)");
-        let Some(secret) = secrets.get_opt(name).await? else {
-            return Ok(Err(Failure::new(
-                Reason::InvalidCredentialsSecret,
-                format!("{what} not found"),
-            )));
-        };
-        let value = |key: &str| {
-            let bytes = secret.data.as_ref().and_then(|data| data.get(key));
-            // A trailing newline is a common slip when the Secret is made by hand.
-            match bytes.map(|b| std::str::from_utf8(&b.0).map(str::trim)) {
-                Some(Ok(text)) if !text.is_empty() => Ok(text.to_owned()),
-                Some(Err(_)) => Err(Failure::new(
-                    Reason::InvalidCredentialsSecret,
-                    format!("{what}: {key} is not UTF-8 text"),
-                )),
-                _ => Err(Failure::new(
-                    Reason::InvalidCredentialsSecret,
-                    format!("{what} has no {key}"),
-                )),
-            }
-        };
-        Ok(value(ACCESS_KEY_ID).and_then(|access_key_id| {
-            Ok(S3Credentials {
-                access_key_id,
-                secret_access_key: value(SECRET_ACCESS_KEY)?,
-            })
-        }))
+        let field = "spec.repository.credentialsSecret";
+        let keys = [ACCESS_KEY_ID, SECRET_ACCESS_KEY];
+        // A trailing newline is a common slip when the Secret is made by hand.
+        Ok(self
+            .secret_texts(namespace, name, field, &keys, str::trim)
+            .await?
+            .map(|mut values| S3Credentials {
+                secret_access_key: values.pop().unwrap_or_default(),
+                access_key_id: values.pop().unwrap_or_default(),
+            }))
     }
 
     /// The password of an encrypted repository, byte for byte as the Secret holds it (as the
@@ -516,29 +497,41 @@ impl Agent {
         namespace: &str,
         name: &str,
     ) -> Result<Result<String, Failure>, AgentError> {
+        let field = "spec.repository.encryptionSecret";
+        Ok(self
+            .secret_texts(namespace, name, field, &[ENCRYPTION_PASSWORD_KEY], |t| t)
+            .await?
+            .map(|mut values| values.pop().unwrap_or_default()))
+    }
+
+    /// The values of `keys` in Secret `namespace/name` (named by `field`) as text, each passed
+    /// through `clean`; a missing Secret or key, or a value that is not text or is empty once
+    /// cleaned, is a failure naming it.
+    async fn secret_texts(
+        &self,
+        namespace: &str,
+        name: &str,
+        field: &str,
+        keys: &[&str],
+        clean: fn(&str) -> &str,
+    ) -> Result<Result<Vec<String>, Failure>, AgentError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let what = format!("Secret {namespace}/{name} (spec.repository.encryptionSecret)");
+        let what = format!("Secret {namespace}/{name} ({field})");
+        let invalid = |message: String| Failure::new(Reason::InvalidCredentialsSecret, message);
         let Some(secret) = secrets.get_opt(name).await? else {
-            return Ok(Err(Failure::new(
-                Reason::InvalidCredentialsSecret,
-                format!("{what} not found"),
-            )));
+            return Ok(Err(invalid(format!("{what} not found"))));
         };
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(ENCRYPTION_PASSWORD_KEY));
-        Ok(match bytes.map(|b| String::from_utf8(b.0.clone())) {
-            Some(Ok(text)) if !text.is_empty() => Ok(text),
-            Some(Err(_)) => Err(Failure::new(
-                Reason::InvalidCredentialsSecret,
-                format!("{what}: {ENCRYPTION_PASSWORD_KEY} is not UTF-8 text"),
-            )),
-            _ => Err(Failure::new(
-                Reason::InvalidCredentialsSecret,
-                format!("{what} has no {ENCRYPTION_PASSWORD_KEY}"),
-            )),
-        })
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let bytes = secret.data.as_ref().and_then(|data| data.get(*key));
+                match bytes.map(|b| std::str::from_utf8(&b.0).map(clean)) {
+                    Some(Ok(text)) if !text.is_empty() => Ok(text.to_owned()),
+                    Some(Err(_)) => Err(invalid(format!("{what}: {key} is not UTF-8 text"))),
+                    _ => Err(invalid(format!("{what} has no {key}"))),
+                }
+            })
+            .collect())
     }
 
     /// The cache file system has room for `size_limit`, counting what this IRCache already
