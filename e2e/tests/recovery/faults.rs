@@ -191,7 +191,9 @@ async fn a_switchover_failing_after_the_stop_brings_the_published_instance_back_
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Once the published Pod is being deleted, the standby stops replaying: the catch-up on
-    // the shutdown checkpoint times out after the stop, before any promotion.
+    // the shutdown checkpoint times out after the stop, before any promotion. The replaying
+    // process is found first: the shutdown checkpoint follows the deletion within milliseconds.
+    let replay = standby_replay_pid(&fx, "stopfail-target").await;
     fx.approve_switchover("stopfail").await;
     let deadline = Instant::now() + FLOW;
     loop {
@@ -204,9 +206,8 @@ async fn a_switchover_failing_after_the_stop_brings_the_published_instance_back_
             "{}",
             fx.diagnostics("stopfail").await
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let replay = standby_replay_pid(&fx, "stopfail-target").await;
     signal(replay, libc::SIGSTOP);
     let stopped_at = Instant::now();
     let status = fx
