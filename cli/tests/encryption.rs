@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{backup_from_pg, irctl_ok, irctl_run};
+use common::{backup_from_pg, chown_tree, irctl_ok, irctl_run, wait_archived};
 use ir_e2e::pg::{PgCluster, chown_to_pg, pg_user};
 use ir_e2e::{require_root, shared_tempdir};
 
@@ -20,15 +20,6 @@ const MARKER: &str = "IR-PLAINTEXT-MARKER-9d41";
 
 fn password(p: &str) -> Vec<(String, String)> {
     vec![("IR_REPO_PASSWORD".to_string(), p.to_string())]
-}
-
-fn chown_tree(path: &Path) {
-    chown_to_pg(path);
-    if path.is_dir() {
-        for e in std::fs::read_dir(path).unwrap() {
-            chown_tree(&e.unwrap().path());
-        }
-    }
 }
 
 /// Rows carrying the marker, then a switch to a new segment; the segment just completed.
@@ -42,28 +33,6 @@ fn write_marked_rows(pg: &PgCluster, round: u32) -> String {
         "select pg_create_restore_point('{MARKER}-{round}')"
     ));
     pg.psql("select pg_walfile_name(pg_switch_wal())")
-}
-
-fn wait_archived(pg: &PgCluster, log: &Path, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let row = pg.psql(
-            "select coalesce(last_archived_wal, '0') || '|' || coalesce(last_failed_wal, '-') \
-             from pg_stat_archiver",
-        );
-        let (archived, failed) = row.split_once('|').unwrap();
-        assert_eq!(
-            failed,
-            "-",
-            "archive_command failed; server log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        if archived >= name {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} not archived after 90 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Every file under `root` with its bytes and modification time.

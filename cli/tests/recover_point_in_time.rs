@@ -30,23 +30,13 @@ struct History {
     after_last_commit: String,
 }
 
-fn chown_tree_to_pg(path: &Path) {
-    let (uid, gid) = pg_user();
-    let status = std::process::Command::new("chown")
-        .args(["-R", &format!("{uid}:{gid}")])
-        .arg(path)
-        .status()
-        .expect("run chown");
-    assert!(status.success(), "chown -R {}", path.display());
-}
-
 /// A file:// repository in `root/repo` that PostgreSQL's user, who runs archive_command, may
 /// write to: its URL and directory.
 fn archiving_repository(root: &Path) -> (String, PathBuf) {
     let repo_dir = root.join("repo");
     let repo = format!("file://{}", repo_dir.display());
     irctl_ok(&["repo", "init", "--repo", &repo], &[]);
-    chown_tree_to_pg(&repo_dir);
+    common::chown_tree(&repo_dir);
     (repo, repo_dir)
 }
 

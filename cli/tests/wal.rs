@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{backup_from_pg, irctl, irctl_ok, irctl_run};
+use common::{backup_from_pg, chown_tree, irctl, irctl_ok, irctl_run, wait_archived};
 use ir_e2e::pg::{PgCluster, as_pg, chown_to_pg, pg_user};
 use ir_e2e::{require_root, shared_tempdir};
 use serde_json::Value;
@@ -16,50 +16,12 @@ const IRCTL: &str = env!("CARGO_BIN_EXE_irctl");
 /// What `wal fetch` exits with on anything but "not archived".
 const FATAL: i32 = 200;
 
-/// Gives everything under `path` to the PostgreSQL user: the archive_command writes the
-/// repository as that user.
-fn chown_tree(path: &Path) {
-    chown_to_pg(path);
-    if path.is_dir() {
-        for e in std::fs::read_dir(path).unwrap() {
-            chown_tree(&e.unwrap().path());
-        }
-    }
-}
-
 /// Writes some rows and switches to a new segment; the name of the segment just completed.
 fn switch_wal(pg: &PgCluster, note: &str) -> String {
     pg.psql(&format!(
         "insert into notes select g, '{note}' from generate_series(1, 2000) g"
     ));
     pg.psql("select pg_walfile_name(pg_switch_wal())")
-}
-
-/// Waits until the archiver has archived `name` (and everything before it) without a failure.
-fn wait_archived(pg: &PgCluster, log: &Path, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let row = pg.psql(
-            "select coalesce(last_archived_wal, '0') || '|' || coalesce(last_failed_wal, '-') \
-             from pg_stat_archiver",
-        );
-        let (archived, failed) = row.split_once('|').unwrap();
-        assert_eq!(
-            failed,
-            "-",
-            "archive_command failed; server log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        if archived >= name {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} not archived after 90 s (last {archived}); server log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn json(args: &[&str]) -> Value {

@@ -162,3 +162,41 @@ impl Drop for MountProcess {
 }
 pub mod load;
 pub mod recovery;
+
+/// Gives everything under `path` to the PostgreSQL user: the archive_command writes the
+/// repository as that user.
+pub fn chown_tree(path: &Path) {
+    ir_e2e::pg::chown_to_pg(path);
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            chown_tree(&e.unwrap().path());
+        }
+    }
+}
+
+/// Waits until the archiver has archived `name` (and everything before it) without a failure.
+pub fn wait_archived(pg: &ir_e2e::pg::PgCluster, log: &Path, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let row = pg.psql(
+            "select coalesce(last_archived_wal, '0') || '|' || coalesce(last_failed_wal, '-') \
+             from pg_stat_archiver",
+        );
+        let (archived, failed) = row.split_once('|').unwrap();
+        assert_eq!(
+            failed,
+            "-",
+            "archive_command failed; server log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        if archived >= name {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} not archived after 90 s (last {archived}); server log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -31,12 +31,12 @@ fn irctl(args: &[&str], env: &[(String, String)]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// A file:// repository in the installation's file root, writable by PostgreSQL's user (who
-/// runs archive_command).
-fn file_repository(root: &Path) -> String {
-    let repo_dir = root.join("repositories").join("pitr");
+/// A file:// repository `name` in the installation's file root, made by `repo init` with
+/// `flags` and `env`, writable by PostgreSQL's user (who runs archive_command).
+fn file_repository(root: &Path, name: &str, flags: &[&str], env: &[(String, String)]) -> String {
+    let repo_dir = root.join("repositories").join(name);
     let url = format!("file://{}", repo_dir.display());
-    irctl(&["repo", "init", "--repo", &url], &[]);
+    irctl(&[&["repo", "init", "--repo", &url], flags].concat(), env);
     let (uid, gid) = pg_user();
     let chown = Command::new("chown")
         .args(["-R", &format!("{uid}:{gid}")])
@@ -91,7 +91,7 @@ async fn recovery_to_a_restore_point_replays_the_archived_wal_in_the_published_p
     // (A target beyond the archived WAL is refused first, in the same installation.)
     ir_e2e::require_root();
     let root = ir_e2e::shared_tempdir();
-    let url = file_repository(root.path());
+    let url = file_repository(root.path(), "pitr", &[], &[]);
     let backup = archived_history(root.path(), &url, &[]);
     let fx = Installation::with_backup(root, url, backup.clone()).await;
 
@@ -268,18 +268,9 @@ async fn assert_env_from_secret(fx: &Installation, pod: &str, name: &str, secret
 async fn recovery_from_an_encrypted_repository_reads_its_password_from_a_secret() {
     ir_e2e::require_root();
     let root = ir_e2e::shared_tempdir();
-    let repo_dir = root.path().join("repositories").join("sealed");
-    let url = format!("file://{}", repo_dir.display());
     let password = "correct-horse-battery-staple";
     let env = [("IR_REPO_PASSWORD".to_owned(), password.to_owned())];
-    irctl(&["repo", "init", "--repo", &url, "--encryption"], &env);
-    let (uid, gid) = pg_user();
-    let chown = Command::new("chown")
-        .args(["-R", &format!("{uid}:{gid}")])
-        .arg(&repo_dir)
-        .status()
-        .expect("run chown");
-    assert!(chown.success());
+    let url = file_repository(root.path(), "sealed", &["--encryption"], &env);
     let backup = archived_history(root.path(), &url, &env);
     let fx = Installation::with_backup(root, url.clone(), backup.clone()).await;
     let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NAMESPACE);

@@ -85,7 +85,9 @@ impl Stream {
                     first_record = Some(bytes.len() + maxalign(rest));
                 }
             }
-            pages.push((bytes.len(), page_lsn + header as u64));
+            // Page addresses are the segment's bytes: one at the end of the LSN space must
+            // not overflow.
+            pages.push((bytes.len(), page_lsn.saturating_add(header as u64)));
             bytes.extend_from_slice(&page[header..]);
         }
         Some(Stream {
@@ -98,7 +100,7 @@ impl Stream {
     fn lsn(&self, offset: usize) -> u64 {
         let i = self.pages.partition_point(|(start, _)| *start <= offset) - 1;
         let (start, lsn) = self.pages[i];
-        lsn + (offset - start) as u64
+        lsn.saturating_add((offset - start) as u64)
     }
 }
 
@@ -231,6 +233,19 @@ mod tests {
         page[0] = XLP_FIRST_IS_CONTRECORD as u8;
         page[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(last_transaction_end(&page), None);
+    }
+
+    #[test]
+    fn page_addresses_at_the_end_of_the_lsn_space_do_not_overflow() {
+        let mut seg = vec![0u8; 8192 * 2];
+        seg[2] = XLP_LONG_HEADER as u8;
+        seg[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        seg[8192 + 8..8192 + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+        // A record header at the start, so that an LSN is worked out from the page address.
+        seg[LONG_HEADER..LONG_HEADER + 4].copy_from_slice(&(RECORD_HEADER as u32).to_le_bytes());
+        assert_eq!(last_transaction_end(&seg), None);
+        assert!(restore_points(&seg).is_empty());
     }
 
     #[test]

@@ -120,16 +120,7 @@ impl WalArchive<'_> {
     ) -> Result<(), WalError> {
         let entries = self.list_under(self.restore_points_root()).await?;
         for meta in entries {
-            let Some((tli, lsn)) = meta
-                .location
-                .filename()
-                .and_then(|f| f.strip_suffix(".json"))
-                .filter(|f| f.len() == 24)
-                .and_then(|f| {
-                    let tli = u32::from_str_radix(&f[..8], 16).ok()?;
-                    Some((tli, u64::from_str_radix(&f[8..], 16).ok()?))
-                })
-            else {
+            let Some((tli, lsn)) = meta.location.filename().and_then(entry_place) else {
                 continue;
             };
             if tli > timeline || lsn >= cut {
@@ -145,5 +136,42 @@ impl WalArchive<'_> {
             report.bytes_removed += meta.size;
         }
         Ok(())
+    }
+}
+
+/// The timeline and LSN an index entry's name (`<TTTTTTTT><LSN, 16 hex>.json`) gives; `None`
+/// for a name that is not one, whatever bytes a store lists.
+fn entry_place(name: &str) -> Option<(u32, u64)> {
+    let hex = name.strip_suffix(".json")?;
+    if hex.len() != 24 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((
+        u32::from_str_radix(&hex[..8], 16).ok()?,
+        u64::from_str_radix(&hex[8..], 16).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_entry_names_give_a_place() {
+        assert_eq!(
+            entry_place("000000020000000003004978.json"),
+            Some((2, 0x3004978))
+        );
+        for name in [
+            "00000002000000000300497.json",
+            "0000000200000000030049é.json",
+            // A two-byte character across the timeline's end.
+            "0000000é000000000300497.json",
+            "00000002000000000300497g.json",
+            "000000020000000003004978",
+            "+0000002000000000300497.json",
+        ] {
+            assert_eq!(entry_place(name), None, "{name}");
+        }
     }
 }
