@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Builds a real etcd and kube-apiserver for the tests, once, from Go modules pinned in
-# tools/k8s, and caches them outside the repository:
-#   $IR_CACHE_DIR/bin/etcd-<version>             (tools/k8s/etcd/go.mod)
-#   $IR_CACHE_DIR/bin/kube-apiserver-<version>   (tools/k8s/apiserver/go.mod)
-# IR_CACHE_DIR defaults to $HOME/.cache/instant-recovery. Quick when both
-# binaries already exist. Progress goes to stderr; stdout is exactly two lines, the etcd path
-# then the kube-apiserver path.
+# Builds a real etcd, kube-apiserver and kube-controller-manager for the tests, once, from Go
+# modules pinned in tools/k8s, and caches them outside the repository:
+#   $IR_CACHE_DIR/bin/etcd-<version>                      (tools/k8s/etcd/go.mod)
+#   $IR_CACHE_DIR/bin/kube-apiserver-<version>            (tools/k8s/apiserver/go.mod)
+#   $IR_CACHE_DIR/bin/kube-controller-manager-<version>   (the same module)
+# IR_CACHE_DIR defaults to $HOME/.cache/instant-recovery. Quick when the binaries already
+# exist. Progress goes to stderr; stdout is exactly three lines, the etcd path, the
+# kube-apiserver path, then the kube-controller-manager path. The tests run the controller
+# manager's Job controller only: the operator's Backups run as Jobs.
 #
 # Versions: Kubernetes v1.37.2 (k8s-openapi feature v1_37), etcd v3.6.16. They are two
 # modules because k8s.io/kubernetes v1.37 requires the etcd v3.7 client/server modules, which
@@ -17,9 +19,10 @@
 # list from the `v0.0.0` requirements in the go.mod of the new k8s.io/kubernetes version
 # (`go mod download -json k8s.io/kubernetes@vX.Y.Z`, then read its GoMod file) and run
 # `go mod tidy`. The version that kube-apiserver --version and /version report comes from
-# -ldflags, as in Kubernetes' hack/lib/version.sh. Both are built with CGO_ENABLED=0 (static,
-# as the upstream release binaries are). The first build takes about 12 minutes on
-# 2 cores (etcd about 2, kube-apiserver about 10, including module downloads).
+# -ldflags, as in Kubernetes' hack/lib/version.sh. All are built with CGO_ENABLED=0 (static,
+# as the upstream release binaries are). The first build takes about 15 minutes on
+# 2 cores (etcd about 2, kube-apiserver about 10, including module downloads, and
+# kube-controller-manager about 3 more, as it shares most packages with the API server).
 #
 # The tests start them with ir_e2e::cluster::ControlPlane (e2e/src/cluster.rs), which makes the
 # keys and certificates itself (rcgen, ECDSA P-256) and passes the flags below. By hand, on
@@ -96,6 +99,7 @@ etcd_version=$(awk '$1 == "go.etcd.io/etcd/server/v3" {print $2}' tools/k8s/etcd
 
 etcd_bin=$CACHE/bin/etcd-$etcd_version
 apiserver_bin=$CACHE/bin/kube-apiserver-$k8s_version
+controller_manager_bin=$CACHE/bin/kube-controller-manager-$k8s_version
 
 go_cmd() {
   local go
@@ -114,20 +118,28 @@ if [ ! -x "$etcd_bin" ]; then
   mv "$etcd_bin.tmp.$$" "$etcd_bin"
 fi
 
-if [ ! -x "$apiserver_bin" ]; then
+# The version that --version and /version report, as Kubernetes' hack/lib/version.sh sets it.
+k8s_ldflags="-s"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
+  k8s_ldflags+=" -X $pkg.gitTreeState=clean"
+done
+
+# build_k8s NAME BIN MINUTES: k8s.io/kubernetes/cmd/NAME into BIN, once.
+build_k8s() {
+  local name=$1 bin=$2 minutes=$3 go
+  [ -x "$bin" ] && return 0
   go=$(go_cmd)
-  echo "building kube-apiserver $k8s_version with $("$go" version) (once, about 10 minutes on 2 cores; cached in $CACHE/bin)" >&2
+  echo "building $name $k8s_version with $("$go" version) (once, about $minutes minutes on 2 cores; cached in $CACHE/bin)" >&2
   mkdir -p "$CACHE/bin"
-  ldflags="-s"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
-    ldflags+=" -X $pkg.gitTreeState=clean"
-  done
   (cd tools/k8s/apiserver && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly "$go" build \
-    -trimpath -ldflags="$ldflags" -o "$apiserver_bin.tmp.$$" k8s.io/kubernetes/cmd/kube-apiserver) ||
-    fail "building kube-apiserver $k8s_version failed"
-  mv "$apiserver_bin.tmp.$$" "$apiserver_bin"
-fi
+    -trimpath -ldflags="$k8s_ldflags" -o "$bin.tmp.$$" "k8s.io/kubernetes/cmd/$name") ||
+    fail "building $name $k8s_version failed"
+  mv "$bin.tmp.$$" "$bin"
+}
+build_k8s kube-apiserver "$apiserver_bin" 10
+build_k8s kube-controller-manager "$controller_manager_bin" 3
 
 echo "$etcd_bin"
 echo "$apiserver_bin"
+echo "$controller_manager_bin"

@@ -317,6 +317,9 @@ pub struct BackupRepositoryStatus {
     /// The most recent backups, newest first.
     #[serde(default)]
     pub backups: Vec<ListedBackup>,
+    /// The last retention run of a ScheduledBackup writing to this repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::backup::RetentionResult>,
 }
 
 /// One backup of the repository.
@@ -435,6 +438,8 @@ pub fn all_yaml() -> Vec<(String, String)> {
         InstantRecovery::crd(),
         BackupRepository::crd(),
         RecoveryMount::crd(),
+        crate::backup::Backup::crd(),
+        crate::backup::ScheduledBackup::crd(),
     ]
     .into_iter()
     .map(|crd| {
@@ -458,6 +463,12 @@ mod tests {
             (InstantRecovery::crd(), "InstantRecovery", "ir"),
             (BackupRepository::crd(), "BackupRepository", "brepo"),
             (RecoveryMount::crd(), "RecoveryMount", "rmount"),
+            (crate::backup::Backup::crd(), "Backup", "irbackup"),
+            (
+                crate::backup::ScheduledBackup::crd(),
+                "ScheduledBackup",
+                "irsched",
+            ),
         ] {
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(crd.spec.scope, "Namespaced");

@@ -4,6 +4,7 @@
 //! policies users write, and the status the engine keeps. Doc comments here become the schema's
 //! descriptions, so they speak to users.
 
+pub mod backup;
 mod duration;
 mod failure;
 pub mod location;

@@ -141,6 +141,16 @@ reasons! {
     StandbyUnavailable: Transient, "The standby cannot be reached for the switchover.";
     // BackupRepository.
     Listed: Progress, "The repository answered; its backups are listed.";
+    // Backup and ScheduledBackup.
+    BackupPending: Progress, "The Backup's Job is created and waits to run.";
+    BackupRunning: Progress, "The Backup's Job copies the cluster into the repository.";
+    BackupCompleted: Progress, "The backup is in the repository; status.backupId names it.";
+    BackupFailed: Permanent, "The Backup's Job failed; the message has the end of its log.";
+    BackupNotInRepository: Permanent, "The Backup's Job succeeded but the repository holds no backup labelled with the Backup's uid.";
+    InvalidSchedule: Permanent, "A ScheduledBackup's spec.schedule is not a cron expression.";
+    Scheduled: Progress, "The ScheduledBackup waits for its next time.";
+    Suspended: Progress, "The ScheduledBackup's spec.suspend is true.";
+    RetentionFailed: Transient, "Pruning the schedule's backups or collecting their chunks failed; retried after the next backup.";
     // irctl recover.
     UnknownUser: Permanent, "--pg-user is not an OS user.";
     NotPermitted: Permanent, "irctl may not run PostgreSQL as --pg-user.";

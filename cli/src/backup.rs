@@ -1,6 +1,6 @@
 //! `irctl backup`: create, list, show and verify backups.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, IsTerminal};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,6 +65,10 @@ pub struct CreateArgs {
     repo: RepoArgs,
     #[command(flatten)]
     source: SourceArgs,
+    /// A label to record in the backup's manifest (repeatable); `backup prune --label`
+    /// selects by it.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::labels::parse_label)]
+    labels: Vec<(String, String)>,
 }
 
 /// What to read a backup from (for `backup create`, and for `repo repair`).
@@ -179,6 +183,9 @@ struct Summary<'a> {
     chunk_size: u64,
     files: usize,
     stored_chunks: usize,
+    /// `backup create --label`s.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: &'a BTreeMap<String, String>,
     /// The WAL the backup needs to be consistent, and what it can be recovered to with the
     /// archived WAL (`irctl wal push`); `null` when its system's archive cannot be listed.
     wal: Option<WalOfBackup>,
@@ -207,6 +214,7 @@ impl<'a> Summary<'a> {
             chunk_size: m.chunk_size,
             files: chunk_lists().count(),
             stored_chunks: stored.len(),
+            labels: &m.labels,
             wal: None,
         }
     }
@@ -357,6 +365,9 @@ pub async fn run(cmd: BackupCommand) -> anyhow::Result<()> {
             );
             println!("files:             {}", s.files);
             println!("entries:           {}", m.entries.len());
+            for (key, value) in &m.labels {
+                println!("label:             {key}={value}");
+            }
             println!(
                 "stored chunks:     {} ({} each)",
                 s.stored_chunks,
@@ -482,7 +493,11 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let line = ProgressLine::start(&progress, "read");
     let started = std::time::Instant::now();
     let (source, what) = args.source.open()?;
-    let manifest = repo.ingest(source, progress.clone()).await.context(what)?;
+    let labels = args.labels.into_iter().collect();
+    let manifest = repo
+        .ingest(source, labels, progress.clone())
+        .await
+        .context(what)?;
     drop(line);
     let s = progress.snapshot();
     let mut summary = format!(

@@ -3,6 +3,7 @@
 mod backup;
 mod bring_up;
 mod keeper;
+mod labels;
 mod mount_cmd;
 mod progress;
 mod publish;

@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::labels::parse_label;
 use clap::Args;
 use ir_cli::output::{Output, print_json};
 use ir_cli::repo_args::RepoArgs;
-use ir_repository::{RepoError, RetentionPolicy, decide};
-use serde::Serialize;
+use ir_repository::{PruneAction, PruneScope, RetentionPolicy};
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
@@ -35,23 +34,14 @@ pub struct PruneArgs {
     /// Keep every backup taken within this long before the newest one (e.g. `7days`, `36h`).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     keep_within: Option<Duration>,
+    /// Only the backups with this label (`KEY=VALUE`, as given to `backup create --label`).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    label: Option<(String, String)>,
     /// Say what would be deleted without deleting anything.
     #[arg(long)]
     dry_run: bool,
     #[arg(long, value_enum, default_value_t)]
     output: Output,
-}
-
-/// One backup as prune judged it.
-#[derive(Debug, Serialize)]
-struct Pruned {
-    id: String,
-    #[serde(with = "time::serde::rfc3339")]
-    created: time::OffsetDateTime,
-    /// `keep`, `delete` (or, with --dry-run, `would delete`), or `in use`.
-    action: &'static str,
-    /// The rules that keep it, or the lease that holds it.
-    reasons: Vec<String>,
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
@@ -71,11 +61,6 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
         keep_weekly: args.keep_weekly,
         keep_within: args.keep_within,
     };
-    anyhow::ensure!(
-        !policy.is_empty(),
-        "give at least one of --keep-last, --keep-daily, --keep-weekly, --keep-within: \
-         without one prune would delete every backup"
-    );
     let repo = args.repo.open().await?;
     let list = repo.list_backups().await?;
     for invalid in &list.invalid {
@@ -84,45 +69,10 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
             invalid.id, invalid.reason
         );
     }
-    let backups: Vec<_> = list
-        .backups
-        .iter()
-        .map(|m| (m.id.clone(), m.created))
-        .collect();
-    let mut pruned = Vec::new();
-    for verdict in decide(&backups, &policy) {
-        let (action, reasons) = if verdict.keep {
-            (
-                "keep",
-                verdict.reasons.iter().map(|r| r.to_string()).collect(),
-            )
-        } else if args.dry_run {
-            let leases = repo.active_leases(&verdict.id).await?;
-            match leases.first() {
-                Some(l) => (
-                    "in use",
-                    vec![format!("lease of {} until {}", l.holder, l.expires)],
-                ),
-                None => ("would delete", Vec::new()),
-            }
-        } else {
-            match repo.delete_backup(&verdict.id).await {
-                Ok(()) => ("delete", Vec::new()),
-                Err(RepoError::BackupLeased {
-                    holder, expires, ..
-                }) => ("in use", vec![format!("lease of {holder} until {expires}")]),
-                Err(e) => {
-                    return Err(e).with_context(|| format!("deleting backup {}", verdict.id));
-                }
-            }
-        };
-        pruned.push(Pruned {
-            id: verdict.id,
-            created: verdict.created,
-            action,
-            reasons,
-        });
-    }
+    let scope = PruneScope {
+        label: args.label.as_ref().map(|(k, v)| (k.as_str(), v.as_str())),
+    };
+    let pruned = repo.prune(&policy, scope, args.dry_run).await?;
     if args.output == Output::Json {
         return Ok(print_json(&pruned)?);
     }
@@ -133,11 +83,14 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
             "{:<22} {:<20} {:<13} {}",
             p.id,
             p.created.format(short).unwrap_or_default(),
-            p.action,
+            p.action.as_str(),
             p.reasons.join(", ")
         );
     }
-    let deleted = pruned.iter().filter(|p| p.action == "delete").count();
+    let deleted = pruned
+        .iter()
+        .filter(|p| p.action == PruneAction::Delete)
+        .count();
     if deleted > 0 {
         println!(
             "deleted {deleted} backups; `irctl repo gc` frees the chunks no other backup uses"

@@ -378,6 +378,7 @@ mod tests {
             root_mode: 0o700,
             root_uid: 26,
             root_gid: 26,
+            labels: Default::default(),
             entries: vec![],
         }
     }

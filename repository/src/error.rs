@@ -72,6 +72,12 @@ pub enum RepoError {
         expires: time::OffsetDateTime,
     },
 
+    #[error(
+        "a retention policy needs at least one rule (keep last, daily, weekly or within): \
+         without one, prune would delete every backup"
+    )]
+    EmptyRetentionPolicy,
+
     #[error("invalid lease holder {holder:?}: letters, digits, '-', '_' and '.' only")]
     InvalidLeaseHolder { holder: String },
 

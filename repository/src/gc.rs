@@ -134,10 +134,13 @@ impl Repository {
         if dry_run {
             return Ok(report);
         }
-        let doomed = garbage
+        // Collected, not chained lazily: a closure held across the awaits below would keep
+        // the future from being `Send` in a controller.
+        let doomed: Vec<Path> = garbage
             .iter()
             .map(|c| c.path.clone())
-            .chain(stale.into_iter().map(|m| m.location));
+            .chain(stale.into_iter().map(|m| m.location))
+            .collect();
         futures::stream::iter(doomed)
             .map(|path| async move {
                 match self.store().delete(&path).await {

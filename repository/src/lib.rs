@@ -45,5 +45,7 @@ pub use manifest::{
 };
 pub use repo::{BackupList, InvalidBackup, Repository};
 pub use restore::RestoreOwner;
-pub use retention::{Lease, MAX_LEASE_TTL, RetentionPolicy, Verdict, decide};
+pub use retention::{
+    Lease, MAX_LEASE_TTL, PruneAction, PruneScope, Pruned, RetentionPolicy, Verdict, decide,
+};
 pub use verify::{ChunkUse, DamagedChunk, DamagedSharedChunk, RepoVerifyReport, VerifyReport};

@@ -3,6 +3,8 @@
 mod path;
 mod validate;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -10,7 +12,7 @@ use crate::chunk_id::ChunkId;
 pub use crate::crypto::EncryptionConfig;
 
 pub use path::{EntryPath, InvalidPath};
-pub use validate::{MAX_ENTRIES, ManifestError};
+pub use validate::{MAX_ENTRIES, MAX_LABELS, ManifestError, check_labels};
 
 /// Version of the repository layout (`ir-repo.json`, manifests, chunk paths).
 pub const FORMAT_VERSION: u32 = 1;
@@ -131,6 +133,10 @@ pub struct BackupManifest {
     pub root_mode: u32,
     pub root_uid: u32,
     pub root_gid: u32,
+    /// Who made the backup and why, as `key=value` pairs (`irctl backup create --label`; the
+    /// operator's Backups label theirs with their uid). Absent in older manifests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub entries: Vec<Entry>,
 }
 
@@ -347,6 +353,7 @@ mod tests {
             root_mode: 0o700,
             root_uid: 26,
             root_gid: 26,
+            labels: Default::default(),
             entries: vec![
                 Entry {
                     path: EntryPath::new("base").unwrap(),

@@ -317,6 +317,7 @@ mod tests {
             root_mode: 0o700,
             root_uid: 0,
             root_gid: 0,
+            labels: Default::default(),
             entries,
         }
     }

@@ -237,6 +237,113 @@ impl Repository {
     }
 }
 
+/// What prune did with one backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneAction {
+    Keep,
+    Delete,
+    /// A dry run's delete.
+    WouldDelete,
+    /// Not kept by the policy, but a lease holds it.
+    InUse,
+}
+
+impl PruneAction {
+    /// As `irctl backup prune` prints it, in its table and its JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PruneAction::Keep => "keep",
+            PruneAction::Delete => "delete",
+            PruneAction::WouldDelete => "would delete",
+            PruneAction::InUse => "in use",
+        }
+    }
+}
+
+impl Serialize for PruneAction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// One backup as prune judged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    pub action: PruneAction,
+    /// The rules that keep it, or the lease that holds it.
+    pub reasons: Vec<String>,
+}
+
+/// What [`Repository::prune`] applies its policy to: every valid backup, or those labelled so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneScope<'a> {
+    pub label: Option<(&'a str, &'a str)>,
+}
+
+impl Repository {
+    /// Applies `policy` to the valid backups in `scope` (invalid ones are left alone: delete
+    /// them by id) and deletes those it does not keep, except those a lease holds; with
+    /// `dry_run`, deletes nothing. Newest first. The chunks go with the next [`Repository::gc`].
+    pub async fn prune(
+        &self,
+        policy: &RetentionPolicy,
+        scope: PruneScope<'_>,
+        dry_run: bool,
+    ) -> Result<Vec<Pruned>, RepoError> {
+        if policy.is_empty() {
+            return Err(RepoError::EmptyRetentionPolicy);
+        }
+        let list = self.list_backups().await?;
+        let backups: Vec<_> = list
+            .backups
+            .iter()
+            .filter(|m| {
+                scope
+                    .label
+                    .is_none_or(|(k, v)| m.labels.get(k).is_some_and(|have| have == v))
+            })
+            .map(|m| (m.id.clone(), m.created))
+            .collect();
+        let mut pruned = Vec::new();
+        for verdict in decide(&backups, policy) {
+            let (action, reasons) = if verdict.keep {
+                let reasons = verdict.reasons.iter().map(|r| r.to_string()).collect();
+                (PruneAction::Keep, reasons)
+            } else if dry_run {
+                match self.active_leases(&verdict.id).await?.first() {
+                    Some(l) => (PruneAction::InUse, vec![lease_reason(l)]),
+                    None => (PruneAction::WouldDelete, Vec::new()),
+                }
+            } else {
+                match self.delete_backup(&verdict.id).await {
+                    Ok(()) => (PruneAction::Delete, Vec::new()),
+                    Err(RepoError::BackupLeased {
+                        holder, expires, ..
+                    }) => {
+                        let lease = Lease { holder, expires };
+                        (PruneAction::InUse, vec![lease_reason(&lease)])
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            pruned.push(Pruned {
+                id: verdict.id,
+                created: verdict.created,
+                action,
+                reasons,
+            });
+        }
+        Ok(pruned)
+    }
+}
+
+fn lease_reason(lease: &Lease) -> String {
+    format!("lease of {} until {}", lease.holder, lease.expires)
+}
+
 /// The longest lease a holder takes; an unreadable lease counts this long from its writing.
 pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 

@@ -60,6 +60,7 @@ fn backup(start_lsn: &str, stop_lsn: &str, timeline: u32) -> BackupManifest {
         root_mode: 0o700,
         root_uid: 26,
         root_gid: 26,
+        labels: Default::default(),
         entries: vec![],
     }
 }

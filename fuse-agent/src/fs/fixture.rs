@@ -120,6 +120,7 @@ pub(super) fn fixture() -> Fixture {
         root_mode: 0o700,
         root_uid: 0,
         root_gid: 0,
+        labels: Default::default(),
         entries,
     };
     Fixture {

@@ -1,10 +1,12 @@
 //! The Kubernetes driver: controllers for InstantRecovery (through the same state machine as
-//! the local driver) and BackupRepository, run by the `ir-operator` binary.
+//! the local driver), BackupRepository, Backup (a Job each) and ScheduledBackup, run by the
+//! `ir-operator` binary.
 //!
 //! The operator never touches a node: the agent of the chosen node mounts (RecoveryMount), the
 //! kubelet runs PostgreSQL in Pods, and the operator reaches PostgreSQL over TCP at the Pod IPs
 //! as the superuser named by `spec.postgres.credentialsSecret`.
 
+mod backup;
 mod context;
 mod driver;
 pub mod leader;
@@ -15,6 +17,7 @@ pub mod recovery;
 mod report;
 pub mod repository;
 pub mod resources;
+mod scheduled;
 mod secrets;
 
 pub use context::{Context, DEFAULT_TOOLS_IMAGE, Error, FIELD_MANAGER, Settings};
@@ -26,7 +29,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use ir_api::backup::{Backup, ScheduledBackup};
 use ir_api::crd::{BackupRepository, InstantRecovery, RecoveryMount};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::Controller;
@@ -187,14 +192,35 @@ fn scope_controllers(
         watcher::Config::default(),
     )
     .graceful_shutdown_on(shutdown.wait())
-    .run(repository::reconcile, repository::error_policy, ctx)
+    .run(repository::reconcile, repository::error_policy, ctx.clone())
     .for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!(error = %e, "BackupRepository reconcile");
         }
     });
+    let backups = Controller::new(api::<Backup>(client, ns), watcher::Config::default())
+        .owns(api::<Job>(client, ns), owned())
+        .graceful_shutdown_on(shutdown.wait())
+        .run(backup::reconcile, backup::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "Backup reconcile");
+            }
+        });
+    let schedules = Controller::new(
+        api::<ScheduledBackup>(client, ns),
+        watcher::Config::default(),
+    )
+    .owns(api::<Backup>(client, ns), owned())
+    .graceful_shutdown_on(shutdown.wait())
+    .run(scheduled::reconcile, scheduled::error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "ScheduledBackup reconcile");
+        }
+    });
     let work = async move {
-        tokio::join!(recoveries, repositories);
+        tokio::join!(recoveries, repositories, backups, schedules);
     };
     (store, work)
 }

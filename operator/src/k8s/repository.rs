@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ir_api::Reason;
-use ir_api::crd::{BackupRepository, ListedBackup};
+use ir_api::crd::{BackupRepository, BackupRepositoryStatus, ListedBackup};
 use ir_api::recovery::BackupInfo;
 use ir_repository::Repository;
 use jiff::Timestamp;
@@ -69,6 +69,11 @@ async fn check_and_report(repo: &BackupRepository, ctx: &Context) -> Result<Acti
             observed_generation: repo.metadata.generation,
         }
     });
+    // `retention` is the ScheduledBackup controller's, written under its own field manager.
+    let before = BackupRepositoryStatus {
+        retention: None,
+        ..before
+    };
     let mut new_status = before.clone();
     new_status.observed_generation = repo.metadata.generation;
     new_status.conditions = conditions.into();

@@ -32,6 +32,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 
+pub mod backup_job;
+
 /// Port of every PostgreSQL the operator runs (each Pod has its own IP).
 pub const POSTGRES_PORT: u16 = 5432;
 /// Label with the InstantRecovery's name on everything it owns.
@@ -525,56 +527,53 @@ impl Replay<'_> {
         words.extend(self.repository.address().cli_args());
         words
     }
+}
 
-    /// The repository's credentials and password, as irctl reads them from its environment.
-    fn credentials(&self) -> Vec<EnvVar> {
-        let password = self
-            .repository
-            .encryption_secret
-            .as_ref()
-            .map(|secret| secret_env(PASSWORD_ENV, &secret.name, ENCRYPTION_PASSWORD_KEY));
-        let Some(secret) = &self.repository.credentials_secret else {
-            return password.into_iter().collect();
-        };
-        let mut env: Vec<EnvVar> = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
-            .into_iter()
-            .map(|key| secret_env(key, &secret.name, key))
-            .chain(password)
-            .collect();
-        if self
-            .repository
-            .s3
-            .as_ref()
-            .is_none_or(|s3| s3.region.is_none())
-        {
-            env.push(EnvVar {
-                name: "AWS_REGION".to_owned(),
-                value: Some("us-east-1".to_owned()),
-                ..Default::default()
-            });
-        }
-        env
+/// The repository's credentials and password, as irctl reads them from its environment.
+fn repository_env(repository: &BackupRepositorySpec) -> Vec<EnvVar> {
+    let password = repository
+        .encryption_secret
+        .as_ref()
+        .map(|secret| secret_env(PASSWORD_ENV, &secret.name, ENCRYPTION_PASSWORD_KEY));
+    let Some(secret) = &repository.credentials_secret else {
+        return password.into_iter().collect();
+    };
+    let mut env: Vec<EnvVar> = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+        .into_iter()
+        .map(|key| secret_env(key, &secret.name, key))
+        .chain(password)
+        .collect();
+    if repository.s3.as_ref().is_none_or(|s3| s3.region.is_none()) {
+        env.push(EnvVar {
+            name: "AWS_REGION".to_owned(),
+            value: Some("us-east-1".to_owned()),
+            ..Default::default()
+        });
     }
+    env
+}
 
-    /// The repository's directory for a file:// repository, which every node has at the same
-    /// place (read-only: the published instance only fetches).
-    fn file_repository(&self) -> Option<(Volume, VolumeMount)> {
-        let path = self.repository.url.strip_prefix("file://")?;
-        Some((
-            Volume {
-                name: "repository".to_owned(),
-                host_path: Some(HostPathVolumeSource {
-                    path: path.to_owned(),
-                    type_: Some("Directory".to_owned()),
-                }),
-                ..Default::default()
-            },
-            VolumeMount {
-                read_only: Some(true),
-                ..mount("repository", path)
-            },
-        ))
-    }
+/// The repository's directory for a file:// repository, which every node has at the same
+/// place.
+fn file_repository(
+    repository: &BackupRepositorySpec,
+    read_only: bool,
+) -> Option<(Volume, VolumeMount)> {
+    let path = repository.url.strip_prefix("file://")?;
+    Some((
+        Volume {
+            name: "repository".to_owned(),
+            host_path: Some(HostPathVolumeSource {
+                path: path.to_owned(),
+                type_: Some("Directory".to_owned()),
+            }),
+            ..Default::default()
+        },
+        VolumeMount {
+            read_only: Some(read_only),
+            ..mount("repository", path)
+        },
+    ))
 }
 
 /// PostgreSQL on the mount, pinned to the mount's node. It is not restarted in place: when it
@@ -638,14 +637,15 @@ pub fn published_pod(
             ),
             ..Default::default()
         });
-        env.extend(replay.credentials());
+        env.extend(repository_env(replay.repository));
         volumes.push(Volume {
             name: "tools".to_owned(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         });
         mounts.push(mount("tools", TOOLS_DIR));
-        if let Some((volume, repository_mount)) = replay.file_repository() {
+        // Read-only: the published instance only fetches.
+        if let Some((volume, repository_mount)) = file_repository(replay.repository, true) {
             volumes.push(volume);
             mounts.push(repository_mount);
         }

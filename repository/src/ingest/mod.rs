@@ -130,7 +130,8 @@ impl Repository {
         reader: R,
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
-        self.ingest(Source::Tar(Box::new(reader)), progress).await
+        self.ingest(Source::Tar(Box::new(reader)), BTreeMap::new(), progress)
+            .await
     }
 
     /// Ingests a plain-format `pg_basebackup` directory or a cleanly shut down data directory.
@@ -139,7 +140,8 @@ impl Repository {
         dir: &FsPath,
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
-        self.ingest(Source::Dir(dir.to_path_buf()), progress).await
+        self.ingest(Source::Dir(dir.to_path_buf()), BTreeMap::new(), progress)
+            .await
     }
 
     /// Runs `pg_basebackup` against a live server and ingests its output (see [`Source::Pg`]).
@@ -155,15 +157,18 @@ impl Repository {
             checkpoint,
             pg_bindir: pg_bindir.map(FsPath::to_path_buf),
         };
-        self.ingest(source, progress).await
+        self.ingest(source, BTreeMap::new(), progress).await
     }
 
-    /// Makes a new backup of `source`.
+    /// Makes a new backup of `source`, with `labels` in its manifest.
     pub async fn ingest(
         &self,
         source: Source,
+        labels: BTreeMap<String, String>,
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
+        crate::manifest::check_labels(&labels)
+            .map_err(|e| RepoError::unsupported(e.field, e.reason))?;
         let walk = source.into_walk()?;
         let created = OffsetDateTime::now_utc();
         let id = new_backup_id(created);
@@ -181,7 +186,7 @@ impl Repository {
                 }
             }))
         };
-        let result = self.ingest_run(&id, created, walk, progress).await;
+        let result = self.ingest_run(&id, created, walk, labels, progress).await;
         drop(refresher);
         if let Err(e) = self.store().delete(&marker).await {
             tracing::warn!("cannot remove ingest marker {marker}: {e}");
@@ -238,6 +243,7 @@ impl Repository {
         id: &str,
         created: OffsetDateTime,
         walk: Walk,
+        labels: BTreeMap<String, String>,
         progress: Arc<Progress>,
     ) -> Result<BackupManifest, RepoError> {
         let chunk_size = self.config().chunk_size;
@@ -260,6 +266,7 @@ impl Repository {
             root_mode: walked.root.mode & 0o7777,
             root_uid: walked.root.uid,
             root_gid: walked.root.gid,
+            labels,
             entries: walked.entries,
         };
         // Never write what a reader would refuse.

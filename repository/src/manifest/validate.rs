@@ -2,7 +2,7 @@
 //! restore, mount, gc) gets either a manifest whose every field is consistent or an error that
 //! names the field.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{BackupManifest, EntryKind, FORMAT_VERSION, is_backup_id};
 use crate::lsn::parse_lsn;
@@ -18,6 +18,12 @@ const MAX_MTIME: i64 = 253_402_300_799;
 const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 /// uid and gid `-1` mean "leave unchanged" to chown(2): never an owner.
 const NO_ID: u32 = u32::MAX;
+
+/// Labels one backup may carry, and their sizes: enough to say who made it and why, small
+/// next to the manifest's entries.
+pub const MAX_LABELS: usize = 32;
+const MAX_LABEL_KEY: usize = 253;
+const MAX_LABEL_VALUE: usize = 1024;
 
 /// What is wrong with a manifest: the field (`entries[12].chunks`) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +99,7 @@ impl BackupManifest {
             return Err(bad("timeline", "0 is not a timeline"));
         }
         check_owner_mode("root", self.root_mode, self.root_uid, self.root_gid)?;
+        check_labels(&self.labels)?;
         if self.entries.len() > MAX_ENTRIES {
             return Err(bad(
                 "entries",
@@ -178,6 +185,40 @@ impl BackupManifest {
     }
 }
 
+/// Labels are printed in listings and matched by prune: printable keys of letters, digits and
+/// `-_./`, values without control characters, and few of them.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ManifestError> {
+    if labels.len() > MAX_LABELS {
+        return Err(bad(
+            "labels",
+            format!("{} labels, more than {MAX_LABELS}", labels.len()),
+        ));
+    }
+    for (key, value) in labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL_KEY
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !key_ok {
+            return Err(bad(
+                "labels",
+                format!(
+                    "key {:?} is not 1 to {MAX_LABEL_KEY} letters, digits, '-', '_', '.' or '/'",
+                    key.escape_debug().to_string()
+                ),
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
+            return Err(bad(
+                format!("labels.{key}"),
+                format!("longer than {MAX_LABEL_VALUE} bytes or holds a control character"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_owner_mode(what: &str, mode: u32, uid: u32, gid: u32) -> Result<(), ManifestError> {
     if mode & !0o7777 != 0 {
         return Err(bad(
@@ -254,6 +295,7 @@ mod tests {
             root_mode: 0o700,
             root_uid: 26,
             root_gid: 26,
+            labels: Default::default(),
             entries,
         }
     }
@@ -292,6 +334,22 @@ mod tests {
             (|m| m.timeline = 0, "timeline"),
             (|m| m.root_mode = 0o100700, "root.mode"),
             (|m| m.root_uid = u32::MAX, "root.uid/gid"),
+            (
+                |m| drop(m.labels.insert("a b".into(), "x".into())),
+                "labels: key",
+            ),
+            (
+                |m| drop(m.labels.insert("k".into(), "\u{1b}[2J".into())),
+                "labels.k: longer",
+            ),
+            (
+                |m| {
+                    m.labels = (0..=MAX_LABELS)
+                        .map(|i| (i.to_string(), String::new()))
+                        .collect()
+                },
+                "labels: 33 labels",
+            ),
             (|m| m.total_size += 1, "total_size"),
             (
                 |m| m.entries[0].mode = 0o170777,
