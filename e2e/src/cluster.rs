@@ -27,6 +27,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{CustomResourceExt, ResourceExt};
 use serde::Deserialize;
 
+use ir_api::backup::{Backup, ScheduledBackup};
 use ir_api::crd::{BackupRepository, InstantRecovery, RecoveryMount};
 
 const ETCD_GO_MOD: &str = include_str!("../../tools/k8s/etcd/go.mod");
@@ -196,7 +197,9 @@ pub struct Identity {
 /// etcd and kube-apiserver on free loopback ports, over a temporary directory. Drop kills both
 /// (and waits for them) and removes the directory.
 pub struct ControlPlane {
-    // Fields drop in this order: the API server before its etcd, the directory last.
+    // Fields drop in this order: the controllers and the API server before etcd, the
+    // directory last.
+    controllers: Option<Process>,
     _apiserver: Process,
     _etcd: Process,
     server: String,
@@ -227,6 +230,7 @@ impl ControlPlane {
             match launch(dir.path(), attempt, ports, &client).await {
                 Ok((apiserver, etcd)) => {
                     return ControlPlane {
+                        controllers: None,
                         _apiserver: apiserver,
                         _etcd: etcd,
                         server,
@@ -254,6 +258,38 @@ impl ControlPlane {
         &self.admin.kubeconfig
     }
 
+    /// Runs kube-controller-manager with only `controllers` (such as `job` and
+    /// `garbagecollector`), as the admin. Without it the control plane has no controllers at all.
+    pub fn start_controllers(&mut self, controllers: &[&str]) {
+        assert!(self.controllers.is_none(), "the controllers run already");
+        let mut cmd = Command::new(crate::cached_tool(
+            "IR_KUBE_CONTROLLER_MANAGER_BIN",
+            "kube-controller-manager",
+            kubernetes_version(),
+        ));
+        cmd.arg(format!("--kubeconfig={}", self.admin.kubeconfig.display()))
+            .arg(format!("--controllers={}", controllers.join(",")))
+            // No serving port (nothing scrapes it) and no lease: one instance per control plane.
+            .args(["--secure-port=0", "--leader-elect=false", "-v=1"]);
+        let log = self.dir.path().join("kube-controller-manager.log");
+        self.controllers = Some(Process::spawn(cmd, log));
+    }
+
+    /// The last lines of kube-controller-manager's log, for failure messages; also says whether
+    /// it exited.
+    pub fn controllers_log(&mut self) -> String {
+        match &mut self.controllers {
+            None => "kube-controller-manager was not started".to_owned(),
+            Some(process) => {
+                let exited = process
+                    .exited()
+                    .map(|status| format!(" (exited: {status})"))
+                    .unwrap_or_default();
+                format!("kube-controller-manager{exited}:\n{}", process.log_tail())
+            }
+        }
+    }
+
     /// Installs the CRDs of `ir_api` and waits until the API server serves them (Established).
     pub async fn install_crds(&self) {
         let api: Api<CustomResourceDefinition> = Api::all(self.admin());
@@ -261,6 +297,8 @@ impl ControlPlane {
             InstantRecovery::crd(),
             BackupRepository::crd(),
             RecoveryMount::crd(),
+            Backup::crd(),
+            ScheduledBackup::crd(),
         ];
         for crd in &crds {
             api.patch(&crd.name_any(), &apply(), &Patch::Apply(crd))

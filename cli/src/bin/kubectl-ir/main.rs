@@ -1,6 +1,7 @@
 //! `kubectl-ir`: the kubectl plugin for instant recoveries. Installed on the PATH, it runs as
 //! `kubectl ir ...` with the usual kubeconfig, context and namespace.
 
+mod backup;
 mod commands;
 
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
     name = "kubectl-ir",
     bin_name = "kubectl ir",
     version,
-    about = "Watch and steer InstantRecovery objects: status, switchover approval, retries, backups"
+    about = "Watch and steer InstantRecovery objects: status, switchover approval, retries, backups; take backups"
 )]
 struct Cli {
     /// Kubeconfig file (default: KUBECONFIG, else ~/.kube/config).
@@ -72,6 +73,9 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Back a PostgreSQL cluster up into a BackupRepository from the cluster (a `Backup`).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Show what each backup of a BackupRepository can be recovered to (`spec.pointInTime`):
     /// from its consistency point to the end of the WAL archived without a gap after it.
     Window {
@@ -81,6 +85,12 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Create a one-off Backup: a Job copies the cluster into the repository.
+    Create(backup::CreateArgs),
 }
 
 /// A client for the chosen kubeconfig and context, and the namespace to work in.
@@ -123,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::backups(&at, &repository, output).await
         }
         Command::Window { repository, output } => commands::window(&at, &repository, output).await,
+        Command::Backup(BackupCommand::Create(args)) => backup::create(&at, args).await,
     }
 }
 
