@@ -7,7 +7,7 @@
 # IR_CACHE_DIR defaults to $HOME/.cache/instant-recovery. Quick when the binaries already
 # exist. Progress goes to stderr; stdout is exactly three lines, the etcd path, the
 # kube-apiserver path, then the kube-controller-manager path. The tests run the controller
-# manager's Job controller only: the operator's Backups run as Jobs.
+# manager's Job and garbage-collector controllers only: the operator's Backups run as Jobs.
 #
 # Versions: Kubernetes v1.37.2 (k8s-openapi feature v1_37), etcd v3.6.16. They are two
 # modules because k8s.io/kubernetes v1.37 requires the etcd v3.7 client/server modules, which
@@ -76,8 +76,9 @@
 #   --allow-privileged=true: as in real clusters; without it the API server refuses any Pod
 #     (or workload template) with a privileged container, such as a FUSE agent's DaemonSet.
 #   --service-cluster-ip-range: without it the default 10.0.0.0/24 is used, with a warning.
-#   No controller-manager or scheduler: Deployments/StatefulSets get no Pods, Pods without a
-#   nodeName stay Pending, owner references are not garbage-collected and Services get no
+#   No scheduler, and kube-controller-manager only where a test starts it, with only the Job
+#   and garbage-collector controllers (e2e ControlPlane::start_controllers): Deployments and
+#   StatefulSets get no Pods, Pods without a nodeName stay Pending and Services get no
 #   endpoints. Tests create, read, update and delete objects; a test stand-in for the kubelet
 #   (e2e/src/kubelet.rs) runs the Pods bound to its Node.
 set -euo pipefail

@@ -61,6 +61,12 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
         keep_weekly: args.keep_weekly,
         keep_within: args.keep_within,
     };
+    if policy.is_empty() {
+        anyhow::bail!(
+            "give at least one of --keep-last, --keep-daily, --keep-weekly and --keep-within: \
+             without a rule, prune would delete every backup"
+        );
+    }
     let repo = args.repo.open().await?;
     let list = repo.list_backups().await?;
     for invalid in &list.invalid {

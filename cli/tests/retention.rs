@@ -126,3 +126,82 @@ fn prune_keeps_its_policy_and_skips_a_backup_in_use() {
     irctl_ok(&["repo", "gc", "--repo", &repo, "--grace", "0s"], &[]);
     irctl_ok(&["backup", "verify", newest, "--repo", &repo], &[]);
 }
+
+#[test]
+fn prune_with_a_label_prunes_only_the_backups_that_carry_it() {
+    let base = shared_tempdir();
+    let cluster = PgCluster::init(&base.path().join("source"));
+    let repo = format!("file://{}", base.path().join("repo").display());
+    irctl_ok(&["repo", "init", "--repo", &repo], &[]);
+    let datadir = cluster.datadir.to_str().unwrap();
+    let create = |labels: &[&str]| {
+        let mut args = vec!["backup", "create", "--repo", &repo, "--from-dir", datadir];
+        for label in labels {
+            args.extend(["--label", label]);
+        }
+        let id = irctl_ok(&args, &[]).trim().to_owned();
+        std::thread::sleep(Duration::from_millis(1100));
+        id
+    };
+    let nightly_old = create(&["schedule=db/nightly", "team=orders"]);
+    let unlabelled = create(&[]);
+    let other = create(&["schedule=db/hourly"]);
+    let nightly_new = create(&["schedule=db/nightly"]);
+
+    let shown: Value = serde_json::from_str(&irctl_ok(
+        &[
+            "backup",
+            "show",
+            &nightly_old,
+            "--repo",
+            &repo,
+            "--output",
+            "json",
+        ],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(
+        shown["labels"],
+        serde_json::json!({"schedule": "db/nightly", "team": "orders"})
+    );
+
+    let done = prune(
+        &repo,
+        &["--keep-last", "1", "--label", "schedule=db/nightly"],
+    );
+    let planned: Vec<(&str, &str)> = done.iter().map(|p| (p.0.as_str(), p.1.as_str())).collect();
+    assert_eq!(
+        planned,
+        [
+            (nightly_new.as_str(), "keep"),
+            (nightly_old.as_str(), "delete")
+        ]
+    );
+    assert_eq!(backup_ids(&repo), [unlabelled, other, nightly_new]);
+
+    // Hostile labels are refused with the rule they break, and nothing is written.
+    for (label, why) in [
+        ("novalue", "KEY=VALUE"),
+        ("bad key=x", "key"),
+        ("k=line\nbreak", "control"),
+    ] {
+        let out = irctl_run(
+            &[
+                "backup",
+                "create",
+                "--repo",
+                &repo,
+                "--from-dir",
+                datadir,
+                "--label",
+                label,
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{label:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "{label:?}: {stderr}");
+    }
+    assert_eq!(backup_ids(&repo).len(), 3);
+}
