@@ -11,7 +11,7 @@ use ir_api::backup::{
     BACKUP_UID_LABEL, Backup, BackupPhase, SCHEDULED_BACKUP_LABEL, ScheduledBackup,
 };
 use ir_api::crd::BackupRepository;
-use ir_e2e::installation::{Installation, NAMESPACE, workspace_binary};
+use ir_e2e::installation::{self, Installation, NAMESPACE, workspace_binary};
 use ir_e2e::pg::{PgCluster, pg_user};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -40,18 +40,8 @@ fn password_checking_source(root: &Path) -> PgCluster {
     source
 }
 
-/// `irctl` with `args`; its stdout, or a panic with its stderr.
 fn irctl(args: &[&str]) -> String {
-    let out = Command::new(workspace_binary("irctl"))
-        .args(args)
-        .output()
-        .expect("run irctl");
-    assert!(
-        out.status.success(),
-        "irctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    installation::irctl(args, &[])
 }
 
 /// A new file:// repository inside the installation's file root, writable by the PostgreSQL
@@ -295,9 +285,7 @@ async fn a_scheduled_backup_makes_backups_and_prunes_only_its_own() {
         &url,
         "--from-pg",
         &source.conninfo(),
-    ])
-    .trim()
-    .to_owned();
+    ]);
     give_to_pg(&path);
     apply_repository_and_secrets(&fx, "scheduled", &url).await;
     fx.plane

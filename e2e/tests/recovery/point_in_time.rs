@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ir_e2e::installation::{PASSWORD, workspace_binary};
+use ir_e2e::installation::{PASSWORD, irctl, workspace_binary};
 use ir_e2e::pg::{PgCluster, pg_user};
 use ir_e2e::s3::S3Server;
 
@@ -16,20 +16,6 @@ use super::*;
 /// point.
 const IN_BACKUP: i64 = 100;
 const BEFORE_DROP: i64 = 250;
-
-fn irctl(args: &[&str], env: &[(String, String)]) -> String {
-    let out = Command::new(workspace_binary("irctl"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("run irctl");
-    assert!(
-        out.status.success(),
-        "irctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// A file:// repository `name` in the installation's file root, made by `repo init` with
 /// `flags` and `env`, writable by PostgreSQL's user (who runs archive_command).

@@ -21,7 +21,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tracing::Instrument;
 
-use super::context::{Context, Error, FIELD_MANAGER};
+use super::context::{Context, Error, FIELD_MANAGER, object_key, reconcile_span};
 use super::location::repository_location;
 use super::resources::backup_job::{backup_job, job_name};
 use ir_engine::machine::Failure;
@@ -31,15 +31,6 @@ const POLL: Duration = Duration::from_secs(30);
 /// Longest failure message taken from a Pod's log.
 const MESSAGE_CHARS: usize = 1000;
 
-fn span(backup: &Backup) -> tracing::Span {
-    tracing::info_span!(
-        "reconcile",
-        kind = "Backup",
-        namespace = %backup.namespace().unwrap_or_default(),
-        object = %backup.name_any()
-    )
-}
-
 /// Boxed so that the future is proven `Send` here, where its types are concrete: the
 /// controller's generic bounds cannot see through the repository calls' closures.
 pub fn reconcile(
@@ -48,27 +39,16 @@ pub fn reconcile(
 ) -> BoxFuture<'static, Result<Action, Error>> {
     Box::pin(async move {
         let started = Instant::now();
-        let result = step(&backup, &ctx).instrument(span(&backup)).await;
+        let result = step(&backup, &ctx)
+            .instrument(reconcile_span(backup.as_ref()))
+            .await;
         ctx.metrics
             .reconciled("Backup", None, started.elapsed(), result.is_err());
         if result.is_ok() {
-            ctx.succeeded(&key(&backup));
+            ctx.succeeded(&object_key(backup.as_ref()));
         }
         result
     })
-}
-
-pub fn error_policy(backup: Arc<Backup>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(backup = %backup.name_any(), %error, "Backup reconcile failed");
-    Action::requeue(ctx.backoff(&key(&backup)))
-}
-
-fn key(backup: &Backup) -> String {
-    format!(
-        "Backup/{}/{}",
-        backup.namespace().unwrap_or_default(),
-        backup.name_any()
-    )
 }
 
 /// One look: create the Job if there is none, else follow it to its end.

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use ir_api::RepositoryPolicy;
 use ir_engine::postgres::{PgError, SwitchoverTimeouts};
-use kube::Client;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
 
 use super::metrics::Metrics;
 use super::resources::{OperatorPeer, PostgresUser};
@@ -112,4 +113,38 @@ impl Context {
     pub(super) fn succeeded(&self, key: &str) {
         self.failures.lock().expect("backoff map").remove(key);
     }
+}
+
+/// `Kind/namespace/name`: an object's key in the back-off map and in logs.
+pub(super) fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// The span of one reconcile of `object`.
+pub(super) fn reconcile_span<K: Resource<DynamicType = ()>>(object: &K) -> tracing::Span {
+    tracing::info_span!(
+        "reconcile",
+        kind = %K::kind(&()),
+        namespace = %object.namespace().unwrap_or_default(),
+        object = %object.name_any()
+    )
+}
+
+/// The error policy the Backup, ScheduledBackup and BackupRepository controllers share: log
+/// it, and try the object again after its back-off.
+pub(super) fn back_off<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let _span = reconcile_span(object.as_ref()).entered();
+    let key = object_key(object.as_ref());
+    let wait = ctx.backoff(&key);
+    tracing::warn!(object = %key, %error, retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
 }

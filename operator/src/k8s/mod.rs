@@ -192,7 +192,7 @@ fn scope_controllers(
         watcher::Config::default(),
     )
     .graceful_shutdown_on(shutdown.wait())
-    .run(repository::reconcile, repository::error_policy, ctx.clone())
+    .run(repository::reconcile, context::back_off, ctx.clone())
     .for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!(error = %e, "BackupRepository reconcile");
@@ -201,7 +201,7 @@ fn scope_controllers(
     let backups = Controller::new(api::<Backup>(client, ns), watcher::Config::default())
         .owns(api::<Job>(client, ns), owned())
         .graceful_shutdown_on(shutdown.wait())
-        .run(backup::reconcile, backup::error_policy, ctx.clone())
+        .run(backup::reconcile, context::back_off, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "Backup reconcile");
@@ -213,7 +213,7 @@ fn scope_controllers(
     )
     .owns(api::<Backup>(client, ns), owned())
     .graceful_shutdown_on(shutdown.wait())
-    .run(scheduled::reconcile, scheduled::error_policy, ctx)
+    .run(scheduled::reconcile, context::back_off, ctx)
     .for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!(error = %e, "ScheduledBackup reconcile");

@@ -15,25 +15,18 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use tracing::Instrument;
 
-use super::context::{Context, Error, FIELD_MANAGER};
+use super::context::{Context, Error, FIELD_MANAGER, object_key, reconcile_span};
 use super::location::repository_location;
 use ir_engine::machine::Failure;
 
 /// How many backups the status lists, newest first.
 const LISTED: usize = 10;
 
-fn span(repo: &BackupRepository) -> tracing::Span {
-    tracing::info_span!(
-        "reconcile",
-        kind = "BackupRepository",
-        namespace = %repo.namespace().unwrap_or_default(),
-        object = %repo.name_any()
-    )
-}
-
 pub async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = check_and_report(&repo, &ctx).instrument(span(&repo)).await;
+    let result = check_and_report(&repo, &ctx)
+        .instrument(reconcile_span(repo.as_ref()))
+        .await;
     ctx.metrics
         .reconciled("BackupRepository", None, started.elapsed(), result.is_err());
     result
@@ -95,7 +88,7 @@ async fn check_and_report(repo: &BackupRepository, ctx: &Context) -> Result<Acti
         )
         .await?;
     }
-    ctx.succeeded(&key(repo));
+    ctx.succeeded(&object_key(repo));
     Ok(Action::requeue(if status == "True" {
         ctx.settings.repository_poll
     } else {
@@ -135,19 +128,4 @@ async fn check(
         })
         .collect();
     Ok((count, listed))
-}
-
-fn key(repo: &BackupRepository) -> String {
-    format!(
-        "BackupRepository/{}/{}",
-        repo.namespace().unwrap_or_default(),
-        repo.name_any()
-    )
-}
-
-pub fn error_policy(repo: Arc<BackupRepository>, error: &Error, ctx: Arc<Context>) -> Action {
-    let _span = span(&repo).entered();
-    let wait = ctx.backoff(&key(&repo));
-    tracing::warn!(repository = %key(&repo), error = %error, retry_in = ?wait, "reconcile failed");
-    Action::requeue(wait)
 }

@@ -343,6 +343,22 @@ const TOOLS_DIR: &str = "/var/lib/instant-recovery/tools";
 const COPY_IRCTL_SCRIPT: &str =
     "set -e; cp \"$(command -v irctl)\" /var/lib/instant-recovery/tools/irctl";
 
+/// The init container that copies irctl from the operator's image into the `tools` volume.
+fn copy_irctl_container(tools_image: &str, user: PostgresUser) -> Container {
+    Container {
+        name: "tools".to_owned(),
+        image: Some(tools_image.to_owned()),
+        command: Some(vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            COPY_IRCTL_SCRIPT.to_owned(),
+        ]),
+        volume_mounts: Some(vec![mount("tools", TOOLS_DIR)]),
+        security_context: Some(container_security_context(user)),
+        ..Default::default()
+    }
+}
+
 fn postgres_container(
     image: &str,
     user: PostgresUser,
@@ -649,18 +665,7 @@ pub fn published_pod(
             volumes.push(volume);
             mounts.push(repository_mount);
         }
-        init_containers = Some(vec![Container {
-            name: "tools".to_owned(),
-            image: Some(replay.tools_image.to_owned()),
-            command: Some(vec![
-                "sh".to_owned(),
-                "-c".to_owned(),
-                COPY_IRCTL_SCRIPT.to_owned(),
-            ]),
-            volume_mounts: Some(vec![mount("tools", TOOLS_DIR)]),
-            security_context: Some(container_security_context(user)),
-            ..Default::default()
-        }]);
+        init_containers = Some(vec![copy_irctl_container(replay.tools_image, user)]);
     }
     let settings: Vec<(&str, String)> = settings
         .iter()

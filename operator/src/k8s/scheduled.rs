@@ -25,7 +25,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use tracing::Instrument;
 
-use super::context::{Context, Error, FIELD_MANAGER};
+use super::context::{Context, Error, FIELD_MANAGER, object_key, reconcile_span};
 use super::location::repository_location;
 use super::resources::MANAGED_BY_LABEL;
 use ir_engine::machine::Failure;
@@ -39,15 +39,6 @@ const GC_GRACE: Duration = Duration::from_secs(3600);
 /// A schedule is looked at least this often, in case a watch event was missed.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-fn span(s: &ScheduledBackup) -> tracing::Span {
-    tracing::info_span!(
-        "reconcile",
-        kind = "ScheduledBackup",
-        namespace = %s.namespace().unwrap_or_default(),
-        object = %s.name_any()
-    )
-}
-
 /// Boxed so that the future is proven `Send` here, where its types are concrete: the
 /// controller's generic bounds cannot see through the repository calls' closures.
 pub fn reconcile(
@@ -56,27 +47,14 @@ pub fn reconcile(
 ) -> BoxFuture<'static, Result<Action, Error>> {
     Box::pin(async move {
         let started = Instant::now();
-        let result = step(&s, &ctx).instrument(span(&s)).await;
+        let result = step(&s, &ctx).instrument(reconcile_span(s.as_ref())).await;
         ctx.metrics
             .reconciled("ScheduledBackup", None, started.elapsed(), result.is_err());
         if result.is_ok() {
-            ctx.succeeded(&key(&s));
+            ctx.succeeded(&object_key(s.as_ref()));
         }
         result
     })
-}
-
-pub fn error_policy(s: Arc<ScheduledBackup>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(schedule = %s.name_any(), %error, "ScheduledBackup reconcile failed");
-    Action::requeue(ctx.backoff(&key(&s)))
-}
-
-fn key(s: &ScheduledBackup) -> String {
-    format!(
-        "ScheduledBackup/{}/{}",
-        s.namespace().unwrap_or_default(),
-        s.name_any()
-    )
 }
 
 /// Five fields, or six with seconds first; no year field.

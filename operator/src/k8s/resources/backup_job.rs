@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use super::{
-    COPY_IRCTL_SCRIPT, MANAGED_BY_LABEL, PostgresUser, TOOLS_DIR, container_security_context,
+    MANAGED_BY_LABEL, PostgresUser, TOOLS_DIR, container_security_context, copy_irctl_container,
     file_repository, mount, repository_env, secret_env, security_context,
 };
 
@@ -118,18 +118,7 @@ pub fn backup_job(
         restart_policy: Some("Never".to_owned()),
         security_context: Some(security_context(user)),
         automount_service_account_token: Some(false),
-        init_containers: Some(vec![Container {
-            name: "tools".to_owned(),
-            image: Some(tools_image.to_owned()),
-            command: Some(vec![
-                "sh".to_owned(),
-                "-c".to_owned(),
-                COPY_IRCTL_SCRIPT.to_owned(),
-            ]),
-            volume_mounts: Some(vec![mount("tools", TOOLS_DIR)]),
-            security_context: Some(container_security_context(user)),
-            ..Default::default()
-        }]),
+        init_containers: Some(vec![copy_irctl_container(tools_image, user)]),
         containers: vec![Container {
             name: "backup".to_owned(),
             image: Some(image),
