@@ -240,7 +240,7 @@ pub fn reasons_for_explain() -> String {
             let class = match r.class() {
                 Class::Progress => "",
                 Class::Transient => " (retried)",
-                Class::Permanent => " (fails the recovery)",
+                Class::Permanent => " (permanent: not retried)",
                 Class::Relayed => " (as the agent says)",
             };
             format!("{r}{class}: {}", r.explanation())
