@@ -234,9 +234,10 @@ pub struct RetentionResult {
     /// Backup ids the policy would delete but a lease holds (a recovery or publish uses them).
     #[serde(default)]
     pub in_use: Vec<String>,
-    /// Chunks the following garbage collection deleted, and their bytes.
+    /// Chunks the following garbage collection deleted.
     #[serde(default)]
     pub chunks_deleted: u64,
+    /// Bytes of the chunks it deleted, as stored.
     #[serde(default)]
     pub bytes_freed: u64,
 }

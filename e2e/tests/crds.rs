@@ -82,6 +82,33 @@ fn mount(name: &str) -> Value {
     })
 }
 
+fn backup(name: &str) -> Value {
+    json!({
+        "apiVersion": "instantrecovery.dev/v1alpha1",
+        "kind": "Backup",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "repositoryRef": {"name": "prod"},
+            "cluster": {
+                "host": "orders-db.db.svc",
+                "port": 5432,
+                "credentialsSecret": {"name": "orders-replication"},
+                "postgresVersion": 16,
+            },
+        },
+    })
+}
+
+fn schedule(name: &str) -> Value {
+    let spec = backup(name)["spec"].clone();
+    json!({
+        "apiVersion": "instantrecovery.dev/v1alpha1",
+        "kind": "ScheduledBackup",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"schedule": "30 2 * * *", "retention": {"keepLast": 7}, "backup": spec},
+    })
+}
+
 /// `doc` with the value at JSON pointer `at` replaced, or removed when `value` is None.
 fn with(mut doc: Value, at: &str, value: Option<Value>) -> Value {
     let (parent, key) = at.rsplit_once('/').expect("a JSON pointer");
@@ -193,6 +220,8 @@ async fn good_manifests_are_accepted_with_the_defaults_the_types_expect() {
             "/spec/sizeLimit",
             Some(json!(21474836480u64)),
         ),
+        backup("full"),
+        schedule("full"),
     ] {
         apply(&plane, &doc)
             .await
@@ -553,6 +582,59 @@ async fn bad_manifests_are_refused_naming_the_field() {
                 Some(json!("ftp://backups")),
             ),
             &["spec.repository.url"],
+        ),
+        (
+            "Backup of a host and a Service",
+            with(
+                backup("a"),
+                "/spec/cluster/service",
+                Some(json!({"name": "orders-db"})),
+            ),
+            &["spec.cluster", "give exactly one of host and service"],
+        ),
+        (
+            "Backup of neither a host nor a Service",
+            with(backup("a"), "/spec/cluster/host", None),
+            &["spec.cluster", "give exactly one of host and service"],
+        ),
+        (
+            "Backup of PostgreSQL 9",
+            with(backup("a"), "/spec/cluster/postgresVersion", Some(json!(9))),
+            &["spec.cluster.postgresVersion"],
+        ),
+        (
+            "Backup on port 0",
+            with(backup("a"), "/spec/cluster/port", Some(json!(0))),
+            &["spec.cluster.port"],
+        ),
+        (
+            "Backup without credentials",
+            with(backup("a"), "/spec/cluster/credentialsSecret", None),
+            &["spec.cluster.credentialsSecret", "Required"],
+        ),
+        (
+            "ScheduledBackup with a retention of no rule",
+            with(schedule("a"), "/spec/retention", Some(json!({}))),
+            &["spec.retention", "at least one of keepLast"],
+        ),
+        (
+            "ScheduledBackup keeping a negative number",
+            with(schedule("a"), "/spec/retention/keepLast", Some(json!(-1))),
+            &["spec.retention.keepLast"],
+        ),
+        (
+            "ScheduledBackup keeping within a time in words",
+            with(
+                schedule("a"),
+                "/spec/retention/keepWithin",
+                Some(json!("a week")),
+            ),
+            &["spec.retention.keepWithin"],
+        ),
+        (
+            "ScheduledBackup without a schedule",
+            with(schedule("a"), "/spec/schedule", None),
+            &["spec.schedule", "Required"],
         ),
     ];
     let mut wrong = Vec::new();

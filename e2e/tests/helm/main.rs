@@ -97,7 +97,11 @@ fn chart_crds() -> String {
         .map(|entry| entry.expect("a directory entry").path())
         .collect();
     files.sort();
-    assert!(files.len() == 3, "the chart ships 3 CRDs: {files:?}");
+    let kinds = ir_api::crd::all_yaml().len();
+    assert!(
+        files.len() == kinds,
+        "the chart ships the {kinds} CRDs of ir_api: {files:?}"
+    );
     files
         .iter()
         .map(|f| std::fs::read_to_string(f).expect("read a CRD"))
