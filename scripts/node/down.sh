@@ -6,7 +6,8 @@
 #     to whatever still runs in the cluster's cgroups (containerd's shims and the containers:
 #     they have no PID file but live under /$CGROUP). The mount namespace of containerd and
 #     the kubelet, and all the mounts in it, go away with its last process;
-#   - removes the cgroups /$CGROUP in every v1 hierarchy (children first);
+#   - removes the cgroups /$CGROUP in every v1 hierarchy and in /sys/fs/cgroup/unified
+#     (children first);
 #   - deletes the iptables chains KUBE-* and CNI-* (IPv4 and IPv6, every table) and the
 #     rules of the built-in chains that jump to them, then the nftables tables that were not
 #     there before up.sh (iptables-nft makes the filter, nat, mangle tables on first use);
@@ -65,8 +66,9 @@ sleep 0.2
 pids=$(cgroup_pids)
 [ -z "$pids" ] || left+=("processes $pids")
 
-# 2. Cgroups, deepest first.
-for c in $V1_CONTROLLERS; do
+# 2. Cgroups, deepest first; runc also makes /$CGROUP in the cgroup2 hierarchy of this
+# hybrid layout (/sys/fs/cgroup/unified), where nothing is controlled.
+for c in $V1_CONTROLLERS unified; do
   root=/sys/fs/cgroup/$c/$CGROUP
   [ -d "$root" ] || continue
   for _ in $(seq 20); do

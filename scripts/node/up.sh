@@ -166,7 +166,7 @@ current-context: ir-node
 KC
 }
 for n in admin kube-controller-manager kube-scheduler kube-proxy kubelet; do kubeconfig "$n"; done
-kc() { "$kubectl" --kubeconfig "$DIR/admin.kubeconfig" "$@"; }
+kc() { "$kubectl" --kubeconfig "$DIR/admin.kubeconfig" --cache-dir "$DIR/kubectl-cache" "$@"; }
 
 # Cgroups: /$CGROUP/system for the cluster's processes; the kubelet makes /$CGROUP/kubepods.
 for c in $V1_CONTROLLERS; do
