@@ -15,6 +15,13 @@ use crate::point_in_time::{PointInTime, RecoverableWindow};
 use crate::recovery::{PublishPolicy, RecoveryMode, RecoveryStatus, RetryPolicy, SwitchoverPolicy};
 
 pub const GROUP: &str = "instantrecovery.dev";
+/// Label with the InstantRecovery's name on everything the operator makes for it.
+pub const RECOVERY_LABEL: &str = "instantrecovery.dev/recovery";
+/// `"true"` on the Pod the recovery's Service sends clients to: the published one, then the
+/// target after the switchover.
+pub const PRIMARY_LABEL: &str = "instantrecovery.dev/primary";
+/// The container of a recovery's Pods that runs PostgreSQL.
+pub const POSTGRES_CONTAINER: &str = "postgres";
 
 /// CEL rule for an optional int-or-string quantity: well formed and greater than zero.
 const POSITIVE_QUANTITY: &str =

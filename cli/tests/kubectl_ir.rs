@@ -423,6 +423,20 @@ async fn switchover_retry_and_backups_act_on_the_stored_objects() {
     let text = fx.ok(&["recover", "look", "-n", NS]).await;
     assert!(text.contains("is a recovery already"), "{text}");
 
+    // export: only of a serving recovery, and only from a running Pod that serves it.
+    let stderr = fx.fails(&["export", "waiting", "-n", NS, "-o", "-"]).await;
+    assert_eq!(
+        stderr,
+        "error: instantrecovery demo/waiting has no instance serving (phase Waiting)\n"
+    );
+    let stderr = fx.fails(&["export", "done", "-n", NS, "-o", "-"]).await;
+    assert_eq!(
+        stderr,
+        "error: no running Pod serves done (instantrecovery.dev/recovery=done,instantrecovery.dev/primary=true)\n"
+    );
+    let stderr = fx.fails(&["export", "absent", "-n", NS, "-o", "-"]).await;
+    assert_eq!(stderr, "error: instantrecovery demo/absent not found\n");
+
     // backups: the repository's status, as the operator writes it.
     let repos: Api<BackupRepository> = Api::namespaced(fx.plane.admin(), NS);
     let repo: BackupRepository = serde_json::from_value(json!({

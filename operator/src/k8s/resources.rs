@@ -36,12 +36,9 @@ pub mod backup_job;
 
 /// Port of every PostgreSQL the operator runs (each Pod has its own IP).
 pub const POSTGRES_PORT: u16 = 5432;
-/// Label with the InstantRecovery's name on everything it owns.
-pub const RECOVERY_LABEL: &str = "instantrecovery.dev/recovery";
+pub use ir_api::crd::{POSTGRES_CONTAINER, PRIMARY_LABEL, RECOVERY_LABEL};
 /// `published` or `target`.
 pub const ROLE_LABEL: &str = "instantrecovery.dev/role";
-/// `"true"` on the Pod the Service `<name>` sends clients to.
-pub const PRIMARY_LABEL: &str = "instantrecovery.dev/primary";
 /// On the published Pod: the mount session (RecoveryMount status.mountedAt) it started on.
 pub const MOUNTED_AT_ANNOTATION: &str = "instantrecovery.dev/mounted-at";
 /// On the target Pod: the published Pod IP its base backup was taken from.
@@ -380,7 +377,7 @@ fn postgres_container(
         args.push(format!("{name}={value}"));
     }
     Container {
-        name: "postgres".to_owned(),
+        name: POSTGRES_CONTAINER.to_owned(),
         image: Some(image.to_owned()),
         command: Some(vec![
             "sh".to_owned(),

@@ -3,6 +3,7 @@
 
 mod backup;
 mod commands;
+mod export;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +74,9 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Dump a recovery's database (pg_dump in its serving Pod, streamed through the API
+    /// server) into a file: a table or two from a published backup without recovering it.
+    Export(export::ExportArgs),
     /// Back a PostgreSQL cluster up into a BackupRepository from the cluster (a `Backup`).
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -133,6 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::backups(&at, &repository, output).await
         }
         Command::Window { repository, output } => commands::window(&at, &repository, output).await,
+        Command::Export(args) => export::export(&at, args).await,
         Command::Backup(BackupCommand::Create(args)) => backup::create(&at, args).await,
     }
 }
