@@ -1,7 +1,7 @@
 //! Backups made from Kubernetes on a real control plane with its Job and garbage-collector
 //! controllers: a `Backup` runs `irctl backup create --from-pg` as a Job (run by the kubelet
 //! stand-in) against a real PostgreSQL server that checks passwords, and a `ScheduledBackup`
-//! makes them on a cron schedule and prunes what it made, and only that.
+//! makes them on a cron schedule into a real S3 server and prunes what it made, and only that.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +13,7 @@ use ir_api::backup::{
 use ir_api::crd::BackupRepository;
 use ir_e2e::installation::{self, Installation, NAMESPACE, workspace_binary};
 use ir_e2e::pg::{PgCluster, pg_user};
+use ir_e2e::s3::S3Server;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
@@ -39,6 +40,9 @@ fn password_checking_source(root: &Path) -> PgCluster {
     ));
     source
 }
+
+/// Repository credentials for irctl: none for file://, the keys for S3.
+type Env = [(String, String)];
 
 fn irctl(args: &[&str]) -> String {
     installation::irctl(args, &[])
@@ -67,8 +71,8 @@ fn give_to_pg(path: &Path) {
 }
 
 /// The repository's backups (`irctl backup list --output json`).
-fn backups_in(url: &str) -> Vec<Value> {
-    let json = irctl(&["backup", "list", "--repo", url, "--output", "json"]);
+fn backups_in(url: &str, env: &Env) -> Vec<Value> {
+    let json = installation::irctl(&["backup", "list", "--repo", url, "--output", "json"], env);
     match serde_json::from_str(&json).expect("backup list JSON") {
         Value::Array(list) => list,
         other => panic!("backup list is not an array: {other}"),
@@ -79,12 +83,13 @@ fn label_of<'a>(backup: &'a Value, key: &str) -> Option<&'a str> {
     backup["labels"][key].as_str()
 }
 
-/// The BackupRepository `name` of `url`, and the Secrets of the right and of a wrong password.
-async fn apply_repository_and_secrets(fx: &Installation, name: &str, url: &str) {
+/// The BackupRepository `name` with `spec` (YAML fields two spaces deep), and the Secrets of
+/// the right and of a wrong password.
+async fn apply_repository_and_secrets(fx: &Installation, name: &str, spec: &str) {
     fx.plane
         .apply_yaml(&format!(
             "apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\nmetadata:\n  \
-             name: {name}\n  namespace: {NAMESPACE}\nspec:\n  url: {url}\n---\n\
+             name: {name}\n  namespace: {NAMESPACE}\nspec:\n{spec}---\n\
              apiVersion: v1\nkind: Secret\nmetadata:\n  name: backup-role\n  \
              namespace: {NAMESPACE}\ntype: kubernetes.io/basic-auth\nstringData:\n  \
              username: backup\n  password: {BACKUP_ROLE_PASSWORD}\n---\n\
@@ -161,7 +166,7 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
     fx.plane.start_controllers(&["job", "garbagecollector"]);
     let source = password_checking_source(fx.root.path());
     let (_, url) = writable_repository(&fx, "from-kubernetes");
-    apply_repository_and_secrets(&fx, "from-kubernetes", &url).await;
+    apply_repository_and_secrets(&fx, "from-kubernetes", &format!("  url: {url}\n")).await;
 
     fx.plane
         .apply_yaml(&format!(
@@ -191,7 +196,7 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
         .expect("condition Completed");
     assert_eq!(completed.status, "True");
     // The backup is in the repository, labelled with the Backup's uid, and restores the marker.
-    let listed = backups_in(&url);
+    let listed = backups_in(&url, &[]);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["id"], id.as_str());
     assert_eq!(
@@ -236,7 +241,7 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
     assert_eq!(created["status"]["phase"], "Completed");
     let second_id = created["status"]["backupId"].as_str().expect("backupId");
     assert_ne!(second_id, id);
-    assert_eq!(backups_in(&url).len(), 2);
+    assert_eq!(backups_in(&url, &[]).len(), 2);
 
     // A wrong password: the Job fails after its retries and the Backup says why.
     fx.plane
@@ -254,7 +259,11 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
         message.contains("password authentication failed"),
         "{message}"
     );
-    assert_eq!(backups_in(&url).len(), 2, "a failed backup adds nothing");
+    assert_eq!(
+        backups_in(&url, &[]).len(),
+        2,
+        "a failed backup adds nothing"
+    );
 
     // A Backup's spec cannot change.
     let api: Api<Backup> = Api::namespaced(fx.plane.admin(), NAMESPACE);
@@ -276,18 +285,44 @@ async fn a_scheduled_backup_makes_backups_and_prunes_only_its_own() {
     let mut fx = Installation::start().await;
     fx.plane.start_controllers(&["job", "garbagecollector"]);
     let mut source = password_checking_source(fx.root.path());
-    let (path, url) = writable_repository(&fx, "scheduled");
+    // On a real S3 server: the Jobs write there, the operator prunes and collects there.
+    let s3 = S3Server::start();
+    let url = s3.url("scheduled");
+    let env = s3.env();
+    installation::irctl(&["repo", "init", "--repo", &url], &env);
     // A backup made outside the schedule: its retention must leave it alone.
-    let outside = irctl(&[
-        "backup",
-        "create",
-        "--repo",
-        &url,
-        "--from-pg",
-        &source.conninfo(),
-    ]);
-    give_to_pg(&path);
-    apply_repository_and_secrets(&fx, "scheduled", &url).await;
+    let outside = installation::irctl(
+        &[
+            "backup",
+            "create",
+            "--repo",
+            &url,
+            "--from-pg",
+            &source.conninfo(),
+        ],
+        &env,
+    );
+    let key = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    fx.plane
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s3-keys\n  namespace: {NAMESPACE}\n\
+             stringData:\n  AWS_ACCESS_KEY_ID: {}\n  AWS_SECRET_ACCESS_KEY: {}\n",
+            key("AWS_ACCESS_KEY_ID"),
+            key("AWS_SECRET_ACCESS_KEY"),
+        ))
+        .await
+        .expect("apply the S3 keys");
+    let spec = format!(
+        "  url: {url}\n  s3:\n    endpoint: {}\n    allowHttp: true\n  credentialsSecret:\n    \
+         name: s3-keys\n",
+        s3.endpoint()
+    );
+    apply_repository_and_secrets(&fx, "scheduled", &spec).await;
     fx.plane
         .apply_yaml(&format!(
             "apiVersion: instantrecovery.dev/v1alpha1\nkind: ScheduledBackup\nmetadata:\n  \
@@ -313,7 +348,7 @@ async fn a_scheduled_backup_makes_backups_and_prunes_only_its_own() {
         if Instant::now() > deadline {
             panic!(
                 "no retention run deleted a backup of the schedule: {:?}\n{}",
-                backups_in(&url),
+                backups_in(&url, &env),
                 diagnostics(&mut fx, "often")
             );
         }
@@ -323,7 +358,7 @@ async fn a_scheduled_backup_makes_backups_and_prunes_only_its_own() {
     assert_eq!(retention.kept.len(), 2, "{retention:?}");
     assert!(!retention.kept.contains(&outside), "{retention:?}");
 
-    let listed = backups_in(&url);
+    let listed = backups_in(&url, &env);
     let ids: Vec<&str> = listed.iter().filter_map(|b| b["id"].as_str()).collect();
     assert!(ids.contains(&outside.as_str()), "{ids:?}");
     for deleted in &retention.deleted {
