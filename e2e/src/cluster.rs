@@ -604,7 +604,7 @@ fn write_kubeconfig(
 }
 
 /// A client built from a kubeconfig file, the way the operator and agent binaries build theirs.
-async fn client_from(path: &Path) -> kube::Client {
+pub(crate) async fn client_from(path: &Path) -> kube::Client {
     let kubeconfig = Kubeconfig::read_from(path)
         .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", path.display()));
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())

@@ -8,6 +8,7 @@ pub mod helm;
 pub mod http;
 pub mod installation;
 pub mod kubelet;
+pub mod node;
 pub mod pg;
 pub mod s3;
 pub mod tmpfs;

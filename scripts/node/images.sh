@@ -17,7 +17,9 @@
 # with imagePullPolicy: Never. The postgres image has no entrypoint: Pods give the command,
 # e.g. `su postgres -c '/usr/lib/postgresql/15/bin/initdb -D ... && exec .../postgres -D ...'`.
 # The package postinst does not create a cluster (create_main_cluster = false), the image
-# has no data directory of its own. About 1 minute for postgres (download and unpack),
+# has no data directory of its own. As in the official image, user postgres is uid/gid 999
+# (the chart's operator.postgres default) and PostgreSQL's bin directory is on PATH (the
+# operator's Pods run `postgres` by name). About 1 minute for postgres (download and unpack),
 # seconds for pause. Needs root (mmdebstrap in root mode keeps file owners).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -47,7 +49,9 @@ pack() {
   umoci init --layout "$work/oci" >&2
   umoci new --image "$work/oci:img" >&2
   umoci insert --image "$work/oci:img" "$rootfs" / >&2
-  local config=(--config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
+  local path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+  [ "$ref" != docker.io/library/postgres:15 ] || path=/usr/lib/postgresql/15/bin:$path
+  local config=(--config.env "PATH=$path")
   [ $# -eq 0 ] || config+=(--config.entrypoint "$1")
   umoci config --image "$work/oci:img" --architecture amd64 --os linux "${config[@]}" >&2
   skopeo copy --quiet "oci:$work/oci:img" "docker-archive:$archive.tmp.$$:$ref" >&2
@@ -73,6 +77,7 @@ if [ ! -f "$postgres_archive" ]; then
   mkdir -p "$work/postgres"
   mmdebstrap --variant=minbase --include=postgresql-15,ca-certificates \
     --essential-hook='mkdir -p "$1/etc/postgresql-common" && echo "create_main_cluster = false" >"$1/etc/postgresql-common/createcluster.conf"' \
+    --essential-hook='echo "postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/bash" >>"$1/etc/passwd" && echo "postgres:x:999:" >>"$1/etc/group"' \
     --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
     bookworm "$work/postgres/rootfs" http://deb.debian.org/debian >&2 ||
     fail "mmdebstrap of the postgres root file system failed"

@@ -1,0 +1,359 @@
+//! The real chart on a real node (scripts/node/up.sh): `helm install` with the project's image
+//! built from the workspace's binaries, then a recovery of a real PostgreSQL 15 backup from a
+//! file:// repository, published from the agent's FUSE mount and switched over to its PVC, all
+//! of it in real Pods. One test: the node is machine-wide.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use ir_api::crd::{InstantRecovery, RECOVERY_NODE_LABEL};
+use ir_api::recovery::Phase;
+use ir_e2e::helm::{self, Helm};
+use ir_e2e::installation::{PASSWORD, SAMPLE_ROWS, query_one, sample_backup};
+use ir_e2e::node::{IMAGE_REPOSITORY, IMAGE_TAG, NODE_NAME, RealNode};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+
+const SYSTEM: &str = "ir-system";
+const NS: &str = "db";
+const RELEASE: &str = "ir";
+const NAME: &str = "orders";
+
+struct Phases(Instant, Instant);
+
+impl Phases {
+    fn new() -> Phases {
+        Phases(Instant::now(), Instant::now())
+    }
+    fn done(&mut self, what: &str) {
+        eprintln!(
+            "timing: {what}: {:.1?} (total {:.1?})",
+            self.1.elapsed(),
+            self.0.elapsed()
+        );
+        self.1 = Instant::now();
+    }
+}
+
+async fn apply(client: &Client, yaml: &str) {
+    let ssapply = PatchParams::apply("ir-e2e").force();
+    for doc in helm::yaml_documents(yaml) {
+        let obj: kube::api::DynamicObject =
+            serde_json::from_value(doc.clone()).expect("a Kubernetes object");
+        let gvk = kube::api::GroupVersionKind::try_from(obj.types.as_ref().expect("typed"))
+            .expect("a group, version and kind");
+        let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("discover {gvk:?}: {e}"));
+        let api: Api<kube::api::DynamicObject> = match obj.metadata.namespace.as_deref() {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        let name = obj.metadata.name.clone().expect("a name");
+        api.patch(&name, &ssapply, &Patch::Apply(&doc))
+            .await
+            .unwrap_or_else(|e| panic!("apply {gvk:?} {name}: {e}"));
+    }
+}
+
+/// Pod states, events and the logs of the chart's and the recovery's Pods.
+fn diagnostics(node: &RealNode) -> String {
+    let mut text = String::new();
+    for args in [
+        &["get", "pods,pvc,pv,svc", "-A", "-o", "wide"][..],
+        &["get", "instantrecoveries", "-A", "-o", "yaml"],
+        &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+    ] {
+        text.push_str(&format!(
+            "--- kubectl {}\n{}\n",
+            args.join(" "),
+            node.kubectl(args)
+        ));
+    }
+    for ns in [SYSTEM, NS] {
+        let pods = node.kubectl(&["get", "pods", "-n", ns, "-o", "name"]);
+        for pod in pods.lines().filter(|l| l.starts_with("pod/")) {
+            let args = [
+                "logs",
+                "-n",
+                ns,
+                pod,
+                "--all-containers",
+                "--prefix",
+                "--tail=60",
+            ];
+            text.push_str(&format!(
+                "--- kubectl {}\n{}\n",
+                args.join(" "),
+                node.kubectl(&args)
+            ));
+        }
+    }
+    text
+}
+
+async fn wait_for<T, F>(node: &RealNode, what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: AsyncFnMut() -> Option<T>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("{what}: not within {timeout:?}\n{}", diagnostics(node));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test]
+async fn the_chart_recovers_a_backup_on_a_real_node() {
+    ir_e2e::require_fuse();
+    let mut phases = Phases::new();
+    let root = ir_e2e::shared_tempdir();
+    let (repo_url, backup_id) = sample_backup(root.path());
+    let file_root = root.path().join("repositories");
+    phases.done("sample backup");
+
+    let node = RealNode::start().await;
+    phases.done("node up, images imported");
+    let client = node.admin();
+
+    let label = serde_json::json!({"metadata": {"labels": {RECOVERY_NODE_LABEL: "true"}}});
+    Api::<Node>::all(client.clone())
+        .patch(NODE_NAME, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("label the node for recoveries");
+    let helm = Helm::with_kubeconfig(node.kubeconfig());
+    let chart = helm::chart_dir();
+    let set = [
+        format!("image.repository={IMAGE_REPOSITORY}"),
+        format!("image.tag={IMAGE_TAG}"),
+        "image.pullPolicy=Never".to_owned(),
+        format!("repositories.fileRoots[0]={}", file_root.display()),
+        "operator.replicas=1".to_owned(),
+        "logFormat=text".to_owned(),
+    ];
+    let mut args = vec![
+        "install".to_owned(),
+        RELEASE.to_owned(),
+        chart.to_str().expect("a UTF-8 path").to_owned(),
+        "--namespace".to_owned(),
+        SYSTEM.to_owned(),
+        "--create-namespace".to_owned(),
+    ];
+    for s in &set {
+        args.extend(["--set".to_owned(), s.clone()]);
+    }
+    helm.run(&args).expect_success("helm install");
+    phases.done("helm install");
+
+    // The operator and the agent run as Pods of the local image and become Ready.
+    let system_pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
+    let ready = wait_for(
+        &node,
+        "the operator and agent Pods Ready",
+        Duration::from_secs(90),
+        async || {
+            let pods = system_pods.list(&ListParams::default()).await.ok()?;
+            let ready: Vec<Pod> = pods.items.into_iter().filter(pod_ready).collect();
+            let role =
+                |p: &Pod, part: &str| p.metadata.name.as_deref().is_some_and(|n| n.contains(part));
+            (ready.iter().any(|p| role(p, "operator")) && ready.iter().any(|p| role(p, "agent")))
+                .then_some(ready)
+        },
+    )
+    .await;
+    phases.done("operator and agent Pods Ready");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), SYSTEM)
+        .get(&format!("{RELEASE}-instant-recovery-operator"))
+        .await
+        .expect("the operator's Deployment");
+    let image = format!("{IMAGE_REPOSITORY}:{IMAGE_TAG}");
+    assert_eq!(
+        deployment.spec.template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some(image.as_str())
+    );
+    // The agent runs privileged with /dev/fuse.
+    let daemonsets = Api::<DaemonSet>::namespaced(client.clone(), SYSTEM)
+        .list(&ListParams::default())
+        .await
+        .expect("list DaemonSets");
+    assert_eq!(daemonsets.items.len(), 1, "the agent's DaemonSet");
+    let agent = ready
+        .iter()
+        .find(|p| {
+            p.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.contains("agent"))
+        })
+        .expect("an agent Pod");
+    let spec = agent.spec.as_ref().expect("a Pod spec");
+    assert_eq!(spec.node_name.as_deref(), Some(NODE_NAME));
+    let container = &spec.containers[0];
+    assert_eq!(
+        container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.privileged),
+        Some(true),
+        "the agent runs privileged"
+    );
+    let fuse_volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == "/dev/fuse"))
+        .expect("a /dev/fuse hostPath volume");
+    assert!(
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == fuse_volume.name && m.mount_path == "/dev/fuse"),
+        "the agent mounts /dev/fuse"
+    );
+    let exec = node.kubectl(&[
+        "exec",
+        "-n",
+        SYSTEM,
+        agent.metadata.name.as_deref().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "test -c /dev/fuse && test -w /dev/fuse && id -u && echo fuse-ok",
+    ]);
+    assert!(exec.contains("fuse-ok"), "the agent's /dev/fuse: {exec}");
+
+    // Production storage: a hostPath PersistentVolume of class `manual`, owned by PostgreSQL's
+    // uid (999, as in the postgres image).
+    let storage = node.dir().join("storage/orders");
+    std::fs::create_dir_all(&storage).expect("create the volume's directory");
+    std::os::unix::fs::chown(&storage, Some(999), Some(999)).expect("chown the volume");
+    std::fs::set_permissions(&storage, std::fs::Permissions::from_mode(0o700))
+        .expect("chmod the volume");
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap(),
+        )
+        .await
+        .expect("create the namespace");
+    apply(
+        &client,
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: orders-target\nspec:\n  \
+             storageClassName: manual\n  capacity: {{storage: 1Gi}}\n  \
+             accessModes: [ReadWriteOnce]\n  hostPath: {{path: {}, type: Directory}}\n---\n\
+             apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\n\
+             metadata:\n  name: backups\n  namespace: {NS}\nspec:\n  url: {repo_url}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata:\n  name: db-superuser\n  namespace: {NS}\n\
+             type: kubernetes.io/basic-auth\nstringData:\n  username: postgres\n  \
+             password: {PASSWORD}\n---\n\
+             apiVersion: instantrecovery.dev/v1alpha1\nkind: InstantRecovery\n\
+             metadata:\n  name: {NAME}\n  namespace: {NS}\nspec:\n  backup:\n    \
+             repositoryRef:\n      name: backups\n    id: {backup_id}\n  postgres:\n    \
+             credentialsSecret:\n      name: db-superuser\n  target:\n    size: 1Gi\n    \
+             storageClassName: manual\n  switchover:\n    mode: Automatic\n",
+            storage.display()
+        ),
+    )
+    .await;
+    phases.done("recovery applied");
+
+    let recoveries: Api<InstantRecovery> = Api::namespaced(client.clone(), NS);
+    let phase = async || -> Option<Phase> {
+        let ir = recoveries.get_opt(NAME).await.ok().flatten()?;
+        Some(ir.status?.phase)
+    };
+    let service_ip = wait_for(
+        &node,
+        "the recovery's Service",
+        Duration::from_secs(60),
+        async || {
+            let svc = Api::<Service>::namespaced(client.clone(), NS)
+                .get_opt(NAME)
+                .await
+                .ok()??;
+            svc.spec?
+                .cluster_ip
+                .filter(|ip| !ip.is_empty() && ip != "None")
+        },
+    )
+    .await;
+    // Published: the backup answers from the FUSE mount, through the ClusterIP.
+    let mut published = None;
+    wait_for(
+        &node,
+        "a published answer",
+        Duration::from_secs(120),
+        async || {
+            if phase().await == Some(Phase::Failed) {
+                panic!("{NAME} failed:\n{}", diagnostics(&node));
+            }
+            let rows = query_count(&service_ip).await?;
+            published = phase().await;
+            Some(rows)
+        },
+    )
+    .await;
+    phases.done(&format!("published answer (phase {published:?})"));
+    assert_eq!(
+        query_one(&service_ip, "SELECT count(*) FROM accounts").await,
+        SAMPLE_ROWS.to_string()
+    );
+
+    wait_for(
+        &node,
+        "phase Completed",
+        Duration::from_secs(240),
+        async || match phase().await {
+            Some(Phase::Completed) => Some(()),
+            Some(Phase::Failed) => panic!("{NAME} failed:\n{}", diagnostics(&node)),
+            _ => None,
+        },
+    )
+    .await;
+    phases.done("switchover, phase Completed");
+    let rows = wait_for(
+        &node,
+        "an answer after the switchover",
+        Duration::from_secs(60),
+        async || query_count(&service_ip).await,
+    )
+    .await;
+    assert_eq!(rows, SAMPLE_ROWS.to_string());
+    let recovery = query_one(&service_ip, "SELECT pg_is_in_recovery()").await;
+    assert_eq!(recovery, "f", "the switched-over primary accepts writes");
+    query_one(&service_ip, "CREATE TABLE after_switchover(id int)").await;
+    phases.done("answer after the switchover");
+    drop(node);
+    phases.done("node down");
+}
+
+/// `SELECT count(*) FROM accounts` through `ip`, or None while it does not answer.
+async fn query_count(ip: &str) -> Option<String> {
+    let client = ir_e2e::installation::connect(ip).await.ok()?;
+    let rows = client
+        .simple_query("SELECT count(*) FROM accounts")
+        .await
+        .ok()?;
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
