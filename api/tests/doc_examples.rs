@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use ir_api::backup::{Backup, ScheduledBackup};
 use ir_api::crd::{BackupRepository, InstantRecovery};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -127,6 +128,12 @@ fn examples_deserialise_into_the_api_types() {
             }
             ("instantrecovery.dev/v1alpha1", "BackupRepository") => {
                 m.parse::<BackupRepository>();
+            }
+            ("instantrecovery.dev/v1alpha1", "Backup") => {
+                m.parse::<Backup>();
+            }
+            ("instantrecovery.dev/v1alpha1", "ScheduledBackup") => {
+                m.parse::<ScheduledBackup>();
             }
             ("v1", "Secret") => {
                 m.parse::<Secret>();
@@ -345,6 +352,20 @@ fn objects_the_examples_name_are_examples_too() {
                 );
             }
         }
+        let backup_spec = if m.is("Backup") {
+            Some(m.parse::<Backup>().spec)
+        } else if m.is("ScheduledBackup") {
+            Some(m.parse::<ScheduledBackup>().spec.backup)
+        } else {
+            None
+        };
+        if let Some(spec) = backup_spec {
+            find("BackupRepository", ns, &spec.repository_ref.name);
+            needs_keys(
+                find("Secret", ns, &spec.cluster.credentials_secret.name),
+                &["username", "password"],
+            );
+        }
         if m.is("BackupRepository") {
             let repo: BackupRepository = m.parse();
             if let Some(secret) = &repo.spec.credentials_secret {
@@ -559,6 +580,14 @@ fn cel(rule: &str, value: &Value) -> bool {
         }
         "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))" => {
             ir_api::quantity_bytes(&text()).is_some_and(|bytes| bytes > 0)
+        }
+        "has(self.host) != has(self.service)" => {
+            value.get("host").is_some() != value.get("service").is_some()
+        }
+        "has(self.keepLast) || has(self.keepDaily) || has(self.keepWeekly) || has(self.keepWithin)" => {
+            ["keepLast", "keepDaily", "keepWeekly", "keepWithin"]
+                .iter()
+                .any(|k| value.get(*k).is_some())
         }
         "self.mode != 'Scheduled' || has(self.at)" => {
             value["mode"] != "Scheduled" || value.get("at").is_some()
