@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use ir_api::crd::{InstantRecovery, RECOVERY_NODE_LABEL};
 use ir_api::recovery::Phase;
 use ir_e2e::helm::{self, Helm};
-use ir_e2e::installation::{PASSWORD, SAMPLE_ROWS, query_one, sample_backup};
+use ir_e2e::installation::{PASSWORD, SAMPLE_ROWS, query_one, sample_backup, workspace_binary};
 use ir_e2e::node::{IMAGE_REPOSITORY, IMAGE_TAG, NODE_NAME, RealNode};
+use ir_e2e::pg::{PgCluster, bindir};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -341,6 +342,45 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     assert_eq!(recovery, "f", "the switched-over primary accepts writes");
     query_one(&service_ip, "CREATE TABLE after_switchover(id int)").await;
     phases.done("answer after the switchover");
+
+    // kubectl ir export: pg_dump in the serving Pod, streamed through the API server (exec),
+    // restores with pg_restore into a fresh cluster.
+    let dump = node.dir().join("accounts.dump");
+    let out = std::process::Command::new(workspace_binary("kubectl-ir"))
+        .env("KUBECONFIG", node.kubeconfig())
+        .args(["export", NAME, "-n", NS, "--table", "accounts", "-o"])
+        .arg(&dump)
+        .output()
+        .expect("run kubectl-ir");
+    assert!(
+        out.status.success(),
+        "kubectl ir export: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        diagnostics(&node)
+    );
+    let fresh_root = ir_e2e::shared_tempdir();
+    let mut fresh = PgCluster::init(fresh_root.path());
+    fresh.start(&[]);
+    let restore = std::process::Command::new(bindir().join("pg_restore"))
+        .args(["--no-owner", "--dbname", &fresh.conninfo()])
+        .arg(&dump)
+        .output()
+        .expect("run pg_restore");
+    assert!(
+        restore.status.success(),
+        "pg_restore: {}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    assert_eq!(
+        fresh.psql("SELECT count(*) FROM accounts"),
+        SAMPLE_ROWS.to_string()
+    );
+    assert!(
+        fresh.try_psql("SELECT 1 FROM after_switchover").is_err(),
+        "--table exports that table only"
+    );
+    fresh.stop();
+    phases.done("kubectl ir export and pg_restore");
     drop(node);
     phases.done("node down");
 }

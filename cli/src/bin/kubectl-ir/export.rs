@@ -18,9 +18,10 @@ use crate::commands::Namespace;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// The exec'd shell reads the password from its stdin into `PGPASSWORD`, so that it is in
 /// neither the command line the API server logs nor the Pod's process list; then it becomes
-/// `pg_dump` with the arguments that follow.
-const WITH_PASSWORD_FROM_STDIN: &str =
-    "IFS= read -r PGPASSWORD || exit 90; export PGPASSWORD; exec pg_dump \"$@\"";
+/// `pg_dump` with the arguments that follow, against the Pod IP PostgreSQL listens on (the
+/// operator's `POD_IP` in the container's environment).
+const WITH_PASSWORD_FROM_STDIN: &str = "IFS= read -r PGPASSWORD || exit 90; export PGPASSWORD; \
+     exec pg_dump --host=\"${POD_IP:-127.0.0.1}\" \"$@\"";
 
 /// pg_dump's formats that stream: `directory` needs a file system, which a stream has not.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -76,7 +77,6 @@ pub async fn export(at: &Namespace, args: ExportArgs) -> anyhow::Result<()> {
         "-c".to_owned(),
         WITH_PASSWORD_FROM_STDIN.to_owned(),
         "pg_dump".to_owned(),
-        "--host=127.0.0.1".to_owned(),
         format!("--username={user}"),
         format!("--dbname={}", args.dbname),
         "--no-password".to_owned(),
