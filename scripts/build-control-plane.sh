@@ -89,25 +89,12 @@ fail() {
   exit 1
 }
 
-CACHE=${IR_CACHE_DIR:-$HOME/.cache/instant-recovery}  # the rule of setup-test-deps.sh and e2e/src/s3.rs
+# shellcheck source=scripts/lib/k8s-build.sh
+. scripts/lib/k8s-build.sh
 
-k8s_version=$(awk '$1 == "k8s.io/kubernetes" {print $2}' tools/k8s/apiserver/go.mod)
-[[ $k8s_version =~ ^v1\.([0-9]+)\.[0-9]+$ ]] ||
-  fail "tools/k8s/apiserver/go.mod does not pin k8s.io/kubernetes to a v1.Y.Z release"
-k8s_minor=${BASH_REMATCH[1]}
 etcd_version=$(awk '$1 == "go.etcd.io/etcd/server/v3" {print $2}' tools/k8s/etcd/go.mod)
 [ -n "$etcd_version" ] || fail "tools/k8s/etcd/go.mod does not pin go.etcd.io/etcd/server/v3"
-
 etcd_bin=$CACHE/bin/etcd-$etcd_version
-apiserver_bin=$CACHE/bin/kube-apiserver-$k8s_version
-controller_manager_bin=$CACHE/bin/kube-controller-manager-$k8s_version
-
-go_cmd() {
-  local go
-  go=$(command -v go || echo /usr/local/go/bin/go)
-  [ -x "$go" ] || fail "Go >= 1.26 is needed to build etcd and kube-apiserver for the tests"
-  echo "$go"
-}
 
 if [ ! -x "$etcd_bin" ]; then
   go=$(go_cmd)
@@ -119,28 +106,9 @@ if [ ! -x "$etcd_bin" ]; then
   mv "$etcd_bin.tmp.$$" "$etcd_bin"
 fi
 
-# The version that --version and /version report, as Kubernetes' hack/lib/version.sh sets it.
-k8s_ldflags="-s"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  k8s_ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
-  k8s_ldflags+=" -X $pkg.gitTreeState=clean"
-done
-
-# build_k8s NAME BIN MINUTES: k8s.io/kubernetes/cmd/NAME into BIN, once.
-build_k8s() {
-  local name=$1 bin=$2 minutes=$3 go
-  [ -x "$bin" ] && return 0
-  go=$(go_cmd)
-  echo "building $name $k8s_version with $("$go" version) (once, about $minutes minutes on 2 cores; cached in $CACHE/bin)" >&2
-  mkdir -p "$CACHE/bin"
-  (cd tools/k8s/apiserver && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly "$go" build \
-    -trimpath -ldflags="$k8s_ldflags" -o "$bin.tmp.$$" "k8s.io/kubernetes/cmd/$name") ||
-    fail "building $name $k8s_version failed"
-  mv "$bin.tmp.$$" "$bin"
-}
-build_k8s kube-apiserver "$apiserver_bin" 10
-build_k8s kube-controller-manager "$controller_manager_bin" 3
+build_k8s kube-apiserver 10
+build_k8s kube-controller-manager 3
 
 echo "$etcd_bin"
-echo "$apiserver_bin"
-echo "$controller_manager_bin"
+k8s_bin kube-apiserver
+k8s_bin kube-controller-manager

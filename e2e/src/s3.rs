@@ -154,6 +154,16 @@ impl S3Server {
         .collect()
     }
 
+    /// A Secret `name` in `namespace` with this server's keys, as a BackupRepository's
+    /// `credentialsSecret` wants them.
+    pub fn credentials_secret_yaml(&self, name: &str, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+             stringData:\n  AWS_ACCESS_KEY_ID: {}\n  AWS_SECRET_ACCESS_KEY: {}\n",
+            self.access_key, self.secret_key
+        )
+    }
+
     /// Kills the server, like an outage; [`S3Server::restart`] brings it back.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -302,19 +302,8 @@ async fn a_scheduled_backup_makes_backups_and_prunes_only_its_own() {
         ],
         &env,
     );
-    let key = |name: &str| {
-        env.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap()
-    };
     fx.plane
-        .apply_yaml(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s3-keys\n  namespace: {NAMESPACE}\n\
-             stringData:\n  AWS_ACCESS_KEY_ID: {}\n  AWS_SECRET_ACCESS_KEY: {}\n",
-            key("AWS_ACCESS_KEY_ID"),
-            key("AWS_SECRET_ACCESS_KEY"),
-        ))
+        .apply_yaml(&s3.credentials_secret_yaml("s3-keys", NAMESPACE))
         .await
         .expect("apply the S3 keys");
     let spec = format!(

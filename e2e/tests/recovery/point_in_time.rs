@@ -192,16 +192,9 @@ async fn recovery_to_a_restore_point_fetches_wal_from_s3_with_the_repositorys_cr
     // The installation's own repository is not used here.
     let unused = format!("file://{}/repositories/unused", root.path().display());
     let fx = Installation::with_backup(root, unused, "unused".to_owned()).await;
-    let key = |name: &str| {
-        env.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap()
-    };
     fx.plane
         .apply_yaml(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s3-keys\n  namespace: {NAMESPACE}\n\
-             stringData:\n  AWS_ACCESS_KEY_ID: {}\n  AWS_SECRET_ACCESS_KEY: {}\n---\n\
+            "{}---\n\
              apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\nmetadata:\n  \
              name: wal-s3\n  namespace: {NAMESPACE}\nspec:\n  url: {url}\n  s3:\n    \
              endpoint: {}\n    allowHttp: true\n  credentialsSecret:\n    name: s3-keys\n---\n\
@@ -209,8 +202,7 @@ async fn recovery_to_a_restore_point_fetches_wal_from_s3_with_the_repositorys_cr
              name: from-s3\n  namespace: {NAMESPACE}\nspec:\n  backup:\n    repositoryRef:\n      \
              name: wal-s3\n  postgres:\n    credentialsSecret:\n      name: db-superuser\n  \
              switchover:\n    mode: Manual\n  pointInTime:\n    name: before_drop\n",
-            key("AWS_ACCESS_KEY_ID"),
-            key("AWS_SECRET_ACCESS_KEY"),
+            s3.credentials_secret_yaml("s3-keys", NAMESPACE),
             s3.endpoint(),
         ))
         .await
