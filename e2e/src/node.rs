@@ -114,6 +114,37 @@ impl RealNode {
         self.dir.path()
     }
 
+    /// `ARGS` run in the node's mount namespace (where the Pods' and the agent's mounts live):
+    /// its stdout, or a panic with its stderr.
+    pub fn in_mount_ns(&self, args: &[&str]) -> String {
+        let pid = std::fs::read_to_string(self.dir.path().join("run/mountns.pid"))
+            .expect("the mount namespace's pid");
+        let out = Command::new("nsenter")
+            .args(["-m", "-t", pid.trim(), "--"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("nsenter {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "nsenter {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The FUSE mounts of the node's mount namespace, one `TARGET SOURCE FSTYPE` a line.
+    pub fn fuse_mounts(&self) -> String {
+        let all = self.in_mount_ns(&["findmnt", "-rn", "-o", "TARGET,SOURCE,FSTYPE"]);
+        all.lines()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(2)
+                    .is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
     /// `kubectl ARGS` as the admin: its stdout and stderr, whether it succeeded or not (for
     /// diagnostics).
     pub fn kubectl(&self, args: &[&str]) -> String {

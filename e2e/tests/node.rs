@@ -6,21 +6,27 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use ir_api::crd::{InstantRecovery, RECOVERY_NODE_LABEL};
+use ir_api::crd::{InstantRecovery, RECOVERY_LABEL, RECOVERY_NODE_LABEL, RecoveryMount};
 use ir_api::recovery::Phase;
 use ir_e2e::helm::{self, Helm};
 use ir_e2e::installation::{PASSWORD, SAMPLE_ROWS, query_one, sample_backup, workspace_binary};
 use ir_e2e::node::{IMAGE_REPOSITORY, IMAGE_TAG, NODE_NAME, RealNode};
 use ir_e2e::pg::{PgCluster, bindir};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
 const SYSTEM: &str = "ir-system";
 const NS: &str = "db";
 const RELEASE: &str = "ir";
 const NAME: &str = "orders";
+const MANUAL: &str = "manual";
+const DELETED: &str = "deleted";
+const RESTARTED: &str = "restarted";
+/// The chart's `agent.cacheRoot`: IRCaches are in `ircache/<RecoveryMount uid>` under it.
+const CACHE_ROOT: &str = "/var/lib/instant-recovery";
 
 struct Phases(Instant, Instant);
 
@@ -63,7 +69,13 @@ async fn apply(client: &Client, yaml: &str) {
 fn diagnostics(node: &RealNode) -> String {
     let mut text = String::new();
     for args in [
-        &["get", "pods,pvc,pv,svc", "-A", "-o", "wide"][..],
+        &[
+            "get",
+            "pods,pvc,pv,svc,jobs,recoverymounts",
+            "-A",
+            "-o",
+            "wide",
+        ][..],
         &["get", "instantrecoveries", "-A", "-o", "yaml"],
         &["get", "events", "-A", "--sort-by=.lastTimestamp"],
     ] {
@@ -240,13 +252,6 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     ]);
     assert!(exec.contains("fuse-ok"), "the agent's /dev/fuse: {exec}");
 
-    // Production storage: a hostPath PersistentVolume of class `manual`, owned by PostgreSQL's
-    // uid (999, as in the postgres image).
-    let storage = node.dir().join("storage/orders");
-    std::fs::create_dir_all(&storage).expect("create the volume's directory");
-    std::os::unix::fs::chown(&storage, Some(999), Some(999)).expect("chown the volume");
-    std::fs::set_permissions(&storage, std::fs::Permissions::from_mode(0o700))
-        .expect("chmod the volume");
     Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .create(
             &PostParams::default(),
@@ -257,45 +262,74 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     apply(
         &client,
         &format!(
-            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: orders-target\nspec:\n  \
-             storageClassName: manual\n  capacity: {{storage: 1Gi}}\n  \
-             accessModes: [ReadWriteOnce]\n  hostPath: {{path: {}, type: Directory}}\n---\n\
-             apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\n\
+            "apiVersion: instantrecovery.dev/v1alpha1\nkind: BackupRepository\n\
              metadata:\n  name: backups\n  namespace: {NS}\nspec:\n  url: {repo_url}\n---\n\
              apiVersion: v1\nkind: Secret\nmetadata:\n  name: db-superuser\n  namespace: {NS}\n\
              type: kubernetes.io/basic-auth\nstringData:\n  username: postgres\n  \
-             password: {PASSWORD}\n---\n\
-             apiVersion: instantrecovery.dev/v1alpha1\nkind: InstantRecovery\n\
-             metadata:\n  name: {NAME}\n  namespace: {NS}\nspec:\n  backup:\n    \
-             repositoryRef:\n      name: backups\n    id: {backup_id}\n  postgres:\n    \
-             credentialsSecret:\n      name: db-superuser\n  target:\n    size: 1Gi\n    \
-             storageClassName: manual\n  switchover:\n    mode: Automatic\n",
-            storage.display()
+             password: {PASSWORD}\n"
         ),
     )
     .await;
-    phases.done("recovery applied");
+    // Four recoveries of the same backup: `orders` (Automatic), `manual` (approved with the
+    // plugin) and `deleted` (deleted while it syncs) run side by side; `restarted` (the
+    // operator's Pod deleted while it syncs) runs alone afterwards, so that the operator's
+    // restart interrupts it only.
+    for (name, mode) in [
+        (NAME, "Automatic"),
+        (MANUAL, "Manual"),
+        (DELETED, "Automatic"),
+    ] {
+        apply_recovery(&node, &client, name, mode, &backup_id).await;
+    }
+    phases.done("recoveries applied");
 
     let recoveries: Api<InstantRecovery> = Api::namespaced(client.clone(), NS);
-    let phase = async || -> Option<Phase> {
-        let ir = recoveries.get_opt(NAME).await.ok().flatten()?;
+    let phase = async |name: &str| -> Option<Phase> {
+        let ir = recoveries.get_opt(name).await.ok().flatten()?;
         Some(ir.status?.phase)
     };
-    let service_ip = wait_for(
+
+    // `deleted`: deleted once it syncs, with its FUSE mount in place; everything it made goes,
+    // on the API server and on the node.
+    let seen = wait_for(
         &node,
-        "the recovery's Service",
-        Duration::from_secs(60),
-        async || {
-            let svc = Api::<Service>::namespaced(client.clone(), NS)
-                .get_opt(NAME)
-                .await
-                .ok()??;
-            svc.spec?
-                .cluster_ip
-                .filter(|ip| !ip.is_empty() && ip != "None")
+        "deleted syncing",
+        Duration::from_secs(120),
+        async || match phase(DELETED).await {
+            Some(Phase::Failed) => panic!("{DELETED} failed:\n{}", diagnostics(&node)),
+            Some(p) if p >= Phase::Syncing => Some(p),
+            _ => None,
         },
     )
     .await;
+    let mounts: Api<RecoveryMount> = Api::namespaced(client.clone(), NS);
+    let of_deleted = ListParams::default().labels(&format!("{RECOVERY_LABEL}={DELETED}"));
+    let mount_uid = mounts
+        .list(&of_deleted)
+        .await
+        .expect("list RecoveryMounts")
+        .items
+        .first()
+        .and_then(|m| m.metadata.uid.clone())
+        .unwrap_or_else(|| panic!("{DELETED}'s RecoveryMount\n{}", diagnostics(&node)));
+    let fuse = node.fuse_mounts();
+    assert!(
+        fuse.contains(&mount_uid),
+        "{DELETED}'s FUSE mount {mount_uid} on the node: {fuse}"
+    );
+    let cache_dir = format!("{CACHE_ROOT}/ircache/{mount_uid}");
+    assert!(
+        node.in_mount_ns(&["ls", "-d", &cache_dir])
+            .contains(&mount_uid),
+        "{DELETED}'s IRCache"
+    );
+    recoveries
+        .delete(DELETED, &DeleteParams::default())
+        .await
+        .expect("delete the recovery");
+    phases.done(&format!("{DELETED} deleted in phase {seen:?}"));
+
+    let orders_ip = service_ip(&node, &client, NAME).await;
     // Published: the backup answers from the FUSE mount, through the ClusterIP.
     let mut published = None;
     wait_for(
@@ -303,18 +337,18 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
         "a published answer",
         Duration::from_secs(120),
         async || {
-            if phase().await == Some(Phase::Failed) {
+            if phase(NAME).await == Some(Phase::Failed) {
                 panic!("{NAME} failed:\n{}", diagnostics(&node));
             }
-            let rows = query_count(&service_ip).await?;
-            published = phase().await;
+            let rows = query_count(&orders_ip).await?;
+            published = phase(NAME).await;
             Some(rows)
         },
     )
     .await;
     phases.done(&format!("published answer (phase {published:?})"));
     assert_eq!(
-        query_one(&service_ip, "SELECT count(*) FROM accounts").await,
+        query_one(&orders_ip, "SELECT count(*) FROM accounts").await,
         SAMPLE_ROWS.to_string()
     );
 
@@ -322,7 +356,7 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
         &node,
         "phase Completed",
         Duration::from_secs(240),
-        async || match phase().await {
+        async || match phase(NAME).await {
             Some(Phase::Completed) => Some(()),
             Some(Phase::Failed) => panic!("{NAME} failed:\n{}", diagnostics(&node)),
             _ => None,
@@ -334,14 +368,166 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
         &node,
         "an answer after the switchover",
         Duration::from_secs(60),
-        async || query_count(&service_ip).await,
+        async || query_count(&orders_ip).await,
     )
     .await;
     assert_eq!(rows, SAMPLE_ROWS.to_string());
-    let recovery = query_one(&service_ip, "SELECT pg_is_in_recovery()").await;
+    let recovery = query_one(&orders_ip, "SELECT pg_is_in_recovery()").await;
     assert_eq!(recovery, "f", "the switched-over primary accepts writes");
-    query_one(&service_ip, "CREATE TABLE after_switchover(id int)").await;
+    query_one(&orders_ip, "CREATE TABLE after_switchover(id int)").await;
     phases.done("answer after the switchover");
+
+    // `deleted` is gone, and so is everything it made: Pods, PVC, Service, RecoveryMount, the
+    // FUSE mount and the IRCache on the node.
+    wait_for(
+        &node,
+        "deleted gone",
+        Duration::from_secs(120),
+        async || {
+            recoveries
+                .get_opt(DELETED)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let left = wait_for(
+        &node,
+        "nothing of deleted left",
+        Duration::from_secs(60),
+        async || {
+            let names = |l: Vec<Option<String>>| l.into_iter().flatten().collect::<Vec<_>>();
+            let mut left = names(
+                pods.list(&of_deleted)
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .map(|o| o.metadata.name)
+                    .collect(),
+            );
+            left.extend(names(
+                pvcs.list(&of_deleted)
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .map(|o| o.metadata.name)
+                    .collect(),
+            ));
+            left.extend(names(
+                services
+                    .list(&of_deleted)
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .map(|o| o.metadata.name)
+                    .collect(),
+            ));
+            left.extend(names(
+                jobs.list(&of_deleted)
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .map(|o| o.metadata.name)
+                    .collect(),
+            ));
+            left.extend(names(
+                mounts
+                    .list(&of_deleted)
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .map(|o| o.metadata.name)
+                    .collect(),
+            ));
+            let target = format!("{DELETED}-target");
+            if pvcs.get_opt(&target).await.ok()?.is_some() {
+                left.push(target);
+            }
+            if services.get_opt(DELETED).await.ok()?.is_some() {
+                left.push(format!("service {DELETED}"));
+            }
+            left.is_empty().then_some(left)
+        },
+    )
+    .await;
+    assert!(left.is_empty());
+    let fuse = node.fuse_mounts();
+    assert!(
+        !fuse.contains(&mount_uid),
+        "{DELETED}'s FUSE mount is left on the node: {fuse}"
+    );
+    let caches = node.in_mount_ns(&["ls", "-a", &format!("{CACHE_ROOT}/ircache")]);
+    assert!(
+        !caches.contains(&mount_uid),
+        "{DELETED}'s IRCache is left on the node: {caches}"
+    );
+    phases.done(&format!("{DELETED} gone, nothing of it left"));
+
+    // `manual`: waits in ReadyForSwitchover until `kubectl ir switchover` approves it.
+    wait_for(
+        &node,
+        "manual ReadyForSwitchover",
+        Duration::from_secs(120),
+        async || match phase(MANUAL).await {
+            Some(Phase::ReadyForSwitchover) => Some(()),
+            Some(p) if p > Phase::ReadyForSwitchover => {
+                panic!(
+                    "{MANUAL} went on without approval: {p:?}\n{}",
+                    diagnostics(&node)
+                )
+            }
+            _ => None,
+        },
+    )
+    .await;
+    phases.done(&format!("{MANUAL} ReadyForSwitchover"));
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            phase(MANUAL).await,
+            Some(Phase::ReadyForSwitchover),
+            "{MANUAL} waits for its approval"
+        );
+    }
+    let out = std::process::Command::new(workspace_binary("kubectl-ir"))
+        .env("KUBECONFIG", node.kubeconfig())
+        .args(["switchover", MANUAL, "-n", NS])
+        .output()
+        .expect("run kubectl-ir");
+    assert!(
+        out.status.success(),
+        "kubectl ir switchover: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        diagnostics(&node)
+    );
+    wait_completed(&node, &recoveries, MANUAL).await;
+    let manual_ip = service_ip(&node, &client, MANUAL).await;
+    let rows = wait_for(
+        &node,
+        "an answer from manual",
+        Duration::from_secs(60),
+        async || query_count(&manual_ip).await,
+    )
+    .await;
+    assert_eq!(rows, SAMPLE_ROWS.to_string());
+    assert_eq!(
+        query_one(&manual_ip, "SELECT pg_is_in_recovery()").await,
+        "f"
+    );
+    phases.done(&format!(
+        "{MANUAL}: kubectl ir switchover, Completed, answer"
+    ));
 
     // kubectl ir export: pg_dump in the serving Pod, streamed through the API server (exec),
     // restores with pg_restore into a fresh cluster.
@@ -381,8 +567,126 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     );
     fresh.stop();
     phases.done("kubectl ir export and pg_restore");
+
+    // `restarted`: the operator's Pod is deleted while it syncs; the Deployment's new Pod takes
+    // it over to Completed.
+    apply_recovery(&node, &client, RESTARTED, "Automatic", &backup_id).await;
+    let seen = wait_for(
+        &node,
+        "restarted syncing",
+        Duration::from_secs(120),
+        async || match phase(RESTARTED).await {
+            Some(Phase::Failed) => panic!("{RESTARTED} failed:\n{}", diagnostics(&node)),
+            Some(p) if p >= Phase::Syncing => Some(p),
+            _ => None,
+        },
+    )
+    .await;
+    let operator_pods = ListParams::default().labels("app.kubernetes.io/component=operator");
+    let old = system_pods
+        .list(&operator_pods)
+        .await
+        .expect("list the operator's Pods")
+        .items;
+    assert_eq!(old.len(), 1, "one operator Pod");
+    let old_name = old[0].metadata.name.clone().expect("a name");
+    system_pods
+        .delete(&old_name, &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete the operator's Pod");
+    phases.done(&format!(
+        "{RESTARTED}: operator Pod deleted in phase {seen:?}"
+    ));
+    wait_for(
+        &node,
+        "a new operator Pod Ready",
+        Duration::from_secs(90),
+        async || {
+            let pods = system_pods.list(&operator_pods).await.ok()?.items;
+            pods.iter()
+                .any(|p| p.metadata.name.as_deref() != Some(&old_name) && pod_ready(p))
+                .then_some(())
+        },
+    )
+    .await;
+    phases.done("new operator Pod Ready");
+    wait_completed(&node, &recoveries, RESTARTED).await;
+    let restarted_ip = service_ip(&node, &client, RESTARTED).await;
+    let rows = wait_for(
+        &node,
+        "an answer from restarted",
+        Duration::from_secs(60),
+        async || query_count(&restarted_ip).await,
+    )
+    .await;
+    assert_eq!(rows, SAMPLE_ROWS.to_string());
+    phases.done(&format!("{RESTARTED}: Completed, answer"));
     drop(node);
     phases.done("node down");
+}
+
+/// A hostPath PersistentVolume of class `manual` bound ahead to NAME's target PVC, owned by
+/// PostgreSQL's uid (999, as in the postgres image), and the InstantRecovery NAME.
+async fn apply_recovery(node: &RealNode, client: &Client, name: &str, mode: &str, backup_id: &str) {
+    let storage = node.dir().join("storage").join(name);
+    std::fs::create_dir_all(&storage).expect("create the volume's directory");
+    std::os::unix::fs::chown(&storage, Some(999), Some(999)).expect("chown the volume");
+    std::fs::set_permissions(&storage, std::fs::Permissions::from_mode(0o700))
+        .expect("chmod the volume");
+    apply(
+        client,
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {name}-target\nspec:\n  \
+             storageClassName: manual\n  capacity: {{storage: 1Gi}}\n  \
+             accessModes: [ReadWriteOnce]\n  \
+             claimRef: {{namespace: {NS}, name: {name}-target}}\n  \
+             hostPath: {{path: {}, type: Directory}}\n---\n\
+             apiVersion: instantrecovery.dev/v1alpha1\nkind: InstantRecovery\n\
+             metadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  backup:\n    \
+             repositoryRef:\n      name: backups\n    id: {backup_id}\n  postgres:\n    \
+             credentialsSecret:\n      name: db-superuser\n  target:\n    size: 1Gi\n    \
+             storageClassName: manual\n  switchover:\n    mode: {mode}\n",
+            storage.display()
+        ),
+    )
+    .await;
+}
+
+/// The ClusterIP of NAME's Service.
+async fn service_ip(node: &RealNode, client: &Client, name: &str) -> String {
+    wait_for(
+        node,
+        &format!("{name}'s Service"),
+        Duration::from_secs(60),
+        async || {
+            let svc = Api::<Service>::namespaced(client.clone(), NS)
+                .get_opt(name)
+                .await
+                .ok()??;
+            svc.spec?
+                .cluster_ip
+                .filter(|ip| !ip.is_empty() && ip != "None")
+        },
+    )
+    .await
+}
+
+/// Waits for NAME's phase Completed; panics if it fails.
+async fn wait_completed(node: &RealNode, recoveries: &Api<InstantRecovery>, name: &str) {
+    wait_for(
+        node,
+        &format!("{name} Completed"),
+        Duration::from_secs(240),
+        async || {
+            let ir = recoveries.get_opt(name).await.ok().flatten()?;
+            match ir.status?.phase {
+                Phase::Completed => Some(()),
+                Phase::Failed => panic!("{name} failed:\n{}", diagnostics(node)),
+                _ => None,
+            }
+        },
+    )
+    .await;
 }
 
 /// `SELECT count(*) FROM accounts` through `ip`, or None while it does not answer.
