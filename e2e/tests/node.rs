@@ -23,6 +23,9 @@ const NS: &str = "db";
 const RELEASE: &str = "ir";
 const NAME: &str = "orders";
 const MANUAL: &str = "manual";
+const SCHEDULED: &str = "scheduled";
+/// How long after its apply the Scheduled recovery switches over.
+const SCHEDULED_AFTER: Duration = Duration::from_secs(30);
 const DELETED: &str = "deleted";
 const RESTARTED: &str = "restarted";
 /// The chart's `agent.cacheRoot`: IRCaches are in `ircache/<RecoveryMount uid>` under it.
@@ -274,10 +277,14 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     // plugin) and `deleted` (deleted while it syncs) run side by side; `restarted` (the
     // operator's Pod deleted while it syncs) runs alone afterwards, so that the operator's
     // restart interrupts it only.
+    let switchover_at = jiff::Timestamp::now() + SCHEDULED_AFTER;
+    let switchover_at = jiff::Timestamp::from_second(switchover_at.as_second()).unwrap();
+    let scheduled = format!("Scheduled\n    at: \"{switchover_at}\"");
     for (name, mode) in [
         (NAME, "Automatic"),
         (MANUAL, "Manual"),
         (DELETED, "Automatic"),
+        (SCHEDULED, scheduled.as_str()),
     ] {
         apply_recovery(&node, &client, name, mode, &backup_id).await;
     }
@@ -528,6 +535,32 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     phases.done(&format!(
         "{MANUAL}: kubectl ir switchover, Completed, answer"
     ));
+
+    // `scheduled`: switches over at its time, not before.
+    wait_completed(&node, &recoveries, SCHEDULED).await;
+    let timings = recoveries
+        .get(SCHEDULED)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .timings;
+    let started = timings.switchover_started_at.expect("switchoverStartedAt");
+    assert!(
+        started >= switchover_at,
+        "switched over at {started}, before its time {switchover_at} (synced at {:?})",
+        timings.synced_at
+    );
+    let scheduled_ip = service_ip(&node, &client, SCHEDULED).await;
+    let rows = wait_for(
+        &node,
+        "an answer from scheduled",
+        Duration::from_secs(60),
+        async || query_count(&scheduled_ip).await,
+    )
+    .await;
+    assert_eq!(rows, SAMPLE_ROWS.to_string());
+    phases.done(&format!("{SCHEDULED}: switched over at {switchover_at}"));
 
     // kubectl ir export: pg_dump in the serving Pod, streamed through the API server (exec),
     // restores with pg_restore into a fresh cluster.
