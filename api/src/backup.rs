@@ -20,6 +20,10 @@ pub const SCHEDULED_BACKUP_LABEL: &str = "instantrecovery.dev/scheduled-backup";
 
 /// CEL rule of a cluster: a host or a Service, not both.
 const HOST_OR_SERVICE: &str = "has(self.host) != has(self.service)";
+/// CEL rules on the names: a Backup's name is a label value of its Job and Pods (at most 63
+/// characters), and a ScheduledBackup's Backups are `<name>-<YYYYMMDDHHMMSS>`.
+const BACKUP_NAME_FITS: &str = "self.metadata.name.size() <= 63";
+const SCHEDULE_NAME_FITS: &str = "self.metadata.name.size() <= 48";
 
 /// One backup of a PostgreSQL cluster into a BackupRepository, taken once.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -35,7 +39,8 @@ const HOST_OR_SERVICE: &str = "has(self.host) != has(self.service)";
     printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
     printcolumn = r#"{"name": "Backup", "type": "string", "jsonPath": ".status.backupId"}"#,
     printcolumn = r#"{"name": "Size", "type": "integer", "jsonPath": ".status.sizeBytes"}"#,
-    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    validation = Rule::new(BACKUP_NAME_FITS).message("a Backup's name is at most 63 characters: its Job and Pods carry it as a label")
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a Backup's spec cannot change: create another Backup"))]
 #[serde(rename_all = "camelCase")]
@@ -143,7 +148,8 @@ pub struct BackupStatus {
     printcolumn = r#"{"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"}"#,
     printcolumn = r#"{"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"}"#,
     printcolumn = r#"{"name": "Last backup", "type": "date", "jsonPath": ".status.lastScheduleTime"}"#,
-    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    validation = Rule::new(SCHEDULE_NAME_FITS).message("a ScheduledBackup's name is at most 48 characters: its Backups are named <name>-<YYYYMMDDHHMMSS>")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduledBackupSpec {

@@ -632,6 +632,16 @@ async fn bad_manifests_are_refused_naming_the_field() {
             &["spec.retention.keepWithin"],
         ),
         (
+            "Backup named longer than a label value",
+            with(backup("a"), "/metadata/name", Some(json!("b".repeat(64)))),
+            &["at most 63 characters"],
+        ),
+        (
+            "ScheduledBackup whose Backups' names would not fit",
+            with(schedule("a"), "/metadata/name", Some(json!("s".repeat(49)))),
+            &["at most 48 characters"],
+        ),
+        (
             "ScheduledBackup without a schedule",
             with(schedule("a"), "/spec/schedule", None),
             &["spec.schedule", "Required"],
