@@ -39,6 +39,17 @@ PG_BINDIR=${IR_PG_BINDIR:-/usr/lib/postgresql/15/bin}
 runtime_only=false
 [ "${1:-}" = "--runtime-only" ] && runtime_only=true
 
+# install_needed WHAT: installs the Debian packages listed in `need`, if any.
+install_needed() {
+  [ ${#need[@]} -gt 0 ] || return 0
+  [ "$(id -u)" = 0 ] || fail "missing ${need[*]}; run as root to install them"
+  echo "installing ($1): ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq || fail "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+    fail "apt-get install ${need[*]} failed"
+}
+
 need=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 [ -x /usr/lib/postgresql/15/bin/pgbench ] || need+=(postgresql-15)
@@ -46,14 +57,7 @@ need=()
 [ -x /usr/lib/postgresql/15/bin/pg_basebackup ] || need+=(postgresql-client-15)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 [ -x /usr/bin/lua5.1 ] || need+=(lua5.1)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || fail "missing ${need[*]}; run as root to install them"
-  echo "installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || fail "apt-get update failed"
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
-    fail "apt-get install ${need[*]} failed"
-fi
+install_needed "the runtime"
 [ -x "$PG_BINDIR/postgres" ] || fail "no PostgreSQL server in $PG_BINDIR"
 id postgres >/dev/null 2>&1 || fail "user postgres is missing after installing postgresql-15"
 [ -c /dev/fuse ] || fail "/dev/fuse is missing: FUSE mounts cannot work here"
@@ -77,14 +81,7 @@ for tool in containerd:containerd runc:runc mmdebstrap:mmdebstrap umoci:umoci sk
 done
 [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
 [ -f /usr/include/stdio.h ] || need+=(libc6-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || fail "missing ${need[*]}; run as root to install them"
-  echo "installing (the test node): ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || fail "apt-get update failed"
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
-    fail "apt-get install ${need[*]} failed"
-fi
+install_needed "the test node"
 
 version=$(awk '$1 == "github.com/minio/minio" {print $2}' tools/s3/go.mod)
 [ -n "$version" ] || fail "tools/s3/go.mod does not pin github.com/minio/minio"

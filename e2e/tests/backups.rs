@@ -113,6 +113,19 @@ fn backup_spec(repository: &str, source: &PgCluster, secret: &str, indent: usize
     )
 }
 
+/// A Backup `name` of `source` into the repository `from-kubernetes` with the credentials of
+/// `secret`.
+async fn apply_backup(fx: &Installation, name: &str, source: &PgCluster, secret: &str) {
+    fx.plane
+        .apply_yaml(&format!(
+            "apiVersion: instantrecovery.dev/v1alpha1\nkind: Backup\nmetadata:\n  name: {name}\n  \
+             namespace: {NAMESPACE}\nspec:\n{}",
+            backup_spec("from-kubernetes", source, secret, 2)
+        ))
+        .await
+        .expect("apply the Backup");
+}
+
 /// What to read when a Backup does not end as expected.
 fn diagnostics(fx: &mut Installation, name: &str) -> String {
     let mut text = fx.plane.controllers_log();
@@ -168,14 +181,7 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
     let (_, url) = writable_repository(&fx, "from-kubernetes");
     apply_repository_and_secrets(&fx, "from-kubernetes", &format!("  url: {url}\n")).await;
 
-    fx.plane
-        .apply_yaml(&format!(
-            "apiVersion: instantrecovery.dev/v1alpha1\nkind: Backup\nmetadata:\n  name: first\n  \
-             namespace: {NAMESPACE}\nspec:\n{}",
-            backup_spec("from-kubernetes", &source, "backup-role", 2)
-        ))
-        .await
-        .expect("apply the Backup");
+    apply_backup(&fx, "first", &source, "backup-role").await;
     let first = wait_ended(&mut fx, "first").await;
     let status = first.status.clone().unwrap();
     assert_eq!(
@@ -244,14 +250,7 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
     assert_eq!(backups_in(&url, &[]).len(), 2);
 
     // A wrong password: the Job fails after its retries and the Backup says why.
-    fx.plane
-        .apply_yaml(&format!(
-            "apiVersion: instantrecovery.dev/v1alpha1\nkind: Backup\nmetadata:\n  name: denied\n  \
-             namespace: {NAMESPACE}\nspec:\n{}",
-            backup_spec("from-kubernetes", &source, "wrong-password", 2)
-        ))
-        .await
-        .expect("apply the Backup");
+    apply_backup(&fx, "denied", &source, "wrong-password").await;
     let denied = wait_ended(&mut fx, "denied").await.status.unwrap();
     assert_eq!(denied.phase, BackupPhase::Failed, "{denied:?}");
     let message = denied.message.clone().unwrap_or_default();

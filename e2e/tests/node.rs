@@ -409,54 +409,11 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
         "nothing of deleted left",
         Duration::from_secs(60),
         async || {
-            let names = |l: Vec<Option<String>>| l.into_iter().flatten().collect::<Vec<_>>();
-            let mut left = names(
-                pods.list(&of_deleted)
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .map(|o| o.metadata.name)
-                    .collect(),
-            );
-            left.extend(names(
-                pvcs.list(&of_deleted)
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .map(|o| o.metadata.name)
-                    .collect(),
-            ));
-            left.extend(names(
-                services
-                    .list(&of_deleted)
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .map(|o| o.metadata.name)
-                    .collect(),
-            ));
-            left.extend(names(
-                jobs.list(&of_deleted)
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .map(|o| o.metadata.name)
-                    .collect(),
-            ));
-            left.extend(names(
-                mounts
-                    .list(&of_deleted)
-                    .await
-                    .ok()?
-                    .items
-                    .into_iter()
-                    .map(|o| o.metadata.name)
-                    .collect(),
-            ));
+            let mut left = names_of(&pods, &of_deleted).await?;
+            left.extend(names_of(&pvcs, &of_deleted).await?);
+            left.extend(names_of(&services, &of_deleted).await?);
+            left.extend(names_of(&jobs, &of_deleted).await?);
+            left.extend(names_of(&mounts, &of_deleted).await?);
             let target = format!("{DELETED}-target");
             if pvcs.get_opt(&target).await.ok()?.is_some() {
                 left.push(target);
@@ -720,6 +677,20 @@ async fn wait_completed(node: &RealNode, recoveries: &Api<InstantRecovery>, name
         },
     )
     .await;
+}
+
+/// `kind/name` of each object `selector` lists, or None when the list fails.
+async fn names_of<K>(api: &Api<K>, selector: &ListParams) -> Option<Vec<String>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list_metadata(selector).await.ok()?;
+    Some(
+        list.items
+            .into_iter()
+            .map(|o| format!("{}/{}", K::kind(&()), o.metadata.name.unwrap_or_default()))
+            .collect(),
+    )
 }
 
 /// `SELECT count(*) FROM accounts` through `ip`, or None while it does not answer.
