@@ -25,7 +25,8 @@ pub use binaries::{ControlData, PgBinaries, control_data};
 pub use instance::Instance;
 pub use sql::{
     Primary, Replay, RoleError, alter_system, answers_in_recovery, drop_role,
-    ensure_replication_role, follow, in_recovery, replay_position, replay_progress, set_read_only,
+    ensure_replication_role, follow, in_recovery, quote_conninfo_value, replay_position,
+    replay_progress, set_read_only,
 };
 pub use switchover::{
     LocalPublished, PublishedControl, Reached, Switchover, SwitchoverError, SwitchoverOutcome,

@@ -168,8 +168,9 @@ fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-/// A value in a libpq keyword/value connection string.
-fn quote_conninfo_value(value: &str) -> String {
+/// A value in a libpq keyword/value connection string: quoted, so that no value can add
+/// keywords of its own.
+pub fn quote_conninfo_value(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 

@@ -171,20 +171,26 @@ async fn credentials(at: &Namespace, secret: &str) -> anyhow::Result<(String, St
         .get(secret)
         .await
         .with_context(|| format!("reading Secret {}/{secret}", at.namespace))?;
-    let field = |key: &str| -> anyhow::Result<String> {
-        let bytes = found
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .with_context(|| format!("Secret {secret} has no key {key}"))?;
-        let text = String::from_utf8(bytes.0.clone())
-            .with_context(|| format!("Secret {secret}: {key} is not UTF-8"))?;
-        if text.contains(['\n', '\r', '\0']) {
-            bail!("Secret {secret}: {key} holds a line break or NUL");
-        }
-        Ok(text)
-    };
-    Ok((field("username")?, field("password")?))
+    Ok((
+        secret_value(secret, &found, "username")?,
+        secret_value(secret, &found, "password")?,
+    ))
+}
+
+/// `key` of Secret `name` as one line of text: `pg_dump`'s shell reads the password up to the
+/// first line break, so a value holding one would be cut short rather than refused.
+fn secret_value(name: &str, secret: &Secret, key: &str) -> anyhow::Result<String> {
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .with_context(|| format!("Secret {name} has no key {key}"))?;
+    let text = String::from_utf8(bytes.0.clone())
+        .with_context(|| format!("Secret {name}: {key} is not UTF-8"))?;
+    if text.contains(['\n', '\r', '\0']) {
+        bail!("Secret {name}: {key} holds a line break or NUL");
+    }
+    Ok(text)
 }
 
 /// Copies the dump, telling its size on stderr every few seconds.
@@ -209,4 +215,42 @@ async fn copy_with_progress(
     }
     to.flush().await?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn secret(password: &[u8]) -> Secret {
+        Secret {
+            data: Some(
+                [
+                    ("username".to_owned(), ByteString(b"postgres".to_vec())),
+                    ("password".to_owned(), ByteString(password.to_vec())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_secret_value_is_one_line_of_text() {
+        assert_eq!(
+            secret_value("s", &secret(b"p4ss"), "password").unwrap(),
+            "p4ss"
+        );
+        for (password, why) in [
+            (&b"first\nsecond"[..], "line break"),
+            (b"cr\r", "line break"),
+            (b"nul\0", "NUL"),
+            (b"\xff\xfe", "not UTF-8"),
+        ] {
+            let err = secret_value("s", &secret(password), "password").unwrap_err();
+            assert!(err.to_string().contains(why), "{password:?}: {err}");
+        }
+        let err = secret_value("s", &secret(b"x"), "token").unwrap_err();
+        assert!(err.to_string().contains("has no key token"), "{err}");
+    }
 }

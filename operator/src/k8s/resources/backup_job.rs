@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use ir_api::backup::{BACKUP_UID_LABEL, Backup, SCHEDULED_BACKUP_LABEL};
 use ir_api::crd::BackupRepositorySpec;
+use ir_engine::postgres::quote_conninfo_value;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvVar, PodSpec, PodTemplateSpec, Volume,
@@ -87,7 +88,12 @@ pub fn backup_job(
     command.extend(repository.address().cli_args());
     command.extend([
         "--from-pg".to_owned(),
-        format!("host={} port={}", cluster_host(backup), cluster.port),
+        // Quoted: the host comes from the spec and must not add keywords of its own.
+        format!(
+            "host={} port={}",
+            quote_conninfo_value(&cluster_host(backup)),
+            cluster.port
+        ),
     ]);
     for (key, value) in manifest_labels(backup) {
         command.extend(["--label".to_owned(), format!("{key}={value}")]);
@@ -228,7 +234,7 @@ mod tests {
             "{command}"
         );
         assert!(
-            command.contains("--from-pg host=db-rw.db.svc port=5433 --label"),
+            command.contains("--from-pg host='db-rw.db.svc' port=5433 --label"),
             "{command}"
         );
         assert!(
@@ -291,7 +297,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .join(" ")
-                .contains("host=10.0.0.7 ")
+                .contains("host='10.0.0.7' ")
         );
     }
 
@@ -301,5 +307,15 @@ mod tests {
         let name = job_name(&long);
         assert!(name.len() <= 63 && name.ends_with("-backup"), "{name}");
         assert_eq!(job_name("x"), "x-backup");
+    }
+
+    #[test]
+    fn a_host_cannot_add_connection_keywords() {
+        let b = backup(Some("db' password='x"), None);
+        let job = backup_job(&b, &repository("s3://bucket/prod"), "ir:1", user());
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let command = pod.containers[0].command.clone().unwrap();
+        let conninfo = &command[command.iter().position(|a| a == "--from-pg").unwrap() + 1];
+        assert_eq!(conninfo, r"host='db\' password=\'x' port=5433");
     }
 }
