@@ -581,12 +581,9 @@ fn cel(rule: &str, value: &Value) -> bool {
         "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))" => {
             ir_api::quantity_bytes(&text()).is_some_and(|bytes| bytes > 0)
         }
-        "self.metadata.name.size() <= 63" => value["metadata"]["name"]
-            .as_str()
-            .is_some_and(|n| n.len() <= 63),
-        "self.metadata.name.size() <= 48" => value["metadata"]["name"]
-            .as_str()
-            .is_some_and(|n| n.len() <= 48),
+        // The body checked here has no metadata; the API server checks the names' rules
+        // (e2e/tests/crds.rs has the names too long).
+        "self.metadata.name.size() <= 63" | "self.metadata.name.size() <= 48" => true,
         "has(self.host) != has(self.service)" => {
             value.get("host").is_some() != value.get("service").is_some()
         }
