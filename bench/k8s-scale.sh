@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The operator with many InstantRecovery objects (e2e/examples/k8s_bench.rs, subcommand scale),
-# on the test harness (ir_e2e::installation: a real etcd and kube-apiserver, the agent, the
-# kubelet stand-in and the operator as a release build, bound to the chart's RBAC rules):
+# on the test harness (ir_e2e::installation: a real node with its control plane, the agent and
+# the operator as a release build, bound to the chart's RBAC rules):
 #  - memory: the operator's VmRSS (/proc/<pid>/status) idle with no InstantRecovery, and 10 s
 #    after OBJECTS of them have settled;
 #  - reconcile latency: from sending the create of an object to the first status a watch sees,

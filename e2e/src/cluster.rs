@@ -1,9 +1,8 @@
-//! A real Kubernetes control plane for tests: etcd and kube-apiserver on loopback, built by
-//! scripts/build-control-plane.sh from the Go modules pinned in tools/k8s, with RBAC on and the
-//! CRDs of `ir_api` at hand.
-//!
-//! There is no controller manager, scheduler or kubelet: objects are stored and validated, but
-//! nothing acts on them unless the test runs it (the operator, the agent, the kubelet stand-in).
+//! A real Kubernetes control plane for tests, with RBAC on and the CRDs of `ir_api` at hand:
+//! either etcd and kube-apiserver alone on loopback, built by scripts/build-control-plane.sh
+//! from the Go modules pinned in tools/k8s, where objects are stored and validated but nothing
+//! acts on them unless the test runs it (the operator, the agent); or the cluster of a real
+//! node ([`crate::node`]), where controllers, a scheduler and a kubelet act on them.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -29,6 +28,8 @@ use serde::Deserialize;
 
 use ir_api::backup::{Backup, ScheduledBackup};
 use ir_api::crd::{BackupRepository, InstantRecovery, RecoveryMount};
+
+use crate::node::RealNode;
 
 const ETCD_GO_MOD: &str = include_str!("../../tools/k8s/etcd/go.mod");
 const APISERVER_GO_MOD: &str = include_str!("../../tools/k8s/apiserver/go.mod");
@@ -194,14 +195,25 @@ pub struct Identity {
     pub kubeconfig: PathBuf,
 }
 
-/// etcd and kube-apiserver on free loopback ports, over a temporary directory. Drop kills both
-/// (and waits for them) and removes the directory.
+/// What serves a [`ControlPlane`].
+enum Servers {
+    /// etcd and kube-apiserver on free loopback ports, and no controllers. Fields drop in this
+    /// order: the API server before etcd.
+    Own {
+        _apiserver: Process,
+        _etcd: Process,
+    },
+    /// The cluster of a real node (scripts/node/up.sh), which runs every default controller,
+    /// the scheduler, a kubelet and containerd.
+    Node(RealNode),
+}
+
+/// A control plane: either etcd and kube-apiserver on free loopback ports over a temporary
+/// directory ([`ControlPlane::start`]), or the cluster of a real node
+/// ([`ControlPlane::on_real_node`]). Drop stops what it started (and waits for it) and removes
+/// the directory.
 pub struct ControlPlane {
-    // Fields drop in this order: the controllers and the API server before etcd, the
-    // directory last.
-    controllers: Option<Process>,
-    _apiserver: Process,
-    _etcd: Process,
+    servers: Servers,
     server: String,
     ca_pem: String,
     admin: Identity,
@@ -230,9 +242,10 @@ impl ControlPlane {
             match launch(dir.path(), attempt, ports, &client).await {
                 Ok((apiserver, etcd)) => {
                     return ControlPlane {
-                        controllers: None,
-                        _apiserver: apiserver,
-                        _etcd: etcd,
+                        servers: Servers::Own {
+                            _apiserver: apiserver,
+                            _etcd: etcd,
+                        },
                         server,
                         ca_pem,
                         admin: Identity { client, kubeconfig },
@@ -248,6 +261,40 @@ impl ControlPlane {
         unreachable!("the last attempt returns or panics")
     }
 
+    /// The cluster of a real node ([`RealNode::start`]): Pods really run, on node
+    /// [`crate::node::NODE_NAME`].
+    pub async fn on_real_node() -> ControlPlane {
+        let node = RealNode::start().await;
+        let kubeconfig = Kubeconfig::read_from(node.kubeconfig())
+            .unwrap_or_else(|e| panic!("the node's admin kubeconfig: {e}"));
+        let server = kubeconfig
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+            .expect("the node's admin kubeconfig names its server");
+        let ca_pem = std::fs::read_to_string(node.dir().join("pki/ca.crt"))
+            .unwrap_or_else(|e| panic!("the node's CA certificate: {e}"));
+        ControlPlane {
+            admin: Identity {
+                client: node.admin(),
+                kubeconfig: node.kubeconfig().to_owned(),
+            },
+            servers: Servers::Node(node),
+            server,
+            ca_pem,
+            dir: crate::shared_tempdir(),
+        }
+    }
+
+    /// The real node this control plane belongs to, if any.
+    pub fn node(&self) -> Option<&RealNode> {
+        match &self.servers {
+            Servers::Node(node) => Some(node),
+            Servers::Own { .. } => None,
+        }
+    }
+
     /// A client acting as the admin (group `system:masters`).
     pub fn admin(&self) -> kube::Client {
         self.admin.client.clone()
@@ -256,38 +303,6 @@ impl ControlPlane {
     /// The admin's kubeconfig file, for child processes (`KUBECONFIG`).
     pub fn admin_kubeconfig(&self) -> &Path {
         &self.admin.kubeconfig
-    }
-
-    /// Runs kube-controller-manager with only `controllers` (such as `job` and
-    /// `garbagecollector`), as the admin. Without it the control plane has no controllers at all.
-    pub fn start_controllers(&mut self, controllers: &[&str]) {
-        assert!(self.controllers.is_none(), "the controllers run already");
-        let mut cmd = Command::new(crate::cached_tool(
-            "IR_KUBE_CONTROLLER_MANAGER_BIN",
-            "kube-controller-manager",
-            kubernetes_version(),
-        ));
-        cmd.arg(format!("--kubeconfig={}", self.admin.kubeconfig.display()))
-            .arg(format!("--controllers={}", controllers.join(",")))
-            // No serving port (nothing scrapes it) and no lease: one instance per control plane.
-            .args(["--secure-port=0", "--leader-elect=false", "-v=1"]);
-        let log = self.dir.path().join("kube-controller-manager.log");
-        self.controllers = Some(Process::spawn(cmd, log));
-    }
-
-    /// The last lines of kube-controller-manager's log, for failure messages; also says whether
-    /// it exited.
-    pub fn controllers_log(&mut self) -> String {
-        match &mut self.controllers {
-            None => "kube-controller-manager was not started".to_owned(),
-            Some(process) => {
-                let exited = process
-                    .exited()
-                    .map(|status| format!(" (exited: {status})"))
-                    .unwrap_or_default();
-                format!("kube-controller-manager{exited}:\n{}", process.log_tail())
-            }
-        }
     }
 
     /// Installs the CRDs of `ir_api` and waits until the API server serves them (Established).

@@ -7,7 +7,6 @@ pub mod cluster;
 pub mod helm;
 pub mod http;
 pub mod installation;
-pub mod kubelet;
 pub mod node;
 pub mod pg;
 pub mod s3;

@@ -23,6 +23,9 @@ pub const IMAGE_REPOSITORY: &str = "localhost/instant-recovery";
 pub const IMAGE_TAG: &str = "e2e";
 /// The node's name, as up.sh registers it.
 pub const NODE_NAME: &str = "ir-node";
+/// The node's IP address on its bridge, as up.sh sets it: the Pods' gateway, so a server on
+/// the machine that listens there is reachable from the Pods.
+pub const NODE_IP: &str = "10.244.0.1";
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -109,19 +112,43 @@ impl RealNode {
         &self.kubeconfig
     }
 
+    /// A reboot of the node (scripts/node/reboot.sh): the kubelet, containerd, every container
+    /// and every mount of the node die at once, then containerd and the kubelet start again
+    /// and restart the Pods; the control plane runs on. Returns once the new kubelet reports
+    /// the Node Ready.
+    pub fn reboot(&self) {
+        script("reboot", "scripts/node/reboot.sh", &[self.dir.path()]);
+    }
+
+    /// The end of the log of the cluster's component `name` (`kubelet`, `containerd`,
+    /// `kube-controller-manager`, ...), headed by its name.
+    pub fn log_tail(&self, name: &str) -> String {
+        let log = self.dir.path().join(format!("logs/{name}.log"));
+        format!("--- {name}:\n{}", crate::installation::log_tail(&log))
+    }
+
     /// The cluster's directory (logs in `logs/`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// `ARGS` run in the node's mount namespace (where the Pods' and the agent's mounts live):
-    /// its stdout, or a panic with its stderr.
-    pub fn in_mount_ns(&self, args: &[&str]) -> String {
+    /// `program` to run in the node's mount namespace, where the Pods' and the agent's mounts
+    /// live (nsenter execs it, so the child is the program itself).
+    pub fn command_in_mount_ns(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let pid = std::fs::read_to_string(self.dir.path().join("run/mountns.pid"))
             .expect("the mount namespace's pid");
-        let out = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command
             .args(["-m", "-t", pid.trim(), "--"])
-            .args(args)
+            .arg(program);
+        command
+    }
+
+    /// `ARGS` run in the node's mount namespace: its stdout, or a panic with its stderr.
+    pub fn in_mount_ns(&self, args: &[&str]) -> String {
+        let out = self
+            .command_in_mount_ns(args[0])
+            .args(&args[1..])
             .output()
             .unwrap_or_else(|e| panic!("nsenter {args:?}: {e}"));
         assert!(
@@ -130,6 +157,16 @@ impl RealNode {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The mount points at or below `root` in the node's mount namespace.
+    pub fn mounts_under(&self, root: &Path) -> Vec<String> {
+        let root = root.display().to_string();
+        self.in_mount_ns(&["findmnt", "-rn", "-o", "TARGET"])
+            .lines()
+            .filter(|target| target.starts_with(&root))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The FUSE mounts of the node's mount namespace, one `TARGET SOURCE FSTYPE` a line.

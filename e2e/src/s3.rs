@@ -28,6 +28,7 @@ pub fn server_binary() -> PathBuf {
 /// The server process, its data directory and one bucket; killed on drop.
 pub struct S3Server {
     child: Option<Child>,
+    ip: String,
     port: u16,
     bucket: String,
     access_key: String,
@@ -38,12 +39,18 @@ pub struct S3Server {
 impl S3Server {
     /// Starts the server on 127.0.0.1 with fresh credentials and one empty bucket, `ir-test`.
     pub fn start() -> S3Server {
+        S3Server::start_on("127.0.0.1")
+    }
+
+    /// As [`S3Server::start`], listening on `ip` (the real node's IP, for Pods to reach it).
+    pub fn start_on(ip: &str) -> S3Server {
         let root = crate::shared_tempdir();
         let bucket = "ir-test".to_string();
         // MinIO serves a top-level directory of its data directory as a bucket.
         std::fs::create_dir_all(root.path().join("data").join(&bucket)).expect("create bucket dir");
         let mut server = S3Server {
             child: None,
+            ip: ip.to_owned(),
             port: crate::free_port(),
             bucket,
             access_key: format!("ir{}", crate::random_hex(8)),
@@ -74,7 +81,7 @@ impl S3Server {
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let child = Command::new(server_binary())
             .args(["server", "--quiet", "--address"])
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.ip, self.port))
             .arg(self.root.path().join("data"))
             .env("MINIO_ROOT_USER", &self.access_key)
             .env("MINIO_ROOT_PASSWORD", &self.secret_key)
@@ -114,20 +121,23 @@ impl S3Server {
     }
 
     fn health_ready(&self) -> bool {
-        let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) else {
+        let Ok(mut conn) = TcpStream::connect((self.ip.as_str(), self.port)) else {
             return false;
         };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let request = "GET /minio/health/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        let request = format!(
+            "GET /minio/health/ready HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.ip
+        );
         let mut status = [0u8; 12];
         conn.write_all(request.as_bytes()).is_ok()
             && conn.read_exact(&mut status).is_ok()
             && status.ends_with(b" 200")
     }
 
-    /// `http://127.0.0.1:<port>`
+    /// `http://<ip>:<port>`
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.ip, self.port)
     }
 
     pub fn bucket(&self) -> &str {

@@ -11,8 +11,9 @@ use ir_api::backup::{
     BACKUP_UID_LABEL, Backup, BackupPhase, SCHEDULED_BACKUP_LABEL, ScheduledBackup,
 };
 use ir_api::crd::BackupRepository;
-use ir_e2e::installation::{self, Installation, NAMESPACE, workspace_binary};
-use ir_e2e::pg::{PgCluster, pg_user};
+use ir_e2e::installation::{self, Installation, NAMESPACE, POSTGRES_UID, workspace_binary};
+use ir_e2e::node::NODE_IP;
+use ir_e2e::pg::PgCluster;
 use ir_e2e::s3::S3Server;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -30,10 +31,13 @@ fn password_checking_source(root: &Path) -> PgCluster {
         source.datadir.join("pg_hba.conf"),
         "local all all trust\nlocal replication all trust\n\
          host all all 127.0.0.1/32 scram-sha-256\n\
-         host replication all 127.0.0.1/32 scram-sha-256\n",
+         host replication all 127.0.0.1/32 scram-sha-256\n\
+         host all all 10.244.0.0/24 scram-sha-256\n\
+         host replication all 10.244.0.0/24 scram-sha-256\n",
     )
     .expect("write pg_hba.conf");
-    source.start(&[]);
+    // Also on the node's IP, for the Jobs' Pods.
+    source.start(&[&format!("listen_addresses=127.0.0.1,{NODE_IP}")]);
     source.psql(&format!(
         "CREATE ROLE backup LOGIN REPLICATION PASSWORD '{BACKUP_ROLE_PASSWORD}'; \
          CREATE TABLE marker AS SELECT 'made-from-kubernetes' AS note"
@@ -58,12 +62,11 @@ fn writable_repository(fx: &Installation, name: &str) -> (PathBuf, String) {
     (path, url)
 }
 
-/// Gives `path` and everything under it to the PostgreSQL user.
+/// Gives `path` and everything under it to the PostgreSQL user of the `postgres` image.
 fn give_to_pg(path: &Path) {
-    let (uid, gid) = pg_user();
     let status = Command::new("chown")
         .arg("-R")
-        .arg(format!("{uid}:{gid}"))
+        .arg(format!("{POSTGRES_UID}:{POSTGRES_UID}"))
         .arg(path)
         .status()
         .expect("run chown");
@@ -106,7 +109,7 @@ async fn apply_repository_and_secrets(fx: &Installation, name: &str, spec: &str)
 fn backup_spec(repository: &str, source: &PgCluster, secret: &str, indent: usize) -> String {
     let pad = " ".repeat(indent);
     format!(
-        "{pad}repositoryRef:\n{pad}  name: {repository}\n{pad}cluster:\n{pad}  host: 127.0.0.1\n\
+        "{pad}repositoryRef:\n{pad}  name: {repository}\n{pad}cluster:\n{pad}  host: {NODE_IP}\n\
          {pad}  port: {}\n{pad}  credentialsSecret:\n{pad}    name: {secret}\n\
          {pad}  postgresVersion: 15\n",
         source.port
@@ -127,34 +130,24 @@ async fn apply_backup(fx: &Installation, name: &str, source: &PgCluster, secret:
 }
 
 /// What to read when a Backup does not end as expected.
-fn diagnostics(fx: &mut Installation, name: &str) -> String {
-    let mut text = fx.plane.controllers_log();
+async fn diagnostics(fx: &Installation, name: &str) -> String {
+    let mut text = fx.node().log_tail("kube-controller-manager");
     if let Some(operator) = &fx.operator {
         text.push_str(&format!("\n--- operator:\n{}", operator.tail()));
     }
-    if let Some(kubelet) = &fx.kubelet {
-        let dir = kubelet.log_path(NAMESPACE, "x", "x");
-        let pods = dir.parent().and_then(Path::parent).map(Path::to_owned);
-        for entry in pods
-            .iter()
-            .flat_map(|p| std::fs::read_dir(p).into_iter().flatten())
-        {
-            let pod = entry.expect("a pod log directory").file_name();
-            let pod = pod.to_string_lossy();
-            if pod.starts_with(name) {
-                let log = kubelet.log_path(NAMESPACE, &pod, "backup");
-                text.push_str(&format!(
-                    "\n--- {pod}/backup:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                ));
-            }
+    let pods = fx.pods().list(&ListParams::default()).await;
+    for pod in pods.into_iter().flat_map(|l| l.items) {
+        let pod = pod.name_any();
+        if pod.starts_with(name) {
+            let log = fx.pod_log(&pod, "backup").await.unwrap_or_default();
+            text.push_str(&format!("\n--- {pod}/backup:\n{log}"));
         }
     }
     text
 }
 
 /// Waits until the Backup ends (Completed or Failed) and returns it.
-async fn wait_ended(fx: &mut Installation, name: &str) -> Backup {
+async fn wait_ended(fx: &Installation, name: &str) -> Backup {
     let api: Api<Backup> = Api::namespaced(fx.plane.admin(), NAMESPACE);
     let deadline = Instant::now() + ENDS_WITHIN;
     loop {
@@ -166,7 +159,7 @@ async fn wait_ended(fx: &mut Installation, name: &str) -> Backup {
             panic!(
                 "Backup {name} has not ended after {ENDS_WITHIN:?}: {:?}\n{}",
                 backup.status,
-                diagnostics(fx, name)
+                diagnostics(fx, name).await
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -175,20 +168,19 @@ async fn wait_ended(fx: &mut Installation, name: &str) -> Backup {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_it() {
-    let mut fx = Installation::start().await;
-    fx.plane.start_controllers(&["job", "garbagecollector"]);
+    let fx = Installation::start().await;
     let source = password_checking_source(fx.root.path());
     let (_, url) = writable_repository(&fx, "from-kubernetes");
     apply_repository_and_secrets(&fx, "from-kubernetes", &format!("  url: {url}\n")).await;
 
     apply_backup(&fx, "first", &source, "backup-role").await;
-    let first = wait_ended(&mut fx, "first").await;
+    let first = wait_ended(&fx, "first").await;
     let status = first.status.clone().unwrap();
     assert_eq!(
         status.phase,
         BackupPhase::Completed,
         "{status:?}\n{}",
-        diagnostics(&mut fx, "first")
+        diagnostics(&fx, "first").await
     );
     let id = status.backup_id.clone().expect("status.backupId");
     assert!(status.size_bytes.unwrap() > 0, "{status:?}");
@@ -225,7 +217,7 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
     let out = Command::new(workspace_binary("kubectl-ir"))
         .env("KUBECONFIG", fx.plane.admin_kubeconfig())
         .args(["backup", "create", "second", "-n", NAMESPACE])
-        .args(["--repository", "from-kubernetes", "--host", "127.0.0.1"])
+        .args(["--repository", "from-kubernetes", "--host", NODE_IP])
         .args(["--port", &source.port.to_string()])
         .args([
             "--credentials-secret",
@@ -240,7 +232,7 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
         out.status.success(),
         "kubectl ir backup create: {}{}",
         String::from_utf8_lossy(&out.stderr),
-        diagnostics(&mut fx, "second")
+        diagnostics(&fx, "second").await
     );
     let created: Value = serde_json::from_slice(&out.stdout).expect("kubectl ir JSON");
     assert_eq!(created["name"], "second");
@@ -251,7 +243,7 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
 
     // A wrong password: the Job fails after its retries and the Backup says why.
     apply_backup(&fx, "denied", &source, "wrong-password").await;
-    let denied = wait_ended(&mut fx, "denied").await.status.unwrap();
+    let denied = wait_ended(&fx, "denied").await.status.unwrap();
     assert_eq!(denied.phase, BackupPhase::Failed, "{denied:?}");
     let message = denied.message.clone().unwrap_or_default();
     assert!(
@@ -281,11 +273,10 @@ async fn a_backup_runs_as_a_job_into_the_repository_and_a_wrong_password_fails_i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_scheduled_backup_makes_backups_and_prunes_only_its_own() {
-    let mut fx = Installation::start().await;
-    fx.plane.start_controllers(&["job", "garbagecollector"]);
+    let fx = Installation::start().await;
     let mut source = password_checking_source(fx.root.path());
     // On a real S3 server: the Jobs write there, the operator prunes and collects there.
-    let s3 = S3Server::start();
+    let s3 = S3Server::start_on(NODE_IP);
     let url = s3.url("scheduled");
     let env = s3.env();
     installation::irctl(&["repo", "init", "--repo", &url], &env);
@@ -337,7 +328,7 @@ async fn a_scheduled_backup_makes_backups_and_prunes_only_its_own() {
             panic!(
                 "no retention run deleted a backup of the schedule: {:?}\n{}",
                 backups_in(&url, &env),
-                diagnostics(&mut fx, "often")
+                diagnostics(&fx, "often").await
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -28,6 +28,8 @@ const SCHEDULED: &str = "scheduled";
 const SCHEDULED_AFTER: Duration = Duration::from_secs(30);
 const DELETED: &str = "deleted";
 const RESTARTED: &str = "restarted";
+const AGENTLESS: &str = "agentless";
+const REBOOTED: &str = "rebooted";
 /// The chart's `agent.cacheRoot`: IRCaches are in `ircache/<RecoveryMount uid>` under it.
 const CACHE_ROOT: &str = "/var/lib/instant-recovery";
 
@@ -611,8 +613,158 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     .await;
     assert_eq!(rows, SAMPLE_ROWS.to_string());
     phases.done(&format!("{RESTARTED}: Completed, answer"));
+
+    agent_pod_deleted_while_publishing(&node, &client, &backup_id, &mut phases).await;
+    node_rebooted_while_waiting_for_switchover(&node, &client, &backup_id, &mut phases).await;
     drop(node);
     phases.done("node down");
+}
+
+/// `agentless`: the agent's Pod is deleted while the recovery publishes. Its FUSE session ends
+/// with it; the DaemonSet's new Pod mounts the same IRCache again (a new `mountedAt`), the
+/// operator replaces the published Pod on the new session, and the recovery goes on to
+/// Completed with the backup's data.
+async fn agent_pod_deleted_while_publishing(
+    node: &RealNode,
+    client: &Client,
+    backup_id: &str,
+    phases: &mut Phases,
+) {
+    let recoveries: Api<InstantRecovery> = Api::namespaced(client.clone(), NS);
+    let system_pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
+    let agents = ListParams::default().labels("app.kubernetes.io/component=agent");
+    apply_recovery(node, client, AGENTLESS, "Automatic", backup_id).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let phase = recoveries
+            .get_opt(AGENTLESS)
+            .await
+            .expect("read the recovery")
+            .and_then(|ir| ir.status)
+            .map(|s| s.phase)
+            .unwrap_or_default();
+        match phase {
+            Phase::Publishing => break,
+            p if p > Phase::Publishing => {
+                panic!("{AGENTLESS} passed Publishing unseen: {p:?}")
+            }
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{AGENTLESS} not Publishing\n{}",
+            diagnostics(node)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = system_pods.list(&agents).await.expect("list agents").items;
+    assert_eq!(old.len(), 1, "one agent Pod");
+    let old_name = old[0].metadata.name.clone().expect("a name");
+    let deleted_at = jiff::Timestamp::now();
+    system_pods
+        .delete(&old_name, &DeleteParams::default())
+        .await
+        .expect("delete the agent's Pod");
+    phases.done(&format!("{AGENTLESS}: agent Pod deleted while Publishing"));
+    wait_completed(node, &recoveries, AGENTLESS).await;
+    let mounted_at = Api::<RecoveryMount>::namespaced(client.clone(), NS)
+        .get(AGENTLESS)
+        .await
+        .ok()
+        .and_then(|m| m.status?.mounted_at);
+    assert!(
+        mounted_at.is_some_and(|at| at > deleted_at),
+        "{AGENTLESS} mounted again after the agent's Pod went: {mounted_at:?} (deleted at \
+         {deleted_at})"
+    );
+    let ip = service_ip(node, client, AGENTLESS).await;
+    let rows = wait_for(
+        node,
+        "an answer from agentless",
+        Duration::from_secs(60),
+        async || query_count(&ip).await,
+    )
+    .await;
+    assert_eq!(rows, SAMPLE_ROWS.to_string());
+    phases.done(&format!("{AGENTLESS}: new agent, Completed, answer"));
+}
+
+/// `rebooted`: a Manual recovery waiting for its approval, with a row committed on the
+/// published instance; the node reboots (every process and mount of it dies, the kubelet and
+/// containerd start again). The agent comes back and mounts the IRCache again, the operator
+/// (its Pod restarted too) brings the published instance back, the committed row is there,
+/// and after `kubectl ir switchover` the target has it too.
+async fn node_rebooted_while_waiting_for_switchover(
+    node: &RealNode,
+    client: &Client,
+    backup_id: &str,
+    phases: &mut Phases,
+) {
+    let recoveries: Api<InstantRecovery> = Api::namespaced(client.clone(), NS);
+    apply_recovery(node, client, REBOOTED, "Manual", backup_id).await;
+    wait_phase(node, &recoveries, REBOOTED, Phase::ReadyForSwitchover).await;
+    let ip = service_ip(node, client, REBOOTED).await;
+    query_one(&ip, "CREATE TABLE before_reboot AS SELECT 42 AS answer").await;
+    phases.done(&format!("{REBOOTED}: ReadyForSwitchover, row committed"));
+    node.reboot();
+    phases.done("node rebooted");
+    let answer = wait_for(
+        node,
+        "the committed row after the reboot",
+        Duration::from_secs(180),
+        async || query_value(&ip, "SELECT answer FROM before_reboot").await,
+    )
+    .await;
+    assert_eq!(answer, "42");
+    phases.done(&format!("{REBOOTED}: published again, row there"));
+    wait_phase(node, &recoveries, REBOOTED, Phase::ReadyForSwitchover).await;
+    let out = std::process::Command::new(workspace_binary("kubectl-ir"))
+        .env("KUBECONFIG", node.kubeconfig())
+        .args(["switchover", REBOOTED, "-n", NS])
+        .output()
+        .expect("run kubectl-ir");
+    assert!(
+        out.status.success(),
+        "kubectl ir switchover: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        diagnostics(node)
+    );
+    wait_completed(node, &recoveries, REBOOTED).await;
+    let answer = wait_for(
+        node,
+        "the committed row on the target",
+        Duration::from_secs(60),
+        async || {
+            let sql = "SELECT answer FROM before_reboot WHERE NOT pg_is_in_recovery()";
+            query_value(&ip, sql).await
+        },
+    )
+    .await;
+    assert_eq!(answer, "42");
+    phases.done(&format!("{REBOOTED}: kubectl ir switchover, Completed, row there"));
+}
+
+/// Waits until NAME is in `phase`; panics if it fails.
+async fn wait_phase(
+    node: &RealNode,
+    recoveries: &Api<InstantRecovery>,
+    name: &str,
+    phase: Phase,
+) {
+    wait_for(
+        node,
+        &format!("{name} {phase:?}"),
+        Duration::from_secs(240),
+        async || {
+            let ir = recoveries.get_opt(name).await.ok().flatten()?;
+            match ir.status?.phase {
+                p if p == phase => Some(()),
+                Phase::Failed => panic!("{name} failed:\n{}", diagnostics(node)),
+                _ => None,
+            }
+        },
+    )
+    .await;
 }
 
 /// A hostPath PersistentVolume of class `manual` bound ahead to NAME's target PVC, owned by
@@ -663,20 +815,7 @@ async fn service_ip(node: &RealNode, client: &Client, name: &str) -> String {
 
 /// Waits for NAME's phase Completed; panics if it fails.
 async fn wait_completed(node: &RealNode, recoveries: &Api<InstantRecovery>, name: &str) {
-    wait_for(
-        node,
-        &format!("{name} Completed"),
-        Duration::from_secs(240),
-        async || {
-            let ir = recoveries.get_opt(name).await.ok().flatten()?;
-            match ir.status?.phase {
-                Phase::Completed => Some(()),
-                Phase::Failed => panic!("{name} failed:\n{}", diagnostics(node)),
-                _ => None,
-            }
-        },
-    )
-    .await;
+    wait_phase(node, recoveries, name, Phase::Completed).await;
 }
 
 /// `kind/name` of each object `selector` lists, or None when the list fails.
@@ -695,11 +834,13 @@ where
 
 /// `SELECT count(*) FROM accounts` through `ip`, or None while it does not answer.
 async fn query_count(ip: &str) -> Option<String> {
+    query_value(ip, "SELECT count(*) FROM accounts").await
+}
+
+/// The first value `sql` returns through `ip`, or None while it does not answer.
+async fn query_value(ip: &str, sql: &str) -> Option<String> {
     let client = ir_e2e::installation::connect(ip).await.ok()?;
-    let rows = client
-        .simple_query("SELECT count(*) FROM accounts")
-        .await
-        .ok()?;
+    let rows = client.simple_query(sql).await.ok()?;
     rows.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
         _ => None,

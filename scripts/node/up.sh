@@ -60,6 +60,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# shellcheck source=scripts/node/lib.sh
+source scripts/node/lib.sh
 fail() {
   echo "node/up: $*" >&2
   exit 1
@@ -71,13 +73,8 @@ mkdir -p "$1"
 DIR=$(cd "$1" && pwd)
 [ -z "$(ls -A "$DIR")" ] || fail "$DIR is not empty (scripts/node/down.sh $DIR, then remove it)"
 
-BRIDGE=irnode0
-NODE_IP=10.244.0.1
 POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/16
-NODE_NAME=ir-node
-CGROUP=ir-node
-V1_CONTROLLERS="cpu cpuacct cpuset memory devices freezer blkio pids systemd"
 SYSCTLS="net.ipv4.ip_forward vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 
 # What the machine must offer.
@@ -176,28 +173,6 @@ for g in "$CGROUP" "$CGROUP/system"; do  # a cpuset cgroup takes no process befo
   cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/$g/cpuset.cpus"
   cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/$g/cpuset.mems"
 done
-export IR_NODE_CGROUPS=""
-for c in $V1_CONTROLLERS; do IR_NODE_CGROUPS+=" /sys/fs/cgroup/$c/$CGROUP/system"; done
-
-# start NAME COMMAND...: runs COMMAND in the cluster's cgroups, in its own session, logging to
-# DIR/logs/NAME.log, its PID in DIR/run/NAME.pid.
-start() {
-  local name=$1
-  shift
-  setsid bash -c 'for g in $IR_NODE_CGROUPS; do echo $$ >"$g/cgroup.procs"; done; exec "$@"' \
-    bash "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 &
-  echo $! >"$DIR/run/$name.pid"
-}
-# wait_for WHAT SECONDS COMMAND...: polls COMMAND every half second.
-wait_for() {
-  local what=$1 seconds=$2 tries=$(($2 * 2))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    tries=$((tries - 1))
-    [ $tries -gt 0 ] || fail "$what is not up after $seconds s; see $DIR/logs"
-    sleep 0.5
-  done
-}
 
 sysctl -q -w net.ipv4.ip_forward=1
 
@@ -235,12 +210,6 @@ start kube-controller-manager "$controller_manager" \
   --secure-port=0 --leader-elect=false
 start kube-scheduler "$scheduler" --kubeconfig="$DIR/kube-scheduler.kubeconfig" \
   --secure-port=0 --leader-elect=false
-
-# containerd and the kubelet share a mount namespace with shared propagation (see above).
-start mountns unshare -m --propagation shared sleep infinity
-wait_for "the mount namespace" 10 test -e "/proc/$(cat "$DIR/run/mountns.pid")/ns/mnt"
-sleep 0.2  # unshare execs sleep once the namespace is set up
-in_ns() { nsenter -m -t "$(cat "$DIR/run/mountns.pid")" -- "$@"; }
 
 cat >"$DIR/containerd/config.toml" <<TOML
 version = 2
@@ -282,11 +251,7 @@ cat >"$DIR/cni/net.d/10-ir-node.conflist" <<JSON
   }]
 }
 JSON
-start containerd nsenter -m -t "$(cat "$DIR/run/mountns.pid")" -- \
-  containerd --config "$DIR/containerd/config.toml"
 socket=$DIR/containerd/containerd.sock
-wait_for containerd 30 ctr --address "$socket" version
-scripts/node/images.sh "$socket" >/dev/null
 
 cat >"$DIR/kubelet/config.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -312,10 +277,11 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 YAML
-start kubelet nsenter -m -t "$(cat "$DIR/run/mountns.pid")" -- \
-  "$kubelet" --config="$DIR/kubelet/config.yaml" --kubeconfig="$DIR/kubelet.kubeconfig" \
-  --root-dir="$DIR/kubelet/root" --cert-dir="$DIR/kubelet/pki" \
-  --hostname-override="$NODE_NAME" --node-ip="$NODE_IP"
+# containerd and the kubelet share a mount namespace with shared propagation (see above); the
+# images are in containerd before the kubelet starts.
+start_containerd
+scripts/node/images.sh "$socket" >/dev/null
+start_kubelet "$kubelet"
 
 cat >"$DIR/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1

@@ -1,8 +1,9 @@
-//! Benchmarks of the Kubernetes part on the test harness (a real control plane, the agent and the
-//! operator as processes with the chart's RBAC, PostgreSQL run by the kubelet stand-in), run by
-//! bench/k8s-ttfq.sh and bench/k8s-scale.sh; results in docs/benchmarks.md.
+//! Benchmarks of the Kubernetes part on the test harness (a real node: kubelet, containerd and
+//! the control plane; the agent and the operator as processes with the chart's RBAC; PostgreSQL
+//! in Pods of the `postgres` image), run by bench/k8s-ttfq.sh and bench/k8s-scale.sh; results in
+//! docs/benchmarks.md.
 //!
-//! - `ttfq`: apply of an InstantRecovery to the first `SELECT 1` on its published Pod, against a
+//! - `ttfq`: apply of an InstantRecovery to the first `SELECT 1` through its Service, against a
 //!   local `irctl recover` of the same backup, alternating, with a cold page cache before each.
 //! - `scale`: the operator's memory and reconcile latency with many InstantRecovery objects.
 //! - `password`: the password the backup's `postgres` role needs for `ttfq` (the operator
@@ -23,7 +24,7 @@ use futures::{StreamExt, future};
 use ir_api::crd::{InstantRecovery, MountPhase, RecoveryMount};
 use ir_api::recovery::Phase;
 use ir_e2e::installation::{self, Installation, NAMESPACE, PASSWORD};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};

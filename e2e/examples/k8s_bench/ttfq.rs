@@ -1,4 +1,4 @@
-//! `ttfq`: apply of an InstantRecovery to the first `SELECT 1` on its published Pod, against a
+//! `ttfq`: apply of an InstantRecovery to the first `SELECT 1` through its Service, against a
 //! local `irctl recover` of the same backup.
 
 use super::*;
@@ -40,7 +40,7 @@ pub(super) async fn ttfq(args: TtfqArgs) -> anyhow::Result<()> {
         eprintln!(
             "run {run}: local: first select 1 after {} ms, irctl reports {} ms; cluster: \
              RecoveryMount created +{} ms, Mounted +{} ms, Pod created +{} ms, Pod Running +{} ms, \
-             first select 1 +{} ms, operator reports {} ms; deleted in {} ms",
+             first select 1 through the Service +{} ms, operator reports {} ms; deleted in {} ms",
             l.wall_ms,
             l.reported_ms,
             k.mount_created_ms,
@@ -80,7 +80,8 @@ pub(super) async fn ttfq(args: TtfqArgs) -> anyhow::Result<()> {
     let (kw, lw) = (median(&k_wall), median(&l_wall));
     let (kr, lr) = (median(&k_reported), median(&l_reported));
     println!(
-        "| apply of an InstantRecovery to first `SELECT 1` on the published Pod vs launch of \
+        "| apply of an InstantRecovery to first `SELECT 1` through its Service on the real node vs \
+         launch of \
          `irctl recover` to first `SELECT 1`, {} | {kw} ms | {lw} ms | {} | |",
         args.label,
         ratio(kw, lw)
@@ -134,7 +135,7 @@ async fn local_answers(socket_dir: &Path, port: u16) -> bool {
     client.simple_query("SELECT 1").await.is_ok()
 }
 
-async fn pod_answers(ip: &str) -> bool {
+async fn service_answers(ip: &str) -> bool {
     match installation::connect(ip).await {
         Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
         Err(_) => false,
@@ -243,7 +244,7 @@ struct Seen {
     mounted: Option<Instant>,
     pod_created: Option<Instant>,
     pod_running: Option<Instant>,
-    pod_ip: Option<String>,
+    service_ip: Option<String>,
 }
 
 /// Watches objects of one name and records what `on` makes of them; `ready` gets a message once
@@ -280,6 +281,8 @@ async fn k8s_run(fx: &Installation, name: &str) -> anyhow::Result<K8sRun> {
     let mounts: Api<RecoveryMount> = Api::namespaced(fx.plane.admin(), NAMESPACE);
     let on_mount = seen.clone();
     let on_pod = seen.clone();
+    let on_service = seen.clone();
+    let services: Api<Service> = Api::namespaced(fx.plane.admin(), NAMESPACE);
     let watches = [
         watch_named(mounts, name, ready.clone(), move |m, now| {
             let mut seen = on_mount.lock().expect("seen");
@@ -294,7 +297,7 @@ async fn k8s_run(fx: &Installation, name: &str) -> anyhow::Result<K8sRun> {
         watch_named(
             fx.pods(),
             &format!("{name}-published"),
-            ready,
+            ready.clone(),
             move |p: &Pod, now| {
                 let mut seen = on_pod.lock().expect("seen");
                 seen.pod_created.get_or_insert(now);
@@ -302,14 +305,18 @@ async fn k8s_run(fx: &Installation, name: &str) -> anyhow::Result<K8sRun> {
                 if status.and_then(|s| s.phase.as_deref()) == Some("Running") {
                     seen.pod_running.get_or_insert(now);
                 }
-                if let Some(ip) = status
-                    .and_then(|s| s.pod_ip.clone())
-                    .filter(|ip| !ip.is_empty())
-                {
-                    seen.pod_ip = Some(ip);
-                }
             },
         ),
+        watch_named(services, name, ready, move |s: &Service, _| {
+            if let Some(ip) = s
+                .spec
+                .as_ref()
+                .and_then(|s| s.cluster_ip.clone())
+                .filter(|ip| !ip.is_empty() && ip != "None")
+            {
+                on_service.lock().expect("seen").service_ip = Some(ip);
+            }
+        }),
     ];
     for _ in &watches {
         watching.recv().await.context("a watch ended")?;
@@ -343,15 +350,15 @@ async fn k8s_recovery(fx: &Installation, name: &str, seen: &Mutex<Seen>) -> anyh
     .await
     .context("apply the InstantRecovery")?;
     loop {
-        let ip = seen.lock().expect("seen").pod_ip.clone();
+        let ip = seen.lock().expect("seen").service_ip.clone();
         if let Some(ip) = ip
-            && pod_answers(&ip).await
+            && service_answers(&ip).await
         {
             break;
         }
         if start.elapsed() > FLOW {
             bail!(
-                "{name}-published did not answer within {FLOW:?}:\n{}",
+                "Service {name} did not answer within {FLOW:?}:\n{}",
                 fx.diagnostics(name).await
             );
         }

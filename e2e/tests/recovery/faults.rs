@@ -113,9 +113,10 @@ async fn ids(ip: &str) -> BTreeSet<i64> {
         .collect()
 }
 
-/// The pids of the process `root` and of all its descendants, with their command lines.
-fn process_tree(root: u32) -> Vec<(u32, String)> {
-    let mut all = Vec::new();
+/// The processes of the container `container_id` (its runtime's ID, without the
+/// `containerd://` scheme), with their command lines: those whose cgroup path names it.
+fn container_processes(container_id: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let Some(pid) = entry
             .file_name()
@@ -124,47 +125,33 @@ fn process_tree(root: u32) -> Vec<(u32, String)> {
         else {
             continue;
         };
-        // The parent pid follows the command name in parentheses, which may hold spaces.
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        all.push((pid, ppid, cmdline));
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if cgroup.contains(container_id) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
     }
-    let mut tree = vec![root];
-    let mut next = 0;
-    while let Some(&parent) = tree.get(next) {
-        tree.extend(
-            all.iter()
-                .filter(|(_, ppid, _)| *ppid == Some(parent))
-                .map(|(pid, _, _)| *pid),
-        );
-        next += 1;
-    }
-    all.into_iter()
-        .filter(|(pid, _, _)| tree.contains(pid))
-        .map(|(pid, _, cmdline)| (pid, cmdline))
-        .collect()
+    found
 }
 
-/// The startup process (WAL replay) of the standby in Pod `pod`.
+/// The startup process (WAL replay) of the standby in Pod `pod`, as the machine sees it.
 async fn standby_replay_pid(fx: &Installation, pod: &str) -> u32 {
     let pod = fx.pods().get(pod).await.expect("get the target Pod");
-    let main = pod
+    let container = pod
         .status
         .and_then(|s| s.container_statuses)
         .and_then(|c| c.into_iter().find(|c| c.name == "postgres"))
         .and_then(|c| c.container_id)
-        .and_then(|id| id.strip_prefix("kubelet-stand-in://")?.parse::<u32>().ok())
         .expect("the target's postgres container runs");
-    let tree = process_tree(main);
-    tree.iter()
+    let id = container
+        .split_once("://")
+        .map_or(container.as_str(), |(_, id)| id);
+    let processes = container_processes(id);
+    processes
+        .iter()
         .find(|(_, cmdline)| cmdline.contains(": startup recovering"))
         .map(|(pid, _)| *pid)
-        .unwrap_or_else(|| panic!("no startup process among the target's processes: {tree:?}"))
+        .unwrap_or_else(|| panic!("no startup process in container {id}: {processes:?}"))
 }
 
 fn signal(pid: u32, signal: i32) {

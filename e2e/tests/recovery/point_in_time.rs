@@ -183,15 +183,16 @@ async fn recovery_to_a_restore_point_replays_the_archived_wal_in_the_published_p
 #[tokio::test(flavor = "multi_thread")]
 async fn recovery_to_a_restore_point_fetches_wal_from_s3_with_the_repositorys_credentials() {
     ir_e2e::require_root();
-    let s3 = S3Server::start();
     let root = ir_e2e::shared_tempdir();
-    let url = s3.url("pitr");
-    let env = s3.env();
-    irctl(&["repo", "init", "--repo", &url], &env);
-    let backup = archived_history(root.path(), &url, &env);
     // The installation's own repository is not used here.
     let unused = format!("file://{}/repositories/unused", root.path().display());
     let fx = Installation::with_backup(root, unused, "unused".to_owned()).await;
+    // On the node's IP, which exists once the node is up: the published Pod fetches from it.
+    let s3 = S3Server::start_on(ir_e2e::node::NODE_IP);
+    let url = s3.url("pitr");
+    let env = s3.env();
+    irctl(&["repo", "init", "--repo", &url], &env);
+    let backup = archived_history(fx.root.path(), &url, &env);
     fx.plane
         .apply_yaml(&format!(
             "{}---\n\
