@@ -76,11 +76,9 @@
 #   --allow-privileged=true: as in real clusters; without it the API server refuses any Pod
 #     (or workload template) with a privileged container, such as a FUSE agent's DaemonSet.
 #   --service-cluster-ip-range: without it the default 10.0.0.0/24 is used, with a warning.
-#   No scheduler, and kube-controller-manager only where a test starts it, with only the Job
-#   and garbage-collector controllers (e2e ControlPlane::start_controllers): Deployments and
-#   StatefulSets get no Pods, Pods without a nodeName stay Pending and Services get no
-#   endpoints. Tests create, read, update and delete objects; a test stand-in for the kubelet
-#   (e2e/src/kubelet.rs) runs the Pods bound to its Node.
+#   No scheduler and no controllers in the tests that use this API server alone: they create,
+#   read, update and delete objects. Tests that run Pods use the real node of
+#   scripts/node/up.sh, which runs kube-controller-manager (built here) and the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

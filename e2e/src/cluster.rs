@@ -199,10 +199,7 @@ pub struct Identity {
 enum Servers {
     /// etcd and kube-apiserver on free loopback ports, and no controllers. Fields drop in this
     /// order: the API server before etcd.
-    Own {
-        _apiserver: Process,
-        _etcd: Process,
-    },
+    Own { _apiserver: Process, _etcd: Process },
     /// The cluster of a real node (scripts/node/up.sh), which runs every default controller,
     /// the scheduler, a kubelet and containerd.
     Node(RealNode),

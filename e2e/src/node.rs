@@ -138,9 +138,7 @@ impl RealNode {
         let pid = std::fs::read_to_string(self.dir.path().join("run/mountns.pid"))
             .expect("the mount namespace's pid");
         let mut command = Command::new("nsenter");
-        command
-            .args(["-m", "-t", pid.trim(), "--"])
-            .arg(program);
+        command.args(["-m", "-t", pid.trim(), "--"]).arg(program);
         command
     }
 

@@ -1,6 +1,6 @@
-//! Backups made from Kubernetes on a real control plane with its Job and garbage-collector
-//! controllers: a `Backup` runs `irctl backup create --from-pg` as a Job (run by the kubelet
-//! stand-in) against a real PostgreSQL server that checks passwords, and a `ScheduledBackup`
+//! Backups made from Kubernetes on the real node: a `Backup` runs `irctl backup create
+//! --from-pg` as a Job, in a Pod of the `postgres` image, against a real PostgreSQL server on
+//! the machine (listening on the node's IP) that checks passwords, and a `ScheduledBackup`
 //! makes them on a cron schedule into a real S3 server and prunes what it made, and only that.
 
 use std::path::{Path, PathBuf};

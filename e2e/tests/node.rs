@@ -741,16 +741,13 @@ async fn node_rebooted_while_waiting_for_switchover(
     )
     .await;
     assert_eq!(answer, "42");
-    phases.done(&format!("{REBOOTED}: kubectl ir switchover, Completed, row there"));
+    phases.done(&format!(
+        "{REBOOTED}: kubectl ir switchover, Completed, row there"
+    ));
 }
 
 /// Waits until NAME is in `phase`; panics if it fails.
-async fn wait_phase(
-    node: &RealNode,
-    recoveries: &Api<InstantRecovery>,
-    name: &str,
-    phase: Phase,
-) {
+async fn wait_phase(node: &RealNode, recoveries: &Api<InstantRecovery>, name: &str, phase: Phase) {
     wait_for(
         node,
         &format!("{name} {phase:?}"),

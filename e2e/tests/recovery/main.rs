@@ -1,6 +1,5 @@
-//! `InstantRecovery` end to end on a real control plane: the operator and the agent as
-//! processes with the chart's RBAC, real FUSE mounts, real PostgreSQL run by the kubelet
-//! stand-in.
+//! `InstantRecovery` end to end on the real node: the operator and the agent as processes with
+//! the chart's RBAC, real FUSE mounts, real PostgreSQL in Pods run by the kubelet and containerd.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
