@@ -29,7 +29,7 @@ use serde::Deserialize;
 use ir_api::backup::{Backup, ScheduledBackup};
 use ir_api::crd::{BackupRepository, InstantRecovery, RecoveryMount};
 
-use crate::node::RealNode;
+use crate::node::{NodeTurn, RealNode};
 
 const ETCD_GO_MOD: &str = include_str!("../../tools/k8s/etcd/go.mod");
 const APISERVER_GO_MOD: &str = include_str!("../../tools/k8s/apiserver/go.mod");
@@ -202,7 +202,7 @@ enum Servers {
     Own { _apiserver: Process, _etcd: Process },
     /// The cluster of a real node (scripts/node/up.sh), which runs every default controller,
     /// the scheduler, a kubelet and containerd.
-    Node(RealNode),
+    Node(NodeTurn),
 }
 
 /// A control plane: either etcd and kube-apiserver on free loopback ports over a temporary
@@ -258,10 +258,10 @@ impl ControlPlane {
         unreachable!("the last attempt returns or panics")
     }
 
-    /// The cluster of a real node ([`RealNode::start`]): Pods really run, on node
-    /// [`crate::node::NODE_NAME`].
+    /// A turn on the real node this test process shares ([`NodeTurn::shared`]): Pods really
+    /// run, on node [`crate::node::NODE_NAME`].
     pub async fn on_real_node() -> ControlPlane {
-        let node = RealNode::start().await;
+        let node = NodeTurn::shared().await;
         let kubeconfig = Kubeconfig::read_from(node.kubeconfig())
             .unwrap_or_else(|e| panic!("the node's admin kubeconfig: {e}"));
         let server = kubeconfig

@@ -5,15 +5,23 @@
 //! containerd. The chart runs on it as it would anywhere: the operator, the agent DaemonSet,
 //! the recoveries' Pods and Jobs are real Pods.
 //!
-//! The cluster is machine-wide (a bridge, fixed addresses, iptables chains): only one
-//! [`RealNode`] exists at a time in a process ([`RealNode::start`] waits for the previous one to
-//! go), and tests that use it run in one test binary. Dropping it runs scripts/node/down.sh,
-//! also when the test panics.
+//! The cluster is machine-wide (a bridge, fixed addresses, iptables chains): one test at a time
+//! has a turn on it ([`NodeTurn`]). A test has a node of its own ([`NodeTurn::own`], torn down
+//! by scripts/node/down.sh when the turn ends, also when the test panics), or a turn on the node
+//! its test process shares ([`NodeTurn::shared`]: started at the first turn, torn down when the
+//! process exits, and cleared of what the last turn made at the start of each turn).
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use ir_api::backup::{Backup, ScheduledBackup};
+use ir_api::crd::{BackupRepository, InstantRecovery, RecoveryMount};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
 use crate::helm::repo_root;
 use crate::installation::workspace_binary;
@@ -27,14 +35,18 @@ pub const NODE_NAME: &str = "ir-node";
 /// the machine that listens there is reachable from the Pods.
 pub const NODE_IP: &str = "10.244.0.1";
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Namespaces a fresh cluster has, which a shared node's turn keeps.
+const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static SHARED: OnceLock<RealNode> = OnceLock::new();
+
+/// A running cluster (scripts/node/up.sh) and its directory. Dropping it runs
+/// scripts/node/down.sh.
 pub struct RealNode {
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
     kubectl: PathBuf,
-    client: kube::Client,
-    _turn: MutexGuard<'static, ()>,
 }
 
 /// Runs a script of the repository; its stdout, or a panic with its stderr.
@@ -55,13 +67,168 @@ fn script(what: &str, path: &str, args: &[&Path]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// One test's turn on a node; it derefs to the node.
+pub struct NodeTurn {
+    node: Turned,
+    client: kube::Client,
+    _turn: MutexGuard<'static, ()>,
+}
+
+enum Turned {
+    Own(RealNode),
+    Shared(&'static RealNode),
+}
+
+impl NodeTurn {
+    /// A node of this test's own, torn down when the turn ends: for tests that install the
+    /// chart or reboot the node.
+    pub async fn own() -> NodeTurn {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let node = RealNode::boot();
+        let client = crate::cluster::client_from(&node.kubeconfig).await;
+        NodeTurn {
+            node: Turned::Own(node),
+            client,
+            _turn: turn,
+        }
+    }
+
+    /// A turn on the node this test process shares, started at the first turn and torn down
+    /// when the process exits. Whatever the last turn made is cleared first: every namespace
+    /// but the cluster's own (their Pods deleted at once, the finalizers of the project's
+    /// objects dropped), the PersistentVolumes and the chart's cluster-wide RBAC objects.
+    pub async fn shared() -> NodeTurn {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let node = SHARED.get_or_init(|| {
+            let node = RealNode::boot();
+            // SAFETY: registers a function that takes nothing, to run at exit.
+            unsafe { libc::atexit(tear_down_shared) };
+            node
+        });
+        let client = crate::cluster::client_from(&node.kubeconfig).await;
+        clear(&client).await;
+        NodeTurn {
+            node: Turned::Shared(node),
+            client,
+            _turn: turn,
+        }
+    }
+
+    /// A client acting as the admin (group `system:masters`), made for this turn.
+    pub fn admin(&self) -> kube::Client {
+        self.client.clone()
+    }
+}
+
+impl Deref for NodeTurn {
+    type Target = RealNode;
+
+    fn deref(&self) -> &RealNode {
+        match &self.node {
+            Turned::Own(node) => node,
+            Turned::Shared(node) => node,
+        }
+    }
+}
+
+extern "C" fn tear_down_shared() {
+    if let Some(node) = SHARED.get() {
+        node.down();
+        let _ = std::fs::remove_dir_all(node.dir.path());
+    }
+}
+
+/// Drops the finalizers of every object of kind `K`, so that none waits for an operator or an
+/// agent that is gone.
+async fn drop_finalizers<K>(client: &kube::Client)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let none = serde_json::json!({"metadata": {"finalizers": null}});
+    let objects = Api::<K>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for object in objects {
+        let meta = object.metadata;
+        if let (Some(namespace), Some(name), Some(_)) = (meta.namespace, meta.name, meta.finalizers)
+        {
+            let _ = Api::<K>::namespaced(client.clone(), &namespace)
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&none))
+                .await;
+        }
+    }
+}
+
+/// The namespaces a turn made (all but [`SYSTEM_NAMESPACES`]).
+async fn made_namespaces(namespaces: &Api<Namespace>) -> Vec<String> {
+    namespaces
+        .list(&ListParams::default())
+        .await
+        .expect("list the namespaces")
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .filter(|n| !SYSTEM_NAMESPACES.contains(&n.as_str()))
+        .collect()
+}
+
+/// Clears what the last turn on a shared node made (see [`NodeTurn::shared`]).
+async fn clear(client: &kube::Client) {
+    let started = Instant::now();
+    drop_finalizers::<InstantRecovery>(client).await;
+    drop_finalizers::<RecoveryMount>(client).await;
+    drop_finalizers::<BackupRepository>(client).await;
+    drop_finalizers::<Backup>(client).await;
+    drop_finalizers::<ScheduledBackup>(client).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let made = made_namespaces(&namespaces).await;
+    for namespace in &made {
+        let _ = Api::<Pod>::namespaced(client.clone(), namespace)
+            .delete_collection(
+                &DeleteParams::default().grace_period(0),
+                &ListParams::default(),
+            )
+            .await;
+        let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
+    }
+    let chart = ListParams::default().labels("app.kubernetes.io/name=instant-recovery");
+    let _ = Api::<ClusterRoleBinding>::all(client.clone())
+        .delete_collection(&DeleteParams::default(), &chart)
+        .await;
+    let _ = Api::<ClusterRole>::all(client.clone())
+        .delete_collection(&DeleteParams::default(), &chart)
+        .await;
+    let _ = Api::<PersistentVolume>::all(client.clone())
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = made_namespaces(&namespaces).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the shared node's namespaces {left:?} are not gone after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !made.is_empty() {
+        eprintln!("real node: {made:?} cleared in {:.1?}", started.elapsed());
+    }
+}
+
 impl RealNode {
     /// Builds (or takes from the cache) the node binaries and the images, starts the cluster
     /// and imports the project's image. Panics with the failing script's stderr when the
-    /// machine cannot run it.
-    pub async fn start() -> RealNode {
+    /// machine cannot run it; a half-started cluster is torn down.
+    fn boot() -> RealNode {
         crate::require_root();
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let binaries = script("node binaries", "scripts/node/build.sh", &[]);
         let kubectl = binaries
             .lines()
@@ -79,17 +246,11 @@ impl RealNode {
             &[&bin_dir],
         );
         let dir = crate::shared_tempdir();
-        let kubeconfig = dir.path().join("admin.kubeconfig");
         // From here on, a failure tears the cluster down (Drop of the half-made RealNode).
-        let mut node = RealNode {
-            kubeconfig: kubeconfig.clone(),
+        let node = RealNode {
+            kubeconfig: dir.path().join("admin.kubeconfig"),
             kubectl,
-            client: kube::Client::try_from(kube::Config::new(
-                "http://127.0.0.1:1".parse().expect("a URL"),
-            ))
-            .expect("a placeholder client"),
             dir,
-            _turn: turn,
         };
         script("up", "scripts/node/up.sh", &[node.dir.path()]);
         let socket = node.dir.path().join("containerd/containerd.sock");
@@ -98,13 +259,27 @@ impl RealNode {
             "scripts/node/project-image.sh",
             &[&bin_dir, &socket],
         );
-        node.client = crate::cluster::client_from(&kubeconfig).await;
         node
     }
 
-    /// A client acting as the admin (group `system:masters`).
-    pub fn admin(&self) -> kube::Client {
-        self.client.clone()
+    /// scripts/node/down.sh; a failure is reported, not raised (it runs on drop and at exit).
+    fn down(&self) {
+        let started = Instant::now();
+        match Command::new(repo_root().join("scripts/node/down.sh"))
+            .arg(self.dir.path())
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                eprintln!("real node: down in {:.1?}", started.elapsed());
+            }
+            Ok(out) => eprintln!(
+                "real node: scripts/node/down.sh {} failed ({}):\n{}",
+                self.dir.path().display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("real node: cannot run scripts/node/down.sh: {e}"),
+        }
     }
 
     /// The admin's kubeconfig file.
@@ -203,21 +378,6 @@ impl RealNode {
 
 impl Drop for RealNode {
     fn drop(&mut self) {
-        let started = Instant::now();
-        match Command::new(repo_root().join("scripts/node/down.sh"))
-            .arg(self.dir.path())
-            .output()
-        {
-            Ok(out) if out.status.success() => {
-                eprintln!("real node: down in {:.1?}", started.elapsed());
-            }
-            Ok(out) => eprintln!(
-                "real node: scripts/node/down.sh {} failed ({}):\n{}",
-                self.dir.path().display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("real node: cannot run scripts/node/down.sh: {e}"),
-        }
+        self.down();
     }
 }

@@ -11,7 +11,7 @@ use ir_api::backup::{
     BACKUP_UID_LABEL, Backup, BackupPhase, SCHEDULED_BACKUP_LABEL, ScheduledBackup,
 };
 use ir_api::crd::BackupRepository;
-use ir_e2e::installation::{self, Installation, NAMESPACE, POSTGRES_UID, workspace_binary};
+use ir_e2e::installation::{self, Installation, NAMESPACE, workspace_binary};
 use ir_e2e::node::NODE_IP;
 use ir_e2e::pg::PgCluster;
 use ir_e2e::s3::S3Server;
@@ -58,19 +58,8 @@ fn writable_repository(fx: &Installation, name: &str) -> (PathBuf, String) {
     let path = fx.file_roots[0].join(name);
     let url = format!("file://{}", path.display());
     irctl(&["repo", "init", "--repo", &url]);
-    give_to_pg(&path);
+    installation::give_to_pod_postgres(&path);
     (path, url)
-}
-
-/// Gives `path` and everything under it to the PostgreSQL user of the `postgres` image.
-fn give_to_pg(path: &Path) {
-    let status = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{POSTGRES_UID}:{POSTGRES_UID}"))
-        .arg(path)
-        .status()
-        .expect("run chown");
-    assert!(status.success(), "chown {}", path.display());
 }
 
 /// The repository's backups (`irctl backup list --output json`).

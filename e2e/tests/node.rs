@@ -10,7 +10,7 @@ use ir_api::crd::{InstantRecovery, RECOVERY_LABEL, RECOVERY_NODE_LABEL, Recovery
 use ir_api::recovery::Phase;
 use ir_e2e::helm::{self, Helm};
 use ir_e2e::installation::{PASSWORD, SAMPLE_ROWS, query_one, sample_backup, workspace_binary};
-use ir_e2e::node::{IMAGE_REPOSITORY, IMAGE_TAG, NODE_NAME, RealNode};
+use ir_e2e::node::{IMAGE_REPOSITORY, IMAGE_TAG, NODE_NAME, NodeTurn, RealNode};
 use ir_e2e::pg::{PgCluster, bindir};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
@@ -144,7 +144,7 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     let file_root = root.path().join("repositories");
     phases.done("sample backup");
 
-    let node = RealNode::start().await;
+    let node = NodeTurn::own().await;
     phases.done("node up, images imported");
     let client = node.admin();
 
@@ -708,6 +708,27 @@ async fn node_rebooted_while_waiting_for_switchover(
     phases.done(&format!("{REBOOTED}: ReadyForSwitchover, row committed"));
     node.reboot();
     phases.done("node rebooted");
+    // The kubelet started the same Pods again: their containers were killed with the node.
+    let agents = ListParams::default().labels("app.kubernetes.io/component=agent");
+    let system_pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
+    wait_for(
+        node,
+        "the agent's container restarted after the reboot",
+        Duration::from_secs(120),
+        async || {
+            let pods = system_pods.list(&agents).await.ok()?.items;
+            let restarts = pods
+                .first()?
+                .status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .first()?
+                .restart_count;
+            (restarts >= 1 && pods.first().is_some_and(pod_ready)).then_some(())
+        },
+    )
+    .await;
     let answer = wait_for(
         node,
         "the committed row after the reboot",

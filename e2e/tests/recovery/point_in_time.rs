@@ -35,7 +35,8 @@ fn file_repository(root: &Path, name: &str, flags: &[&str], env: &[(String, Stri
 
 /// A backup into repository `url` (reached with `env`) of a source that then archives rows up
 /// to [`BEFORE_DROP`], the restore point `before_drop`, a dropped table and a table made after
-/// the drop. Returns the backup id.
+/// the drop. A file:// repository is then given to the Pods' PostgreSQL user, who fetches the
+/// WAL. Returns the backup id.
 fn archived_history(root: &Path, url: &str, env: &[(String, String)]) -> String {
     let mut source = PgCluster::init(&root.join("source"));
     let env_words: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -69,6 +70,9 @@ fn archived_history(root: &Path, url: &str, env: &[(String, String)]) -> String 
     source.psql("CREATE TABLE after_drop(x int); INSERT INTO after_drop VALUES (1)");
     source.archive_current_segment();
     source.stop();
+    if let Some(path) = url.strip_prefix("file://") {
+        ir_e2e::installation::give_to_pod_postgres(Path::new(path));
+    }
     id
 }
 
