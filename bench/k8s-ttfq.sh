@@ -32,6 +32,7 @@ pg_stop "$SOURCE_DIR"
 DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
 
 recover_clean
+recover_dir
 trap recover_clean EXIT; trap "exit 1" INT TERM
 "$BENCH" ttfq --repo "$REPO" --backup "$ID" --runs "$RUNS" --workdir "$RW" --target-pgdata "$RT" \
   --published-port $((PORT + 10)) --target-port $((PORT + 11)) \

@@ -26,11 +26,16 @@ except Exception:
 phase() { status_get 's["phase"]'; }
 timing() { status_get "s[\"timings\"].get(\"$1\")"; }
 
+# recover_dir: $RECOVER_DIR, root's, where the workdir and the target go.
+recover_dir() {
+  mkdir -p "$RECOVER_DIR"; chown root:root "$RECOVER_DIR"; chmod 755 "$RECOVER_DIR"
+}
+
 # recover_start POLICY PUBLISHED_PORT TARGET_PORT [ARG...]: `irctl recover` of $REPO/$ID in the
 # background, with the further arguments (e.g. a --target-*).
 recover_start() {
   recover_clean
-  mkdir -p "$RECOVER_DIR"; chown root:root "$RECOVER_DIR"; chmod 755 "$RECOVER_DIR"
+  recover_dir
   "$IRCTL" recover --repo "${REPO:?}" --backup "${ID:?}" --workdir "$RW" --target-pgdata "$RT" \
     --switchover "$1" --published-port "$2" --target-port "$3" --retry-limit 0 "${@:4}" \
     > "$REC_OUT" 2>&1 &
