@@ -466,17 +466,7 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
             "{MANUAL} waits for its approval"
         );
     }
-    let out = std::process::Command::new(workspace_binary("kubectl-ir"))
-        .env("KUBECONFIG", node.kubeconfig())
-        .args(["switchover", MANUAL, "-n", NS])
-        .output()
-        .expect("run kubectl-ir");
-    assert!(
-        out.status.success(),
-        "kubectl ir switchover: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        diagnostics(&node)
-    );
+    kubectl_ir(&node, &["switchover", MANUAL, "-n", NS]);
     wait_completed(&node, &recoveries, MANUAL).await;
     let manual_ip = service_ip(&node, &client, MANUAL).await;
     let rows = wait_for(
@@ -524,17 +514,12 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     // kubectl ir export: pg_dump in the serving Pod, streamed through the API server (exec),
     // restores with pg_restore into a fresh cluster.
     let dump = node.dir().join("accounts.dump");
-    let out = std::process::Command::new(workspace_binary("kubectl-ir"))
-        .env("KUBECONFIG", node.kubeconfig())
-        .args(["export", NAME, "-n", NS, "--table", "accounts", "-o"])
-        .arg(&dump)
-        .output()
-        .expect("run kubectl-ir");
-    assert!(
-        out.status.success(),
-        "kubectl ir export: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        diagnostics(&node)
+    let dump_path = dump.to_str().expect("a UTF-8 path");
+    kubectl_ir(
+        &node,
+        &[
+            "export", NAME, "-n", NS, "--table", "accounts", "-o", dump_path,
+        ],
     );
     let fresh_root = ir_e2e::shared_tempdir();
     let mut fresh = PgCluster::init(fresh_root.path());
@@ -666,17 +651,20 @@ async fn agent_pod_deleted_while_publishing(
         .await
         .expect("delete the agent's Pod");
     phases.done(&format!("{AGENTLESS}: agent Pod deleted while Publishing"));
+    // The new agent's mount session: the RecoveryMount's `mountedAt` moves past the deletion
+    // (read before Completed, which removes the RecoveryMount).
+    let mounts: Api<RecoveryMount> = Api::namespaced(client.clone(), NS);
+    wait_for(
+        node,
+        "agentless mounted again by the new agent",
+        Duration::from_secs(120),
+        async || {
+            let mounted_at = mounts.get_opt(AGENTLESS).await.ok()??.status?.mounted_at?;
+            (mounted_at > deleted_at).then_some(())
+        },
+    )
+    .await;
     wait_completed(node, &recoveries, AGENTLESS).await;
-    let mounted_at = Api::<RecoveryMount>::namespaced(client.clone(), NS)
-        .get(AGENTLESS)
-        .await
-        .ok()
-        .and_then(|m| m.status?.mounted_at);
-    assert!(
-        mounted_at.is_some_and(|at| at > deleted_at),
-        "{AGENTLESS} mounted again after the agent's Pod went: {mounted_at:?} (deleted at \
-         {deleted_at})"
-    );
     let ip = service_ip(node, client, AGENTLESS).await;
     let rows = wait_for(
         node,
@@ -739,17 +727,7 @@ async fn node_rebooted_while_waiting_for_switchover(
     assert_eq!(answer, "42");
     phases.done(&format!("{REBOOTED}: published again, row there"));
     wait_phase(node, &recoveries, REBOOTED, Phase::ReadyForSwitchover).await;
-    let out = std::process::Command::new(workspace_binary("kubectl-ir"))
-        .env("KUBECONFIG", node.kubeconfig())
-        .args(["switchover", REBOOTED, "-n", NS])
-        .output()
-        .expect("run kubectl-ir");
-    assert!(
-        out.status.success(),
-        "kubectl ir switchover: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        diagnostics(node)
-    );
+    kubectl_ir(node, &["switchover", REBOOTED, "-n", NS]);
     wait_completed(node, &recoveries, REBOOTED).await;
     let answer = wait_for(
         node,
@@ -765,6 +743,22 @@ async fn node_rebooted_while_waiting_for_switchover(
     phases.done(&format!(
         "{REBOOTED}: kubectl ir switchover, Completed, row there"
     ));
+}
+
+/// `kubectl ir ARGS` as the admin; panics with its stderr and the diagnostics if it fails.
+fn kubectl_ir(node: &RealNode, args: &[&str]) {
+    let out = std::process::Command::new(workspace_binary("kubectl-ir"))
+        .env("KUBECONFIG", node.kubeconfig())
+        .args(args)
+        .output()
+        .expect("run kubectl-ir");
+    assert!(
+        out.status.success(),
+        "kubectl ir {}: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        diagnostics(node)
+    );
 }
 
 /// Waits until NAME is in `phase`; panics if it fails.
