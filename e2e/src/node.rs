@@ -14,7 +14,7 @@
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ir_api::backup::{Backup, ScheduledBackup};
@@ -38,7 +38,9 @@ pub const NODE_IP: &str = "10.244.0.1";
 /// Namespaces a fresh cluster has, which a shared node's turn keeps.
 const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// One turn at a time; a tokio lock, so that a test waiting for its turn blocks no thread of
+/// another test's runtime.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static SHARED: OnceLock<RealNode> = OnceLock::new();
 
 /// A running cluster (scripts/node/up.sh) and its directory. Dropping it runs
@@ -71,7 +73,7 @@ fn script(what: &str, path: &str, args: &[&Path]) -> String {
 pub struct NodeTurn {
     node: Turned,
     client: kube::Client,
-    _turn: MutexGuard<'static, ()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 enum Turned {
@@ -83,7 +85,7 @@ impl NodeTurn {
     /// A node of this test's own, torn down when the turn ends: for tests that install the
     /// chart or reboot the node.
     pub async fn own() -> NodeTurn {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let turn = ONE_AT_A_TIME.lock().await;
         let node = RealNode::boot();
         let client = crate::cluster::client_from(&node.kubeconfig).await;
         NodeTurn {
@@ -98,7 +100,7 @@ impl NodeTurn {
     /// but the cluster's own (their Pods deleted at once, the finalizers of the project's
     /// objects dropped), the PersistentVolumes and the chart's cluster-wide RBAC objects.
     pub async fn shared() -> NodeTurn {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let turn = ONE_AT_A_TIME.lock().await;
         let node = SHARED.get_or_init(|| {
             let node = RealNode::boot();
             // SAFETY: registers a function that takes nothing, to run at exit.
