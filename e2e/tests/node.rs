@@ -14,6 +14,7 @@ use ir_e2e::node::{IMAGE_REPOSITORY, IMAGE_TAG, NODE_NAME, NodeTurn, RealNode};
 use ir_e2e::pg::{PgCluster, bindir};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -28,6 +29,8 @@ const SCHEDULED: &str = "scheduled";
 const SCHEDULED_AFTER: Duration = Duration::from_secs(30);
 const DELETED: &str = "deleted";
 const RESTARTED: &str = "restarted";
+/// The operators' leader-election Lease (ir-operator's --leader-election-name default).
+const OPERATOR_LEASE: &str = "instant-recovery-operator";
 const AGENTLESS: &str = "agentless";
 const REBOOTED: &str = "rebooted";
 /// The chart's `agent.cacheRoot`: IRCaches are in `ircache/<RecoveryMount uid>` under it.
@@ -160,7 +163,6 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
         format!("image.tag={IMAGE_TAG}"),
         "image.pullPolicy=Never".to_owned(),
         format!("repositories.fileRoots[0]={}", file_root.display()),
-        "operator.replicas=1".to_owned(),
         "logFormat=text".to_owned(),
     ];
     let mut args = vec![
@@ -277,8 +279,8 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     .await;
     // Four recoveries of the same backup: `orders` (Automatic), `manual` (approved with the
     // plugin) and `deleted` (deleted while it syncs) run side by side; `restarted` (the
-    // operator's Pod deleted while it syncs) runs alone afterwards, so that the operator's
-    // restart interrupts it only.
+    // leading operator's Pod killed while it syncs) runs alone afterwards, so that the
+    // failover interrupts it only.
     let switchover_at = jiff::Timestamp::now() + SCHEDULED_AFTER;
     let switchover_at = jiff::Timestamp::from_second(switchover_at.as_second()).unwrap();
     let scheduled = format!("Scheduled\n    at: \"{switchover_at}\"");
@@ -545,8 +547,8 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     fresh.stop();
     phases.done("kubectl ir export and pg_restore");
 
-    // `restarted`: the operator's Pod is deleted while it syncs; the Deployment's new Pod takes
-    // it over to Completed.
+    // `restarted`: the leading operator's Pod (of the chart's two replicas) is killed while the
+    // recovery syncs; the other replica takes the Lease over and brings it to Completed.
     apply_recovery(&node, &client, RESTARTED, "Automatic", &backup_id).await;
     let seen = wait_for(
         &node,
@@ -559,34 +561,38 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
         },
     )
     .await;
-    let operator_pods = ListParams::default().labels("app.kubernetes.io/component=operator");
-    let old = system_pods
-        .list(&operator_pods)
-        .await
-        .expect("list the operator's Pods")
-        .items;
-    assert_eq!(old.len(), 1, "one operator Pod");
-    let old_name = old[0].metadata.name.clone().expect("a name");
-    system_pods
-        .delete(&old_name, &DeleteParams::default().grace_period(0))
-        .await
-        .expect("delete the operator's Pod");
-    phases.done(&format!(
-        "{RESTARTED}: operator Pod deleted in phase {seen:?}"
-    ));
-    wait_for(
+    let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
+    let holder = async || -> Option<String> {
+        leases
+            .get_opt(OPERATOR_LEASE)
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
+            .filter(|h| !h.is_empty())
+    };
+    let leader = wait_for(
         &node,
-        "a new operator Pod Ready",
-        Duration::from_secs(90),
-        async || {
-            let pods = system_pods.list(&operator_pods).await.ok()?.items;
-            pods.iter()
-                .any(|p| p.metadata.name.as_deref() != Some(&old_name) && pod_ready(p))
-                .then_some(())
-        },
+        "an operator leading",
+        Duration::from_secs(60),
+        holder,
     )
     .await;
-    phases.done("new operator Pod Ready");
+    system_pods
+        .delete(&leader, &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete the leading operator's Pod");
+    phases.done(&format!(
+        "{RESTARTED}: leading operator Pod {leader} killed in phase {seen:?}"
+    ));
+    let successor = wait_for(
+        &node,
+        "another operator leading",
+        Duration::from_secs(90),
+        async || holder().await.filter(|h| *h != leader),
+    )
+    .await;
+    phases.done(&format!("{successor} leads"));
     wait_completed(&node, &recoveries, RESTARTED).await;
     let restarted_ip = service_ip(&node, &client, RESTARTED).await;
     let rows = wait_for(
