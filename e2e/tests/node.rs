@@ -279,7 +279,7 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     .await;
     // Four recoveries of the same backup: `orders` (Automatic), `manual` (approved with the
     // plugin) and `deleted` (deleted while it syncs) run side by side; `restarted` (the
-    // leading operator's Pod killed while it syncs) runs alone afterwards, so that the
+    // leading operator's Pod deleted while it syncs) runs alone afterwards, so that the
     // failover interrupts it only.
     let switchover_at = jiff::Timestamp::now() + SCHEDULED_AFTER;
     let switchover_at = jiff::Timestamp::from_second(switchover_at.as_second()).unwrap();
@@ -547,8 +547,9 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     fresh.stop();
     phases.done("kubectl ir export and pg_restore");
 
-    // `restarted`: the leading operator's Pod (of the chart's two replicas) is killed while the
-    // recovery syncs; the other replica takes the Lease over and brings it to Completed.
+    // `restarted`: the leading operator's Pod (of the chart's two replicas) is deleted with
+    // grace period 0 while the recovery syncs; the other replica takes the Lease over and
+    // brings the recovery to Completed.
     apply_recovery(&node, &client, RESTARTED, "Automatic", &backup_id).await;
     let seen = wait_for(
         &node,
@@ -583,7 +584,7 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
         .await
         .expect("delete the leading operator's Pod");
     phases.done(&format!(
-        "{RESTARTED}: leading operator Pod {leader} killed in phase {seen:?}"
+        "{RESTARTED}: leading operator Pod {leader} deleted (grace 0) in phase {seen:?}"
     ));
     let successor = wait_for(
         &node,
