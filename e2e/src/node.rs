@@ -242,11 +242,17 @@ impl RealNode {
             .expect("a binary lives in a directory")
             .to_owned();
         // Built before the cluster starts: an image build failure leaves nothing to tear down.
-        script(
+        // It prints "<reference> <archive>"; up.sh imports the archive before the kubelet starts.
+        let built = script(
             "project image",
             "scripts/node/project-image.sh",
             &[&bin_dir],
         );
+        let archive = built
+            .split_whitespace()
+            .nth(1)
+            .map(PathBuf::from)
+            .expect("scripts/node/project-image.sh prints the image's archive");
         let dir = crate::shared_tempdir();
         // From here on, a failure tears the cluster down (Drop of the half-made RealNode).
         let node = RealNode {
@@ -254,13 +260,7 @@ impl RealNode {
             kubectl,
             dir,
         };
-        script("up", "scripts/node/up.sh", &[node.dir.path()]);
-        let socket = node.dir.path().join("containerd/containerd.sock");
-        script(
-            "project image import",
-            "scripts/node/project-image.sh",
-            &[&bin_dir, &socket],
-        );
+        script("up", "scripts/node/up.sh", &[node.dir.path(), &archive]);
         node
     }
 

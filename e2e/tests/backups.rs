@@ -270,17 +270,7 @@ async fn a_scheduled_backup_makes_backups_and_prunes_only_its_own() {
     let env = s3.env();
     installation::irctl(&["repo", "init", "--repo", &url], &env);
     // A backup made outside the schedule: its retention must leave it alone.
-    let outside = installation::irctl(
-        &[
-            "backup",
-            "create",
-            "--repo",
-            &url,
-            "--from-pg",
-            &source.conninfo(),
-        ],
-        &env,
-    );
+    let outside = installation::backup_of(&source, &url, &env);
     fx.plane
         .apply_yaml(&s3.credentials_secret_yaml("s3-keys", NAMESPACE))
         .await

@@ -302,17 +302,7 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
 
     // `deleted`: deleted once it syncs, with its FUSE mount in place; everything it made goes,
     // on the API server and on the node.
-    let seen = wait_for(
-        &node,
-        "deleted syncing",
-        Duration::from_secs(120),
-        async || match phase(DELETED).await {
-            Some(Phase::Failed) => panic!("{DELETED} failed:\n{}", diagnostics(&node)),
-            Some(p) if p >= Phase::Syncing => Some(p),
-            _ => None,
-        },
-    )
-    .await;
+    let seen = wait_phase_from(&node, &recoveries, DELETED, Phase::Syncing).await;
     let mounts: Api<RecoveryMount> = Api::namespaced(client.clone(), NS);
     let of_deleted = ListParams::default().labels(&format!("{RECOVERY_LABEL}={DELETED}"));
     let mount_uid = mounts
@@ -363,17 +353,7 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
         SAMPLE_ROWS.to_string()
     );
 
-    wait_for(
-        &node,
-        "phase Completed",
-        Duration::from_secs(240),
-        async || match phase(NAME).await {
-            Some(Phase::Completed) => Some(()),
-            Some(Phase::Failed) => panic!("{NAME} failed:\n{}", diagnostics(&node)),
-            _ => None,
-        },
-    )
-    .await;
+    wait_completed(&node, &recoveries, NAME).await;
     phases.done("switchover, phase Completed");
     let rows = wait_for(
         &node,
@@ -551,17 +531,7 @@ async fn the_chart_recovers_a_backup_on_a_real_node() {
     // grace period 0 while the recovery syncs; the other replica takes the Lease over and
     // brings the recovery to Completed.
     apply_recovery(&node, &client, RESTARTED, "Automatic", &backup_id).await;
-    let seen = wait_for(
-        &node,
-        "restarted syncing",
-        Duration::from_secs(120),
-        async || match phase(RESTARTED).await {
-            Some(Phase::Failed) => panic!("{RESTARTED} failed:\n{}", diagnostics(&node)),
-            Some(p) if p >= Phase::Syncing => Some(p),
-            _ => None,
-        },
-    )
-    .await;
+    let seen = wait_phase_from(&node, &recoveries, RESTARTED, Phase::Syncing).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), SYSTEM);
     let holder = async || -> Option<String> {
         leases
@@ -770,20 +740,47 @@ fn kubectl_ir(node: &RealNode, args: &[&str]) {
 
 /// Waits until NAME is in `phase`; panics if it fails.
 async fn wait_phase(node: &RealNode, recoveries: &Api<InstantRecovery>, name: &str, phase: Phase) {
+    wait_phase_where(node, recoveries, name, &format!("{phase:?}"), |p| {
+        p == phase
+    })
+    .await;
+}
+
+/// Waits until NAME is in `phase` or a later one of the flow, and returns it; panics if it
+/// fails.
+async fn wait_phase_from(
+    node: &RealNode,
+    recoveries: &Api<InstantRecovery>,
+    name: &str,
+    phase: Phase,
+) -> Phase {
+    let what = format!("{phase:?} or later");
+    wait_phase_where(node, recoveries, name, &what, |p| p >= phase).await
+}
+
+/// Waits until NAME's phase satisfies `wanted` (`what` names it), and returns it; panics if
+/// it fails.
+async fn wait_phase_where(
+    node: &RealNode,
+    recoveries: &Api<InstantRecovery>,
+    name: &str,
+    what: &str,
+    wanted: impl Fn(Phase) -> bool,
+) -> Phase {
     wait_for(
         node,
-        &format!("{name} {phase:?}"),
+        &format!("{name} {what}"),
         Duration::from_secs(240),
         async || {
             let ir = recoveries.get_opt(name).await.ok().flatten()?;
             match ir.status?.phase {
-                p if p == phase => Some(()),
                 Phase::Failed => panic!("{name} failed:\n{}", diagnostics(node)),
+                p if wanted(p) => Some(p),
                 _ => None,
             }
         },
     )
-    .await;
+    .await
 }
 
 /// A hostPath PersistentVolume of class `manual` bound ahead to NAME's target PVC, owned by

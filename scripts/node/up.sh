@@ -8,7 +8,9 @@
 # DIR/host.env and restored by down.sh), the shim sockets that containerd 1.6 always puts in
 # /run/containerd/s and the network namespace files it puts in /run/netns.
 # scripts/node/down.sh DIR undoes all of it, also after a failed start.
-# Usage: scripts/node/up.sh DIR     (as root; DIR must not exist or be empty)
+# Usage: scripts/node/up.sh DIR [ARCHIVE...]   (as root; DIR must not exist or be empty)
+# Each ARCHIVE (a docker-archive, such as scripts/node/project-image.sh makes) is imported
+# into containerd with the node's own images.
 # Prints nothing on stdout; when it returns the Node is Ready and DIR/admin.kubeconfig is the
 # admin's kubeconfig (client certificate in group system:masters). Only one such cluster runs
 # on a machine at a time: the bridge, the node's IP address and kube-proxy's iptables chains
@@ -67,7 +69,10 @@ fail() {
   exit 1
 }
 
-[ $# -eq 1 ] || fail "usage: scripts/node/up.sh DIR"
+[ $# -ge 1 ] || fail "usage: scripts/node/up.sh DIR [ARCHIVE...]"
+for archive in "${@:2}"; do
+  [ -f "$archive" ] || fail "$archive is not a file"
+done
 [ "$(id -u)" = 0 ] || fail "must run as root"
 mkdir -p "$1"
 DIR=$(cd "$1" && pwd)
@@ -281,6 +286,10 @@ YAML
 # images are in containerd before the kubelet starts.
 start_containerd
 scripts/node/images.sh "$socket" >/dev/null
+for archive in "${@:2}"; do
+  ctr --address "$socket" -n k8s.io images import "$archive" >/dev/null ||
+    fail "importing $archive into containerd failed"
+done
 start_kubelet "$kubelet"
 
 cat >"$DIR/kube-proxy.yaml" <<YAML

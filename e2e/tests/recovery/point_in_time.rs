@@ -50,17 +50,7 @@ fn archived_history(root: &Path, url: &str, env: &[(String, String)]) -> String 
     source.psql(&format!(
         "CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, {IN_BACKUP})"
     ));
-    let id = irctl(
-        &[
-            "backup",
-            "create",
-            "--repo",
-            url,
-            "--from-pg",
-            &source.conninfo(),
-        ],
-        env,
-    );
+    let id = ir_e2e::installation::backup_of(&source, url, env);
     source.psql(&format!(
         "INSERT INTO t SELECT generate_series({}, {BEFORE_DROP})",
         IN_BACKUP + 1

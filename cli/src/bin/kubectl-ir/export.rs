@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::commands::Namespace;
 
+/// How much of pg_dump's stderr is kept (its end): the Pod decides how much it writes.
+const STDERR_KEPT: usize = 64 << 10;
 /// How often progress is told on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// The exec'd shell reads the password from its stdin into `PGPASSWORD`, so that it is in
@@ -109,10 +111,7 @@ pub async fn export(at: &Namespace, args: ExportArgs) -> anyhow::Result<()> {
     let stdout = attached.stdout().context("the exec's stdout")?;
     let mut stderr = attached.stderr().context("the exec's stderr")?;
     let status = attached.take_status().context("the exec's status")?;
-    let relay_stderr = async {
-        let mut text = Vec::new();
-        stderr.read_to_end(&mut text).await.map(|_| text)
-    };
+    let relay_stderr = read_tail(&mut stderr, STDERR_KEPT);
     let out: Box<dyn AsyncWrite + Unpin> = if args.output == "-" {
         Box::new(tokio::io::stdout())
     } else {
@@ -193,6 +192,22 @@ fn secret_value(name: &str, secret: &Secret, key: &str) -> anyhow::Result<String
     Ok(text)
 }
 
+/// Reads `from` to its end, so that the stream never stalls, and keeps its last `keep` bytes.
+async fn read_tail(mut from: impl AsyncRead + Unpin, keep: usize) -> std::io::Result<Vec<u8>> {
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(tail);
+        }
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > keep {
+            tail.drain(..tail.len() - keep);
+        }
+    }
+}
+
 /// Copies the dump, telling its size on stderr every few seconds.
 async fn copy_with_progress(
     mut from: impl AsyncRead + Unpin,
@@ -233,6 +248,16 @@ mod tests {
             ),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn only_the_end_of_a_flood_on_stderr_is_kept() {
+        let mut flood = vec![b'x'; 10 << 20];
+        flood.extend_from_slice(b"the last words");
+        let tail = read_tail(&flood[..], 64).await.unwrap();
+        assert_eq!(tail.len(), 64);
+        assert!(tail.ends_with(b"the last words"));
+        assert_eq!(read_tail(&b"short"[..], 64).await.unwrap(), b"short");
     }
 
     #[test]
