@@ -20,6 +20,20 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
 
+# machine_info: the machine a run measured, on stderr: CPU, memory, the disk under
+# $BENCH_DIR, the load average, and what else used the CPU.
+machine_info() {
+  local dev
+  dev=$(df --output=source "$BENCH_DIR" 2>/dev/null | tail -n 1)
+  {
+    echo "machine: $(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1))," \
+      "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)," \
+      "disk $dev ($(df -h --output=fstype,size,avail "$BENCH_DIR" | tail -n 1 | xargs))," \
+      "kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "busiest processes: $(ps -eo pcpu=,comm= --sort=-pcpu | head -n 3 | xargs)"
+  } >&2
+}
+
 pg_start() { # datadir port
   as_pg "$PGBIN/pg_ctl" -D "$1" -l "$1.log" -w -t 600 \
     -o "-p $2 -k $SOCK -c listen_addresses='' ${PG_EXTRA_OPTS:-}" start >/dev/null
@@ -41,15 +55,55 @@ mount_start() { # repo id cache mountpoint -> sets MOUNT_PID
 }
 mount_stop() { kill "$MOUNT_PID" 2>/dev/null || true; wait "$MOUNT_PID" 2>/dev/null || true; }
 
-# A source cluster at pgbench scale $1 on port $2 in $BENCH_DIR/source-$1, kept between runs.
+# DATA picks the source data: `pgbench` (pgbench's own, blank filler: its repository is about
+# 1/38 of the data directory) or `realistic` (the same schema and size with a filler of random hex
+# text: the repository is 0.3-0.6 of the data directory, as with real data).
+DATA=${DATA:-pgbench}
+case $DATA in pgbench | realistic) ;; *) echo "DATA must be pgbench or realistic, not $DATA" >&2; exit 1 ;; esac
+# data_name NAME: NAME for pgbench data (the paths earlier runs made), NAME-realistic otherwise.
+data_name() { if [ "$DATA" = pgbench ]; then echo "$1"; else echo "$1-$DATA"; fi; }
+
+# The realistic data set at scale $2 in the running cluster on port $1: pgbench's tables, each
+# account's filler 84 random hex characters. Written with wal_level=minimal (the caller's start
+# options) in the transaction that truncates the tables, so it costs no WAL, as pgbench's own
+# server-side generation does.
+generate_realistic() {
+  local port=$1 scale=$2
+  as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$port" -i -I dt -s "$scale" postgres >/dev/null 2>&1
+  as_pg psql -h "$SOCK" -p "$port" -q -v ON_ERROR_STOP=1 postgres >/dev/null <<SQL
+begin;
+truncate pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history;
+insert into pgbench_branches (bid, bbalance) select b, 0 from generate_series(1, $scale) b;
+insert into pgbench_tellers (tid, bid, tbalance)
+  select t, (t - 1) / 10 + 1, 0 from generate_series(1, $scale * 10) t;
+insert into pgbench_accounts (aid, bid, abalance, filler)
+  select a, (a - 1) / 100000 + 1, 0,
+         md5(random()::text) || md5(random()::text) || left(md5(random()::text), 20)
+  from generate_series(1, $scale * 100000) a;
+commit;
+SQL
+  as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$port" -i -I vp -s "$scale" postgres >/dev/null 2>&1
+}
+
+# A source cluster of DATA at scale $1 on port $2 in $BENCH_DIR/source-$1[-realistic], kept
+# between runs.
 source_cluster() {
-  local scale=$1 port=$2 dir=$BENCH_DIR/source-$1
+  local scale=$1 port=$2 dir
+  dir=$BENCH_DIR/source-$(data_name "$1")
   mkdir -p "$SOCK"; chown postgres:postgres "$SOCK" "$BENCH_DIR"
   if [ ! -f "$dir/PG_VERSION" ]; then
     rm -rf "$dir"; mkdir -p "$dir"; chown postgres:postgres "$dir"
     as_pg "$PGBIN/initdb" -D "$dir" -A trust -U postgres >/dev/null
-    pg_start "$dir" "$port"
-    as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$port" -i -s "$scale" -q postgres >/dev/null 2>&1
+    if [ "$DATA" = realistic ]; then
+      PG_EXTRA_OPTS="-c wal_level=minimal -c max_wal_senders=0 -c max_wal_size=4GB" \
+        pg_start "$dir" "$port"
+      generate_realistic "$port" "$scale"
+      pg_stop "$dir"
+      pg_start "$dir" "$port"
+    else
+      pg_start "$dir" "$port"
+      as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$port" -i -s "$scale" -q postgres >/dev/null 2>&1
+    fi
     psql_q "$port" "checkpoint" >/dev/null
   else
     pg_start "$dir" "$port"
@@ -59,7 +113,8 @@ source_cluster() {
 
 # The repository holding one backup of the scale-$1 source; prints the backup id.
 source_backup() {
-  local scale=$1 port=$2 repo=$BENCH_DIR/repo-$1
+  local scale=$1 port=$2 repo
+  repo=$BENCH_DIR/repo-$(data_name "$1")
   if [ ! -f "$repo/ir-repo.json" ]; then
     "$IRCTL" repo init --repo "file://$repo" >/dev/null
     "$IRCTL" backup create --repo "file://$repo" --from-pg "host=$SOCK port=$port user=postgres" >/dev/null
@@ -74,7 +129,7 @@ prepare_backup() {
   source_cluster "$1" "$2"
   ID=$(source_backup "$1" "$2")
   pg_stop "$SOURCE_DIR"
-  REPO=file://$BENCH_DIR/repo-$1
+  REPO=file://$BENCH_DIR/repo-$(data_name "$1")
 }
 
 # The backup restored in full into directory $1, owned by postgres.

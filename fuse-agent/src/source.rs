@@ -37,7 +37,7 @@ type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, Arc<RepoError>>>>;
 struct Inner {
     repo: Repository,
     memory: Mutex<LruCache<ChunkId, Bytes>>,
-    disk: Option<DiskCache>,
+    disk: Option<Arc<DiskCache>>,
     inflight: Mutex<HashMap<ChunkId, SharedFetch>>,
     permits: Semaphore,
     stats: Arc<MountStats>,
@@ -59,7 +59,7 @@ impl RepoSource {
         let chunk = repo.config().chunk_size.max(1);
         let slots = NonZeroUsize::new((cfg.memory_bytes / chunk).max(4) as usize).expect("> 0");
         let disk = match cfg.disk {
-            Some((dir, limit)) => Some(DiskCache::open(dir, limit)?),
+            Some((dir, limit)) => Some(Arc::new(DiskCache::open(dir, limit)?)),
             None => None,
         };
         Ok(RepoSource {
@@ -114,11 +114,18 @@ impl Inner {
     }
 
     async fn load(&self, id: ChunkId, len: usize) -> Result<Bytes, Arc<RepoError>> {
-        if let Some(disk) = &self.disk
-            && let Some(bytes) = disk.get(&self.repo, &id, len)
-        {
-            self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(bytes);
+        // The chunk cache's reads, hashing and writes run on the blocking pool: they would stall
+        // the runtime's workers, and with them every other fetch in flight.
+        if let Some(disk) = &self.disk {
+            let (disk, repo) = (disk.clone(), self.repo.clone());
+            let hit = tokio::task::spawn_blocking(move || disk.get(&repo, &id, len))
+                .await
+                .ok()
+                .flatten();
+            if let Some(bytes) = hit {
+                self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(bytes);
+            }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let _permit = self
@@ -132,7 +139,9 @@ impl Inner {
                     .fetched_bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if let Some(disk) = &self.disk {
-                    disk.put(&id, &bytes);
+                    let (disk, bytes) = (disk.clone(), bytes.clone());
+                    // Not awaited: the reader needs the bytes, not their copy on disk.
+                    tokio::task::spawn_blocking(move || disk.put(&id, &bytes));
                 }
                 Ok(bytes)
             }

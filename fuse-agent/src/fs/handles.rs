@@ -43,6 +43,7 @@ impl IrFs {
             Arc::new(OpenFile {
                 node,
                 read_end: AtomicU64::new(u64::MAX),
+                window: AtomicU64::new(0),
             }),
         );
         Ok(fh)
@@ -85,19 +86,27 @@ impl IrFs {
     /// Notes a read of `offset..end` through `of`, reading ahead when the handle reads
     /// sequentially. Sequential enough: this read starts in or next to the chunk where the last
     /// one ended (the kernel's own readahead reorders requests, so an exact match is too
-    /// strict). Reads ahead once per chunk the reader enters, not on every read within it.
+    /// strict). Reads ahead once per chunk the reader enters, not on every read within it, and
+    /// further each time: the window doubles from [`READAHEAD_START`] chunks to
+    /// `readahead_chunks`, so a long scan keeps enough fetches in flight to hide a remote
+    /// store's latency while a short run of reads does not fetch far past what it wants. A
+    /// read elsewhere starts the window again.
     pub(super) fn note_read(&self, of: &OpenFile, st: &NodeState, offset: u64, end: u64) {
         let previous_end = of.read_end.swap(end, Ordering::Relaxed);
         let cs = self.manifest.chunk_size;
         let sequential = offset == 0 || (previous_end / cs).abs_diff(offset / cs) <= 1;
         let enters_chunk = previous_end.saturating_sub(1) / cs != (end - 1) / cs;
-        if sequential && enters_chunk {
-            self.readahead(st, end);
+        if !sequential {
+            of.window.store(0, Ordering::Relaxed);
+        } else if enters_chunk {
+            let window = next_window(of.window.load(Ordering::Relaxed), self.readahead_chunks);
+            of.window.store(window, Ordering::Relaxed);
+            self.readahead(st, end, window);
         }
     }
 
-    fn readahead(&self, st: &NodeState, from: u64) {
-        let (Some(origin), n) = (st.rec.origin, self.readahead_chunks) else {
+    fn readahead(&self, st: &NodeState, from: u64, n: u64) {
+        let Some(origin) = st.rec.origin else {
             return;
         };
         if n == 0 || from >= st.rec.base_len {
@@ -111,7 +120,7 @@ impl IrFs {
         };
         let cs = self.manifest.chunk_size;
         let first = from / cs;
-        let last = (st.rec.base_len.div_ceil(cs)).min(first + n as u64);
+        let last = (st.rec.base_len.div_ceil(cs)).min(first + n);
         let wanted: Vec<_> = (first..last)
             .filter_map(|ci| {
                 let len = self.manifest.chunk_len(entry.size, ci);
@@ -128,6 +137,19 @@ impl IrFs {
     }
 }
 
+/// Chunks read ahead when a handle first reads sequentially.
+pub(super) const READAHEAD_START: u64 = 4;
+
+/// The readahead window after `window` (0: none yet), at most `max` chunks.
+fn next_window(window: u64, max: usize) -> u64 {
+    let max = max as u64;
+    if window == 0 {
+        READAHEAD_START.min(max)
+    } else {
+        window.saturating_mul(2).min(max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::ffi::OsStr;
@@ -136,6 +158,8 @@ mod tests {
     use crate::error::FsError;
     use crate::fs::ROOT_INO;
     use crate::fs::fixture::fixture;
+
+    use super::next_window;
 
     #[test]
     fn unlinked_open_file_lives_until_release_and_is_reclaimed_after_crash() {
@@ -155,5 +179,17 @@ mod tests {
             Err(FsError::NotFound)
         ));
         assert_eq!(fs::read_dir(f.dir.path().join("data")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_readahead_window_doubles_up_to_its_limit() {
+        let grown: Vec<u64> = std::iter::successors(Some(0), |w| Some(next_window(*w, 32)))
+            .skip(1)
+            .take(6)
+            .collect();
+        assert_eq!(grown, [4, 8, 16, 32, 32, 32]);
+        assert_eq!(next_window(0, 2), 2, "never past the limit");
+        assert_eq!(next_window(0, 0), 0, "readahead off");
+        assert_eq!(next_window(8, 12), 12);
     }
 }

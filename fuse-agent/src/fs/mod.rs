@@ -98,7 +98,7 @@ pub struct CacheOptions {
     pub repository: String,
     /// `Repository::identity()`: a cache serves one repository's backup only.
     pub repository_id: String,
-    /// Chunks read ahead on sequential access.
+    /// The most chunks read ahead of a sequential reader.
     pub readahead_chunks: usize,
     /// Where the cache counts its ENOSPC refusals.
     pub stats: Arc<MountStats>,
@@ -139,10 +139,12 @@ struct Namespace {
     next_ino: u64,
 }
 
-/// An open file: its node, and where its last read ended (to tell sequential reads).
+/// An open file: its node, where its last read ended (to tell sequential reads), and its
+/// readahead window in chunks.
 struct OpenFile {
     node: Arc<Node>,
     read_end: AtomicU64,
+    window: AtomicU64,
 }
 
 pub struct IrFs {
