@@ -1,6 +1,7 @@
 //! The repository handle: config, manifests and chunk reads. Longer than most files for its
 //! tests: the stand-in S3 endpoints sit next to the retry, size and listing rules they drive.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -600,7 +601,7 @@ impl Repository {
                 .open(chunk_path(&id).as_ref(), stored)
                 .map_err(corrupt)?;
             // The bound holds after decryption too: never more than the chunk's length.
-            let plain = zstd::bulk::decompress(&compressed, expected_len)
+            let plain = decompress(&compressed, expected_len)
                 .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
             if plain.len() != expected_len {
                 return Err(corrupt(format!(
@@ -645,6 +646,24 @@ impl Repository {
 /// once its own retries are spent; local ones are filesystem errors that waiting will not fix.
 fn is_transient(e: &object_store::Error, local: bool) -> bool {
     !local && matches!(e, object_store::Error::Generic { .. })
+}
+
+thread_local! {
+    /// One decompression context per blocking-pool thread, reused: making one per chunk cost
+    /// about 2% of a cold read's CPU.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// `compressed` decompressed, never to more than `limit` bytes.
+fn decompress(compressed: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        let decompressor = match slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(compressed, limit)
+    })
 }
 
 #[cfg(test)]
