@@ -42,11 +42,11 @@ pg_stop() { as_pg "$PGBIN/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1 || tru
 psql_q() { as_pg psql -h "$SOCK" -p "$1" -At -c "$2" postgres; }
 wait_query() { until psql_q "$1" "select 1" >/dev/null 2>&1; do sleep 0.01; done; }
 
-mount_start() { # repo id cache mountpoint -> sets MOUNT_PID
+mount_start() { # repo id cache mountpoint [irctl mount option...] -> sets MOUNT_PID
   mkdir -p "$4"; chown postgres:postgres "$4"
   : > "$BENCH_DIR/mount.log"
   "$IRCTL" mount --repo "$1" --backup "$2" --cache "$3" \
-    --uid "$(id -u postgres)" --gid "$(id -g postgres)" "$4" > "$BENCH_DIR/mount.log" 2>&1 &
+    --uid "$(id -u postgres)" --gid "$(id -g postgres)" "${@:5}" "$4" > "$BENCH_DIR/mount.log" 2>&1 &
   MOUNT_PID=$!
   until grep -q '^mounted' "$BENCH_DIR/mount.log"; do
     kill -0 "$MOUNT_PID" 2>/dev/null || { cat "$BENCH_DIR/mount.log" >&2; return 1; }

@@ -21,22 +21,11 @@ serve() { # one phase: pgbench -S, then every file read
   as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$PORT" -U postgres -S -c "${CLIENTS:-4}" -j 2 -T "$SECS" postgres >/dev/null 2>&1
   find "$BENCH_DIR/mnt" -type f -exec cat {} + > /dev/null
 }
-mount_with() { # MEMORY_MIB
-  rm -rf "$BENCH_DIR/cache"; mkdir -p "$BENCH_DIR/mnt"; chown postgres:postgres "$BENCH_DIR/mnt"
-  : > "$BENCH_DIR/mount.log"
-  "$IRCTL" mount --repo "$REPO" --backup "$ID" --cache "$BENCH_DIR/cache" --memory-cache-mib "$1" \
-    --uid "$(id -u postgres)" --gid "$(id -g postgres)" "$BENCH_DIR/mnt" > "$BENCH_DIR/mount.log" 2>&1 &
-  MOUNT_PID=$!
-  until grep -q '^mounted' "$BENCH_DIR/mount.log"; do
-    kill -0 "$MOUNT_PID" 2>/dev/null || { cat "$BENCH_DIR/mount.log" >&2; exit 1; }
-    sleep 0.01
-  done
-}
-
 declare -A cold warm
 for run in $(seq "$RUNS"); do
   for mib in 256 64; do
-    drop_caches; mount_with "$mib"
+    rm -rf "$BENCH_DIR/cache"; drop_caches
+    mount_start "$REPO" "$ID" "$BENCH_DIR/cache" "$BENCH_DIR/mnt" --memory-cache-mib "$mib"
     pg_start "$BENCH_DIR/mnt" "$PORT"; wait_query "$PORT"
     serve; cold[$mib]+="$(peak_rss_mib "$MOUNT_PID") "
     echo 5 > "/proc/$MOUNT_PID/clear_refs"

@@ -102,15 +102,7 @@ for run in $(seq "$RUNS"); do
   inst+=($(($(now_ms) - t0)))
   pg_stop "$BENCH_DIR/mnt"; mount_stop
 
-  recover_clean; drop_caches
-  t0=$(now_ms)
-  recover_start manual "$PUB" "$TGT"
-  until as_pg psql -h "$RW/run" -p "$PUB" -U postgres -At -c "select 1" postgres >/dev/null 2>&1; do
-    kill -0 "$REC_PID" 2>/dev/null || { echo "irctl recover exited" >&2; recover_report; exit 1; }
-    sleep 0.01
-  done
-  rec+=($(($(now_ms) - t0)))
-  recover_clean
+  rec+=($(recover_ttfq_ms))
 
   restore_then_start irctl restore_to "$RESTORED"
   irfull+=($((RESTORE_MS + START_MS))); irtput+=($(mbps "$RESTORE_MS"))

@@ -42,6 +42,22 @@ recover_start() {
   REC_PID=$!
 }
 
+# recover_ttfq_ms: `irctl recover` of $REPO/$ID launched cold (manual switchover, published on
+# $PUB) until its published instance answers `SELECT 1`; prints the ms and stops it again.
+recover_ttfq_ms() {
+  local t0 ms
+  recover_clean; drop_caches
+  t0=$(now_ms)
+  recover_start manual "$PUB" "$TGT"
+  until as_pg psql -h "$RW/run" -p "$PUB" -U postgres -At -c "select 1" postgres >/dev/null 2>&1; do
+    kill -0 "$REC_PID" 2>/dev/null || { echo "irctl recover exited" >&2; recover_report; exit 1; }
+    sleep 0.01
+  done
+  ms=$(($(now_ms) - t0))
+  recover_clean
+  echo "$ms"
+}
+
 recover_report() {
   echo "---- irctl recover output ($REC_OUT)" >&2; tail -n 20 "$REC_OUT" >&2 || true
   local log

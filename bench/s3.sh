@@ -135,15 +135,7 @@ for run in $(seq "$RUNS"); do
 
   # irctl recover from S3 at $RTT_MS
   use s3-rtt
-  recover_clean; drop_caches
-  t0=$(now_ms)
-  recover_start manual "$PUB" "$TGT"
-  until as_pg psql -h "$RW/run" -p "$PUB" -U postgres -At -c "select 1" postgres >/dev/null 2>&1; do
-    kill -0 "$REC_PID" 2>/dev/null || { echo "irctl recover exited" >&2; recover_report; exit 1; }
-    sleep 0.01
-  done
-  rec_rtt+=($(($(now_ms) - t0)))
-  recover_clean
+  rec_rtt+=($(recover_ttfq_ms))
 
   drop_caches; t0=$(now_ms)
   dd if="$SOURCE_DIR/$REL" of=/dev/null bs=1M status=none

@@ -87,26 +87,13 @@ fn init_tracing(verbose: u8) {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    ir_fuse::limit_malloc_arenas();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(run()),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Two malloc arenas instead of glibc's eight per core. The mount's 1 MiB chunk buffers are
-/// freed on other threads than those that allocated them, and each extra arena kept freed ones
-/// resident: at a 256 MiB memory cache, peak RSS fell from 421 to 325 MiB, at no measured CPU
-/// cost (docs/benchmarks.md, "Memory"). Only before the first thread: glibc fixes the arena
-/// limit when a second thread first allocates.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter, and no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
