@@ -35,7 +35,8 @@ pub struct MountArgs {
     /// In-memory chunk cache, MiB.
     #[arg(long, default_value_t = 256)]
     pub memory_cache_mib: u64,
-    /// Chunks read ahead on sequential reads.
+    /// The most chunks read ahead of a sequential reader: its window starts at 4 and doubles
+    /// with each chunk it enters.
     #[arg(long, default_value_t = 8)]
     pub readahead_chunks: usize,
     /// With a target: PostgreSQL started on the mount replays the repository's WAL up to it
