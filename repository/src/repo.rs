@@ -689,6 +689,19 @@ mod tests {
         std::fs::write(path, zstd::bulk::compress(content, 3).unwrap()).unwrap();
     }
 
+    #[test]
+    fn a_reused_decompression_context_survives_hostile_frames() {
+        let good = zstd::bulk::compress(&[7u8; 4096], 1).unwrap();
+        let other = zstd::bulk::compress(&[9u8; 100], 1).unwrap();
+        assert_eq!(decompress(&good, 4096).unwrap(), vec![7u8; 4096]);
+        // A truncated frame, garbage and a frame larger than the limit all fail...
+        assert!(decompress(&good[..good.len() / 2], 4096).is_err());
+        assert!(decompress(b"not a zstd frame at all", 4096).is_err());
+        assert!(decompress(&good, 4095).is_err());
+        // ...and the same thread's context decodes the next frames whole.
+        assert_eq!(decompress(&other, 4096).unwrap(), vec![9u8; 100]);
+        assert_eq!(decompress(&good, 4096).unwrap(), vec![7u8; 4096]);
+    }
     #[tokio::test]
     async fn init_then_open() {
         let (dir, repo) = temp_repo().await;
