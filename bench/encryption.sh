@@ -80,7 +80,6 @@ for run in $(seq "$RUNS"); do
   echo "run $run: restore ${rp[-1]} / ${re[-1]} ms, first query ${tp[-1]} / ${te[-1]} ms" \
     "(unencrypted / encrypted)" >&2
 done
-med() { printf '%s\n' "$@" | median; }
 mrp=$(med "${rp[@]}"); mre=$(med "${re[@]}"); mtp=$(med "${tp[@]}"); mte=$(med "${te[@]}")
 echo "| pgbench scale $SCALE + $NOISE_MB MB random, backup of $((DB_BYTES / 1000000)) MB | unencrypted | encrypted | encrypted / unencrypted |"
 echo "| --- | --- | --- | --- |"

@@ -18,7 +18,20 @@ as_pg() { runuser -u postgres -- "$@"; }
 now_ms() { date +%s%3N; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+# shellcheck disable=SC2048,SC2086 # med VALUE...: the median of the words given, split on purpose
+med() { printf '%s\n' $* | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'; }
+mbps() { awk -v b="$1" -v ms="$2" 'BEGIN {printf "%.0f", b / 1e6 / (ms / 1000)}'; } # BYTES MS
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of process $1
+# cpu_ms_per_mib TICKS BYTES: CPU milliseconds per MiB of BYTES, from clock ticks.
+cpu_ms_per_mib() {
+  awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v b="$2" 'BEGIN {printf "%.2f", t / hz * 1000 / (b / 1048576)}'
+}
+peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; } # of process $1
+# latest_backup_id REPO_URL: the id of the repository's newest backup.
+latest_backup_id() {
+  "$IRCTL" backup list --repo "$1" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])'
+}
 
 # machine_info: the machine a run measured, on stderr: CPU, memory, the disk under
 # $BENCH_DIR, the load average, and what else used the CPU.
@@ -53,7 +66,25 @@ mount_start() { # repo id cache mountpoint [irctl mount option...] -> sets MOUNT
     sleep 0.01
   done
 }
-mount_stop() { kill "$MOUNT_PID" 2>/dev/null || true; wait "$MOUNT_PID" 2>/dev/null || true; }
+MOUNT_PID= # the running `irctl mount` of mount_start, if any
+mount_stop() {
+  [ -n "$MOUNT_PID" ] || return 0
+  kill "$MOUNT_PID" 2>/dev/null || true; wait "$MOUNT_PID" 2>/dev/null || true
+  MOUNT_PID=
+}
+
+# instant_ttfq_ms REPO ID PORT: instant recovery from cold (fresh IRCache, page cache dropped):
+# `irctl mount`, `pg_ctl start` on PORT, first `SELECT 1`. Prints its ms; stops both again.
+instant_ttfq_ms() {
+  local t0 ms
+  rm -rf "$BENCH_DIR/cache"; drop_caches
+  t0=$(now_ms)
+  mount_start "$1" "$2" "$BENCH_DIR/cache" "$BENCH_DIR/mnt"
+  pg_start "$BENCH_DIR/mnt" "$3"; wait_query "$3"
+  ms=$(($(now_ms) - t0))
+  pg_stop "$BENCH_DIR/mnt"; mount_stop
+  echo "$ms"
+}
 
 # DATA picks the source data: `pgbench` (pgbench's own, blank filler: its repository is about
 # 1/38 of the data directory) or `realistic` (the same schema and size with a filler of random hex
@@ -119,7 +150,7 @@ source_backup() {
     "$IRCTL" repo init --repo "file://$repo" >/dev/null
     "$IRCTL" backup create --repo "file://$repo" --from-pg "host=$SOCK port=$port user=postgres" >/dev/null
   fi
-  "$IRCTL" backup list --repo "file://$repo" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])'
+  latest_backup_id "file://$repo"
 }
 
 # irctl built, and the scale-$1 source cluster (port $2) with its backup, the cluster stopped.

@@ -16,7 +16,6 @@ DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
 cleanup() { pg_stop "$BENCH_DIR/mnt"; mount_stop; }
 trap cleanup EXIT; trap "exit 1" INT TERM
 
-peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 serve() { # one phase: pgbench -S, then every file read
   as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$PORT" -U postgres -S -c "${CLIENTS:-4}" -j 2 -T "$SECS" postgres >/dev/null 2>&1
   find "$BENCH_DIR/mnt" -type f -exec cat {} + > /dev/null
@@ -34,7 +33,6 @@ for run in $(seq "$RUNS"); do
     echo "run $run, memory cache $mib MiB: peak RSS cold ${cold[$mib]}MiB, warm ${warm[$mib]}MiB" >&2
   done
 done
-med() { printf '%s\n' $1 | median; }
 for mib in 256 64; do
   printf '| %s scale %s (%s MB): peak RSS of `irctl mount`, memory cache %s MiB, cold / warm | %s / %s MiB |\n' \
     "$DATA" "$SCALE" $((DB_BYTES / 1000000)) "$mib" "$(med "${cold[$mib]}")" "$(med "${warm[$mib]}")"

@@ -76,13 +76,13 @@ start_ms() {
   pg_stop "$1"
   echo "$ms"
 }
-# restore_then_start NAME COMMAND...: a cold restore into $RESTORED by COMMAND, then start + first
+# restore_then_start COMMAND...: a cold restore into $RESTORED by COMMAND, then start + first
 # query; sets RESTORE_MS and START_MS.
 restore_then_start() {
   local t0
   rm -rf "$RESTORED"; drop_caches
   t0=$(now_ms)
-  "${@:2}"
+  "$@"
   RESTORE_MS=$(($(now_ms) - t0))
   START_MS=$(start_ms "$RESTORED")
 }
@@ -91,33 +91,26 @@ pgbackrest_restore() {
   pgbr --pg1-path="$RESTORED" --process-max=2 --type=immediate --target-action=promote \
     --archive-mode=off restore
 }
-mbps() { awk -v b="$DB_BYTES" -v ms="$1" 'BEGIN {printf "%.0f", b / 1e6 / (ms / 1000)}'; }
 
 inst=(); rec=(); phys=(); irfull=(); pbfull=(); irtput=(); pbtput=()
 for run in $(seq "$RUNS"); do
-  rm -rf "$BENCH_DIR/cache"; drop_caches
-  t0=$(now_ms)
-  mount_start "$REPO" "$ID" "$BENCH_DIR/cache" "$BENCH_DIR/mnt"
-  pg_start "$BENCH_DIR/mnt" "$PORT"; wait_query "$PORT"
-  inst+=($(($(now_ms) - t0)))
-  pg_stop "$BENCH_DIR/mnt"; mount_stop
+  inst+=($(instant_ttfq_ms "$REPO" "$ID" "$PORT"))
 
   rec+=($(recover_ttfq_ms))
 
-  restore_then_start irctl restore_to "$RESTORED"
-  irfull+=($((RESTORE_MS + START_MS))); irtput+=($(mbps "$RESTORE_MS"))
+  restore_then_start restore_to "$RESTORED"
+  irfull+=($((RESTORE_MS + START_MS))); irtput+=($(mbps "$DB_BYTES" "$RESTORE_MS"))
   # The physical limit: a data directory restored as the backup left it, started cold.
   rm -rf "$RESTORED"; restore_to "$RESTORED"; drop_caches
   phys+=($(start_ms "$RESTORED"))
 
-  restore_then_start pgbackrest pgbackrest_restore
-  pbfull+=($((RESTORE_MS + START_MS))); pbtput+=($(mbps "$RESTORE_MS"))
+  restore_then_start pgbackrest_restore
+  pbfull+=($((RESTORE_MS + START_MS))); pbtput+=($(mbps "$DB_BYTES" "$RESTORE_MS"))
   rm -rf "$RESTORED"
   echo "run $run: mount+start ${inst[-1]} ms, irctl recover ${rec[-1]} ms, pg_ctl start on a" \
     "restored copy ${phys[-1]} ms; irctl restore+start ${irfull[-1]} ms (${irtput[-1]} MB/s)," \
     "pgbackrest restore+start ${pbfull[-1]} ms (${pbtput[-1]} MB/s) (load $(cut -d' ' -f1 /proc/loadavg))" >&2
 done
-med() { printf '%s\n' "$@" | median; }
 mi=$(med "${inst[@]}"); mr=$(med "${rec[@]}"); mp=$(med "${phys[@]}")
 mif=$(med "${irfull[@]}"); mpf=$(med "${pbfull[@]}"); mit=$(med "${irtput[@]}"); mpt=$(med "${pbtput[@]}")
 echo "per run: mount+start ${inst[*]}; irctl recover ${rec[*]}; physical ${phys[*]};" \

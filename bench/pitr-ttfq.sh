@@ -63,8 +63,7 @@ make_history() {
   done
   du -sb "$DIR/source" | cut -f1 > "$DIR/db-bytes"
   pg_stop "$DIR/source"
-  "$IRCTL" backup list --repo "$REPO" --output json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])' > "$DIR/id"
+  latest_backup_id "$REPO" > "$DIR/id"
 }
 if [ ! -s "$DIR/id" ]; then
   t0=$(now_ms); make_history

@@ -13,17 +13,15 @@ SCALE=${1:-50}; RUNS=${2:-3}; PORT=57200
 CACHE=$BENCH_DIR/sync-cache; MNT=$BENCH_DIR/sync-mnt; NATIVE=$BENCH_DIR/sync-native
 OUT=$BENCH_DIR/sync-copy
 prepare_backup "$SCALE" $((PORT + 1))
-MOUNT_PID=
 
 cleanup() {
   pg_stop "$MNT"; pg_stop "$NATIVE"
-  [ -z "$MOUNT_PID" ] || mount_stop
+  mount_stop
   if grep -qF " $MNT " /proc/self/mountinfo; then umount -l "$MNT" 2>/dev/null || true; fi
   rm -rf "$CACHE" "$MNT" "$NATIVE" "$OUT"
 }
 trap cleanup EXIT; trap "exit 1" INT TERM
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of a process
 # copy PORT: times pg_basebackup from the instance on PORT into $OUT; sets MS and BYTES.
 copy() {
   local t0
@@ -35,7 +33,6 @@ copy() {
   BYTES=$(du -sb "$OUT" | cut -f1)
   rm -rf "$OUT"
 }
-mbps() { awk -v b="$1" -v ms="$2" 'BEGIN {printf "%.0f", b / 1e6 / (ms / 1000)}'; }
 
 # The local-disk copy, restored once; restarted before each of its runs like the mount side.
 restore_to "$NATIVE"
@@ -49,7 +46,7 @@ for run in $(seq "$RUNS"); do
   copy "$PORT"
   cpu=$(awk -v t=$(($(cpu_ticks "$MOUNT_PID") - c0)) -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz}')
   ours+=("$(mbps "$BYTES" "$MS")")
-  pg_stop "$MNT"; mount_stop; MOUNT_PID=
+  pg_stop "$MNT"; mount_stop
   echo "run $run: mount $BYTES bytes in $MS ms = ${ours[-1]} MB/s (irctl mount CPU ${cpu} s)" >&2
 
   pg_start "$NATIVE" $((PORT + 2)); wait_query $((PORT + 2))
@@ -59,7 +56,7 @@ for run in $(seq "$RUNS"); do
   echo "run $run: local disk $BYTES bytes in $MS ms = ${base[-1]} MB/s" \
     "(load average $(cut -d' ' -f1 /proc/loadavg))" >&2
 done
-mo=$(printf '%s\n' "${ours[@]}" | median); mb=$(printf '%s\n' "${base[@]}" | median)
+mo=$(med "${ours[@]}"); mb=$(med "${base[@]}")
 echo "per run: mount ${ours[*]} MB/s; local disk ${base[*]} MB/s" >&2
 printf '| sync: pg_basebackup -X stream from the published instance (cold) vs from local disk, scale %s | %s MB/s | %s MB/s | %s |\n' \
   "$SCALE" "$mo" "$mb" "$(ratio "$mo" "$mb")"

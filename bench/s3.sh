@@ -65,7 +65,7 @@ if ! "$IRCTL" backup list --repo "$S3_REPO" --output json 2>/dev/null | grep -q 
   "$IRCTL" backup create --repo "$S3_REPO" --from-pg "host=$SOCK port=$((PORT + 1)) user=postgres" >/dev/null
   pg_stop "$SOURCE_DIR"
 fi
-S3_ID=$("$IRCTL" backup list --repo "$S3_REPO" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+S3_ID=$(latest_backup_id "$S3_REPO")
 FILE_ID=$ID
 
 # use SIDE: REPO, ID and the proxy's RTT for file, s3-0 or s3-rtt.
@@ -80,8 +80,6 @@ fresh_mount() {
   rm -rf "$BENCH_DIR/cache"; drop_caches
   mount_start "$REPO" "$ID" "$BENCH_DIR/cache" "$BENCH_DIR/mnt"
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 pgbench_tps() { # SECONDS
   as_pg "$PGBIN/pgbench" -h "$SOCK" -p "$PORT" -U postgres -S -c "${CLIENTS:-4}" -j 2 -T "$1" postgres 2>/dev/null |
     sed -n 's/^tps = \([0-9.]*\).*/\1/p' | cut -d. -f1
@@ -94,20 +92,15 @@ for run in $(seq "$RUNS"); do
   for side in "${SIDES[@]}"; do
     use "$side"
     # time to first query
-    rm -rf "$BENCH_DIR/cache"; drop_caches
-    t0=$(now_ms)
-    mount_start "$REPO" "$ID" "$BENCH_DIR/cache" "$BENCH_DIR/mnt"
-    pg_start "$BENCH_DIR/mnt" "$PORT"; wait_query "$PORT"
-    ttfq[$side]+="$(($(now_ms) - t0)) "
-    pg_stop "$BENCH_DIR/mnt"; mount_stop
+    ttfq[$side]+="$(instant_ttfq_ms "$REPO" "$ID" "$PORT") "
 
     # cold sequential read, the mount's CPU and peak RSS
     fresh_mount
     c0=$(cpu_ticks "$MOUNT_PID"); t0=$(now_ms)
     dd if="$BENCH_DIR/mnt/$REL" of=/dev/null bs=1M status=none
     ms=$(($(now_ms) - t0)); c1=$(cpu_ticks "$MOUNT_PID")
-    seq[$side]+="$(awk -v b="$REL_BYTES" -v ms="$ms" 'BEGIN {printf "%.0f", b / 1e6 / (ms / 1000)}') "
-    cpu[$side]+="$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v b="$REL_BYTES" 'BEGIN {printf "%.2f", t / hz * 1000 / (b / 1048576)}') "
+    seq[$side]+="$(mbps "$REL_BYTES" "$ms") "
+    cpu[$side]+="$(cpu_ms_per_mib $((c1 - c0)) "$REL_BYTES") "
     mount_stop
 
     # pgbench -S cold, then warm; peak RSS over both
@@ -126,7 +119,7 @@ for run in $(seq "$RUNS"); do
     t0=$(now_ms)
     as_pg "$PGBIN/pg_basebackup" -h "$SOCK" -p "$PORT" -U postgres -D "$BENCH_DIR/basebackup" -X stream -c fast
     ms=$(($(now_ms) - t0))
-    sync[$side]+="$(awk -v b="$(du -sb "$BENCH_DIR/basebackup" | cut -f1)" -v ms="$ms" 'BEGIN {printf "%.0f", b / 1e6 / (ms / 1000)}') "
+    sync[$side]+="$(mbps "$(du -sb "$BENCH_DIR/basebackup" | cut -f1)" "$ms") "
     rm -rf "$BENCH_DIR/basebackup"
     pg_stop "$BENCH_DIR/mnt"; mount_stop
     echo "run $run $side: ttfq ${ttfq[$side]}ms; seq ${seq[$side]}MB/s; cpu ${cpu[$side]}ms/MiB;" \
@@ -139,11 +132,10 @@ for run in $(seq "$RUNS"); do
 
   drop_caches; t0=$(now_ms)
   dd if="$SOURCE_DIR/$REL" of=/dev/null bs=1M status=none
-  local_seq+=($(awk -v b="$REL_BYTES" -v ms=$(($(now_ms) - t0)) 'BEGIN {printf "%.0f", b / 1e6 / (ms / 1000)}'))
+  local_seq+=($(mbps "$REL_BYTES" $(($(now_ms) - t0))))
   echo "run $run: irctl recover from S3 at $RTT_MS ms ${rec_rtt[-1]} ms; local disk ${local_seq[-1]} MB/s (load $(cut -d' ' -f1 /proc/loadavg))" >&2
 done
 
-med() { printf '%s\n' $1 | median; }
 DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
 label="$DATA scale $SCALE ($((DB_BYTES / 1000000)) MB)"
 f=file; z=s3-0; r=s3-rtt
@@ -156,10 +148,10 @@ row() { # what ours baseline unit
 }
 row "time to first query (mount + start + \`SELECT 1\`), S3 at 0 ms vs file://" "$(med "${ttfq[$z]}")" "$(med "${ttfq[$f]}")" ms
 row "time to first query, S3 at $RTT_MS ms RTT vs file://" "$(med "${ttfq[$r]}")" "$(med "${ttfq[$f]}")" ms
-row "\`irctl recover\` launch to first \`SELECT 1\`, S3 at $RTT_MS ms RTT vs mount + start from file://" "$(printf '%s\n' "${rec_rtt[@]}" | median)" "$(med "${ttfq[$f]}")" ms
-row "cold sequential read of a $((REL_BYTES / 1000000)) MB segment, file:// vs local disk" "$(med "${seq[$f]}")" "$(printf '%s\n' "${local_seq[@]}" | median)" MB/s
-row "cold sequential read, S3 at 0 ms vs local disk" "$(med "${seq[$z]}")" "$(printf '%s\n' "${local_seq[@]}" | median)" MB/s
-row "cold sequential read, S3 at $RTT_MS ms RTT vs local disk" "$(med "${seq[$r]}")" "$(printf '%s\n' "${local_seq[@]}" | median)" MB/s
+row "\`irctl recover\` launch to first \`SELECT 1\`, S3 at $RTT_MS ms RTT vs mount + start from file://" "$(med "${rec_rtt[@]}")" "$(med "${ttfq[$f]}")" ms
+row "cold sequential read of a $((REL_BYTES / 1000000)) MB segment, file:// vs local disk" "$(med "${seq[$f]}")" "$(med "${local_seq[@]}")" MB/s
+row "cold sequential read, S3 at 0 ms vs local disk" "$(med "${seq[$z]}")" "$(med "${local_seq[@]}")" MB/s
+row "cold sequential read, S3 at $RTT_MS ms RTT vs local disk" "$(med "${seq[$r]}")" "$(med "${local_seq[@]}")" MB/s
 row "mount's CPU per MiB of cold sequential read, S3 at $RTT_MS ms vs file://" "$(med "${cpu[$r]}")" "$(med "${cpu[$f]}")" ms
 row "\`pgbench -S\` cold (first $COLD_SECS s), S3 at $RTT_MS ms vs file://" "$(med "${cold[$r]}")" "$(med "${cold[$f]}")" tps
 row "\`pgbench -S\` cold, S3 at 0 ms vs file://" "$(med "${cold[$z]}")" "$(med "${cold[$f]}")" tps

@@ -17,14 +17,13 @@ pg_stop "$SOURCE_DIR"
 REPO=file://$BENCH_DIR/repo-$(data_name "$SCALE")
 BYTES=$(stat -c %s "$SOURCE_DIR/$REL")
 BASE_REPO=${BASELINE_REPO:-$REPO}
-BASE_ID=$("$IRCTL" backup list --repo "$BASE_REPO" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+BASE_ID=$(latest_backup_id "$BASE_REPO")
 trap mount_stop EXIT
 
 read_mbps() { # file block-size -> MB/s
   local t0 t1; t0=$(now_ms); dd if="$1" of=/dev/null bs="$2" status=none; t1=$(now_ms)
-  awk -v b="$BYTES" -v ms=$((t1 - t0)) 'BEGIN {printf "%.0f", b / 1e6 / (ms / 1000)}'
+  mbps "$BYTES" $((t1 - t0))
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # mount_read BUILD REPO ID BS: a cold read in BS reads through a fresh mount of REPO's backup ID
 # by irctl BUILD; sets MBPS and CPU_MS_MIB.
 mount_read() {
@@ -33,8 +32,7 @@ mount_read() {
   IRCTL=$1 mount_start "$2" "$3" "$BENCH_DIR/cache" "$BENCH_DIR/mnt"
   drop_caches; c0=$(cpu_ticks "$MOUNT_PID")
   MBPS=$(read_mbps "$BENCH_DIR/mnt/$REL" "$4")
-  CPU_MS_MIB=$(awk -v t=$(($(cpu_ticks "$MOUNT_PID") - c0)) -v hz="$(getconf CLK_TCK)" -v b="$BYTES" \
-    'BEGIN {printf "%.2f", t / hz * 1000 / (b / 1048576)}')
+  CPU_MS_MIB=$(cpu_ms_per_mib $(($(cpu_ticks "$MOUNT_PID") - c0)) "$BYTES")
   mount_stop
 }
 mnt=(); cpu=(); base=(); base_cpu=(); nat=(); mnt8=(); nat8=()
@@ -48,7 +46,6 @@ for run in $(seq "$RUNS"); do
   drop_caches; nat8+=($(read_mbps "$SOURCE_DIR/$REL" 8k))
   echo "run $run: 1 MiB reads: mount ${mnt[-1]} MB/s (${cpu[-1]} CPU ms/MiB)${BASELINE_IRCTL:+, baseline mount ${base[-1]} MB/s (${base_cpu[-1]} CPU ms/MiB)}, native ${nat[-1]} MB/s; 8 KiB reads: mount ${mnt8[-1]} MB/s, native ${nat8[-1]} MB/s (load $(cut -d' ' -f1 /proc/loadavg))" >&2
 done
-med() { printf '%s\n' "$@" | median; }
 label="$DATA scale $SCALE: cold sequential read, $((BYTES / 1000000)) MB"
 printf '| %s, 8 KiB reads, through the mount vs local disk | %s MB/s | %s MB/s | %s |\n' "$label" "$(med "${mnt8[@]}")" "$(med "${nat8[@]}")" "$(ratio "$(med "${mnt8[@]}")" "$(med "${nat8[@]}")")"
 printf '| %s, 1 MiB reads, through the mount vs local disk | %s MB/s | %s MB/s | %s |\n' "$label" "$(med "${mnt[@]}")" "$(med "${nat[@]}")" "$(ratio "$(med "${mnt[@]}")" "$(med "${nat[@]}")")"

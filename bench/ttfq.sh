@@ -8,18 +8,12 @@ DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
 
 inst=(); full=()
 for run in $(seq "$RUNS"); do
-  # instant: fresh cache, cold page cache
-  rm -rf "$BENCH_DIR/cache" "$BENCH_DIR/mnt"; drop_caches
-  t0=$(now_ms)
-  mount_start "$REPO" "$ID" "$BENCH_DIR/cache" "$BENCH_DIR/mnt"
-  pg_start "$BENCH_DIR/mnt" "$PORT"; wait_query "$PORT"
-  inst+=($(( $(now_ms) - t0 )))
-  pg_stop "$BENCH_DIR/mnt"; mount_stop
+  inst+=($(instant_ttfq_ms "$REPO" "$ID" "$PORT"))
 
   # baseline: restore everything to local disk, then start
   full+=($(full_restore_ms "$BENCH_DIR/restored" "$PORT"))
   echo "run $run: instant ${inst[-1]} ms, full restore ${full[-1]} ms" >&2
 done
-mi=$(printf '%s\n' "${inst[@]}" | median); mf=$(printf '%s\n' "${full[@]}" | median)
+mi=$(med "${inst[@]}"); mf=$(med "${full[@]}")
 printf '| time to first query, scale %s (%s MB) | %s ms | %s ms | %s |\n' \
   "$SCALE" $((DB_BYTES / 1000000)) "$mi" "$mf" "$(ratio "$mi" "$mf")"

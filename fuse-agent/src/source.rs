@@ -40,6 +40,9 @@ struct Inner {
     disk: Option<Arc<DiskCache>>,
     inflight: Mutex<HashMap<ChunkId, SharedFetch>>,
     permits: Semaphore,
+    /// Chunk cache writes not yet done, at most as many as fetches: a disk slower than the
+    /// repository skips caching rather than queueing chunks in memory without bound.
+    pending_puts: Arc<Semaphore>,
     stats: Arc<MountStats>,
 }
 
@@ -69,6 +72,7 @@ impl RepoSource {
                 disk,
                 inflight: Mutex::new(HashMap::new()),
                 permits: Semaphore::new(cfg.max_fetches.max(1)),
+                pending_puts: Arc::new(Semaphore::new(cfg.max_fetches.max(1))),
                 stats,
             }),
             runtime,
@@ -138,10 +142,15 @@ impl Inner {
                 self.stats
                     .fetched_bytes
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                if let Some(disk) = &self.disk {
+                if let Some(disk) = &self.disk
+                    && let Ok(pending) = self.pending_puts.clone().try_acquire_owned()
+                {
                     let (disk, bytes) = (disk.clone(), bytes.clone());
                     // Not awaited: the reader needs the bytes, not their copy on disk.
-                    tokio::task::spawn_blocking(move || disk.put(&id, &bytes));
+                    tokio::task::spawn_blocking(move || {
+                        disk.put(&id, &bytes);
+                        drop(pending);
+                    });
                 }
                 Ok(bytes)
             }

@@ -138,7 +138,7 @@ impl IrFs {
 }
 
 /// Chunks read ahead when a handle first reads sequentially.
-pub(super) const READAHEAD_START: u64 = 4;
+const READAHEAD_START: u64 = 4;
 
 /// The readahead window after `window` (0: none yet), at most `max` chunks.
 fn next_window(window: u64, max: usize) -> u64 {

@@ -14,9 +14,9 @@ use crate::chunk_id::ChunkId;
 use crate::error::RepoError;
 use crate::repo::{Repository, chunk_path};
 
-/// Level 1, not zstd's default 3: on PostgreSQL heap pages it decompresses about 1.6x faster (a
-/// cold read through the mount is bound by decompression) and compresses twice as fast, and the
-/// repository of realistic data came out 9% smaller (docs/benchmarks.md, cold sequential read).
+/// Level 1, not zstd's default 3: on PostgreSQL heap pages it decompresses about 1.5x faster (a
+/// cold read through the mount is bound by its CPU) and compresses twice as fast, 10% smaller
+/// (its index: as fast, 2% larger; bench/zstd-level.sh).
 const ZSTD_LEVEL: i32 = 1;
 
 /// What a repair did.
