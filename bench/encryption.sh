@@ -60,22 +60,11 @@ restore_ms() { # repo id -> ms, cold
   echo $(($(now_ms) - t0))
   rm -rf "$target"
 }
-ttfq_ms() { # repo id -> ms, cold
-  local t0 ms
-  rm -rf "$BENCH_DIR/cache" "$BENCH_DIR/mnt"; drop_caches
-  t0=$(now_ms)
-  mount_start "file://$1" "$2" "$BENCH_DIR/cache" "$BENCH_DIR/mnt"
-  pg_start "$BENCH_DIR/mnt" "$PORT"; wait_query "$PORT"
-  ms=$(($(now_ms) - t0))
-  pg_stop "$BENCH_DIR/mnt"; mount_stop
-  echo "$ms"
-}
-
 rp=(); re=(); tp=(); te=()
 for run in $(seq "$RUNS"); do
-  rp+=($(restore_ms "$PLAIN" "$ID_PLAIN")); tp+=($(ttfq_ms "$PLAIN" "$ID_PLAIN"))
+  rp+=($(restore_ms "$PLAIN" "$ID_PLAIN")); tp+=($(instant_ttfq_ms "file://$PLAIN" "$ID_PLAIN" "$PORT"))
   export IR_REPO_PASSWORD=$PASSWORD
-  re+=($(restore_ms "$ENC" "$ID_ENC")); te+=($(ttfq_ms "$ENC" "$ID_ENC"))
+  re+=($(restore_ms "$ENC" "$ID_ENC")); te+=($(instant_ttfq_ms "file://$ENC" "$ID_ENC" "$PORT"))
   unset IR_REPO_PASSWORD
   echo "run $run: restore ${rp[-1]} / ${re[-1]} ms, first query ${tp[-1]} / ${te[-1]} ms" \
     "(unencrypted / encrypted)" >&2
