@@ -14,7 +14,7 @@
 #    the InstantRecovery is deleted and the run waits until it is gone.
 # Both try their `SELECT 1` every 10 ms. The backup is the scale-SCALE pgbench source of lib.sh
 # with a password on role `postgres` (the Pods accept TCP clients by password only; the password
-# is set on the source cluster once), in its own repository $IR_BENCH_DIR/repo-k8s-SCALE.
+# is set on the source cluster once), in its own repository $IR_BENCH_DIR/repo-k8s-SCALE[-realistic].
 # Usage: bench/k8s-ttfq.sh [SCALE] [RUNS]
 # shellcheck source=bench/recover-lib.sh
 source "$(dirname "$0")/recover-lib.sh"
@@ -27,7 +27,7 @@ source_cluster "$SCALE" $((PORT + 1))
 psql_q $((PORT + 1)) "ALTER ROLE postgres PASSWORD '$("$BENCH" password)'" >/dev/null
 # source_backup's first argument only names the repository: repo-k8s-SCALE.
 ID=$(source_backup "k8s-$SCALE" $((PORT + 1)))
-REPO=file://$BENCH_DIR/repo-k8s-$SCALE
+REPO=file://$BENCH_DIR/repo-$(data_name "k8s-$SCALE")
 pg_stop "$SOURCE_DIR"
 DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
 

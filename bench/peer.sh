@@ -11,7 +11,9 @@
 #     by start + first `SELECT 1`; their restore throughput is the data directory's bytes over
 #     the restore command's time.
 # pgBackRest's backup is made once, like irctl's, from the stopped-and-started source with WAL
-# archiving to its own repository (zstd, as irctl's chunks; --process-max=2).
+# archiving to its own repository (zstd, as irctl's chunks; --process-max=2). With
+# BASELINE_IRCTL set to another irctl build, that build's `irctl backup restore` is timed too, in
+# the same runs, for its restore throughput (before and after a change, side by side).
 # Usage: bench/peer.sh [SCALE] [RUNS]
 DATA=${DATA:-realistic}
 # shellcheck source=bench/recover-lib.sh
@@ -86,13 +88,14 @@ restore_then_start() {
   RESTORE_MS=$(($(now_ms) - t0))
   START_MS=$(start_ms "$RESTORED")
 }
+baseline_restore() { IRCTL=$BASELINE_IRCTL restore_to "$RESTORED"; }
 pgbackrest_restore() {
   mkdir -p "$RESTORED"; chown postgres:postgres "$RESTORED"; chmod 700 "$RESTORED"
   pgbr --pg1-path="$RESTORED" --process-max=2 --type=immediate --target-action=promote \
     --archive-mode=off restore
 }
 
-inst=(); rec=(); phys=(); irfull=(); pbfull=(); irtput=(); pbtput=()
+inst=(); rec=(); phys=(); irfull=(); pbfull=(); irtput=(); pbtput=(); basetput=()
 for run in $(seq "$RUNS"); do
   inst+=($(instant_ttfq_ms "$REPO" "$ID" "$PORT"))
 
@@ -106,10 +109,13 @@ for run in $(seq "$RUNS"); do
 
   restore_then_start pgbackrest_restore
   pbfull+=($((RESTORE_MS + START_MS))); pbtput+=($(mbps "$DB_BYTES" "$RESTORE_MS"))
+  if [ -n "${BASELINE_IRCTL:-}" ]; then
+    restore_then_start baseline_restore; basetput+=($(mbps "$DB_BYTES" "$RESTORE_MS"))
+  fi
   rm -rf "$RESTORED"
   echo "run $run: mount+start ${inst[-1]} ms, irctl recover ${rec[-1]} ms, pg_ctl start on a" \
     "restored copy ${phys[-1]} ms; irctl restore+start ${irfull[-1]} ms (${irtput[-1]} MB/s)," \
-    "pgbackrest restore+start ${pbfull[-1]} ms (${pbtput[-1]} MB/s) (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    "pgbackrest restore+start ${pbfull[-1]} ms (${pbtput[-1]} MB/s)${BASELINE_IRCTL:+, baseline irctl restore ${basetput[-1]} MB/s} (load $(cut -d' ' -f1 /proc/loadavg))" >&2
 done
 mi=$(med "${inst[@]}"); mr=$(med "${rec[@]}"); mp=$(med "${phys[@]}")
 mif=$(med "${irfull[@]}"); mpf=$(med "${pbfull[@]}"); mit=$(med "${irtput[@]}"); mpt=$(med "${pbtput[@]}")
@@ -121,3 +127,7 @@ printf '| %s: `irctl recover` launch to first `SELECT 1` vs `pgbackrest restore`
 printf '| %s: mount + start + `SELECT 1` vs `irctl backup restore` + start | %s ms | %s ms | %s |\n' "$label" "$mi" "$mif" "$(ratio "$mi" "$mif")"
 printf '| %s: mount + start + `SELECT 1` vs `pg_ctl start` on a restored copy (physical limit) | %s ms | %s ms | %s |\n' "$label" "$mi" "$mp" "$(ratio "$mi" "$mp")"
 printf '| %s: restore throughput, `irctl backup restore` vs `pgbackrest restore --process-max=2` | %s MB/s | %s MB/s | %s |\n' "$label" "$mit" "$mpt" "$(ratio "$mit" "$mpt")"
+if [ -n "${BASELINE_IRCTL:-}" ]; then
+  mbt=$(med "${basetput[@]}")
+  printf '| %s: restore throughput, `irctl backup restore` vs the baseline build'"'"'s | %s MB/s | %s MB/s | %s |\n' "$label" "$mit" "$mbt" "$(ratio "$mit" "$mbt")"
+fi

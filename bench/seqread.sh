@@ -35,16 +35,19 @@ mount_read() {
   CPU_MS_MIB=$(cpu_ms_per_mib $(($(cpu_ticks "$MOUNT_PID") - c0)) "$BYTES")
   mount_stop
 }
-mnt=(); cpu=(); base=(); base_cpu=(); nat=(); mnt8=(); nat8=()
+mnt=(); cpu=(); base=(); base_cpu=(); nat=(); mnt8=(); cpu8=(); base8=(); base_cpu8=(); nat8=()
 for run in $(seq "$RUNS"); do
   mount_read "$IRCTL" "$REPO" "$ID" 1M; mnt+=("$MBPS"); cpu+=("$CPU_MS_MIB")
   if [ -n "${BASELINE_IRCTL:-}" ]; then
     mount_read "$BASELINE_IRCTL" "$BASE_REPO" "$BASE_ID" 1M; base+=("$MBPS"); base_cpu+=("$CPU_MS_MIB")
   fi
   drop_caches; nat+=($(read_mbps "$SOURCE_DIR/$REL" 1M))
-  mount_read "$IRCTL" "$REPO" "$ID" 8k; mnt8+=("$MBPS")
+  mount_read "$IRCTL" "$REPO" "$ID" 8k; mnt8+=("$MBPS"); cpu8+=("$CPU_MS_MIB")
+  if [ -n "${BASELINE_IRCTL:-}" ]; then
+    mount_read "$BASELINE_IRCTL" "$BASE_REPO" "$BASE_ID" 8k; base8+=("$MBPS"); base_cpu8+=("$CPU_MS_MIB")
+  fi
   drop_caches; nat8+=($(read_mbps "$SOURCE_DIR/$REL" 8k))
-  echo "run $run: 1 MiB reads: mount ${mnt[-1]} MB/s (${cpu[-1]} CPU ms/MiB)${BASELINE_IRCTL:+, baseline mount ${base[-1]} MB/s (${base_cpu[-1]} CPU ms/MiB)}, native ${nat[-1]} MB/s; 8 KiB reads: mount ${mnt8[-1]} MB/s, native ${nat8[-1]} MB/s (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+  echo "run $run: 1 MiB reads: mount ${mnt[-1]} MB/s (${cpu[-1]} CPU ms/MiB)${BASELINE_IRCTL:+, baseline mount ${base[-1]} MB/s (${base_cpu[-1]} CPU ms/MiB)}, native ${nat[-1]} MB/s; 8 KiB reads: mount ${mnt8[-1]} MB/s (${cpu8[-1]} CPU ms/MiB)${BASELINE_IRCTL:+, baseline mount ${base8[-1]} MB/s (${base_cpu8[-1]} CPU ms/MiB)}, native ${nat8[-1]} MB/s (load $(cut -d' ' -f1 /proc/loadavg))" >&2
 done
 label="$DATA scale $SCALE: cold sequential read, $((BYTES / 1000000)) MB"
 printf '| %s, 8 KiB reads, through the mount vs local disk | %s MB/s | %s MB/s | %s |\n' "$label" "$(med "${mnt8[@]}")" "$(med "${nat8[@]}")" "$(ratio "$(med "${mnt8[@]}")" "$(med "${nat8[@]}")")"
@@ -52,6 +55,8 @@ printf '| %s, 1 MiB reads, through the mount vs local disk | %s MB/s | %s MB/s |
 if [ -n "${BASELINE_IRCTL:-}" ]; then
   printf '| %s, 1 MiB reads, through the mount vs the baseline build'"'"'s mount | %s MB/s | %s MB/s | %s |\n' "$label" "$(med "${mnt[@]}")" "$(med "${base[@]}")" "$(ratio "$(med "${mnt[@]}")" "$(med "${base[@]}")")"
   printf '| %s, 1 MiB reads, the mount'"'"'s CPU per MiB vs the baseline build'"'"'s | %s ms | %s ms | %s |\n' "$label" "$(med "${cpu[@]}")" "$(med "${base_cpu[@]}")" "$(ratio "$(med "${cpu[@]}")" "$(med "${base_cpu[@]}")")"
+  printf '| %s, 8 KiB reads, through the mount vs the baseline build'"'"'s mount | %s MB/s | %s MB/s | %s |\n' "$label" "$(med "${mnt8[@]}")" "$(med "${base8[@]}")" "$(ratio "$(med "${mnt8[@]}")" "$(med "${base8[@]}")")"
+  printf '| %s, 8 KiB reads, the mount'"'"'s CPU per MiB vs the baseline build'"'"'s | %s ms | %s ms | %s |\n' "$label" "$(med "${cpu8[@]}")" "$(med "${base_cpu8[@]}")" "$(ratio "$(med "${cpu8[@]}")" "$(med "${base_cpu8[@]}")")"
 else
-  printf '| %s, 1 MiB reads, the mount'"'"'s CPU per MiB | %s ms |\n' "$label" "$(med "${cpu[@]}")"
+  printf '| %s, the mount'"'"'s CPU per MiB, 1 MiB / 8 KiB reads | %s / %s ms |\n' "$label" "$(med "${cpu[@]}")" "$(med "${cpu8[@]}")"
 fi

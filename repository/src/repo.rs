@@ -531,6 +531,13 @@ impl Repository {
 
     /// Fetches, decompresses and checks one chunk (see the crate docs for the retry policy).
     pub async fn read_chunk(&self, id: &ChunkId, expected_len: usize) -> Result<Bytes, RepoError> {
+        let stored = self.fetch_chunk_retrying(id).await?;
+        self.decode_chunk(id, stored, expected_len).await
+    }
+
+    /// The stored object of a chunk, fetched again after transient errors until the read
+    /// deadline.
+    pub(crate) async fn fetch_chunk_retrying(&self, id: &ChunkId) -> Result<Bytes, RepoError> {
         let start = Instant::now();
         let deadline = self.inner.read_deadline;
         let mut backoff = Duration::from_millis(100);
@@ -538,7 +545,7 @@ impl Repository {
             // Each attempt gets what is left of the budget, so a hung request cannot outlive it.
             let remaining = deadline.saturating_sub(start.elapsed());
             let last = match tokio::time::timeout(remaining, self.fetch_chunk(id)).await {
-                Ok(Ok(stored)) => return self.decode_chunk(id, stored, expected_len).await,
+                Ok(Ok(stored)) => return Ok(stored),
                 Ok(Err(e)) if e.is_transient() => e.to_string(),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => format!("no answer within {remaining:?}"),
@@ -581,41 +588,65 @@ impl Repository {
         }
     }
 
-    /// The plain bytes of a chunk from its stored object, checked against its id.
+    /// The plain bytes of a chunk from its stored object, checked against its id, decoded on
+    /// the blocking pool.
     pub(crate) async fn decode_chunk(
         &self,
         id: &ChunkId,
         stored: Bytes,
         expected_len: usize,
     ) -> Result<Bytes, RepoError> {
+        let repo = self.clone();
         let id = *id;
-        let url = self.inner.url.clone();
-        let codec = self.inner.codec.clone();
-        tokio::task::spawn_blocking(move || {
-            let corrupt = |reason: String| RepoError::CorruptChunk {
-                id,
-                url: url.clone(),
-                reason,
-            };
-            let compressed = codec
-                .open(chunk_path(&id).as_ref(), stored)
-                .map_err(corrupt)?;
-            // The bound holds after decryption too: never more than the chunk's length.
-            let plain = decompress(&compressed, expected_len)
-                .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
-            if plain.len() != expected_len {
-                return Err(corrupt(format!(
-                    "{} bytes after decompression, expected {expected_len}",
-                    plain.len()
-                )));
-            }
-            if codec.chunk_id(&plain) != id {
-                return Err(corrupt("content does not match its hash".to_string()));
-            }
-            Ok(Bytes::from(plain))
-        })
-        .await
-        .map_err(|e| RepoError::io("chunk decoding", std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || repo.decode_chunk_here(&id, stored, expected_len))
+            .await
+            .map_err(|e| RepoError::io("chunk decoding", std::io::Error::other(e)))?
+    }
+
+    /// [`Repository::decode_chunk`] on the calling thread, which it keeps busy for a while.
+    pub(crate) fn decode_chunk_here(
+        &self,
+        id: &ChunkId,
+        stored: Bytes,
+        expected_len: usize,
+    ) -> Result<Bytes, RepoError> {
+        let mut plain = Vec::new();
+        self.decode_chunk_into(id, stored, expected_len, &mut plain)?;
+        Ok(Bytes::from(plain))
+    }
+
+    /// [`Repository::decode_chunk_here`] into `plain`, whose allocation is kept: a thread that
+    /// decodes chunk after chunk reuses one buffer, warm in its cache, instead of faulting in a
+    /// new one each time.
+    pub(crate) fn decode_chunk_into(
+        &self,
+        id: &ChunkId,
+        stored: Bytes,
+        expected_len: usize,
+        plain: &mut Vec<u8>,
+    ) -> Result<(), RepoError> {
+        let corrupt = |reason: String| RepoError::CorruptChunk {
+            id: *id,
+            url: self.inner.url.clone(),
+            reason,
+        };
+        let codec = &self.inner.codec;
+        let compressed = codec
+            .open(chunk_path(id).as_ref(), stored)
+            .map_err(corrupt)?;
+        // The bound holds after decryption too: never more than the buffer, at most a chunk.
+        decompress_into(&compressed, expected_len, plain)
+            .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
+        if plain.len() != expected_len {
+            return Err(corrupt(format!(
+                "{} bytes after decompression, expected {expected_len}",
+                plain.len()
+            )));
+        }
+        if codec.chunk_id(plain) != *id {
+            return Err(corrupt("content does not match its hash".to_string()));
+        }
+        Ok(())
     }
 
     pub(crate) fn store_err(&self, path: &Path, source: object_store::Error) -> RepoError {
@@ -655,14 +686,17 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-/// `compressed` decompressed, never to more than `limit` bytes.
-fn decompress(compressed: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+/// `compressed` decompressed into `out`, replacing its content: never to more than `limit`
+/// bytes, or `out`'s capacity if a former use left it larger (the caller checks the length).
+fn decompress_into(compressed: &[u8], limit: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    out.clear();
+    out.reserve_exact(limit);
     DECOMPRESSOR.with_borrow_mut(|slot| {
         let decompressor = match slot {
             Some(d) => d,
             None => slot.insert(zstd::bulk::Decompressor::new()?),
         };
-        decompressor.decompress(compressed, limit)
+        decompressor.decompress_to_buffer(compressed, out).map(drop)
     })
 }
 
@@ -693,15 +727,22 @@ mod tests {
     fn a_reused_decompression_context_survives_hostile_frames() {
         let good = zstd::bulk::compress(&[7u8; 4096], 1).unwrap();
         let other = zstd::bulk::compress(&[9u8; 100], 1).unwrap();
+        let mut out = Vec::new();
+        let mut decompress =
+            |frame: &[u8], limit| decompress_into(frame, limit, &mut out).map(|()| out.clone());
         assert_eq!(decompress(&good, 4096).unwrap(), vec![7u8; 4096]);
-        // A truncated frame, garbage and a frame larger than the limit all fail...
+        // A truncated frame and garbage fail...
         assert!(decompress(&good[..good.len() / 2], 4096).is_err());
         assert!(decompress(b"not a zstd frame at all", 4096).is_err());
-        assert!(decompress(&good, 4095).is_err());
-        // ...and the same thread's context decodes the next frames whole.
+        // ...and the same thread's context and buffer decode the next frames whole.
         assert_eq!(decompress(&other, 4096).unwrap(), vec![9u8; 100]);
         assert_eq!(decompress(&good, 4096).unwrap(), vec![7u8; 4096]);
+        // A frame larger than the limit fails in a fresh buffer; a reused larger buffer may hold
+        // it, which is why every caller checks the length.
+        assert!(decompress_into(&good, 4095, &mut Vec::new()).is_err());
+        assert_eq!(decompress(&good, 100).unwrap().len(), 4096);
     }
+
     #[tokio::test]
     async fn init_then_open() {
         let (dir, repo) = temp_repo().await;

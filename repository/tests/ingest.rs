@@ -11,10 +11,43 @@ use common::{
     CHUNK, cluster_files, control, count_files, entry, label_and_manifest, noise, read_back,
     tar_of, temp_repo,
 };
-use ir_repository::{ChunkId, EntryKind, Progress, RepoError};
+use ir_repository::{ChunkId, EntryKind, Progress, RepoError, RestoreOwner};
 
 fn progress() -> Arc<Progress> {
     Arc::new(Progress::default())
+}
+
+/// Each file is finished (attributes, fsync) by the writer of its last chunk, while the rest of
+/// the restore goes on: every file still ends with its bytes, holes, mode, owner and mtime.
+#[tokio::test]
+async fn a_restore_gives_every_file_its_bytes_and_attributes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = temp_repo(dir.path()).await;
+    let files = cluster_files();
+    let m = repo
+        .ingest_tar(
+            io::Cursor::new(tar_of(&files, &label_and_manifest())),
+            progress(),
+        )
+        .await
+        .unwrap();
+    let target = dir.path().join("restored");
+    repo.restore(&m.id, &target, RestoreOwner::default(), progress())
+        .await
+        .unwrap();
+    for (path, data) in &files {
+        let meta = std::fs::metadata(target.join(path)).unwrap();
+        assert_eq!(&std::fs::read(target.join(path)).unwrap(), data, "{path}");
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.gid(), meta.mtime()),
+            (0o600, 26, 27, 1_700_000_000),
+            "{path}"
+        );
+    }
+    // The zero chunk of base/1/1259 stays a hole.
+    let rel = std::fs::metadata(target.join("base/1/1259")).unwrap();
+    assert!(rel.blocks() * 512 < rel.size(), "{rel:?}");
 }
 
 #[tokio::test]

@@ -1,11 +1,13 @@
 //! Benchmarks of the Kubernetes part on the test harness (a real node: kubelet, containerd and
 //! the control plane; the agent and the operator as processes with the chart's RBAC; PostgreSQL
-//! in Pods of the `postgres` image), run by bench/k8s-ttfq.sh and bench/k8s-scale.sh; results in
+//! in Pods of the `postgres` image), run by bench/k8s-ttfq.sh, bench/k8s-scale.sh and
+//! bench/k8s-memory.sh; results in
 //! docs/benchmarks.md.
 //!
 //! - `ttfq`: apply of an InstantRecovery to the first `SELECT 1` through its Service, against a
 //!   local `irctl recover` of the same backup, alternating, with a cold page cache before each.
 //! - `scale`: the operator's memory and reconcile latency with many InstantRecovery objects.
+//! - `memory`: the agent's peak RSS while it serves a published backup, cold and then warm.
 //! - `password`: the password the backup's `postgres` role needs for `ttfq` (the operator
 //!   connects with it).
 //!
@@ -31,6 +33,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
+mod memory;
 mod scale;
 mod ttfq;
 
@@ -64,6 +67,8 @@ enum Command {
     Ttfq(TtfqArgs),
     /// Operator memory and reconcile latency with many InstantRecovery objects.
     Scale(ScaleArgs),
+    /// The agent's peak RSS while it serves a published backup, cold and then warm.
+    Memory(MemoryArgs),
 }
 
 #[derive(clap::Args)]
@@ -101,6 +106,26 @@ struct ScaleArgs {
     solo: usize,
 }
 
+#[derive(clap::Args)]
+struct MemoryArgs {
+    /// Repository of the backup (file://).
+    #[arg(long)]
+    repo: String,
+    #[arg(long)]
+    backup: String,
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Seconds of `pgbench -S` per phase.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// The table scanned after pgbench in each phase.
+    #[arg(long, default_value = "pgbench_accounts")]
+    table: String,
+    /// The data, for the table rows (`scale 1000 (15800 MB)`).
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let run = async {
@@ -108,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             Command::Password => println!("{PASSWORD}"),
             Command::Ttfq(args) => ttfq::ttfq(args).await?,
             Command::Scale(args) => scale::scale(args).await?,
+            Command::Memory(args) => memory::memory(args).await?,
         }
         anyhow::Ok(())
     };
@@ -162,3 +188,21 @@ fn join(values: &[u64]) -> String {
 }
 
 type Tracks = Arc<Mutex<HashMap<String, scale::Track>>>;
+
+/// (VmRSS, VmHWM) of a process, KiB.
+fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}

@@ -118,20 +118,6 @@ async fn patch_spec(api: &Api<InstantRecovery>, name: &str, lag: u64) -> anyhow:
     patched.metadata.generation.context("no generation")
 }
 
-/// (VmRSS, VmHWM) of a process, KiB.
-fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {key} in /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 /// User + system CPU time of a process.
 fn cpu(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -146,10 +132,6 @@ fn cpu(pid: u32) -> anyhow::Result<Duration> {
     // SAFETY: sysconf has no preconditions.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })?;
     Ok(Duration::from_millis(ticks * 1000 / hz))
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1}", kib as f64 / 1024.0)
 }
 
 /// Latencies from the sending of each request to what `seen` finds in its track.
