@@ -27,6 +27,14 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of proc
 cpu_ms_per_mib() {
   awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v b="$2" 'BEGIN {printf "%.2f", t / hz * 1000 / (b / 1048576)}'
 }
+# children_cpu: sets CHILDREN_CPU_MS to the CPU time (user + system) of the children this shell
+# has waited for so far, in ms (`times`, run in this shell: a subshell's would start at zero).
+children_cpu() {
+  times > "$BENCH_DIR/times"
+  CHILDREN_CPU_MS=$(awk 'NR == 2 {
+    for (i = 1; i <= NF; i++) { split($i, p, /[ms]/); ms += (p[1] * 60 + p[2]) * 1000 }
+    printf "%.0f", ms }' "$BENCH_DIR/times")
+}
 peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; } # of process $1
 # latest_backup_id REPO_URL: the id of the repository's newest backup.
 latest_backup_id() {

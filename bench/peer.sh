@@ -79,13 +79,15 @@ start_ms() {
   echo "$ms"
 }
 # restore_then_start COMMAND...: a cold restore into $RESTORED by COMMAND, then start + first
-# query; sets RESTORE_MS and START_MS.
+# query; sets RESTORE_MS, RESTORE_CPU_S (the restore's CPU, user + system) and START_MS.
 restore_then_start() {
-  local t0
+  local t0 c0
   rm -rf "$RESTORED"; drop_caches
+  children_cpu; c0=$CHILDREN_CPU_MS
   t0=$(now_ms)
   "$@"
   RESTORE_MS=$(($(now_ms) - t0))
+  children_cpu; RESTORE_CPU_S=$(awk -v ms=$((CHILDREN_CPU_MS - c0)) 'BEGIN {printf "%.1f", ms / 1000}')
   START_MS=$(start_ms "$RESTORED")
 }
 baseline_restore() { IRCTL=$BASELINE_IRCTL restore_to "$RESTORED"; }
@@ -96,26 +98,27 @@ pgbackrest_restore() {
 }
 
 inst=(); rec=(); phys=(); irfull=(); pbfull=(); irtput=(); pbtput=(); basetput=()
+ircpu=(); pbcpu=(); basecpu=()
 for run in $(seq "$RUNS"); do
   inst+=($(instant_ttfq_ms "$REPO" "$ID" "$PORT"))
 
   rec+=($(recover_ttfq_ms))
 
   restore_then_start restore_to "$RESTORED"
-  irfull+=($((RESTORE_MS + START_MS))); irtput+=($(mbps "$DB_BYTES" "$RESTORE_MS"))
+  irfull+=($((RESTORE_MS + START_MS))); irtput+=($(mbps "$DB_BYTES" "$RESTORE_MS")); ircpu+=("$RESTORE_CPU_S")
   # The physical limit: a data directory restored as the backup left it, started cold.
   rm -rf "$RESTORED"; restore_to "$RESTORED"; drop_caches
   phys+=($(start_ms "$RESTORED"))
 
   restore_then_start pgbackrest_restore
-  pbfull+=($((RESTORE_MS + START_MS))); pbtput+=($(mbps "$DB_BYTES" "$RESTORE_MS"))
+  pbfull+=($((RESTORE_MS + START_MS))); pbtput+=($(mbps "$DB_BYTES" "$RESTORE_MS")); pbcpu+=("$RESTORE_CPU_S")
   if [ -n "${BASELINE_IRCTL:-}" ]; then
-    restore_then_start baseline_restore; basetput+=($(mbps "$DB_BYTES" "$RESTORE_MS"))
+    restore_then_start baseline_restore; basetput+=($(mbps "$DB_BYTES" "$RESTORE_MS")); basecpu+=("$RESTORE_CPU_S")
   fi
   rm -rf "$RESTORED"
   echo "run $run: mount+start ${inst[-1]} ms, irctl recover ${rec[-1]} ms, pg_ctl start on a" \
-    "restored copy ${phys[-1]} ms; irctl restore+start ${irfull[-1]} ms (${irtput[-1]} MB/s)," \
-    "pgbackrest restore+start ${pbfull[-1]} ms (${pbtput[-1]} MB/s)${BASELINE_IRCTL:+, baseline irctl restore ${basetput[-1]} MB/s} (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+    "restored copy ${phys[-1]} ms; irctl restore+start ${irfull[-1]} ms (${irtput[-1]} MB/s, ${ircpu[-1]} s CPU)," \
+    "pgbackrest restore+start ${pbfull[-1]} ms (${pbtput[-1]} MB/s, ${pbcpu[-1]} s CPU)${BASELINE_IRCTL:+, baseline irctl restore ${basetput[-1]} MB/s (${basecpu[-1]} s CPU)} (load $(cut -d' ' -f1 /proc/loadavg))" >&2
 done
 mi=$(med "${inst[@]}"); mr=$(med "${rec[@]}"); mp=$(med "${phys[@]}")
 mif=$(med "${irfull[@]}"); mpf=$(med "${pbfull[@]}"); mit=$(med "${irtput[@]}"); mpt=$(med "${pbtput[@]}")
@@ -127,7 +130,11 @@ printf '| %s: `irctl recover` launch to first `SELECT 1` vs `pgbackrest restore`
 printf '| %s: mount + start + `SELECT 1` vs `irctl backup restore` + start | %s ms | %s ms | %s |\n' "$label" "$mi" "$mif" "$(ratio "$mi" "$mif")"
 printf '| %s: mount + start + `SELECT 1` vs `pg_ctl start` on a restored copy (physical limit) | %s ms | %s ms | %s |\n' "$label" "$mi" "$mp" "$(ratio "$mi" "$mp")"
 printf '| %s: restore throughput, `irctl backup restore` vs `pgbackrest restore --process-max=2` | %s MB/s | %s MB/s | %s |\n' "$label" "$mit" "$mpt" "$(ratio "$mit" "$mpt")"
+mic=$(med "${ircpu[@]}"); mpc=$(med "${pbcpu[@]}")
+printf '| %s: restore CPU (user + system), `irctl backup restore` vs `pgbackrest restore --process-max=2` | %s s | %s s | %s |\n' "$label" "$mic" "$mpc" "$(ratio "$mic" "$mpc")"
 if [ -n "${BASELINE_IRCTL:-}" ]; then
   mbt=$(med "${basetput[@]}")
   printf '| %s: restore throughput, `irctl backup restore` vs the baseline build'"'"'s | %s MB/s | %s MB/s | %s |\n' "$label" "$mit" "$mbt" "$(ratio "$mit" "$mbt")"
+  mbc=$(med "${basecpu[@]}")
+  printf '| %s: restore CPU, `irctl backup restore` vs the baseline build'"'"'s | %s s | %s s | %s |\n' "$label" "$mic" "$mbc" "$(ratio "$mic" "$mbc")"
 fi

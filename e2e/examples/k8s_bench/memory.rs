@@ -17,8 +17,24 @@ pub(super) async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     for run in 1..=args.runs {
         let name = format!("memory-{run}");
         drop_caches()?;
-        fx.apply_recovery(&name, "    mode: Automatic\n  mode: Publish")
-            .await;
+        let manifest = serde_json::json!({
+            "apiVersion": "instantrecovery.dev/v1alpha1",
+            "kind": "InstantRecovery",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "mode": "Publish",
+                "backup": {"repositoryRef": {"name": "backups"}, "id": fx.backup_id},
+                "postgres": {"credentialsSecret": {"name": "db-superuser"}},
+            },
+        });
+        fx.recoveries()
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&manifest),
+            )
+            .await
+            .context("apply the InstantRecovery")?;
         fx.wait_phase(&name, Phase::Published, FLOW).await;
         let ip = fx.pod_ip(&format!("{name}-published"), FLOW).await;
         reset_peak(pid)?;
