@@ -7,22 +7,13 @@
 # warm: page cache dropped again and the peak reset, the agent's caches kept. The data is
 # realistic unless DATA=pgbench, with a password on role `postgres` (the Pods accept TCP clients
 # by password only), in its own repository $IR_BENCH_DIR/repo-k8s-SCALE[-realistic].
-# Usage: bench/k8s-memory.sh [SCALE] [RUNS]     (SECS=30)
+# IR_MEMORY_CACHE_MIB sets the agent's memory cache per mount (`ir-agent --memory-cache-mib`).
+# Usage: bench/k8s-memory.sh [SCALE] [RUNS]     (SECS=30, IR_MEMORY_CACHE_MIB=256)
 DATA=${DATA:-realistic}
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 SCALE=${1:-100}; RUNS=${2:-1}; PORT=57700; SECS=${SECS:-30}
-BENCH=$ROOT/target/release/examples/k8s_bench
 machine_info
-
-# The operator, the agent and irctl, and the benchmark itself.
-(cd "$ROOT" && cargo build --release -q --workspace --bins && cargo build --release -q -p ir-e2e --example k8s_bench)
-source_cluster "$SCALE" $((PORT + 1))
-psql_q $((PORT + 1)) "ALTER ROLE postgres PASSWORD '$("$BENCH" password)'" >/dev/null
-# source_backup's first argument only names the repository.
-ID=$(source_backup "k8s-$SCALE" $((PORT + 1)))
-REPO=file://$BENCH_DIR/repo-$(data_name "k8s-$SCALE")
-pg_stop "$SOURCE_DIR"
-DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
+k8s_backup "$SCALE" $((PORT + 1))
 "$BENCH" memory --repo "$REPO" --backup "$ID" --runs "$RUNS" --seconds "$SECS" \
   --label "$DATA scale $SCALE ($((DB_BYTES / 1000000)) MB)"

@@ -19,17 +19,7 @@
 # shellcheck source=bench/recover-lib.sh
 source "$(dirname "$0")/recover-lib.sh"
 SCALE=${1:-50}; RUNS=${2:-3}; PORT=57400
-BENCH=$ROOT/target/release/examples/k8s_bench
-
-# The operator, the agent and irctl, and the benchmark itself.
-(cd "$ROOT" && cargo build --release -q --workspace --bins && cargo build --release -q -p ir-e2e --example k8s_bench)
-source_cluster "$SCALE" $((PORT + 1))
-psql_q $((PORT + 1)) "ALTER ROLE postgres PASSWORD '$("$BENCH" password)'" >/dev/null
-# source_backup's first argument only names the repository: repo-k8s-SCALE.
-ID=$(source_backup "k8s-$SCALE" $((PORT + 1)))
-REPO=file://$BENCH_DIR/repo-$(data_name "k8s-$SCALE")
-pg_stop "$SOURCE_DIR"
-DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
+k8s_backup "$SCALE" $((PORT + 1))
 
 recover_clean
 recover_dir

@@ -171,6 +171,22 @@ prepare_backup() {
   REPO=file://$BENCH_DIR/repo-$(data_name "$1")
 }
 
+# The Kubernetes benchmarks' backup: the operator, the agent, irctl and e2e/examples/k8s_bench
+# built ($BENCH), the scale-$1 source (port $2) with a password on role `postgres` (the Pods accept
+# TCP clients by password only), backed up into its own repository; sets ID, REPO and DB_BYTES
+# and leaves the source stopped.
+k8s_backup() {
+  BENCH=$ROOT/target/release/examples/k8s_bench
+  (cd "$ROOT" && cargo build --release -q --workspace --bins && cargo build --release -q -p ir-e2e --example k8s_bench)
+  source_cluster "$1" "$2"
+  psql_q "$2" "ALTER ROLE postgres PASSWORD '$("$BENCH" password)'" >/dev/null
+  # source_backup's first argument only names the repository: repo-k8s-SCALE[-realistic].
+  ID=$(source_backup "k8s-$1" "$2")
+  REPO=file://$BENCH_DIR/repo-$(data_name "k8s-$1")
+  pg_stop "$SOURCE_DIR"
+  DB_BYTES=$(du -sb "$SOURCE_DIR" | cut -f1)
+}
+
 # The backup restored in full into directory $1, owned by postgres.
 restore_to() {
   "$IRCTL" backup restore "$ID" --repo "$REPO" --target "$1" \

@@ -17,13 +17,15 @@ fn progress() -> Arc<Progress> {
     Arc::new(Progress::default())
 }
 
-/// Each file is finished (attributes, fsync) by the writer of its last chunk, while the rest of
-/// the restore goes on: every file still ends with its bytes, holes, mode, owner and mtime.
-#[tokio::test]
-async fn a_restore_gives_every_file_its_bytes_and_attributes() {
-    use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().unwrap();
-    let repo = temp_repo(dir.path()).await;
+/// A repository under `dir` with one backup of [`cluster_files`], ingested from a tar.
+async fn cluster_backup(
+    dir: &std::path::Path,
+) -> (
+    ir_repository::Repository,
+    std::collections::BTreeMap<&'static str, Vec<u8>>,
+    ir_repository::BackupManifest,
+) {
+    let repo = temp_repo(dir).await;
     let files = cluster_files();
     let m = repo
         .ingest_tar(
@@ -32,6 +34,16 @@ async fn a_restore_gives_every_file_its_bytes_and_attributes() {
         )
         .await
         .unwrap();
+    (repo, files, m)
+}
+
+/// Each file is finished (attributes, fsync) by the writer of its last chunk, while the rest of
+/// the restore goes on: every file still ends with its bytes, holes, mode, owner and mtime.
+#[tokio::test]
+async fn a_restore_gives_every_file_its_bytes_and_attributes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, files, m) = cluster_backup(dir.path()).await;
     let target = dir.path().join("restored");
     repo.restore(&m.id, &target, RestoreOwner::default(), progress())
         .await
@@ -359,15 +371,7 @@ async fn interrupted_ingest_leaves_no_backup_and_gc_cleans_up() {
 #[tokio::test]
 async fn verify_finds_damaged_and_missing_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = temp_repo(dir.path()).await;
-    let files = cluster_files();
-    let m = repo
-        .ingest_tar(
-            io::Cursor::new(tar_of(&files, &label_and_manifest())),
-            progress(),
-        )
-        .await
-        .unwrap();
+    let (repo, _, m) = cluster_backup(dir.path()).await;
     let p = progress();
     let ok = repo.verify(&m.id, p.clone()).await.unwrap();
     assert!(ok.is_ok());

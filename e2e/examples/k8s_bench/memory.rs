@@ -64,9 +64,11 @@ pub(super) async fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         }
     }
     let med = |v: &[u64]| median(v) / 1024.0;
+    // The agent inherits the environment, and with it this setting.
+    let cache_mib = std::env::var("IR_MEMORY_CACHE_MIB").unwrap_or_else(|_| "256".into());
     println!(
         "| peak RSS of the agent (`ir-agent`) on the real node serving {} published, memory cache \
-         256 MiB (default), `pgbench -S` {} s then a sequential scan of `{}`: cold / warm | \
+         {cache_mib} MiB, `pgbench -S` {} s then a sequential scan of `{}`: cold / warm | \
          {:.0} / {:.0} MiB | | | |",
         args.label,
         args.seconds,

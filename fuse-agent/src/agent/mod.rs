@@ -69,6 +69,9 @@ pub struct AgentConfig {
     pub repositories: RepositoryPolicy,
     /// Only the RecoveryMounts of these namespaces; all when empty.
     pub namespaces: Vec<String>,
+    /// Each mount's in-memory chunk cache, bytes: most of what a mount adds to the agent's
+    /// memory.
+    pub memory_cache_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -465,6 +468,7 @@ impl Agent {
         let mut options = MountOptions::new(target.mount_path.clone(), target.cache_dir.clone());
         options.uid = Some(spec.uid);
         options.gid = Some(spec.gid);
+        options.memory_cache_bytes = self.config.memory_cache_bytes;
         let runtime = Handle::current();
         let mounted =
             tokio::task::spawn_blocking(move || mount_backup(repo, manifest, &options, runtime))

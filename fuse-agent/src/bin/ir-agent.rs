@@ -36,6 +36,10 @@ struct Args {
     /// Only the RecoveryMounts of these namespaces (comma-separated; default: all).
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
+    /// Each mount's in-memory chunk cache, MiB. A mount's peak memory is this plus about
+    /// 80 MiB; size the agent's memory limit for the mounts its node serves at once.
+    #[arg(long, env = "IR_MEMORY_CACHE_MIB", default_value_t = 256)]
+    memory_cache_mib: u64,
     /// Where `/metrics` (Prometheus text format) and `/healthz` are served.
     #[arg(long, env = "IR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
@@ -101,6 +105,7 @@ async fn run() -> anyhow::Result<()> {
             cache_root: args.cache_root,
             repositories,
             namespaces,
+            memory_cache_bytes: args.memory_cache_mib << 20,
         },
     )?;
     let metrics = ir_telemetry::serve(
