@@ -26,15 +26,17 @@ use crate::manifest::{BackupManifest, EntryKind};
 use crate::repo::Repository;
 
 /// Files written at once. Each has one writer that writes its chunks in order: concurrent
-/// writers of one file contend for its lock in the kernel (which more than doubled the restore's
-/// system time), and in-order writes give the filesystem sequential extents.
+/// writers of one file would contend for its lock in the kernel, and in-order writes give the
+/// filesystem sequential extents.
 const FILES_AT_ONCE: usize = 4;
 /// Chunks of one file downloaded ahead of its writer.
 const CHUNKS_AHEAD: usize = 8;
+
 thread_local! {
     /// Each writer thread's buffer for a decoded chunk, reused from chunk to chunk.
     static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
+
 /// Set-user-ID and set-group-ID bits are never restored on files: a data directory has no use
 /// for them, and a hostile backup must not plant a set-uid file for whoever owns it.
 const FILE_MODE_MASK: u32 = 0o1777;
