@@ -13,6 +13,10 @@ for tool in python3 pgrep; do
   command -v "$tool" >/dev/null || { echo "benchmarks need $tool" >&2; exit 1; }
 done
 
+# need COMMAND PACKAGE: stops the script unless COMMAND is installed (Debian's PACKAGE has it).
+need() {
+  command -v "$1" >/dev/null || { echo "bench/$(basename "$0") needs $1 (apt-get install $2)" >&2; exit 1; }
+}
 build() { (cd "$ROOT" && cargo build --release -q -p irctl); }
 as_pg() { runuser -u postgres -- "$@"; }
 now_ms() { date +%s%3N; }

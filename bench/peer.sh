@@ -20,7 +20,7 @@ DATA=${DATA:-realistic}
 source "$(dirname "$0")/recover-lib.sh"
 SCALE=${1:-100}; RUNS=${2:-3}; PORT=57400
 PUB=$((PORT + 10)); TGT=$((PORT + 11))
-command -v pgbackrest >/dev/null || { echo "bench/peer.sh needs pgbackrest (apt-get install pgbackrest)" >&2; exit 1; }
+need pgbackrest pgbackrest
 machine_info
 
 prepare_backup "$SCALE" $((PORT + 1))

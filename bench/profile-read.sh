@@ -6,7 +6,7 @@
 DATA=${DATA:-realistic}
 source "$(dirname "$0")/lib.sh"
 SCALE=${1:-100}; PORT=57800
-command -v perf >/dev/null || { echo "bench/profile-read.sh needs perf (apt-get install linux-perf)" >&2; exit 1; }
+need perf linux-perf
 machine_info
 prepare_backup "$SCALE" $((PORT + 1))
 pg_start "$SOURCE_DIR" $((PORT + 1))

@@ -7,7 +7,7 @@
 DATA=${DATA:-realistic}
 source "$(dirname "$0")/lib.sh"
 SCALE=${1:-100}; PORT=57700
-command -v zstd >/dev/null || { echo "bench/zstd-level.sh needs the zstd CLI (apt-get install zstd)" >&2; exit 1; }
+need zstd zstd
 machine_info
 source_cluster "$SCALE" $((PORT + 1))
 heap=$(psql_q $((PORT + 1)) "select pg_relation_filepath('pgbench_accounts')")

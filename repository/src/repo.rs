@@ -634,7 +634,7 @@ impl Repository {
         let compressed = codec
             .open(chunk_path(id).as_ref(), stored)
             .map_err(corrupt)?;
-        // The bound holds after decryption too: never more than the buffer, at most a chunk.
+        // The bound holds after decryption too: never more than the chunk's length.
         decompress_into(&compressed, expected_len, plain)
             .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
         if plain.len() != expected_len {
@@ -686,11 +686,15 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-/// `compressed` decompressed into `out`, replacing its content: never to more than `limit`
-/// bytes, or `out`'s capacity if a former use left it larger (the caller checks the length).
+/// `compressed` decompressed into `out`, replacing its content, never to more than `limit`
+/// bytes: zstd writes up to the buffer's capacity, so the buffer is reused only when that is
+/// the limit (chunk after full chunk), and allocated again otherwise.
 fn decompress_into(compressed: &[u8], limit: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
-    out.clear();
-    out.reserve_exact(limit);
+    if out.capacity() == limit {
+        out.clear();
+    } else {
+        *out = Vec::with_capacity(limit);
+    }
     DECOMPRESSOR.with_borrow_mut(|slot| {
         let decompressor = match slot {
             Some(d) => d,
@@ -737,10 +741,10 @@ mod tests {
         // ...and the same thread's context and buffer decode the next frames whole.
         assert_eq!(decompress(&other, 4096).unwrap(), vec![9u8; 100]);
         assert_eq!(decompress(&good, 4096).unwrap(), vec![7u8; 4096]);
-        // A frame larger than the limit fails in a fresh buffer; a reused larger buffer may hold
-        // it, which is why every caller checks the length.
+        // A frame larger than the limit fails, in a fresh buffer and in a reused larger one.
         assert!(decompress_into(&good, 4095, &mut Vec::new()).is_err());
-        assert_eq!(decompress(&good, 100).unwrap().len(), 4096);
+        assert!(decompress(&good, 100).is_err());
+        assert_eq!(decompress(&good, 4096).unwrap(), vec![7u8; 4096]);
     }
 
     #[tokio::test]
