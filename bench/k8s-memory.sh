@@ -12,7 +12,7 @@
 DATA=${DATA:-realistic}
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
-SCALE=${1:-100}; RUNS=${2:-1}; PORT=57700; SECS=${SECS:-30}
+SCALE=${1:-100}; RUNS=${2:-1}; PORT=57900; SECS=${SECS:-30}
 machine_info
 k8s_backup "$SCALE" $((PORT + 1))
 "$BENCH" memory --repo "$REPO" --backup "$ID" --runs "$RUNS" --seconds "$SECS" \
