@@ -7,7 +7,7 @@
 # rows compress some fortyfold, which would leave the cipher little to do.
 # Usage: bench/encryption.sh [SCALE] [RUNS] [NOISE_MB]
 source "$(dirname "$0")/lib.sh"
-SCALE=${1:-10}; RUNS=${2:-3}; NOISE_MB=${3:-300}; PORT=56520
+SCALE=${1:-10}; RUNS=${2:-3}; NOISE_MB=${3:-300}; PORT=56550
 PASSWORD=bench-password-not-secret
 build
 

@@ -18,7 +18,7 @@
 # Usage: bench/k8s-ttfq.sh [SCALE] [RUNS]
 # shellcheck source=bench/recover-lib.sh
 source "$(dirname "$0")/recover-lib.sh"
-SCALE=${1:-50}; RUNS=${2:-3}; PORT=57400
+SCALE=${1:-50}; RUNS=${2:-3}; PORT=58000
 k8s_backup "$SCALE" $((PORT + 1))
 
 recover_clean

@@ -9,6 +9,8 @@ IRCTL=${IRCTL:-$ROOT/target/release/irctl}
 SOCK=$BENCH_DIR/sock
 
 [ "$(id -u)" = 0 ] || { echo "benchmarks run as root" >&2; exit 1; }
+# Every script describes the disk under it first, on a fresh machine too.
+mkdir -p "$BENCH_DIR"
 for tool in python3 pgrep; do
   command -v "$tool" >/dev/null || { echo "benchmarks need $tool" >&2; exit 1; }
 done

@@ -33,7 +33,8 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 4)]
     pub threads: usize,
     /// In-memory chunk cache, MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(0..=ir_fuse::MAX_MEMORY_CACHE_MIB))]
     pub memory_cache_mib: u64,
     /// The most chunks read ahead of a sequential reader: its window starts at 4 and doubles
     /// with each chunk it enters.
@@ -121,5 +122,29 @@ mod tests {
             let defaults = (read.threads, read.memory_cache_mib, read.readahead_chunks);
             assert_eq!(defaults, (4, 256, 8));
         }
+    }
+
+    #[test]
+    fn a_memory_cache_too_large_for_its_bytes_is_refused_by_name() {
+        let parse = |mib: &str| {
+            let flags = [
+                "--repo",
+                "/r",
+                "--backup",
+                "b",
+                "--cache",
+                "c",
+                "--memory-cache-mib",
+            ];
+            Mount::try_parse_from(["mount"].iter().chain(&flags).chain(&[mib, "m"]))
+        };
+        let largest = ir_fuse::MAX_MEMORY_CACHE_MIB.to_string();
+        assert_eq!(
+            parse(&largest).unwrap().args.memory_cache_mib << 20,
+            1 << 40
+        );
+        // Shifted into bytes, 2^44 MiB would wrap to 0.
+        let err = parse("17592186044416").err().unwrap();
+        assert!(err.to_string().contains("--memory-cache-mib"), "{err}");
     }
 }

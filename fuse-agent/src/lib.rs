@@ -16,7 +16,8 @@ pub mod stats;
 pub use error::{FsError, FsResult};
 pub use fs::{CacheOptions, ChunkSource, IrFs};
 pub use mount::{
-    MountError, MountOptions, Mounted, clear_stale_mount, is_fuse_mount, mount_backup,
+    MAX_MEMORY_CACHE_MIB, MountError, MountOptions, Mounted, clear_stale_mount, is_fuse_mount,
+    mount_backup,
 };
 pub use source::{RepoSource, SourceConfig};
 

@@ -36,6 +36,10 @@ pub enum MountError {
     Fuse(PathBuf, std::io::Error),
 }
 
+/// The largest in-memory chunk cache a mount takes, MiB (1 TiB): more is a mistake, and the
+/// flags that set it in MiB refuse it rather than overflow its size in bytes.
+pub const MAX_MEMORY_CACHE_MIB: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct MountOptions {
     pub mountpoint: PathBuf,

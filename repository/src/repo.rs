@@ -2,6 +2,9 @@
 //! tests: the stand-in S3 endpoints sit next to the retry, size and listing rules they drive.
 
 use std::cell::RefCell;
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +12,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 use time::OffsetDateTime;
 
 use crate::bounded::{Budget, Fetched, chunk_object_limit, get_bounded, manifest_json_permit};
@@ -59,7 +64,7 @@ pub struct Repository {
 struct Inner {
     url: String,
     store: Arc<dyn ObjectStore>,
-    local: bool,
+    local_dir: Option<PathBuf>,
     config: RepoConfig,
     /// Total retry budget for one chunk read.
     read_deadline: Duration,
@@ -103,7 +108,7 @@ impl Repository {
             inner: Arc::new(Inner {
                 url: opened.url,
                 store: opened.store,
-                local: opened.local,
+                local_dir: opened.local_dir,
                 config,
                 read_deadline: location.read_deadline,
                 codec,
@@ -228,7 +233,7 @@ impl Repository {
                 return Err(RepoError::Store {
                     url: opened.url.clone(),
                     path: CONFIG_PATH.to_string(),
-                    transient: is_transient(&source, opened.local),
+                    transient: is_transient(&source, opened.local_dir.is_some()),
                     detail: summarize_store_error(&source),
                 });
             }
@@ -312,7 +317,7 @@ impl Repository {
 
     /// A `file://` repository: reads are as fast as a local cache would be.
     pub fn is_local(&self) -> bool {
-        self.inner.local
+        self.inner.local_dir.is_some()
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -531,6 +536,17 @@ impl Repository {
 
     /// Fetches, decompresses and checks one chunk (see the crate docs for the retry policy).
     pub async fn read_chunk(&self, id: &ChunkId, expected_len: usize) -> Result<Bytes, RepoError> {
+        if self.is_local() {
+            // One trip to the blocking pool for the read and the decoding, where the object
+            // store would take two for the read alone.
+            let (repo, id) = (self.clone(), *id);
+            return tokio::task::spawn_blocking(move || {
+                let stored = repo.read_local_chunk(&id)?;
+                repo.decode_chunk_here(&id, stored, expected_len)
+            })
+            .await
+            .map_err(|e| RepoError::io("chunk decoding", std::io::Error::other(e)))?;
+        }
         let stored = self.fetch_chunk_retrying(id).await?;
         self.decode_chunk(id, stored, expected_len).await
     }
@@ -568,12 +584,21 @@ impl Repository {
     /// The stored object of a chunk, refused as corrupt past what zstd can make of a chunk of
     /// the repository's size.
     pub(crate) async fn fetch_chunk(&self, id: &ChunkId) -> Result<Bytes, RepoError> {
+        if self.is_local() {
+            let (repo, id) = (self.clone(), *id);
+            return tokio::task::spawn_blocking(move || repo.read_local_chunk(&id))
+                .await
+                .map_err(|e| RepoError::io("chunk read", std::io::Error::other(e)))?;
+        }
         let path = chunk_path(id);
-        let limit = self
-            .inner
-            .codec
-            .max_stored(chunk_object_limit(self.inner.config.chunk_size));
-        match get_bounded(&*self.inner.store, &path, limit, Budget::None).await {
+        match get_bounded(
+            &*self.inner.store,
+            &path,
+            self.max_stored_chunk(),
+            Budget::None,
+        )
+        .await
+        {
             Ok(Fetched::Body(b, _)) => Ok(b),
             Ok(Fetched::TooLarge(reason)) => Err(RepoError::CorruptChunk {
                 id: *id,
@@ -586,6 +611,57 @@ impl Repository {
             }),
             Err(e) => Err(self.store_err(&path, e)),
         }
+    }
+
+    /// Largest stored object a chunk of this repository can be.
+    fn max_stored_chunk(&self) -> u64 {
+        self.inner
+            .codec
+            .max_stored(chunk_object_limit(self.inner.config.chunk_size))
+    }
+
+    /// The stored object of a chunk of a `file://` repository, read on the calling thread. Only a
+    /// regular file is read (not a link, a FIFO or a device the repository's directory may hold
+    /// instead), for the length its metadata gave, into memory that is not zeroed first.
+    fn read_local_chunk(&self, id: &ChunkId) -> Result<Bytes, RepoError> {
+        let dir = self.inner.local_dir.as_ref().expect("a local repository");
+        let path = chunk_path(id);
+        let corrupt = |reason: String| RepoError::CorruptChunk {
+            id: *id,
+            url: self.inner.url.clone(),
+            reason,
+        };
+        let failed = |e: std::io::Error| RepoError::Store {
+            url: self.inner.url.clone(),
+            path: path.to_string(),
+            transient: false,
+            detail: e.to_string(),
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = match rustix::fs::open(dir.join(path.as_ref()), flags, Mode::empty()) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::NOENT) => {
+                return Err(RepoError::MissingChunk {
+                    id: *id,
+                    url: self.inner.url.clone(),
+                });
+            }
+            Err(Errno::LOOP) => return Err(corrupt("the object is a symbolic link".to_string())),
+            Err(e) => return Err(failed(e.into())),
+        };
+        let meta = file.metadata().map_err(failed)?;
+        if !meta.is_file() {
+            return Err(corrupt("the object is not a regular file".to_string()));
+        }
+        let (size, limit) = (meta.len(), self.max_stored_chunk());
+        if size > limit {
+            return Err(corrupt(format!(
+                "the object is {size} bytes, more than the {limit} it can be"
+            )));
+        }
+        let mut stored = Vec::with_capacity(size as usize);
+        file.take(size).read_to_end(&mut stored).map_err(failed)?;
+        Ok(Bytes::from(stored))
     }
 
     /// The plain bytes of a chunk from its stored object, checked against its id, decoded on
@@ -654,7 +730,7 @@ impl Repository {
         RepoError::Store {
             url: self.inner.url.clone(),
             path: path.to_string(),
-            transient: is_transient(&source, self.inner.local),
+            transient: is_transient(&source, self.is_local()),
             detail: summarize_store_error(&source),
         }
     }
@@ -932,12 +1008,12 @@ mod tests {
             ..RepoLocation::new("s3://bucket/prefix")
         };
         let opened = open_store(&location, false).unwrap();
-        assert!(!opened.local);
+        assert!(opened.local_dir.is_none());
         Repository {
             inner: Arc::new(Inner {
                 url: opened.url,
                 store: opened.store,
-                local: false,
+                local_dir: None,
                 config: RepoConfig {
                     format_version: FORMAT_VERSION,
                     chunk_size: 64 * 1024,

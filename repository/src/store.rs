@@ -16,7 +16,8 @@ pub(crate) struct OpenedStore {
     /// Normalised URL, used in messages.
     pub url: String,
     pub store: Arc<dyn ObjectStore>,
-    pub local: bool,
+    /// The directory of a `file://` repository, whose chunks are read without the object store.
+    pub local_dir: Option<PathBuf>,
 }
 
 /// `create` makes the directory of a `file://` repository (used by `init`).
@@ -60,7 +61,7 @@ pub(crate) fn open_store(location: &RepoLocation, create: bool) -> Result<Opened
             Ok(OpenedStore {
                 url: parsed.to_string(),
                 store: Arc::new(store),
-                local: true,
+                local_dir: Some(path),
             })
         }
         "s3" => {
@@ -115,7 +116,7 @@ pub(crate) fn open_store(location: &RepoLocation, create: bool) -> Result<Opened
             Ok(OpenedStore {
                 url: normalised,
                 store,
-                local: false,
+                local_dir: None,
             })
         }
         other => Err(invalid(&format!(

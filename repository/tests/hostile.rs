@@ -389,6 +389,55 @@ async fn hostile_chunks_are_corrupt() {
     }
 }
 
+/// A chunk's place in a `file://` repository taken by what is not a regular file: a link to a
+/// valid chunk object outside it, a FIFO (which would block a reader that opens it plainly), a
+/// directory. Each is refused as corrupt, neither followed nor waited on; an absent one is
+/// missing.
+#[tokio::test]
+async fn chunk_objects_that_are_not_regular_files_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = temp_repo(dir.path()).await;
+    let content = b"page".repeat(2048);
+    let id = ChunkId::of(&content);
+    let parent = dir.path().join("repo/chunks").join(&id.to_hex()[..2]);
+    std::fs::create_dir_all(&parent).unwrap();
+    let place = parent.join(id.to_hex());
+    let read = || {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            repo.read_chunk(&id, content.len()),
+        )
+    };
+    let err = read().await.expect("answers").unwrap_err();
+    assert!(matches!(err, RepoError::MissingChunk { .. }), "{err:?}");
+
+    let outside = dir.path().join("outside.zst");
+    std::fs::write(&outside, zstd::encode_all(&content[..], 1).unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, &place).unwrap();
+    let err = read().await.expect("answers").unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err:?}");
+    std::fs::remove_file(&place).unwrap();
+
+    let made = std::process::Command::new("mkfifo").arg(&place).status();
+    assert!(made.unwrap().success(), "mkfifo");
+    let err = read().await.expect("a FIFO is not waited on").unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err:?}");
+    std::fs::remove_file(&place).unwrap();
+
+    std::fs::create_dir(&place).unwrap();
+    let err = read().await.expect("answers").unwrap_err();
+    assert!(
+        matches!(err, RepoError::CorruptChunk { .. })
+            && err.to_string().contains("not a regular file"),
+        "{err:?}"
+    );
+    std::fs::remove_dir(&place).unwrap();
+
+    // The same object in its place is read.
+    std::fs::rename(&outside, &place).unwrap();
+    assert_eq!(read().await.unwrap().unwrap(), content);
+}
+
 /// The files of `tests/corpus/<kind>` ending in `.<ext>`, with the refusal each must get
 /// (`expect.json` names one for every file, and every file it names exists).
 fn corpus_files(kind: &str, ext: &str) -> Vec<(String, Vec<u8>, String)> {

@@ -38,7 +38,8 @@ struct Args {
     watch_namespaces: Vec<String>,
     /// Each mount's in-memory chunk cache, MiB. A mount's peak memory is this plus about
     /// 80 MiB; size the agent's memory limit for the mounts its node serves at once.
-    #[arg(long, env = "IR_MEMORY_CACHE_MIB", default_value_t = 256)]
+    #[arg(long, env = "IR_MEMORY_CACHE_MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(0..=ir_fuse::MAX_MEMORY_CACHE_MIB))]
     memory_cache_mib: u64,
     /// Where `/metrics` (Prometheus text format) and `/healthz` are served.
     #[arg(long, env = "IR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
