@@ -121,6 +121,7 @@ reasons! {
     CacheTooSmall: Permanent, "The node's IRCache file system has less room than spec.cache.sizeLimit.";
     MountPointError: Permanent, "The agent could not prepare the mount point.";
     CacheBusy: Transient, "Another process still holds the IRCache.";
+    AgentMemoryFull: Transient, "The node's agent has no room left in its memory budget for another mount.";
     CacheError: Permanent, "The IRCache could not be opened or created (damaged, foreign, or missing a file).";
     FuseUnavailable: Permanent, "The FUSE mount failed: no /dev/fuse, no fuse module, or an unprivileged agent.";
     MountFailed: Relayed, "The agent reported a failure without a reason.";

@@ -18,7 +18,7 @@ use ir_api::crd::{
     LocalRef, MountPhase, NODE_LABEL, RecoveryMount, RecoveryMountSpec, RecoveryMountStatus,
     S3Spec,
 };
-use ir_e2e::cluster::ControlPlane;
+use ir_e2e::cluster::{ControlPlane, Identity};
 use ir_e2e::pattern;
 use ir_repository::{Progress, RepoLocation, Repository};
 use k8s_openapi::ByteString;
@@ -130,6 +130,18 @@ impl AgentProcess {
         file_root: &Path,
         log: &Path,
     ) -> Self {
+        Self::start_with(kubeconfig, mount_root, cache_root, file_root, log, &[])
+    }
+
+    /// [`AgentProcess::start`] with `extra` flags.
+    fn start_with(
+        kubeconfig: &Path,
+        mount_root: &Path,
+        cache_root: &Path,
+        file_root: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -147,6 +159,7 @@ impl AgentProcess {
             .args(["--log-format", "text"])
             // Tests run side by side: any free port.
             .args(["--metrics-address", "127.0.0.1:0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -611,6 +624,98 @@ async fn agent_mounts_survives_a_restart_reports_failures_and_cleans_up() {
     );
 }
 
+/// A control plane with the CRDs, `namespaces`, the agent's namespace, RBAC and identity, and
+/// NODE; the identity and an admin client.
+async fn agent_cluster(namespaces: &[&str]) -> (ControlPlane, Identity, kube::Client) {
+    let cp = ControlPlane::start().await;
+    cp.install_crds().await;
+    for namespace in namespaces.iter().chain(&["ir-system"]) {
+        cp.create_namespace(namespace).await;
+    }
+    cp.apply_yaml(AGENT_RBAC)
+        .await
+        .expect("apply the agent's RBAC");
+    let identity = cp.service_account("ir-system", "ir-agent").await;
+    let admin = cp.admin();
+    let node: Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": NODE}})).unwrap();
+    Api::<Node>::all(admin.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create the Node");
+    (cp, identity, admin)
+}
+
+/// The agent's memory budget, with room for the agent, one mount with its whole memory cache
+/// and a second with a smaller one: a third waits (`AgentMemoryFull`, transient) and mounts once
+/// another ends and its attempt is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_past_the_memory_budget_wait_until_one_ends() {
+    ir_e2e::require_fuse();
+    let (_cp, identity, admin) = agent_cluster(&[NAMESPACE]).await;
+    let work = ir_e2e::shared_tempdir();
+    let repositories = work.path().join("repositories");
+    let (url, backup_id) = make_marked_backup(&repositories.join("one"), b"backup one").await;
+    let mount_root = work.path().join("mnt");
+    let _mounts = MountRoot(mount_root.clone());
+    // 32 MiB for the agent, 96 + 256 for the first mount, 96 + 64 for the second.
+    let agent = AgentProcess::start_with(
+        &identity.kubeconfig,
+        &mount_root,
+        &work.path().join("cache"),
+        &repositories,
+        &work.path().join("agent.log"),
+        &["--memory-budget-mib=544"],
+    );
+    let rms: Api<RecoveryMount> = Api::namespaced(admin, NAMESPACE);
+    let mounted = |s: &RecoveryMountStatus| s.phase == MountPhase::Mounted;
+    for name in ["first", "second", "third"] {
+        let rm = recovery_mount(name, file_repository(&url), &backup_id);
+        rms.create(&PostParams::default(), &rm).await.unwrap();
+        if name != "third" {
+            wait_status(&rms, name, &agent, "Mounted", mounted).await;
+        }
+    }
+    assert!(
+        agent.log_tail().contains("memory_cache_mib=64"),
+        "the second mount's cache is made smaller\n{}",
+        agent.log_tail()
+    );
+    let failed = |s: &RecoveryMountStatus| s.phase == MountPhase::Failed;
+    let status = wait_status(&rms, "third", &agent, "Failed", failed).await;
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("AgentMemoryFull"),
+        "{status:?}"
+    );
+    assert!(status.transient, "{status:?}");
+    let message = status.message.unwrap();
+    assert!(
+        message.contains("544 MiB, --memory-budget-mib") && message.contains("64, 256"),
+        "{message}"
+    );
+
+    rms.delete("first", &DeleteParams::default()).await.unwrap();
+    wait_deleted(&rms, "first", &agent).await;
+    rms.patch(
+        "third",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"attempt": 1}})),
+    )
+    .await
+    .unwrap();
+    let status = wait_status(&rms, "third", &agent, "Mounted for attempt 1", |s| {
+        mounted(s) && s.attempt == 1
+    })
+    .await;
+    let path = PathBuf::from(status.mount_path.unwrap());
+    assert_eq!(std::fs::read(path.join("marker")).unwrap(), b"backup one");
+    for name in ["second", "third"] {
+        rms.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_deleted(&rms, name, &agent).await;
+    }
+}
+
 /// Waits until the RecoveryMount `namespace/name` is gone (its agent unmounted and wiped).
 async fn wait_deleted(api: &Api<RecoveryMount>, name: &str, agent: &AgentProcess) {
     let deadline = Instant::now() + WAIT;
@@ -627,23 +732,8 @@ async fn wait_deleted(api: &Api<RecoveryMount>, name: &str, agent: &AgentProcess
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn colliding_names_mount_apart_and_repositories_out_of_bounds_are_refused() {
     ir_e2e::require_fuse();
-    let cp = ControlPlane::start().await;
-    cp.install_crds().await;
     // `a-b/c` and `a/b-c` are both `a-b-c` as `<namespace>-<name>`.
-    for namespace in ["a-b", "a", NAMESPACE, "ir-system"] {
-        cp.create_namespace(namespace).await;
-    }
-    cp.apply_yaml(AGENT_RBAC)
-        .await
-        .expect("apply the agent's RBAC");
-    let identity = cp.service_account("ir-system", "ir-agent").await;
-    let admin = cp.admin();
-    let node: Node =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": NODE}})).unwrap();
-    Api::<Node>::all(admin.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("create the Node");
+    let (_cp, identity, admin) = agent_cluster(&["a-b", "a", NAMESPACE]).await;
 
     let work = ir_e2e::shared_tempdir();
     let repositories = work.path().join("repositories");

@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rustix::buffer::spare_capacity;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use time::OffsetDateTime;
@@ -659,8 +659,16 @@ impl Repository {
                 "the object is {size} bytes, more than the {limit} it can be"
             )));
         }
+        // Whole-object reads, as the object store's: a cold object in one request to the disk.
         let mut stored = Vec::with_capacity(size as usize);
-        file.take(size).read_to_end(&mut stored).map_err(failed)?;
+        while (stored.len() as u64) < size {
+            let offset = stored.len() as u64;
+            match rustix::io::pread(&file, spare_capacity(&mut stored), offset) {
+                Ok(0) => break,
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(failed(e.into())),
+            }
+        }
         Ok(Bytes::from(stored))
     }
 

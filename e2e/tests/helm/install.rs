@@ -129,16 +129,24 @@ async fn helm_install_creates_the_objects_the_crds_serve_and_the_operator_holds_
         (security.run_as_user, security.privileged),
         (Some(0), Some(true))
     );
-    let node_name = container
-        .env
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|e| e.name == "NODE_NAME")
-        .and_then(|e| e.value_from.as_ref())
-        .and_then(|v| v.field_ref.as_ref())
-        .map(|f| f.field_path.clone());
+    let env_from = |name: &str| {
+        container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.clone())
+            .unwrap_or_else(|| panic!("the agent's {name} comes from the API"))
+    };
+    let node_name = env_from("NODE_NAME").field_ref.map(|f| f.field_path);
     assert_eq!(node_name.as_deref(), Some("spec.nodeName"));
+    // The agent keeps its mounts within its own memory limit, in MiB.
+    let budget = env_from("IR_MEMORY_BUDGET_MIB").resource_field_ref.unwrap();
+    assert_eq!(
+        (budget.resource.as_str(), budget.divisor.map(|d| d.0)),
+        ("limits.memory", Some("1Mi".to_owned()))
+    );
 
     // Serving every namespace, the ClusterRoles hold exactly the rules in files/rbac, which the
     // other e2e tests bind; the leader election's rules are the operator's in its namespace.
@@ -257,6 +265,26 @@ async fn helm_install_creates_the_objects_the_crds_serve_and_the_operator_holds_
 
 /// A workspace binary started the way a container of the installed chart would start it; killed
 /// on drop.
+/// A container's limit as the kubelet gives it through `resource` (`limits.<name>` in units of
+/// its divisor, rounded up); binary suffixes only, as the chart's limits.
+fn limit_in(container: &ContainerSpec, resource: &ResourceFieldSelector) -> String {
+    let bytes = |quantity: &str| {
+        let units = [("Ki", 10), ("Mi", 20), ("Gi", 30), ("Ti", 40)];
+        let (number, shift) = units
+            .iter()
+            .find_map(|(suffix, shift)| Some((quantity.strip_suffix(suffix)?, *shift)))
+            .unwrap_or((quantity, 0));
+        number.parse::<u64>().expect("a whole quantity") << shift
+    };
+    let name = resource.resource.strip_prefix("limits.").expect("a limit");
+    let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let limit = limits
+        .and_then(|l| l.get(name))
+        .unwrap_or_else(|| panic!("the container has no {name} limit"));
+    let divisor = resource.divisor.as_ref().map_or(1, |d| bytes(&d.0));
+    bytes(&limit.0).div_ceil(divisor).to_string()
+}
+
 struct Container {
     child: Child,
     log: PathBuf,
@@ -264,7 +292,8 @@ struct Container {
 
 impl Container {
     /// Runs `container`'s command and args (`$(VAR)` expanded) with its env, which may only come
-    /// from the downward API fields of `pod` (name, namespace, node), as `identity`.
+    /// from the downward API: fields of `pod` (name, namespace, node) or the container's limits,
+    /// as `identity`.
     fn start(
         container: &ContainerSpec,
         pod: [(&str, &str); 3],
@@ -276,17 +305,21 @@ impl Container {
             .iter()
             .flatten()
             .map(|var| {
-                let field = var
+                let from = var
                     .value_from
                     .as_ref()
-                    .and_then(|from| from.field_ref.as_ref())
                     .unwrap_or_else(|| panic!("env {} is not from the downward API", var.name));
-                let value = pod
-                    .iter()
-                    .find(|(path, _)| *path == field.field_path)
-                    .unwrap_or_else(|| panic!("env {} from {}", var.name, field.field_path))
-                    .1;
-                (var.name.clone(), value.to_owned())
+                let value = match (&from.field_ref, &from.resource_field_ref) {
+                    (Some(field), _) => pod
+                        .iter()
+                        .find(|(path, _)| *path == field.field_path)
+                        .unwrap_or_else(|| panic!("env {} from {}", var.name, field.field_path))
+                        .1
+                        .to_owned(),
+                    (None, Some(resource)) => limit_in(container, resource),
+                    (None, None) => panic!("env {} is not from the downward API", var.name),
+                };
+                (var.name.clone(), value)
             })
             .collect();
         let expand = |arg: &String| {

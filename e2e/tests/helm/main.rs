@@ -14,7 +14,9 @@ use ir_e2e::http::{http_get, loopback};
 use ir_e2e::installation::workspace_binary;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container as ContainerSpec, Node, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Container as ContainerSpec, Node, ResourceFieldSelector, Service, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};

@@ -72,6 +72,9 @@ pub struct AgentConfig {
     /// Each mount's in-memory chunk cache, bytes: most of what a mount adds to the agent's
     /// memory.
     pub memory_cache_bytes: u64,
+    /// What the agent's mounts may take of memory in all, bytes: a mount that would pass it gets
+    /// a smaller memory cache, or waits (`AgentMemoryFull`). `None`: mounts are not counted.
+    pub memory_budget_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,9 @@ pub struct Agent {
     held: Arc<Mutex<HashMap<String, Held>>>,
     /// Consecutive failed reconciliations per RecoveryMount, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The memory cache of each mount held or being mounted, by `namespace/name`: what the
+    /// memory budget is shared among.
+    memory_caches: Mutex<HashMap<String, u64>>,
 }
 
 impl Agent {
@@ -162,6 +168,7 @@ impl Agent {
             config,
             held: Arc::default(),
             failures: Mutex::new(HashMap::new()),
+            memory_caches: Mutex::new(HashMap::new()),
         })
     }
 
@@ -468,12 +475,68 @@ impl Agent {
         let mut options = MountOptions::new(target.mount_path.clone(), target.cache_dir.clone());
         options.uid = Some(spec.uid);
         options.gid = Some(spec.gid);
-        options.memory_cache_bytes = self.config.memory_cache_bytes;
+        options.memory_cache_bytes = match self.reserve_memory_cache(&target.key) {
+            Ok(bytes) => bytes,
+            Err(failure) => return Ok(Err(failure)),
+        };
         let runtime = Handle::current();
         let mounted =
             tokio::task::spawn_blocking(move || mount_backup(repo, manifest, &options, runtime))
                 .await?;
+        if mounted.is_err() {
+            self.release_memory_cache(&target.key);
+        }
         Ok(mounted.map_err(|e: MountError| plan::mount_failure(&e)))
+    }
+
+    /// The memory cache of the mount `key` is about to make, counted against the budget until
+    /// released; a mount that does not fit is a transient failure.
+    fn reserve_memory_cache(&self, key: &str) -> Result<u64, Failure> {
+        let mut caches = self.memory_caches.lock().expect("memory caches lock");
+        let others: Vec<u64> = caches
+            .iter()
+            .filter(|(held, _)| held.as_str() != key)
+            .map(|(_, &bytes)| bytes)
+            .collect();
+        let configured = self.config.memory_cache_bytes;
+        let budget = self.config.memory_budget_bytes;
+        let Some(bytes) = plan::memory_cache_within(budget, configured, &others) else {
+            let mib = |bytes: u64| bytes >> 20;
+            let mut held = others.clone();
+            held.sort_unstable();
+            let held: Vec<String> = held.iter().map(|&b| mib(b).to_string()).collect();
+            return Err(Failure::new(
+                Reason::AgentMemoryFull,
+                format!(
+                    "the memory budget of the agent of node {} ({} MiB, --memory-budget-mib) is \
+                     held by {} mounts (memory caches of {} MiB, each mount {} MiB besides, the \
+                     agent {} MiB): another needs {} MiB; retried when one ends",
+                    self.config.node_name,
+                    mib(budget.unwrap_or_default()),
+                    others.len(),
+                    held.join(", "),
+                    mib(plan::MOUNT_OVERHEAD_BYTES),
+                    mib(plan::AGENT_BASE_BYTES),
+                    mib(plan::MOUNT_OVERHEAD_BYTES + plan::MIN_MEMORY_CACHE_BYTES.min(configured)),
+                ),
+            ));
+        };
+        if bytes < configured {
+            tracing::info!(
+                mount = key,
+                memory_cache_mib = bytes >> 20,
+                "memory cache made smaller to fit the agent's memory budget"
+            );
+        }
+        caches.insert(key.to_owned(), bytes);
+        Ok(bytes)
+    }
+
+    fn release_memory_cache(&self, key: &str) {
+        self.memory_caches
+            .lock()
+            .expect("memory caches lock")
+            .remove(key);
     }
 
     /// The access key pair in the repository's Secret.
@@ -574,6 +637,7 @@ impl Agent {
         if let Some(Held::Mount { mounted, .. }) = held {
             unmount(mounted).await?;
         }
+        self.release_memory_cache(&target.key);
         let path = target.mount_path.clone();
         let cache_dir = target.cache_dir.clone();
         tokio::task::spawn_blocking(move || {

@@ -66,6 +66,33 @@ pub fn mount_failure(e: &MountError) -> Failure {
     }
 }
 
+/// What the agent holds besides its mounts (program, threads, Kubernetes client: 12 MiB idle,
+/// measured), with room to spare.
+pub const AGENT_BASE_BYTES: u64 = 32 << 20;
+/// What a mount holds besides its memory cache: chunks in flight, FUSE buffers, its manifest
+/// (about 80 MiB measured serving 15.8 GB, docs/benchmarks.md), with room to spare.
+pub const MOUNT_OVERHEAD_BYTES: u64 = 96 << 20;
+/// The smallest memory cache a mount is given to fit a budget: a sequential reader's readahead
+/// (8 chunks) with room for what other readers use.
+pub const MIN_MEMORY_CACHE_BYTES: u64 = 32 << 20;
+
+/// The memory cache of a new mount next to mounts whose caches are `others`, within `budget`
+/// bytes for the whole agent (none: no limit): `configured`, or what is left if that is less
+/// but at least the minimum (or `configured`, if smaller); `None` when the mount does not fit.
+pub fn memory_cache_within(budget: Option<u64>, configured: u64, others: &[u64]) -> Option<u64> {
+    let Some(budget) = budget else {
+        return Some(configured);
+    };
+    let taken: u64 = others.iter().fold(AGENT_BASE_BYTES, |sum, cache| {
+        sum.saturating_add(cache.saturating_add(MOUNT_OVERHEAD_BYTES))
+    });
+    let left = budget
+        .saturating_sub(taken)
+        .saturating_sub(MOUNT_OVERHEAD_BYTES);
+    let cache = configured.min(left);
+    (cache >= MIN_MEMORY_CACHE_BYTES.min(configured)).then_some(cache)
+}
+
 /// Figures about the IRCache the status carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheFigures {
@@ -280,5 +307,38 @@ mod tests {
         assert_eq!(failed.mount_path, None);
         assert_eq!(failed.conditions[0].reason, "RepositoryUnavailable");
         assert_eq!(failed.conditions[0].last_transition_time, Time(t2));
+    }
+
+    #[test]
+    fn mounts_get_their_memory_cache_while_the_budget_lasts() {
+        const MIB: u64 = 1 << 20;
+        const DEFAULT: u64 = 256 * MIB;
+        const GIB: Option<u64> = Some(1024 * MIB);
+        /// Budget, configured cache, caches held, the new mount's cache.
+        type Case = (Option<u64>, u64, &'static [u64], Option<u64>);
+        let cases: &[Case] = &[
+            (None, DEFAULT, &[DEFAULT; 9], Some(DEFAULT)),
+            // The chart's 1Gi: two whole mounts, a third with what is left, no fourth.
+            (GIB, DEFAULT, &[], Some(DEFAULT)),
+            (GIB, DEFAULT, &[DEFAULT], Some(DEFAULT)),
+            (GIB, DEFAULT, &[DEFAULT, DEFAULT], Some(192 * MIB)),
+            (GIB, DEFAULT, &[DEFAULT, DEFAULT, 192 * MIB], None),
+            // The minimum left, and less: no mount rather than one that thrashes.
+            (GIB, DEFAULT, &[DEFAULT, DEFAULT, 64 * MIB], Some(32 * MIB)),
+            (GIB, DEFAULT, &[DEFAULT, DEFAULT, 65 * MIB], None),
+            // A configured cache below the minimum is kept, and fits where it fits.
+            (GIB, 8 * MIB, &[DEFAULT, DEFAULT, 88 * MIB], Some(8 * MIB)),
+            (GIB, 8 * MIB, &[DEFAULT, DEFAULT, 89 * MIB], None),
+            // A budget smaller than the agent itself, and caches that would overflow a sum.
+            (Some(16 * MIB), DEFAULT, &[], None),
+            (GIB, DEFAULT, &[u64::MAX, u64::MAX], None),
+        ];
+        for &(budget, configured, others, want) in cases {
+            assert_eq!(
+                memory_cache_within(budget, configured, others),
+                want,
+                "budget {budget:?}, configured {configured}, others {others:?}"
+            );
+        }
     }
 }

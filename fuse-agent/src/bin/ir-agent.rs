@@ -41,6 +41,13 @@ struct Args {
     #[arg(long, env = "IR_MEMORY_CACHE_MIB", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(0..=ir_fuse::MAX_MEMORY_CACHE_MIB))]
     memory_cache_mib: u64,
+    /// What the agent's mounts may take of memory in all, MiB (the chart gives the container's
+    /// memory limit): each takes its memory cache plus 96 MiB, the agent 32 MiB. A mount that
+    /// would pass it gets a smaller memory cache (down to 32 MiB), or waits (AgentMemoryFull)
+    /// until another ends. Unset: mounts are not counted.
+    #[arg(long, env = "IR_MEMORY_BUDGET_MIB",
+          value_parser = clap::value_parser!(u64).range(1..=u64::MAX >> 20))]
+    memory_budget_mib: Option<u64>,
     /// Where `/metrics` (Prometheus text format) and `/healthz` are served.
     #[arg(long, env = "IR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
@@ -107,6 +114,7 @@ async fn run() -> anyhow::Result<()> {
             repositories,
             namespaces,
             memory_cache_bytes: args.memory_cache_mib << 20,
+            memory_budget_bytes: args.memory_budget_mib.map(|mib| mib << 20),
         },
     )?;
     let metrics = ir_telemetry::serve(
