@@ -538,14 +538,25 @@ impl Repository {
     pub async fn read_chunk(&self, id: &ChunkId, expected_len: usize) -> Result<Bytes, RepoError> {
         if self.is_local() {
             // One trip to the blocking pool for the read and the decoding, where the object
-            // store would take two for the read alone.
-            let (repo, id) = (self.clone(), *id);
-            return tokio::task::spawn_blocking(move || {
-                let stored = repo.read_local_chunk(&id)?;
-                repo.decode_chunk_here(&id, stored, expected_len)
-            })
-            .await
-            .map_err(|e| RepoError::io("chunk decoding", std::io::Error::other(e)))?;
+            // store would take two for the read alone. A local error is never worth a retry,
+            // but a hung file system (NFS) still fails at the read deadline.
+            let (repo, chunk) = (self.clone(), *id);
+            let read = tokio::task::spawn_blocking(move || {
+                let stored = repo.read_local_chunk(&chunk)?;
+                repo.decode_chunk_here(&chunk, stored, expected_len)
+            });
+            let deadline = self.inner.read_deadline;
+            return match tokio::time::timeout(deadline, read).await {
+                Ok(done) => {
+                    done.map_err(|e| RepoError::io("chunk decoding", std::io::Error::other(e)))?
+                }
+                Err(_) => Err(RepoError::Unavailable {
+                    id: *id,
+                    url: self.inner.url.clone(),
+                    waited: deadline,
+                    last: format!("no answer within {deadline:?}"),
+                }),
+            };
         }
         let stored = self.fetch_chunk_retrying(id).await?;
         self.decode_chunk(id, stored, expected_len).await

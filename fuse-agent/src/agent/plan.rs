@@ -318,7 +318,7 @@ mod tests {
         type Case = (Option<u64>, u64, &'static [u64], Option<u64>);
         let cases: &[Case] = &[
             (None, DEFAULT, &[DEFAULT; 9], Some(DEFAULT)),
-            // The chart's 1Gi: two whole mounts, a third with what is left, no fourth.
+            // 1 GiB: two whole mounts, a third with what is left, no fourth.
             (GIB, DEFAULT, &[], Some(DEFAULT)),
             (GIB, DEFAULT, &[DEFAULT], Some(DEFAULT)),
             (GIB, DEFAULT, &[DEFAULT, DEFAULT], Some(192 * MIB)),
