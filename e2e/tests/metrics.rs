@@ -109,6 +109,11 @@ async fn operator_and_agent_metrics_follow_a_recovery() {
     );
     assert_eq!(serving.sum(&agent("repository_errors_total"), &mount), 0.0);
     assert!(serving.sum(&agent("ircache_bytes"), &mount) > 0.0);
+    // No memory budget given: the whole default memory cache.
+    assert_eq!(
+        serving.sum(&agent("memory_cache_bytes"), &mount),
+        (256u64 << 20) as f64
+    );
     let reads = [("mount", MOUNT), ("operation", "read")];
     let read_count = serving.sum(&agent("fuse_operation_duration_seconds_count"), &reads);
     assert!(read_count > 0.0, "no FUSE read measured");

@@ -39,6 +39,7 @@ struct Sample {
     mount: String,
     stats: Arc<MountStats>,
     ircache_bytes: u64,
+    memory_cache_bytes: u64,
 }
 
 /// Writes one counter with a series per mount and per extra label of `values`.
@@ -62,6 +63,23 @@ fn encode_counter(
     Ok(())
 }
 
+/// Writes one gauge with a series per mount.
+fn encode_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[Sample],
+    value: impl Fn(&Sample) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for sample in samples {
+        metric
+            .encode_family(&[("mount", sample.mount.as_str())])?
+            .encode_gauge(&(value(sample) as i64))?;
+    }
+    Ok(())
+}
+
 impl Collector for Mounts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut samples: Vec<Sample> = self
@@ -73,11 +91,13 @@ impl Collector for Mounts {
                 Held::Mount {
                     mounted,
                     ircache_bytes,
+                    memory_cache_bytes,
                     ..
                 } => Some(Sample {
                     mount: key.clone(),
                     stats: mounted.stats().clone(),
                     ircache_bytes: *ircache_bytes,
+                    memory_cache_bytes: *memory_cache_bytes,
                 }),
                 Held::Failed { .. } => None,
             })
@@ -126,17 +146,21 @@ impl Collector for Mounts {
             |s| vec![(None, &s.enospc_refusals)],
         )?;
 
-        let mut metric = encoder.encode_descriptor(
+        encode_gauge(
+            &mut encoder,
             "ircache_bytes",
             "Bytes the mount's IRCache takes on disk (measured every 10 s)",
-            None,
-            MetricType::Gauge,
+            &samples,
+            |s| s.ircache_bytes,
         )?;
-        for sample in &samples {
-            metric
-                .encode_family(&[("mount", sample.mount.as_str())])?
-                .encode_gauge(&(sample.ircache_bytes as i64))?;
-        }
+        encode_gauge(
+            &mut encoder,
+            "memory_cache_bytes",
+            "Bytes of plain chunks the mount may keep in memory: --memory-cache-mib, or less where \
+             the agent's memory budget ran short",
+            &samples,
+            |s| s.memory_cache_bytes,
+        )?;
 
         let mut metric = encoder.encode_descriptor(
             "fuse_operation_duration_seconds",

@@ -113,6 +113,8 @@ enum Held {
         mounted: Mounted,
         /// What its IRCache took on disk when last measured.
         ircache_bytes: u64,
+        /// The memory cache it was given within the agent's memory budget.
+        memory_cache_bytes: u64,
     },
     Failed {
         uid: String,
@@ -366,6 +368,7 @@ impl Agent {
                 let mounted_at = Timestamp::now();
                 let bytes_fetched = mounted.bytes_fetched();
                 let figures = self.cache_figures(&target.cache_dir).await?;
+                let memory_cache_bytes = self.memory_cache_of(&target.key);
                 self.held.lock().expect("held lock").insert(
                     target.key.clone(),
                     Held::Mount {
@@ -373,9 +376,10 @@ impl Agent {
                         mounted_at,
                         mounted,
                         ircache_bytes: figures.used_bytes,
+                        memory_cache_bytes,
                     },
                 );
-                tracing::info!(mount = %target.key, attempt, path = %mount_path, backup = %rm.spec.backup_id, "mounted");
+                tracing::info!(mount = %target.key, attempt, path = %mount_path, backup = %rm.spec.backup_id, memory_cache_mib = memory_cache_bytes >> 20, "mounted");
                 let status = plan::mounted_status(
                     attempt,
                     &mount_path,
@@ -530,6 +534,14 @@ impl Agent {
         }
         caches.insert(key.to_owned(), bytes);
         Ok(bytes)
+    }
+
+    fn memory_cache_of(&self, key: &str) -> u64 {
+        let caches = self.memory_caches.lock().expect("memory caches lock");
+        caches
+            .get(key)
+            .copied()
+            .unwrap_or(self.config.memory_cache_bytes)
     }
 
     fn release_memory_cache(&self, key: &str) {
