@@ -497,7 +497,7 @@ impl Agent {
     /// released; a mount that does not fit is a transient failure.
     fn reserve_memory_cache(&self, key: &str) -> Result<u64, Failure> {
         let mut caches = self.memory_caches.lock().expect("memory caches lock");
-        let others: Vec<u64> = caches
+        let mut others: Vec<u64> = caches
             .iter()
             .filter(|(held, _)| held.as_str() != key)
             .map(|(_, &bytes)| bytes)
@@ -506,9 +506,8 @@ impl Agent {
         let budget = self.config.memory_budget_bytes;
         let Some(bytes) = plan::memory_cache_within(budget, configured, &others) else {
             let mib = |bytes: u64| bytes >> 20;
-            let mut held = others.clone();
-            held.sort_unstable();
-            let held: Vec<String> = held.iter().map(|&b| mib(b).to_string()).collect();
+            others.sort_unstable();
+            let held: Vec<String> = others.iter().map(|&b| mib(b).to_string()).collect();
             return Err(Failure::new(
                 Reason::AgentMemoryFull,
                 format!(
