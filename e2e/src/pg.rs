@@ -220,6 +220,15 @@ impl PgCluster {
         }
     }
 
+    /// Starts the server, which must exit while starting: its log of that start.
+    pub fn start_fails(&mut self, settings: &[&str]) -> String {
+        assert!(!self.is_running(), "PostgreSQL is already running");
+        match self.try_start(settings) {
+            Ok(()) => panic!("PostgreSQL on {} started", self.datadir.display()),
+            Err(log) => log,
+        }
+    }
+
     /// Fast shutdown: sessions ended, checkpoint written.
     pub fn stop(&mut self) {
         self.shutdown(libc::SIGINT);
@@ -323,6 +332,97 @@ impl PgCluster {
                 .output()
                 .expect("run pgbench"),
         )
+    }
+}
+
+/// A base backup whose recovery was stopped before the backup's end, as PostgreSQL leaves it:
+/// `backup_label` renamed to `backup_label.old`, pg_control still recovering from the backup.
+/// All of its WAL is back in `pg_wal`, yet PostgreSQL alone refuses to start on it in crash
+/// recovery ("WAL ends before end of online backup").
+pub struct CutShortBackup {
+    pub datadir: PathBuf,
+    /// The `backup_label` text.
+    pub label: String,
+    /// Rows of table `t` once the backup is recovered (some written while it was taken).
+    pub rows: u32,
+}
+
+/// The message of PostgreSQL's refusal to start on a [`CutShortBackup`].
+pub const WAL_ENDS_BEFORE_BACKUP_END: &str = "WAL ends before end of online backup";
+
+/// Makes a [`CutShortBackup`] in `root/backup`: a backup whose WAL spans segments (files copied
+/// between pg_backup_start and pg_backup_stop while rows are written, then the WAL up to the
+/// backup's end); a first start without the segment holding the backup's end, as when the
+/// mount under a recovering server went away; the segment put back.
+pub async fn backup_recovery_cut_short(root: &Path) -> CutShortBackup {
+    let mut source = PgCluster::init(&root.join("source"));
+    source.start(&[]);
+    source.psql("CREATE TABLE t(id int); INSERT INTO t SELECT generate_series(1, 1000)");
+    let (session, connection) = tokio_postgres::connect(&source.conninfo(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the source");
+    tokio::spawn(connection);
+    let first_row = async |sql: &str| -> Vec<String> {
+        let messages = session.simple_query(sql).await.expect(sql);
+        messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or_default().to_owned())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .expect(sql)
+    };
+    first_row("SELECT pg_backup_start('cut short', true)").await;
+    let datadir = root.join("backup");
+    std::fs::create_dir(&datadir).expect("create the backup directory");
+    chown_to_pg(&datadir);
+    let copy = |script: &str| {
+        check(
+            script,
+            as_pg(Path::new("/bin/sh"))
+                .args(["-c", script, "sh"])
+                .arg(&source.datadir)
+                .arg(&datadir)
+                .output()
+                .expect("run sh"),
+        );
+    };
+    copy("cp -a \"$1\"/. \"$2\" && rm -f \"$2\"/postmaster.pid \"$2\"/pg_wal/0*");
+    for rows in ["1001, 2000", "2001, 3000"] {
+        source.psql(&format!(
+            "INSERT INTO t SELECT generate_series({rows}); SELECT pg_switch_wal()"
+        ));
+    }
+    let stopped =
+        first_row("SELECT labelfile, pg_walfile_name(lsn) FROM pg_backup_stop(false)").await;
+    let (label, end_segment) = (stopped[0].clone(), stopped[1].clone());
+    std::fs::write(datadir.join("backup_label"), &label).expect("write backup_label");
+    chown_to_pg(&datadir.join("backup_label"));
+    copy("cp \"$1\"/pg_wal/0* \"$2\"/pg_wal/");
+    drop(session);
+    source.stop();
+
+    let end = datadir.join("pg_wal").join(&end_segment);
+    let aside = root.join(&end_segment);
+    std::fs::rename(&end, &aside).expect("set the last segment aside");
+    let mut server = PgCluster::on_existing(&datadir, &root.join("cut-short"));
+    let log = server.start_fails(&[]);
+    assert!(log.contains(WAL_ENDS_BEFORE_BACKUP_END), "{log}");
+    assert!(
+        datadir.join("backup_label.old").is_file() && !datadir.join("backup_label").exists(),
+        "PostgreSQL did not rename backup_label"
+    );
+    std::fs::rename(&aside, &end).expect("put the last segment back");
+    let log = server.start_fails(&[]);
+    assert!(log.contains(WAL_ENDS_BEFORE_BACKUP_END), "{log}");
+    CutShortBackup {
+        datadir,
+        label,
+        rows: 3000,
     }
 }
 

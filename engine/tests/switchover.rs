@@ -1,14 +1,15 @@
-//! PostgreSQL control against real servers (no FUSE needed): configuration and start, a standby
-//! built with pg_basebackup, progress views, and the switchover with its failure and rerun paths.
+//! PostgreSQL control against real servers (no FUSE needed): configuration and start (a
+//! recovery from a backup cut short included), a standby built with pg_basebackup, progress
+//! views, and the switchover with its failure and rerun paths.
 
 use std::path::Path;
 use std::time::Duration;
 
-use ir_e2e::pg::{PgCluster, pg_user};
+use ir_e2e::pg::{PgCluster, backup_recovery_cut_short, pg_user};
 use ir_e2e::{free_port, require_root, shared_tempdir};
 use ir_engine::postgres::{
-    self, ControlData, Endpoint, Instance, LocalPublished, PgBinaries, PgError, PublishedControl,
-    Reached, Switchover, SwitchoverError, SwitchoverOutcome, SwitchoverTimeouts,
+    self, BackupRecovery, ControlData, Endpoint, Instance, LocalPublished, PgBinaries, PgError,
+    PublishedControl, Reached, Switchover, SwitchoverError, SwitchoverOutcome, SwitchoverTimeouts,
 };
 use ir_engine::process::{self, OsUser};
 
@@ -222,4 +223,67 @@ async fn switchover_fails_safely_then_promotes_the_standby(control_file: bool) {
         .stop(standby_pid, Duration::from_secs(30))
         .await
         .unwrap();
+}
+
+/// A server on a restored backup stopped before it replayed the backup's end (its mount went
+/// away, its Pod was replaced) starts again: the engine puts backup_label back first, and only
+/// then, where PostgreSQL alone refuses every later start in crash recovery.
+#[tokio::test]
+async fn a_recovery_from_a_backup_stopped_before_its_end_starts_over() {
+    require_root();
+    let root = shared_tempdir();
+    let root = root.path();
+    let bins = PgBinaries::find(15, None).expect("PostgreSQL 15 binaries");
+    let (uid, gid) = pg_user();
+    let user = OsUser {
+        name: "postgres".into(),
+        uid,
+        gid,
+    };
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    std::os::unix::fs::chown(root.join("run"), Some(uid), Some(gid)).unwrap();
+    let backup = backup_recovery_cut_short(root).await;
+    let datadir = &backup.datadir;
+    let label_start = ir_repository::parse_backup_label(&backup.label)
+        .unwrap()
+        .start_lsn;
+    let control = postgres::control_data(&bins, datadir).unwrap();
+    assert_eq!(control.backup_start_lsn, Some(label_start), "{control:?}");
+
+    // Nothing is put back where PostgreSQL resumes on its own (a signal file asks for archive
+    // recovery), nor from a label that is a symbolic link or names another backup.
+    let untouched = |what: &str| {
+        assert_eq!(
+            postgres::resume_cut_short_backup_recovery(&bins, datadir).unwrap(),
+            BackupRecovery::Untouched,
+            "{what}"
+        );
+        assert!(!datadir.join("backup_label").exists(), "{what}");
+    };
+    for signal in ["standby.signal", "recovery.signal"] {
+        std::fs::write(datadir.join(signal), "").unwrap();
+        untouched(signal);
+        std::fs::remove_file(datadir.join(signal)).unwrap();
+    }
+    let old = datadir.join("backup_label.old");
+    std::fs::rename(&old, root.join("label")).unwrap();
+    std::os::unix::fs::symlink(root.join("label"), &old).unwrap();
+    untouched("a symbolic link");
+    std::fs::remove_file(&old).unwrap();
+    let other = backup
+        .label
+        .replacen("START WAL LOCATION: 0/", "START WAL LOCATION: 1/", 1);
+    std::fs::write(&old, other).unwrap();
+    untouched("another backup's label");
+    std::fs::rename(root.join("label"), &old).unwrap();
+
+    let restored = instance(root, "restored", datadir, &[]);
+    let (pid, endpoint) = start(&restored, &bins, &user).await;
+    assert_eq!(
+        query(&endpoint, "SELECT count(*) FROM t").await,
+        backup.rows.to_string()
+    );
+    let control = postgres::control_data(&bins, datadir).unwrap();
+    assert_eq!(control.backup_start_lsn, None, "{control:?}");
+    restored.stop(pid, Duration::from_secs(30)).await.unwrap();
 }

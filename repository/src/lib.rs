@@ -43,6 +43,7 @@ pub use manifest::{
     BackupManifest, Entry, EntryKind, EntryPath, MAX_MANIFEST_BYTES, MAX_MANIFEST_OBJECT_BYTES,
     ManifestError, RepoConfig,
 };
+pub use pgmeta::{BackupLabel, parse_backup_label};
 pub use repo::{BackupList, InvalidBackup, Repository};
 pub use restore::RestoreOwner;
 pub use retention::{

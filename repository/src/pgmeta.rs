@@ -23,13 +23,14 @@ pub(crate) struct PgMeta {
     pub timeline: u32,
 }
 
+/// What the engine needs of a `backup_label`.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct BackupLabel {
+pub struct BackupLabel {
     pub start_lsn: u64,
     pub timeline: u32,
 }
 
-pub(crate) fn parse_backup_label(text: &str) -> Result<BackupLabel, String> {
+pub fn parse_backup_label(text: &str) -> Result<BackupLabel, String> {
     let mut start_lsn = None;
     let mut timeline = None;
     for line in text.lines() {

@@ -66,6 +66,9 @@ pub struct ControlData {
     pub state: String,
     pub checkpoint_lsn: u64,
     pub timeline: u32,
+    /// Where the backup being recovered from began; `None` once its end was replayed (or when
+    /// the cluster never was a backup).
+    pub backup_start_lsn: Option<u64>,
 }
 
 pub fn control_data(bins: &PgBinaries, datadir: &Path) -> Result<ControlData, PgError> {
@@ -98,6 +101,10 @@ fn parse_control_data(text: &str) -> Option<ControlData> {
         state: field("Database cluster state")?.to_owned(),
         checkpoint_lsn: ir_repository::parse_lsn(field("Latest checkpoint location")?)?,
         timeline: field("Latest checkpoint's TimeLineID")?.parse().ok()?,
+        backup_start_lsn: match ir_repository::parse_lsn(field("Backup start location")?)? {
+            0 => None,
+            lsn => Some(lsn),
+        },
     })
 }
 
@@ -122,14 +129,24 @@ mod tests {
                     Database cluster state:               shut down\n\
                     Latest checkpoint location:           0/3000028\n\
                     Latest checkpoint's REDO location:    0/3000028\n\
-                    Latest checkpoint's TimeLineID:       1\n";
+                    Latest checkpoint's TimeLineID:       1\n\
+                    Backup start location:                0/0\n";
         assert_eq!(
             parse_control_data(text),
             Some(ControlData {
                 state: "shut down".into(),
                 checkpoint_lsn: 0x3000028,
-                timeline: 1
+                timeline: 1,
+                backup_start_lsn: None,
             })
+        );
+        let recovering = text.replace("shut down", "in crash recovery").replace(
+            "Backup start location:                0/0",
+            "Backup start location:                0/2002038",
+        );
+        assert_eq!(
+            parse_control_data(&recovering).and_then(|c| c.backup_start_lsn),
+            Some(0x2002038)
         );
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+use super::backup_recovery::{BackupRecovery, resume_cut_short_backup_recovery};
 use super::binaries::PgBinaries;
 use super::{Endpoint, Host, PgError};
 use crate::process::{self, OsUser};
@@ -133,8 +134,18 @@ impl Instance {
     }
 
     /// Starts the postmaster in its own session, as `user`. Returns its pid.
-    /// Its socket directory and log directory must exist.
+    /// Its socket directory and log directory must exist. A recovery from the backup that an
+    /// earlier start left before the backup's end starts over.
     pub fn start(&self, bins: &PgBinaries, user: &OsUser) -> Result<u32, PgError> {
+        if let BackupRecovery::Restarted { start_lsn } =
+            resume_cut_short_backup_recovery(bins, &self.datadir)?
+        {
+            tracing::warn!(
+                datadir = %self.datadir.display(),
+                backup_start = %ir_repository::format_lsn(start_lsn),
+                "the recovery from the backup stopped before the backup's end: it starts over from backup_label"
+            );
+        }
         process::spawn_detached(self.command(bins), user, &self.log)
             .map_err(|e| PgError::io(&bins.path("postgres"), e))
     }

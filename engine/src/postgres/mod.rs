@@ -5,6 +5,7 @@
 //! authenticated by `peer` with an ident map that admits only the engine's own OS users. The
 //! backup's own `pg_hba.conf` follows those lines unchanged, so clients keep the rules they had.
 
+mod backup_recovery;
 mod basebackup;
 mod binaries;
 mod instance;
@@ -18,6 +19,7 @@ use ir_api::Reason;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+pub use backup_recovery::{BackupRecovery, resume_cut_short_backup_recovery};
 pub use basebackup::{
     base_backup_complete, base_backup_progress, replication_lag, start_base_backup,
 };

@@ -325,10 +325,26 @@ pub fn target_pvc(ir: &InstantRecovery, size: Quantity) -> PersistentVolumeClaim
 /// [`RECOVERY_SIGNAL_ENV`] set, first puts `recovery.signal` in the data directory, once: the
 /// marker [`RECOVERY_REQUESTED`] (written after the signal is durable) keeps a Pod started
 /// after the promotion from replaying again.
+///
+/// In crash recovery (no signal file) PostgreSQL cannot resume a recovery from the backup that
+/// an earlier Pod left before the backup's end (its mount went away, it was replaced): it has
+/// renamed `backup_label` and refuses every later start. When pg_control still recovers from
+/// the backup that `backup_label.old` names, the script puts the label back, and the recovery
+/// starts over from the backup's checkpoint (as `ir_engine`'s
+/// `resume_cut_short_backup_recovery` does for a server it starts).
 const POSTGRES_SCRIPT: &str = "set -e; pgdata=\"$1\"; shift; conf=\"$pgdata/postgresql.conf\"; \
 if [ -n \"$IR_RECOVERY_SIGNAL\" ] && [ ! -e \"$pgdata/instant-recovery.recovery-requested\" ]; then \
 echo \"$IR_RECOVERY_SIGNAL\" > \"$pgdata/recovery.signal\"; sync \"$pgdata/recovery.signal\"; \
 : > \"$pgdata/instant-recovery.recovery-requested\"; sync \"$pgdata/instant-recovery.recovery-requested\"; fi; \
+if [ ! -e \"$pgdata/recovery.signal\" ] && [ ! -e \"$pgdata/standby.signal\" ] && [ ! -e \"$pgdata/backup_label\" ] \
+&& [ -f \"$pgdata/backup_label.old\" ] && [ ! -L \"$pgdata/backup_label.old\" ]; then \
+start=$(head -c 65536 \"$pgdata/backup_label.old\" | sed -n 's|^START WAL LOCATION: \\([0-9A-F]*/[0-9A-F]*\\) .*|\\1|p' | head -n 1); \
+if [ -n \"$start\" ] && LC_ALL=C pg_controldata \"$pgdata\" | grep -qx \"Backup start location: *$start\"; then \
+if [ -e \"$pgdata/tablespace_map.old\" ] && [ ! -e \"$pgdata/tablespace_map\" ]; then \
+mv \"$pgdata/tablespace_map.old\" \"$pgdata/tablespace_map\"; fi; \
+mv \"$pgdata/backup_label.old\" \"$pgdata/backup_label\"; sync \"$pgdata\"; \
+echo \"instant-recovery: the recovery from the backup stopped before the backup's end (at $start): it starts over from backup_label\" >&2; \
+fi; fi; \
 [ -f \"$conf\" ] || conf=/etc/instant-recovery/postgresql.conf; \
 exec postgres -D \"$pgdata\" -c config_file=\"$conf\" \"$@\"";
 
