@@ -364,11 +364,10 @@ impl Agent {
         write_status(api, &target.name, &pending).await?;
 
         match self.try_mount(rm, target).await? {
-            Ok(mounted) => {
+            Ok((mounted, memory_cache_bytes)) => {
                 let mounted_at = Timestamp::now();
                 let bytes_fetched = mounted.bytes_fetched();
                 let figures = self.cache_figures(&target.cache_dir).await?;
-                let memory_cache_bytes = self.memory_cache_of(&target.key);
                 self.held.lock().expect("held lock").insert(
                     target.key.clone(),
                     Held::Mount {
@@ -414,13 +413,13 @@ impl Agent {
         }
     }
 
-    /// The mount, or why this attempt failed; `Err` only for what a retry of the
-    /// reconciliation should settle (the API server, a failed task).
+    /// The mount and the memory cache it was given, or why this attempt failed; `Err` only for
+    /// what a retry of the reconciliation should settle (the API server, a failed task).
     async fn try_mount(
         &self,
         rm: &RecoveryMount,
         target: &Target,
-    ) -> Result<Result<Mounted, Failure>, AgentError> {
+    ) -> Result<Result<(Mounted, u64), Failure>, AgentError> {
         let spec = &rm.spec;
         let credentials = match &spec.repository.credentials_secret {
             None => None,
@@ -479,10 +478,11 @@ impl Agent {
         let mut options = MountOptions::new(target.mount_path.clone(), target.cache_dir.clone());
         options.uid = Some(spec.uid);
         options.gid = Some(spec.gid);
-        options.memory_cache_bytes = match self.reserve_memory_cache(&target.key) {
+        let memory_cache_bytes = match self.reserve_memory_cache(&target.key) {
             Ok(bytes) => bytes,
             Err(failure) => return Ok(Err(failure)),
         };
+        options.memory_cache_bytes = memory_cache_bytes;
         let runtime = Handle::current();
         let mounted =
             tokio::task::spawn_blocking(move || mount_backup(repo, manifest, &options, runtime))
@@ -490,7 +490,9 @@ impl Agent {
         if mounted.is_err() {
             self.release_memory_cache(&target.key);
         }
-        Ok(mounted.map_err(|e: MountError| plan::mount_failure(&e)))
+        Ok(mounted
+            .map(|mounted| (mounted, memory_cache_bytes))
+            .map_err(|e: MountError| plan::mount_failure(&e)))
     }
 
     /// The memory cache of the mount `key` is about to make, counted against the budget until
@@ -533,14 +535,6 @@ impl Agent {
         }
         caches.insert(key.to_owned(), bytes);
         Ok(bytes)
-    }
-
-    fn memory_cache_of(&self, key: &str) -> u64 {
-        let caches = self.memory_caches.lock().expect("memory caches lock");
-        caches
-            .get(key)
-            .copied()
-            .unwrap_or(self.config.memory_cache_bytes)
     }
 
     fn release_memory_cache(&self, key: &str) {
