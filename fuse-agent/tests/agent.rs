@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -119,6 +120,7 @@ async fn make_marked_backup(dir: &Path, marker: &[u8]) -> (String, String) {
 struct AgentProcess {
     child: Child,
     log: PathBuf,
+    metrics: SocketAddr,
 }
 
 impl AgentProcess {
@@ -147,6 +149,8 @@ impl AgentProcess {
             .append(true)
             .open(log)
             .expect("open the agent log");
+        // Tests run side by side: a free port.
+        let metrics = SocketAddr::from(([127, 0, 0, 1], ir_e2e::free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_ir-agent"))
             .env("KUBECONFIG", kubeconfig)
             .env("NODE_NAME", NODE)
@@ -157,8 +161,8 @@ impl AgentProcess {
             .arg(cache_root)
             .arg(format!("--file-roots={}", file_root.display()))
             .args(["--log-format", "text"])
-            // Tests run side by side: any free port.
-            .args(["--metrics-address", "127.0.0.1:0"])
+            .arg("--metrics-address")
+            .arg(metrics.to_string())
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
@@ -168,6 +172,7 @@ impl AgentProcess {
         AgentProcess {
             child,
             log: log.to_path_buf(),
+            metrics,
         }
     }
 
@@ -693,6 +698,26 @@ async fn mounts_past_the_memory_budget_wait_until_one_ends() {
     assert!(
         message.contains("544 MiB, --memory-budget-mib") && message.contains("64, 256"),
         "{message}"
+    );
+    let metrics = ir_e2e::http::scrape(agent.metrics).await;
+    let agent_metric = |name: &str| format!("instant_recovery_agent_{name}");
+    assert_eq!(
+        metrics.sum(&agent_metric("memory_budget_bytes"), &[]),
+        (544u64 << 20) as f64
+    );
+    assert_eq!(
+        metrics.sum(
+            &agent_metric("mount_failures_total"),
+            &[("reason", "AgentMemoryFull")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum(
+            &agent_metric("memory_cache_bytes"),
+            &[("mount", &format!("{NAMESPACE}/second"))]
+        ),
+        (64u64 << 20) as f64
     );
 
     rms.delete("first", &DeleteParams::default()).await.unwrap();

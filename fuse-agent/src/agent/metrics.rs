@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::Held;
@@ -17,10 +20,32 @@ use crate::stats::{FuseOp, MountStats};
 /// Prefix of every agent metric.
 pub const PREFIX: &str = "instant_recovery_agent";
 
-/// A registry with the agent's metrics over `held`.
-pub(super) fn registry(held: Arc<Mutex<HashMap<String, Held>>>) -> Registry {
+/// Failed mount attempts, by the failure's reason.
+pub(super) type MountFailures = Family<[(&'static str, &'static str); 1], Counter>;
+
+/// A registry with the agent's metrics over `held`, its memory budget (when it has one) and
+/// its failed mounts.
+pub(super) fn registry(
+    held: Arc<Mutex<HashMap<String, Held>>>,
+    memory_budget_bytes: Option<u64>,
+    mount_failures: MountFailures,
+) -> Registry {
     let mut registry = Registry::with_prefix(PREFIX);
     registry.register_collector(Box::new(Mounts { held }));
+    if let Some(bytes) = memory_budget_bytes {
+        let budget = Gauge::<i64>::default();
+        budget.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        registry.register(
+            "memory_budget_bytes",
+            "The memory the agent keeps its mounts within (--memory-budget-mib)",
+            budget,
+        );
+    }
+    registry.register(
+        "mount_failures",
+        "Mount attempts that failed, by reason (AgentMemoryFull: the memory budget was held)",
+        mount_failures,
+    );
     registry
 }
 

@@ -143,6 +143,7 @@ pub struct Agent {
     /// The memory cache of each mount held or being mounted, by `namespace/name`: what the
     /// memory budget is shared among.
     memory_caches: Mutex<HashMap<String, u64>>,
+    mount_failures: metrics::MountFailures,
 }
 
 impl Agent {
@@ -171,12 +172,17 @@ impl Agent {
             held: Arc::default(),
             failures: Mutex::new(HashMap::new()),
             memory_caches: Mutex::new(HashMap::new()),
+            mount_failures: metrics::MountFailures::default(),
         })
     }
 
     /// The agent's metrics, read from its mounts at each scrape.
     pub fn metrics(&self) -> Registry {
-        metrics::registry(self.held.clone())
+        metrics::registry(
+            self.held.clone(),
+            self.config.memory_budget_bytes,
+            self.mount_failures.clone(),
+        )
     }
 
     /// Reconciles the RecoveryMounts of this node until `shutdown` resolves, then returns
@@ -393,6 +399,9 @@ impl Agent {
             }
             Err(failure) => {
                 tracing::warn!(mount = %target.key, attempt, reason = %failure.reason, transient = failure.transient, "{}", failure.message);
+                self.mount_failures
+                    .get_or_create(&[("reason", failure.reason.as_str())])
+                    .inc();
                 let status = plan::failed_status(
                     attempt,
                     &failure,
