@@ -1,15 +1,22 @@
 //! The IRCache behind a real FUSE mount: a full cache disk is ENOSPC where it applies and heals
-//! without a remount, and every file of a cache is its owner's alone.
+//! without a remount, every file of a cache is its owner's alone, and a `file://` repository on
+//! a file system that stops answering fails reads at the read deadline instead of hanging.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
+    ReplyAttr, ReplyData, ReplyEntry, ReplyOpen, Request,
+};
 
 use ir_e2e::s3::S3Server;
 use ir_e2e::tmpfs::Tmpfs;
@@ -308,4 +315,166 @@ fn cache_files_are_their_owners_alone_whatever_the_umask() {
         nobody_reads(tmp.path()),
         "only the cache's own modes keep nobody out"
     );
+}
+
+/// How long the hung file system keeps a read waiting at most.
+const HUNG_FOR: Duration = Duration::from_secs(30);
+
+/// Test double of a network file system whose server stopped answering: it mirrors a
+/// directory, but every read waits until the test lets it go (or [`HUNG_FOR`] passed).
+struct HungFs {
+    /// Index + 1 is the inode; the first is the root.
+    paths: Mutex<Vec<PathBuf>>,
+    answering: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl HungFs {
+    fn path(&self, ino: INodeNo) -> Option<PathBuf> {
+        let paths = self.paths.lock().unwrap();
+        paths.get((ino.0 as usize).checked_sub(1)?).cloned()
+    }
+
+    fn attr(&self, path: PathBuf) -> Option<FileAttr> {
+        let meta = fs::symlink_metadata(&path).ok()?;
+        let mut paths = self.paths.lock().unwrap();
+        let ino = match paths.iter().position(|p| *p == path) {
+            Some(i) => i + 1,
+            None => {
+                paths.push(path);
+                paths.len()
+            }
+        };
+        Some(FileAttr {
+            ino: INodeNo(ino as u64),
+            size: meta.len(),
+            blocks: meta.blocks(),
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: if meta.is_dir() {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            },
+            perm: meta.permissions().mode() as u16 & 0o7777,
+            nlink: 1,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+}
+
+impl fuser::Filesystem for HungFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.path(parent).and_then(|dir| self.attr(dir.join(name))) {
+            Some(attr) => reply.entry(&Duration::ZERO, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.path(ino).and_then(|path| self.attr(path)) {
+            Some(attr) => reply.attr(&Duration::ZERO, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO)
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        // Not forever: a read the repository fails to give up on makes the test fail, not hang.
+        let (answering, changed) = &*self.answering;
+        let _answering = changed
+            .wait_timeout_while(answering.lock().unwrap(), HUNG_FOR, |answering| !*answering)
+            .unwrap();
+        let mut data = vec![0; size as usize];
+        let read = self
+            .path(ino)
+            .and_then(|path| File::open(path).ok())
+            .and_then(|file| file.read_at(&mut data, offset).ok());
+        match read {
+            Some(n) => reply.data(&data[..n]),
+            None => reply.error(Errno::EIO),
+        }
+    }
+}
+
+/// A `file://` repository on a file system that stops answering (an NFS server gone): a read of
+/// the mount fails with EIO once the repository's read deadline has passed, rather than
+/// hanging PostgreSQL with it, and reads whole once the file system answers again.
+#[test]
+fn a_file_repository_on_a_hung_file_system_fails_reads_at_the_read_deadline() {
+    require_fuse();
+    let logs = logs();
+    let tmp = shared_tempdir();
+    let repo_dir = tmp.path().join("repo");
+    let location = RepoLocation {
+        read_deadline: Duration::from_secs(1),
+        ..RepoLocation::new(format!("file://{}", repo_dir.display()))
+    };
+    let (repo, manifest) = RUNTIME
+        .get_or_init(runtime)
+        .block_on(backup(tmp.path(), &location));
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = mount(repo, manifest, &tmp.path().join("cache"), &mnt);
+
+    // The repository's chunks move behind the hung file system.
+    let served = tmp.path().join("served");
+    fs::rename(repo_dir.join("chunks"), &served).unwrap();
+    let hung_mnt = tmp.path().join("hung");
+    fs::create_dir(&hung_mnt).unwrap();
+    let answering = Arc::new((Mutex::new(false), Condvar::new()));
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(4);
+    let hung = fuser::spawn_mount(
+        HungFs {
+            paths: Mutex::new(vec![served]),
+            answering: answering.clone(),
+        },
+        &hung_mnt,
+        &config,
+    )
+    .expect("mount the hung file system");
+    std::os::unix::fs::symlink(&hung_mnt, repo_dir.join("chunks")).unwrap();
+
+    let started = Instant::now();
+    let err = fs::read(mnt.join("base/1/1259")).expect_err("a read through a hung repository");
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        (Duration::from_secs(1)..Duration::from_secs(20)).contains(&took),
+        "the read failed after {took:?}"
+    );
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("cannot read backup data") && logged.contains("no answer within"),
+        "{logged}"
+    );
+
+    let (flag, changed) = &*answering;
+    *flag.lock().unwrap() = true;
+    changed.notify_all();
+    assert_eq!(
+        fs::read(mnt.join("base/1/1259")).unwrap(),
+        pattern(300_000, 1)
+    );
+    drop(mounted);
+    drop(hung);
 }
