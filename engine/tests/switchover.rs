@@ -30,6 +30,24 @@ fn instance(root: &Path, name: &str, datadir: &Path, settings: &[(&str, &str)]) 
     }
 }
 
+/// What every test here needs: a root directory with PostgreSQL's socket directory `run`, the
+/// binaries, and the user PostgreSQL runs as.
+fn servers() -> (tempfile::TempDir, PgBinaries, OsUser) {
+    require_root();
+    let tmp = shared_tempdir();
+    let bins = PgBinaries::find(15, None).expect("PostgreSQL 15 binaries");
+    let (uid, gid) = pg_user();
+    let user = OsUser {
+        name: "postgres".into(),
+        uid,
+        gid,
+    };
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(uid), Some(gid)).unwrap();
+    (tmp, bins, user)
+}
+
 async fn start(instance: &Instance, bins: &PgBinaries, user: &OsUser) -> (u32, Endpoint) {
     let me = OsUser::current().unwrap();
     std::fs::create_dir_all(&instance.conf_dir).unwrap();
@@ -119,18 +137,8 @@ async fn switchover_checked_by_the_standby_flush() {
 }
 
 async fn switchover_fails_safely_then_promotes_the_standby(control_file: bool) {
-    require_root();
-    let root = shared_tempdir();
-    let root = root.path();
-    let bins = PgBinaries::find(15, None).expect("PostgreSQL 15 binaries");
-    let (uid, gid) = pg_user();
-    let user = OsUser {
-        name: "postgres".into(),
-        uid,
-        gid,
-    };
-    std::fs::create_dir_all(root.join("run")).unwrap();
-    std::os::unix::fs::chown(root.join("run"), Some(uid), Some(gid)).unwrap();
+    let (tmp, bins, user) = servers();
+    let root = tmp.path();
 
     // initdb only: the engine's Instance runs it, with the engine's hba and ident files.
     let primary_dir = PgCluster::init(&root.join("p")).datadir.clone();
@@ -145,7 +153,7 @@ async fn switchover_fails_safely_then_promotes_the_standby(control_file: bool) {
     let target = root.join("standby");
     std::fs::create_dir(&target).unwrap();
     std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    std::os::unix::fs::chown(&target, Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(&target, Some(user.uid), Some(user.gid)).unwrap();
     let bb_log = root.join("basebackup.log");
     let bb = postgres::start_base_backup(&bins, &primary_ep, &target, &user, &bb_log).unwrap();
     assert!(process::wait_gone(bb, Duration::from_secs(120)).await);
@@ -230,18 +238,8 @@ async fn switchover_fails_safely_then_promotes_the_standby(control_file: bool) {
 /// then, where PostgreSQL alone refuses every later start in crash recovery.
 #[tokio::test]
 async fn a_recovery_from_a_backup_stopped_before_its_end_starts_over() {
-    require_root();
-    let root = shared_tempdir();
-    let root = root.path();
-    let bins = PgBinaries::find(15, None).expect("PostgreSQL 15 binaries");
-    let (uid, gid) = pg_user();
-    let user = OsUser {
-        name: "postgres".into(),
-        uid,
-        gid,
-    };
-    std::fs::create_dir_all(root.join("run")).unwrap();
-    std::os::unix::fs::chown(root.join("run"), Some(uid), Some(gid)).unwrap();
+    let (tmp, bins, user) = servers();
+    let root = tmp.path();
     let backup = backup_recovery_cut_short(root).await;
     let datadir = &backup.datadir;
     let label_start = ir_repository::parse_backup_label(&backup.label)
