@@ -273,6 +273,8 @@ async fn a_recovery_from_a_backup_stopped_before_its_end_starts_over() {
         .replacen("START WAL LOCATION: 0/", "START WAL LOCATION: 1/", 1);
     std::fs::write(&old, other).unwrap();
     untouched("another backup's label");
+    std::fs::write(&old, b"\xff\0START WAL LOCATION: none\n").unwrap();
+    untouched("a label that is not one");
     std::fs::rename(root.join("label"), &old).unwrap();
 
     let restored = instance(root, "restored", datadir, &[]);

@@ -323,6 +323,15 @@ mod tests {
             (GIB, DEFAULT, &[DEFAULT], Some(DEFAULT)),
             (GIB, DEFAULT, &[DEFAULT, DEFAULT], Some(192 * MIB)),
             (GIB, DEFAULT, &[DEFAULT, DEFAULT, 192 * MIB], None),
+            // The chart's 2Gi: five whole mounts, a sixth with 160 MiB, no seventh.
+            (Some(2048 * MIB), DEFAULT, &[DEFAULT; 4], Some(DEFAULT)),
+            (Some(2048 * MIB), DEFAULT, &[DEFAULT; 5], Some(160 * MIB)),
+            (
+                Some(2048 * MIB),
+                DEFAULT,
+                &[DEFAULT, DEFAULT, DEFAULT, DEFAULT, DEFAULT, 160 * MIB],
+                None,
+            ),
             // The minimum left, and less: no mount rather than one that thrashes.
             (GIB, DEFAULT, &[DEFAULT, DEFAULT, 64 * MIB], Some(32 * MIB)),
             (GIB, DEFAULT, &[DEFAULT, DEFAULT, 65 * MIB], None),
